@@ -1,0 +1,89 @@
+"""DSPex settings: one explicit object, read from arguments, the project file and the environment.
+
+Precedence, highest first: explicit argument > project file (``dspex.toml`` in the working directory)
+> environment (``DSPEX_*``) > default. ::
+
+    settings = Settings.load(lm="openai/gpt-4o-mini")   # explicit wins over dspex.toml and DSPEX_LM
+    settings.home                                        # Path(".dspex") unless configured
+
+A project file is flat TOML with the same keys as the fields below::
+
+    lm = "openai/gpt-4o-mini"
+    temperature = 0.2
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dspex.errors import ConfigurationError, did_you_mean
+
+__all__ = ["PROJECT_FILE", "Settings"]
+
+PROJECT_FILE = "dspex.toml"
+
+
+class Settings(BaseSettings):
+    """Process settings. Build with :meth:`Settings.load`; instances are immutable."""
+
+    model_config = SettingsConfigDict(env_prefix="DSPEX_", extra="forbid", frozen=True)
+
+    home: Path = Field(Path(".dspex"), description="Project state directory (database, caches).")
+    lm: str | None = Field(None, description="Default LM as provider/model, e.g. openai/gpt-4o-mini.")
+    api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible or provider endpoint.")
+    api_key: SecretStr | None = Field(None, description="API key; else the provider's own variable.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default sampling temperature.")
+    max_tokens: int | None = Field(None, gt=0, description="Default completion token limit.")
+    num_retries: int = Field(3, ge=0, description="DSPy's retries of retryable LM errors.")
+    timeout: float | None = Field(None, gt=0, description="Per-request LM timeout in seconds.")
+    lm_cache: bool = Field(True, description="DSPy's request cache for LM calls.")
+
+    @classmethod
+    def load(cls, project_file: Path | str | None = None, **overrides: Any) -> Settings:
+        """Settings from explicit overrides, the project file and ``DSPEX_*`` variables.
+
+        ``project_file`` defaults to ``dspex.toml`` in the working directory; a missing default file is
+        fine, a missing explicit one is an error.
+        """
+        path = Path(project_file) if project_file is not None else Path(PROJECT_FILE)
+        values: dict[str, Any] = {}
+        if path.exists():
+            values = _read_project_file(path)
+        elif project_file is not None:
+            raise ConfigurationError(f"project file {str(path)!r} does not exist; create it or drop the path")
+        unknown = sorted(set(overrides) - set(cls.model_fields))
+        if unknown:
+            raise ConfigurationError(did_you_mean(unknown[0], cls.model_fields, what="setting"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except pydantic.ValidationError as exc:
+            raise ConfigurationError(_describe(exc, source=str(path) if path.exists() else None)) from None
+
+
+def _read_project_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigurationError(
+            f"{path}: " + did_you_mean(unknown[0], Settings.model_fields, what="setting")
+        )
+    return data
+
+
+def _describe(exc: pydantic.ValidationError, *, source: str | None) -> str:
+    problems = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        problems.append(f"{name} (DSPEX_{name.upper()}): {err['msg']}, got {err.get('input')!r}")
+    where = f" (explicit arguments, {source}, or the environment)" if source else ""
+    return "invalid settings" + where + ": " + "; ".join(problems)

@@ -1,0 +1,1 @@
+"""pytest fixtures shipped with dspex (simulated LM server, scripted LMs)."""
