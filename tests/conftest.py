@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,3 +21,34 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # The price map DSPy consults would otherwise try a 5 s remote fetch on the first call.
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     return home
+
+
+def _postgres_url(base: str, schema: str) -> str:
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file always; PostgreSQL when DSPEX_TEST_POSTGRES_URL is set.
+
+    Each PostgreSQL test gets its own schema, dropped afterwards, so tests never see each other's rows.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dspex.db'}"
+        return
+    base = os.environ.get("DSPEX_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set DSPEX_TEST_POSTGRES_URL to run storage tests on PostgreSQL")
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield _postgres_url(base, schema)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

@@ -1,0 +1,145 @@
+"""The tables, as SQLAlchemy Core metadata. Migrations in ``migrations/versions`` create them.
+
+Every JSON column holds plain JSON (JSONB on PostgreSQL), never pickle; payloads that may evolve carry
+a ``"v"`` version field. Times are timezone-aware UTC. Each table is explained in the docstring of the
+repository that owns it; this module is the one place their columns are declared, and a test checks
+that the migrated database matches it exactly.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+__all__ = [
+    "EXECUTION_STATUSES",
+    "VERSION_STATUSES",
+    "dataset_examples",
+    "dataset_versions",
+    "datasets",
+    "executions",
+    "metadata",
+    "program_versions",
+    "programs",
+]
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+VERSION_STATUSES = ("draft", "optimizing", "production", "archived")
+EXECUTION_STATUSES = ("running", "succeeded", "failed", "cancelled", "abandoned")
+
+
+def _when(name: str, *, nullable: bool = False, index: bool = False) -> sa.Column[object]:
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable, index=index)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+programs = sa.Table(
+    "programs",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("source", JSON, nullable=False),
+    _when("created_at"),
+    _when("updated_at"),
+)
+
+program_versions = sa.Table(
+    "program_versions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("program", sa.String(200), sa.ForeignKey("programs.name", ondelete="CASCADE"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("state", JSON, nullable=False),
+    sa.Column("dspy_version", sa.String(32), nullable=False),
+    sa.Column("variables", JSON, nullable=True),
+    sa.Column("parent_id", sa.String(64), nullable=True),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    _when("created_at"),
+    _when("promoted_at", nullable=True),
+    sa.CheckConstraint(_in("status", VERSION_STATUSES), name="status"),
+    sa.Index("ix_program_versions_program_created_at", "program", "created_at"),
+    # Exactly one production version per program, enforced by the database itself.
+    sa.Index(
+        "uq_program_versions_one_production",
+        "program",
+        unique=True,
+        sqlite_where=sa.text("status = 'production'"),
+        postgresql_where=sa.text("status = 'production'"),
+    ),
+)
+
+executions = sa.Table(
+    "executions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("program", sa.String(200), nullable=True),
+    sa.Column("version_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("inputs", JSON, nullable=False),
+    sa.Column("outputs", JSON, nullable=True),
+    sa.Column("error", JSON, nullable=True),
+    _when("started_at", index=True),
+    _when("ended_at", nullable=True),
+    sa.Column("duration_ms", sa.Float, nullable=True),
+    sa.Column("usage", JSON, nullable=True),
+    sa.Column("total_tokens", sa.Integer, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("variables", JSON, nullable=True),
+    sa.Column("trace", JSON, nullable=True),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("runner", sa.String(200), nullable=False),
+    sa.CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
+    sa.Index("ix_executions_program_version_id_started_at", "program", "version_id", "started_at"),
+    sa.Index("ix_executions_status_runner", "status", "runner"),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    _when("created_at"),
+    _when("updated_at"),
+)
+
+dataset_versions = sa.Table(
+    "dataset_versions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("dataset", sa.String(200), sa.ForeignKey("datasets.name", ondelete="CASCADE"), nullable=False),
+    sa.Column("input_fields", JSON, nullable=False),
+    sa.Column("label_fields", JSON, nullable=False),
+    sa.Column("splits", JSON, nullable=False),
+    sa.Column("stats", JSON, nullable=False),
+    sa.Column("example_count", sa.Integer, nullable=False),
+    _when("created_at"),
+    sa.Index("ix_dataset_versions_dataset_created_at", "dataset", "created_at"),
+)
+
+dataset_examples = sa.Table(
+    "dataset_examples",
+    metadata,
+    sa.Column(
+        "version_id",
+        sa.String(64),
+        sa.ForeignKey("dataset_versions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("example_hash", sa.String(64), nullable=False),
+    sa.Column("split", sa.String(64), nullable=True),
+    sa.Column("data", JSON, nullable=False),
+)
