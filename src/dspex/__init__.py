@@ -11,6 +11,7 @@ import typing as _typing
 from dspex.errors import (
     ConfigurationError,
     DSPexError,
+    ExecutionError,
     FieldIssue,
     LMError,
     RunError,
@@ -22,30 +23,52 @@ from dspex.errors import (
 
 if _typing.TYPE_CHECKING:
     from dspex.lm import build_lm, using
+    from dspex.modules import ToolRegistry, build_module, module_from_spec
+    from dspex.runtime import App, RunResult
     from dspex.settings import Settings
+    from dspex.signatures import signature, to_spec, validate_inputs, validate_outputs
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it, imported on first access
 _LAZY: dict[str, str] = {
+    "App": "dspex.runtime",
+    "RunResult": "dspex.runtime",
     "Settings": "dspex.settings",
+    "ToolRegistry": "dspex.modules",
+    "build_module": "dspex.modules",
+    "module_from_spec": "dspex.modules",
+    "signature": "dspex.signatures",
+    "to_spec": "dspex.signatures",
+    "validate_inputs": "dspex.signatures",
+    "validate_outputs": "dspex.signatures",
     "build_lm": "dspex.lm",
     "using": "dspex.lm",
 }
 
 __all__ = [
+    "App",
     "ConfigurationError",
     "DSPexError",
+    "ExecutionError",
     "FieldIssue",
     "LMError",
     "RunError",
+    "RunResult",
     "Settings",
     "SignatureError",
     "SpecError",
+    "ToolRegistry",
     "UserError",
     "ValidationError",
     "build_lm",
+    "build_module",
+    "module_from_spec",
+    "signature",
+    "to_spec",
     "using",
+    "validate_inputs",
+    "validate_outputs",
 ]
 
 

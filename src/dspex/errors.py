@@ -10,6 +10,7 @@ DSPexError
  |    +-- ConfigurationError   # settings, LM configuration, unknown names, bad options
  |    +-- ValidationError      # data does not match a signature's fields (has .issues)
  +-- RunError                  # a run failed; the execution record says why
+      +-- ExecutionError       # the program raised (has .execution_id; the cause is chained)
       +-- LMError              # the language model failed (has .retryable, .retry_after)
 """
 
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ConfigurationError",
     "DSPexError",
+    "ExecutionError",
     "FieldIssue",
     "LMError",
     "RunError",
@@ -155,15 +157,40 @@ class RunError(DSPexError):
     code = "run_error"
 
 
+class ExecutionError(RunError):
+    """A program raised while running; ``execution_id`` names its record, the cause is chained."""
+
+    code = "execution_error"
+
+    def __init__(self, message: str, *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+    def _state(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id}
+
+
 class LMError(RunError):
     """The language model failed. ``retryable`` says whether trying again may succeed."""
 
     code = "lm_error"
 
-    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        execution_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.execution_id = execution_id
 
     def _state(self) -> dict[str, Any]:
-        return {"retryable": self.retryable, "retry_after": self.retry_after}
+        return {
+            "retryable": self.retryable,
+            "retry_after": self.retry_after,
+            "execution_id": self.execution_id,
+        }

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     num_retries: int = Field(3, ge=0, description="DSPy's retries of retryable LM errors.")
     timeout: float | None = Field(None, gt=0, description="Per-request LM timeout in seconds.")
     lm_cache: bool = Field(True, description="DSPy's request cache for LM calls.")
+    database_url: str | None = Field(
+        None, description="Where runs are recorded; default sqlite:///<home>/dspex.db."
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        """``database_url``, or the SQLite file under ``home``."""
+        return self.database_url or f"sqlite:///{self.home / 'dspex.db'}"
 
     @classmethod
     def load(cls, project_file: Path | str | None = None, **overrides: Any) -> Settings:

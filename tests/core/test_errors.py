@@ -8,6 +8,7 @@ from dspex import errors
 from dspex.errors import (
     ConfigurationError,
     DSPexError,
+    ExecutionError,
     FieldIssue,
     LMError,
     RunError,
@@ -26,6 +27,7 @@ ALL_ERRORS = [
     ConfigurationError("no LM"),
     ValidationError("inputs do not match", issues=(FieldIssue("k", "int", "got 'abc'"),)),
     RunError("failed"),
+    ExecutionError("program raised ValueError: boom", execution_id="e1"),
     LMError("rate limited", retryable=True, retry_after=1.5),
 ]
 

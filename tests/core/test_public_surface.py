@@ -25,4 +25,17 @@ def test_import_stays_light() -> None:
 
 
 # Submodules appear as attributes once imported; they are not part of the curated surface.
-_MODULES = {"errors", "settings", "lm", "testing", "signatures", "modules", "cli"}
+_MODULES = {
+    "errors",
+    "settings",
+    "lm",
+    "testing",
+    "signatures",
+    "modules",
+    "cli",
+    "runtime",
+    "store",
+    "telemetry",
+    "jsonable",
+    "demo",
+}

@@ -23,7 +23,8 @@ __all__ = [
     "programs",
 ]
 
-JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# Python None is SQL NULL (not JSON null), so "no value" is one thing in filters and retention.
+JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 VERSION_STATUSES = ("draft", "optimizing", "production", "archived")
 EXECUTION_STATUSES = ("running", "succeeded", "failed", "cancelled", "abandoned")
 

@@ -1,0 +1,56 @@
+"""Turn DSPy and Python values into plain JSON values (dicts, lists, strings, numbers, booleans, None).
+
+Stored data is JSON, never pickle: predictions, examples, pydantic models (``dspy.Image``,
+``dspy.History``...), dataclasses, sets and tuples are converted; anything else becomes its ``repr``,
+marked so a reader knows it was not round-trippable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["to_jsonable"]
+
+_MAX_DEPTH = 32
+
+
+def to_jsonable(value: Any, _depth: int = 0) -> Any:
+    """A JSON-compatible copy of ``value``.
+
+    >>> to_jsonable({"k": (1, 2.5, float("nan")), "when": datetime.date(2026, 1, 2)})
+    {'k': [1, 2.5, None], 'when': '2026-01-02'}
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if _depth > _MAX_DEPTH:
+        return {"__repr__": "<nested too deep>"}
+    depth = _depth + 1
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, depth) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v, depth) for v in value]
+    to_dict = getattr(value, "toDict", None)  # dspy.Prediction, dspy.Example
+    if callable(to_dict):
+        return to_jsonable(to_dict(), depth)
+    dump = getattr(value, "model_dump", None)  # pydantic models, incl. dspy.Image / dspy.History
+    if callable(dump):
+        try:
+            return to_jsonable(dump(mode="json"), depth)
+        except Exception:  # a model whose fields cannot be dumped still gets recorded, as its repr
+            return {"__repr__": repr(value)[:2000]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name), depth) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value, depth)
+    if isinstance(value, bytes):
+        return {"__bytes__": len(value)}
+    return {"__repr__": repr(value)[:2000]}

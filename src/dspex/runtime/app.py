@@ -1,0 +1,301 @@
+"""``App``: run DSPy programs and record every run.
+
+::
+
+    with App() as app:                                  # settings from dspex.toml / DSPEX_* / defaults
+        result = app.run(dspy.ChainOfThought("question -> answer"), {"question": "2 + 2?"})
+        result.outputs["answer"], result.execution_id
+        app.executions.get(result.execution_id).trace   # the span tree
+
+Each run executes under ``dspy.context(lm=..., callbacks=[..., recorder], usage_tracker=recorder)``
+(never ``dspy.configure``), and ends with a terminal execution record: ``succeeded``; ``failed`` on bad
+input (``ValidationError``), LM failure (``LMError``) or any exception in the program
+(``ExecutionError``, cause chained); ``cancelled`` on cancellation or interrupt. Records are written
+behind the call by an :class:`~dspex.store.writer.ExecutionWriter`; ``close()`` flushes them. Opening
+the store migrates it and marks runs left ``running`` by dead processes of this host ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dspex.errors import ExecutionError, LMError, UserError, ValidationError
+from dspex.jsonable import to_jsonable
+from dspex.lm.pricing import Prices
+from dspex.settings import Settings
+from dspex.store import Database, open_database
+from dspex.store.executions import ExecutionRepository, ExecutionStatus, current_runner, utcnow
+from dspex.store.writer import ExecutionWriter
+from dspex.telemetry.recorder import RunRecorder, error_info
+
+__all__ = ["App", "RunResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a successful run."""
+
+    execution_id: str
+    outputs: dict[str, Any]
+    prediction: Any
+    duration_ms: float
+    usage: dict[str, dict[str, Any]]
+    cost_usd: float | None
+
+
+def _input_signature(program: Any) -> Any:
+    """The signature whose input fields a program takes, when it has one unambiguous one."""
+    signature = getattr(program, "signature", None)
+    if signature is not None and hasattr(signature, "input_fields"):
+        return signature
+    predictors = program.named_predictors() if hasattr(program, "named_predictors") else []
+    if len(predictors) == 1:
+        return predictors[0][1].signature
+    return None
+
+
+def _has_native_async(program: Any) -> bool:
+    import dspy
+
+    for cls in type(program).__mro__:
+        if cls is dspy.Module:
+            return False
+        if "aforward" in vars(cls) or "acall" in vars(cls):
+            return True
+    return False
+
+
+class App:
+    """Runs programs and records them. Thread-safe; one per process is the usual shape."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        lm: Any = None,
+        prices: Prices | None = None,
+        record: bool = True,
+    ) -> None:
+        self.settings = settings or Settings.load()
+        self.prices = prices or Prices()
+        self.record = record
+        self._lm = lm
+        self._lock = threading.Lock()
+        self._db: Database | None = None
+        self._executions: ExecutionRepository | None = None
+        self._writer: ExecutionWriter | None = None
+        self.abandoned: list[str] = []
+
+    # -- resources -----------------------------------------------------------------------------------
+    def _open(self) -> tuple[ExecutionRepository, ExecutionWriter]:
+        with self._lock:
+            if self._executions is None or self._writer is None:
+                self._db = open_database(self.settings.resolved_database_url)
+                self._executions = ExecutionRepository(self._db)
+                self.abandoned = self._executions.mark_abandoned()
+                self._writer = ExecutionWriter(
+                    self._executions, spill_path=self.settings.home / "unwritten-executions.jsonl"
+                )
+            return self._executions, self._writer
+
+    @property
+    def executions(self) -> ExecutionRepository:
+        """The execution records (flush first to see runs that just ended)."""
+        return self._open()[0]
+
+    def lm(self) -> Any:
+        """The LM runs use when none is given: the one passed in, else one built from settings."""
+        with self._lock:
+            if self._lm is None:
+                from dspex.lm import build_lm
+
+                self._lm = build_lm(self.settings)
+            return self._lm
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every record of runs that ended so far is written."""
+        return self._writer.flush(timeout) if self._writer is not None else True
+
+    def close(self) -> None:
+        """Flush and stop the writer, then close database connections."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+            if self._db is not None:
+                self._db.dispose()
+            self._writer = self._executions = self._db = None
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def run(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: Any = None,
+        program_name: str | None = None,
+        version_id: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Run ``program`` on ``inputs`` and record it; raises on failure after recording it."""
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables)
+        return run.finish(run.execute_sync)
+
+    async def arun(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: Any = None,
+        program_name: str | None = None,
+        version_id: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables)
+        try:
+            prediction = await run.execute_async()
+        except BaseException as exc:
+            raise run.failed(exc) from exc
+        return run.succeeded(prediction)
+
+
+class _Run:
+    """One run's bookkeeping: the record's fields, the recorder, and how it ends."""
+
+    def __init__(
+        self,
+        app: App,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        lm: Any,
+        program_name: str | None,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+    ) -> None:
+        import dspy
+
+        self.app = app
+        self.program = program
+        self.inputs = dict(inputs or {})
+        self.lm = lm if lm is not None else app.lm()
+        self.id = str(uuid.uuid4())
+        self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
+        self.started_at = utcnow()
+        self.t0 = time.perf_counter()
+        self.base: dict[str, Any] = {
+            "id": self.id,
+            "program": program_name or type(program).__name__,
+            "version_id": version_id,
+            "inputs": to_jsonable(self.inputs),
+            "variables": to_jsonable(dict(variables)) if variables else None,
+            "started_at": self.started_at,
+            "runner": current_runner(),
+            "cache_hit": False,
+        }
+        self.writer = app._open()[1] if app.record else None
+        if self.writer is not None:
+            self.writer.submit({**self.base, "status": "running"})
+
+    def _context(self) -> Any:
+        import dspy
+
+        callbacks = [*dspy.settings.callbacks, self.recorder]
+        return dspy.context(lm=self.lm, callbacks=callbacks, usage_tracker=self.recorder)
+
+    def _validated(self) -> dict[str, Any]:
+        signature = _input_signature(self.program)
+        if signature is None:
+            return self.inputs
+        from dspex.signatures import validate_inputs
+
+        return validate_inputs(signature, self.inputs)
+
+    def execute_sync(self) -> Any:
+        inputs = self._validated()
+        with self._context():
+            return self.program(**inputs)
+
+    async def execute_async(self) -> Any:
+        import dspy
+
+        inputs = self._validated()
+        with self._context():
+            if _has_native_async(self.program):
+                return await self.program.acall(**inputs)
+            return await dspy.asyncify(self.program)(**inputs)
+
+    def finish(self, execute: Any) -> RunResult:
+        try:
+            prediction = execute()
+        except BaseException as exc:
+            raise self.failed(exc) from exc
+        return self.succeeded(prediction)
+
+    def _end(
+        self, status: ExecutionStatus, outputs: Any = None, error: dict[str, Any] | None = None
+    ) -> float:
+        duration_ms = (time.perf_counter() - self.t0) * 1000
+        if self.writer is not None:
+            recorder, base, ended_at = self.recorder, self.base, utcnow()
+
+            def row() -> dict[str, Any]:  # built on the writer thread, off the caller's path
+                return {
+                    **base,
+                    "status": status,
+                    "outputs": to_jsonable(outputs) if outputs is not None else None,
+                    "error": error,
+                    "ended_at": ended_at,
+                    "duration_ms": duration_ms,
+                    "usage": recorder.usage or None,
+                    "total_tokens": recorder.total_tokens,
+                    "cost_usd": recorder.cost_usd,
+                    "trace": recorder.trace(),
+                }
+
+            self.writer.submit(row)
+        return duration_ms
+
+    def succeeded(self, prediction: Any) -> RunResult:
+        outputs = to_jsonable(prediction)
+        duration_ms = self._end("succeeded", outputs)
+        return RunResult(
+            execution_id=self.id,
+            outputs=outputs if isinstance(outputs, dict) else {"output": outputs},
+            prediction=prediction,
+            duration_ms=duration_ms,
+            usage=self.recorder.usage,
+            cost_usd=self.recorder.cost_usd,
+        )
+
+    def failed(self, exc: BaseException) -> BaseException:
+        """Record the failure and return the exception the caller should see."""
+        import dspy
+
+        cancelled = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+        self._end("cancelled" if cancelled else "failed", error=error_info(exc))
+        if cancelled or isinstance(exc, UserError):
+            if isinstance(exc, ValidationError):
+                exc.execution_id = self.id  # type: ignore[attr-defined]  # lets callers find the record
+            return exc
+        if isinstance(exc, dspy.LMError):
+            return LMError(
+                f"the language model failed: {exc}",
+                retryable=dspy.is_retryable_lm_error(exc),
+                retry_after=getattr(exc, "retry_after", None),
+                execution_id=self.id,
+            )
+        return ExecutionError(f"program raised {type(exc).__name__}: {exc}", execution_id=self.id)

@@ -1,0 +1,348 @@
+"""Executions: one row per run of a program, from start to a terminal status.
+
+Table ``executions`` (see :mod:`dspex.store.schema`). A row is written when a run starts (``running``)
+and rewritten when it ends; both writes are upserts keyed by the run's id, so a run that starts and ends
+within one batch of the background writer costs a single insert. ``program`` and ``version_id`` are
+nullable because ad-hoc modules (not registered) are recorded too. ``usage`` is per model
+(``{"openai/gpt-4o-mini": {"prompt_tokens", "completion_tokens", "total_tokens", "calls", "cost_usd"}}``);
+``total_tokens`` and ``cost_usd`` are denormalised totals so filters and stats need no JSON functions.
+``trace`` holds the span tree (``{"v": 1, "spans": [...]}``) and may be dropped by retention while the
+summary row stays. ``runner`` is ``host:pid`` of the process that ran it: a ``running`` row whose
+process is gone is marked ``abandoned`` by the next process that opens the store on that host.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dspex.store._engine import Database
+from dspex.store.schema import executions
+
+__all__ = [
+    "ExecutionFilter",
+    "ExecutionRecord",
+    "ExecutionRepository",
+    "ExecutionStatus",
+    "VersionStats",
+    "current_runner",
+    "utcnow",
+]
+
+ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "abandoned"]
+TERMINAL: tuple[ExecutionStatus, ...] = ("succeeded", "failed", "cancelled", "abandoned")
+_COLUMNS = tuple(c.name for c in executions.columns)
+_SUMMARY_COLUMNS = tuple(c for c in executions.columns if c.name != "trace")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def current_runner() -> str:
+    """This process as recorded in ``runner``: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite hands back naive datetimes; everything dspex stores is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One execution row. ``trace`` is None when not requested or dropped by retention."""
+
+    id: str
+    program: str | None
+    version_id: str | None
+    status: ExecutionStatus
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: dict[str, Any] | None
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    duration_ms: float | None
+    usage: dict[str, Any] | None
+    total_tokens: int | None
+    cost_usd: float | None
+    variables: dict[str, Any] | None
+    trace: dict[str, Any] | None
+    cache_hit: bool
+    runner: str
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:
+        data: dict[str, Any] = {name: row.get(name) for name in _COLUMNS}
+        data["started_at"] = _aware(data["started_at"])
+        data["ended_at"] = _aware(data["ended_at"])
+        data["cache_hit"] = bool(data["cache_hit"])
+        return cls(**data)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON (times as ISO 8601)."""
+        data = {name: getattr(self, name) for name in _COLUMNS}
+        for key in ("started_at", "ended_at"):
+            data[key] = data[key].isoformat() if data[key] is not None else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    """Which executions to list; every field is optional and they combine with AND."""
+
+    program: str | None = None
+    version_id: str | None = None
+    status: ExecutionStatus | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    min_cost_usd: float | None = None
+    max_cost_usd: float | None = None
+    min_duration_ms: float | None = None
+    max_duration_ms: float | None = None
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        c = executions.c
+        checks: list[tuple[Any, Callable[[Any], sa.ColumnElement[bool]]]] = [
+            (self.program, lambda v: c.program == v),
+            (self.version_id, lambda v: c.version_id == v),
+            (self.status, lambda v: c.status == v),
+            (self.since, lambda v: c.started_at >= v),
+            (self.until, lambda v: c.started_at < v),
+            (self.min_cost_usd, lambda v: c.cost_usd >= v),
+            (self.max_cost_usd, lambda v: c.cost_usd <= v),
+            (self.min_duration_ms, lambda v: c.duration_ms >= v),
+            (self.max_duration_ms, lambda v: c.duration_ms <= v),
+        ]
+        return [make(value) for value, make in checks if value is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStats:
+    """Aggregates of one program version's executions."""
+
+    program: str | None
+    version_id: str | None
+    count: int
+    succeeded: int
+    failed: int
+    error_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    total_tokens: int
+    cost_usd: float | None
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
+
+
+class ExecutionRepository:
+    """Reads and writes the ``executions`` table. Thread-safe (each call takes its own connection)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows, or replace the ones whose id exists, in one statement."""
+        if not rows:
+            return
+        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        stmt = insert(executions)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"], set_={name: stmt.excluded[name] for name in _COLUMNS if name != "id"}
+        )
+        with self.db.write() as connection:
+            connection.execute(stmt, [{name: row.get(name) for name in _COLUMNS} for row in rows])
+
+    def get(self, execution_id: str) -> ExecutionRecord | None:
+        """One execution with its trace, or None."""
+        with self.db.read() as connection:
+            row = connection.execute(sa.select(executions).where(executions.c.id == execution_id)).first()
+        return ExecutionRecord.from_row(row._mapping) if row is not None else None
+
+    def find(
+        self,
+        where: ExecutionFilter | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        with_trace: bool = False,
+    ) -> list[ExecutionRecord]:
+        """Executions matching ``where``, newest first."""
+        columns = list(executions.columns) if with_trace else _SUMMARY_COLUMNS
+        query = (
+            sa.select(*columns)
+            .where(*(where or ExecutionFilter()).where())
+            .order_by(executions.c.started_at.desc(), executions.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.db.read() as connection:
+            return [ExecutionRecord.from_row(row._mapping) for row in connection.execute(query)]
+
+    def count(self, where: ExecutionFilter | None = None) -> int:
+        query = (
+            sa.select(sa.func.count()).select_from(executions).where(*(where or ExecutionFilter()).where())
+        )
+        with self.db.read() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def stats(self, where: ExecutionFilter | None = None) -> list[VersionStats]:
+        """Per (program, version): counts, error rate, latency percentiles, tokens and cost."""
+        c = executions.c
+        query = (
+            sa.select(c.program, c.version_id, c.status, c.duration_ms, c.total_tokens, c.cost_usd)
+            .where(*(where or ExecutionFilter()).where())
+            .order_by(c.program, c.version_id)
+        )
+        groups: dict[tuple[str | None, str | None], list[Any]] = {}
+        with self.db.read() as connection:
+            for row in connection.execute(query):
+                groups.setdefault((row.program, row.version_id), []).append(row)
+        return [self._summarise(program, version, rows) for (program, version), rows in groups.items()]
+
+    @staticmethod
+    def _summarise(program: str | None, version: str | None, rows: list[Any]) -> VersionStats:
+        succeeded = sum(1 for r in rows if r.status == "succeeded")
+        failed = sum(1 for r in rows if r.status == "failed")
+        ended = sum(1 for r in rows if r.status in TERMINAL)
+        durations = sorted(r.duration_ms for r in rows if r.duration_ms is not None)
+        costs = [r.cost_usd for r in rows if r.status in TERMINAL]
+        return VersionStats(
+            program=program,
+            version_id=version,
+            count=len(rows),
+            succeeded=succeeded,
+            failed=failed,
+            error_rate=(failed / ended) if ended else 0.0,
+            p50_ms=_percentile(durations, 50),
+            p95_ms=_percentile(durations, 95),
+            p99_ms=_percentile(durations, 99),
+            total_tokens=sum(r.total_tokens or 0 for r in rows),
+            cost_usd=None if any(c is None for c in costs) else float(sum(costs)),
+        )
+
+    def mark_abandoned(
+        self, *, host: str | None = None, is_alive: Callable[[int], bool] | None = None
+    ) -> list[str]:
+        """Mark ``running`` rows of dead processes on ``host`` (default: this one) as ``abandoned``.
+
+        Returns the ids marked. Rows of other hosts are left to processes on those hosts.
+        """
+        host = host or socket.gethostname()
+        alive = is_alive or _pid_alive
+        c = executions.c
+        with self.db.read() as connection:
+            running = connection.execute(
+                sa.select(c.id, c.runner, c.started_at).where(
+                    c.status == "running", c.runner.like(f"{host}:%")
+                )
+            ).all()
+        dead = [
+            (row.id, row.runner, _aware(row.started_at))
+            for row in running
+            if not _runner_alive(row.runner, alive)
+        ]
+        now = utcnow()
+        for execution_id, runner, started in dead:
+            with self.db.write() as connection:
+                connection.execute(
+                    sa.update(executions)
+                    .where(c.id == execution_id, c.status == "running")
+                    .values(
+                        status="abandoned",
+                        ended_at=now,
+                        duration_ms=(now - started).total_seconds() * 1000 if started else None,
+                        error={
+                            "type": "Abandoned",
+                            "code": "abandoned",
+                            "message": f"the process that ran it ({runner}) ended without recording a result",
+                            "retryable": True,
+                        },
+                    )
+                )
+        return [execution_id for execution_id, _, _ in dead]
+
+    def prune(
+        self,
+        *,
+        older_than: dt.datetime | None = None,
+        keep_per_program: int | None = None,
+        traces_only: bool = False,
+    ) -> int:
+        """Delete (or, with ``traces_only``, strip the trace of) ended executions past retention.
+
+        ``older_than`` selects rows started before that time; ``keep_per_program`` keeps the newest N
+        of each program. Running rows are never touched. Returns the number of rows affected.
+        """
+        if older_than is None and keep_per_program is None:
+            return 0
+        if keep_per_program is not None and keep_per_program < 0:
+            raise ValueError("keep_per_program must be >= 0")
+        c = executions.c
+        doomed: set[str] = set()
+        with self.db.read() as connection:
+            if older_than is not None:
+                doomed.update(
+                    connection.scalars(
+                        sa.select(c.id).where(c.status.in_(TERMINAL), c.started_at < older_than)
+                    )
+                )
+            if keep_per_program is not None:
+                rank = (
+                    sa.func.row_number()
+                    .over(partition_by=c.program, order_by=(c.started_at.desc(), c.id))
+                    .label("rank")
+                )
+                ranked = sa.select(c.id, rank).where(c.status.in_(TERMINAL)).subquery()
+                doomed.update(
+                    connection.scalars(sa.select(ranked.c.id).where(ranked.c.rank > keep_per_program))
+                )
+        if traces_only:
+            with self.db.read() as connection:
+                doomed = set(
+                    connection.scalars(sa.select(c.id).where(c.id.in_(doomed), c.trace.is_not(None)))
+                )
+        for chunk in _chunks(sorted(doomed), 500):
+            with self.db.write() as connection:
+                if traces_only:
+                    connection.execute(sa.update(executions).where(c.id.in_(chunk)).values(trace=sa.null()))
+                else:
+                    connection.execute(sa.delete(executions).where(c.id.in_(chunk)))
+        return len(doomed)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _runner_alive(runner: str, alive: Callable[[int], bool]) -> bool:
+    _, _, pid = runner.rpartition(":")
+    return pid.isdigit() and alive(int(pid))

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+from dspy.lm15 import AuthError, RateLimitError
+
+from dspex import ExecutionError, LMError, Settings, ValidationError
+from dspex.lm.pricing import Price, Prices
+from dspex.runtime import App
+from dspex.testing.engine import ScriptedEngine
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:
+    return ScriptedEngine({"answer": lambda inputs: str(inputs["question"]).upper()})
+
+
+@pytest.fixture
+def app(database_url: str, engine: ScriptedEngine, tmp_path: Path) -> Any:
+    settings = Settings.load(home=tmp_path / "home", database_url=database_url)
+    with App(settings, lm=engine.lm("qa"), prices=Prices({"qa": Price(1.0, 2.0)})) as app:
+        yield app
+
+
+def test_a_run_is_recorded_with_outputs_usage_cost_and_trace(app: App) -> None:
+    result = app.run(dspy.ChainOfThought("question -> answer"), {"question": "hi"})
+    assert result.outputs["answer"] == "HI"
+    assert app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    assert record.status == "succeeded"
+    assert record.inputs == {"question": "hi"}
+    assert record.outputs is not None
+    assert record.outputs["answer"] == "HI"
+    assert record.duration_ms is not None
+    assert record.duration_ms > 0
+    assert record.ended_at is not None
+    assert record.ended_at >= record.started_at
+    usage = record.usage or {}
+    assert usage["scripted/qa"]["calls"] == 1
+    assert record.total_tokens == usage["scripted/qa"]["total_tokens"] > 0
+    expected_cost = (
+        usage["scripted/qa"]["prompt_tokens"] * 1.0 + usage["scripted/qa"]["completion_tokens"] * 2.0
+    ) / 1e6
+    assert record.cost_usd == pytest.approx(expected_cost)
+    spans = (record.trace or {})["spans"]
+    kinds = [span["kind"] for span in spans]
+    assert kinds[:2] == ["module", "module"]
+    assert {"lm", "adapter_format", "adapter_parse"} <= set(kinds)
+    lm_span = next(span for span in spans if span["kind"] == "lm")
+    assert lm_span["parent"] == 1  # the Predict inside ChainOfThought
+    assert lm_span["inputs"]["messages"][-1]["role"] == "user"
+    assert "HI" in lm_span["outputs"][0]
+    assert lm_span["usage"]["total_tokens"] == record.total_tokens
+
+
+def test_bad_inputs_raise_and_leave_a_failed_record(app: App) -> None:
+    with pytest.raises(ValidationError, match="k: expected int") as info:
+        app.run(dspy.Predict("question, k: int -> answer"), {"question": "x", "k": "abc"})
+    app.flush()
+    record = app.executions.get(info.value.execution_id)  # type: ignore[attr-defined]
+    assert record is not None
+    assert record.status == "failed"
+    assert record.error is not None
+    assert record.error["code"] == "validation_error"
+
+
+def test_program_errors_are_wrapped_with_the_record_id(app: App) -> None:
+    class Broken(dspy.Module):
+        def forward(self, question: str) -> dspy.Prediction:
+            raise ZeroDivisionError("boom")
+
+    with pytest.raises(ExecutionError, match="program raised ZeroDivisionError: boom") as info:
+        app.run(Broken(), {"question": "q"})
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    app.flush()
+    record = app.executions.get(info.value.execution_id or "")
+    assert record is not None
+    assert record.status == "failed"
+    assert record.error == {"type": "ZeroDivisionError", "message": "boom"}
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"), [(AuthError("bad key"), False), (RateLimitError("slow"), True)]
+)
+def test_lm_failures_become_lm_errors(app: App, error: Exception, retryable: bool) -> None:
+    def fail(inputs: dict[str, Any]) -> str:
+        raise error
+
+    lm = ScriptedEngine({"answer": fail}).lm("failing", num_retries=0)
+    with pytest.raises(LMError) as info:
+        app.run(dspy.Predict("question -> answer"), {"question": "q"}, lm=lm)
+    assert info.value.retryable is retryable
+    app.flush()
+    record = app.executions.get(info.value.execution_id or "")
+    assert record is not None
+    assert record.status == "failed"
+
+
+def test_async_runs_native_and_asyncified(app: App) -> None:
+    class NoAsync(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> dspy.Prediction:
+            return self.predict(question=question)
+
+    async def main() -> list[str]:
+        results = await asyncio.gather(
+            app.arun(dspy.Predict("question -> answer"), {"question": "native"}),
+            app.arun(NoAsync(), {"question": "threaded"}),
+        )
+        return [r.outputs["answer"] for r in results]
+
+    assert asyncio.run(main()) == ["NATIVE", "THREADED"]
+    app.flush()
+    records = app.executions.find()
+    assert sorted(r.status for r in records) == ["succeeded", "succeeded"]
+    assert all(r.trace is None for r in records)  # summaries by default
+    assert all(r.total_tokens for r in records)
+
+
+def test_cancelled_runs_are_recorded(app: App) -> None:
+    slow = ScriptedEngine({"answer": "late"}, latency=5.0)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            app.arun(dspy.Predict("question -> answer"), {"question": "q"}, lm=slow.lm())
+        )
+        while not slow.calls:  # the LM call has started
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    app.flush()
+    (record,) = app.executions.find()
+    assert record.status == "cancelled"
+
+
+def test_runs_never_configure_dspy_globally(app: App) -> None:
+    app.run(dspy.Predict("question -> answer"), {"question": "q"})
+    assert dspy.settings.lm is None
+    assert not dspy.settings.callbacks
+
+
+def test_an_outer_usage_tracker_still_sees_usage(app: App) -> None:
+    with dspy.track_usage() as tracker:
+        app.run(dspy.Predict("question -> answer"), {"question": "q"})
+    assert tracker.get_total_tokens()["scripted/qa"]["total_tokens"] > 0
