@@ -24,6 +24,7 @@ from dspex.errors import (
 if _typing.TYPE_CHECKING:
     from dspex.lm import build_lm, using
     from dspex.modules import ToolRegistry, build_module, module_from_spec
+    from dspex.programs import Datasets, ProgramRegistry
     from dspex.runtime import App, RunResult
     from dspex.settings import Settings
     from dspex.signatures import signature, to_spec, validate_inputs, validate_outputs
@@ -33,6 +34,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it, imported on first access
 _LAZY: dict[str, str] = {
     "App": "dspex.runtime",
+    "Datasets": "dspex.programs",
+    "ProgramRegistry": "dspex.programs",
     "RunResult": "dspex.runtime",
     "Settings": "dspex.settings",
     "ToolRegistry": "dspex.modules",
@@ -50,9 +53,11 @@ __all__ = [
     "App",
     "ConfigurationError",
     "DSPexError",
+    "Datasets",
     "ExecutionError",
     "FieldIssue",
     "LMError",
+    "ProgramRegistry",
     "RunError",
     "RunResult",
     "Settings",

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["to_jsonable"]
+import orjson
+
+__all__ = ["dumps", "to_jsonable"]
 
 _MAX_DEPTH = 32
 
@@ -54,3 +57,31 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, bytes):
         return {"__bytes__": len(value)}
     return {"__repr__": repr(value)[:2000]}
+
+
+def _default(value: Any) -> Any:
+    # One level only: the encoder recurses into what this returns, far faster than converting the whole
+    # value in Python first. orjson handles dataclasses, datetimes, enums and UUIDs itself.
+    to_dict = getattr(value, "toDict", None)
+    if callable(to_dict):
+        return to_dict()
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return to_jsonable(value)
+
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(value: Any) -> str:
+    """Serialise ``value`` to a JSON string, converting what JSON cannot hold like :func:`to_jsonable`.
+
+    The fast path is orjson (NaN and infinities become null, non-string keys become strings) with a
+    ``default`` hook for DSPy and pydantic objects; values it refuses (integers beyond 64 bits, nesting
+    deeper than 254 levels) take the slow path through :func:`to_jsonable`. The database engines use
+    this as their JSON serialiser.
+    """
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":"))

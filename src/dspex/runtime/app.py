@@ -6,6 +6,8 @@
         result = app.run(dspy.ChainOfThought("question -> answer"), {"question": "2 + 2?"})
         result.outputs["answer"], result.execution_id
         app.executions.get(result.execution_id).trace   # the span tree
+        app.programs.register("qa", "myapp.qa:build")   # the program registry (dspex.programs)
+        app.run("qa", {"question": "2 + 2?"})           # production version (else newest draft)
 
 Each run executes under ``dspy.context(lm=..., callbacks=[..., recorder], usage_tracker=recorder)``
 (never ``dspy.configure``), and ends with a terminal execution record: ``succeeded``; ``failed`` on bad
@@ -18,14 +20,16 @@ the store migrates it and marks runs left ``running`` by dead processes of this 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dspex.errors import ExecutionError, LMError, UserError, ValidationError
+from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
 from dspex.jsonable import to_jsonable
 from dspex.lm.pricing import Prices
 from dspex.settings import Settings
@@ -33,6 +37,10 @@ from dspex.store import Database, open_database
 from dspex.store.executions import ExecutionRepository, ExecutionStatus, current_runner, utcnow
 from dspex.store.writer import ExecutionWriter
 from dspex.telemetry.recorder import RunRecorder, error_info
+
+if TYPE_CHECKING:
+    from dspex.programs import ProgramRegistry
+    from dspex.programs.datasets import Datasets
 
 __all__ = ["App", "RunResult"]
 
@@ -49,8 +57,24 @@ class RunResult:
     cost_usd: float | None
 
 
+# program -> its input signature; walking a program's parameters on every run would be O(size of the
+# program's state), and programs are long-lived, so it is looked up once. Weak: programs come and go.
+_signatures: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def _input_signature(program: Any) -> Any:
     """The signature whose input fields a program takes, when it has one unambiguous one."""
+    try:
+        return _signatures[program]
+    except (KeyError, TypeError):
+        pass
+    signature = _find_input_signature(program)
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is just not cached
+        _signatures[program] = signature
+    return signature
+
+
+def _find_input_signature(program: Any) -> Any:
     signature = getattr(program, "signature", None)
     if signature is not None and hasattr(signature, "input_fields"):
         return signature
@@ -90,6 +114,8 @@ class App:
         self._db: Database | None = None
         self._executions: ExecutionRepository | None = None
         self._writer: ExecutionWriter | None = None
+        self._programs: ProgramRegistry | None = None
+        self._datasets: Datasets | None = None
         self.abandoned: list[str] = []
 
     # -- resources -----------------------------------------------------------------------------------
@@ -108,6 +134,39 @@ class App:
     def executions(self) -> ExecutionRepository:
         """The execution records (flush first to see runs that just ended)."""
         return self._open()[0]
+
+    @property
+    def programs(self) -> ProgramRegistry:
+        """The program registry on this App's database; ``run("name", ...)`` loads from it."""
+        from dspex.programs import ProgramRegistry
+
+        self._open()
+        with self._lock:
+            if self._programs is None:
+                assert self._db is not None  # set by _open()
+                self._programs = ProgramRegistry(self._db)
+            return self._programs
+
+    @property
+    def datasets(self) -> Datasets:
+        """The named, versioned datasets on this App's database."""
+        from dspex.programs.datasets import Datasets
+
+        self._open()
+        with self._lock:
+            if self._datasets is None:
+                assert self._db is not None  # set by _open()
+                self._datasets = Datasets(self._db)
+            return self._datasets
+
+    def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
+        """The module and version id to run for a registered program name."""
+        if program_name is not None and program_name != name:
+            raise ConfigurationError(
+                f"program_name={program_name!r} names another program than {name!r}; leave it out"
+            )
+        version = self.programs.resolve(name, version_id)
+        return self.programs.build(version), version.id
 
     def lm(self) -> Any:
         """The LM runs use when none is given: the one passed in, else one built from settings."""
@@ -129,7 +188,7 @@ class App:
                 self._writer.close()
             if self._db is not None:
                 self._db.dispose()
-            self._writer = self._executions = self._db = None
+            self._writer = self._executions = self._db = self._programs = self._datasets = None
 
     def __enter__(self) -> App:
         return self
@@ -149,7 +208,15 @@ class App:
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
     ) -> RunResult:
-        """Run ``program`` on ``inputs`` and record it; raises on failure after recording it."""
+        """Run ``program`` on ``inputs`` and record it; raises on failure after recording it.
+
+        ``program`` is a DSPy module, or the name of a registered program: then ``version_id`` picks
+        the version (default: production, else the newest draft) and both are recorded.
+        """
+        if isinstance(program, str):
+            name = program
+            program, version_id = self._registered(name, version_id, program_name)
+            program_name = name
         run = _Run(self, program, inputs, lm, program_name, version_id, variables)
         return run.finish(run.execute_sync)
 
@@ -165,6 +232,11 @@ class App:
         variables: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
+        if isinstance(program, str):
+            # Loading reads the database and may build the program: keep it off the event loop.
+            name = program
+            program, version_id = await asyncio.to_thread(self._registered, name, version_id, program_name)
+            program_name = name
         run = _Run(self, program, inputs, lm, program_name, version_id, variables)
         try:
             prediction = await run.execute_async()
@@ -200,7 +272,7 @@ class _Run:
             "id": self.id,
             "program": program_name or type(program).__name__,
             "version_id": version_id,
-            "inputs": to_jsonable(self.inputs),
+            "inputs": self.inputs,
             "variables": to_jsonable(dict(variables)) if variables else None,
             "started_at": self.started_at,
             "runner": current_runner(),
@@ -214,7 +286,11 @@ class _Run:
         import dspy
 
         callbacks = [*dspy.settings.callbacks, self.recorder]
-        return dspy.context(lm=self.lm, callbacks=callbacks, usage_tracker=self.recorder)
+        # DSPy's per-module and per-LM history grows without bound in a long-lived process; the
+        # execution record keeps what it held, so runs leave it off.
+        return dspy.context(
+            lm=self.lm, callbacks=callbacks, usage_tracker=self.recorder, disable_history=True
+        )
 
     def _validated(self) -> dict[str, Any]:
         signature = _input_signature(self.program)
@@ -256,7 +332,7 @@ class _Run:
                 return {
                     **base,
                     "status": status,
-                    "outputs": to_jsonable(outputs) if outputs is not None else None,
+                    "outputs": outputs,
                     "error": error,
                     "ended_at": ended_at,
                     "duration_ms": duration_ms,

@@ -21,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from dspex.errors import ConfigurationError
+from dspex.jsonable import dumps
 
 __all__ = ["Database"]
 
@@ -31,7 +32,7 @@ _WRITE = "dspex_write"
 def _sqlite_engine(url: sa.URL) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000})
+    engine = sa.create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000}, json_serializer=dumps)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -75,7 +76,7 @@ class Database:
                     f"PostgreSQL URLs use the psycopg 3 driver: postgresql+psycopg://..., got {url!r}"
                 )
             try:
-                self.engine = sa.create_engine(parsed, pool_pre_ping=True)
+                self.engine = sa.create_engine(parsed, pool_pre_ping=True, json_serializer=dumps)
             except ModuleNotFoundError:
                 raise ConfigurationError(
                     "PostgreSQL needs the postgres extra: pip install 'dspex[postgres]'"

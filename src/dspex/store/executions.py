@@ -47,9 +47,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+_runner: tuple[int, str] | None = None
+
+
 def current_runner() -> str:
-    """This process as recorded in ``runner``: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as recorded in ``runner``: ``host:pid`` (recomputed after a fork)."""
+    global _runner
+    pid = os.getpid()
+    if _runner is None or _runner[0] != pid:
+        _runner = (pid, f"{socket.gethostname()}:{pid}")
+    return _runner[1]
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 from dspy.utils.callback import BaseCallback
 
-from dspex.jsonable import to_jsonable
 from dspex.lm.pricing import Prices
 
 __all__ = ["RunRecorder", "Span", "SpanKind"]
@@ -59,15 +58,16 @@ class Span:
     cost_usd: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The span as a dict; payloads stay as they are, for :func:`dspex.jsonable.dumps` to encode."""
         data: dict[str, Any] = {
             "index": self.index,
             "parent": self.parent,
             "kind": self.kind,
             "name": self.name,
-            "start_ms": round(self.start_ms, 3),
-            "end_ms": None if self.end_ms is None else round(self.end_ms, 3),
-            "inputs": to_jsonable(self.inputs),
-            "outputs": to_jsonable(self.outputs),
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
         }
         for key in ("error", "model", "usage", "cost_usd"):
             value = getattr(self, key)
@@ -245,7 +245,11 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
         return float(sum(c for c in costs if c is not None))
 
     def trace(self) -> dict[str, Any]:
-        """The span tree as JSON: ``{"v": 1, "spans": [...]}``, parents before children."""
+        """The span tree: ``{"v": 1, "spans": [...]}``, parents before children.
+
+        Payloads are the objects DSPy passed (messages, predictions...); :func:`dspex.jsonable.dumps`
+        (the store's JSON encoder) or :func:`~dspex.jsonable.to_jsonable` turns them into JSON.
+        """
         with self._lock:
             spans = list(self.spans)
         return {"v": TRACE_VERSION, "spans": [span.to_json() for span in spans]}

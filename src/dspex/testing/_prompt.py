@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Field", "Prompt", "PromptFormat", "default_value", "read_prompt", "render_answer"]
+__all__ = [
+    "Field",
+    "Prompt",
+    "PromptFormat",
+    "default_value",
+    "read_chat_messages",
+    "read_prompt",
+    "render_answer",
+]
 
 PromptFormat = Literal["chat", "json", "xml"]
 
@@ -116,6 +124,31 @@ def read_prompt(system: str, messages: Sequence[tuple[str, str]]) -> Prompt:
     instructions = _section(system, "your objective is:", "\x00").strip()
     text = "\n".join(str(v) for v in inputs.values())
     return Prompt(input_fields, output_fields, inputs, fmt, demos, instructions, text)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts; only text parts carry DSPy's fields
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def read_chat_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[tuple[str, str]]]:
+    """Split OpenAI chat messages into the system text and the (role, text) user/assistant turns.
+
+    >>> read_chat_messages([{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "Q"}]}])
+    ('S', [('user', 'Q')])
+    """
+    system = "\n".join(
+        _content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+    )
+    turns = [
+        (str(m["role"]), _content_text(m.get("content")))
+        for m in messages
+        if m.get("role") in ("user", "assistant")
+    ]
+    return system, turns
 
 
 def default_value(f: Field) -> Any:

@@ -1,0 +1,117 @@
+"""Per-call cost of running through DSPex with full recording, against bare DSPy, in one process.
+
+Run: ``python benchmarks/recording_overhead.py [--calls 1000] [--rounds 5] [--latency 0]``.
+
+Every row runs the same ``dspy.ChainOfThought("question -> answer")`` on the scripted engine:
+- ``bare DSPy``: ``program(question=...)`` under one ``dspy.context(lm=...)`` (DSPy's defaults);
+- ``DSPy + no-op callback``: the same with a ``BaseCallback`` that does nothing: the floor any
+  recording through DSPy's callback hooks pays (DSPy binds arguments and picks a handler per event);
+- ``DSPex, no record``: ``App.run`` (input validation, per-run context, recorder) writing nothing;
+- ``DSPex, full record``: ``App.run`` writing every run to SQLite: inputs, outputs, usage, cost and the
+  span tree with the LM messages. The timed span ends after the final flush, so the background
+  writer's work (JSON, SQL) is charged to DSPex.
+Rounds alternate the rows; medians are reported as wall time and as process CPU time (all threads).
+With ``--latency 0`` the LM costs nothing and the ratios are pure overhead; CPU time is then the steady
+measure, since other processes on the machine do not disturb it. ``--latency`` adds a simulated LM
+delay (seconds) to compare at something closer to a real provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import dspy
+from dspy.utils.callback import BaseCallback
+
+from dspex.lm.pricing import Price, Prices
+from dspex.runtime import App
+from dspex.settings import Settings
+from dspex.testing import ScriptedEngine
+
+
+class NoOp(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is untyped
+    """Receives every event and does nothing."""
+
+
+def timed(fn: Callable[[], None], calls: int) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    engine = ScriptedEngine(
+        {"answer": lambda inputs: inputs["question"].upper()}, latency=args.latency, keep_history=1
+    )
+    lm = engine.lm("bench")
+    program = dspy.ChainOfThought("question -> answer")
+    questions = [f"question {i}" for i in range(args.calls)]
+    noop = NoOp()
+
+    def bare() -> None:
+        with dspy.context(lm=lm):
+            for q in questions:
+                program(question=q)
+
+    def bare_noop() -> None:
+        with dspy.context(lm=lm, callbacks=[noop]):
+            for q in questions:
+                program(question=q)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.load(home=Path(tmp), database_url=f"sqlite:///{tmp}/bench.db")
+        prices = Prices({"bench": Price(0.5, 1.5)})
+        with App(settings, lm=lm, prices=prices) as app, App(settings, lm=lm, record=False) as quiet:
+
+            def no_record() -> None:
+                for q in questions:
+                    quiet.run(program, {"question": q})
+
+            def full() -> None:
+                for q in questions:
+                    app.run(program, {"question": q})
+                app.flush(timeout=None)
+
+            rows = {
+                "bare DSPy": bare,
+                "DSPy + no-op callback": bare_noop,
+                "DSPex, no record": no_record,
+                "DSPex, full record": full,
+            }
+            for fn in rows.values():  # warm every path (imports, caches, the database)
+                fn()
+            samples: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
+            for _ in range(args.rounds):
+                for name, fn in rows.items():
+                    samples[name].append(timed(fn, args.calls))
+            written = app.executions.count()
+    wall0 = statistics.median(s[0] for s in samples["bare DSPy"])
+    cpu0 = statistics.median(s[1] for s in samples["bare DSPy"])
+    print(
+        f"ChainOfThought on the scripted LM (latency {args.latency * 1000:.0f} ms); {args.calls} calls x {args.rounds} rounds"
+    )
+    print(f"{'':24} {'wall us':>9} {'ratio':>7} {'cpu us':>9} {'ratio':>7}")
+    for name, values in samples.items():
+        wall = statistics.median(s[0] for s in values)
+        cpu = statistics.median(s[1] for s in values)
+        print(f"{name:24} {wall * 1e6:9.1f} {wall / wall0:7.3f} {cpu * 1e6:9.1f} {cpu / cpu0:7.3f}")
+    print(f"records written: {written}; target for DSPex, full record: ratio <= 1.10")
+
+
+if __name__ == "__main__":
+    main()

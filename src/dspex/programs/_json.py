@@ -1,0 +1,66 @@
+"""Strict JSON for stored program data: plain values only, checked with the path of the first offender.
+
+``dspex.jsonable.to_jsonable`` turns anything into JSON by falling back to ``repr`` (right for run
+records); a program version must load back exactly, so here a non-JSON value is an error instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dspex.errors import ConfigurationError, UserError
+
+__all__ = ["SECRET_KEYS", "canonical_hash", "check_json"]
+
+# Setting names that carry credentials; credentials come from the environment, never from the store.
+SECRET_KEYS = re.compile(r"api[_-]?key|secret|password|credential|authorization|_token$", re.IGNORECASE)
+
+
+def _configuration_error(message: str, path: str) -> UserError:
+    return ConfigurationError(f"{message} at {path}")
+
+
+def check_json(
+    value: Any,
+    path: str,
+    *,
+    error: Callable[[str, str], UserError] = _configuration_error,
+) -> Any:
+    """``value`` as plain JSON (tuples become lists), or ``error(message, path)`` raised.
+
+    ``path`` names ``value`` in messages; nested values extend it (``state.predict.demos[0]``).
+
+    >>> check_json({"demos": [("a", 1)]}, "state")
+    {'demos': [['a', 1]]}
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise error(f"{value} is not a JSON number", path)
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise error(f"JSON object keys are strings, got {type(key).__name__} {key!r}", path)
+            out[key] = check_json(item, f"{path}.{key}" if path else key, error=error)
+        return out
+    if isinstance(value, list | tuple):
+        return [check_json(item, f"{path}[{i}]", error=error) for i, item in enumerate(value)]
+    raise error(
+        f"a {type(value).__module__}.{type(value).__qualname__} is not JSON; versions store JSON only "
+        "(no pickle), so convert it to plain values first",
+        path,
+    )
+
+
+def canonical_hash(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value`` (sorted keys, no spaces): equal content, equal hash."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
