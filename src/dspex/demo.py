@@ -1,8 +1,11 @@
 """What ``dspex demo`` does, as data: the CLI renders it, tests check it.
 
-At this stage the demo builds signatures with the native engine, builds modules from the catalog, and
-runs them over the simulated task against the simulated OpenAI-compatible server, reached through the
-real ``dspy.LM`` HTTP client on 127.0.0.1. Everything is offline and stops by itself. ::
+The demo builds signatures with the native engine, registers catalog modules as programs (promoting
+their first version to production), and runs them over the simulated task against the simulated
+OpenAI-compatible server, reached through the real ``dspy.LM`` HTTP client on 127.0.0.1. Every run
+goes through :class:`~dspex.runtime.App` and is recorded in the project database (``.dspex/dspex.db``
+unless configured), where ``dspex executions list`` shows it. Everything is offline and stops by
+itself. ::
 
     report = run_demo(examples=12)
     report.modules[0].accuracy
@@ -14,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from dspex.settings import Settings
 
 __all__ = ["DEMO_SIGNATURES", "DemoReport", "ModuleRow", "SignatureRow", "run_demo"]
 
@@ -62,6 +67,9 @@ class DemoReport:
     modules: tuple[ModuleRow, ...]
     server_url: str
     requests: int
+    programs: tuple[tuple[str, str], ...]  # (name, production version id)
+    database_url: str
+    recorded: int
 
 
 def _type_name(annotation: Any) -> str:
@@ -91,37 +99,43 @@ def run_demo(
     examples: int = 12,
     modules: Sequence[str] = DEMO_MODULES,
     models: Sequence[str] = DEMO_MODELS,
+    settings: Settings | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> DemoReport:
-    """Build signatures and modules and run them on the simulated LM server; see the module docstring."""
-    import dspy
-
-    from dspex.modules import build_module
+    """Build signatures, register and run programs on the simulated LM server; see the module docstring."""
+    from dspex.lm.pricing import Price, Prices
+    from dspex.runtime import App
     from dspex.testing.server import SimServer
-    from dspex.testing.simtask import cost_usd, expected_accuracy, load_task
+    from dspex.testing.simtask import DEFAULT_PROFILES, expected_accuracy, load_task
 
     say = progress or (lambda _message: None)
     signature_rows = _signature_rows(DEMO_SIGNATURES)
-    task = load_task()
-    items = task.examples()[:examples]
+    items = load_task().examples()[:examples]
+    prices = Prices({p.name: Price(p.input_price, p.output_price) for p in DEFAULT_PROFILES.values()})
     rows: list[ModuleRow] = []
-    with SimServer() as server:
+    programs: list[tuple[str, str]] = []
+    with SimServer() as server, App(settings, prices=prices) as app:
         say(f"simulated OpenAI-compatible server on {server.url}")
         for module_name in modules:
+            name = f"demo-{module_name.replace('_', '-')}"
+            version = app.programs.register(
+                name,
+                {"module": module_name, "signature": "question -> answer"},
+                description=f"dspex demo: {module_name} over the simulated task",
+            )
+            if version.status != "production":  # a second demo finds its programs already promoted
+                app.programs.promote(name, version.id)
+            programs.append((name, version.id))
             for model in models:
-                say(f"running {module_name} on {model} over {len(items)} examples")
-                program = build_module(module_name, "question -> answer")
+                say(f"running {name} on {model} over {len(items)} examples")
                 lm = server.lm(model, cache=False)
-                correct, elapsed = 0, 0.0
-                with dspy.context(lm=lm):
-                    for example in items:
-                        started = time.perf_counter()
-                        prediction = program(**example.inputs())
-                        elapsed += time.perf_counter() - started
-                        correct += str(prediction.answer).strip() == example.answer
-                usage = [entry.get("usage") or {} for entry in lm.history]
-                prompt_tokens = sum(u.get("prompt_tokens") or 0 for u in usage)
-                completion_tokens = sum(u.get("completion_tokens") or 0 for u in usage)
+                correct, elapsed, tokens, cost = 0, 0.0, 0, 0.0
+                for example in items:
+                    result = app.run(name, example.inputs(), lm=lm)
+                    elapsed += result.duration_ms
+                    correct += str(result.outputs.get("answer", "")).strip() == example.answer
+                    tokens += sum(int(u["total_tokens"]) for u in result.usage.values())
+                    cost += result.cost_usd or 0.0
                 rows.append(
                     ModuleRow(
                         module=module_name,
@@ -131,11 +145,21 @@ def run_demo(
                         expected_accuracy=expected_accuracy(
                             model, reasoning=module_name == "chain_of_thought"
                         ),
-                        mean_latency_ms=1000 * elapsed / max(1, len(items)),
-                        tokens=prompt_tokens + completion_tokens,
-                        cost_usd=cost_usd(model, prompt_tokens, completion_tokens),
+                        mean_latency_ms=elapsed / max(1, len(items)),
+                        tokens=tokens,
+                        cost_usd=cost,
                     )
                 )
+        app.flush()
+        recorded = app.executions.count()
         requests = server.stats().total_requests
         url = server.url
-    return DemoReport(tuple(signature_rows), tuple(rows), url, requests)
+    return DemoReport(
+        signatures=tuple(signature_rows),
+        modules=tuple(rows),
+        server_url=url,
+        requests=requests,
+        programs=tuple(programs),
+        database_url=app.settings.resolved_database_url,
+        recorded=recorded,
+    )

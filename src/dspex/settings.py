@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     num_retries: int = Field(3, ge=0, description="DSPy's retries of retryable LM errors.")
     timeout: float | None = Field(None, gt=0, description="Per-request LM timeout in seconds.")
     lm_cache: bool = Field(True, description="DSPy's request cache for LM calls.")
+    retention_days: float | None = Field(
+        None, gt=0, description="Prune executions older than this many days (None: keep forever)."
+    )
+    retention_per_program: int | None = Field(
+        None, ge=0, description="Keep at most this many executions per program (None: no limit)."
+    )
+    retention_traces_only: bool = Field(
+        False, description="Retention drops the trace payload and keeps the summary row."
+    )
     database_url: str | None = Field(
         None, description="Where runs are recorded; default sqlite:///<home>/dspex.db."
     )

@@ -154,3 +154,17 @@ def test_an_outer_usage_tracker_still_sees_usage(app: App) -> None:
     with dspy.track_usage() as tracker:
         app.run(dspy.Predict("question -> answer"), {"question": "q"})
     assert tracker.get_total_tokens()["scripted/qa"]["total_tokens"] > 0
+
+
+def test_prune_uses_retention_settings_unless_told_otherwise(database_url: str, tmp_path: Path) -> None:
+    engine = ScriptedEngine({"answer": "a"})
+    settings = Settings.load(home=tmp_path / "home", database_url=database_url, retention_per_program=2)
+    with App(settings, lm=engine.lm()) as app:
+        program = dspy.Predict("question -> answer")
+        for i in range(5):
+            app.run(program, {"question": str(i)}, program_name="qa")
+        assert app.prune(traces_only=True) == 3
+        assert app.executions.count() == 5
+        assert app.prune() == 3
+        assert app.executions.count() == 2
+        assert app.prune(older_than_days=1) == 0  # everything left is recent

@@ -51,3 +51,9 @@ def render(report: DemoReport, console: Console) -> None:
         )
     console.print(modules)
     console.print(f"{report.requests} HTTP requests served by the simulated LM; all offline.")
+    programs = ", ".join(f"{name} (production {version[:12]})" for name, version in report.programs)
+    console.print(f"Registered programs: {escape(programs)}")
+    console.print(
+        f"{report.recorded} runs recorded in {escape(report.database_url)}; "
+        "see them with `dspex executions list`."
+    )

@@ -20,6 +20,7 @@ the store migrates it and marks runs left ``running`` by dead processes of this 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import contextlib
 import threading
 import time
@@ -176,6 +177,26 @@ class App:
 
                 self._lm = build_lm(self.settings)
             return self._lm
+
+    def prune(
+        self,
+        *,
+        older_than_days: float | None = None,
+        keep_per_program: int | None = None,
+        traces_only: bool | None = None,
+    ) -> int:
+        """Apply retention: explicit arguments, else the ``retention_*`` settings. Returns rows affected.
+
+        ::
+
+            app.prune(older_than_days=30, traces_only=True)   # keep summaries, drop old traces
+        """
+        days = older_than_days if older_than_days is not None else self.settings.retention_days
+        keep = keep_per_program if keep_per_program is not None else self.settings.retention_per_program
+        only_traces = traces_only if traces_only is not None else self.settings.retention_traces_only
+        self.flush()
+        cutoff = utcnow() - datetime.timedelta(days=days) if days is not None else None
+        return self.executions.prune(older_than=cutoff, keep_per_program=keep, traces_only=only_traces)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written."""

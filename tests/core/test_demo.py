@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dspex.demo import DEMO_MODELS, DEMO_MODULES, DEMO_SIGNATURES, run_demo
+from dspex.runtime import App
+from dspex.settings import Settings
+from dspex.store.executions import ExecutionFilter
+
+
+def test_demo_registers_runs_and_records(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path / "home")
+    report = run_demo(examples=3, settings=settings)
+    assert [row.spec for row in report.signatures] == list(DEMO_SIGNATURES)
+    assert report.signatures[2].outputs[1] == ("keywords", "list[str]")
+    assert len(report.modules) == len(DEMO_MODULES) * len(DEMO_MODELS)
+    assert all(0 <= row.correct <= row.examples == 3 for row in report.modules)
+    assert all(row.tokens > 0 and row.cost_usd > 0 for row in report.modules)
+    # sim-large costs more per token than sim-small
+    by_model = {row.model: row.cost_usd for row in report.modules if row.module == "predict"}
+    assert by_model["sim-large"] > by_model["sim-small"]
+    assert report.recorded == 3 * len(report.modules)
+    assert report.requests >= report.recorded
+    with App(settings) as app:
+        for name, version_id in report.programs:
+            assert app.programs.resolve(name).id == version_id
+            assert app.programs.resolve(name).status == "production"
+            assert app.executions.count(ExecutionFilter(program=name, version_id=version_id)) == 3 * len(
+                DEMO_MODELS
+            )
+
+
+def test_dspex_demo_command_runs_offline(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dspex.cli", "demo", "--examples", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "chain_of_thought" in out.stdout
+    assert "runs recorded" in out.stdout
+    assert (tmp_path / "home" / "dspex.db").exists()  # DSPEX_HOME, set for every test
