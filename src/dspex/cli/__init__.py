@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from dspex.cli import demo, simlm
@@ -25,4 +27,7 @@ def version() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # Process start-up: prices come from the snapshot DSPy bundles instead of a remote fetch that
+    # stalls up to 5 s offline. Set LITELLM_LOCAL_MODEL_COST_MAP=False for live prices.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     app()

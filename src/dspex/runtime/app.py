@@ -20,8 +20,8 @@ the store migrates it and marks runs left ``running`` by dead processes of this 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import contextlib
+import datetime
 import threading
 import time
 import uuid
