@@ -5,9 +5,9 @@ on first use, so ``import dspex`` costs almost nothing and never imports FastAPI
 or LiteLLM.
 """
 
-import importlib as _importlib
 import typing as _typing
 
+from dspex import _lazy
 from dspex.errors import (
     ConfigurationError,
     DSPexError,
@@ -77,14 +77,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dspex' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy.attach("dspex", _LAZY, globals(), __all__)

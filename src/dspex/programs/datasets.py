@@ -21,7 +21,6 @@ version's id is the SHA-256 of the dataset name, the declared fields and the ord
 from __future__ import annotations
 
 import builtins  # `list` is also a method name of Datasets
-import csv
 import datetime as dt
 import hashlib
 import json
@@ -30,9 +29,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.errors import ConfigurationError, ValidationError, did_you_mean
+from dspex.programs._dataset_files import READERS, FileFormat, format_of, write_records
+from dspex.programs._json import canonical_hash
 from dspex.store._engine import Database
 from dspex.store.datasets import (
     Dataset,
@@ -61,8 +62,6 @@ __all__ = [
     "example_hash",
 ]
 
-FileFormat = Literal["jsonl", "json", "csv"]
-_SUFFIXES: dict[str, FileFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _SPLIT_MAX = 64  # dataset_examples.split is VARCHAR(64)
@@ -71,13 +70,9 @@ _SPLIT_MAX = 64  # dataset_examples.split is VARCHAR(64)
 _Records = Callable[[], Iterator[tuple[str, Any]]]
 
 
-def _canonical(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def example_hash(data: Mapping[str, Any]) -> str:
     """The content hash of one example: ``example_hash({"q": "hi"}) == example_hash({"q": "hi"})``."""
-    return hashlib.sha256(_canonical(data).encode()).hexdigest()
+    return canonical_hash(data)
 
 
 def _plain(value: Any, where: str, path: str) -> Any:
@@ -131,84 +126,6 @@ def _record(raw: Any, where: str) -> dict[str, Any]:
             raise ValidationError(f"{where}: field names must be non-empty strings, got {key!r}")
         record[key] = _plain(value, where, f"field {key!r}")
     return record
-
-
-def _no_constants(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON; use null or a number")
-
-
-# --- readers: each yields (where, raw record) and is called once per pass ---------------------------------
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line, parse_constant=_no_constants)
-            except ValueError as exc:
-                raise ValidationError(
-                    f"{path.name} line {number}: not valid JSON ({exc}); each line must hold one JSON object"
-                ) from None
-            yield f"line {number}", record
-
-
-def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8-sig") as handle:
-        head = handle.read(4096).lstrip()
-    if not head.startswith("["):  # a .json file of JSON lines
-        yield from _jsonl_records(path)
-        return
-    try:
-        items = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_no_constants)
-    except ValueError as exc:
-        raise ValidationError(f"{path.name}: not valid JSON ({exc})") from None
-    for index, item in enumerate(items, start=1):
-        yield f"record {index}", item
-
-
-def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return
-        for column, name in enumerate(header, start=1):
-            if not name:
-                raise ValidationError(f"{path.name} line 1: column {column} of the header has no name")
-        duplicates = sorted({n for n in header if header.count(n) > 1})
-        if duplicates:
-            raise ValidationError(f"{path.name} line 1: the header repeats {', '.join(duplicates)}")
-        start = reader.line_num + 1
-        for row in reader:
-            where, start = f"line {start}", reader.line_num + 1  # a quoted value may span lines
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValidationError(
-                    f"{path.name} {where}: {len(row)} values but the header has {len(header)} columns "
-                    f"({', '.join(header)}); quote values that contain commas"
-                )
-            yield where, dict(zip(header, row, strict=True))
-
-
-_READERS: dict[FileFormat, Callable[[Path], Iterator[tuple[str, Any]]]] = {
-    "jsonl": _jsonl_records,
-    "json": _json_records,
-    "csv": _csv_records,
-}
-
-
-def _format_of(path: Path, given: str | None, *, allowed: Sequence[str]) -> FileFormat:
-    fmt = given or _SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise ConfigurationError(
-            f"cannot tell the format of {path.name} from its suffix; pass format= one of {', '.join(allowed)}"
-        )
-    if fmt not in allowed:
-        raise ConfigurationError(f"unknown format {fmt!r}; use one of {', '.join(allowed)}")
-    return fmt  # type: ignore[return-value]  # checked against `allowed`, a subset of FileFormat
 
 
 # --- the first pass --------------------------------------------------------------------------------------------
@@ -389,7 +306,7 @@ class Datasets:
             datasets.import_file("qa", "qa.csv", inputs=["question"], labels=["answer"], split="fold")
         """
         source = Path(path)
-        reader = _READERS[_format_of(source, format, allowed=tuple(_READERS))]
+        reader = READERS[format_of(source, format, allowed=tuple(READERS))]
         if not source.is_file():
             raise ConfigurationError(f"no such file: {source}")
 
@@ -566,7 +483,7 @@ class Datasets:
             datasets.export("qa", "qa.jsonl", split="dev", with_split=False)
         """
         target = Path(path)
-        fmt = _format_of(
+        fmt = format_of(
             target,
             format or ("jsonl" if target.suffix.lower() != ".csv" else "csv"),
             allowed=("jsonl", "csv"),
@@ -588,7 +505,7 @@ class Datasets:
         partial = target.with_name(target.name + ".part")
         try:
             with partial.open("w", encoding="utf-8", newline="") as out:
-                written = _write(out, fmt, records, order)
+                written = write_records(out, fmt, records, order)
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
@@ -614,33 +531,3 @@ class Datasets:
 def _ordered(example: StoredExample, order: Sequence[str], split_field: str | None) -> dict[str, Any]:
     data = {**example.data, split_field: example.split} if split_field else example.data
     return {name: data[name] for name in order if name in data}
-
-
-def _write(out: IO[str], fmt: str, records: Iterable[dict[str, Any]], order: Sequence[str]) -> int:
-    written = 0
-    if fmt == "jsonl":
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written += 1
-        return written
-    # RFC 4180 line ends: with "\n" alone, Python's writer leaves a value holding "\r" unquoted.
-    writer = csv.writer(out)
-    writer.writerow(order)
-    for record in records:
-        written += 1
-        writer.writerow(_csv_row(record, order, written))
-    return written
-
-
-def _csv_row(record: Mapping[str, Any], order: Sequence[str], number: int) -> list[str]:
-    row = []
-    for name in order:
-        value = record.get(name)
-        if not isinstance(value, str):
-            problem = "has no field" if name not in record else f"holds a JSON {json_type(value)} in field"
-            raise ValidationError(
-                f"example {number} {problem} {name!r}; CSV holds text only, so export as format='jsonl' "
-                "to keep the records exact"
-            )
-        row.append(value)
-    return row

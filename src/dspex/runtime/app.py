@@ -123,7 +123,12 @@ class App:
     def _open(self) -> tuple[ExecutionRepository, ExecutionWriter]:
         with self._lock:
             if self._executions is None or self._writer is None:
+                from dspex.programs import ProgramRegistry
+                from dspex.programs.datasets import Datasets
+
                 self._db = open_database(self.settings.resolved_database_url)
+                self._programs = ProgramRegistry(self._db)
+                self._datasets = Datasets(self._db)
                 self._executions = ExecutionRepository(self._db)
                 self.abandoned = self._executions.mark_abandoned()
                 self._writer = ExecutionWriter(
@@ -139,26 +144,16 @@ class App:
     @property
     def programs(self) -> ProgramRegistry:
         """The program registry on this App's database; ``run("name", ...)`` loads from it."""
-        from dspex.programs import ProgramRegistry
-
         self._open()
-        with self._lock:
-            if self._programs is None:
-                assert self._db is not None  # set by _open()
-                self._programs = ProgramRegistry(self._db)
-            return self._programs
+        assert self._programs is not None  # set by _open()
+        return self._programs
 
     @property
     def datasets(self) -> Datasets:
         """The named, versioned datasets on this App's database."""
-        from dspex.programs.datasets import Datasets
-
         self._open()
-        with self._lock:
-            if self._datasets is None:
-                assert self._db is not None  # set by _open()
-                self._datasets = Datasets(self._db)
-            return self._datasets
+        assert self._datasets is not None  # set by _open()
+        return self._datasets
 
     def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
         """The module and version id to run for a registered program name."""

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dspex.store._engine import Database
+from dspex.store._time import aware, utcnow
 from dspex.store.schema import dataset_examples, dataset_versions, datasets
 
 __all__ = [
@@ -57,15 +58,6 @@ FieldRole = Literal["input", "label", "split", "extra"]
 _CHUNK = 1000
 _DISTINCT_CAP = 1000
 _DISTRIBUTION_CAP = 20
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; everything dspex stores is UTC.
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +315,7 @@ class DatasetVersion:
             split_seed=splits.get("seed"),
             example_count=row["example_count"],
             stats=DatasetStats.from_json(row["stats"]),
-            created_at=_aware(row["created_at"]),
+            created_at=aware(row["created_at"]),
         )
 
 
@@ -353,7 +345,7 @@ class DatasetRepository:
         it raises, nothing is written.
         """
         insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        now = _utcnow()
+        now = utcnow()
         with self.db.write() as connection:
             upsert = insert(datasets).values(
                 name=version.dataset, description=description, created_at=now, updated_at=now
@@ -426,8 +418,8 @@ class DatasetRepository:
             Dataset(
                 name=r["name"],
                 description=r["description"],
-                created_at=_aware(r["created_at"]),
-                updated_at=_aware(r["updated_at"]),
+                created_at=aware(r["created_at"]),
+                updated_at=aware(r["updated_at"]),
                 version_count=r["version_count"],
                 latest_id=r["latest_id"],
             )

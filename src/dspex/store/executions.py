@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dspex.store._engine import Database
+from dspex.store._time import aware, utcnow
 from dspex.store.schema import executions
 
 __all__ = [
@@ -43,10 +44,6 @@ _COLUMNS = tuple(c.name for c in executions.columns)
 _SUMMARY_COLUMNS = tuple(c for c in executions.columns if c.name != "trace")
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 _runner: tuple[int, str] | None = None
 
 
@@ -57,13 +54,6 @@ def current_runner() -> str:
     if _runner is None or _runner[0] != pid:
         _runner = (pid, f"{socket.gethostname()}:{pid}")
     return _runner[1]
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands back naive datetimes; everything dspex stores is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +81,8 @@ class ExecutionRecord:
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:
         data: dict[str, Any] = {name: row.get(name) for name in _COLUMNS}
-        data["started_at"] = _aware(data["started_at"])
-        data["ended_at"] = _aware(data["ended_at"])
+        data["started_at"] = aware(data["started_at"])
+        data["ended_at"] = aware(data["ended_at"])
         data["cache_hit"] = bool(data["cache_hit"])
         return cls(**data)
 
@@ -262,7 +252,7 @@ class ExecutionRepository:
                 )
             ).all()
         dead = [
-            (row.id, row.runner, _aware(row.started_at))
+            (row.id, row.runner, aware(row.started_at))
             for row in running
             if not _runner_alive(row.runner, alive)
         ]

@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection
 
 from dspex.errors import ConfigurationError
 from dspex.store._engine import Database
-from dspex.store.executions import utcnow
+from dspex.store._time import aware, utcnow
 from dspex.store.schema import program_versions, programs
 
 __all__ = [
@@ -69,17 +69,6 @@ SET_STATUS_TRANSITIONS: Mapping[str, frozenset[str]] = {
 _TICK = dt.timedelta(microseconds=1)
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands back naive datetimes; everything dspex stores is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
 @dataclass(frozen=True, slots=True)
 class ProgramRecord:
     """One registered program: its name, description and source (how to build it)."""
@@ -96,8 +85,8 @@ class ProgramRecord:
             name=row["name"],
             description=row["description"],
             source=row["source"],
-            created_at=_utc(row["created_at"]),
-            updated_at=_utc(row["updated_at"]),
+            created_at=aware(row["created_at"]),
+            updated_at=aware(row["updated_at"]),
         )
 
 
@@ -127,8 +116,8 @@ class ProgramVersion:
             variables=row["variables"],
             parent_id=row["parent_id"],
             note=row["note"],
-            created_at=_utc(row["created_at"]),
-            promoted_at=_aware(row["promoted_at"]),
+            created_at=aware(row["created_at"]),
+            promoted_at=aware(row["promoted_at"]),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -371,7 +360,7 @@ class ProgramRepository:
 
     def _promotion_time(self, connection: Connection, program: str) -> dt.datetime:
         # Rollback orders by promoted_at, so two promotions within one clock tick must still differ.
-        latest = _aware(
+        latest = aware(
             connection.execute(
                 sa.select(sa.func.max(program_versions.c.promoted_at)).where(
                     program_versions.c.program == program

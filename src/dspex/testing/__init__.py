@@ -14,8 +14,9 @@ Names load on first use: the pytest plugin imports this package in every test se
 that installs dspex, and must not pay for importing DSPy.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from dspex import _lazy
 
 if _typing.TYPE_CHECKING:
     from dspex.testing.engine import AsyncScriptedEngine, ScriptedCall, ScriptedEngine
@@ -66,14 +67,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dspex.testing' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy.attach("dspex.testing", _LAZY, globals(), __all__)
