@@ -168,3 +168,30 @@ def test_prune_uses_retention_settings_unless_told_otherwise(database_url: str, 
         assert app.prune() == 3
         assert app.executions.count() == 2
         assert app.prune(older_than_days=1) == 0  # everything left is recent
+
+
+def test_tool_calls_are_spans_in_the_trace(app: App) -> None:
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    engine = ScriptedEngine(
+        {
+            "next_thought": ["add them", "done"],
+            "next_tool_name": ["add", "finish"],
+            "next_tool_args": [{"a": 2, "b": 3}, {}],
+            "answer": "5",
+        }
+    )
+    agent = dspy.ReAct("question -> answer", tools=[add], max_iters=3)
+    result = app.run(agent, {"question": "2 + 3?"}, lm=engine.lm("agent"))
+    assert result.outputs["answer"] == "5"
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    spans = (record.trace or {})["spans"]
+    tool = next(span for span in spans if span["kind"] == "tool" and span["name"] == "add")
+    assert tool["inputs"]["kwargs"] == {"a": 2, "b": 3}
+    assert tool["outputs"] == 5
+    assert spans[tool["parent"]]["kind"] == "module"  # called from inside ReAct
+    assert sum(1 for span in spans if span["kind"] == "lm") >= 3  # two steps and the extraction
