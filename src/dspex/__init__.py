@@ -17,6 +17,7 @@ from dspex.errors import (
     RunError,
     SignatureError,
     SpecError,
+    StepError,
     UserError,
     ValidationError,
 )
@@ -24,6 +25,7 @@ from dspex.errors import (
 if _typing.TYPE_CHECKING:
     from dspex.lm import build_lm, using
     from dspex.modules import ToolRegistry, build_module, module_from_spec
+    from dspex.pipeline import Pipeline, RetryPolicy
     from dspex.programs import Datasets, ProgramRegistry
     from dspex.runtime import App, RunResult
     from dspex.settings import Settings
@@ -35,7 +37,9 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "App": "dspex.runtime",
     "Datasets": "dspex.programs",
+    "Pipeline": "dspex.pipeline",
     "ProgramRegistry": "dspex.programs",
+    "RetryPolicy": "dspex.pipeline",
     "RunResult": "dspex.runtime",
     "Settings": "dspex.settings",
     "ToolRegistry": "dspex.modules",
@@ -57,12 +61,15 @@ __all__ = [
     "ExecutionError",
     "FieldIssue",
     "LMError",
+    "Pipeline",
     "ProgramRegistry",
+    "RetryPolicy",
     "RunError",
     "RunResult",
     "Settings",
     "SignatureError",
     "SpecError",
+    "StepError",
     "ToolRegistry",
     "UserError",
     "ValidationError",

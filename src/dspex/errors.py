@@ -12,6 +12,7 @@ DSPexError
  +-- RunError                  # a run failed; the execution record says why
       +-- ExecutionError       # the program raised (has .execution_id; the cause is chained)
       +-- LMError              # the language model failed (has .retryable, .retry_after)
+      +-- StepError            # a pipeline step gave up (has .step; the cause is chained)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "RunError",
     "SignatureError",
     "SpecError",
+    "StepError",
     "UserError",
     "ValidationError",
     "did_you_mean",
@@ -194,3 +196,16 @@ class LMError(RunError):
             "retry_after": self.retry_after,
             "execution_id": self.execution_id,
         }
+
+
+class StepError(RunError):
+    """A pipeline step failed after its retries and had no fallback; ``step`` names it."""
+
+    code = "step_error"
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+    def _state(self) -> dict[str, Any]:
+        return {"step": self.step}
