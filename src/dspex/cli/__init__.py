@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from dspex.cli import demo, simlm
+from dspex.cli import datasets, demo, executions, programs, run, simlm
 
 app = typer.Typer(
     help="DSPex: run DSPy programs in production.",
@@ -15,6 +15,10 @@ app = typer.Typer(
 )
 app.command("demo")(demo.demo)
 app.add_typer(simlm.app, name="sim-lm")
+app.add_typer(programs.app, name="programs")
+app.command("run")(run.run)
+app.add_typer(executions.app, name="executions")
+app.add_typer(datasets.app, name="datasets")
 
 
 @app.command("version")

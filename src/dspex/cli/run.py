@@ -1,0 +1,94 @@
+"""``dspex run``: run a registered program once, record it, print its outputs.
+
+    dspex run qa --input '{"question": "What is DSPy?"}'
+    dspex run qa -i question="What is DSPy?" -i k=3          # k is the number 3 (JSON), question text
+    dspex run qa --input @inputs.json --version 3fa1c09e --json
+
+The LM comes from the settings (``DSPEX_LM``, ``DSPEX_API_BASE``... or ``dspex.toml``); a program whose
+predictors all carry their own LM (a spec with ``lm:``) runs without one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from dspex.cli._render import console, emit_json, fmt_cost, fmt_ms, json_object, key_values, open_app, text
+
+if TYPE_CHECKING:
+    from dspex.runtime.app import App
+    from dspex.store.programs import ProgramVersion
+
+
+def run(
+    program: str = typer.Argument(..., help="Name of a registered program."),
+    input_json: str | None = typer.Option(
+        None, "--input", help="Inputs as a JSON object; '@file.json' reads a file, '-' reads stdin."
+    ),
+    fields: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        [],
+        "-i",
+        "--field",
+        help="One input as key=value (repeatable); a value that is valid JSON (3, [1, 2], true) is "
+        "parsed, anything else stays text. Wins over --input.",
+    ),
+    version: str | None = typer.Option(
+        None, "--version", help="Version id or unique prefix (default: production, else the newest draft)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print outputs, execution id, duration, usage and cost as JSON."
+    ),
+) -> None:
+    """Run a registered program on the given inputs; the run is recorded either way.
+
+    Exit codes: 0 success, 1 the run failed (program or LM error), 2 bad arguments or inputs.
+    """
+    with open_app() as dspex_app:
+        inputs = json_object(input_json, "--input") if input_json is not None else {}
+        inputs.update(key_values(fields, "-i"))
+        # Resolve once, so the version printed is the version that ran even if someone promotes meanwhile.
+        resolved = dspex_app.programs.resolve(program, version)
+        result = dspex_app.run(program, inputs, version_id=resolved.id, lm=_own_lm(dspex_app, resolved))
+    usage_tokens = sum(int(u.get("total_tokens") or 0) for u in result.usage.values())
+    if as_json:
+        emit_json(
+            {
+                "program": program,
+                "version_id": resolved.id,
+                "execution_id": result.execution_id,
+                "outputs": result.outputs,
+                "duration_ms": result.duration_ms,
+                "usage": result.usage,
+                "total_tokens": usage_tokens,
+                "cost_usd": result.cost_usd,
+            }
+        )
+        return
+    table = Table(title=f"{text(program)} (version {resolved.id[:12]})")
+    table.add_column("output")
+    table.add_column("value", overflow="fold")
+    for name, value in result.outputs.items():
+        table.add_row(text(name), text(value))
+    out = console()
+    out.print(table)
+    out.print(
+        f"execution {result.execution_id}  {fmt_ms(result.duration_ms)} ms  {usage_tokens} tokens  "
+        f"cost {fmt_cost(result.cost_usd)} USD"
+    )
+
+
+def _own_lm(dspex_app: App, version: ProgramVersion) -> Any:
+    """The program's own LM when no LM is configured and every predictor carries one, else None.
+
+    App.run builds the settings LM for every run, even when the program never uses it; without this a
+    spec with ``lm:`` could not run unless DSPEX_LM were also set. None lets App report the missing LM.
+    """
+    if dspex_app.settings.lm is not None:
+        return None
+    predictors = dspex_app.programs.build(version).named_predictors()
+    lms = [predictor.lm for _, predictor in predictors]
+    if lms and all(lm is not None for lm in lms):
+        return lms[0]
+    return None
