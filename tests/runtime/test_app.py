@@ -8,7 +8,7 @@ import dspy
 import pytest
 from dspy.lm15 import AuthError, RateLimitError
 
-from dspex import ExecutionError, LMError, Settings, ValidationError
+from dspex import ConfigurationError, ExecutionError, LMError, Settings, ValidationError
 from dspex.lm.pricing import Price, Prices
 from dspex.runtime import App
 from dspex.testing.engine import ScriptedEngine
@@ -81,7 +81,7 @@ def test_program_errors_are_wrapped_with_the_record_id(app: App) -> None:
     record = app.executions.get(info.value.execution_id or "")
     assert record is not None
     assert record.status == "failed"
-    assert record.error == {"type": "ZeroDivisionError", "message": "boom"}
+    assert record.error == {"type": "ZeroDivisionError", "message": "boom", "code": "execution_error"}
 
 
 @pytest.mark.parametrize(
@@ -99,6 +99,9 @@ def test_lm_failures_become_lm_errors(app: App, error: Exception, retryable: boo
     record = app.executions.get(info.value.execution_id or "")
     assert record is not None
     assert record.status == "failed"
+    assert record.error is not None
+    assert record.error["code"] == "lm_error"
+    assert record.error["retryable"] is retryable
 
 
 def test_async_runs_native_and_asyncified(app: App) -> None:
@@ -142,6 +145,8 @@ def test_cancelled_runs_are_recorded(app: App) -> None:
     app.flush()
     (record,) = app.executions.find()
     assert record.status == "cancelled"
+    assert record.error is not None
+    assert record.error["code"] == "cancelled"
 
 
 def test_runs_never_configure_dspy_globally(app: App) -> None:
@@ -195,3 +200,13 @@ def test_tool_calls_are_spans_in_the_trace(app: App) -> None:
     assert tool["outputs"] == 5
     assert spans[tool["parent"]]["kind"] == "module"  # called from inside ReAct
     assert sum(1 for span in spans if span["kind"] == "lm") >= 3  # two steps and the extraction
+
+
+def test_predictors_with_their_own_lm_need_no_default(database_url: str, tmp_path: Path) -> None:
+    engine = ScriptedEngine({"answer": "own"})
+    program = dspy.Predict("question -> answer")
+    program.lm = engine.lm("own")
+    with App(Settings.load(home=tmp_path / "home", database_url=database_url)) as app:
+        assert app.run(program, {"question": "q"}).outputs["answer"] == "own"
+        with pytest.raises(ConfigurationError, match="no language model configured"):
+            app.run(dspy.Predict("question -> answer"), {"question": "q"})

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dspex import ConfigurationError
 from dspex.settings import Settings
 from dspex.store import open_database
 from dspex.store.executions import ExecutionFilter, ExecutionRepository, current_runner, utcnow
@@ -182,3 +183,15 @@ def test_app_marks_dead_runs_abandoned_when_it_opens(database_url: str, tmp_path
     with App(Settings.load(database_url=database_url, home=tmp_path / "home"), lm=object()) as app:
         assert app.executions.get("e0001").status == "abandoned"  # type: ignore[union-attr]
         assert app.abandoned == ["e0001"]
+
+
+def test_get_by_unique_prefix(repo: ExecutionRepository) -> None:
+    repo.upsert([_row(1, id="abcdef01-aaaa"), _row(2, id="abcdef02-bbbb"), _row(3, id="a_c%ef03-cccc")])
+    found = repo.get("abcdef01")
+    assert found is not None
+    assert found.id == "abcdef01-aaaa"
+    with pytest.raises(ConfigurationError, match="matches several executions"):
+        repo.get("abcdef")
+    assert repo.get("a_c%ef") is not None  # LIKE wildcards in the prefix are literal
+    assert repo.get("abcdzz") is None
+    assert repo.get("abc") is None  # too short to be a prefix

@@ -10,7 +10,7 @@ predictors all carry their own LM (a spec with ``lm:``) runs without one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -18,8 +18,7 @@ from rich.table import Table
 from dspex.cli._render import console, emit_json, fmt_cost, fmt_ms, json_object, key_values, open_app, text
 
 if TYPE_CHECKING:
-    from dspex.runtime.app import App
-    from dspex.store.programs import ProgramVersion
+    pass
 
 
 def run(
@@ -50,7 +49,7 @@ def run(
         inputs.update(key_values(fields, "-i"))
         # Resolve once, so the version printed is the version that ran even if someone promotes meanwhile.
         resolved = dspex_app.programs.resolve(program, version)
-        result = dspex_app.run(program, inputs, version_id=resolved.id, lm=_own_lm(dspex_app, resolved))
+        result = dspex_app.run(program, inputs, version_id=resolved.id)
     usage_tokens = sum(int(u.get("total_tokens") or 0) for u in result.usage.values())
     if as_json:
         emit_json(
@@ -77,18 +76,3 @@ def run(
         f"execution {result.execution_id}  {fmt_ms(result.duration_ms)} ms  {usage_tokens} tokens  "
         f"cost {fmt_cost(result.cost_usd)} USD"
     )
-
-
-def _own_lm(dspex_app: App, version: ProgramVersion) -> Any:
-    """The program's own LM when no LM is configured and every predictor carries one, else None.
-
-    App.run builds the settings LM for every run, even when the program never uses it; without this a
-    spec with ``lm:`` could not run unless DSPEX_LM were also set. None lets App report the missing LM.
-    """
-    if dspex_app.settings.lm is not None:
-        return None
-    predictors = dspex_app.programs.build(version).named_predictors()
-    lms = [predictor.lm for _, predictor in predictors]
-    if lms and all(lm is not None for lm in lms):
-        return lms[0]
-    return None

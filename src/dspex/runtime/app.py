@@ -193,6 +193,18 @@ class App:
         cutoff = utcnow() - datetime.timedelta(days=days) if days is not None else None
         return self.executions.prune(older_than=cutoff, keep_per_program=keep, traces_only=only_traces)
 
+    def _default_lm(self, program: Any) -> Any:
+        """The LM a run uses when none is passed: the App's, or None when every predictor has its own.
+
+        A program version saved with an LM per predictor runs on those LMs without any LM configured;
+        otherwise a missing LM is the ConfigurationError of :meth:`lm`, saying what to set.
+        """
+        if self._lm is None and not self.settings.lm:
+            predictors = program.named_predictors() if hasattr(program, "named_predictors") else []
+            if predictors and all(predictor.lm is not None for _, predictor in predictors):
+                return None
+        return self.lm()
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written."""
         return self._writer.flush(timeout) if self._writer is not None else True
@@ -279,7 +291,7 @@ class _Run:
         self.app = app
         self.program = program
         self.inputs = dict(inputs or {})
-        self.lm = lm if lm is not None else app.lm()
+        self.lm = lm if lm is not None else app._default_lm(program)
         self.id = str(uuid.uuid4())
         self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
         self.started_at = utcnow()
@@ -374,20 +386,33 @@ class _Run:
         )
 
     def failed(self, exc: BaseException) -> BaseException:
-        """Record the failure and return the exception the caller should see."""
+        """Record the failure and return the exception the caller should see.
+
+        The record keeps the original error's type and message, with dspex's classification: its
+        ``code`` and whether retrying may help.
+        """
         import dspy
 
-        cancelled = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-        self._end("cancelled" if cancelled else "failed", error=error_info(exc))
-        if cancelled or isinstance(exc, UserError):
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            self._end("cancelled", error={**error_info(exc), "code": "cancelled"})
+            return exc
+        shown: BaseException
+        if isinstance(exc, UserError):
             if isinstance(exc, ValidationError):
                 exc.execution_id = self.id  # type: ignore[attr-defined]  # lets callers find the record
-            return exc
-        if isinstance(exc, dspy.LMError):
-            return LMError(
+            shown = exc
+        elif isinstance(exc, dspy.LMError):
+            shown = LMError(
                 f"the language model failed: {exc}",
                 retryable=dspy.is_retryable_lm_error(exc),
                 retry_after=getattr(exc, "retry_after", None),
                 execution_id=self.id,
             )
-        return ExecutionError(f"program raised {type(exc).__name__}: {exc}", execution_id=self.id)
+        else:
+            shown = ExecutionError(f"program raised {type(exc).__name__}: {exc}", execution_id=self.id)
+        error = error_info(exc)
+        error["code"] = getattr(shown, "code", "execution_error")
+        if isinstance(shown, LMError):
+            error["retryable"] = shown.retryable
+        self._end("failed", error=error)
+        return shown

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dspex.errors import ConfigurationError
 from dspex.store._engine import Database
 from dspex.store._time import aware, utcnow
 from dspex.store.schema import executions
@@ -168,9 +169,24 @@ class ExecutionRepository:
             connection.execute(stmt, [{name: row.get(name) for name in _COLUMNS} for row in rows])
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
-        """One execution with its trace, or None."""
+        """One execution with its trace, by its id or a unique prefix of at least 6 characters; or None.
+
+        An ambiguous prefix raises ``ConfigurationError`` listing the matches.
+        """
+        c = executions.c
         with self.db.read() as connection:
-            row = connection.execute(sa.select(executions).where(executions.c.id == execution_id)).first()
+            row = connection.execute(sa.select(executions).where(c.id == execution_id)).first()
+            if row is None and 6 <= len(execution_id) < 36:
+                escaped = execution_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                rows = connection.execute(
+                    sa.select(executions).where(c.id.like(f"{escaped}%", escape="\\")).limit(3)
+                ).all()
+                if len(rows) > 1:
+                    raise ConfigurationError(
+                        f"execution id prefix {execution_id!r} matches several executions "
+                        f"({', '.join(r.id for r in rows)}...); give more characters"
+                    )
+                row = rows[0] if rows else None
         return ExecutionRecord.from_row(row._mapping) if row is not None else None
 
     def find(
