@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dspex.cli._render import console as wide_console
 from dspex.demo import DemoReport, run_demo
 
 
@@ -14,9 +15,7 @@ def demo(
     examples: int = typer.Option(12, min=1, max=200, help="Task examples per module and model."),
 ) -> None:
     """Build signatures and modules and run them on the simulated LM (offline, about 10 seconds)."""
-    console = Console()
-    if not console.is_terminal:  # rich assumes 80 columns off a terminal; the tables need more
-        console = Console(width=max(console.width, 120))
+    console = wide_console()
     with console.status("starting") as status:
         report = run_demo(examples=examples, progress=lambda message: status.update(message))
     render(report, console)
