@@ -210,3 +210,12 @@ def test_predictors_with_their_own_lm_need_no_default(database_url: str, tmp_pat
         assert app.run(program, {"question": "q"}).outputs["answer"] == "own"
         with pytest.raises(ConfigurationError, match="no language model configured"):
             app.run(dspy.Predict("question -> answer"), {"question": "q"})
+
+
+def test_pipelines_are_validated_by_their_own_inputs(app: App) -> None:
+    from dspex.pipeline import Pipeline, step
+
+    pipeline = Pipeline([step(dspy.Predict("question -> answer"), inputs={"question": "text"})], name="renamed")
+    assert app.run(pipeline, {"text": "hi"}).outputs["answer"] == "HI"
+    with pytest.raises(ConfigurationError, match="needs input 'text'"):
+        app.run(pipeline, {"question": "hi"})

@@ -216,6 +216,14 @@ class Pipeline(Step):
         self._deps = _dependencies(built, sequential)
 
     async def arun_local(self, **kwargs: Any) -> dict[str, Any]:
+        # Without this check a missing input would only make the first steps "skipped": an empty result.
+        missing = [f for f in self.required_reads if f not in kwargs]
+        if missing:
+            unexpected = sorted(set(kwargs) - set(self.reads))
+            raise ConfigurationError(
+                f"pipeline {self.name!r} needs input {missing[0]!r} (missing: {', '.join(missing)}); "
+                + (did_you_mean(unexpected[0], self.reads, what="input") if unexpected else "pass it")
+            )
         run = _current.get()
         token = None
         if run is None:
@@ -269,7 +277,21 @@ class Pipeline(Step):
         cancels the run.
         """
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        run = _Run(emit=queue.put_nowait)
+        loop = asyncio.get_running_loop()
+
+        def emit(event: Event) -> None:
+            # A step may run a pipeline synchronously in a worker thread (a sync DSPy module wrapping a
+            # pipeline); asyncio.Queue is not thread-safe, so events from there hop to this loop.
+            try:
+                here = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if here is loop:
+                queue.put_nowait(event)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        run = _Run(emit=emit)
         token = _current.set(run)
         try:
             task = asyncio.ensure_future(self.acall(**inputs))

@@ -76,6 +76,10 @@ def _input_signature(program: Any) -> Any:
 
 
 def _find_input_signature(program: Any) -> Any:
+    from dspex.pipeline.steps import Step
+
+    if isinstance(program, Step):  # a pipeline checks its own inputs, which need not be any predictor's
+        return None
     signature = getattr(program, "signature", None)
     if signature is not None and hasattr(signature, "input_fields"):
         return signature
