@@ -215,7 +215,9 @@ def test_predictors_with_their_own_lm_need_no_default(database_url: str, tmp_pat
 def test_pipelines_are_validated_by_their_own_inputs(app: App) -> None:
     from dspex.pipeline import Pipeline, step
 
-    pipeline = Pipeline([step(dspy.Predict("question -> answer"), inputs={"question": "text"})], name="renamed")
+    pipeline = Pipeline(
+        [step(dspy.Predict("question -> answer"), inputs={"question": "text"})], name="renamed"
+    )
     assert app.run(pipeline, {"text": "hi"}).outputs["answer"] == "HI"
     with pytest.raises(ConfigurationError, match="needs input 'text'"):
         app.run(pipeline, {"question": "hi"})

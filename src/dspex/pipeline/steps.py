@@ -15,12 +15,14 @@ and DSPy's optimizers find the predictors inside them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import dspy
+from dspy.streaming.messages import StatusMessageProvider
 
 from dspex.errors import ConfigurationError, did_you_mean
 
@@ -196,12 +198,97 @@ def _has_native_async(module: Any) -> bool:
     return False
 
 
+async def _call_module(module: Any, kwargs: Mapping[str, Any]) -> Any:
+    if _has_native_async(module):
+        return await module.acall(**kwargs)
+    return await dspy.asyncify(module)(**kwargs)
+
+
+def _token_emitter() -> Callable[[Any], None] | None:
+    """The current run's event sink when someone is listening (``Pipeline.stream``), else None."""
+    # Imported here: flow imports this module, so a module-level import would be circular.
+    from dspex.pipeline.flow import _current
+
+    run = _current.get()
+    return run.emit if run is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamTarget:
+    """An output field to stream: the predictor producing it and the state field its tokens are named by."""
+
+    local: str
+    field: str
+    predictor_name: str
+    predictor: Any
+
+
+def _stream_targets(
+    module: Any, local_outputs: Sequence[str], output_map: Mapping[str, str | None]
+) -> list[_StreamTarget]:
+    """The step's string outputs that a predictor inside ``module`` writes, each with that predictor.
+
+    DSPy's ``StreamListener`` only parses ``str`` fields, so typed ones (lists, numbers...) are left out,
+    and so are outputs the step drops (mapped to None). When several predictors write a field (a draft
+    and a revision, ReAct's loop and its extraction), the last one is taken: in DSPy's composite
+    modules the last predictor to write a field is the one whose value the module returns.
+    """
+    predictors = module.named_predictors()
+    targets = []
+    for local in local_outputs:
+        target = output_map.get(local, local)
+        if target is None:
+            continue
+        owners = [(name, p) for name, p in predictors if local in p.signature.output_fields]
+        if not owners:
+            continue
+        name, predictor = owners[-1]
+        if predictor.signature.output_fields[local].annotation is str:
+            targets.append(_StreamTarget(local, target, name, predictor))
+    return targets
+
+
+class _Streamable:
+    """What a streamed step hands to ``dspy.streamify``: its module, called as the plain path calls it.
+
+    streamify ends its stream when the program returns a ``dspy.Prediction`` and waits forever otherwise,
+    so the module's outputs are always returned as one. This is not a ``dspy.Module`` on purpose:
+    streamify calls ``acall``, and a module here would show up as an extra span in DSPy's callbacks.
+    """
+
+    def __init__(self, owner: ModuleStep) -> None:
+        self.owner = owner
+
+    def named_predictors(self) -> list[tuple[str, Any]]:
+        return list(self.owner.module.named_predictors())
+
+    async def acall(self, **kwargs: Any) -> dspy.Prediction:
+        return dspy.Prediction(**self.owner._outputs(await _call_module(self.owner.module, kwargs)))
+
+
+class _NoStatus(StatusMessageProvider):  # type: ignore[misc]  # dspy is untyped
+    """No status messages: the pipeline's own events say what runs, and DSPy sends tool messages from
+    inside the event loop through a helper thread, which a pipeline has no use for."""
+
+    def tool_start_status_message(self, instance: Any, inputs: dict[str, Any]) -> None:
+        return None
+
+    def tool_end_status_message(self, outputs: Any) -> None:
+        return None
+
+
 class ModuleStep(Step):
     """A DSPy module as a step: reads its signature's inputs, writes its outputs.
 
     A module with several predictors (no single signature) needs ``input_fields=`` and
     ``output_fields=``. Modules with a native ``aforward`` run on the event loop; others run in a worker
     thread through ``dspy.asyncify``, so parallel branches overlap either way.
+
+    Under ``Pipeline.stream()`` the module runs through ``dspy.streamify`` with a listener on each of its
+    string output fields, and every chunk becomes a ``Token(step, field, chunk)`` event (``field`` is the
+    state field, after renames) between the step's ``StepStarted`` and ``StepFinished``. For a predictor
+    called once, a field's chunks join up to its final value; a field that did not stream (a cache hit)
+    arrives as one token. Without a listener nothing of this runs.
     """
 
     def __init__(
@@ -228,11 +315,54 @@ class ModuleStep(Step):
         self.module = module
 
     async def arun_local(self, **kwargs: Any) -> dict[str, Any]:
-        if _has_native_async(self.module):
-            prediction = await self.module.acall(**kwargs)
-        else:
-            prediction = await dspy.asyncify(self.module)(**kwargs)
+        emit = _token_emitter()
+        if emit is not None:
+            targets = _stream_targets(self.module, self.local_outputs, self.output_map)
+            if targets:
+                return await self._arun_streaming(kwargs, targets, emit)
+        return self._outputs(await _call_module(self.module, kwargs))
+
+    def _outputs(self, prediction: Any) -> dict[str, Any]:
         return {name: prediction[name] for name in self.local_outputs if name in prediction}
+
+    async def _arun_streaming(
+        self, kwargs: dict[str, Any], targets: Sequence[_StreamTarget], emit: Callable[[Any], None]
+    ) -> dict[str, Any]:
+        """Run the module through ``dspy.streamify``, emitting a ``Token`` per chunk of a listened field."""
+        from dspy.streaming import StreamListener, StreamResponse
+
+        from dspex.pipeline.events import Token
+
+        # Listeners keep per-stream state, so every run gets its own.
+        listeners = [
+            StreamListener(t.local, predict=t.predictor, predict_name=t.predictor_name) for t in targets
+        ]
+        state_field = {t.local: t.field for t in targets}
+        streamed: set[str] = set()
+        program = dspy.streamify(
+            _Streamable(self),
+            status_message_provider=_NoStatus(),
+            stream_listeners=listeners,
+            is_async_program=True,
+        )
+        outputs: dict[str, Any] | None = None
+        async with contextlib.aclosing(program(**kwargs)) as stream:
+            async for value in stream:
+                if isinstance(value, StreamResponse):
+                    if value.chunk:
+                        streamed.add(value.signature_field_name)
+                        emit(Token(self.name, state_field[value.signature_field_name], value.chunk))
+                elif isinstance(value, dspy.Prediction):
+                    outputs = dict(value.items())
+        if outputs is None:  # streamify ends its stream with the prediction; anything else is a DSPy change
+            raise RuntimeError(f"step {self.name!r}: dspy.streamify ended without a prediction")
+        for t in targets:
+            # An LM call answered from the cache (or in one chunk) streams nothing; the field's value then
+            # arrives as one token, so a consumer that renders tokens still sees every listened field.
+            value = outputs.get(t.local)
+            if t.local not in streamed and isinstance(value, str) and value:
+                emit(Token(self.name, t.field, value))
+        return outputs
 
 
 class FunctionStep(Step):
