@@ -119,8 +119,15 @@ class Step(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
 
     @property
     def reads(self) -> tuple[str, ...]:
-        """State fields this step needs (optional ones included)."""
-        return tuple(self.state_field(name) for name in self.local_inputs)
+        """State fields this step may read: its own (optional ones included), then its fallback's.
+
+        The fallback's fields count so that the pipeline orders the step after whatever writes them and
+        passes them down (through ``parallel``, ``map``...); they are optional, needed only on failure.
+        """
+        own = [self.state_field(name) for name in self.local_inputs]
+        if self.fallback is not None:
+            own.extend(f for f in self.fallback.reads if f not in own)
+        return tuple(own)
 
     @property
     def required_reads(self) -> tuple[str, ...]:
@@ -400,7 +407,8 @@ class FunctionStep(Step):
             **options,
         )
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        # A callable object with `async def __call__` is a coroutine function too, though inspect says no.
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     async def arun_local(self, **kwargs: Any) -> dict[str, Any]:
         result = await self.fn(**kwargs) if self.is_async else await asyncio.to_thread(self.fn, **kwargs)
