@@ -221,3 +221,11 @@ def test_pipelines_are_validated_by_their_own_inputs(app: App) -> None:
     assert app.run(pipeline, {"text": "hi"}).outputs["answer"] == "HI"
     with pytest.raises(ConfigurationError, match="needs input 'text'"):
         app.run(pipeline, {"question": "hi"})
+
+
+def test_a_pipeline_of_functions_needs_no_lm(database_url: str, tmp_path: Path) -> None:
+    from dspex.pipeline import Pipeline, step
+
+    pipeline = Pipeline([step(lambda text: text[::-1], name="reverse", outputs="reversed")], name="plain")
+    with App(Settings.load(home=tmp_path / "home", database_url=database_url)) as app:
+        assert app.run(pipeline, {"text": "abc"}).outputs == {"reversed": "cba"}

@@ -17,6 +17,7 @@ subprocess that is not a sandbox.
 """
 
 from dspex.modules._options import REQUIRED, Option, OptionKind
+from dspex.modules._yaml import load_yaml
 from dspex.modules.build import SPEC_KEYS, build_module, module_from_spec
 from dspex.modules.catalog import (
     NOT_IN_CATALOG,
@@ -39,6 +40,7 @@ __all__ = [
     "ToolRegistry",
     "build_module",
     "catalog",
+    "load_yaml",
     "module_entry",
     "module_from_spec",
     "module_names",

@@ -37,6 +37,7 @@ from dspex.pipeline.events import (
     Token,
 )
 from dspex.pipeline.flow import MERGE_RULES, Map, Parallel, Pipeline, When
+from dspex.pipeline.spec import pipeline_from_spec, pipeline_to_spec, to_yaml
 from dspex.pipeline.steps import FunctionStep, ModuleStep, RetryPolicy, Step, StepLike, step
 
 __all__ = [
@@ -60,7 +61,10 @@ __all__ = [
     "When",
     "map",
     "parallel",
+    "pipeline_from_spec",
+    "pipeline_to_spec",
     "step",
+    "to_yaml",
     "when",
 ]
 

@@ -198,14 +198,15 @@ class App:
         return self.executions.prune(older_than=cutoff, keep_per_program=keep, traces_only=only_traces)
 
     def _default_lm(self, program: Any) -> Any:
-        """The LM a run uses when none is passed: the App's, or None when every predictor has its own.
+        """The LM a run uses when none is passed: the App's, or None when no predictor would use it.
 
         A program version saved with an LM per predictor runs on those LMs without any LM configured;
         otherwise a missing LM is the ConfigurationError of :meth:`lm`, saying what to set.
         """
         if self._lm is None and not self.settings.lm:
             predictors = program.named_predictors() if hasattr(program, "named_predictors") else []
-            if predictors and all(predictor.lm is not None for _, predictor in predictors):
+            # No predictor (a pipeline of functions), or one LM each: nothing would use a default LM.
+            if all(predictor.lm is not None for _, predictor in predictors):
                 return None
         return self.lm()
 
