@@ -19,7 +19,7 @@ from typing import Any
 
 from dspex.settings import Settings
 
-__all__ = ["DEMO_SIGNATURES", "DemoReport", "ModuleRow", "SignatureRow", "run_demo"]
+__all__ = ["DEMO_SIGNATURES", "DemoReport", "ModuleRow", "ResearchDemoRow", "SignatureRow", "run_demo"]
 
 DEMO_SIGNATURES: tuple[str, ...] = (
     "question -> answer",
@@ -29,6 +29,7 @@ DEMO_SIGNATURES: tuple[str, ...] = (
 )
 DEMO_MODULES: tuple[str, ...] = ("predict", "chain_of_thought")
 DEMO_MODELS: tuple[str, ...] = ("sim-small", "sim-medium", "sim-large")
+RESEARCH_MODEL = "sim-large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,23 @@ class ModuleRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ResearchDemoRow:
+    """One question through the research-assistant pipeline, run and recorded by the App."""
+
+    question: str
+    answer: str
+    gold: str | None
+    citations: tuple[str, ...]
+    spans: int  # in the recorded trace: the pipeline, its steps, their DSPy modules and LM calls
+    duration_ms: float
+    execution_id: str
+
+    @property
+    def correct(self) -> bool:
+        return self.gold is not None and self.answer.strip() == self.gold
+
+
+@dataclass(frozen=True, slots=True)
 class DemoReport:
     """Everything the demo did."""
 
@@ -69,6 +87,8 @@ class DemoReport:
     programs: tuple[tuple[str, str], ...]  # (name, production version id)
     database_url: str
     recorded: int
+    research: tuple[ResearchDemoRow, ...] = ()
+    research_model: str = RESEARCH_MODEL
 
 
 def _type_name(annotation: Any) -> str:
@@ -149,6 +169,7 @@ def run_demo(
                         cost_usd=cost,
                     )
                 )
+        research = _research(app, server, say)
         app.flush()
         recorded = app.executions.count()
         requests = server.stats().total_requests
@@ -161,4 +182,34 @@ def run_demo(
         programs=tuple(programs),
         database_url=app.settings.resolved_database_url,
         recorded=recorded,
+        research=research,
     )
+
+
+def _research(app: Any, server: Any, say: Callable[[str], None]) -> tuple[ResearchDemoRow, ...]:
+    """The research-assistant pipeline (parallel retrieval, rerank, comparison, citations) on a few
+    task questions, each run recorded with one span per step."""
+    from dspex.examples.research_assistant import build_pipeline, default_questions
+
+    pipeline = build_pipeline()
+    lm = server.lm(RESEARCH_MODEL, cache=False)
+    rows = []
+    for question in default_questions(server.task):
+        say(f"research assistant: {question}")
+        result = app.run(pipeline, {"question": question}, lm=lm, program_name="research-assistant")
+        app.flush()
+        record = app.executions.get(result.execution_id)
+        spans = (record.trace or {}).get("spans", []) if record is not None else []
+        gold = server.task.lookup(question)
+        rows.append(
+            ResearchDemoRow(
+                question=question,
+                answer=str(result.outputs.get("answer", "")),
+                gold=gold.answer if gold is not None else None,
+                citations=tuple(str(c["id"]) for c in result.outputs.get("citations", [])),
+                spans=len(spans),
+                duration_ms=result.duration_ms,
+                execution_id=result.execution_id,
+            )
+        )
+    return tuple(rows)

@@ -21,7 +21,9 @@ def test_demo_registers_runs_and_records(tmp_path: Path) -> None:
     # sim-large costs more per token than sim-small
     by_model = {row.model: row.cost_usd for row in report.modules if row.module == "predict"}
     assert by_model["sim-large"] > by_model["sim-small"]
-    assert report.recorded == 3 * len(report.modules)
+    assert len(report.research) == 3
+    assert all(row.answer and row.citations and row.spans > 20 for row in report.research)
+    assert report.recorded == 3 * len(report.modules) + len(report.research)
     assert report.requests >= report.recorded
     with App(settings) as app:
         for name, version_id in report.programs:
@@ -44,4 +46,5 @@ def test_dspex_demo_command_runs_offline(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "chain_of_thought" in out.stdout
     assert "runs recorded" in out.stdout
+    assert "Research-assistant pipeline" in out.stdout
     assert (tmp_path / "home" / "dspex.db").exists()  # DSPEX_HOME, set for every test

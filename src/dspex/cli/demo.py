@@ -49,6 +49,23 @@ def render(report: DemoReport, console: Console) -> None:
             f"{m.cost_usd:.5f}",
         )
     console.print(modules)
+    research = Table(
+        title=f"Research-assistant pipeline on {report.research_model}: parse, refine, BM25 + keyword retrieval "
+        "in parallel, rerank, compare, cite"
+    )
+    for column in ("question", "answer", "gold", "citations", "trace spans", "ms"):
+        research.add_column(column, justify="right" if column in ("trace spans", "ms") else "left")
+    for r in report.research:
+        research.add_row(
+            escape(r.question),
+            escape(r.answer) + (" (right)" if r.correct else " (wrong)"),
+            escape(r.gold or "-"),
+            escape(", ".join(r.citations) or "-"),
+            str(r.spans),
+            f"{r.duration_ms:.0f}",
+        )
+    if report.research:
+        console.print(research)
     console.print(f"{report.requests} HTTP requests served by the simulated LM; all offline.")
     programs = ", ".join(f"{name} (production {version[:12]})" for name, version in report.programs)
     console.print(f"Registered programs: {escape(programs)}")

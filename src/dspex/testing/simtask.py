@@ -425,6 +425,9 @@ def _generic(prompt: Prompt, f: Field) -> Any:
     return f"Simulated answer about: {subject}" if subject else "Simulated answer."
 
 
+_REASONING_FIELDS = ("reasoning", "rationale")
+
+
 def answer_prompt(
     task: SimTask,
     prompt: Prompt,
@@ -437,12 +440,13 @@ def answer_prompt(
 ) -> SimAnswer:
     """How ``profile`` replies to a DSPy-formatted prompt, in the prompt's adapter format.
 
-    The first output field that is not ``reasoning`` gets the task's answer (right or wrong per the
-    profile) when an input value is a task question, else a deterministic answer derived from the
-    inputs; ``reasoning`` gets a short rationale; other fields get a plausible value of their type.
-    A prompt without DSPy fields is answered as plain text.
+    The first output field that is not a reasoning field (``reasoning``, or ``rationale`` as
+    MultiChainComparison names it) gets the task's answer (right or wrong per the profile) when an input
+    value is a task question, else a deterministic answer derived from the inputs; reasoning fields get
+    a short rationale; other fields get a plausible value of their type. A prompt without DSPy fields is
+    answered as plain text.
     """
-    reasoning = "reasoning" in prompt.output_names
+    reasoning = any(name in _REASONING_FIELDS for name in prompt.output_names)
     candidates = [v for v in prompt.inputs.values() if isinstance(v, str)]
     if not prompt.output_fields:  # not DSPy-formatted: the question is the last user turn
         candidates = [next((text for role, text in reversed(turns) if role == "user"), "")]
@@ -457,10 +461,10 @@ def answer_prompt(
         return SimAnswer(
             hit[1] if hit else f"This is a simulated reply from {profile.name}.", question, correct
         )
-    main = next((f for f in prompt.output_fields if f.name != "reasoning"), None)
+    main = next((f for f in prompt.output_fields if f.name not in _REASONING_FIELDS), None)
     values: dict[str, Any] = {}
     for f in prompt.output_fields:
-        if f.name == "reasoning" and hit is not None:
+        if f.name in _REASONING_FIELDS and hit is not None:
             values[f.name] = hit[0].rationale if hit[2] else f"Working it out, I get {hit[1]}."
         elif f is main:
             values[f.name] = _typed(hit[1], f) if hit else _generic(prompt, f)
