@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from dspex.errors import SpecError
 
-__all__ = ["load_yaml"]
+__all__ = ["load_yaml", "nearest_line"]
+
+
+def nearest_line(lines: Mapping[str, int], path: str) -> int | None:
+    """The line of ``path`` in a spec's line map; a missing key has none, so its nearest parent's."""
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
 
 
 def _child(path: str, key: str | int) -> str:

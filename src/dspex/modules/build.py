@@ -26,7 +26,7 @@ import dspy
 from dspex.errors import ConfigurationError, SignatureError, SpecError, UserError, did_you_mean
 from dspex.modules._options import describe_value, matches
 from dspex.modules._signature import _to_signature
-from dspex.modules._yaml import load_yaml
+from dspex.modules._yaml import load_yaml, nearest_line
 from dspex.modules.catalog import ModuleEntry, catalog, module_entry, module_names
 from dspex.modules.tools import ToolRegistry
 
@@ -61,15 +61,7 @@ class _Site:
         return _Site(option) if self.path is None else self.option(option)
 
     def _line(self) -> int | None:
-        path = self.path or ""
-        # A missing key has no line of its own; the nearest enclosing value does.
-        while True:
-            if path in self.lines:
-                return self.lines[path]
-            if not path:
-                return None
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else ""
+        return nearest_line(self.lines, self.path or "")
 
     def error(self, message: str) -> UserError:
         if self.path is None:

@@ -59,6 +59,7 @@ import dspy
 
 from dspex.errors import ConfigurationError, SpecError, UserError, did_you_mean
 from dspex.modules import ToolRegistry, load_yaml, module_from_spec
+from dspex.modules._yaml import nearest_line
 from dspex.pipeline._spec_write import MODULE_SPEC_ATTR, pipeline_to_spec, to_yaml
 from dspex.pipeline.flow import MERGE_RULES, Map, Parallel, Pipeline, When
 from dspex.pipeline.steps import RetryPolicy, Step, step
@@ -105,14 +106,7 @@ class _At:
         return _At(f"{self.path}.{key}" if self.path else key, self.lines)
 
     def line(self) -> int | None:
-        path = self.path
-        while True:  # a missing key has no line; the nearest enclosing value does
-            if path in self.lines:
-                return self.lines[path]
-            if not path:
-                return None
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else ""
+        return nearest_line(self.lines, self.path)
 
     def error(self, message: str) -> SpecError:
         return SpecError(message, path=self.path or None, line=self.line())

@@ -25,6 +25,7 @@ import dspy
 from dspy.streaming.messages import StatusMessageProvider
 
 from dspex.errors import ConfigurationError, did_you_mean
+from dspex.modules._introspect import acall_module, single_signature
 
 __all__ = ["FunctionStep", "ModuleStep", "RetryPolicy", "Step", "StepLike", "as_step", "step"]
 
@@ -187,28 +188,10 @@ class Step(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
 
 
 def _module_fields(module: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    signature = getattr(module, "signature", None)
-    if signature is None or not hasattr(signature, "input_fields"):
-        predictors = module.named_predictors()
-        if len(predictors) != 1:
-            return None
-        signature = predictors[0][1].signature
+    signature = single_signature(module)
+    if signature is None:
+        return None
     return tuple(signature.input_fields), tuple(signature.output_fields)
-
-
-def _has_native_async(module: Any) -> bool:
-    for cls in type(module).__mro__:
-        if cls is dspy.Module:
-            return False
-        if "aforward" in vars(cls) or "acall" in vars(cls):
-            return True
-    return False
-
-
-async def _call_module(module: Any, kwargs: Mapping[str, Any]) -> Any:
-    if _has_native_async(module):
-        return await module.acall(**kwargs)
-    return await dspy.asyncify(module)(**kwargs)
 
 
 def _token_emitter() -> Callable[[Any], None] | None:
@@ -270,7 +253,7 @@ class _Streamable:
         return list(self.owner.module.named_predictors())
 
     async def acall(self, **kwargs: Any) -> dspy.Prediction:
-        return dspy.Prediction(**self.owner._outputs(await _call_module(self.owner.module, kwargs)))
+        return dspy.Prediction(**self.owner._outputs(await acall_module(self.owner.module, **kwargs)))
 
 
 class _NoStatus(StatusMessageProvider):  # type: ignore[misc]  # dspy is untyped
@@ -327,7 +310,7 @@ class ModuleStep(Step):
             targets = _stream_targets(self.module, self.local_outputs, self.output_map)
             if targets:
                 return await self._arun_streaming(kwargs, targets, emit)
-        return self._outputs(await _call_module(self.module, kwargs))
+        return self._outputs(await acall_module(self.module, **kwargs))
 
     def _outputs(self, prediction: Any) -> dict[str, Any]:
         return {name: prediction[name] for name in self.local_outputs if name in prediction}

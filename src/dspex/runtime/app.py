@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
 from dspex.jsonable import to_jsonable
 from dspex.lm.pricing import Prices
+from dspex.modules._introspect import acall_module, single_signature
 from dspex.settings import Settings
 from dspex.store import Database, open_database
 from dspex.store.executions import ExecutionRepository, ExecutionStatus, current_runner, utcnow
@@ -80,24 +81,7 @@ def _find_input_signature(program: Any) -> Any:
 
     if isinstance(program, Step):  # a pipeline checks its own inputs, which need not be any predictor's
         return None
-    signature = getattr(program, "signature", None)
-    if signature is not None and hasattr(signature, "input_fields"):
-        return signature
-    predictors = program.named_predictors() if hasattr(program, "named_predictors") else []
-    if len(predictors) == 1:
-        return predictors[0][1].signature
-    return None
-
-
-def _has_native_async(program: Any) -> bool:
-    import dspy
-
-    for cls in type(program).__mro__:
-        if cls is dspy.Module:
-            return False
-        if "aforward" in vars(cls) or "acall" in vars(cls):
-            return True
-    return False
+    return single_signature(program)
 
 
 class App:
@@ -339,13 +323,10 @@ class _Run:
             return self.program(**inputs)
 
     async def execute_async(self) -> Any:
-        import dspy
 
         inputs = self._validated()
         with self._context():
-            if _has_native_async(self.program):
-                return await self.program.acall(**inputs)
-            return await dspy.asyncify(self.program)(**inputs)
+            return await acall_module(self.program, **inputs)
 
     def finish(self, execute: Any) -> RunResult:
         try:
