@@ -30,6 +30,7 @@ if _typing.TYPE_CHECKING:
     from dspex.runtime import App, RunResult
     from dspex.settings import Settings
     from dspex.signatures import signature, to_spec, validate_inputs, validate_outputs
+    from dspex.variables import Configuration, Variable, VariableSpace
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,9 @@ _LAZY: dict[str, str] = {
     "RetryPolicy": "dspex.pipeline",
     "RunResult": "dspex.runtime",
     "Settings": "dspex.settings",
+    "Configuration": "dspex.variables",
+    "Variable": "dspex.variables",
+    "VariableSpace": "dspex.variables",
     "ToolRegistry": "dspex.modules",
     "build_module": "dspex.modules",
     "module_from_spec": "dspex.modules",
@@ -55,6 +59,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "App",
+    "Configuration",
     "ConfigurationError",
     "DSPexError",
     "Datasets",
@@ -73,6 +78,8 @@ __all__ = [
     "ToolRegistry",
     "UserError",
     "ValidationError",
+    "Variable",
+    "VariableSpace",
     "build_lm",
     "build_module",
     "module_from_spec",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "to_jsonable"]
+__all__ = ["canonical_hash", "dumps", "to_jsonable"]
 
 _MAX_DEPTH = 32
 
@@ -85,3 +86,12 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value, default=_default, option=_OPTIONS).decode()
     except (orjson.JSONEncodeError, TypeError):
         return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":"))
+
+
+def canonical_hash(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value`` (sorted keys, no spaces): equal content, equal hash.
+
+    Content ids of program versions, dataset examples and variable configurations all come from here.
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -6,14 +6,13 @@ records); a program version must load back exactly, so here a non-JSON value is 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from dspex.errors import ConfigurationError, UserError
+from dspex.jsonable import canonical_hash
 
 __all__ = ["SECRET_KEYS", "canonical_hash", "check_json"]
 
@@ -58,9 +57,3 @@ def check_json(
         "(no pickle), so convert it to plain values first",
         path,
     )
-
-
-def canonical_hash(value: Any) -> str:
-    """SHA-256 of the canonical JSON of ``value`` (sorted keys, no spaces): equal content, equal hash."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.errors import ConfigurationError, ValidationError, did_you_mean
+from dspex.jsonable import canonical_hash
 from dspex.programs._dataset_files import READERS, FileFormat, format_of, write_records
-from dspex.programs._json import canonical_hash
 from dspex.store._engine import Database
 from dspex.store.datasets import (
     Dataset,

@@ -28,8 +28,9 @@ from typing import Any, Literal
 import dspy
 
 from dspex.errors import ConfigurationError, did_you_mean
+from dspex.jsonable import canonical_hash
 from dspex.modules import ToolRegistry
-from dspex.programs._json import canonical_hash, check_json
+from dspex.programs._json import check_json
 from dspex.programs._source import build_source, normalise_source
 from dspex.programs._state import apply_state, capture_state
 from dspex.store._engine import Database

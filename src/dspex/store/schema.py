@@ -21,6 +21,7 @@ __all__ = [
     "metadata",
     "program_versions",
     "programs",
+    "variable_changes",
 ]
 
 # Python None is SQL NULL (not JSON null), so "no value" is one thing in filters and retention.
@@ -143,4 +144,20 @@ dataset_examples = sa.Table(
     sa.Column("example_hash", sa.String(64), nullable=False),
     sa.Column("split", sa.String(64), nullable=True),
     sa.Column("data", JSON, nullable=False),
+)
+
+variable_changes = sa.Table(
+    "variable_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(200), nullable=False),
+    sa.Column("variable", sa.String(200), nullable=False),
+    sa.Column("old", JSON, nullable=True),
+    sa.Column("new", JSON, nullable=True),
+    sa.Column("changed_by", sa.String(200), nullable=False),
+    _when("changed_at"),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("configuration_id", sa.String(64), nullable=True),
+    sa.Index("ix_variable_changes_scope_variable_id", "scope", "variable", "id"),
+    sa.Index("ix_variable_changes_scope_changed_at", "scope", "changed_at"),
 )
