@@ -11,6 +11,7 @@ from dspex import _lazy
 from dspex.errors import (
     ConfigurationError,
     DSPexError,
+    EvaluationAborted,
     ExecutionError,
     FieldIssue,
     LMError,
@@ -25,6 +26,7 @@ from dspex.errors import (
 if _typing.TYPE_CHECKING:
     from dspex.lm import build_lm, using
     from dspex.modules import ToolRegistry, build_module, module_from_spec
+    from dspex.optimize import Evaluator
     from dspex.pipeline import Pipeline, RetryPolicy
     from dspex.programs import Datasets, ProgramRegistry
     from dspex.runtime import App, RunResult
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "App": "dspex.runtime",
     "Datasets": "dspex.programs",
+    "Evaluator": "dspex.optimize",
     "Pipeline": "dspex.pipeline",
     "ProgramRegistry": "dspex.programs",
     "RetryPolicy": "dspex.pipeline",
@@ -63,6 +66,8 @@ __all__ = [
     "ConfigurationError",
     "DSPexError",
     "Datasets",
+    "EvaluationAborted",
+    "Evaluator",
     "ExecutionError",
     "FieldIssue",
     "LMError",

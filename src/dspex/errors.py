@@ -11,6 +11,7 @@ DSPexError
  |    +-- ValidationError      # data does not match a signature's fields (has .issues)
  +-- RunError                  # a run failed; the execution record says why
       +-- ExecutionError       # the program raised (has .execution_id; the cause is chained)
+      |    +-- EvaluationAborted   # an evaluation saw more failures than max_errors
       +-- LMError              # the language model failed (has .retryable, .retry_after)
       +-- StepError            # a pipeline step gave up (has .step; the cause is chained)
 """
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ConfigurationError",
     "DSPexError",
+    "EvaluationAborted",
     "ExecutionError",
     "FieldIssue",
     "LMError",
@@ -209,3 +211,23 @@ class StepError(RunError):
 
     def _state(self) -> dict[str, Any]:
         return {"step": self.step}
+
+
+class EvaluationAborted(ExecutionError):
+    """The program (or a metric) failed on more examples than ``max_errors`` allows.
+
+    ``errors`` is how many failed and ``evaluated`` how many finished before the evaluation stopped;
+    the first failure is chained as the cause.
+    """
+
+    code = "evaluation_aborted"
+
+    def __init__(
+        self, message: str, *, errors: int = 0, evaluated: int = 0, execution_id: str | None = None
+    ) -> None:
+        super().__init__(message, execution_id=execution_id)
+        self.errors = errors
+        self.evaluated = evaluated
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "errors": self.errors, "evaluated": self.evaluated}

@@ -8,6 +8,7 @@ from dspex import errors
 from dspex.errors import (
     ConfigurationError,
     DSPexError,
+    EvaluationAborted,
     ExecutionError,
     FieldIssue,
     LMError,
@@ -28,6 +29,7 @@ ALL_ERRORS = [
     ValidationError("inputs do not match", issues=(FieldIssue("k", "int", "got 'abc'"),)),
     RunError("failed"),
     ExecutionError("program raised ValueError: boom", execution_id="e1"),
+    EvaluationAborted("4 examples failed", errors=4, evaluated=10),
     LMError("rate limited", retryable=True, retry_after=1.5),
 ]
 

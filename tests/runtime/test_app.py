@@ -229,3 +229,28 @@ def test_a_pipeline_of_functions_needs_no_lm(database_url: str, tmp_path: Path) 
     pipeline = Pipeline([step(lambda text: text[::-1], name="reverse", outputs="reversed")], name="plain")
     with App(Settings.load(home=tmp_path / "home", database_url=database_url)) as app:
         assert app.run(pipeline, {"text": "abc"}).outputs == {"reversed": "cba"}
+
+
+def test_runs_using_dspy_parallel_record_every_worker(app: App) -> None:
+    class FanOut(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> dspy.Prediction:
+            pairs = [
+                (self.predict, dspy.Example(question=f"{question}{i}").with_inputs("question"))
+                for i in range(3)
+            ]
+            outputs = dspy.Parallel(num_threads=3)(pairs)
+            return dspy.Prediction(answer=",".join(o.answer for o in outputs))
+
+    result = app.run(FanOut(), {"question": "q"})
+    assert result.outputs["answer"] == "Q0,Q1,Q2"
+    assert result.usage["scripted/qa"]["calls"] == 3  # usage from the worker threads belongs to the run
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    spans = (record.trace or {})["spans"]
+    assert sum(1 for span in spans if span["kind"] == "lm") == 3
+    assert [span["parent"] for span in spans].count(None) == 1  # one tree: worker spans hang under the root

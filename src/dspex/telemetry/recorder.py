@@ -119,6 +119,10 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
         parent = current[1] if current is not None and current[0] == id(self) else None
         now = (time.perf_counter() - self._t0) * 1000
         with self._lock:
+            if parent is None and self.spans and self.spans[0].end_ms is None:
+                # Started in a thread our context did not reach (dspy.Parallel copies only DSPy's own
+                # settings into its workers): it still belongs to the run, under its root span.
+                parent = 0
             index = len(self.spans)
             self.spans.append(Span(index, parent, kind, _name(instance), now, inputs=inputs))
         token = _open_span.set((id(self), index))
@@ -186,6 +190,11 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
 
     def on_evaluate_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
         self._end(call_id, outputs, exception)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RunRecorder:
+        # dspy.Parallel deep-copies the usage tracker into each worker thread so that DSPy's own tracker
+        # is not shared across threads. This one is thread-safe and must see the whole run, workers too.
+        return self
 
     # -- usage tracker protocol (dspy.settings.usage_tracker) ----------------------------------------
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:

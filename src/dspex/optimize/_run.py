@@ -1,0 +1,157 @@
+"""The parts of an evaluation run that hold state: usage counting, running totals, the configuration id."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from dspex.errors import ConfigurationError
+from dspex.jsonable import to_jsonable
+from dspex.optimize.metrics import Metric, MetricLike, as_metric
+from dspex.optimize.result import EarlyStop, ExampleRecord
+from dspex.programs._json import SECRET_KEYS, canonical_hash
+
+__all__ = [
+    "Metrics",
+    "ProgressCallback",
+    "RunState",
+    "UsageCounter",
+    "configuration_fingerprint",
+    "error_info",
+    "resolve_metrics",
+]
+
+ProgressCallback = Callable[[int, int, float], None]
+Metrics = MetricLike | Sequence[MetricLike] | Mapping[str, MetricLike]
+
+
+def _lm_description(lm: Any) -> Any:
+    if lm is None:
+        return None
+    kwargs = getattr(lm, "kwargs", {}) or {}
+    return {
+        "class": f"{type(lm).__module__}.{type(lm).__qualname__}",
+        "model": getattr(lm, "model", None),
+        # Credentials change nothing about the answers; leaving them out keeps keys out of the hash input.
+        "kwargs": {k: v for k, v in kwargs.items() if not SECRET_KEYS.search(k)},
+    }
+
+
+def configuration_fingerprint(program: Any, lm: Any = None) -> str:
+    """A configuration id derived from the program's class and saved state and the LM's settings.
+
+    The evaluator uses it when no ``configuration_id`` is given. It cannot see code: after changing a
+    program's ``forward`` in a running process, pass an explicit id (or ``cache=False``).
+
+    >>> configuration_fingerprint(dspy.Predict("question -> answer"), lm)[:12]
+    """
+    effective_lm = lm if lm is not None else dspy.settings.lm
+    described = {
+        "program": f"{type(program).__module__}.{type(program).__qualname__}",
+        "state": program.dump_state(),
+        "lm": _lm_description(effective_lm),
+    }
+    return canonical_hash(to_jsonable(described))
+
+
+class UsageCounter:
+    """DSPy's usage tracker protocol for one evaluation: LM calls and tokens per model.
+
+    ``dspy.Parallel`` deep-copies the tracker into each of its threads, which would lose their counts;
+    this one is locked and returns itself from ``__deepcopy__`` so every thread adds to the same totals.
+    A tracker active before the run keeps receiving every entry.
+    """
+
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent
+        self.per_model: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> UsageCounter:
+        return self
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        if self.parent is not None:
+            self.parent.add_usage(lm, usage_entry)
+        prompt = int(usage_entry.get("prompt_tokens") or 0)
+        completion = int(usage_entry.get("completion_tokens") or 0)
+        total = int(usage_entry.get("total_tokens") or prompt + completion)
+        with self._lock:
+            totals = self.per_model.setdefault(
+                lm, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            )
+            totals["calls"] += 1
+            totals["prompt_tokens"] += prompt
+            totals["completion_tokens"] += completion
+            totals["total_tokens"] += total
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {model: dict(t) for model, t in self.per_model.items()}
+
+
+def resolve_metrics(metric: Metrics, primary: str | None) -> tuple[tuple[Metric, ...], str]:
+    if isinstance(metric, Mapping):
+        metrics = tuple(as_metric(m, name=name) for name, m in metric.items())
+    elif isinstance(metric, Sequence) and not isinstance(metric, str):
+        metrics = tuple(as_metric(m) for m in metric)
+    else:
+        metrics = (as_metric(metric),)
+    if not metrics:
+        raise ConfigurationError("the evaluator needs at least one metric, e.g. Evaluator(exact_match)")
+    names = [m.name for m in metrics]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            f"metric names must be unique, {', '.join(map(repr, duplicates))} repeats; "
+            "name them with a dict: Evaluator({'em': exact_match, 'em_short': exact_match(field='short')})"
+        )
+    if primary is None:
+        return metrics, names[0]
+    if primary not in names:
+        raise ConfigurationError(f"primary metric {primary!r} is not one of the metrics: {', '.join(names)}")
+    return metrics, primary
+
+
+def error_info(exc: BaseException, stage: str) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc)[:2000], "stage": stage}
+
+
+@dataclass
+class RunState:
+    """The mutable state of one evaluation; only touched from the event loop's thread."""
+
+    total: int
+    primary: str
+    early_stop: EarlyStop | None
+    max_errors: int | None
+    progress: ProgressCallback | None
+    records: dict[int, ExampleRecord] = field(default_factory=dict)
+    score_sum: float = 0.0
+    errors: int = 0
+    first_error: BaseException | None = None
+    stop_reason: str | None = None
+    aborted: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_reason is not None or self.aborted
+
+    def add(self, record: ExampleRecord, exc: BaseException | None) -> None:
+        self.records[record.index] = record
+        self.score_sum += record.score
+        done = len(self.records)
+        if record.error is not None:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = exc
+            if self.max_errors is not None and self.errors > self.max_errors:
+                self.aborted = True
+        if self.progress is not None:
+            self.progress(done, self.total, self.score_sum / done)
+        if self.early_stop is not None and done < self.total and not self.aborted:
+            self.stop_reason = self.early_stop.reason(done=done, total=self.total, score_sum=self.score_sum)

@@ -1,0 +1,111 @@
+"""The cache of evaluation results, per (configuration id, example hash).
+
+A configuration id names everything that decides a prediction (the program's class and state, the
+LM and its settings); the example hash is the SHA-256 of the example's canonical JSON, inputs and
+labels apart. When both match, the prediction and its scores are reused and the example costs no LM
+call, which is what makes re-evaluating a configuration in an optimizer free::
+
+    cache = MemoryCache(maxsize=50_000)
+    evaluator = Evaluator(exact_match, cache=cache)
+    await evaluator.arun(program, devset, configuration_id="cot-t0.7")   # LM calls
+    await evaluator.arun(program, devset, configuration_id="cot-t0.7")   # none
+
+The evaluator reads a whole run's keys with one ``get_many`` and writes the run's new results with one
+``put_many``, so a database-backed cache (the :class:`EvalCache` protocol) costs two queries per
+evaluation, not two per example. Errors are never cached: a failed example is tried again next time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from dspex.errors import ConfigurationError
+from dspex.jsonable import canonical_hash, to_jsonable
+
+__all__ = ["CacheKey", "CachedResult", "EvalCache", "MemoryCache", "example_hash"]
+
+# (configuration id, example hash)
+CacheKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResult:
+    """What a cache keeps of one evaluated example: the prediction's fields as JSON and the scores."""
+
+    prediction: dict[str, Any]
+    scores: dict[str, float]
+    feedback: dict[str, str] = field(default_factory=dict)
+    duration_ms: float = 0.0
+
+
+@runtime_checkable
+class EvalCache(Protocol):
+    """Where evaluation results are kept. Implementations must be safe to share between threads."""
+
+    def get_many(self, keys: Sequence[CacheKey]) -> Mapping[CacheKey, CachedResult]:
+        """The results known for ``keys``; unknown keys are simply absent."""
+        ...
+
+    def put_many(self, entries: Mapping[CacheKey, CachedResult]) -> None:
+        """Store (or replace) results."""
+        ...
+
+
+class MemoryCache:
+    """An in-process LRU :class:`EvalCache` holding at most ``maxsize`` results.
+
+    >>> cache = MemoryCache(maxsize=2)
+    >>> cache.put_many({("c1", "h1"): CachedResult({"answer": "4"}, {"exact_match": 1.0})})
+    >>> len(cache)
+    1
+    """
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        if maxsize < 1:
+            raise ConfigurationError(f"cache maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._items: OrderedDict[CacheKey, CachedResult] = OrderedDict()
+        self._lock = threading.Lock()  # one cache may serve evaluations on several threads/loops
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_many(self, keys: Sequence[CacheKey]) -> dict[CacheKey, CachedResult]:
+        found: dict[CacheKey, CachedResult] = {}
+        with self._lock:
+            for key in keys:
+                value = self._items.get(key)
+                if value is not None:
+                    self._items.move_to_end(key)
+                    found[key] = value
+        return found
+
+    def put_many(self, entries: Mapping[CacheKey, CachedResult]) -> None:
+        with self._lock:
+            for key, value in entries.items():
+                self._items[key] = value
+                self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._items.clear()
+
+
+def example_hash(example: Any) -> str:
+    """The content hash of a ``dspy.Example``: its inputs and its labels, as canonical JSON.
+
+    Which fields are inputs is part of the hash: the same data with other inputs is another example.
+
+    >>> len(example_hash(dspy.Example(question="2+2?", answer="4").with_inputs("question")))
+    64
+    """
+    inputs = example.inputs().toDict()
+    labels = {k: v for k, v in example.toDict().items() if k not in inputs}
+    return canonical_hash(to_jsonable({"inputs": inputs, "labels": labels}))

@@ -1,0 +1,497 @@
+"""The evaluation engine: a program over a dataset, concurrently, with metrics, a cache and early stop.
+
+::
+
+    evaluator = Evaluator([exact_match, f1], concurrency=32, early_stop=EarlyStop(stop_if_cannot_reach=0.6))
+    result = await evaluator.arun(dspy.ChainOfThought("question -> answer"), devset, lm=lm)
+    result.score, result.scores, result.records[0].to_json()
+    evaluator.run(program, devset)                      # the same from synchronous code
+
+How it runs (``execution=``): ``"async"``: ``concurrency`` tasks on the event loop pull examples in
+order and await the program's native ``acall`` (Predict, ChainOfThought, ReAct...); ``"threads"``: a
+pool of ``concurrency`` threads owned by this run, each evaluating examples end to end; ``"auto"``
+(default): threads up to 64 in flight (DSPy's sync path is cheaper, see ``benchmarks/evaluation.py``),
+the loop above that for programs with native async. (DSPy's ``asyncify`` would do, but its thread
+limit is one process-wide limiter resized from ``dspy.settings.async_max_workers`` on every call, so
+two evaluations running side by side, as in an optimizer, would resize each other's limit.) Each
+thread gets a copy of the caller's context, so ``dspy.context(...)`` settings reach the program.
+``lm=`` applies through ``dspy.context(lm=...)`` for the run only; ``dspy.configure`` is never called.
+
+Per example: the program's prediction, every metric's score, the time taken, or the error. A failed
+example scores ``failure_score`` (0.0) like in ``dspy.Evaluate``; beyond ``max_errors`` failures the
+evaluation stops with :class:`EvaluationAborted`. Progress goes to an optional callback
+``progress(done, total, mean_score)``; the CLI renders it (rich stays out of this package).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import dspy
+
+from dspex.errors import ConfigurationError
+from dspex.jsonable import to_jsonable
+from dspex.modules._introspect import has_native_async
+from dspex.optimize._run import (
+    Metrics,
+    ProgressCallback,
+    RunState,
+    UsageCounter,
+    configuration_fingerprint,
+    error_info,
+    resolve_metrics,
+)
+from dspex.optimize.cache import CachedResult, CacheKey, EvalCache, MemoryCache, example_hash
+from dspex.optimize.metrics import Score
+from dspex.optimize.result import EarlyStop, EvaluationAborted, EvaluationResult, ExampleRecord
+from dspex.pipeline._sync import run_coroutine
+
+__all__ = ["Evaluator", "Execution", "ProgressCallback", "configuration_fingerprint"]
+
+Execution = Literal["auto", "async", "threads"]
+ASYNC_ABOVE = 64  # "auto" awaits native-async programs on the loop above this concurrency (see _threaded)
+# (the example's record, the exception when it failed, a new cache entry or None)
+_Outcome = tuple[ExampleRecord, BaseException | None, CachedResult | None]
+
+
+class Evaluator:
+    """Evaluates programs over datasets. Reusable: one evaluator, many programs and configurations.
+
+    - ``metric``: a metric, a list of them, or a dict name -> metric (see :mod:`dspex.optimize.metrics`;
+      any DSPy-style ``(example, prediction[, trace])`` callable works); ``primary`` names the one
+      ``result.score`` is the mean of (default: the first).
+    - ``concurrency``: examples in flight at once.
+    - ``cache``: True for an in-memory LRU shared by this evaluator's runs, False for none, or any
+      :class:`~dspex.optimize.cache.EvalCache`.
+    - ``progress``: ``callback(done, total, mean_score)`` after each example.
+    - ``early_stop``: an :class:`EarlyStop`; in-flight examples are cancelled when it fires.
+    - ``max_errors``: failures tolerated before :class:`EvaluationAborted` (None: no limit).
+    - ``execution``: ``"auto"``, ``"async"`` or ``"threads"`` (see the module docstring). With threads
+      the progress callback is called from the worker thread that finished the example.
+
+    >>> evaluator = Evaluator(exact_match, concurrency=16)
+    >>> result = evaluator.run(dspy.Predict("question -> answer"), devset, lm=lm)
+    >>> print(result.score, result.to_json(records=False))
+    """
+
+    def __init__(
+        self,
+        metric: Metrics,
+        *,
+        primary: str | None = None,
+        concurrency: int = 16,
+        cache: bool | EvalCache = True,
+        progress: ProgressCallback | None = None,
+        early_stop: EarlyStop | None = None,
+        max_errors: int | None = 10,
+        failure_score: float = 0.0,
+        execution: Execution = "auto",
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        if max_errors is not None and max_errors < 0:
+            raise ConfigurationError(f"max_errors must be >= 0 or None, got {max_errors}")
+        self.metrics, self.primary = resolve_metrics(metric, primary)
+        self.concurrency = concurrency
+        if cache is True:
+            self.cache: EvalCache | None = MemoryCache()
+        elif cache is False:
+            self.cache = None
+        elif isinstance(cache, EvalCache):
+            self.cache = cache
+        else:
+            raise ConfigurationError(f"cache must be True, False or an EvalCache, got {cache!r}")
+        self.progress = progress
+        self.early_stop = early_stop
+        self.max_errors = max_errors
+        self.failure_score = failure_score
+        if execution not in ("auto", "async", "threads"):
+            raise ConfigurationError(f"execution must be 'auto', 'async' or 'threads', got {execution!r}")
+        self.execution = execution
+
+    # -- public API --------------------------------------------------------------------------------
+    def run(
+        self, program: Any, examples: Sequence[Any], *, configuration_id: str | None = None, lm: Any = None
+    ) -> EvaluationResult:
+        """Synchronous :meth:`arun` (on a fresh event loop; from async code, await :meth:`arun`)."""
+        return run_coroutine(self.arun(program, examples, configuration_id=configuration_id, lm=lm))
+
+    async def arun(
+        self, program: Any, examples: Sequence[Any], *, configuration_id: str | None = None, lm: Any = None
+    ) -> EvaluationResult:
+        """Evaluate ``program`` on ``examples`` (``dspy.Example`` with inputs set).
+
+        ``configuration_id`` keys the cache; without one it is :func:`configuration_fingerprint`.
+        ``lm`` is the LM for this run (else the one in DSPy's context).
+        """
+        examples = list(examples)
+        if not examples:
+            raise ConfigurationError("no examples to evaluate; pass at least one dspy.Example")
+        hashes = [self._hash(i, example) for i, example in enumerate(examples)]
+        started = time.perf_counter()
+        if self.cache is not None and configuration_id is None:
+            configuration_id = configuration_fingerprint(program, lm)
+        keys: list[CacheKey] = [(configuration_id or "", h) for h in hashes]
+        hits = await self._cache_get(keys)
+        run = RunState(len(examples), self.primary, self.early_stop, self.max_errors, self.progress)
+        usage = UsageCounter(dspy.settings.usage_tracker)
+        overrides: dict[str, Any] = {"usage_tracker": usage}
+        if lm is not None:
+            overrides["lm"] = lm
+        pool = self._pool() if self._threaded(program) else None
+        fresh: dict[CacheKey, CachedResult] = {}
+        try:
+            with dspy.context(**overrides):
+                await self._schedule(program, examples, hashes, keys, hits, run, pool, fresh)
+        finally:
+            if pool is not None:
+                # Threads stuck in a cancelled call finish on their own; nobody waits for them.
+                pool.shutdown(wait=False, cancel_futures=True)
+            if fresh:  # finished work is kept even when the run stops early or aborts
+                await self._cache_put(fresh)
+        if run.aborted:
+            raise self._aborted(run) from run.first_error
+        return self._result(run, configuration_id, usage, time.perf_counter() - started)
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _hash(self, index: int, example: Any) -> str:
+        if not hasattr(example, "inputs"):
+            raise ConfigurationError(
+                f"example {index} is a {type(example).__name__}, not a dspy.Example; "
+                "build it with dspy.Example(...).with_inputs(...)"
+            )
+        try:
+            return example_hash(example)
+        except ValueError as exc:  # DSPy: "Inputs have not been set for this example"
+            raise ConfigurationError(
+                f"example {index} has no input fields; call .with_inputs('question', ...) on it ({exc})"
+            ) from exc
+
+    def _threaded(self, program: Any) -> bool:
+        if self.execution == "threads":
+            return True
+        if self.execution == "async" and not has_native_async(program):
+            raise ConfigurationError(
+                f"execution='async' needs a program with native async (aforward); "
+                f"{type(program).__name__} has none; use execution='auto' or 'threads'"
+            )
+        if self.execution == "async":
+            return False
+        # auto: DSPy 3.4's async call path costs about twice the CPU of its sync path (0.78 vs 0.35 ms
+        # per Predict call), so up to ASYNC_ABOVE examples in flight threads are as fast as dspy.Evaluate
+        # and the loop is not; beyond that, GIL contention between threads loses to one event loop.
+        return self.concurrency <= ASYNC_ABOVE or not has_native_async(program)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="dspex-eval")
+
+    async def _cache_get(self, keys: list[CacheKey]) -> Mapping[CacheKey, CachedResult]:
+        if self.cache is None:
+            return {}
+        if isinstance(self.cache, MemoryCache):
+            return self.cache.get_many(keys)
+        return await asyncio.to_thread(self.cache.get_many, keys)  # a database must not block the loop
+
+    async def _cache_put(self, entries: dict[CacheKey, CachedResult]) -> None:
+        if self.cache is None:
+            return
+        if isinstance(self.cache, MemoryCache):
+            self.cache.put_many(entries)
+        else:
+            await asyncio.to_thread(self.cache.put_many, entries)
+
+    async def _schedule(
+        self,
+        program: Any,
+        examples: list[Any],
+        hashes: list[str],
+        keys: list[CacheKey],
+        hits: Mapping[CacheKey, CachedResult],
+        run: RunState,
+        pool: concurrent.futures.ThreadPoolExecutor | None,
+        fresh: dict[CacheKey, CachedResult],
+    ) -> None:
+        def deliver(index: int, outcome: _Outcome) -> None:
+            record, exc, entry = outcome
+            if entry is not None:
+                fresh[keys[index]] = entry
+            run.add(record, exc)
+
+        # Cached examples first, on the loop: they touch no program and finish at once.
+        for index in range(len(examples)):
+            hit = hits.get(keys[index])
+            if hit is not None and not run.finished:
+                deliver(index, await self._hit(index, examples[index], hashes[index], hit))
+        misses = [i for i in range(len(examples)) if keys[i] not in hits]
+        if run.finished or not misses:
+            return
+        if pool is None:
+            await self._schedule_tasks(program, examples, hashes, misses, run, deliver)
+        else:
+            await self._schedule_threads(program, examples, hashes, misses, run, pool, deliver)
+
+    async def _schedule_tasks(
+        self,
+        program: Any,
+        examples: list[Any],
+        hashes: list[str],
+        misses: list[int],
+        run: RunState,
+        deliver: Callable[[int, _Outcome], None],
+    ) -> None:
+        """Native async: ``concurrency`` tasks on this loop pull examples in order and await the program."""
+        order: Iterator[int] = iter(misses)
+        workers: list[asyncio.Task[None]] = []
+
+        async def worker() -> None:
+            for index in order:  # one shared iterator: examples start in dataset order
+                deliver(index, await self._fresh_async(program, index, examples[index], hashes[index]))
+                if run.finished:
+                    current = asyncio.current_task()
+                    for task in workers:  # cancel the examples still in flight
+                        if task is not current:
+                            task.cancel()
+                    return
+
+        workers.extend(asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(misses))))
+        try:
+            outcomes = await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            for task in workers:  # arun itself was cancelled: take the workers down with it
+                task.cancel()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome  # a bug (a progress callback that raised), not an example's failure
+
+    async def _schedule_threads(
+        self,
+        program: Any,
+        examples: list[Any],
+        hashes: list[str],
+        misses: list[int],
+        run: RunState,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        deliver: Callable[[int, _Outcome], None],
+    ) -> None:
+        """Threads: each pool thread evaluates examples end to end (program, metrics, bookkeeping) and
+        takes the next one; the loop only hears when the threads are done. Waking the loop for every
+        example made it compete for the GIL with the threads (5% slower than ``dspy.Evaluate`` at 32
+        threads); so here the progress callback runs in the worker thread that finished the example.
+        """
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+        stop = threading.Event()
+        order: Iterator[int] = iter(misses)
+        lock = threading.Lock()  # guards the order iterator and the run state
+        active = [min(self.concurrency, len(misses))]
+        failure: list[BaseException] = []
+
+        def on_exit() -> None:  # on the loop
+            active[0] -= 1
+            if active[0] == 0:
+                finished.set()
+
+        def thread_main() -> None:
+            try:
+                while not stop.is_set():
+                    with lock:
+                        index = next(order, None)
+                    if index is None:
+                        return
+                    outcome = self._fresh_sync(program, index, examples[index], hashes[index], loop)
+                    with lock:
+                        if stop.is_set():  # stopped while this example was in flight: dropped, like a
+                            return  # cancelled task's
+                        try:
+                            deliver(index, outcome)
+                        except BaseException as exc:  # a progress callback that raised: a bug
+                            failure.append(exc)
+                        if run.finished or failure:
+                            stop.set()
+                            # Do not wait for the other threads' LM calls: their results are dropped.
+                            loop.call_soon_threadsafe(finished.set)
+            finally:
+                loop.call_soon_threadsafe(on_exit)
+
+        for _ in range(active[0]):
+            # One context copy per thread (a Context cannot be entered by two threads at once); each
+            # carries this run's dspy.context(...) overrides.
+            pool.submit(contextvars.copy_context().run, thread_main)
+        try:
+            await finished.wait()
+        finally:
+            stop.set()  # also when arun is cancelled: threads finish their example and take no other
+        if failure:
+            raise failure[0]
+
+    # -- one example -------------------------------------------------------------------------------
+    def _failed(
+        self,
+        index: int,
+        digest: str,
+        inputs: dict[str, Any],
+        exc: BaseException,
+        stage: str,
+        prediction: dict[str, Any] | None,
+        started: float,
+    ) -> _Outcome:
+        record = ExampleRecord(
+            index=index,
+            example_hash=digest,
+            inputs=inputs,
+            prediction=prediction,
+            score=self.failure_score,
+            scores={m.name: self.failure_score for m in self.metrics},
+            error=error_info(exc, stage),
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+        return record, exc, None
+
+    def _scored(
+        self,
+        index: int,
+        digest: str,
+        inputs: dict[str, Any],
+        prediction: dict[str, Any],
+        scores: dict[str, Score],
+        started: float,
+    ) -> _Outcome:
+        record = self._record(index, digest, inputs, prediction, scores, False, started)
+        values = {n: s.value for n, s in scores.items()}
+        return record, None, self._entry(prediction, values, scores, record.duration_ms)
+
+    async def _hit(self, index: int, example: Any, digest: str, hit: CachedResult) -> _Outcome:
+        """A cached example: its stored scores, and any metric the cache has not seen yet scored on the
+        stored prediction (no program call)."""
+        started = time.perf_counter()
+        inputs = to_jsonable(example.inputs().toDict())
+        names = {m.name for m in self.metrics}
+        scores = {n: Score(v, hit.feedback.get(n)) for n, v in hit.scores.items() if n in names}
+        missing = [m for m in self.metrics if m.name not in hit.scores]
+        entry = None
+        if missing:
+            try:
+                prediction = dspy.Prediction(**hit.prediction)
+                for m in missing:
+                    scores[m.name] = await m.ascore(example, prediction)
+            except Exception as exc:
+                return self._failed(index, digest, inputs, exc, "metric", hit.prediction, started)
+            values = {**hit.scores, **{n: s.value for n, s in scores.items()}}
+            entry = self._entry(hit.prediction, values, scores, hit.duration_ms)
+        return self._record(index, digest, inputs, hit.prediction, scores, True, started), None, entry
+
+    async def _fresh_async(self, program: Any, index: int, example: Any, digest: str) -> _Outcome:
+        started = time.perf_counter()
+        raw_inputs = example.inputs().toDict()
+        inputs = to_jsonable(raw_inputs)
+        try:
+            prediction = await program.acall(**raw_inputs)
+        except Exception as exc:  # one example's failure is data, not the evaluation's failure
+            return self._failed(index, digest, inputs, exc, "program", None, started)
+        json_prediction = self._prediction_json(prediction)
+        try:
+            scores = {m.name: await m.ascore(example, prediction) for m in self.metrics}
+        except Exception as exc:
+            return self._failed(index, digest, inputs, exc, "metric", json_prediction, started)
+        return self._scored(index, digest, inputs, json_prediction, scores, started)
+
+    def _fresh_sync(
+        self, program: Any, index: int, example: Any, digest: str, loop: asyncio.AbstractEventLoop
+    ) -> _Outcome:
+        """The same as :meth:`_fresh_async`, in a worker thread; async metrics run on the loop."""
+        started = time.perf_counter()
+        raw_inputs = example.inputs().toDict()
+        inputs = to_jsonable(raw_inputs)
+        try:
+            prediction = program(**raw_inputs)
+        except Exception as exc:
+            return self._failed(index, digest, inputs, exc, "program", None, started)
+        json_prediction = self._prediction_json(prediction)
+        try:
+            scores: dict[str, Score] = {}
+            for m in self.metrics:
+                if m.is_async:
+                    future = asyncio.run_coroutine_threadsafe(m.ascore(example, prediction), loop)
+                    scores[m.name] = future.result()
+                else:
+                    scores[m.name] = m.score_sync(example, prediction)
+        except Exception as exc:
+            return self._failed(index, digest, inputs, exc, "metric", json_prediction, started)
+        return self._scored(index, digest, inputs, json_prediction, scores, started)
+
+    @staticmethod
+    def _prediction_json(prediction: Any) -> dict[str, Any]:
+        data = to_jsonable(prediction)
+        return data if isinstance(data, dict) else {"value": data}
+
+    @staticmethod
+    def _entry(
+        prediction: dict[str, Any], values: dict[str, float], scores: dict[str, Score], duration_ms: float
+    ) -> CachedResult:
+        feedback = {n: s.feedback for n, s in scores.items() if s.feedback}
+        return CachedResult(prediction, values, feedback, duration_ms)
+
+    def _record(
+        self,
+        index: int,
+        digest: str,
+        inputs: dict[str, Any],
+        prediction: dict[str, Any],
+        scores: dict[str, Score],
+        cached: bool,
+        started: float,
+    ) -> ExampleRecord:
+        values = {m.name: scores[m.name].value for m in self.metrics}
+        return ExampleRecord(
+            index=index,
+            example_hash=digest,
+            inputs=inputs,
+            prediction=prediction,
+            score=values[self.primary],
+            scores=values,
+            cached=cached,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            feedback={n: s.feedback for n, s in scores.items() if s.feedback},
+        )
+
+    def _aborted(self, run: RunState) -> EvaluationAborted:
+        first = min((r for r in run.records.values() if r.error), key=lambda r: r.index)
+        assert first.error is not None
+        return EvaluationAborted(
+            f"evaluation aborted: {run.errors} examples failed, more than max_errors={self.max_errors}, "
+            f"after {len(run.records)} of {run.total} examples; the first failure (example {first.index}, "
+            f"{first.error['stage']}): {first.error['type']}: {first.error['message']}. Fix the program "
+            "or metric, or raise max_errors",
+            errors=run.errors,
+            evaluated=len(run.records),
+        )
+
+    def _result(
+        self, run: RunState, configuration_id: str | None, usage: UsageCounter, duration: float
+    ) -> EvaluationResult:
+        records = tuple(run.records[i] for i in sorted(run.records))
+        n = len(records)
+        means = {m.name: sum(r.scores[m.name] for r in records) / n for m in self.metrics}
+        per_model = usage.snapshot()
+        return EvaluationResult(
+            score=means[self.primary],
+            scores=means,
+            primary=self.primary,
+            n=n,
+            total=run.total,
+            errors=run.errors,
+            cached=sum(r.cached for r in records),
+            records=records,
+            duration_s=duration,
+            configuration_id=configuration_id,
+            stopped_early=run.stop_reason is not None,
+            stop_reason=run.stop_reason,
+            lm_calls=sum(u["calls"] for u in per_model.values()),
+            usage=per_model,
+        )
