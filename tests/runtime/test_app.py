@@ -254,3 +254,17 @@ def test_runs_using_dspy_parallel_record_every_worker(app: App) -> None:
     spans = (record.trace or {})["spans"]
     assert sum(1 for span in spans if span["kind"] == "lm") == 3
     assert [span["parent"] for span in spans].count(None) == 1  # one tree: worker spans hang under the root
+
+
+def test_a_configuration_is_stored_with_the_execution(app: App) -> None:
+    from dspex import Variable, VariableSpace
+    from dspex.jsonable import canonical_hash
+
+    space = VariableSpace([Variable.float("temperature", 0.0, 1.5, default=0.7), Variable.int("demos", 0, 8)])
+    config = space.validate({"temperature": 0.3})
+    result = app.run(dspy.Predict("question -> answer"), {"question": "q"}, variables=config)
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    assert record.variables == config.to_json()
+    assert canonical_hash(record.variables) == config.id  # the stored JSON identifies the configuration
