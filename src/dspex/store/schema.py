@@ -13,12 +13,16 @@ from sqlalchemy.dialects import postgresql
 
 __all__ = [
     "EXECUTION_STATUSES",
+    "OPTIMIZATION_STATUSES",
+    "TRIAL_STATES",
     "VERSION_STATUSES",
     "dataset_examples",
     "dataset_versions",
     "datasets",
     "executions",
     "metadata",
+    "optimization_trials",
+    "optimizations",
     "program_versions",
     "programs",
     "variable_changes",
@@ -28,6 +32,8 @@ __all__ = [
 JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 VERSION_STATUSES = ("draft", "optimizing", "production", "archived")
 EXECUTION_STATUSES = ("running", "succeeded", "failed", "cancelled", "abandoned")
+OPTIMIZATION_STATUSES = ("running", "succeeded", "failed")
+TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
 
 def _when(name: str, *, nullable: bool = False, index: bool = False) -> sa.Column[object]:
@@ -160,4 +166,48 @@ variable_changes = sa.Table(
     sa.Column("configuration_id", sa.String(64), nullable=True),
     sa.Index("ix_variable_changes_scope_variable_id", "scope", "variable", "id"),
     sa.Index("ix_variable_changes_scope_changed_at", "scope", "changed_at"),
+)
+
+optimizations = sa.Table(
+    "optimizations",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("program", sa.String(200), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("space", JSON, nullable=False),
+    sa.Column("objectives", JSON, nullable=False),
+    sa.Column("budget", JSON, nullable=False),
+    sa.Column("settings", JSON, nullable=False),
+    sa.Column("best", JSON, nullable=True),
+    sa.Column("pareto", JSON, nullable=True),
+    sa.Column("result_version_id", sa.String(64), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    _when("created_at"),
+    _when("updated_at"),
+    sa.CheckConstraint(_in("status", OPTIMIZATION_STATUSES), name="status"),
+)
+
+optimization_trials = sa.Table(
+    "optimization_trials",
+    metadata,
+    sa.Column(
+        "optimization_id",
+        sa.String(200),
+        sa.ForeignKey("optimizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", JSON, nullable=False),
+    sa.Column("configuration", JSON, nullable=True),
+    sa.Column("configuration_id", sa.String(64), nullable=True),
+    sa.Column("scores", JSON, nullable=True),
+    sa.Column("intermediate", JSON, nullable=False),
+    sa.Column("lm_calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("duration_s", sa.Float, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    _when("started_at"),
+    _when("finished_at", nullable=True),
+    sa.CheckConstraint(_in("state", TRIAL_STATES), name="state"),
 )

@@ -1,0 +1,571 @@
+"""The holistic optimizer: searches a program's variable space with Optuna, stored in the project database.
+
+::
+
+    optimizer = HolisticOptimizer(space, bindings, exact_match, n_trials=40, lms={"openai/small": lm})
+    result = optimizer.optimize(program, devset, db=app.db, registry=app.programs, program_name="qa")
+    result.best.configuration, result.best.scores, result.lm_calls, result.version_id
+
+What a trial does: Optuna suggests every *active* leaf of the space (a conditional leaf only when its
+parents' values activate it), :meth:`VariableSpace.from_flat` resolves the values (a configuration that
+violates a constraint fails the trial), :func:`~dspex.variables.binding.apply` builds the configured
+copy of the program and the :class:`~dspex.optimize.evaluate.Evaluator` scores it. One evaluation cache
+serves every trial, keyed by the configuration id, so a configuration sampled twice, or the prefix of
+the devset a trial already saw, costs no LM call.
+
+Objectives: ``"quality"`` (the metric's mean, maximised) always; ``"cost"`` (USD per example, from the
+token usage and ``prices``) and ``"latency"`` (seconds per example) are minimised. One objective uses
+TPE (seeded); several use NSGA-II and the result is the Pareto front.
+
+Pruning (single objective only; Optuna's pruners do not support several): the devset is shuffled once
+(seeded) and evaluated on growing prefixes ``min_examples``, ``min_examples * growth``... then all of
+it; after each prefix the score is reported and Optuna's ``SuccessiveHalvingPruner`` (reduction factor
+``growth``) stops the trials outside the top ``1/growth`` of their rung.
+
+Storage and resume: the run and every trial are rows of ``optimizations`` / ``optimization_trials``
+(:mod:`dspex.store.optimizations`). Optuna's own ``RDBStorage`` cannot share the project database: it
+stamps Alembic's ``alembic_version`` table with its own revision, the table dspex's migrations use.
+So the study is in memory and the database is the record: a trial row is written ``running`` before
+it is evaluated and finished afterwards, and a restarted run first marks the ``running`` rows of a
+killed process ``failed``, then replays every finished trial into a fresh study (same numbers, same
+params, values, intermediate values and sampler/pruner attributes) and continues. The run ends when
+``n_trials`` trials are *finished* (``complete`` + ``pruned``); failed trials (constraint violations,
+aborted evaluations, trials of a killed process) do not count, so the requested number is reached
+exactly. One process runs an optimization at a time: a second one is detected when the numbers
+diverge and stops with an error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dspy
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState as OptunaState
+
+from dspex.errors import ConfigurationError, did_you_mean
+from dspex.jsonable import canonical_hash
+from dspex.lm.pricing import Prices
+from dspex.optimize._run import Metrics, configuration_fingerprint
+from dspex.optimize.cache import EvalCache, example_hash
+from dspex.optimize.evaluate import Evaluator
+from dspex.optimize.result import EvaluationAborted, EvaluationResult
+from dspex.store import open_database
+from dspex.store._engine import Database
+from dspex.store.optimizations import OptimizationRecord, OptimizationRepository, TrialRecord, TrialState
+from dspex.variables.binding import Bindings, apply
+from dspex.variables.configuration import Configuration
+from dspex.variables.kinds import ChoiceVariable, FloatVariable, IntVariable
+from dspex.variables.space import Leaf, VariableSpace
+
+__all__ = ["OBJECTIVES", "HolisticOptimizer", "Objective", "OptimizationResult", "Pruning"]
+
+Objective = Literal["quality", "cost", "latency"]
+OBJECTIVES: Mapping[str, str] = {"quality": "maximize", "cost": "minimize", "latency": "minimize"}
+_ABANDONED = "the process running this trial stopped before it finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Pruning:
+    """Successive halving on growing minibatches: ``min_examples``, ``* growth``, ... then the devset."""
+
+    min_examples: int = 10
+    growth: int = 2
+
+    def __post_init__(self) -> None:
+        if self.min_examples < 1:
+            raise ConfigurationError(f"Pruning.min_examples must be >= 1, got {self.min_examples}")
+        if self.growth < 2:
+            raise ConfigurationError(f"Pruning.growth must be >= 2, got {self.growth}")
+
+    def steps(self, total: int) -> list[int]:
+        """The prefix sizes evaluated for a devset of ``total`` examples (the last is ``total``)."""
+        sizes: list[int] = []
+        size = self.min_examples
+        while size < total:
+            sizes.append(size)
+            size *= self.growth
+        return [*sizes, total]
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationResult:
+    """What a run found. ``best``: the best complete trial by quality (for several objectives, the
+    highest-quality point of the front); ``pareto``: the non-dominated complete trials (just ``best``
+    for one objective); ``program``: the best configured program (after the final stage, if any)."""
+
+    id: str
+    objectives: tuple[str, ...]
+    best: TrialRecord
+    pareto: tuple[TrialRecord, ...]
+    trials: tuple[TrialRecord, ...]
+    lm_calls: int
+    program: Any = field(repr=False)
+    final_score: float | None = None
+    final_lm_calls: int = 0
+    version_id: str | None = None
+
+    @property
+    def best_configuration(self) -> Configuration:
+        assert self.best.configuration is not None  # complete trials have one
+        return Configuration(self.best.configuration)
+
+    @property
+    def finished(self) -> int:
+        """Trials that count toward ``n_trials``: complete and pruned."""
+        return sum(t.state in ("complete", "pruned") for t in self.trials)
+
+
+def _distribution(leaf: Leaf) -> optuna.distributions.BaseDistribution:
+    v = leaf.variable
+    if isinstance(v, FloatVariable):
+        return optuna.distributions.FloatDistribution(v.low, v.high, log=v.log, step=v.step)
+    if isinstance(v, IntVariable):
+        return optuna.distributions.IntDistribution(v.low, v.high, log=v.log, step=v.step)
+    if isinstance(v, ChoiceVariable):
+        return optuna.distributions.CategoricalDistribution(tuple(v.choices))
+    raise ConfigurationError(f"variable {leaf.path!r} of kind {v.kind!r} cannot be searched")
+
+
+def _program_identity(program: Any) -> str:
+    """The program's class and saved state, without its LMs (their api_base may change between runs)."""
+    state = {
+        name: {k: v for k, v in part.items() if k != "lm"} if isinstance(part, dict) else part
+        for name, part in program.dump_state().items()
+    }
+    return canonical_hash(
+        {"class": f"{type(program).__module__}.{type(program).__qualname__}", "state": state}
+    )
+
+
+def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    better = False
+    for x, y, d in zip(a, b, directions, strict=True):
+        x, y = (x, y) if d == "maximize" else (-x, -y)
+        if x < y:
+            return False
+        better = better or x > y
+    return better
+
+
+class HolisticOptimizer:
+    """Searches ``space`` (applied to a program through ``bindings``) for the best configuration.
+
+    - ``metric``: what :class:`Evaluator` takes; its primary score is the ``quality`` objective.
+    - ``objectives``: ``("quality",)`` (default) or with ``"cost"`` and/or ``"latency"``.
+    - ``n_trials``: finished (complete + pruned) trials to reach; ``max_lm_calls``: no new trial starts
+      once the run's trials made this many LM calls (a running trial finishes, so it may overshoot).
+    - ``sampler``: an Optuna sampler (default TPE, or NSGA-II for several objectives, seeded by ``seed``).
+    - ``pruning``: a :class:`Pruning`, ``None`` for the default (on for one objective), ``False`` for off.
+    - ``lms``: model name -> LM for ``model`` variables; ``lm``: the LM for everything else.
+    - ``prices``: a :class:`~dspex.lm.pricing.Prices` for the ``cost`` objective.
+    - ``final_stage``: a DSPy optimizer (``dspy.BootstrapFewShot(...)``, MIPROv2, GEPA...) compiled on the
+      best configured program with the trainset.
+    - ``max_failures``: consecutive failed trials (constraint violations, aborted evaluations) after which
+      the run stops with an error, so an over-constrained space cannot loop forever.
+    """
+
+    def __init__(
+        self,
+        space: VariableSpace,
+        bindings: Bindings | Sequence[Any],
+        metric: Metrics,
+        *,
+        objectives: Sequence[str] = ("quality",),
+        n_trials: int = 30,
+        max_lm_calls: int | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        seed: int = 0,
+        pruning: Pruning | Literal[False] | None = None,
+        lms: Mapping[str, Any] | None = None,
+        lm: Any = None,
+        prices: Prices | None = None,
+        concurrency: int = 8,
+        cache: bool | EvalCache = True,
+        final_stage: Any = None,
+        max_failures: int = 50,
+    ) -> None:
+        if not isinstance(space, VariableSpace):
+            raise ConfigurationError(f"space must be a VariableSpace, got {type(space).__name__}")
+        self.space = space
+        self.bindings = bindings if isinstance(bindings, Bindings) else Bindings(bindings)
+        known = {*space.names, *(d.name for d in space.derived)}
+        for name in self.bindings.variables:
+            if name not in known:
+                raise ConfigurationError("a binding names " + did_you_mean(name, known, what="variable"))
+        objectives = tuple(objectives)
+        for objective in objectives:
+            if objective not in OBJECTIVES:
+                raise ConfigurationError(did_you_mean(str(objective), OBJECTIVES, what="objective"))
+        if "quality" not in objectives or len(set(objectives)) != len(objectives):
+            raise ConfigurationError(
+                f"objectives must include 'quality' once, with optional 'cost' and 'latency'; got {objectives}"
+            )
+        self.objectives: tuple[str, ...] = ("quality", *(o for o in objectives if o != "quality"))
+        if n_trials < 1:
+            raise ConfigurationError(f"n_trials must be >= 1, got {n_trials}")
+        if max_lm_calls is not None and max_lm_calls < 1:
+            raise ConfigurationError(f"max_lm_calls must be >= 1 or None, got {max_lm_calls}")
+        if pruning and len(self.objectives) > 1:
+            raise ConfigurationError(
+                "pruning needs a single objective (Optuna's pruners do not support several); pass pruning=False"
+            )
+        if pruning is None:
+            pruning = Pruning() if len(self.objectives) == 1 else False
+        self.pruning: Pruning | None = pruning or None
+        self.n_trials = n_trials
+        self.max_lm_calls = max_lm_calls
+        self.seed = seed
+        self._sampler = sampler
+        self.lms = lms
+        self.lm = lm
+        self.prices = prices if prices is not None else Prices()
+        self.evaluator = Evaluator(metric, concurrency=concurrency, cache=cache)
+        self.final_stage = final_stage
+        if final_stage is not None and not callable(getattr(final_stage, "compile", None)):
+            raise ConfigurationError(
+                f"final_stage must be a DSPy optimizer with .compile(), got {final_stage!r}"
+            )
+        self.max_failures = max_failures
+        self._cost_per_example: dict[str, float] = {}
+
+    # -- public ------------------------------------------------------------------------------------
+    def optimize(
+        self,
+        program: Any,
+        devset: Sequence[Any],
+        *,
+        trainset: Sequence[Any] | None = None,
+        db: Database | str | None = None,
+        optimization_id: str | None = None,
+        registry: Any = None,
+        program_name: str | None = None,
+    ) -> OptimizationResult:
+        """Run (or resume) the search. ``db`` keeps the run (a Database or URL; default a temporary
+        SQLite file, so no resume); the same ``optimization_id`` (default: derived from the space,
+        objectives, seed, program and devset) resumes it. With ``registry`` and ``program_name`` the best
+        configured program is saved as a version in ``optimizing``."""
+        devset = list(devset)
+        if not devset:
+            raise ConfigurationError("the devset is empty; the optimizer needs examples to score trials")
+        if (registry is None) != (program_name is None):
+            raise ConfigurationError("pass both registry= and program_name= to save a version, or neither")
+        if self.final_stage is not None and not trainset:
+            raise ConfigurationError("final_stage needs a non-empty trainset")
+        # The cache key covers the LM; the stored identity covers the program only, so that a run resumed
+        # with an equivalent LM elsewhere (another api_base, a restarted server) is the same run.
+        base = configuration_fingerprint(program, self.lm)
+        order = list(range(len(devset)))
+        random.Random(self.seed).shuffle(order)
+        shuffled = [devset[i] for i in order]
+        settings = {
+            "v": 1,
+            "seed": self.seed,
+            "program": _program_identity(program),
+            "devset": canonical_hash(sorted(example_hash(e) for e in devset)),
+            "pruning": None
+            if self.pruning is None
+            else {"min_examples": self.pruning.min_examples, "growth": self.pruning.growth},
+            "bindings": self.bindings.to_json(),
+        }
+        run_id = (
+            optimization_id
+            or "opt-"
+            + canonical_hash({"space": self.space.id, "objectives": self.objectives, "settings": settings})[
+                :16
+            ]
+        )
+        with tempfile.TemporaryDirectory(prefix="dspex-opt-") as tmp:
+            database = (
+                open_database(db if isinstance(db, str) else f"sqlite:///{tmp}/opt.db")
+                if not isinstance(db, Database)
+                else db
+            )
+            try:
+                repo = OptimizationRepository(database)
+                self._start(repo, run_id, program_name, settings)
+                try:
+                    self._search(repo, run_id, program, shuffled, base)
+                    return self._finish(repo, run_id, program, devset, trainset, registry, program_name)
+                except Exception as exc:
+                    repo.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+                    raise
+            finally:
+                if not isinstance(db, Database):
+                    database.dispose()
+
+    # -- the run -----------------------------------------------------------------------------------
+    def _start(
+        self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
+    ) -> None:
+        record = OptimizationRecord(
+            id=run_id,
+            program=program_name,
+            space=self.space.describe(),
+            objectives=list(self.objectives),
+            budget={"n_trials": self.n_trials, "max_lm_calls": self.max_lm_calls},
+            settings=settings,
+        )
+        stored, created = repo.create(record)
+        if created:
+            return
+        if stored.space != json.loads(json.dumps(record.space)) or stored.objectives != record.objectives:
+            raise ConfigurationError(
+                f"optimization {run_id!r} exists with another space or objectives; pick another optimization_id"
+            )
+        if stored.settings != json.loads(json.dumps(settings)):
+            raise ConfigurationError(
+                f"optimization {run_id!r} exists with another program, devset, seed, pruning or bindings; "
+                "resume it with the same ones or pick another optimization_id"
+            )
+        repo.update(run_id, status="running", error=None, budget=record.budget)
+
+    def _study(self, repo: OptimizationRepository, run_id: str) -> optuna.Study:
+        directions = [OBJECTIVES[o] for o in self.objectives]
+        sampler = self._sampler
+        if sampler is None:
+            if len(directions) == 1:
+                sampler = optuna.samplers.TPESampler(seed=self.seed)
+            else:
+                sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=16)
+        pruner: optuna.pruners.BasePruner = (
+            optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=self.pruning.min_examples, reduction_factor=self.pruning.growth
+            )
+            if self.pruning is not None
+            else optuna.pruners.NopPruner()
+        )
+        study = optuna.create_study(directions=directions, sampler=sampler, pruner=pruner, study_name=run_id)
+        repo.abandon_running(run_id, _ABANDONED)
+        for t in repo.trials(run_id):
+            stored = t.params
+            distributions = {k: json_to_distribution(d) for k, d in stored.get("distributions", {}).items()}
+            values = None
+            if t.state == "complete":
+                assert t.scores is not None
+                values = [float(t.scores[o]) for o in self.objectives]
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state={"complete": OptunaState.COMPLETE, "pruned": OptunaState.PRUNED}.get(
+                        t.state, OptunaState.FAIL
+                    ),
+                    values=values,
+                    params=stored.get("values", {}),
+                    distributions=distributions,
+                    system_attrs=stored.get("system_attrs", {}),
+                    intermediate_values=t.intermediate,
+                )
+            )
+        return study
+
+    def _search(
+        self, repo: OptimizationRepository, run_id: str, program: Any, devset: list[Any], base: str
+    ) -> None:
+        study = self._study(repo, run_id)
+        lm_calls = sum(t.lm_calls for t in repo.trials(run_id))
+        failures = 0
+        while repo.count(run_id) < self.n_trials:
+            if self.max_lm_calls is not None and lm_calls >= self.max_lm_calls:
+                break
+            trial = study.ask()
+            params, distributions = self._suggest(trial)
+            number = repo.start_trial(
+                run_id,
+                {
+                    "values": params,
+                    "distributions": {k: distribution_to_json(d) for k, d in distributions.items()},
+                },
+            )
+            if number != trial.number:
+                raise ConfigurationError(
+                    f"optimization {run_id!r} got trial number {number} but expected {trial.number}: "
+                    "another process is running it; run one process per optimization"
+                )
+            state, outcome = self._run_trial(trial, params, program, devset, base)
+            lm_calls += outcome.get("lm_calls", 0)
+            failures = failures + 1 if state == "failed" else 0
+            values = outcome.pop("values", None)
+            if state == "complete":
+                study.tell(trial, values)
+            else:
+                study.tell(trial, state=OptunaState.PRUNED if state == "pruned" else OptunaState.FAIL)
+            # The pruner and NSGA-II keep state in system attrs; stored so that a resumed study has it.
+            system_attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
+            stored_params = {
+                "values": params,
+                "distributions": {k: distribution_to_json(d) for k, d in distributions.items()},
+                "system_attrs": json.loads(json.dumps(system_attrs)),
+            }
+            repo.finish_trial(run_id, number, state=state, params=stored_params, **outcome)
+            if failures >= self.max_failures:
+                raise ConfigurationError(
+                    f"{failures} trials in a row failed (last: {outcome.get('error')}); "
+                    "loosen the constraints or fix the program"
+                )
+
+    def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+        params: dict[str, Any] = {}
+        distributions: dict[str, Any] = {}
+        for leaf in self.space.leaves():
+            if not leaf.is_active(params):
+                continue  # inactive: never suggested, so the sampler sees the conditional space
+            distribution = _distribution(leaf)
+            if isinstance(distribution, optuna.distributions.FloatDistribution):
+                value: Any = trial.suggest_float(
+                    leaf.path,
+                    distribution.low,
+                    distribution.high,
+                    log=distribution.log,
+                    step=distribution.step,
+                )
+            elif isinstance(distribution, optuna.distributions.IntDistribution):
+                value = trial.suggest_int(
+                    leaf.path,
+                    distribution.low,
+                    distribution.high,
+                    log=distribution.log,
+                    step=distribution.step,
+                )
+            else:
+                assert isinstance(distribution, optuna.distributions.CategoricalDistribution)
+                value = trial.suggest_categorical(leaf.path, distribution.choices)
+            params[leaf.path] = value
+            distributions[leaf.path] = distribution
+        return params, distributions
+
+    def _run_trial(
+        self, trial: optuna.Trial, params: dict[str, Any], program: Any, devset: list[Any], base: str
+    ) -> tuple[TrialState, dict[str, Any]]:
+        started = time.perf_counter()
+        try:
+            config = self.space.from_flat(params)
+        except ConfigurationError as exc:
+            return "failed", {"error": exc.message, "duration_s": time.perf_counter() - started}
+        configured = apply(program, config, self.bindings, lms=self.lms)
+        config_key = f"{base}:{config.id}"
+        steps = self.pruning.steps(len(devset)) if self.pruning is not None else [len(devset)]
+        intermediate: dict[int, float] = {}
+        lm_calls, spent, fresh = 0, 0.0, 0
+        outcome: dict[str, Any] = {"configuration": config.to_json(), "configuration_id": config.id}
+        result: EvaluationResult | None = None
+        for size in steps:
+            try:
+                result = self.evaluator.run(
+                    configured, devset[:size], configuration_id=config_key, lm=self.lm
+                )
+            except EvaluationAborted as exc:
+                outcome.update(error=str(exc), lm_calls=lm_calls, duration_s=time.perf_counter() - started)
+                return "failed", outcome
+            lm_calls += result.lm_calls
+            fresh += result.n - result.cached
+            spent += self._cost(result.usage)
+            intermediate[size] = result.score
+            outcome.update(intermediate=intermediate, lm_calls=lm_calls, cost_usd=spent if spent else None)
+            if self.pruning is not None and size < len(devset):
+                trial.report(result.score, size)
+                if trial.should_prune():
+                    outcome["duration_s"] = time.perf_counter() - started
+                    return "pruned", outcome
+        assert result is not None
+        scores = {"quality": result.score}
+        if "cost" in self.objectives:
+            if fresh:
+                self._cost_per_example[config.id] = spent / fresh
+            scores["cost"] = self._cost_per_example.get(config.id, 0.0)
+        if "latency" in self.objectives:
+            scores["latency"] = (
+                sum(r.duration_ms for r in result.records) / 1000 / max(1, len(result.records))
+            )
+        outcome.update(scores=scores, values=[scores[o] for o in self.objectives])
+        outcome["duration_s"] = time.perf_counter() - started
+        return "complete", outcome
+
+    def _cost(self, usage: Mapping[str, Mapping[str, int]]) -> float:
+        total = 0.0
+        for model, counts in usage.items():
+            cost = self.prices.cost(model, counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0))
+            if cost is None:
+                if "cost" in self.objectives:
+                    raise ConfigurationError(
+                        f"the cost objective needs the price of {model!r}: pass prices=Prices({{...}})"
+                    )
+                continue
+            total += cost
+        return total
+
+    # -- the result --------------------------------------------------------------------------------
+    def _finish(
+        self,
+        repo: OptimizationRepository,
+        run_id: str,
+        program: Any,
+        devset: list[Any],
+        trainset: Sequence[Any] | None,
+        registry: Any,
+        program_name: str | None,
+    ) -> OptimizationResult:
+        trials = repo.trials(run_id)
+        complete = [t for t in trials if t.state == "complete" and t.scores is not None]
+        if not complete:
+            raise ConfigurationError(
+                f"optimization {run_id!r} has no complete trial (budget too small, or every trial pruned "
+                "or failed); raise n_trials or max_lm_calls"
+            )
+        directions = [OBJECTIVES[o] for o in self.objectives]
+
+        def vector(t: TrialRecord) -> list[float]:
+            assert t.scores is not None
+            return [float(t.scores[o]) for o in self.objectives]
+
+        pareto = [
+            t for t in complete if not any(_dominates(vector(o), vector(t), directions) for o in complete)
+        ]
+        best = max(pareto, key=lambda t: (vector(t)[0], -t.number))
+        if len(self.objectives) == 1:
+            pareto = [best]
+        configured = apply(program, Configuration(best.configuration or {}), self.bindings, lms=self.lms)
+        final_score, final_calls = None, 0
+        if self.final_stage is not None:
+            assert trainset is not None
+            with dspy.context(**({"lm": self.lm} if self.lm is not None else {})):
+                configured = self.final_stage.compile(configured, trainset=list(trainset))
+            final = self.evaluator.run(configured, devset, lm=self.lm)
+            final_score, final_calls = final.score, final.lm_calls
+        version_id = None
+        if registry is not None and program_name is not None:
+            version = registry.save_version(
+                program_name,
+                configured,
+                status="optimizing",
+                variables=best.configuration,
+                note=f"optimization {run_id}"
+                + (f", final stage {type(self.final_stage).__name__}" if self.final_stage else ""),
+            )
+            version_id = version.id
+        repo.update(
+            run_id,
+            status="succeeded",
+            best=best.to_json(),
+            pareto=[t.to_json() for t in pareto],
+            result_version_id=version_id,
+            error=None,
+        )
+        return OptimizationResult(
+            id=run_id,
+            objectives=self.objectives,
+            best=best,
+            pareto=tuple(pareto),
+            trials=tuple(trials),
+            lm_calls=sum(t.lm_calls for t in trials),
+            program=configured,
+            final_score=final_score,
+            final_lm_calls=final_calls,
+            version_id=version_id,
+        )

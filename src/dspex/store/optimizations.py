@@ -1,0 +1,316 @@
+"""Optimization runs and their trials: what a variable search tried, what it scored, what it cost.
+
+Table ``optimizations``: one row per run, keyed by the optimization id the caller picks (or the
+optimizer derives), with the search space, objectives, budget and settings as JSON, the status
+(``running`` / ``succeeded`` / ``failed``), and once done the best configuration or the Pareto front and
+the program version saved from it.
+
+Table ``optimization_trials``: one row per trial, keyed by (optimization id, trial number). The number
+is taken in the same write transaction that inserts the row (``max + 1``), so numbers never repeat. A
+trial is written ``running`` before it is evaluated and finished as ``complete``, ``pruned`` or
+``failed``; a process killed mid-trial leaves a ``running`` row, which the next start marks ``failed``
+(:meth:`OptimizationRepository.abandon_running`). ``params`` holds the sampled leaf values with their
+Optuna distributions, so a resumed search replays the history into its sampler. ::
+
+    repo = OptimizationRepository(db)
+    repo.create(OptimizationRecord(id="qa-search", program="qa", space=..., objectives=["quality"], ...))
+    number = repo.start_trial("qa-search", params={...})
+    repo.finish_trial("qa-search", number, state="complete", scores={"quality": 0.8}, ...)
+    repo.trials("qa-search")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from dspex.errors import ConfigurationError
+from dspex.store._engine import Database
+from dspex.store._time import aware, utcnow
+from dspex.store.schema import optimization_trials, optimizations
+
+__all__ = ["OptimizationRecord", "OptimizationRepository", "TrialRecord", "TrialState"]
+
+TrialState = Literal["running", "complete", "pruned", "failed"]
+OptimizationStatus = Literal["running", "succeeded", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationRecord:
+    """One optimization run."""
+
+    id: str
+    program: str | None
+    space: dict[str, Any]
+    objectives: list[str]
+    budget: dict[str, Any]
+    settings: dict[str, Any]
+    status: OptimizationStatus = "running"
+    best: dict[str, Any] | None = None
+    pareto: list[dict[str, Any]] | None = None
+    result_version_id: str | None = None
+    error: str | None = None
+    created_at: dt.datetime = field(default_factory=utcnow)
+    updated_at: dt.datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> OptimizationRecord:
+        return cls(
+            id=row["id"],
+            program=row["program"],
+            status=row["status"],
+            space=row["space"],
+            objectives=list(row["objectives"]),
+            budget=row["budget"],
+            settings=row["settings"],
+            best=row["best"],
+            pareto=row["pareto"],
+            result_version_id=row["result_version_id"],
+            error=row["error"],
+            created_at=aware(row["created_at"]),
+            updated_at=aware(row["updated_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    """One trial: the sampled params, the configuration they resolved to, scores per objective (for
+    ``complete`` trials; a pruned trial has its last minibatch score in ``intermediate``), the LM calls
+    and cost it made, how long it took, and the error of a failed one."""
+
+    optimization_id: str
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    configuration: dict[str, Any] | None
+    configuration_id: str | None
+    scores: dict[str, float] | None
+    intermediate: dict[int, float]
+    lm_calls: int
+    cost_usd: float | None
+    duration_s: float | None
+    error: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> TrialRecord:
+        return cls(
+            optimization_id=row["optimization_id"],
+            number=int(row["number"]),
+            state=row["state"],
+            params=row["params"],
+            configuration=row["configuration"],
+            configuration_id=row["configuration_id"],
+            scores=row["scores"],
+            intermediate={int(k): float(v) for k, v in (row["intermediate"] or {}).items()},
+            lm_calls=int(row["lm_calls"]),
+            cost_usd=row["cost_usd"],
+            duration_s=row["duration_s"],
+            error=row["error"],
+            started_at=aware(row["started_at"]),
+            finished_at=aware(row["finished_at"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "state": self.state,
+            "configuration": self.configuration,
+            "configuration_id": self.configuration_id,
+            "scores": self.scores,
+            "intermediate": {str(k): v for k, v in self.intermediate.items()},
+            "lm_calls": self.lm_calls,
+            "cost_usd": self.cost_usd,
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
+
+class OptimizationRepository:
+    """Reads and writes ``optimizations`` and ``optimization_trials``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- runs --------------------------------------------------------------------------------------
+    def create(self, record: OptimizationRecord) -> tuple[OptimizationRecord, bool]:
+        """Insert ``record`` unless a run with its id exists; returns (the stored run, created?)."""
+        with self.db.write() as connection:
+            row = (
+                connection.execute(sa.select(optimizations).where(optimizations.c.id == record.id))
+                .mappings()
+                .first()
+            )
+            if row is not None:
+                return OptimizationRecord.from_row(row), False
+            connection.execute(
+                optimizations.insert().values(
+                    id=record.id,
+                    program=record.program,
+                    status=record.status,
+                    space=record.space,
+                    objectives=list(record.objectives),
+                    budget=record.budget,
+                    settings=record.settings,
+                    best=record.best,
+                    pareto=record.pareto,
+                    result_version_id=record.result_version_id,
+                    error=record.error,
+                    created_at=record.created_at,
+                    updated_at=record.updated_at,
+                )
+            )
+        return record, True
+
+    def get(self, optimization_id: str) -> OptimizationRecord:
+        with self.db.read() as connection:
+            row = (
+                connection.execute(sa.select(optimizations).where(optimizations.c.id == optimization_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise ConfigurationError(f"no optimization {optimization_id!r}")
+        return OptimizationRecord.from_row(row)
+
+    def runs(self, program: str | None = None) -> list[OptimizationRecord]:
+        query = sa.select(optimizations).order_by(optimizations.c.created_at)
+        if program is not None:
+            query = query.where(optimizations.c.program == program)
+        with self.db.read() as connection:
+            return [OptimizationRecord.from_row(r) for r in connection.execute(query).mappings()]
+
+    def update(self, optimization_id: str, **values: Any) -> None:
+        """Set columns of a run (``status``, ``best``, ``pareto``, ``result_version_id``, ``error``, ``budget``)."""
+        allowed = {"status", "best", "pareto", "result_version_id", "error", "budget", "settings"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ConfigurationError(f"cannot update {sorted(unknown)} of an optimization")
+        with self.db.write() as connection:
+            connection.execute(
+                optimizations.update()
+                .where(optimizations.c.id == optimization_id)
+                .values(**values, updated_at=utcnow())
+            )
+
+    # -- trials ------------------------------------------------------------------------------------
+    def start_trial(self, optimization_id: str, params: Mapping[str, Any]) -> int:
+        """Insert a ``running`` trial with the next number (taken under the write lock); returns it."""
+        with self.db.write() as connection:
+            if self.db.dialect == "postgresql":  # serialise numbering per run across processes
+                connection.execute(
+                    sa.select(optimizations.c.id)
+                    .where(optimizations.c.id == optimization_id)
+                    .with_for_update()
+                )
+            last = connection.execute(
+                sa.select(sa.func.max(optimization_trials.c.number)).where(
+                    optimization_trials.c.optimization_id == optimization_id
+                )
+            ).scalar_one_or_none()
+            number = 0 if last is None else int(last) + 1
+            connection.execute(
+                optimization_trials.insert().values(
+                    optimization_id=optimization_id,
+                    number=number,
+                    state="running",
+                    params=dict(params),
+                    intermediate={},
+                    lm_calls=0,
+                    started_at=utcnow(),
+                )
+            )
+        return number
+
+    def finish_trial(
+        self,
+        optimization_id: str,
+        number: int,
+        *,
+        state: TrialState,
+        params: Mapping[str, Any] | None = None,
+        configuration: Mapping[str, Any] | None = None,
+        configuration_id: str | None = None,
+        scores: Mapping[str, float] | None = None,
+        intermediate: Mapping[int, float] | None = None,
+        lm_calls: int = 0,
+        cost_usd: float | None = None,
+        duration_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how a running trial ended (``params`` replaces the stored ones when given). Only a
+        ``running`` row changes, so a trial ends once."""
+        if state == "running":
+            raise ConfigurationError("a finished trial is complete, pruned or failed")
+        extra = {"params": dict(params)} if params is not None else {}
+        with self.db.write() as connection:
+            result = connection.execute(
+                optimization_trials.update()
+                .where(
+                    optimization_trials.c.optimization_id == optimization_id,
+                    optimization_trials.c.number == number,
+                    optimization_trials.c.state == "running",
+                )
+                .values(
+                    **extra,
+                    state=state,
+                    configuration=dict(configuration) if configuration is not None else None,
+                    configuration_id=configuration_id,
+                    scores=dict(scores) if scores is not None else None,
+                    intermediate={str(k): v for k, v in (intermediate or {}).items()},
+                    lm_calls=lm_calls,
+                    cost_usd=cost_usd,
+                    duration_s=duration_s,
+                    error=error,
+                    finished_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1:
+                raise ConfigurationError(
+                    f"trial {number} of optimization {optimization_id!r} is not running; "
+                    "another process may have marked it failed"
+                )
+
+    def abandon_running(self, optimization_id: str, reason: str) -> int:
+        """Mark the run's ``running`` trials ``failed`` (their process died); returns how many."""
+        with self.db.write() as connection:
+            result = connection.execute(
+                optimization_trials.update()
+                .where(
+                    optimization_trials.c.optimization_id == optimization_id,
+                    optimization_trials.c.state == "running",
+                )
+                .values(state="failed", error=reason, finished_at=utcnow())
+            )
+            return int(result.rowcount)
+
+    def trials(self, optimization_id: str, states: Sequence[TrialState] | None = None) -> list[TrialRecord]:
+        """The run's trials by number (``states`` filters)."""
+        query = (
+            sa.select(optimization_trials)
+            .where(optimization_trials.c.optimization_id == optimization_id)
+            .order_by(optimization_trials.c.number)
+        )
+        if states is not None:
+            query = query.where(optimization_trials.c.state.in_(list(states)))
+        with self.db.read() as connection:
+            return [TrialRecord.from_row(r) for r in connection.execute(query).mappings()]
+
+    def count(self, optimization_id: str, states: Sequence[TrialState] = ("complete", "pruned")) -> int:
+        """How many trials of the run are in ``states`` (by default the finished ones that count)."""
+        with self.db.read() as connection:
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(optimization_trials)
+                    .where(
+                        optimization_trials.c.optimization_id == optimization_id,
+                        optimization_trials.c.state.in_(list(states)),
+                    )
+                ).scalar_one()
+            )
