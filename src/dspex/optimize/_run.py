@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,12 +13,12 @@ from dspex.jsonable import to_jsonable
 from dspex.optimize.metrics import Metric, MetricLike, as_metric
 from dspex.optimize.result import EarlyStop, ExampleRecord
 from dspex.programs._json import SECRET_KEYS, canonical_hash
+from dspex.telemetry.recorder import error_info as describe_error
 
 __all__ = [
     "Metrics",
     "ProgressCallback",
     "RunState",
-    "UsageCounter",
     "configuration_fingerprint",
     "error_info",
     "resolve_metrics",
@@ -58,42 +57,6 @@ def configuration_fingerprint(program: Any, lm: Any = None) -> str:
     return canonical_hash(to_jsonable(described))
 
 
-class UsageCounter:
-    """DSPy's usage tracker protocol for one evaluation: LM calls and tokens per model.
-
-    ``dspy.Parallel`` deep-copies the tracker into each of its threads, which would lose their counts;
-    this one is locked and returns itself from ``__deepcopy__`` so every thread adds to the same totals.
-    A tracker active before the run keeps receiving every entry.
-    """
-
-    def __init__(self, parent: Any) -> None:
-        self.parent = parent
-        self.per_model: dict[str, dict[str, int]] = {}
-        self._lock = threading.Lock()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> UsageCounter:
-        return self
-
-    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-        if self.parent is not None:
-            self.parent.add_usage(lm, usage_entry)
-        prompt = int(usage_entry.get("prompt_tokens") or 0)
-        completion = int(usage_entry.get("completion_tokens") or 0)
-        total = int(usage_entry.get("total_tokens") or prompt + completion)
-        with self._lock:
-            totals = self.per_model.setdefault(
-                lm, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-            )
-            totals["calls"] += 1
-            totals["prompt_tokens"] += prompt
-            totals["completion_tokens"] += completion
-            totals["total_tokens"] += total
-
-    def snapshot(self) -> dict[str, dict[str, int]]:
-        with self._lock:
-            return {model: dict(t) for model, t in self.per_model.items()}
-
-
 def resolve_metrics(metric: Metrics, primary: str | None) -> tuple[tuple[Metric, ...], str]:
     if isinstance(metric, Mapping):
         metrics = tuple(as_metric(m, name=name) for name, m in metric.items())
@@ -118,7 +81,8 @@ def resolve_metrics(metric: Metrics, primary: str | None) -> tuple[tuple[Metric,
 
 
 def error_info(exc: BaseException, stage: str) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc)[:2000], "stage": stage}
+    """The error as the execution records describe it (type, message, code...), plus where it happened."""
+    return {**describe_error(exc), "stage": stage}
 
 
 @dataclass

@@ -42,7 +42,6 @@ from dspex.optimize._run import (
     Metrics,
     ProgressCallback,
     RunState,
-    UsageCounter,
     configuration_fingerprint,
     error_info,
     resolve_metrics,
@@ -51,6 +50,7 @@ from dspex.optimize.cache import CachedResult, CacheKey, EvalCache, MemoryCache,
 from dspex.optimize.metrics import Score
 from dspex.optimize.result import EarlyStop, EvaluationAborted, EvaluationResult, ExampleRecord
 from dspex.pipeline._sync import run_coroutine
+from dspex.telemetry.usage import UsageTotals
 
 __all__ = ["Evaluator", "Execution", "ProgressCallback", "configuration_fingerprint"]
 
@@ -140,7 +140,7 @@ class Evaluator:
         keys: list[CacheKey] = [(configuration_id or "", h) for h in hashes]
         hits = await self._cache_get(keys)
         run = RunState(len(examples), self.primary, self.early_stop, self.max_errors, self.progress)
-        usage = UsageCounter(dspy.settings.usage_tracker)
+        usage = UsageTotals(parent=dspy.settings.usage_tracker)
         overrides: dict[str, Any] = {"usage_tracker": usage}
         if lm is not None:
             overrides["lm"] = lm
@@ -473,7 +473,7 @@ class Evaluator:
         )
 
     def _result(
-        self, run: RunState, configuration_id: str | None, usage: UsageCounter, duration: float
+        self, run: RunState, configuration_id: str | None, usage: UsageTotals, duration: float
     ) -> EvaluationResult:
         records = tuple(run.records[i] for i in sorted(run.records))
         n = len(records)

@@ -123,7 +123,7 @@ class EvaluationResult:
     stopped_early: bool = False
     stop_reason: str | None = None
     lm_calls: int = 0
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self, *, records: bool = True) -> dict[str, Any]:
         """The result as plain JSON values (``records=False`` leaves the per-example records out)."""

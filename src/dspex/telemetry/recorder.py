@@ -30,6 +30,7 @@ from typing import Any, Literal
 from dspy.utils.callback import BaseCallback
 
 from dspex.lm.pricing import Prices
+from dspex.telemetry.usage import UsageTotals
 
 __all__ = ["RunRecorder", "Span", "SpanKind"]
 
@@ -92,15 +93,6 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     return info
 
 
-@dataclass(slots=True)
-class _Totals:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    calls: int = 0
-    cost_usd: float | None = 0.0
-
-
 @dataclass(eq=False)
 class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is untyped
     """Collects the spans, usage and cost of one run. See the module docstring."""
@@ -108,10 +100,13 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
     prices: Prices | None = None
     parent_tracker: Any = None
     spans: list[Span] = field(default_factory=list)
-    _totals: dict[str, _Totals] = field(default_factory=dict)
+    _usage: UsageTotals = field(init=False)
     _open: dict[str, tuple[int, Token[tuple[int, int] | None]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _t0: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self._usage = UsageTotals(prices=self.prices, parent=self.parent_tracker)
 
     # -- spans -----------------------------------------------------------------------------------
     def _start(self, call_id: str, kind: SpanKind, instance: Any, inputs: Any) -> None:
@@ -199,59 +194,33 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
     # -- usage tracker protocol (dspy.settings.usage_tracker) ----------------------------------------
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
         """Called by DSPy once per LM call with that call's token usage."""
-        if self.parent_tracker is not None:
-            self.parent_tracker.add_usage(lm, usage_entry)
-        prompt = int(usage_entry.get("prompt_tokens") or 0)
-        completion = int(usage_entry.get("completion_tokens") or 0)
-        total = int(usage_entry.get("total_tokens") or prompt + completion)
-        cost = self.prices.cost(lm, prompt, completion) if self.prices is not None else None
+        call = self._usage.add_usage(lm, usage_entry)
         current = _open_span.get()
-        with self._lock:
-            totals = self._totals.setdefault(lm, _Totals())
-            totals.prompt_tokens += prompt
-            totals.completion_tokens += completion
-            totals.total_tokens += total
-            totals.calls += 1
-            totals.cost_usd = None if cost is None or totals.cost_usd is None else totals.cost_usd + cost
-            if current is not None and current[0] == id(self):
+        if current is not None and current[0] == id(self):
+            with self._lock:
                 span = self.spans[current[1]]
-                if span.kind == "lm":
-                    span.usage = {
-                        "prompt_tokens": prompt,
-                        "completion_tokens": completion,
-                        "total_tokens": total,
-                    }
-                    span.cost_usd = cost
+            if span.kind == "lm":
+                span.usage = {
+                    "prompt_tokens": call.prompt_tokens,
+                    "completion_tokens": call.completion_tokens,
+                    "total_tokens": call.total_tokens,
+                }
+                span.cost_usd = call.cost_usd
 
     # -- results ---------------------------------------------------------------------------------
     @property
     def usage(self) -> dict[str, dict[str, Any]]:
-        """Token usage per model: prompt, completion and total tokens, calls, and cost (None if unknown)."""
-        with self._lock:
-            return {
-                model: {
-                    "prompt_tokens": t.prompt_tokens,
-                    "completion_tokens": t.completion_tokens,
-                    "total_tokens": t.total_tokens,
-                    "calls": t.calls,
-                    "cost_usd": t.cost_usd,
-                }
-                for model, t in self._totals.items()
-            }
+        """Token usage per model: calls, prompt, completion and total tokens, and cost (None if unknown)."""
+        return self._usage.snapshot()
 
     @property
     def total_tokens(self) -> int:
-        with self._lock:
-            return sum(t.total_tokens for t in self._totals.values())
+        return self._usage.total_tokens
 
     @property
     def cost_usd(self) -> float | None:
         """The run's cost; None when any model's price is unknown (unknown is not zero)."""
-        with self._lock:
-            costs = [t.cost_usd for t in self._totals.values()]
-        if any(c is None for c in costs):
-            return None
-        return float(sum(c for c in costs if c is not None))
+        return self._usage.cost_usd
 
     def trace(self) -> dict[str, Any]:
         """The span tree: ``{"v": 1, "spans": [...]}``, parents before children.
