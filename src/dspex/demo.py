@@ -19,7 +19,15 @@ from typing import Any
 
 from dspex.settings import Settings
 
-__all__ = ["DEMO_SIGNATURES", "DemoReport", "ModuleRow", "ResearchDemoRow", "SignatureRow", "run_demo"]
+__all__ = [
+    "DEMO_SIGNATURES",
+    "DemoReport",
+    "ModuleRow",
+    "OptimizationDemo",
+    "ResearchDemoRow",
+    "SignatureRow",
+    "run_demo",
+]
 
 DEMO_SIGNATURES: tuple[str, ...] = (
     "question -> answer",
@@ -77,6 +85,30 @@ class ResearchDemoRow:
 
 
 @dataclass(frozen=True, slots=True)
+class OptimizationDemo:
+    """The holistic optimizer on the demo program: the production version's default configuration
+    (before) against the best one found (after), measured on held-out examples the search never saw."""
+
+    program: str
+    optimization_id: str
+    trials: int
+    pruned: int
+    lm_calls: int
+    devset: int
+    heldout: int
+    before: dict[str, Any]
+    after: dict[str, Any]
+    before_quality: float
+    after_quality: float
+    before_expected: float  # the simulated task's exact expected accuracy of each configuration
+    after_expected: float
+    before_cost_per_example: float
+    after_cost_per_example: float
+    version_id: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class DemoReport:
     """Everything the demo did."""
 
@@ -89,6 +121,7 @@ class DemoReport:
     recorded: int
     research: tuple[ResearchDemoRow, ...] = ()
     research_model: str = RESEARCH_MODEL
+    optimization: OptimizationDemo | None = None
 
 
 def _type_name(annotation: Any) -> str:
@@ -120,6 +153,7 @@ def run_demo(
     models: Sequence[str] = DEMO_MODELS,
     settings: Settings | None = None,
     progress: Callable[[str], None] | None = None,
+    optimize_trials: int = 16,
 ) -> DemoReport:
     """Build signatures, register and run programs on the simulated LM server; see the module docstring."""
     from dspex.lm.pricing import Price, Prices
@@ -170,6 +204,7 @@ def run_demo(
                     )
                 )
         research = _research(app, server, say)
+        optimization = _optimize(app, server, prices, optimize_trials, say) if optimize_trials else None
         app.flush()
         recorded = app.executions.count()
         requests = server.stats().total_requests
@@ -183,6 +218,7 @@ def run_demo(
         database_url=app.settings.resolved_database_url,
         recorded=recorded,
         research=research,
+        optimization=optimization,
     )
 
 
@@ -213,3 +249,94 @@ def _research(app: Any, server: Any, say: Callable[[str], None]) -> tuple[Resear
             )
         )
     return tuple(rows)
+
+
+OPTIMIZED_PROGRAM = "demo-qa"
+
+
+def _optimize(
+    app: Any, server: Any, prices: Any, n_trials: int, say: Callable[[str], None]
+) -> OptimizationDemo:
+    """Register a program carrying 8 demos, search its model, temperature and number of demos on a dev
+    split with pruning, and compare the default configuration with the best on held-out examples."""
+    import time
+
+    from dspex.optimize import Evaluator, exact_match
+    from dspex.testing.simtask import expected_accuracy
+    from dspex.variables import Variable, VariableSpace, apply, bind
+
+    started = time.perf_counter()
+    examples = server.task.examples()
+    train, dev, heldout = examples[200:208], examples[120:150], examples[150:200]
+    registered = app.programs.register(
+        OPTIMIZED_PROGRAM,
+        {"module": "predict", "signature": "question -> answer"},
+        description="dspex demo: the program the optimizer tunes",
+    )
+    program = app.programs.build(registered)
+    program.demos = list(train)
+    production = app.programs.save_version(OPTIMIZED_PROGRAM, program, note="8 demos from the task")
+    if production.status != "production":
+        app.programs.promote(OPTIMIZED_PROGRAM, production.id)
+    rows = [{**e.toDict(), "part": "dev"} for e in dev] + [{**e.toDict(), "part": "train"} for e in train]
+    app.datasets.import_records(OPTIMIZED_PROGRAM, rows, inputs=["question"], split="part")
+    space = VariableSpace(
+        [
+            Variable.model("model", [f"openai/{m}" for m in DEMO_MODELS], default="openai/sim-medium"),
+            Variable.float("temperature", 0.0, 1.5, step=0.1, default=1.0),
+            Variable.int("demos", 0, 8, default=0),
+        ]
+    )
+    bindings = [bind.model("model"), bind.temperature("temperature"), bind.demos("demos")]
+    lms = {f"openai/{m}": server.lm(m, cache=False) for m in DEMO_MODELS}
+
+    def progress(p: Any) -> None:
+        say(f"optimizing {OPTIMIZED_PROGRAM}: {p.finished}/{p.n_trials} trials, {p.lm_calls} LM calls")
+
+    result = app.optimize(
+        OPTIMIZED_PROGRAM,
+        dataset=OPTIMIZED_PROGRAM,
+        space=space,
+        bindings=bindings,
+        n_trials=n_trials,
+        lms=lms,
+        version_id=production.id,
+        on_trial=progress,
+    )
+    say("scoring before and after on held-out examples")
+    evaluator = Evaluator(exact_match, concurrency=8, cache=False)
+    before_config = space.defaults()
+    before_program = apply(app.programs.build(production), before_config, bindings, lms=lms)
+    measured = []
+    for configured in (before_program, result.program):
+        run = evaluator.run(configured, heldout)
+        cost = sum(
+            prices.cost(model, u.get("prompt_tokens", 0), u.get("completion_tokens", 0)) or 0.0
+            for model, u in run.usage.items()
+        )
+        measured.append((run.score, cost / max(1, run.n)))
+    after_config = result.best_configuration
+
+    def expected(config: Any) -> float:
+        return expected_accuracy(config["model"], config["temperature"], False, config["demos"])
+
+    assert result.version_id is not None  # saved with the registry
+    return OptimizationDemo(
+        program=OPTIMIZED_PROGRAM,
+        optimization_id=result.id,
+        trials=result.finished,
+        pruned=sum(t.state == "pruned" for t in result.trials),
+        lm_calls=result.lm_calls,
+        devset=len(dev),
+        heldout=len(heldout),
+        before=before_config.to_json(),
+        after=after_config.to_json(),
+        before_quality=measured[0][0],
+        after_quality=measured[1][0],
+        before_expected=expected(before_config),
+        after_expected=expected(after_config),
+        before_cost_per_example=measured[0][1],
+        after_cost_per_example=measured[1][1],
+        version_id=result.version_id,
+        duration_s=time.perf_counter() - started,
+    )

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from dspex.cli import datasets, demo, executions, pipeline, programs, run, simlm
+from dspex.cli import datasets, demo, executions, optimize, pipeline, programs, run, simlm
 
 app = typer.Typer(
     help="DSPex: run DSPy programs in production.",
@@ -20,6 +20,8 @@ app.command("run")(run.run)
 app.add_typer(executions.app, name="executions")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(pipeline.app, name="pipeline")
+app.command("optimize")(optimize.optimize)
+app.add_typer(optimize.app, name="optimizations")
 
 
 @app.command("version")

@@ -41,7 +41,7 @@ import json
 import random
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,7 +65,7 @@ from dspex.variables.configuration import Configuration
 from dspex.variables.kinds import ChoiceVariable, FloatVariable, IntVariable
 from dspex.variables.space import Leaf, VariableSpace
 
-__all__ = ["OBJECTIVES", "HolisticOptimizer", "Objective", "OptimizationResult", "Pruning"]
+__all__ = ["OBJECTIVES", "HolisticOptimizer", "Objective", "OptimizationResult", "Pruning", "TrialProgress"]
 
 Objective = Literal["quality", "cost", "latency"]
 OBJECTIVES: Mapping[str, str] = {"quality": "maximize", "cost": "minimize", "latency": "minimize"}
@@ -121,6 +121,27 @@ class OptimizationResult:
     def finished(self) -> int:
         """Trials that count toward ``n_trials``: complete and pruned."""
         return sum(t.state in ("complete", "pruned") for t in self.trials)
+
+
+@dataclass(frozen=True, slots=True)
+class TrialProgress:
+    """What ``on_trial`` receives after each trial of this process: the trial as stored, the run's
+    finished (complete + pruned) trials against ``n_trials``, its LM calls so far, and the best complete
+    trial so far by quality (None while there is none). Trials replayed on resume are counted, not sent."""
+
+    trial: TrialRecord
+    finished: int
+    n_trials: int
+    lm_calls: int
+    best: TrialRecord | None
+
+
+def _best_by_quality(best: TrialRecord | None, trial: TrialRecord) -> TrialRecord | None:
+    if trial.state != "complete" or trial.scores is None:
+        return best
+    if best is None or best.scores is None or float(trial.scores["quality"]) > float(best.scores["quality"]):
+        return trial
+    return best
 
 
 def _distribution(leaf: Leaf) -> optuna.distributions.BaseDistribution:
@@ -247,11 +268,13 @@ class HolisticOptimizer:
         optimization_id: str | None = None,
         registry: Any = None,
         program_name: str | None = None,
+        on_trial: Callable[[TrialProgress], None] | None = None,
     ) -> OptimizationResult:
         """Run (or resume) the search. ``db`` keeps the run (a Database or URL; default a temporary
         SQLite file, so no resume); the same ``optimization_id`` (default: derived from the space,
         objectives, seed, program and devset) resumes it. With ``registry`` and ``program_name`` the best
-        configured program is saved as a version in ``optimizing``."""
+        configured program is saved as a version in ``optimizing``. ``on_trial`` is called with a
+        :class:`TrialProgress` after each trial this process runs (for progress displays)."""
         devset = list(devset)
         if not devset:
             raise ConfigurationError("the devset is empty; the optimizer needs examples to score trials")
@@ -292,7 +315,7 @@ class HolisticOptimizer:
                 repo = OptimizationRepository(database)
                 self._start(repo, run_id, program_name, settings)
                 try:
-                    self._search(repo, run_id, program, shuffled, base)
+                    self._search(repo, run_id, program, shuffled, base, on_trial)
                     return self._finish(repo, run_id, program, devset, trainset, registry, program_name)
                 except Exception as exc:
                     repo.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -366,10 +389,20 @@ class HolisticOptimizer:
         return study
 
     def _search(
-        self, repo: OptimizationRepository, run_id: str, program: Any, devset: list[Any], base: str
+        self,
+        repo: OptimizationRepository,
+        run_id: str,
+        program: Any,
+        devset: list[Any],
+        base: str,
+        on_trial: Callable[[TrialProgress], None] | None = None,
     ) -> None:
         study = self._study(repo, run_id)
-        lm_calls = sum(t.lm_calls for t in repo.trials(run_id))
+        previous = repo.trials(run_id)
+        lm_calls = sum(t.lm_calls for t in previous)
+        best: TrialRecord | None = None
+        for t in previous:
+            best = _best_by_quality(best, t)
         failures = 0
         while repo.count(run_id) < self.n_trials:
             if self.max_lm_calls is not None and lm_calls >= self.max_lm_calls:
@@ -404,6 +437,12 @@ class HolisticOptimizer:
                 "system_attrs": json.loads(json.dumps(system_attrs)),
             }
             repo.finish_trial(run_id, number, state=state, params=stored_params, **outcome)
+            if on_trial is not None:
+                stored = repo.trials(run_id)
+                record = next(t for t in stored if t.number == number)
+                best = _best_by_quality(best, record)
+                finished = sum(t.state in ("complete", "pruned") for t in stored)
+                on_trial(TrialProgress(record, finished, self.n_trials, lm_calls, best))
             if failures >= self.max_failures:
                 raise ConfigurationError(
                     f"{failures} trials in a row failed (last: {outcome.get('error')}); "

@@ -26,9 +26,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
 from dspex.jsonable import to_jsonable
@@ -41,8 +41,11 @@ from dspex.store.writer import ExecutionWriter
 from dspex.telemetry.recorder import RunRecorder, error_info
 
 if TYPE_CHECKING:
+    from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
+    from dspex.store.optimizations import OptimizationRepository
+    from dspex.variables import Bindings, VariableSpace
 
 __all__ = ["App", "RunResult"]
 
@@ -105,6 +108,7 @@ class App:
         self._writer: ExecutionWriter | None = None
         self._programs: ProgramRegistry | None = None
         self._datasets: Datasets | None = None
+        self._optimizations: OptimizationRepository | None = None
         self.abandoned: list[str] = []
 
     # -- resources -----------------------------------------------------------------------------------
@@ -113,10 +117,12 @@ class App:
             if self._executions is None or self._writer is None:
                 from dspex.programs import ProgramRegistry
                 from dspex.programs.datasets import Datasets
+                from dspex.store.optimizations import OptimizationRepository
 
                 self._db = open_database(self.settings.resolved_database_url)
                 self._programs = ProgramRegistry(self._db)
                 self._datasets = Datasets(self._db)
+                self._optimizations = OptimizationRepository(self._db)
                 self._executions = ExecutionRepository(self._db)
                 self.abandoned = self._executions.mark_abandoned()
                 self._writer = ExecutionWriter(
@@ -142,6 +148,13 @@ class App:
         self._open()
         assert self._datasets is not None  # set by _open()
         return self._datasets
+
+    @property
+    def optimizations(self) -> OptimizationRepository:
+        """The optimization runs and their trials on this App's database (see :meth:`optimize`)."""
+        self._open()
+        assert self._optimizations is not None  # set by _open()
+        return self._optimizations
 
     def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
         """The module and version id to run for a registered program name."""
@@ -206,12 +219,120 @@ class App:
             if self._db is not None:
                 self._db.dispose()
             self._writer = self._executions = self._db = self._programs = self._datasets = None
+            self._optimizations = None
 
     def __enter__(self) -> App:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    # -- optimization --------------------------------------------------------------------------------
+    def optimize(
+        self,
+        program_name: str,
+        *,
+        dataset: str,
+        space: VariableSpace,
+        bindings: Bindings | Sequence[Any],
+        n_trials: int,
+        split: str | None = None,
+        metric: Any = "exact_match",
+        objectives: Sequence[str] = ("quality",),
+        seed: int = 0,
+        version_id: str | None = None,
+        lms: Mapping[str, Any] | None = None,
+        lm: Any = None,
+        pruning: Pruning | Literal[False] | None = None,
+        max_lm_calls: int | None = None,
+        concurrency: int = 8,
+        optimization_id: str | None = None,
+        on_trial: Callable[[TrialProgress], None] | None = None,
+    ) -> OptimizationResult:
+        """Search ``space`` for the registered program ``program_name`` on dataset ``dataset``; the best
+        configured program becomes a new version in ``optimizing`` (``result.version_id``), which
+        ``app.programs.promote(program_name, result.version_id)`` puts in production. ::
+
+            result = app.optimize("qa", dataset="qa-set", space=space, bindings=[bind.temperature("t")],
+                                  n_trials=30)
+
+        - the program: ``version_id``, else production, else the newest draft (as :meth:`run`).
+        - the examples: ``split`` when given; else the ``dev`` (or ``val``/``validation``) split when the
+          dataset version has one, else every example. A ``train`` split is the trainset.
+        - ``metric``: ``"exact_match"``, ``"f1"`` or anything :class:`~dspex.optimize.Evaluator` takes.
+        - ``lms``: model name -> LM for ``model`` variables; by default each choice of the space's model
+          variables is built from the settings (same endpoint and key), ``dspex.lm.build_lm(model=...)``.
+        - ``pruning``: a :class:`~dspex.optimize.search.Pruning`, ``None`` (default: on for one objective,
+          shrunk to fit a small devset) or ``False``.
+        The run, its trials and the result are recorded (:attr:`optimizations`), and a rerun with the
+        same inputs resumes it.
+        """
+        from dspex.optimize.search import HolisticOptimizer, Pruning
+
+        resolved = self.programs.resolve(program_name, version_id)
+        program = self.programs.build(resolved)
+        trainset, devset = self._optimization_examples(dataset, split)
+        if lms is None:
+            lms = self._space_lms(space)
+        if lm is None and (self._lm is not None or self.settings.lm):
+            lm = self.lm()
+        if pruning is None:
+            # One objective: Pruning's default starts at 10 examples; a small devset starts lower so that
+            # it still prunes. Several objectives: Optuna's pruners do not support them.
+            single = len(tuple(objectives)) == 1
+            pruning = Pruning(min_examples=max(1, min(10, len(devset) // 4))) if single else False
+        optimizer = HolisticOptimizer(
+            space,
+            bindings,
+            _metric(metric),
+            objectives=objectives,
+            n_trials=n_trials,
+            max_lm_calls=max_lm_calls,
+            seed=seed,
+            pruning=pruning,
+            lms=lms,
+            lm=lm,
+            prices=self.prices,
+            concurrency=concurrency,
+        )
+        assert self._db is not None  # opened by self.programs above
+        return optimizer.optimize(
+            program,
+            devset,
+            trainset=trainset,
+            db=self._db,
+            optimization_id=optimization_id,
+            registry=self.programs,
+            program_name=program_name,
+            on_trial=on_trial,
+        )
+
+    def _optimization_examples(self, dataset: str, split: str | None) -> tuple[list[Any], list[Any]]:
+        version = self.datasets.resolve(dataset)
+        splits = version.splits
+        train = self.datasets.examples(version, split="train") if "train" in splits else []
+        if split is None:
+            split = next((s for s in ("dev", "val", "validation") if s in splits), None)
+        devset = self.datasets.examples(version, split=split)
+        if split is None or split == "train":
+            train = []
+        if not devset:
+            raise ConfigurationError(
+                f"dataset {dataset!r} has no examples{f' in split {split!r}' if split else ''}"
+            )
+        return train, devset
+
+    def _space_lms(self, space: VariableSpace) -> dict[str, Any] | None:
+        from dspex.lm import build_lm
+        from dspex.variables import ModelVariable
+
+        models = {
+            str(choice)
+            for leaf in space.leaves()
+            if isinstance(leaf.variable, ModelVariable)
+            for choice in leaf.variable.choices
+        }
+        return {model: build_lm(self.settings, model=model) for model in sorted(models)} or None
 
     # -- runs ----------------------------------------------------------------------------------------
     def run(
@@ -260,6 +381,19 @@ class App:
         except BaseException as exc:
             raise run.failed(exc) from exc
         return run.succeeded(prediction)
+
+
+def _metric(metric: Any) -> Any:
+    """A metric by name (``exact_match``, ``f1``) or as given."""
+    if not isinstance(metric, str):
+        return metric
+    from dspex.errors import did_you_mean
+    from dspex.optimize.metrics import exact_match, f1
+
+    named: dict[str, Any] = {"exact_match": exact_match, "f1": f1}
+    if metric not in named:
+        raise ConfigurationError(did_you_mean(metric, named, what="metric"))
+    return named[metric]
 
 
 class _Run:

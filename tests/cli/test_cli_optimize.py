@@ -1,0 +1,136 @@
+"""``dspex optimize`` and ``dspex optimizations list|show`` against the simulated LM server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_support import Invoke, as_json
+
+from dspex.testing.server import SimServer
+
+SPACE = """\
+variables:
+  v: 1
+  variables:
+    - {name: model, kind: model, choices: [openai/sim-small, openai/sim-large]}
+    - {name: temperature, kind: float, low: 0.0, high: 1.0, step: 0.5}
+bindings:
+  version: 1
+  bindings:
+    - {variable: model, target: model, predictors: "*"}
+    - {variable: temperature, target: lm_setting, setting: temperature, predictors: "*"}
+"""
+
+
+@pytest.fixture
+def project(dspex: Invoke, sim: SimServer, tmp_path: Path) -> Path:
+    """A registered program, a dataset with train/dev splits, and a space file."""
+    spec = tmp_path / "qa.yaml"
+    spec.write_text("module: predict\nsignature: question -> answer\n", encoding="utf-8")
+    dspex("programs", "register", "qa", str(spec))
+    rows = tmp_path / "qa.jsonl"
+    lines = [
+        json.dumps({**row, "part": "train" if i < 6 else "dev"})
+        for i, row in enumerate(sim.task.dicts()[:20])
+    ]
+    rows.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dspex("datasets", "import", "qa-set", str(rows), "--inputs", "question", "--split-field", "part")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE, encoding="utf-8")
+    return space
+
+
+def test_optimize_then_list_and_show(dspex: Invoke, project: Path) -> None:
+    out = dspex("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "3").stdout
+    assert "Score by trial" in out
+    assert "█" in out
+    assert "<- best" in out
+    assert "in optimizing; promote with `dspex programs promote qa " in out
+    listed = as_json(dspex("optimizations", "list", "--program", "qa", "--json"))
+    assert len(listed) == 1
+    assert listed[0]["status"] == "succeeded"
+    assert listed[0]["finished_trials"] == 3
+    run_id = listed[0]["id"]
+    shown = dspex("optimizations", "show", run_id[:10]).stdout
+    assert run_id in shown
+    assert "Trials (" in shown
+    assert "<- best" in shown
+    detail = as_json(dspex("optimizations", "show", run_id, "--json"))
+    assert [t["number"] for t in detail["trials"]][:3] == [0, 1, 2]
+    version = detail["result_version_id"]
+    assert version is not None
+    versions = dspex("programs", "show", "qa").stdout
+    assert "optimizing" in versions
+    dspex("programs", "promote", "qa", version[:12])
+    assert "Optimization runs (1)" in dspex("optimizations", "list").stdout
+
+
+def test_optimize_json(dspex: Invoke, project: Path) -> None:
+    data = as_json(
+        dspex(
+            "optimize",
+            "qa",
+            "--dataset",
+            "qa-set",
+            "--space",
+            str(project),
+            "--budget",
+            "2",
+            "--metric",
+            "f1",
+            "--seed",
+            "3",
+            "--json",
+        )
+    )
+    assert data["program"] == "qa"
+    assert len([t for t in data["trials"] if t["state"] != "failed"]) == 2
+    assert set(data["best"]["configuration"]) == {"model", "temperature"}
+    assert data["version_id"]
+    assert data["lm_calls"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dataset", "nope"), "dataset"),
+        (("--dataset", "qa-set", "--metric", "exact"), "exact_match"),
+        (("--dataset", "qa-set", "--objectives", "quality,speed"), "objective"),
+    ],
+)
+def test_optimize_bad_names_exit_2(dspex: Invoke, project: Path, args: tuple[str, ...], message: str) -> None:
+    result = dspex("optimize", "qa", *args, "--space", str(project), "--budget", "1", code=2)
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_space_file_exit_2_with_path_and_line(dspex: Invoke, project: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPACE.replace("kind: float", "kind: floaty"), encoding="utf-8")
+    result = dspex("optimize", "qa", "--dataset", "qa-set", "--space", str(bad), "--budget", "1", code=2)
+    assert str(bad) in result.stderr
+    assert "variables.variables[1]" in result.stderr
+    assert "(line 5)" in result.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(SPACE.replace("target: model", "target: modle"), encoding="utf-8")
+    result = dspex("optimize", "qa", "--dataset", "qa-set", "--space", str(broken), "--budget", "1", code=2)
+    assert "bindings.bindings[0]" in result.stderr
+    assert "(line 9)" in result.stderr
+    unparsable = tmp_path / "unparsable.yaml"
+    unparsable.write_text("variables: [\n", encoding="utf-8")
+    result = dspex(
+        "optimize", "qa", "--dataset", "qa-set", "--space", str(unparsable), "--budget", "1", code=2
+    )
+    assert "invalid YAML" in result.stderr
+    assert "line" in result.stderr
+    dspex(
+        "optimize", "qa", "--dataset", "qa-set", "--space", str(tmp_path / "no.yaml"), "--budget", "1", code=2
+    )
+    dspex("optimize", "nope", "--dataset", "qa-set", "--space", str(project), "--budget", "1", code=2)
+
+
+def test_show_unknown_run_exit_2(dspex: Invoke) -> None:
+    assert "no optimization" in dspex("optimizations", "show", "opt-nope", code=2).stderr
