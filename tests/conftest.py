@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as connection:
             connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def settings_sim(sim_lm_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The session's simulated LM server, configured as the settings LM (``DSPEX_LM`` and friends).
+
+    Uncached and without retries, so every run makes exactly one request the test can count.
+    """
+    monkeypatch.setenv("DSPEX_LM", "openai/sim-medium")
+    monkeypatch.setenv("DSPEX_API_BASE", sim_lm_server.url)
+    monkeypatch.setenv("DSPEX_API_KEY", "sim")
+    monkeypatch.setenv("DSPEX_LM_CACHE", "false")
+    monkeypatch.setenv("DSPEX_NUM_RETRIES", "0")
+    return sim_lm_server

@@ -14,7 +14,6 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from dspex.cli import app
-from dspex.testing.server import SimServer
 
 
 @pytest.fixture
@@ -32,17 +31,6 @@ def dspex() -> Invoke:
         return result
 
     return invoke
-
-
-@pytest.fixture
-def sim(sim_lm_server: SimServer, monkeypatch: pytest.MonkeyPatch) -> SimServer:
-    """The simulated LM server, configured as the settings LM (uncached, so every run calls it)."""
-    monkeypatch.setenv("DSPEX_LM", "openai/sim-medium")
-    monkeypatch.setenv("DSPEX_API_BASE", sim_lm_server.url)
-    monkeypatch.setenv("DSPEX_API_KEY", "sim")
-    monkeypatch.setenv("DSPEX_LM_CACHE", "false")
-    monkeypatch.setenv("DSPEX_NUM_RETRIES", "0")
-    return sim_lm_server
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ QUESTION = "question=What is the capital of Peru?"
 
 
 @pytest.fixture
-def runs(dspex: Invoke, sim: SimServer, qa_spec: Path) -> dict[str, list[str]]:
+def runs(dspex: Invoke, settings_sim: SimServer, qa_spec: Path) -> dict[str, list[str]]:
     """Three recorded runs of qa (two succeeded, one failed) and one of a second program."""
     dspex("programs", "register", "qa", str(qa_spec))
     dspex("programs", "register", "other", "cli_sample:build_qa")

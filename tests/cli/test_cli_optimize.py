@@ -25,7 +25,7 @@ bindings:
 
 
 @pytest.fixture
-def project(dspex: Invoke, sim: SimServer, tmp_path: Path) -> Path:
+def project(dspex: Invoke, settings_sim: SimServer, tmp_path: Path) -> Path:
     """A registered program, a dataset with train/dev splits, and a space file."""
     spec = tmp_path / "qa.yaml"
     spec.write_text("module: predict\nsignature: question -> answer\n", encoding="utf-8")
@@ -33,7 +33,7 @@ def project(dspex: Invoke, sim: SimServer, tmp_path: Path) -> Path:
     rows = tmp_path / "qa.jsonl"
     lines = [
         json.dumps({**row, "part": "train" if i < 6 else "dev"})
-        for i, row in enumerate(sim.task.dicts()[:20])
+        for i, row in enumerate(settings_sim.task.dicts()[:20])
     ]
     rows.write_text("\n".join(lines) + "\n", encoding="utf-8")
     dspex("datasets", "import", "qa-set", str(rows), "--inputs", "question", "--split-field", "part")

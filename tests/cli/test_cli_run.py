@@ -18,13 +18,15 @@ from cli_support import Invoke, as_json
 from dspex.testing.server import SimServer
 
 
-def test_run_with_input_prints_outputs_and_execution(dspex: Invoke, sim: SimServer, qa_spec: Path) -> None:
+def test_run_with_input_prints_outputs_and_execution(
+    dspex: Invoke, settings_sim: SimServer, qa_spec: Path
+) -> None:
     dspex("programs", "register", "qa", str(qa_spec))
     result = dspex("run", "qa", "--input", '{"question": "What is the capital of Peru?"}')
     assert "answer" in result.stdout
     assert "reasoning" in result.stdout
     assert "execution " in result.stdout
-    assert sim.stats().statuses == {200: 1}
+    assert settings_sim.stats().statuses == {200: 1}
 
     data = as_json(dspex("run", "qa", "--input", '{"question": "What is the capital of Peru?"}', "--json"))
     assert set(data) == {
@@ -46,7 +48,7 @@ def test_run_with_input_prints_outputs_and_execution(dspex: Invoke, sim: SimServ
     assert record["outputs"] == data["outputs"]
 
 
-def test_key_value_inputs_are_parsed_as_json_when_they_parse(dspex: Invoke, sim: SimServer) -> None:
+def test_key_value_inputs_are_parsed_as_json_when_they_parse(dspex: Invoke, settings_sim: SimServer) -> None:
     dspex("programs", "register", "typed", "cli_sample:build_typed")
     data = as_json(
         dspex(
@@ -68,7 +70,7 @@ def test_key_value_inputs_are_parsed_as_json_when_they_parse(dspex: Invoke, sim:
     assert inputs == {"question": "What is the capital of Peru?", "k": 3, "tags": ["geo", "capitals"]}
 
 
-def test_input_from_a_file(dspex: Invoke, sim: SimServer, qa_spec: Path, tmp_path: Path) -> None:
+def test_input_from_a_file(dspex: Invoke, settings_sim: SimServer, qa_spec: Path, tmp_path: Path) -> None:
     dspex("programs", "register", "qa", str(qa_spec))
     (tmp_path / "in.json").write_text('{"question": "What is the capital of Peru?"}', encoding="utf-8")
     assert as_json(dspex("run", "qa", "--input", "@in.json", "--json"))["outputs"]["answer"]
@@ -84,18 +86,18 @@ def test_input_from_a_file(dspex: Invoke, sim: SimServer, qa_spec: Path, tmp_pat
     ],
 )
 def test_malformed_input_options_exit_2(
-    dspex: Invoke, sim: SimServer, qa_spec: Path, args: list[str], message: str
+    dspex: Invoke, settings_sim: SimServer, qa_spec: Path, args: list[str], message: str
 ) -> None:
     dspex("programs", "register", "qa", str(qa_spec))
     result = dspex("run", "qa", *args, code=2)
     assert result.stdout == ""
     assert result.stderr.startswith("error: ")
     assert message in result.stderr
-    assert sim.stats().statuses == {}
+    assert settings_sim.stats().statuses == {}
 
 
 def test_inputs_that_do_not_match_exit_2_and_the_failed_run_is_recorded(
-    dspex: Invoke, sim: SimServer, qa_spec: Path
+    dspex: Invoke, settings_sim: SimServer, qa_spec: Path
 ) -> None:
     dspex("programs", "register", "qa", str(qa_spec))
     result = dspex("run", "qa", "-i", "questio=hi", code=2)
@@ -106,11 +108,11 @@ def test_inputs_that_do_not_match_exit_2_and_the_failed_run_is_recorded(
     assert failed[0]["id"] in result.stderr  # the error line names the record
     assert failed[0]["inputs"] == {"questio": "hi"}
     assert failed[0]["error"]["code"] == "validation_error"
-    assert sim.stats().statuses == {}
+    assert settings_sim.stats().statuses == {}
 
 
 @pytest.mark.sim_lm(error_rate=1.0)
-def test_an_lm_failure_exits_1_and_is_recorded(dspex: Invoke, sim: SimServer, qa_spec: Path) -> None:
+def test_an_lm_failure_exits_1_and_is_recorded(dspex: Invoke, settings_sim: SimServer, qa_spec: Path) -> None:
     dspex("programs", "register", "qa", str(qa_spec))
     result = dspex("run", "qa", "-i", "question=What is the capital of Peru?", code=1)
     [line] = result.stderr.splitlines()
@@ -143,7 +145,7 @@ def test_a_spec_with_its_own_lm_runs_without_a_configured_lm(
     assert sim_lm_server.stats().statuses == {200: 1}
 
 
-def test_unknown_version_and_program_exit_2(dspex: Invoke, sim: SimServer, qa_spec: Path) -> None:
+def test_unknown_version_and_program_exit_2(dspex: Invoke, settings_sim: SimServer, qa_spec: Path) -> None:
     dspex("programs", "register", "qa", str(qa_spec))
     assert (
         "unknown version 'ffffff'"
@@ -152,7 +154,7 @@ def test_unknown_version_and_program_exit_2(dspex: Invoke, sim: SimServer, qa_sp
     assert "did you mean 'qa'" in dspex("run", "qaa", "-i", "question=x", code=2).stderr
 
 
-def test_real_subprocess_register_run_and_list(sim: SimServer, qa_spec: Path) -> None:
+def test_real_subprocess_register_run_and_list(settings_sim: SimServer, qa_spec: Path) -> None:
     env = dict(os.environ)  # DSPEX_HOME, DSPEX_LM, DSPEX_API_BASE... from the fixtures
     dspex_script = [str(Path(sys.executable).with_name("dspex"))]  # the installed console script
 

@@ -55,16 +55,6 @@ def spec_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def sim(sim_lm_server: SimServer, monkeypatch: pytest.MonkeyPatch) -> SimServer:
-    monkeypatch.setenv("DSPEX_LM", "openai/sim-medium")
-    monkeypatch.setenv("DSPEX_API_BASE", sim_lm_server.url)
-    monkeypatch.setenv("DSPEX_API_KEY", "sim")
-    monkeypatch.setenv("DSPEX_LM_CACHE", "false")
-    monkeypatch.setenv("DSPEX_NUM_RETRIES", "0")
-    return sim_lm_server
-
-
 def _json(result: Result) -> Any:
     return json.loads(result.stdout)
 
@@ -103,7 +93,7 @@ def test_check_reports_spec_errors_with_path_and_line(tmp_path: Path) -> None:
     assert "No such file" in missing.stderr
 
 
-def test_run_shows_progress_then_outputs_and_is_recorded(spec_file: Path, sim: SimServer) -> None:
+def test_run_shows_progress_then_outputs_and_is_recorded(spec_file: Path, settings_sim: SimServer) -> None:
     result = dspex("pipeline", "run", str(spec_file), "-i", "text=What is the capital of Peru?")
     out = result.stdout
     # The live view's last frame: every step done, with its duration.
@@ -113,7 +103,7 @@ def test_run_shows_progress_then_outputs_and_is_recorded(spec_file: Path, sim: S
     assert "research outputs" in out
     assert "bm25:what is the capital of peru?" in out
     assert "execution " in out
-    assert sim.stats().statuses == {200: 1}
+    assert settings_sim.stats().statuses == {200: 1}
 
     data = _json(
         dspex("pipeline", "run", str(spec_file), "--input", '{"text": "Capital of Peru?"}', "--json")
@@ -130,7 +120,7 @@ def test_run_shows_progress_then_outputs_and_is_recorded(spec_file: Path, sim: S
     assert record["outputs"]["answer"] == data["outputs"]["answer"]
 
 
-def test_a_failing_step_shows_failed_and_exits_1(tmp_path: Path, sim: SimServer) -> None:
+def test_a_failing_step_shows_failed_and_exits_1(tmp_path: Path, settings_sim: SimServer) -> None:
     spec = tmp_path / "fails.yaml"
     spec.write_text(
         "name: fails\nsteps:\n  - {name: flaky, function: 'pipeline_spec_sample:flaky_once', outputs: r}\n",
@@ -143,7 +133,7 @@ def test_a_failing_step_shows_failed_and_exits_1(tmp_path: Path, sim: SimServer)
     assert "Flaky: first call for 'cli-fail-test'" in line
 
 
-def test_retries_and_skips_are_reported(tmp_path: Path, sim: SimServer) -> None:
+def test_retries_and_skips_are_reported(tmp_path: Path, settings_sim: SimServer) -> None:
     spec = tmp_path / "retry.yaml"
     spec.write_text(
         textwrap.dedent(
@@ -179,10 +169,10 @@ def test_retries_and_skips_are_reported(tmp_path: Path, sim: SimServer) -> None:
         (["-i", "text=x", "-i", "txt=y"], "takes no input 'txt'"),
     ],
 )
-def test_input_errors_exit_2(spec_file: Path, sim: SimServer, args: list[str], message: str) -> None:
+def test_input_errors_exit_2(spec_file: Path, settings_sim: SimServer, args: list[str], message: str) -> None:
     result = dspex("pipeline", "run", str(spec_file), *args, code=2)
     assert message in result.stderr
-    assert sim.stats().statuses == {}
+    assert settings_sim.stats().statuses == {}
 
 
 def test_run_without_an_lm_says_how_to_configure_one(spec_file: Path) -> None:
