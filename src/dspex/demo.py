@@ -257,8 +257,8 @@ OPTIMIZED_PROGRAM = "demo-qa"
 def _optimize(
     app: Any, server: Any, prices: Any, n_trials: int, say: Callable[[str], None]
 ) -> OptimizationDemo:
-    """Register a program carrying 8 demos, search its model, temperature and number of demos on a dev
-    split with pruning, and compare the default configuration with the best on held-out examples."""
+    """Register a program carrying 8 demos, search its model, temperature, module type and number of
+    demos on a dev split with pruning, and compare the default configuration with the best on held-out examples."""
     import time
 
     from dspex.optimize import Evaluator, exact_match
@@ -284,10 +284,16 @@ def _optimize(
         [
             Variable.model("model", [f"openai/{m}" for m in DEMO_MODELS], default="openai/sim-medium"),
             Variable.float("temperature", 0.0, 1.5, step=0.1, default=1.0),
+            Variable.module_type("module", ["predict", "chain_of_thought"], default="predict"),
             Variable.int("demos", 0, 8, default=0),
         ]
     )
-    bindings = [bind.model("model"), bind.temperature("temperature"), bind.demos("demos")]
+    bindings = [
+        bind.model("model"),
+        bind.temperature("temperature"),
+        bind.module_type("module"),
+        bind.demos("demos"),
+    ]
     lms = {f"openai/{m}": server.lm(m, cache=False) for m in DEMO_MODELS}
 
     def progress(p: Any) -> None:
@@ -318,7 +324,8 @@ def _optimize(
     after_config = result.best_configuration
 
     def expected(config: Any) -> float:
-        return expected_accuracy(config["model"], config["temperature"], False, config["demos"])
+        reasoning = config["module"] == "chain_of_thought"
+        return expected_accuracy(config["model"], config["temperature"], reasoning, config["demos"])
 
     assert result.version_id is not None  # saved with the registry
     return OptimizationDemo(

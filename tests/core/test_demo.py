@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dspy
+
 from dspex.demo import DEMO_MODELS, DEMO_MODULES, DEMO_SIGNATURES, run_demo
 from dspex.runtime import App
 from dspex.settings import Settings
@@ -31,7 +33,7 @@ def test_demo_registers_runs_and_records(tmp_path: Path) -> None:
     assert o.lm_calls > 0
     assert o.heldout == 50
     assert o.devset == 30
-    assert set(o.before) == set(o.after) == {"model", "temperature", "demos"}
+    assert set(o.before) == set(o.after) == {"model", "temperature", "module", "demos"}
     assert 0.0 <= o.before_quality <= 1.0
     assert 0.0 <= o.after_quality <= 1.0
     assert o.before_cost_per_example > 0
@@ -43,6 +45,9 @@ def test_demo_registers_runs_and_records(tmp_path: Path) -> None:
         assert app.programs.version(o.version_id).status == "optimizing"
         app.programs.promote(o.program, o.version_id)
         assert app.programs.resolve(o.program).id == o.version_id
+        # the promoted version runs the module type the search chose, whatever the source says
+        chosen = {"predict": dspy.Predict, "chain_of_thought": dspy.ChainOfThought}[o.after["module"]]
+        assert type(app.programs.load(o.program)) is chosen
         for name, version_id in report.programs:
             assert app.programs.resolve(name).id == version_id
             assert app.programs.resolve(name).status == "production"

@@ -322,3 +322,62 @@ def test_the_default_version_is_production_else_the_newest_draft(registry: Progr
     assert registry.resolve("qa").id == v1.id
     assert registry.resolve("qa", v2.id[:8]).id == v2.id  # a unique prefix works too
     assert registry.load("qa", v2.id[:8]).predict.config == {"temperature": 0.7, "n": 1}
+
+
+# -- versions whose structure comes from variable bindings ----------------------------------------------
+def test_a_module_type_and_adapter_configuration_is_saved_and_loads_back_in_another_process(
+    registry: ProgramRegistry,
+) -> None:
+    from dspex.variables import apply, bind
+    from dspex.variables.binding import AdaptedPredict
+
+    registry.register("plain", {"module": "predict", "signature": "question -> answer"})
+    base = registry.load("plain")
+    base.demos = [dspy.Example(question="2 + 2?", answer="4")]
+    bindings = [bind.module_type("strategy"), bind.adapter("format", at="predict"), bind.temperature("t")]
+    configuration = {"strategy": "chain_of_thought", "format": "json", "t": 0.4}
+    configured = apply(base, configuration, bindings)
+    assert isinstance(configured, dspy.ChainOfThought)
+
+    version = registry.save_version(
+        "plain", configured, variables=configuration, bindings=bindings, status="optimizing"
+    )
+    assert version.state["structure"]["configuration"] == {"strategy": "chain_of_thought", "format": "json"}
+    loaded = fresh(registry).load("plain", version.id)  # an empty cache: rebuilt from the stored payload
+    assert isinstance(loaded, dspy.ChainOfThought)
+    assert isinstance(loaded.predict, AdaptedPredict)
+    assert loaded.predict.adapter == "json"
+    assert loaded.predict.config == {"temperature": 0.4}
+    assert [dict(d)["answer"] for d in loaded.predict.demos] == ["4"]
+    assert "reasoning" in loaded.predict.signature.output_fields
+
+    engine = ScriptedEngine({"answer": "4", "reasoning": "add"})
+    with dspy.context(lm=engine.lm()):
+        assert loaded(question="2 + 2?").answer == "4"
+    # Saved without its bindings, the same module cannot be a version: the source builds a Predict.
+    with pytest.raises(ConfigurationError, match="saved for a program with predictors"):
+        registry.save_version("plain", configured, variables=configuration)
+
+
+def test_a_saved_structure_that_no_longer_applies_says_so(registry: ProgramRegistry) -> None:
+    from dspex.variables import apply, bind
+
+    registry.register("plain", {"module": "predict", "signature": "question -> answer"})
+    bindings = [bind.module_type("strategy")]
+    configured = apply(registry.load("plain"), {"strategy": "chain_of_thought"}, bindings)
+    version = registry.save_version(
+        "plain", configured, variables={"strategy": "chain_of_thought"}, bindings=bindings
+    )
+    with registry.db.write() as connection:
+        broken = {
+            **version.state,
+            "structure": {**version.state["structure"], "configuration": {"strategy": "nope"}},
+        }
+        connection.execute(
+            sa.text("UPDATE program_versions SET state = :state WHERE id = :id"),
+            {"state": json.dumps(broken), "id": version.id},
+        )
+    with pytest.raises(
+        ConfigurationError, match=r"saved structure .* does not apply.*did you mean|saved structure"
+    ):
+        fresh(registry).load("plain", version.id)

@@ -85,7 +85,7 @@ def render(report: DemoReport, console: Console) -> None:
 
 def _render_optimization(o: OptimizationDemo, console: Console) -> None:
     table = Table(
-        title=f"Holistic optimizer on {o.program} (model, temperature, demos): {o.trials} trials, "
+        title=f"Holistic optimizer on {o.program} (model, temperature, module type, demos): {o.trials} trials, "
         f"{o.pruned} pruned, {o.lm_calls} LM calls on {o.devset} dev examples, {o.duration_s:.1f} s; "
         f"quality on {o.heldout} held-out examples"
     )

@@ -584,6 +584,7 @@ class HolisticOptimizer:
                 configured,
                 status="optimizing",
                 variables=best.configuration,
+                bindings=self.bindings,
                 note=f"optimization {run_id}"
                 + (f", final stage {type(self.final_stage).__name__}" if self.final_stage else ""),
             )

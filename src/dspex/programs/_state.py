@@ -5,7 +5,13 @@ The payload (``program_versions.state``)::
     {"v": 1,
      "source": {...},                      # how to build the structure (see _source)
      "dspy": module.dump_state(),          # demos, instructions, field prefixes, the LM per predictor
-     "config": {"predict": {"temperature": 0.2}}}   # Predict.config, which dump_state drops
+     "config": {"predict": {"temperature": 0.2}},   # Predict.config, which dump_state drops
+     "structure": {"bindings": {...}, "configuration": {"strategy": "chain_of_thought"}}}  # optional
+
+``structure`` (only present when a version was saved with structural variable bindings) is what
+``dump_state`` cannot express: which catalog module runs at a path (``module_type``), the adapter
+scoping a module, attributes and function parameters set by path. It is re-applied with
+:func:`dspex.variables.apply` to the program the source builds, before DSPy's state is loaded.
 
 DSPy 3.4's ``Predict.dump_state`` already records the predictor's LM (``lm.dump_state()``: class, model
 and settings, never the API key), so the LM lives there; what DSPy drops is ``Predict.config``, kept in
@@ -24,14 +30,19 @@ import dspy
 from dspex.errors import ConfigurationError
 from dspex.programs._json import SECRET_KEYS, check_json
 
-__all__ = ["PAYLOAD_VERSION", "apply_state", "capture_state"]
+__all__ = ["PAYLOAD_VERSION", "apply_state", "apply_structure", "capture_state"]
 
 PAYLOAD_VERSION = 1
 _LM_CLASS_KEY = "_dspy_lm_class"  # dspy.clients.base_lm.LM_CLASS_STATE_KEY
 
 
-def capture_state(module: dspy.Module, source: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON payload of ``module``'s current state; raises ConfigurationError if it is not JSON."""
+def capture_state(
+    module: dspy.Module, source: Mapping[str, Any], structure: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON payload of ``module``'s current state; raises ConfigurationError if it is not JSON.
+
+    ``structure`` is ``Bindings.structural(configuration)``: how the program differs in shape from the
+    one its source builds (see the module docstring)."""
     if not isinstance(module, dspy.Module):
         raise ConfigurationError(f"a program version saves a dspy.Module, got {type(module).__name__}")
     predictors = module.named_predictors()
@@ -52,7 +63,29 @@ def capture_state(module: dspy.Module, source: Mapping[str, Any]) -> dict[str, A
         if lm_state is not None:
             _refuse_secrets(lm_state, f"{name}.lm")
     config = {name: check_json(dict(p.config), f"{name}.config") for name, p in predictors}
-    return {"v": PAYLOAD_VERSION, "source": dict(source), "dspy": dspy_state, "config": config}
+    payload = {"v": PAYLOAD_VERSION, "source": dict(source), "dspy": dspy_state, "config": config}
+    if structure is not None:
+        payload["structure"] = check_json(dict(structure), "structure")
+    return payload
+
+
+def apply_structure(module: dspy.Module, payload: Mapping[str, Any], *, where: str) -> dspy.Module:
+    """``module`` (just built from the payload's source) reshaped by the payload's ``structure``, if any."""
+    structure = payload.get("structure")
+    if structure is None:
+        return module
+    from dspex.variables.binding import Bindings, apply
+
+    try:
+        bindings = Bindings.from_json(structure["bindings"])
+        reshaped: dspy.Module = apply(module, structure["configuration"], bindings)
+    except (KeyError, TypeError, ConfigurationError) as exc:
+        detail = exc.message if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigurationError(
+            f"{where}: its saved structure (variable bindings) does not apply to the program its "
+            f"source builds: {detail}"
+        ) from exc
+    return reshaped
 
 
 def _by_name(module: dspy.Module, state: dict[str, Any]) -> dict[str, Any]:
@@ -77,12 +110,15 @@ def apply_state(module: dspy.Module, payload: Mapping[str, Any], *, where: str) 
         raise ConfigurationError(
             f"{where} has state format v{payload.get('v')}; this dspex reads v{PAYLOAD_VERSION}: upgrade dspex"
         )
-    state = _by_name(module, payload["dspy"])
+    # A bare Predict's state is the predictor's own (it has a "signature"), not keyed by predictor name.
+    saved = ["self"] if "signature" in payload["dspy"] else sorted(payload["dspy"])
     expected = sorted(name for name, _ in module.named_parameters())
-    if sorted(state) != expected:
+    state = _by_name(module, payload["dspy"])
+    if saved != expected:
         raise ConfigurationError(
-            f"{where} was saved for a program with predictors {sorted(state)}, but its source now builds "
-            f"one with {expected}; the code behind the source changed shape"
+            f"{where} was saved for a program with predictors {saved}, but its source now builds "
+            f"one with {expected}: the code behind the source changed shape, or the program was reshaped by "
+            "variable bindings that were not saved with it (save_version(..., variables=, bindings=))"
         )
     lms: dict[str, Any] = {}
     without_lm: dict[str, Any] = {}

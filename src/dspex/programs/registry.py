@@ -22,8 +22,8 @@ import copy
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
 
@@ -32,10 +32,13 @@ from dspex.jsonable import canonical_hash
 from dspex.modules import ToolRegistry
 from dspex.programs._json import check_json
 from dspex.programs._source import build_source, normalise_source
-from dspex.programs._state import apply_state, capture_state
+from dspex.programs._state import apply_state, apply_structure, capture_state
 from dspex.store._engine import Database
 from dspex.store.programs import ProgramRecord, ProgramRepository, ProgramVersion, VersionStatus
 from dspex.store.schema import VERSION_STATUSES
+
+if TYPE_CHECKING:
+    from dspex.variables.binding import Binding
 
 __all__ = ["ProgramRegistry"]
 
@@ -138,6 +141,7 @@ class ProgramRegistry:
         *,
         status: Literal["draft", "optimizing"] = "draft",
         variables: Mapping[str, Any] | None = None,
+        bindings: Iterable[Binding] | None = None,
         note: str = "",
         parent_id: str | None = None,
     ) -> ProgramVersion:
@@ -148,6 +152,11 @@ class ProgramRegistry:
         keeps its status, note and parent. Usage::
 
             v = registry.save_version("qa", compiled, parent_id=base.id, note="BootstrapFewShot")
+
+        ``module`` configured with variables (``dspex.variables.apply``) whose bindings change its shape
+        (``module_type``, ``adapter``, ``attribute``, ``parameter``) is saved with ``variables=`` (the
+        configuration) and ``bindings=``: the version keeps those bindings and re-applies them to the
+        program its source builds, so a version can run ChainOfThought where the source says Predict.
         """
         if status not in ("draft", "optimizing"):
             raise ConfigurationError(
@@ -156,7 +165,21 @@ class ProgramRegistry:
         record = self.get(name)
         if parent_id is not None:
             self.version(parent_id)
-        return self._save(record, module, status=status, variables=variables, note=note, parent_id=parent_id)
+        structure = None
+        if bindings is not None:
+            from dspex.variables.binding import Bindings
+
+            items = bindings if isinstance(bindings, Bindings) else Bindings(bindings)
+            structure = items.structural(variables or {})
+        return self._save(
+            record,
+            module,
+            status=status,
+            variables=variables,
+            note=note,
+            parent_id=parent_id,
+            structure=structure,
+        )
 
     def _save(
         self,
@@ -167,8 +190,9 @@ class ProgramRegistry:
         variables: Mapping[str, Any] | None,
         note: str,
         parent_id: str | None,
+        structure: Mapping[str, Any] | None = None,
     ) -> ProgramVersion:
-        payload = capture_state(module, record.source)
+        payload = capture_state(module, record.source, structure)
         stored_variables = check_json(dict(variables), "variables") if variables else None
         version_id = canonical_hash({"program": record.name, "state": payload, "variables": stored_variables})
         if self.repository.get_version(version_id) is None:
@@ -176,7 +200,7 @@ class ProgramRegistry:
             # discovered when production needs it. The rebuilt program becomes the cache entry.
             where = f"the state of {type(module).__name__} for program {record.name!r}"
             rebuilt = self._rebuild(payload, where)
-            if capture_state(rebuilt, record.source) != payload:
+            if capture_state(rebuilt, record.source, structure) != payload:
                 raise ConfigurationError(
                     f"{where} does not load back the same: the program its source builds differs from the "
                     "one being saved (a different structure or state DSPy does not restore)"
@@ -257,7 +281,7 @@ class ProgramRegistry:
         return _copy(cached)
 
     def _rebuild(self, payload: Mapping[str, Any], where: str) -> dspy.Module:
-        module = build_source(payload["source"], tools=self.tools)
+        module = apply_structure(build_source(payload["source"], tools=self.tools), payload, where=where)
         apply_state(module, payload, where=where)
         return module
 

@@ -292,6 +292,21 @@ class Bindings:
             raise ConfigurationError(did_you_mean(name, self.variables, what="variable"))
         return found
 
+    def structural(self, configuration: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The bindings that change a program's structure rather than its DSPy state (``module_type``,
+        ``adapter``, ``attribute``, ``parameter``) with their values in ``configuration``, as JSON:
+        ``{"bindings": {...}, "configuration": {...}}``, or ``None`` when there are none.
+
+        ``dump_state`` records demos, instructions, predictor config and LMs, but not which module class
+        runs or which adapter wraps it: a saved program version keeps this and re-applies it to the
+        program its source builds (``ProgramRegistry.save_version(..., bindings=...)``).
+        """
+        chosen = [b for b in self._items if b.kind in _PATH_KINDS and b.variable in configuration]
+        if not chosen:
+            return None
+        values = {b.variable: configuration[b.variable] for b in chosen}
+        return {"bindings": Bindings(chosen).to_json(), "configuration": values}
+
     def to_json(self) -> dict[str, Any]:
         """A versioned JSON-able description: ``{"version": 1, "bindings": [{...}, ...]}``."""
         return {"version": _JSON_VERSION, "bindings": [b.to_dict() for b in self._items]}
