@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dspex.cli._render import console, emit_json, fmt_time, open_app, short, text
-from dspex.errors import ConfigurationError, SpecError, UserError
+from dspex.errors import ConfigurationError, SpecError
 
 if TYPE_CHECKING:
     from dspex.optimize.search import OptimizationResult, TrialProgress
@@ -55,7 +55,7 @@ _BAR_WIDTH = 40
 def load_space_file(path: Path) -> tuple[VariableSpace, Bindings]:
     """The space and bindings of a space file; SpecError naming the file, the path and the line."""
     from dspex.modules._yaml import load_yaml, nearest_line
-    from dspex.variables import Bindings, Variable, VariableSpace
+    from dspex.variables.spacefile import space_from_document
 
     try:
         source = path.read_text(encoding="utf-8")
@@ -70,36 +70,10 @@ def load_space_file(path: Path) -> tuple[VariableSpace, Bindings]:
         data, lines = load_yaml(source)
     except SpecError as exc:
         raise fail(exc.message, "", exc.line) from None
-    if not isinstance(data, dict) or not {"variables", "bindings"} <= set(data):
-        raise fail(
-            "a space file is a mapping with 'variables' and 'bindings' (see dspex optimize --help)", ""
-        )
-    extra = sorted(set(data) - {"variables", "bindings"})
-    if extra:
-        raise fail(f"unknown key(s) {extra}; a space file has 'variables' and 'bindings'", extra[0])
-    variables = data["variables"]
-    if not isinstance(variables, dict) or not isinstance(variables.get("variables"), list):
-        raise fail(
-            "'variables' is {v: 1, variables: [...]}, the JSON of VariableSpace.describe()", "variables"
-        )
-    for i, entry in enumerate(variables["variables"]):
-        try:
-            Variable.from_json(entry)
-        except UserError as exc:
-            raise fail(str(exc), f"variables.variables[{i}]") from None
     try:
-        space = VariableSpace.from_json(variables)
-    except UserError as exc:
-        raise fail(str(exc), "variables") from None
-    raw_bindings = data["bindings"]
-    try:
-        bindings = Bindings.from_json(raw_bindings)
+        return space_from_document(data)
     except SpecError as exc:
-        where = f"bindings.{exc.path}" if exc.path else "bindings"
-        raise fail(exc.message, where) from None
-    except UserError as exc:
-        raise fail(str(exc), "bindings") from None
-    return space, bindings
+        raise fail(exc.message, exc.path or "") from None
 
 
 # -- optimize --------------------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
+    from dspex.store.cache import ProgramCacheRepository
+    from dspex.store.jobs import JobRepository
+    from dspex.store.keys import ApiKeyRepository
     from dspex.store.optimizations import OptimizationRepository
     from dspex.variables import Bindings, VariableSpace
 
@@ -109,6 +112,9 @@ class App:
         self._programs: ProgramRegistry | None = None
         self._datasets: Datasets | None = None
         self._optimizations: OptimizationRepository | None = None
+        self._jobs: JobRepository | None = None
+        self._keys: ApiKeyRepository | None = None
+        self._cache: ProgramCacheRepository | None = None
         self.abandoned: list[str] = []
 
     # -- resources -----------------------------------------------------------------------------------
@@ -117,9 +123,15 @@ class App:
             if self._executions is None or self._writer is None:
                 from dspex.programs import ProgramRegistry
                 from dspex.programs.datasets import Datasets
+                from dspex.store.cache import ProgramCacheRepository
+                from dspex.store.jobs import JobRepository
+                from dspex.store.keys import ApiKeyRepository
                 from dspex.store.optimizations import OptimizationRepository
 
                 self._db = open_database(self.settings.resolved_database_url)
+                self._jobs = JobRepository(self._db)
+                self._keys = ApiKeyRepository(self._db)
+                self._cache = ProgramCacheRepository(self._db)
                 self._programs = ProgramRegistry(self._db)
                 self._datasets = Datasets(self._db)
                 self._optimizations = OptimizationRepository(self._db)
@@ -155,6 +167,27 @@ class App:
         self._open()
         assert self._optimizations is not None  # set by _open()
         return self._optimizations
+
+    @property
+    def jobs(self) -> JobRepository:
+        """The durable job queue (``dspex.jobs`` submits to it, ``dspex worker`` runs it)."""
+        self._open()
+        assert self._jobs is not None  # set by _open()
+        return self._jobs
+
+    @property
+    def keys(self) -> ApiKeyRepository:
+        """The service's API keys (hashed; see :mod:`dspex.store.keys`)."""
+        self._open()
+        assert self._keys is not None  # set by _open()
+        return self._keys
+
+    @property
+    def cache(self) -> ProgramCacheRepository:
+        """The program-level result cache shared through the database (see :meth:`run`)."""
+        self._open()
+        assert self._cache is not None  # set by _open()
+        return self._cache
 
     def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
         """The module and version id to run for a registered program name."""
@@ -219,7 +252,7 @@ class App:
             if self._db is not None:
                 self._db.dispose()
             self._writer = self._executions = self._db = self._programs = self._datasets = None
-            self._optimizations = None
+            self._optimizations = self._jobs = self._keys = self._cache = None
 
     def __enter__(self) -> App:
         return self

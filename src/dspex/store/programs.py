@@ -71,13 +71,15 @@ _TICK = dt.timedelta(microseconds=1)
 
 @dataclass(frozen=True, slots=True)
 class ProgramRecord:
-    """One registered program: its name, description and source (how to build it)."""
+    """One registered program: its name, description and source (how to build it), and how long its
+    results may be served from the program-level cache (``None``: not cached)."""
 
     name: str
     description: str
     source: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
+    cache_ttl_s: int | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ProgramRecord:
@@ -87,6 +89,7 @@ class ProgramRecord:
             source=row["source"],
             created_at=aware(row["created_at"]),
             updated_at=aware(row["updated_at"]),
+            cache_ttl_s=row["cache_ttl_s"],
         )
 
 
@@ -186,6 +189,19 @@ class ProgramRepository:
                 )
                 row = connection.execute(sa.select(programs).where(p.name == name)).one()
         return ProgramRecord.from_row(row._mapping), changed
+
+    def set_cache_ttl(self, name: str, ttl_s: int | None) -> ProgramRecord:
+        """Cache ``name``'s results for ``ttl_s`` seconds (``None`` turns the cache off)."""
+        with self.db.write() as connection:
+            updated = connection.execute(
+                sa.update(programs)
+                .where(programs.c.name == name)
+                .values(cache_ttl_s=ttl_s, updated_at=utcnow())
+            )
+            if updated.rowcount != 1:
+                raise ConfigurationError(f"unknown program {name!r}")
+            row = connection.execute(sa.select(programs).where(programs.c.name == name)).one()
+        return ProgramRecord.from_row(row._mapping)
 
     def get_program(self, name: str) -> ProgramRecord | None:
         with self.db.read() as connection:

@@ -13,16 +13,20 @@ from sqlalchemy.dialects import postgresql
 
 __all__ = [
     "EXECUTION_STATUSES",
+    "JOB_STATUSES",
     "OPTIMIZATION_STATUSES",
     "TRIAL_STATES",
     "VERSION_STATUSES",
+    "api_keys",
     "dataset_examples",
     "dataset_versions",
     "datasets",
     "executions",
+    "jobs",
     "metadata",
     "optimization_trials",
     "optimizations",
+    "program_cache",
     "program_versions",
     "programs",
     "variable_changes",
@@ -32,7 +36,8 @@ __all__ = [
 JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 VERSION_STATUSES = ("draft", "optimizing", "production", "archived")
 EXECUTION_STATUSES = ("running", "succeeded", "failed", "cancelled", "abandoned")
-OPTIMIZATION_STATUSES = ("running", "succeeded", "failed")
+OPTIMIZATION_STATUSES = ("running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
 
 
@@ -62,6 +67,7 @@ programs = sa.Table(
     sa.Column("source", JSON, nullable=False),
     _when("created_at"),
     _when("updated_at"),
+    sa.Column("cache_ttl_s", sa.Integer, nullable=True),
 )
 
 program_versions = sa.Table(
@@ -210,4 +216,55 @@ optimization_trials = sa.Table(
     _when("started_at"),
     _when("finished_at", nullable=True),
     sa.CheckConstraint(_in("state", TRIAL_STATES), name="state"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("payload", JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
+    _when("run_after"),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    _when("lease_expires_at", nullable=True),
+    _when("heartbeat_at", nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("progress", JSON, nullable=True),
+    sa.Column("result", JSON, nullable=True),
+    sa.Column("error", JSON, nullable=True),
+    sa.Column("created_by", sa.String(200), nullable=True),
+    _when("created_at", index=True),
+    _when("started_at", nullable=True),
+    _when("finished_at", nullable=True),
+    sa.CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+    sa.Index("ix_jobs_status_run_after", "status", "run_after"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", JSON, nullable=False),
+    sa.Column("programs", JSON, nullable=True),
+    _when("created_at"),
+    _when("revoked_at", nullable=True),
+    _when("last_used_at", nullable=True),
+)
+
+program_cache = sa.Table(
+    "program_cache",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("program", sa.String(200), nullable=False, index=True),
+    sa.Column("version_id", sa.String(64), nullable=False),
+    sa.Column("outputs", JSON, nullable=False),
+    sa.Column("execution_id", sa.String(36), nullable=True),
+    _when("created_at"),
+    _when("expires_at", index=True),
 )

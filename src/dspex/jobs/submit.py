@@ -1,0 +1,139 @@
+"""Submitting jobs: optimizations and batch evaluations, checked before they are queued.
+
+Everything a worker needs is in the job's JSON payload, pinned at submission: the program version id
+(not "production", which may move), the dataset version, the space document, the metric by name. Bad
+input is refused here, with a ``UserError`` naming what to change, so a queued job fails only for
+reasons that arise while it runs. ::
+
+    job = submit_optimization(app, program="qa", dataset="qa-set", space=document, n_trials=30)
+    app.jobs.get(job.id).status      # queued -> running -> succeeded; job.payload["optimization_id"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dspex.errors import ConfigurationError, did_you_mean
+
+if TYPE_CHECKING:
+    from dspex.runtime.app import App
+    from dspex.store.jobs import JobRecord
+
+__all__ = ["EVALUATE", "METRICS", "OPTIMIZE", "submit_evaluation", "submit_optimization"]
+
+OPTIMIZE = "optimize"
+EVALUATE = "evaluate"
+METRICS = ("exact_match", "f1")
+PAYLOAD_VERSION = 1
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigurationError(did_you_mean(metric, METRICS, what="metric"))
+
+
+def _pinned_dataset(app: App, dataset: str, split: str | None) -> str:
+    version = app.datasets.resolve(dataset)
+    if split is not None and split not in version.splits:
+        raise ConfigurationError(
+            f"dataset {version.dataset!r} has no split {split!r}; it has {sorted(version.splits) or 'none'}"
+        )
+    return f"{version.dataset}@{version.id}"
+
+
+def submit_optimization(
+    app: App,
+    *,
+    program: str,
+    dataset: str,
+    space: Mapping[str, Any],
+    n_trials: int,
+    split: str | None = None,
+    metric: str = "exact_match",
+    objectives: Sequence[str] = ("quality",),
+    seed: int = 0,
+    version_id: str | None = None,
+    max_lm_calls: int | None = None,
+    created_by: str | None = None,
+    max_attempts: int = 3,
+) -> JobRecord:
+    """Queue an optimization of ``program`` (see :meth:`dspex.App.optimize`); ``space`` is a space
+    document (``dspex.variables.spacefile``). The job's payload carries the optimization id, so a job
+    taken up again after its worker died resumes the same run with its completed trials."""
+    from dspex.optimize.search import OBJECTIVES
+    from dspex.variables.spacefile import space_document, space_from_document
+
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ConfigurationError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    if max_lm_calls is not None and max_lm_calls < 1:
+        raise ConfigurationError(f"max_lm_calls must be >= 1, got {max_lm_calls!r}")
+    wanted = list(dict.fromkeys(objectives))
+    if not wanted or wanted[0] != "quality":
+        raise ConfigurationError(f"objectives start with 'quality', then any of cost, latency; got {wanted}")
+    for objective in wanted:
+        if objective not in OBJECTIVES:
+            raise ConfigurationError(did_you_mean(objective, OBJECTIVES, what="objective"))
+    _check_metric(metric)
+    parsed_space, bindings = space_from_document(space)
+    version = app.programs.resolve(program, version_id)
+    pinned = _pinned_dataset(app, dataset, split)
+    import uuid
+
+    job_id = uuid.uuid4().hex
+    payload = {
+        "v": PAYLOAD_VERSION,
+        "program": program,
+        "version_id": version.id,
+        "dataset": pinned,
+        "split": split,
+        "space": space_document(parsed_space, bindings),
+        "n_trials": n_trials,
+        "metric": metric,
+        "objectives": wanted,
+        "seed": seed,
+        "max_lm_calls": max_lm_calls,
+        "optimization_id": f"opt-{job_id[:16]}",
+    }
+    return app.jobs.enqueue(
+        OPTIMIZE, payload, job_id=job_id, created_by=created_by, max_attempts=max_attempts
+    )
+
+
+def submit_evaluation(
+    app: App,
+    *,
+    program: str,
+    dataset: str,
+    split: str | None = None,
+    metric: str = "exact_match",
+    version_id: str | None = None,
+    variables: Mapping[str, Any] | None = None,
+    space: Mapping[str, Any] | None = None,
+    created_by: str | None = None,
+    max_attempts: int = 3,
+) -> JobRecord:
+    """Queue a batch evaluation of ``program`` over ``dataset``; with ``variables`` (a configuration)
+    the program is configured through ``space``'s bindings first."""
+    _check_metric(metric)
+    document = None
+    if variables is not None:
+        if space is None:
+            raise ConfigurationError("variables= needs space= (its bindings say where the values go)")
+        from dspex.variables.spacefile import space_document, space_from_document
+
+        parsed_space, bindings = space_from_document(space)
+        parsed_space.validate(dict(variables))
+        document = space_document(parsed_space, bindings)
+    version = app.programs.resolve(program, version_id)
+    payload = {
+        "v": PAYLOAD_VERSION,
+        "program": program,
+        "version_id": version.id,
+        "dataset": _pinned_dataset(app, dataset, split),
+        "split": split,
+        "metric": metric,
+        "variables": dict(variables) if variables is not None else None,
+        "space": document,
+    }
+    return app.jobs.enqueue(EVALUATE, payload, created_by=created_by, max_attempts=max_attempts)
