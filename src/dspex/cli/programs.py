@@ -49,6 +49,7 @@ def _program_json(record: ProgramRecord, versions: list[ProgramVersion]) -> dict
         "source": record.source,
         "production_version": production,
         "versions": len(versions),
+        "cache_ttl_s": record.cache_ttl_s,
         "created_at": record.created_at.isoformat(),
         "updated_at": record.updated_at.isoformat(),
     }
@@ -199,6 +200,8 @@ def show(name: str = typer.Argument(..., help="Program name."), as_json: bool = 
     if record.source.get("kind") == "spec":
         out.print(f"spec: {text(record.source.get('spec'))}")
     out.print(f"created {fmt_time(record.created_at)}, updated {fmt_time(record.updated_at)}")
+    cache = f"results cached for {record.cache_ttl_s} s" if record.cache_ttl_s else "results not cached"
+    out.print(f"cache: {cache} (`dspex programs cache {text(record.name)} --ttl SECONDS | --off`)")
     table = Table(title=f"Versions of {text(record.name)} (newest first; * = what `dspex run` uses)")
     for column in ("", "version", "status", "created", "promoted", "parent", "note", "dspy"):
         table.add_column(column)
@@ -249,6 +252,32 @@ def set_status(
         # The registry checks the status name itself and says which moves are allowed.
         changed = registry.set_status(registry.resolve(name, version).id, cast("VersionStatus", status))
     _report(changed, "set", as_json)
+
+
+@app.command("cache")
+def cache(
+    name: str = typer.Argument(..., help="Program name."),
+    ttl: int | None = typer.Option(
+        None, "--ttl", min=1, help="Serve repeated runs from the cache for this many seconds."
+    ),
+    off: bool = typer.Option(False, "--off", help="Stop caching (stored entries are deleted)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Turn the program-level cache on (with a TTL) or off. Cached runs return the stored outputs of an
+    earlier run with the same version, variables and inputs, without running DSPy, and are recorded
+    as cache hits."""
+    with open_app() as dspex_app:  # turns errors into messages and exit code 2
+        if (ttl is None) == (not off):
+            raise ConfigurationError("pass exactly one of --ttl SECONDS or --off")
+        dspex_app.set_cache(name, None if off else ttl)
+        cleared = dspex_app.cache.clear(name) if off else 0
+    if as_json:
+        emit_json({"program": name, "cache_ttl_s": None if off else ttl, "cleared": cleared})
+        return
+    if off:
+        console().print(f"[bold]{text(name)}[/]: cache off ({cleared} stored entries deleted)")
+    else:
+        console().print(f"[bold]{text(name)}[/]: repeated runs served from the cache for {ttl} s")
 
 
 def _report(version: ProgramVersion, verb: str, as_json: bool) -> None:

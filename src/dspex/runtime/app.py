@@ -63,6 +63,7 @@ class RunResult:
     duration_ms: float
     usage: dict[str, dict[str, Any]]
     cost_usd: float | None
+    cache_hit: bool = False
 
 
 # program -> its input signature; walking a program's parameters on every run would be O(size of the
@@ -90,6 +91,64 @@ def _find_input_signature(program: Any) -> Any:
     return single_signature(program)
 
 
+POLICY_REFRESH_S = 1.0  # how stale a process's view of a program's cache TTL and production version may be
+MEMO_FRESH_S = 5.0  # how long a process serves a shared cache entry it read without re-reading it
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    ttl_s: int | None
+    version_id: str
+    fresh_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheSlot:
+    """A cache miss: where the run's outputs go when it succeeds."""
+
+    key: str
+    ttl_s: int
+    version_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoEntry:
+    outputs: dict[str, Any]
+    expires_at: datetime.datetime
+    fresh_until: float
+
+
+class _Memo:
+    """A bounded, thread-safe memo of shared cache entries this process read or wrote."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._items: dict[str, _MemoEntry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> _MemoEntry | None:
+        return self._items.get(key)
+
+    def put(self, key: str, outputs: dict[str, Any], expires_at: datetime.datetime) -> _MemoEntry:
+        entry = _MemoEntry(outputs, expires_at, time.monotonic() + MEMO_FRESH_S)
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.pop(next(iter(self._items)))  # the oldest insertion
+            self._items[key] = entry
+        return entry
+
+
+def _cache_key(
+    name: str, version_id: str, inputs: Mapping[str, Any] | None, variables: Mapping[str, Any] | None
+) -> str | None:
+    from dspex.store.cache import cache_key
+
+    try:
+        return cache_key(name, version_id, variables, inputs or {})
+    except (TypeError, ValueError):  # not JSON (or NaN): such inputs run without the cache
+        return None
+
+
 class App:
     """Runs programs and records them. Thread-safe; one per process is the usual shape."""
 
@@ -115,6 +174,8 @@ class App:
         self._jobs: JobRepository | None = None
         self._keys: ApiKeyRepository | None = None
         self._cache: ProgramCacheRepository | None = None
+        self._policies: dict[str, _Policy] = {}
+        self._memo = _Memo()
         self.abandoned: list[str] = []
 
     # -- resources -----------------------------------------------------------------------------------
@@ -386,8 +447,16 @@ class App:
         """
         if isinstance(program, str):
             name = program
+            cached = self._cache_lookup(name, version_id, program_name, inputs, variables)
+            if isinstance(cached, RunResult):
+                return cached
             program, version_id = self._registered(name, version_id, program_name)
             program_name = name
+            run = _Run(self, program, inputs, lm, program_name, version_id, variables)
+            result = run.finish(run.execute_sync)
+            if isinstance(cached, _CacheSlot):
+                self._cache_store(cached, name, version_id, result)
+            return result
         run = _Run(self, program, inputs, lm, program_name, version_id, variables)
         return run.finish(run.execute_sync)
 
@@ -403,9 +472,18 @@ class App:
         variables: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
+        cached: _CacheSlot | RunResult | None = None
         if isinstance(program, str):
-            # Loading reads the database and may build the program: keep it off the event loop.
             name = program
+            # A hit is answered from the in-process memo without touching the event loop's thread
+            # pool; anything that reads the database or builds the program runs off the loop.
+            cached = self._cache_memo_hit(name, version_id, inputs, variables)
+            if cached is None:
+                cached = await asyncio.to_thread(
+                    self._cache_lookup, name, version_id, program_name, inputs, variables
+                )
+            if isinstance(cached, RunResult):
+                return cached
             program, version_id = await asyncio.to_thread(self._registered, name, version_id, program_name)
             program_name = name
         run = _Run(self, program, inputs, lm, program_name, version_id, variables)
@@ -413,7 +491,145 @@ class App:
             prediction = await run.execute_async()
         except BaseException as exc:
             raise run.failed(exc) from exc
-        return run.succeeded(prediction)
+        result = run.succeeded(prediction)
+        if isinstance(cached, _CacheSlot) and program_name is not None and version_id is not None:
+            await asyncio.to_thread(self._cache_store, cached, program_name, version_id, result)
+        return result
+
+    # -- the program-level cache ----------------------------------------------------------------------
+    def _cache_memo_hit(
+        self,
+        name: str,
+        version_id: str | None,
+        inputs: Mapping[str, Any] | None,
+        variables: Mapping[str, Any] | None,
+    ) -> RunResult | None:
+        """A hit from this process's memo of the shared cache, if the program's policy is memoised too."""
+        policy = self._policies.get(name)
+        if policy is None or policy.ttl_s is None or time.monotonic() > policy.fresh_until:
+            return None
+        resolved = version_id or policy.version_id
+        key = _cache_key(name, resolved, inputs, variables)
+        if key is None:
+            return None
+        entry = self._memo.get(key)
+        if entry is None or entry.expires_at <= utcnow() or time.monotonic() > entry.fresh_until:
+            return None
+        return self._record_hit(name, resolved, inputs, variables, entry.outputs)
+
+    def _cache_lookup(
+        self,
+        name: str,
+        version_id: str | None,
+        program_name: str | None,
+        inputs: Mapping[str, Any] | None,
+        variables: Mapping[str, Any] | None,
+    ) -> _CacheSlot | RunResult | None:
+        """For a program with a cache TTL: the recorded hit, or the slot a miss fills. None: no cache."""
+        if program_name is not None and program_name != name:
+            return None  # _registered reports the mismatch
+        policy = self._policy(name)
+        if policy.ttl_s is None:
+            return None
+        resolved = self.programs.resolve(name, version_id).id if version_id is not None else policy.version_id
+        key = _cache_key(name, resolved, inputs, variables)
+        if key is None:
+            return None  # inputs that are not JSON cannot be a cache key; run without the cache
+        entry = self._memo.get(key)
+        if entry is None or entry.expires_at <= utcnow() or time.monotonic() > entry.fresh_until:
+            found = self.cache.get(key)
+            if found is None:
+                return _CacheSlot(key, policy.ttl_s, resolved)
+            entry = self._memo.put(key, found.outputs, found.expires_at)
+        return self._record_hit(name, resolved, inputs, variables, entry.outputs)
+
+    def _record_hit(
+        self,
+        name: str,
+        version_id: str,
+        inputs: Mapping[str, Any] | None,
+        variables: Mapping[str, Any] | None,
+        outputs: dict[str, Any],
+    ) -> RunResult:
+        import dspy
+
+        started = utcnow()
+        t0 = time.perf_counter()
+        execution_id = str(uuid.uuid4())
+        prediction = dspy.Prediction(**outputs)
+        duration_ms = (time.perf_counter() - t0) * 1000
+        if self.record:
+            self._open()[1].submit(
+                {
+                    "id": execution_id,
+                    "program": name,
+                    "version_id": version_id,
+                    "inputs": dict(inputs or {}),
+                    "variables": to_jsonable(dict(variables)) if variables else None,
+                    "started_at": started,
+                    "runner": current_runner(),
+                    "cache_hit": True,
+                    "status": "succeeded",
+                    "outputs": outputs,
+                    "error": None,
+                    "ended_at": started,
+                    "duration_ms": duration_ms,
+                    "usage": None,
+                    "total_tokens": 0,
+                    "cost_usd": 0.0,
+                    "trace": None,
+                }
+            )
+        return RunResult(
+            execution_id=execution_id,
+            outputs=outputs,
+            prediction=prediction,
+            duration_ms=duration_ms,
+            usage={},
+            cost_usd=0.0,
+            cache_hit=True,
+        )
+
+    def _cache_store(self, slot: _CacheSlot, name: str, version_id: str, result: RunResult) -> None:
+        if version_id != slot.version_id:
+            return  # production moved between the lookup and the run: this result is another version's
+        self.cache.put(
+            slot.key,
+            program=name,
+            version_id=version_id,
+            outputs=result.outputs,
+            ttl_s=slot.ttl_s,
+            execution_id=result.execution_id,
+        )
+        self._memo.put(slot.key, result.outputs, utcnow() + datetime.timedelta(seconds=slot.ttl_s))
+
+    def _policy(self, name: str) -> _Policy:
+        """Program ``name``'s cache TTL and default version, re-read at most every POLICY_REFRESH_S."""
+        policy = self._policies.get(name)
+        if policy is not None and time.monotonic() <= policy.fresh_until:
+            return policy
+        record = self.programs.get(name)
+        version = self.programs.resolve(name).id if record.cache_ttl_s is not None else ""
+        policy = _Policy(record.cache_ttl_s, version, time.monotonic() + POLICY_REFRESH_S)
+        self._policies[name] = policy
+        return policy
+
+    def set_cache(self, name: str, ttl_s: int | None) -> None:
+        """Serve ``name``'s results from the program-level cache for ``ttl_s`` seconds (None: off).
+
+        With a TTL, a run of ``name`` whose version, variables and inputs equal an earlier successful
+        run's returns that run's outputs without running DSPy, and is recorded as a cache hit. The
+        cache lives in the database (every process shares it); each process also memoises what it
+        read for up to ``MEMO_FRESH_S`` seconds, and re-reads a program's TTL and production version at
+        most every ``POLICY_REFRESH_S`` seconds, so a change made elsewhere applies within that time.
+        """
+        if ttl_s is not None and (not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or ttl_s < 1):
+            raise ConfigurationError(
+                f"a cache TTL is a whole number of seconds >= 1 (or None), got {ttl_s!r}"
+            )
+        self.programs.get(name)
+        self.programs.repository.set_cache_ttl(name, ttl_s)
+        self._policies.pop(name, None)
 
 
 def _metric(metric: Any) -> Any:
