@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from dspex.cli import datasets, demo, executions, optimize, pipeline, programs, run, simlm
+from dspex.cli import datasets, demo, executions, jobs, keys, optimize, pipeline, programs, run, serve, simlm
 
 app = typer.Typer(
     help="DSPex: run DSPy programs in production.",
@@ -22,6 +22,10 @@ app.add_typer(datasets.app, name="datasets")
 app.add_typer(pipeline.app, name="pipeline")
 app.command("optimize")(optimize.optimize)
 app.add_typer(optimize.app, name="optimizations")
+app.command("serve")(serve.serve)
+app.add_typer(keys.app, name="keys")
+app.command("worker")(jobs.worker)
+app.add_typer(jobs.app, name="jobs")
 
 
 @app.command("version")

@@ -2,8 +2,46 @@
 
 The queue is the ``jobs`` table of the project database (:mod:`dspex.store.jobs`): leases, heartbeats,
 retries with backoff and cancellation; any number of workers on any machine that shares the database.
+::
+
+    job = submit_optimization(app, program="qa", dataset="qa-set", space=document, n_trials=30)
+    Worker(app).run(stop_when_idle=True)        # or `dspex worker` in as many processes as you like
+    app.jobs.get(job.id).result                 # {"optimization_id": ..., "best": {...}, ...}
+
+The worker and its handlers (and the database code under them) load on first use of their names.
 """
 
+import typing as _typing
+
+from dspex import _lazy
+from dspex.jobs._context import JobContext, JobInterrupted, StopReason
 from dspex.jobs.submit import EVALUATE, OPTIMIZE, submit_evaluation, submit_optimization
 
-__all__ = ["EVALUATE", "OPTIMIZE", "submit_evaluation", "submit_optimization"]
+if _typing.TYPE_CHECKING:
+    from dspex.jobs.handlers import HANDLERS, Handler
+    from dspex.jobs.worker import Outcome, Worker, WorkerEvent
+
+_LAZY = {
+    "HANDLERS": "dspex.jobs.handlers",
+    "Handler": "dspex.jobs.handlers",
+    "Outcome": "dspex.jobs.worker",
+    "Worker": "dspex.jobs.worker",
+    "WorkerEvent": "dspex.jobs.worker",
+}
+
+__all__ = [
+    "EVALUATE",
+    "HANDLERS",
+    "OPTIMIZE",
+    "Handler",
+    "JobContext",
+    "JobInterrupted",
+    "Outcome",
+    "StopReason",
+    "Worker",
+    "WorkerEvent",
+    "submit_evaluation",
+    "submit_optimization",
+]
+
+__getattr__, __dir__ = _lazy.attach("dspex.jobs", _LAZY, globals(), __all__)

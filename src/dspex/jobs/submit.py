@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dspex.runtime.app import App
     from dspex.store.jobs import JobRecord
 
-__all__ = ["EVALUATE", "METRICS", "OPTIMIZE", "submit_evaluation", "submit_optimization"]
+__all__ = ["EVALUATE", "METRICS", "OPTIMIZE", "optimization_job", "submit_evaluation", "submit_optimization"]
 
 OPTIMIZE = "optimize"
 EVALUATE = "evaluate"
@@ -40,6 +40,16 @@ def _pinned_dataset(app: App, dataset: str, split: str | None) -> str:
             f"dataset {version.dataset!r} has no split {split!r}; it has {sorted(version.splits) or 'none'}"
         )
     return f"{version.dataset}@{version.id}"
+
+
+def optimization_job(app: App, optimization_id: str) -> JobRecord | None:
+    """The job that runs ``optimization_id`` (an id :func:`submit_optimization` made), or None."""
+    if not optimization_id.startswith("opt-"):
+        return None
+    for job in app.jobs.with_prefix(optimization_id[4:], kind=OPTIMIZE):
+        if job.payload.get("optimization_id") == optimization_id:
+            return job
+    return None
 
 
 def submit_optimization(

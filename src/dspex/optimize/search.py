@@ -33,6 +33,11 @@ params, values, intermediate values and sampler/pruner attributes) and continues
 aborted evaluations, trials of a killed process) do not count, so the requested number is reached
 exactly. One process runs an optimization at a time: a second one is detected when the numbers
 diverge and stops with an error.
+
+Stopping early: ``on_trial`` may raise :class:`OptimizationStopped` after any trial (a job worker does,
+when its job is cancelled or handed to another worker). With ``cancelled=True`` the run is recorded
+``cancelled``; otherwise it stays ``running``, to be resumed by whoever optimizes it next. The trials
+finished so far are kept either way, and no trial is left running.
 """
 
 from __future__ import annotations
@@ -65,11 +70,38 @@ from dspex.variables.configuration import Configuration
 from dspex.variables.kinds import ChoiceVariable, FloatVariable, IntVariable
 from dspex.variables.space import Leaf, VariableSpace
 
-__all__ = ["OBJECTIVES", "HolisticOptimizer", "Objective", "OptimizationResult", "Pruning", "TrialProgress"]
+__all__ = [
+    "OBJECTIVES",
+    "HolisticOptimizer",
+    "Objective",
+    "OptimizationResult",
+    "OptimizationStopped",
+    "Pruning",
+    "TrialProgress",
+]
 
 Objective = Literal["quality", "cost", "latency"]
 OBJECTIVES: Mapping[str, str] = {"quality": "maximize", "cost": "minimize", "latency": "minimize"}
 _ABANDONED = "the process running this trial stopped before it finished"
+
+
+class OptimizationStopped(Exception):
+    """Raised by an ``on_trial`` callback to stop a run after the trial it was told about.
+
+    ``cancelled=True``: the run ends ``cancelled``. ``cancelled=False``: the run stays ``running`` so that
+    another process (the job's next worker) resumes it. The exception propagates to the caller.
+    """
+
+    def __init__(self, message: str, *, cancelled: bool) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_stopped, (str(self), self.cancelled))
+
+
+def _stopped(message: str, cancelled: bool) -> OptimizationStopped:
+    return OptimizationStopped(message, cancelled=cancelled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +301,15 @@ class HolisticOptimizer:
         registry: Any = None,
         program_name: str | None = None,
         on_trial: Callable[[TrialProgress], None] | None = None,
+        should_stop: Callable[[], None] | None = None,
     ) -> OptimizationResult:
         """Run (or resume) the search. ``db`` keeps the run (a Database or URL; default a temporary
         SQLite file, so no resume); the same ``optimization_id`` (default: derived from the space,
         objectives, seed, program and devset) resumes it. With ``registry`` and ``program_name`` the best
         configured program is saved as a version in ``optimizing``. ``on_trial`` is called with a
-        :class:`TrialProgress` after each trial this process runs (for progress displays)."""
+        :class:`TrialProgress` after each trial this process runs (for progress displays);
+        ``should_stop`` before each trial starts: it raises :class:`OptimizationStopped` to stop there
+        (a job worker that was cancelled or lost its lease must not start another trial)."""
         devset = list(devset)
         if not devset:
             raise ConfigurationError("the devset is empty; the optimizer needs examples to score trials")
@@ -315,8 +350,12 @@ class HolisticOptimizer:
                 repo = OptimizationRepository(database)
                 self._start(repo, run_id, program_name, settings)
                 try:
-                    self._search(repo, run_id, program, shuffled, base, on_trial)
+                    self._search(repo, run_id, program, shuffled, base, on_trial, should_stop)
                     return self._finish(repo, run_id, program, devset, trainset, registry, program_name)
+                except OptimizationStopped as exc:
+                    if exc.cancelled:
+                        repo.update(run_id, status="cancelled", error=f"cancelled: {exc}")
+                    raise
                 except Exception as exc:
                     repo.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
                     raise
@@ -352,12 +391,17 @@ class HolisticOptimizer:
 
     def _study(self, repo: OptimizationRepository, run_id: str) -> optuna.Study:
         directions = [OBJECTIVES[o] for o in self.objectives]
+        repo.abandon_running(run_id, _ABANDONED)
+        replayed = repo.trials(run_id)
         sampler = self._sampler
         if sampler is None:
+            # A resumed run seeds its sampler past the trials it replays: the same seed would draw the
+            # same random start-up configurations again and spend LM calls re-trying them.
+            seed = self.seed + len(replayed)
             if len(directions) == 1:
-                sampler = optuna.samplers.TPESampler(seed=self.seed)
+                sampler = optuna.samplers.TPESampler(seed=seed)
             else:
-                sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=16)
+                sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
         pruner: optuna.pruners.BasePruner = (
             optuna.pruners.SuccessiveHalvingPruner(
                 min_resource=self.pruning.min_examples, reduction_factor=self.pruning.growth
@@ -366,8 +410,7 @@ class HolisticOptimizer:
             else optuna.pruners.NopPruner()
         )
         study = optuna.create_study(directions=directions, sampler=sampler, pruner=pruner, study_name=run_id)
-        repo.abandon_running(run_id, _ABANDONED)
-        for t in repo.trials(run_id):
+        for t in replayed:
             stored = t.params
             distributions = {k: json_to_distribution(d) for k, d in stored.get("distributions", {}).items()}
             values = None
@@ -396,6 +439,7 @@ class HolisticOptimizer:
         devset: list[Any],
         base: str,
         on_trial: Callable[[TrialProgress], None] | None = None,
+        should_stop: Callable[[], None] | None = None,
     ) -> None:
         study = self._study(repo, run_id)
         previous = repo.trials(run_id)
@@ -407,6 +451,8 @@ class HolisticOptimizer:
         while repo.count(run_id) < self.n_trials:
             if self.max_lm_calls is not None and lm_calls >= self.max_lm_calls:
                 break
+            if should_stop is not None:
+                should_stop()  # raises OptimizationStopped before a trial is started
             trial = study.ask()
             params, distributions = self._suggest(trial)
             number = repo.start_trial(

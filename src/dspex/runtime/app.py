@@ -288,7 +288,7 @@ class App:
         cutoff = utcnow() - datetime.timedelta(days=days) if days is not None else None
         return self.executions.prune(older_than=cutoff, keep_per_program=keep, traces_only=only_traces)
 
-    def _default_lm(self, program: Any) -> Any:
+    def default_lm(self, program: Any) -> Any:
         """The LM a run uses when none is passed: the App's, or None when no predictor would use it.
 
         A program version saved with an LM per predictor runs on those LMs without any LM configured;
@@ -342,6 +342,7 @@ class App:
         concurrency: int = 8,
         optimization_id: str | None = None,
         on_trial: Callable[[TrialProgress], None] | None = None,
+        should_stop: Callable[[], None] | None = None,
     ) -> OptimizationResult:
         """Search ``space`` for the registered program ``program_name`` on dataset ``dataset``; the best
         configured program becomes a new version in ``optimizing`` (``result.version_id``), which
@@ -365,9 +366,9 @@ class App:
 
         resolved = self.programs.resolve(program_name, version_id)
         program = self.programs.build(resolved)
-        trainset, devset = self._optimization_examples(dataset, split)
+        trainset, devset = self.examples(dataset, split)
         if lms is None:
-            lms = self._space_lms(space)
+            lms = self.space_lms(space)
         if lm is None and (self._lm is not None or self.settings.lm):
             lm = self.lm()
         if pruning is None:
@@ -399,9 +400,13 @@ class App:
             registry=self.programs,
             program_name=program_name,
             on_trial=on_trial,
+            should_stop=should_stop,
         )
 
-    def _optimization_examples(self, dataset: str, split: str | None) -> tuple[list[Any], list[Any]]:
+    def examples(self, dataset: str, split: str | None = None) -> tuple[list[Any], list[Any]]:
+        """``(trainset, devset)`` of ``dataset`` (a name, or ``name@version``), by the rule
+        :meth:`optimize` documents: ``split``, else dev/val/validation, else every example; ``train``
+        is the trainset unless it is the devset."""
         version = self.datasets.resolve(dataset)
         splits = version.splits
         train = self.datasets.examples(version, split="train") if "train" in splits else []
@@ -416,7 +421,8 @@ class App:
             )
         return train, devset
 
-    def _space_lms(self, space: VariableSpace) -> dict[str, Any] | None:
+    def space_lms(self, space: VariableSpace) -> dict[str, Any] | None:
+        """An LM per choice of the space's model variables, built from the settings (or None)."""
         from dspex.lm import build_lm
         from dspex.variables import ModelVariable
 
@@ -663,7 +669,7 @@ class _Run:
         self.app = app
         self.program = program
         self.inputs = dict(inputs or {})
-        self.lm = lm if lm is not None else app._default_lm(program)
+        self.lm = lm if lm is not None else app.default_lm(program)
         self.id = str(uuid.uuid4())
         self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
         self.started_at = utcnow()

@@ -12,6 +12,7 @@ States::
 
     queued -> running -> succeeded | failed | cancelled
     running -> queued          a retryable failure (attempts left): due again after a backoff
+    running -> queued          release(): its worker is shutting down; due at once, the attempt not counted
     running -> running         its worker died: the next claim takes it over (a new attempt)
     queued -> cancelled        cancel() before any worker took it
     running -> cancelled       cancel() sets cancel_requested; the worker sees it at its next
@@ -25,6 +26,7 @@ is kept in ``error["attempts"]``.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
@@ -200,6 +202,23 @@ class JobRepository:
         with self.db.read() as connection:
             return [JobRecord.from_row(row._mapping) for row in connection.execute(query)]
 
+    def with_prefix(
+        self, prefix: str, *, kind: str | None = None, limit: int = 10
+    ) -> builtins.list[JobRecord]:
+        """Jobs whose id starts with ``prefix`` (hex only), newest first: a range scan of the primary key."""
+        if not prefix or any(ch not in "0123456789abcdef" for ch in prefix):
+            return []
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.id >= prefix, jobs.c.id < prefix + "g")  # "g" sorts after every hex digit
+            .order_by(jobs.c.created_at.desc())
+            .limit(limit)
+        )
+        if kind is not None:
+            query = query.where(jobs.c.kind == kind)
+        with self.db.read() as connection:
+            return [JobRecord.from_row(row._mapping) for row in connection.execute(query)]
+
     def counts(self) -> dict[str, int]:
         """The number of jobs in each status (every status present, zeros included)."""
         with self.db.read() as connection:
@@ -353,6 +372,23 @@ class JobRepository:
                 values.update(status="queued", run_after=now + dt.timedelta(seconds=delay))
             else:
                 values.update(status="cancelled" if job.cancel_requested else "failed", finished_at=now)
+            connection.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+            return _read(connection, job_id)
+
+    def release(self, job_id: str, worker: str) -> JobRecord | None:
+        """Give a running job back to the queue because its worker is stopping (not because it failed):
+        ``queued`` and due at once, the attempt not counted; ``cancelled`` if a cancel was requested.
+        Returns the job, or None if ``worker`` no longer holds it."""
+        now = utcnow()
+        with self.db.write() as connection:
+            job = _read(connection, job_id, for_update=True)
+            if job.lease_owner != worker or job.status != "running":
+                return None
+            values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+            if job.cancel_requested:
+                values.update(status="cancelled", finished_at=now)
+            else:
+                values.update(status="queued", run_after=now, attempts=max(0, job.attempts - 1))
             connection.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
             return _read(connection, job_id)
 

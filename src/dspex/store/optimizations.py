@@ -2,8 +2,9 @@
 
 Table ``optimizations``: one row per run, keyed by the optimization id the caller picks (or the
 optimizer derives), with the search space, objectives, budget and settings as JSON, the status
-(``running`` / ``succeeded`` / ``failed``), and once done the best configuration or the Pareto front and
-the program version saved from it.
+(``running`` / ``succeeded`` / ``failed`` / ``cancelled``), and once done the best configuration or the
+Pareto front and the program version saved from it. A run left ``running`` by a process that stopped (it
+died, or its job was handed to another worker) is resumed by the next process that optimizes it.
 
 Table ``optimization_trials``: one row per trial, keyed by (optimization id, trial number). The number
 is taken in the same write transaction that inserts the row (``max + 1``), so numbers never repeat. A
@@ -36,7 +37,7 @@ from dspex.store.schema import optimization_trials, optimizations
 __all__ = ["OptimizationRecord", "OptimizationRepository", "TrialRecord", "TrialState"]
 
 TrialState = Literal["running", "complete", "pruned", "failed"]
-OptimizationStatus = Literal["running", "succeeded", "failed"]
+OptimizationStatus = Literal["running", "succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)

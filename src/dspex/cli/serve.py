@@ -1,0 +1,65 @@
+"""``dspex serve``: the REST service (FastAPI on uvicorn) over this project's database and settings.
+
+dspex keys create ci --scope runs:execute --scope programs:read
+dspex serve --host 0.0.0.0 --port 8000
+dspex serve --no-auth                  # local only: no API keys, refuses any non-loopback host
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import typer
+
+from dspex.cli._render import errors
+from dspex.errors import ConfigurationError
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 for every one)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0 picks a free one)."),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Local-only mode without API keys; refuses a non-loopback --host."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help=f"One of {', '.join(_LOG_LEVELS)}."),
+) -> None:
+    """Serve the REST API (OpenAPI document at /openapi.json, docs at /docs)."""
+    with errors():
+        if log_level not in _LOG_LEVELS:
+            raise ConfigurationError(f"--log-level is one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+        if no_auth and not is_loopback(host):
+            raise ConfigurationError(
+                f"--no-auth serves without API keys and only on a loopback host (127.0.0.1, ::1, localhost); "
+                f"got --host {host}. Create a key with `dspex keys create` to serve on the network"
+            )
+        try:
+            import uvicorn
+
+            from dspex.server import create_app
+        except ImportError as exc:  # the server extra is not installed
+            raise ConfigurationError(
+                f"dspex serve needs the server extra: pip install 'dspex[server]' ({exc})"
+            ) from None
+        from dspex.runtime.app import App
+        from dspex.settings import Settings
+
+        with App(Settings.load()) as dspex_app:
+            if no_auth:
+                typer.echo(
+                    "warning: serving WITHOUT authentication (--no-auth), on this machine only", err=True
+                )
+            api = create_app(dspex_app, auth=not no_auth)
+            # The access log prints method, path and status: never headers, so never a key.
+            uvicorn.run(api, host=host, port=port, log_level=log_level, proxy_headers=False)

@@ -1,0 +1,219 @@
+"""Job handlers: what a worker does for each kind of job (see :mod:`dspex.jobs.submit` for the payloads).
+
+A handler takes the App, the claimed job and its :class:`~dspex.jobs.JobContext`, and returns the job's
+JSON result; it raises :class:`~dspex.jobs.JobInterrupted` when the context says stop, and any other
+exception when the job failed (the worker classifies it: a ``UserError`` is not retried). ::
+
+    HANDLERS["optimize"](app, job, context)    # -> {"optimization_id": ..., "best": {...}, ...}
+
+- ``optimize``: :meth:`dspex.App.optimize` with the payload's pinned program version, dataset version and
+  space. The optimization id comes from the payload, so a job taken up again by another worker (its first
+  worker died, or stopped) resumes the same run with its finished trials. It stops at the end of the
+  trial in progress when the job is cancelled (the run is recorded ``cancelled``), or when the lease is
+  lost or the worker stops (the run stays ``running`` for the next worker).
+- ``evaluate``: the pinned program version, configured with the payload's variables through the space's
+  bindings when given, scored by :class:`~dspex.optimize.Evaluator` on the dataset's split; it stops at
+  the next finished example when asked to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dspex.errors import ConfigurationError, did_you_mean
+from dspex.jobs._context import JobContext, JobInterrupted
+from dspex.jobs.submit import EVALUATE, METRICS, OPTIMIZE, PAYLOAD_VERSION
+
+if TYPE_CHECKING:
+    from dspex.optimize.search import TrialProgress
+    from dspex.runtime.app import App
+    from dspex.store.jobs import JobRecord
+
+__all__ = ["HANDLERS", "Handler", "run_evaluation", "run_optimization"]
+
+Handler = Callable[["App", "JobRecord", JobContext], dict[str, Any]]
+RESULT_VERSION = 1
+_T = TypeVar("_T")
+
+
+# -- payload access -------------------------------------------------------------------------------------
+
+
+def _payload(job: JobRecord) -> Mapping[str, Any]:
+    payload = job.payload
+    if not isinstance(payload, Mapping):
+        raise ConfigurationError(f"job {job.id}: the payload is not a JSON object")
+    version = payload.get("v")
+    if version != PAYLOAD_VERSION:
+        raise ConfigurationError(
+            f"job {job.id}: payload version {version!r} is not {PAYLOAD_VERSION}; "
+            "submit it again with this dspex version"
+        )
+    return payload
+
+
+def _optional(job: JobRecord, name: str, kind: type[_T]) -> _T | None:
+    """A payload field of the expected JSON type, or None; a malformed payload is a ConfigurationError,
+    which the worker does not retry."""
+    value = _payload(job).get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):  # JSON true is no count
+        raise ConfigurationError(
+            f"job {job.id}: payload field {name!r} must be a JSON {kind.__name__}, got {value!r}"
+        )
+    return value
+
+
+def _field(job: JobRecord, name: str, kind: type[_T]) -> _T:
+    """A required payload field (see :func:`_optional`)."""
+    value = _optional(job, name, kind)
+    if value is None:
+        raise ConfigurationError(f"job {job.id}: the payload has no {name!r}")
+    return value
+
+
+def _metric(job: JobRecord) -> str:
+    metric = _field(job, "metric", str)
+    if metric not in METRICS:
+        raise ConfigurationError(f"job {job.id}: " + did_you_mean(metric, METRICS, what="metric"))
+    return metric
+
+
+# -- optimize ---------------------------------------------------------------------------------------------
+
+
+def _trial_json(trial: Any) -> dict[str, Any]:
+    return {"trial": trial.number, "configuration": trial.configuration, "scores": trial.scores}
+
+
+def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str, Any]:
+    """Run (or resume) the job's optimization; the result names the run, its best trial and the saved
+    program version."""
+    from dspex.optimize.search import OptimizationStopped
+    from dspex.variables.spacefile import space_from_document
+
+    space, bindings = space_from_document(_field(job, "space", dict))
+    n_trials = _field(job, "n_trials", int)
+    optimization_id = _field(job, "optimization_id", str)
+    objectives = _field(job, "objectives", list)
+    max_lm_calls = _optional(job, "max_lm_calls", int)
+    context.check()
+    # A job taken up again resumes: its progress starts from the trials the run already finished.
+    context.report(
+        {
+            "optimization_id": optimization_id,
+            "finished": app.optimizations.count(optimization_id),
+            "n_trials": n_trials,
+        }
+    )
+
+    def on_trial(progress: TrialProgress) -> None:
+        best = progress.best.scores if progress.best is not None else None
+        context.report(
+            {
+                "optimization_id": optimization_id,
+                "finished": progress.finished,
+                "n_trials": progress.n_trials,
+                "fraction": min(1.0, progress.finished / progress.n_trials),
+                "lm_calls": progress.lm_calls,
+                "best_score": float(best["quality"]) if best else None,
+                "best_trial": progress.best.number if progress.best is not None else None,
+                "last_trial": progress.trial.number,
+                "last_state": progress.trial.state,
+            }
+        )
+        should_stop()
+
+    def should_stop() -> None:
+        reason = context.stop_reason
+        if reason is not None:
+            raise OptimizationStopped(f"job {job.id}: {reason}", cancelled=reason == "cancel")
+
+    try:
+        result = app.optimize(
+            _field(job, "program", str),
+            dataset=_field(job, "dataset", str),
+            space=space,
+            bindings=bindings,
+            n_trials=n_trials,
+            split=_optional(job, "split", str),
+            metric=_metric(job),
+            objectives=[str(o) for o in objectives],
+            seed=_field(job, "seed", int),
+            version_id=_field(job, "version_id", str),
+            max_lm_calls=max_lm_calls,
+            optimization_id=optimization_id,
+            on_trial=on_trial,
+            should_stop=should_stop,
+        )
+    except OptimizationStopped as exc:
+        done = {"optimization_id": optimization_id, "finished": app.optimizations.count(optimization_id)}
+        reason = context.stop_reason or ("cancel" if exc.cancelled else "release")
+        raise JobInterrupted(reason, str(exc), result={**done, "n_trials": n_trials}) from exc
+    return {
+        "v": RESULT_VERSION,
+        "optimization_id": result.id,
+        "program": job.payload["program"],
+        "version_id": result.version_id,
+        "best": _trial_json(result.best),
+        "pareto": [_trial_json(t) for t in result.pareto],
+        "lm_calls": result.lm_calls,
+        "finished": result.finished,
+        "n_trials": n_trials,
+    }
+
+
+# -- evaluate ---------------------------------------------------------------------------------------------
+
+
+def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, Any]:
+    """Score the job's program version on its dataset; the result has the score, counts, LM calls and
+    token usage."""
+    from dspex.optimize import Evaluator
+    from dspex.optimize.metrics import exact_match, f1
+    from dspex.variables.binding import apply
+    from dspex.variables.spacefile import space_from_document
+
+    version_id = _field(job, "version_id", str)
+    dataset = _field(job, "dataset", str)
+    split = _optional(job, "split", str)
+    metric = _metric(job)
+    variables = _optional(job, "variables", dict)
+    program = app.programs.build(app.programs.version(version_id))
+    configuration: dict[str, Any] | None = None
+    if variables is not None:
+        space, bindings = space_from_document(_field(job, "space", dict))
+        validated = space.validate(variables)
+        configuration = validated.to_json()
+        program = apply(program, validated, bindings, lms=app.space_lms(space))
+    examples = app.examples(dataset, split)[1]
+    context.check()
+
+    def progress(done: int, total: int, score: float) -> None:
+        context.report({"done": done, "total": total, "fraction": done / total, "score": score})
+        context.check()  # raising here stops the evaluation: in-flight examples are dropped
+
+    evaluator = Evaluator({"exact_match": exact_match, "f1": f1}[metric], progress=progress)
+    result = evaluator.run(program, examples, lm=app.default_lm(program))
+    return {
+        "v": RESULT_VERSION,
+        "program": _field(job, "program", str),
+        "version_id": version_id,
+        "dataset": dataset,
+        "split": split,
+        "metric": metric,
+        "variables": configuration,
+        "score": result.score,
+        "scores": dict(result.scores),
+        "n": result.n,
+        "total": result.total,
+        "errors": result.errors,
+        "lm_calls": result.lm_calls,
+        "usage": {model: dict(counts) for model, counts in result.usage.items()},
+        "duration_s": round(result.duration_s, 3),
+    }
+
+
+HANDLERS: Mapping[str, Handler] = {OPTIMIZE: run_optimization, EVALUATE: run_evaluation}

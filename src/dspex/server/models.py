@@ -1,0 +1,313 @@
+"""Request and response bodies of the REST service (pydantic lives here, at the boundary, and nowhere else).
+
+Responses are built as plain dicts from the store's ``to_json`` forms and sent without re-validation (the
+run path stays lean); these models document them in the OpenAPI document and validate requests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "DatasetOut",
+    "DatasetUpload",
+    "DatasetVersionOut",
+    "ErrorBody",
+    "ErrorDetail",
+    "ExampleOut",
+    "ExecutionOut",
+    "ExecutionPage",
+    "ExecutionStatsOut",
+    "HealthOut",
+    "JobOut",
+    "OptimizationDetailOut",
+    "OptimizationStart",
+    "OptimizationStarted",
+    "ProgramDetailOut",
+    "ProgramOut",
+    "ProgramRegister",
+    "RunRequest",
+    "RunResultOut",
+    "TrialOut",
+    "VersionOut",
+]
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
+JsonObject = dict[str, Any]
+
+
+class _Strict(BaseModel):
+    """Request bodies refuse unknown fields, so a typo is a 422 naming it rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+    expected: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable error code, e.g. not_found, validation_error, lm_error.")
+    message: str
+    field: str | None = Field(None, description="The request field at fault, when there is one.")
+    path: str | None = Field(None, description="Where in a submitted spec the problem is.")
+    execution_id: str | None = Field(None, description="The execution record of a run that failed.")
+    retryable: bool | None = None
+    detail_code: str | None = Field(None, description="For program_failed: the dspex error code.")
+    issues: list[FieldProblem] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# -- programs -----------------------------------------------------------------------------------------------
+
+
+class ProgramRegister(_Strict):
+    name: Name
+    spec: JsonObject = Field(
+        description="A program spec: {module, signature, options?, tools?, lm?}, as `dspex programs register` "
+        "reads from YAML.",
+        examples=[{"module": "predict", "signature": "question -> answer"}],
+    )
+    description: str | None = Field(None, max_length=10_000)
+    replace: bool = False
+
+
+class VersionOut(BaseModel):
+    id: str
+    program: str
+    status: Literal["draft", "optimizing", "production", "archived"]
+    dspy_version: str
+    variables: JsonObject | None
+    parent_id: str | None
+    note: str
+    created_at: str
+    promoted_at: str | None
+
+
+class ProgramOut(BaseModel):
+    name: str
+    description: str
+    source: JsonObject
+    production_version: str | None
+    versions: int
+    cache_ttl_s: int | None
+    created_at: str
+    updated_at: str
+
+
+class CacheSetting(_Strict):
+    ttl_s: int | None = Field(
+        description="Serve repeated runs (same version, variables and inputs) from the program-level cache "
+        "for this many seconds; null turns the cache off and deletes the stored entries.",
+        ge=1,
+        le=10 * 365 * 24 * 3600,
+        examples=[3600],
+    )
+
+
+class ProgramDetailOut(ProgramOut):
+    default_version: str | None = Field(description="The version a run without `version` uses.")
+
+
+# -- runs --------------------------------------------------------------------------------------------------
+
+
+class RunRequest(_Strict):
+    inputs: JsonObject = Field(description="The program's input fields.", examples=[{"question": "2 + 2?"}])
+    version: str | None = Field(
+        None,
+        max_length=64,
+        description="A version id or unique prefix; default production, else newest draft.",
+    )
+    variables: JsonObject | None = Field(None, description="Variable values, recorded with the run.")
+
+
+class RunResultOut(BaseModel):
+    execution_id: str
+    outputs: JsonObject
+    duration_ms: float
+    usage: JsonObject
+    cost_usd: float | None
+    cache_hit: bool
+
+
+# -- executions --------------------------------------------------------------------------------------------
+
+
+class ExecutionOut(BaseModel):
+    id: str
+    program: str | None
+    version_id: str | None
+    status: Literal["running", "succeeded", "failed", "cancelled", "abandoned"]
+    inputs: JsonObject
+    outputs: JsonObject | None
+    error: JsonObject | None
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    usage: JsonObject | None
+    total_tokens: int | None
+    cost_usd: float | None
+    variables: JsonObject | None
+    trace: JsonObject | None = Field(None, description="The span tree; only on GET /v1/executions/{id}.")
+    cache_hit: bool
+    runner: str
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class ExecutionStatsOut(BaseModel):
+    program: str | None
+    version_id: str | None
+    count: int
+    succeeded: int
+    failed: int
+    error_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    total_tokens: int
+    cost_usd: float | None
+
+
+# -- datasets ----------------------------------------------------------------------------------------------
+
+
+class DatasetUpload(_Strict):
+    name: Name
+    records: list[JsonObject] = Field(min_length=1, max_length=100_000, description="The examples.")
+    inputs: list[str] = Field(min_length=1, max_length=1000, description="The input field names.")
+    labels: list[str] | None = Field(None, max_length=1000, description="Default: every other field.")
+    split: str | dict[str, float] | None = Field(
+        None,
+        description="Fractions such as {train: 0.8, dev: 0.2}, or the field naming each example's split.",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    description: str = Field("", max_length=10_000)
+
+
+class DatasetVersionOut(BaseModel):
+    id: str
+    dataset: str
+    input_fields: list[str]
+    label_fields: list[str]
+    splits: JsonObject
+    example_count: int
+    stats: JsonObject
+    created_at: str
+
+
+class ExampleOut(BaseModel):
+    position: int
+    split: str | None
+    data: JsonObject
+
+
+class DatasetOut(BaseModel):
+    name: str
+    description: str
+    created_at: str
+    updated_at: str
+    version_count: int
+    latest: DatasetVersionOut | None
+    version_ids: list[str] | None = None
+
+
+# -- optimizations and jobs --------------------------------------------------------------------------------
+
+
+class OptimizationStart(_Strict):
+    program: Name
+    dataset: str = Field(min_length=1, max_length=300, description="A dataset name, or name@version.")
+    space: JsonObject = Field(
+        description="The space document: {variables: ..., bindings: ...} as `dspex optimize --space` reads."
+    )
+    n_trials: int = Field(ge=1, le=10_000)
+    split: str | None = Field(None, min_length=1, max_length=64)
+    metric: Literal["exact_match", "f1"] = "exact_match"
+    objectives: list[Literal["quality", "cost", "latency"]] = Field(default=["quality"], min_length=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    version: str | None = Field(None, max_length=64)
+    max_lm_calls: int | None = Field(None, ge=1)
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    payload: JsonObject
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_after: str | None
+    lease_owner: str | None
+    lease_expires_at: str | None
+    heartbeat_at: str | None
+    cancel_requested: bool
+    progress: JsonObject | None
+    result: JsonObject | None
+    error: JsonObject | None
+    created_by: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class OptimizationStarted(BaseModel):
+    optimization_id: str
+    job: JobOut
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: Literal["running", "complete", "pruned", "failed"]
+    configuration: JsonObject | None
+    configuration_id: str | None
+    scores: dict[str, float] | None
+    intermediate: dict[str, float]
+    lm_calls: int
+    cost_usd: float | None
+    duration_s: float | None
+    error: str | None
+
+
+class OptimizationDetailOut(BaseModel):
+    id: str
+    program: str | None
+    status: str = Field(description="queued (no worker took it yet), running, succeeded, failed, cancelled.")
+    objectives: list[str]
+    budget: JsonObject | None
+    best: JsonObject | None
+    pareto: list[JsonObject] | None
+    result_version_id: str | None
+    error: str | None
+    created_at: str | None
+    updated_at: str | None
+    job: JobOut | None
+    trials: list[TrialOut]
+
+
+# -- operations --------------------------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unavailable"]
+    queue: dict[str, int] = Field(description="Jobs per status.")
+    queue_depth: int = Field(description="Queued jobs.")
+    workers: list[str] = Field(description="Workers with a running job and a fresh heartbeat.")

@@ -1,0 +1,202 @@
+"""Optimizations: start one as a job, read its record and trials, follow it as server-sent events.
+
+An optimization is known by its ``optimization_id`` (``opt-...``, in the job's payload). Until a worker
+takes the job there is no optimization record yet; the job says ``queued``. The job of an optimization
+is found among the newest optimize jobs (see :func:`_job_of`). Promote the resulting version with
+``POST /v1/programs/{name}/versions/{version}/promote``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from dspex.errors import ConfigurationError, DSPexError, SpecError
+from dspex.server.app import ServiceOptions, dspex_of, options_of
+from dspex.server.auth import Principal, require
+from dspex.server.errors import JSONResponse, not_found
+from dspex.server.models import OptimizationDetailOut, OptimizationStart, OptimizationStarted
+from dspex.server.routes._common import errors, program_or_404
+from dspex.server.sse import Event, EventStream, EventStreamDoc
+
+if TYPE_CHECKING:
+    from dspex.runtime.app import App
+    from dspex.store.jobs import JobRecord
+    from dspex.store.optimizations import OptimizationRecord
+
+router = APIRouter(prefix="/v1/optimizations", tags=["optimizations"])
+
+OptimizationId = Annotated[str, Path(max_length=200, description="The optimization id (opt-...).")]
+_read = require("programs:read")
+
+_EVENTS_DOC = """Server-sent events until the job ends (or the stream's time limit passes):
+
+- `job`: `{"status", "attempts", "progress", "cancel_requested"}` whenever one of them changes
+- `trial`: a finished trial (`number`, `state`, `configuration`, `scores`, `lm_calls`, `cost_usd`...)
+- `end`: the optimization as `GET /v1/optimizations/{id}` returns it, without trials
+- `timeout`: the stream's time limit passed before the job ended; reconnect to keep following
+"""
+
+
+def _job_of(app: App, optimization_id: str) -> JobRecord | None:
+    from dspex.jobs.submit import optimization_job
+
+    return optimization_job(app, optimization_id)
+
+
+def _record_of(app: App, optimization_id: str) -> OptimizationRecord | None:
+    try:
+        return app.optimizations.get(optimization_id)
+    except ConfigurationError:
+        return None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _detail(optimization_id: str, job: JobRecord | None, record: OptimizationRecord | None) -> dict[str, Any]:
+    status = record.status if record is not None else (job.status if job is not None else "queued")
+    if job is not None and (record is None or (record.status == "running" and job.done)):
+        status = job.status  # queued before a worker took it; cancelled or failed jobs end the run
+    payload = job.payload if job is not None else {}
+    return {
+        "id": optimization_id,
+        "program": record.program if record is not None else payload.get("program"),
+        "status": status,
+        "objectives": list(record.objectives) if record is not None else list(payload.get("objectives", [])),
+        "budget": record.budget if record is not None else {"n_trials": payload.get("n_trials")},
+        "best": record.best if record is not None else None,
+        "pareto": record.pareto if record is not None else None,
+        "result_version_id": record.result_version_id if record is not None else None,
+        "error": record.error if record is not None else None,
+        "created_at": _iso(record.created_at if record is not None else job.created_at if job else None),
+        "updated_at": _iso(record.updated_at) if record is not None else None,
+        "job": job.to_json() if job is not None else None,
+    }
+
+
+def _lookup(
+    app: App, optimization_id: str, principal: Principal
+) -> tuple[JobRecord | None, OptimizationRecord | None]:
+    job = _job_of(app, optimization_id)
+    record = _record_of(app, optimization_id)
+    if job is None and record is None:
+        raise not_found(f"no optimization {optimization_id!r}")
+    program = record.program if record is not None else job.payload.get("program") if job else None
+    principal.check_program(program)
+    return job, record
+
+
+@router.post("", status_code=202, response_model=OptimizationStarted, responses=errors(401, 403, 404, 422))
+def start(
+    body: OptimizationStart, request: Request, principal: Principal = Depends(require("optimize"))
+) -> JSONResponse:
+    """Queue an optimization of a registered program on a dataset; a worker (``dspex worker``) runs it.
+
+    The program version and dataset version are pinned now; the space document is checked now, so a bad
+    space is a 422 here rather than a failed job later.
+    """
+    from dspex.jobs.submit import submit_optimization
+
+    principal.check_program(body.program)
+    app = dspex_of(request)
+    program_or_404(app, body.program)
+    if app.datasets.repository.get_dataset(body.dataset.partition("@")[0]) is None:
+        raise not_found(f"unknown dataset {body.dataset!r}; GET /v1/datasets lists them")
+    try:
+        job = submit_optimization(
+            app,
+            program=body.program,
+            dataset=body.dataset,
+            space=body.space,
+            n_trials=body.n_trials,
+            split=body.split,
+            metric=body.metric,
+            objectives=body.objectives,
+            seed=body.seed,
+            version_id=body.version,
+            max_lm_calls=body.max_lm_calls,
+            created_by=f"key:{principal.key_id}" if principal.key_id else "local",
+        )
+    except DSPexError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, LookupError) as exc:
+        raise SpecError(f"invalid space document: {type(exc).__name__}: {exc}", path="space") from exc
+    return JSONResponse(
+        {"optimization_id": job.payload["optimization_id"], "job": job.to_json()}, status_code=202
+    )
+
+
+@router.get("/{optimization_id}", response_model=OptimizationDetailOut, responses=errors(401, 403, 404))
+def show(
+    optimization_id: OptimizationId, request: Request, principal: Principal = Depends(_read)
+) -> JSONResponse:
+    """The optimization: status, best trial, Pareto front, resulting version, its job and every trial."""
+    app = dspex_of(request)
+    job, record = _lookup(app, optimization_id, principal)
+    trials = app.optimizations.trials(optimization_id) if record is not None else []
+    return JSONResponse({**_detail(optimization_id, job, record), "trials": [t.to_json() for t in trials]})
+
+
+@router.get(
+    "/{optimization_id}/events",
+    response_class=EventStreamDoc,
+    responses={
+        200: {"description": _EVENTS_DOC, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **errors(401, 403, 404),
+    },
+)
+async def events(
+    optimization_id: OptimizationId, request: Request, principal: Principal = Depends(_read)
+) -> EventStream:
+    """Follow the optimization's progress as server-sent events (see the 200 response)."""
+    app = dspex_of(request)
+    await asyncio.to_thread(_lookup, app, optimization_id, principal)
+    options = options_of(request)
+    return EventStream(_follow(app, optimization_id, options), ping_s=options.ping_s)
+
+
+async def _follow(app: App, optimization_id: str, options: ServiceOptions) -> AsyncIterator[Event]:
+    """Poll the job, the record and the trials; send what changed; stop when the job has ended."""
+    deadline = time.monotonic() + options.events_timeout_s
+    sent_trials: dict[int, str] = {}
+    last_job: tuple[Any, ...] | None = None
+
+    def snapshot() -> tuple[JobRecord | None, OptimizationRecord | None, list[Any]]:
+        job = _job_of(app, optimization_id)
+        record = _record_of(app, optimization_id)
+        trials = app.optimizations.trials(optimization_id) if record is not None else []
+        return job, record, trials
+
+    while True:
+        job, record, trials = await asyncio.to_thread(snapshot)
+        if job is not None:
+            state = (job.status, job.attempts, job.progress, job.cancel_requested)
+            if state != last_job:
+                last_job = state
+                yield (
+                    "job",
+                    {
+                        "status": job.status,
+                        "attempts": job.attempts,
+                        "progress": job.progress,
+                        "cancel_requested": job.cancel_requested,
+                    },
+                )
+        for trial in trials:
+            if trial.state != "running" and sent_trials.get(trial.number) != trial.state:
+                sent_trials[trial.number] = trial.state
+                yield "trial", trial.to_json()
+        ended = job.done if job is not None else (record is None or record.status != "running")
+        if ended:
+            yield "end", _detail(optimization_id, job, record)
+            return
+        if time.monotonic() >= deadline:
+            yield "timeout", {"after_s": options.events_timeout_s}
+            return
+        await asyncio.sleep(options.events_poll_s)

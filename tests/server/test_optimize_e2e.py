@@ -1,0 +1,118 @@
+"""The whole loop through the service: register, upload a dataset, run, stream, query, start an
+optimization, follow it by SSE while a worker runs it, read the result, promote the version it produced.
+
+The LM is the simulated OpenAI-compatible server, configured through settings (``settings_sim``), so the
+worker builds the optimization's LMs the way production does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from server_support import sse
+
+from conftest import Live
+from dspex.jobs.worker import Worker
+from dspex.runtime.app import App
+from dspex.settings import Settings
+from dspex.testing.server import SimServer
+
+SPACE = {
+    "variables": {
+        "v": 1,
+        "variables": [{"name": "temperature", "kind": "float", "low": 0.0, "high": 1.0, "step": 0.5}],
+    },
+    "bindings": {
+        "version": 1,
+        "bindings": [
+            {"variable": "temperature", "target": "lm_setting", "setting": "temperature", "predictors": "*"}
+        ],
+    },
+}
+
+
+@pytest.fixture
+def sim_app(database_url: str, settings_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    monkeypatch.setenv("DSPEX_DATABASE_URL", database_url)
+    with App(Settings.load()) as app:
+        yield app
+
+
+def test_register_run_stream_optimize_follow_promote(
+    sim_app: App, settings_sim: SimServer, serve: Callable[..., Live]
+) -> None:
+    live = serve(sim_app)
+    _, key = sim_app.keys.create("e2e", ["programs:read", "programs:write", "runs:execute", "optimize"])
+    with live.client(key) as client:
+        spec = {"module": "predict", "signature": "question -> answer"}
+        version = client.post("/v1/programs", json={"name": "qa", "spec": spec}).json()
+        rows = [
+            {**row, "part": "train" if i < 4 else "dev"}
+            for i, row in enumerate(settings_sim.task.dicts()[:12])
+        ]
+        uploaded = client.post(
+            "/v1/datasets", json={"name": "qa-set", "records": rows, "inputs": ["question"], "split": "part"}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+
+        question = rows[0]["question"]
+        ran = client.post("/v1/programs/qa/runs", json={"inputs": {"question": question}})
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["outputs"]["answer"]
+        streamed = sse(
+            client.post("/v1/programs/qa/runs/stream", json={"inputs": {"question": question}}).text
+        )
+        assert streamed[0][0] == "start"
+        assert streamed[-1][0] == "result"
+        assert any(kind == "token" for kind, _ in streamed)
+        page = client.get("/v1/executions", params={"program": "qa", "status": "succeeded"}).json()
+        assert page["total"] == 2
+
+        started = client.post(
+            "/v1/optimizations",
+            json={"program": "qa", "dataset": "qa-set", "space": SPACE, "n_trials": 3, "seed": 1},
+        )
+        assert started.status_code == 202, started.text
+        optimization_id = started.json()["optimization_id"]
+
+        worker = Worker(sim_app, lease_s=10, poll_s=0.05)
+        thread = threading.Thread(target=worker.run, kwargs={"stop_when_idle": False}, daemon=True)
+        thread.start()
+        try:
+            with client.stream("GET", f"/v1/optimizations/{optimization_id}/events") as response:
+                assert response.status_code == 200
+                body = "".join(response.iter_text())
+        finally:
+            worker.stop()
+            thread.join(30)
+        events = sse(body)
+        kinds = [kind for kind, _ in events]
+        assert kinds[-1] == "end"
+        assert kinds.count("trial") == 3
+        assert [d["number"] for k, d in events if k == "trial"] == [0, 1, 2]
+        job_states = [d["status"] for k, d in events if k == "job"]
+        assert job_states[-1] == "succeeded"
+        end: dict[str, Any] = events[-1][1]
+        assert end["status"] == "succeeded"
+        result_version = end["result_version_id"]
+        assert result_version is not None
+
+        detail = client.get(f"/v1/optimizations/{optimization_id}").json()
+        assert detail["status"] == "succeeded"
+        assert len(detail["trials"]) == 3
+        assert detail["best"] is not None
+        assert detail["job"]["status"] == "succeeded"
+
+        versions = {v["id"]: v["status"] for v in client.get("/v1/programs/qa/versions").json()}
+        assert versions[result_version] == "optimizing"
+        promoted = client.post(f"/v1/programs/qa/versions/{result_version}/promote")
+        assert promoted.status_code == 200
+        assert client.get("/v1/programs/qa").json()["production_version"] == result_version
+        assert result_version != version["id"]
+        after = client.post("/v1/programs/qa/runs", json={"inputs": {"question": question}})
+        assert after.status_code == 200
+        record = client.get(f"/v1/executions/{after.json()['execution_id']}").json()
+        assert record["version_id"] == result_version
