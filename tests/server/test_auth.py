@@ -172,6 +172,30 @@ def test_keys_never_appear_in_logs(
 ) -> None:
     _, good = dspex_app.keys.create("logged", ["runs:execute"])
     forged = good[:-6] + "zzzzzz"
+    # uvicorn's loggers may not propagate (a uvicorn started earlier in this process may have applied
+    # its logging config, which sets propagate=False): attach the capture handler to them directly.
+    uvicorn_loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.access", "uvicorn.error")]
+    saved = [(lg.level, lg.disabled) for lg in uvicorn_loggers]
+    for lg in uvicorn_loggers:
+        lg.addHandler(caplog.handler)
+        lg.setLevel(logging.DEBUG)
+        lg.disabled = False
+    try:
+        _exercise(live, good, forged, caplog)
+    finally:
+        for lg, (level, disabled) in zip(uvicorn_loggers, saved, strict=True):
+            lg.removeHandler(caplog.handler)
+            lg.setLevel(level)
+            lg.disabled = disabled
+    # a record reaching both the root capture and a uvicorn logger's handler is listed twice: harmless
+    text = "\n".join(f"{r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records)
+    assert "POST /v1/programs/qa/runs" in text  # the access log was captured
+    for key in (good, forged):
+        assert key not in text
+        assert key.rsplit("_", 1)[1] not in text
+
+
+def _exercise(live: Live, good: str, forged: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         for key in (good, forged):
             with live.client(key) as client:
@@ -179,8 +203,3 @@ def test_keys_never_appear_in_logs(
                 client.post("/v1/programs/qa/runs/stream", json=RUN)
                 client.post("/v1/programs/nope/runs", json=RUN)
                 client.get("/metrics")
-    text = "\n".join(f"{r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records)
-    assert "POST /v1/programs/qa/runs" in text  # the access log was captured
-    for key in (good, forged):
-        assert key not in text
-        assert key.rsplit("_", 1)[1] not in text
