@@ -29,6 +29,7 @@ import typer
 from rich.table import Table
 
 from dspex.cli._render import console, emit_json, fmt_time, json_object, open_app, parse_names, text
+from dspex.cli.optimize import BUDGET, DATASET, METRIC, OBJECTIVES, PROGRAM, SEED, SPLIT, VERSION
 from dspex.errors import ConfigurationError, did_you_mean
 
 if TYPE_CHECKING:
@@ -269,21 +270,15 @@ def _queued(job: JobRecord, as_json: bool, what: str) -> None:
 
 @app.command("submit-optimization")
 def submit_optimization(
-    program: str = typer.Argument(..., help="Name of a registered program."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name (its latest version) or name@version."),
+    program: str = PROGRAM,
+    dataset: str = DATASET,
     space_file: Path = _SPACE,
-    budget: int = typer.Option(..., "--budget", min=1, help="Finished trials to run (complete + pruned)."),
-    split: str | None = typer.Option(
-        None, "--split", help="Split to score on (default: dev/val/validation if present, else all)."
-    ),
-    metric: str = typer.Option("exact_match", "--metric", help="exact_match or f1 (on the 'answer' field)."),
-    objectives: str = typer.Option(
-        "quality", "--objectives", help="quality, optionally with cost and/or latency: quality,cost"
-    ),
-    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
-    version: str | None = typer.Option(
-        None, "--version", help="Program version to start from (default: production, else newest draft)."
-    ),
+    budget: int = BUDGET,
+    split: str | None = SPLIT,
+    metric: str = METRIC,
+    objectives: str = OBJECTIVES,
+    seed: int = SEED,
+    version: str | None = VERSION,
     max_lm_calls: int | None = typer.Option(
         None, "--max-lm-calls", min=1, help="Stop starting trials past this."
     ),
@@ -318,12 +313,10 @@ def submit_optimization(
 
 @app.command("submit-evaluation")
 def submit_evaluation(
-    program: str = typer.Argument(..., help="Name of a registered program."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name (its latest version) or name@version."),
-    split: str | None = typer.Option(
-        None, "--split", help="Split to score (default: dev/val/validation if present, else all)."
-    ),
-    metric: str = typer.Option("exact_match", "--metric", help="exact_match or f1 (on the 'answer' field)."),
+    program: str = PROGRAM,
+    dataset: str = DATASET,
+    split: str | None = SPLIT,
+    metric: str = METRIC,
     version: str | None = typer.Option(
         None, "--version", help="Program version (default: production, else newest draft)."
     ),

@@ -79,22 +79,33 @@ def load_space_file(path: Path) -> tuple[VariableSpace, Bindings]:
 # -- optimize --------------------------------------------------------------------------------------------
 
 
+# Shared with `dspex jobs submit-optimization` and `submit-evaluation`, which queue the same work.
+PROGRAM = typer.Argument(..., help="Name of a registered program.")
+DATASET = typer.Option(..., "--dataset", help="Dataset name (its latest version) or name@version.")
+BUDGET = typer.Option(..., "--budget", min=1, help="Finished trials to run (complete + pruned).")
+SPLIT = typer.Option(
+    None, "--split", help="Split to score on (default: dev/val/validation if present, else all)."
+)
+METRIC = typer.Option("exact_match", "--metric", help="exact_match or f1 (on the 'answer' field).")
+OBJECTIVES = typer.Option(
+    "quality", "--objectives", help="quality, optionally with cost and/or latency: quality,cost"
+)
+SEED = typer.Option(0, "--seed", help="Sampler seed; the same inputs resume the same run.")
+VERSION = typer.Option(
+    None, "--version", help="Program version to start from (default: production, else newest draft)."
+)
+
+
 def optimize(
-    program: str = typer.Argument(..., help="Name of a registered program."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name (its latest version) or name@version."),
+    program: str = PROGRAM,
+    dataset: str = DATASET,
     space_file: Path = typer.Option(..., "--space", help="Space file (YAML or JSON); see below."),  # noqa: B008
-    budget: int = typer.Option(..., "--budget", min=1, help="Finished trials to run (complete + pruned)."),
-    split: str | None = typer.Option(
-        None, "--split", help="Split to score on (default: dev/val/validation if present, else all)."
-    ),
-    metric: str = typer.Option("exact_match", "--metric", help="exact_match or f1 (on the 'answer' field)."),
-    objectives: str = typer.Option(
-        "quality", "--objectives", help="quality, optionally with cost and/or latency: quality,cost"
-    ),
-    seed: int = typer.Option(0, "--seed", help="Sampler seed; the same inputs resume the same run."),
-    version: str | None = typer.Option(
-        None, "--version", help="Program version to start from (default: production, else newest draft)."
-    ),
+    budget: int = BUDGET,
+    split: str | None = SPLIT,
+    metric: str = METRIC,
+    objectives: str = OBJECTIVES,
+    seed: int = SEED,
+    version: str | None = VERSION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),
 ) -> None:
     """Search the program's variables on a dataset; the best configuration becomes a new version in

@@ -127,7 +127,11 @@ class _Memo:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> _MemoEntry | None:
-        return self._items.get(key)
+        """The entry for ``key`` while it is live and fresh, else None."""
+        entry = self._items.get(key)
+        if entry is None or time.monotonic() > entry.fresh_until or entry.expires_at <= utcnow():
+            return None
+        return entry
 
     def put(self, key: str, outputs: dict[str, Any], expires_at: datetime.datetime) -> _MemoEntry:
         entry = _MemoEntry(outputs, expires_at, time.monotonic() + MEMO_FRESH_S)
@@ -149,6 +153,21 @@ def _cache_key(
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Stores:
+    """What an App opens on its database, together."""
+
+    db: Database
+    executions: ExecutionRepository
+    writer: ExecutionWriter
+    programs: ProgramRegistry
+    datasets: Datasets
+    optimizations: OptimizationRepository
+    jobs: JobRepository
+    keys: ApiKeyRepository
+    cache: ProgramCacheRepository
+
+
 class App:
     """Runs programs and records them. Thread-safe; one per process is the usual shape."""
 
@@ -165,23 +184,16 @@ class App:
         self.record = record
         self._lm = lm
         self._lock = threading.Lock()
-        self._db: Database | None = None
-        self._executions: ExecutionRepository | None = None
-        self._writer: ExecutionWriter | None = None
-        self._programs: ProgramRegistry | None = None
-        self._datasets: Datasets | None = None
-        self._optimizations: OptimizationRepository | None = None
-        self._jobs: JobRepository | None = None
-        self._keys: ApiKeyRepository | None = None
-        self._cache: ProgramCacheRepository | None = None
+        self._stores: _Stores | None = None
         self._policies: dict[str, _Policy] = {}
         self._memo = _Memo()
         self.abandoned: list[str] = []
 
     # -- resources -----------------------------------------------------------------------------------
-    def _open(self) -> tuple[ExecutionRepository, ExecutionWriter]:
+    def _open(self) -> _Stores:
+        """The database and everything on it, opened (and migrated) on first use."""
         with self._lock:
-            if self._executions is None or self._writer is None:
+            if self._stores is None:
                 from dspex.programs import ProgramRegistry
                 from dspex.programs.datasets import Datasets
                 from dspex.store.cache import ProgramCacheRepository
@@ -189,66 +201,58 @@ class App:
                 from dspex.store.keys import ApiKeyRepository
                 from dspex.store.optimizations import OptimizationRepository
 
-                self._db = open_database(self.settings.resolved_database_url)
-                self._jobs = JobRepository(self._db)
-                self._keys = ApiKeyRepository(self._db)
-                self._cache = ProgramCacheRepository(self._db)
-                self._programs = ProgramRegistry(self._db)
-                self._datasets = Datasets(self._db)
-                self._optimizations = OptimizationRepository(self._db)
-                self._executions = ExecutionRepository(self._db)
-                self.abandoned = self._executions.mark_abandoned()
-                self._writer = ExecutionWriter(
-                    self._executions, spill_path=self.settings.home / "unwritten-executions.jsonl"
+                db = open_database(self.settings.resolved_database_url)
+                executions = ExecutionRepository(db)
+                self.abandoned = executions.mark_abandoned()
+                self._stores = _Stores(
+                    db=db,
+                    executions=executions,
+                    writer=ExecutionWriter(
+                        executions, spill_path=self.settings.home / "unwritten-executions.jsonl"
+                    ),
+                    programs=ProgramRegistry(db),
+                    datasets=Datasets(db),
+                    optimizations=OptimizationRepository(db),
+                    jobs=JobRepository(db),
+                    keys=ApiKeyRepository(db),
+                    cache=ProgramCacheRepository(db),
                 )
-            return self._executions, self._writer
+            return self._stores
 
     @property
     def executions(self) -> ExecutionRepository:
         """The execution records (flush first to see runs that just ended)."""
-        return self._open()[0]
+        return self._open().executions
 
     @property
     def programs(self) -> ProgramRegistry:
         """The program registry on this App's database; ``run("name", ...)`` loads from it."""
-        self._open()
-        assert self._programs is not None  # set by _open()
-        return self._programs
+        return self._open().programs
 
     @property
     def datasets(self) -> Datasets:
         """The named, versioned datasets on this App's database."""
-        self._open()
-        assert self._datasets is not None  # set by _open()
-        return self._datasets
+        return self._open().datasets
 
     @property
     def optimizations(self) -> OptimizationRepository:
         """The optimization runs and their trials on this App's database (see :meth:`optimize`)."""
-        self._open()
-        assert self._optimizations is not None  # set by _open()
-        return self._optimizations
+        return self._open().optimizations
 
     @property
     def jobs(self) -> JobRepository:
         """The durable job queue (``dspex.jobs`` submits to it, ``dspex worker`` runs it)."""
-        self._open()
-        assert self._jobs is not None  # set by _open()
-        return self._jobs
+        return self._open().jobs
 
     @property
     def keys(self) -> ApiKeyRepository:
         """The service's API keys (hashed; see :mod:`dspex.store.keys`)."""
-        self._open()
-        assert self._keys is not None  # set by _open()
-        return self._keys
+        return self._open().keys
 
     @property
     def cache(self) -> ProgramCacheRepository:
         """The program-level result cache shared through the database (see :meth:`run`)."""
-        self._open()
-        assert self._cache is not None  # set by _open()
-        return self._cache
+        return self._open().cache
 
     def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
         """The module and version id to run for a registered program name."""
@@ -303,17 +307,15 @@ class App:
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written."""
-        return self._writer.flush(timeout) if self._writer is not None else True
+        return self._stores.writer.flush(timeout) if self._stores is not None else True
 
     def close(self) -> None:
         """Flush and stop the writer, then close database connections."""
         with self._lock:
-            if self._writer is not None:
-                self._writer.close()
-            if self._db is not None:
-                self._db.dispose()
-            self._writer = self._executions = self._db = self._programs = self._datasets = None
-            self._optimizations = self._jobs = self._keys = self._cache = None
+            if self._stores is not None:
+                self._stores.writer.close()
+                self._stores.db.dispose()
+            self._stores = None
 
     def __enter__(self) -> App:
         return self
@@ -390,12 +392,11 @@ class App:
             prices=self.prices,
             concurrency=concurrency,
         )
-        assert self._db is not None  # opened by self.programs above
         return optimizer.optimize(
             program,
             devset,
             trainset=trainset,
-            db=self._db,
+            db=self._open().db,
             optimization_id=optimization_id,
             registry=self.programs,
             program_name=program_name,
@@ -519,7 +520,7 @@ class App:
         if key is None:
             return None
         entry = self._memo.get(key)
-        if entry is None or entry.expires_at <= utcnow() or time.monotonic() > entry.fresh_until:
+        if entry is None:
             return None
         return self._record_hit(name, resolved, inputs, variables, entry.outputs)
 
@@ -542,7 +543,7 @@ class App:
         if key is None:
             return None  # inputs that are not JSON cannot be a cache key; run without the cache
         entry = self._memo.get(key)
-        if entry is None or entry.expires_at <= utcnow() or time.monotonic() > entry.fresh_until:
+        if entry is None:
             found = self.cache.get(key)
             if found is None:
                 return _CacheSlot(key, policy.ttl_s, resolved)
@@ -565,7 +566,7 @@ class App:
         prediction = dspy.Prediction(**outputs)
         duration_ms = (time.perf_counter() - t0) * 1000
         if self.record:
-            self._open()[1].submit(
+            self._open().writer.submit(
                 {
                     "id": execution_id,
                     "program": name,
@@ -684,7 +685,7 @@ class _Run:
             "runner": current_runner(),
             "cache_hit": False,
         }
-        self.writer = app._open()[1] if app.record else None
+        self.writer = app._open().writer if app.record else None
         if self.writer is not None:
             self.writer.submit({**self.base, "status": "running"})
 

@@ -49,7 +49,7 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "duration_ms": result.duration_ms,
         "usage": result.usage,
         "cost_usd": result.cost_usd,
-        "cache_hit": bool(getattr(result, "cache_hit", False)),
+        "cache_hit": result.cache_hit,
     }
 
 
