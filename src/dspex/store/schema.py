@@ -18,6 +18,7 @@ __all__ = [
     "TRIAL_STATES",
     "VERSION_STATUSES",
     "api_keys",
+    "audit_events",
     "dataset_examples",
     "dataset_versions",
     "datasets",
@@ -29,6 +30,7 @@ __all__ = [
     "program_cache",
     "program_versions",
     "programs",
+    "recorders",
     "variable_changes",
 ]
 
@@ -115,9 +117,11 @@ executions = sa.Table(
     sa.Column("trace", JSON, nullable=True),
     sa.Column("cache_hit", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("runner", sa.String(200), nullable=False),
+    sa.Column("recorder_id", sa.String(36), nullable=True),
     sa.CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
     sa.Index("ix_executions_program_version_id_started_at", "program", "version_id", "started_at"),
     sa.Index("ix_executions_status_runner", "status", "runner"),
+    sa.Index("ix_executions_status_recorder_id", "status", "recorder_id"),
 )
 
 datasets = sa.Table(
@@ -267,4 +271,32 @@ program_cache = sa.Table(
     sa.Column("execution_id", sa.String(36), nullable=True),
     _when("created_at"),
     _when("expires_at", index=True),
+)
+
+# Who changed which program's production state, and when (dspex.store.audit).
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    _when("at", index=True),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("program", sa.String(200), nullable=True),
+    sa.Column("before_version", sa.String(64), nullable=True),
+    sa.Column("after_version", sa.String(64), nullable=True),
+    sa.Column("detail", JSON, nullable=True),
+    sa.Index("ix_audit_events_program_at", "program", "at"),
+)
+
+# Processes that record runs, each with a lease renewed by its writer thread (dspex.store.executions).
+recorders = sa.Table(
+    "recorders",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    _when("started_at"),
+    _when("heartbeat_at"),
+    _when("lease_expires_at", index=True),
+    _when("closed_at", nullable=True),
 )
