@@ -78,6 +78,7 @@ class ExecutionRecord:
     trace: dict[str, Any] | None
     cache_hit: bool
     runner: str
+    recorder_id: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:

@@ -80,6 +80,7 @@ class ProgramRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     cache_ttl_s: int | None = None
+    durability: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ProgramRecord:
@@ -90,6 +91,7 @@ class ProgramRecord:
             created_at=aware(row["created_at"]),
             updated_at=aware(row["updated_at"]),
             cache_ttl_s=row["cache_ttl_s"],
+            durability=row["durability"],
         )
 
 

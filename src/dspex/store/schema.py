@@ -70,6 +70,7 @@ programs = sa.Table(
     _when("created_at"),
     _when("updated_at"),
     sa.Column("cache_ttl_s", sa.Integer, nullable=True),
+    sa.Column("durability", sa.String(8), nullable=True),
 )
 
 program_versions = sa.Table(

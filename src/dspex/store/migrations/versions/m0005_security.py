@@ -5,6 +5,7 @@
 - ``recorders``: each process that records runs holds a lease it renews from its writer thread; a
   ``running`` execution whose recorder's lease has expired is abandoned, on any host, whatever its pid.
   ``executions.recorder_id`` names the recorder of a run.
+- ``programs.durability``: ``async`` or ``sync`` per program (``None``: the settings' default).
 
 Revision ID: 0005
 Revises: 0004
@@ -61,9 +62,13 @@ def upgrade() -> None:
     with op.batch_alter_table("executions") as batch:
         batch.add_column(sa.Column("recorder_id", sa.String(36), nullable=True))
         batch.create_index("ix_executions_status_recorder_id", ["status", "recorder_id"])
+    with op.batch_alter_table("programs") as batch:
+        batch.add_column(sa.Column("durability", sa.String(8), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("programs") as batch:
+        batch.drop_column("durability")
     with op.batch_alter_table("executions") as batch:
         batch.drop_index("ix_executions_status_recorder_id")
         batch.drop_column("recorder_id")
