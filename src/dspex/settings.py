@@ -6,10 +6,16 @@ Precedence, highest first: explicit argument > project file (``dspex.toml`` in t
     settings = Settings.load(lm="openai/gpt-4o-mini")   # explicit wins over dspex.toml and DSPEX_LM
     settings.home                                        # Path(".dspex") unless configured
 
-A project file is flat TOML with the same keys as the fields below::
+A project file is TOML with the same keys as the fields below::
 
     lm = "openai/gpt-4o-mini"
     temperature = 0.2
+    [tools]                                   # what specs from the API may name (by name only)
+    search = "myapp.tools:search"
+    [models.fast]                             # a model specs from the API may name
+    model = "openai/gpt-4o-mini"
+    api_base = "http://vllm.internal:8000/v1"
+    api_key_env = "VLLM_KEY"
 """
 
 from __future__ import annotations
@@ -24,9 +30,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dspex.errors import ConfigurationError, did_you_mean
 
-__all__ = ["PROJECT_FILE", "Settings"]
+__all__ = ["PROJECT_FILE", "ModelSetting", "Settings"]
 
 PROJECT_FILE = "dspex.toml"
+
+
+class ModelSetting(pydantic.BaseModel):
+    """One ``[models.NAME]`` entry: a model specs may name, with its endpoint and key (security area)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="The provider model, e.g. openai/gpt-4o-mini.")
+    api_base: str | None = Field(None, description="Its base URL (None: the provider's).")
+    api_key: SecretStr | None = Field(None, description="Its key (prefer api_key_env).")
+    api_key_env: str | None = Field(None, description="The environment variable holding its key.")
 
 
 class Settings(BaseSettings):
@@ -54,6 +71,17 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None, description="Where runs are recorded; default sqlite:///<home>/dspex.db."
+    )
+    # -- security: what a spec received over the API may name (tools, models) ----------------------------
+    tools: dict[str, str] = Field(
+        default_factory=dict,
+        description="Operator-registered callables by name, name = 'package.module:function': agent tools, "
+        "reward functions, space constraints and derived values. Imported at server/worker start.",
+    )
+    models: dict[str, ModelSetting] = Field(
+        default_factory=dict,
+        description="Models a spec may name ([models.NAME] with model, api_base, api_key_env); the default "
+        "lm/api_base/api_key is one more, named by its model string.",
     )
 
     @property

@@ -45,7 +45,9 @@ def test_register_run_stream_optimize_follow_promote(
     sim_app: App, settings_sim: SimServer, serve: Callable[..., Live]
 ) -> None:
     live = serve(sim_app)
-    _, key = sim_app.keys.create("e2e", ["programs:read", "programs:write", "runs:execute", "optimize"])
+    _, key = sim_app.keys.create(
+        "e2e", ["programs:read", "programs:write", "programs:promote", "runs:execute", "optimize"]
+    )
     with live.client(key) as client:
         spec = {"module": "predict", "signature": "question -> answer"}
         version = client.post("/v1/programs", json={"name": "qa", "spec": spec}).json()

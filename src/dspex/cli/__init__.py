@@ -6,7 +6,20 @@ import os
 
 import typer
 
-from dspex.cli import datasets, demo, executions, jobs, keys, optimize, pipeline, programs, run, serve, simlm
+from dspex.cli import (
+    audit,
+    datasets,
+    demo,
+    executions,
+    jobs,
+    keys,
+    optimize,
+    pipeline,
+    programs,
+    run,
+    serve,
+    simlm,
+)
 
 app = typer.Typer(
     help="DSPex: run DSPy programs in production.",
@@ -26,6 +39,7 @@ app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.command("worker")(jobs.worker)
 app.add_typer(jobs.app, name="jobs")
+app.command("audit")(audit.audit)
 
 
 @app.command("version")

@@ -94,7 +94,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
     from dspex.optimize.search import OptimizationStopped
     from dspex.variables.spacefile import space_from_document
 
-    space, bindings = space_from_document(_field(job, "space", dict))
+    space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
     n_trials = _field(job, "n_trials", int)
     optimization_id = _field(job, "optimization_id", str)
     objectives = _field(job, "objectives", list)
@@ -184,7 +184,7 @@ def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, A
     program = app.programs.build(app.programs.version(version_id))
     configuration: dict[str, Any] | None = None
     if variables is not None:
-        space, bindings = space_from_document(_field(job, "space", dict))
+        space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
         validated = space.validate(variables)
         configuration = validated.to_json()
         program = apply(program, validated, bindings, lms=app.space_lms(space))

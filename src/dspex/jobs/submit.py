@@ -85,7 +85,7 @@ def submit_optimization(
         if objective not in OBJECTIVES:
             raise ConfigurationError(did_you_mean(objective, OBJECTIVES, what="objective"))
     _check_metric(metric)
-    parsed_space, bindings = space_from_document(space)
+    parsed_space, bindings = space_from_document(space, functions=app.tools)
     version = app.programs.resolve(program, version_id)
     pinned = _pinned_dataset(app, dataset, split)
     import uuid
@@ -132,7 +132,7 @@ def submit_evaluation(
             raise ConfigurationError("variables= needs space= (its bindings say where the values go)")
         from dspex.variables.spacefile import space_document, space_from_document
 
-        parsed_space, bindings = space_from_document(space)
+        parsed_space, bindings = space_from_document(space, functions=app.tools)
         parsed_space.validate(dict(variables))
         document = space_document(parsed_space, bindings)
     version = app.programs.resolve(program, version_id)

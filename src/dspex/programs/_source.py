@@ -17,7 +17,9 @@ from typing import Any
 import dspy
 
 from dspex.errors import ConfigurationError, SpecError, did_you_mean
+from dspex.lm.models import ModelRegistry
 from dspex.modules import SPEC_KEYS, ToolRegistry, module_from_spec
+from dspex.modules.policy import SpecPolicy
 from dspex.programs._json import SECRET_KEYS, check_json
 
 __all__ = ["build_source", "normalise_source"]
@@ -72,17 +74,25 @@ def _check_lm(lm: Any) -> None:
             )
 
 
-def build_source(source: Mapping[str, Any], *, tools: ToolRegistry | None = None) -> dspy.Module:
-    """Build a fresh program from a stored source (see the module docstring)."""
+def build_source(
+    source: Mapping[str, Any], *, tools: ToolRegistry | None = None, models: ModelRegistry | None = None
+) -> dspy.Module:
+    """Build a fresh program from a stored source (see the module docstring).
+
+    ``tools`` resolves tool and function names; ``models`` builds an ``lm`` that names a configured model
+    with that model's endpoint and key (what a spec received over the API must name).
+    """
     kind = source.get("kind")
     if kind == "import":
         return _from_import_path(str(source["path"]))
     if kind == "spec":
-        return _from_spec(source["spec"], tools)
+        return _from_spec(source["spec"], tools, models)
     raise ConfigurationError(f"unknown program source kind {kind!r}; this dspex knows 'import' and 'spec'")
 
 
-def _from_spec(spec: Mapping[str, Any], tools: ToolRegistry | None) -> dspy.Module:
+def _from_spec(
+    spec: Mapping[str, Any], tools: ToolRegistry | None, models: ModelRegistry | None
+) -> dspy.Module:
     module_spec = {key: value for key, value in spec.items() if key != "lm"}
     module = module_from_spec(module_spec, registry=tools)
     if not isinstance(module, dspy.Module):
@@ -92,10 +102,7 @@ def _from_spec(spec: Mapping[str, Any], tools: ToolRegistry | None) -> dspy.Modu
             path="module",
         )
     if "lm" in spec:
-        try:
-            lm = dspy.LM(**spec["lm"])
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"dspy.LM rejected the lm settings: {exc}", path="lm") from exc
+        lm = SpecPolicy(models=models or ModelRegistry()).build_lm(spec["lm"])
         # Every predictor gets the LM: DSPy's dump_state then records it per predictor.
         for _, predictor in module.named_predictors():
             predictor.lm = lm

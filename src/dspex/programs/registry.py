@@ -29,11 +29,13 @@ import dspy
 
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.jsonable import canonical_hash
+from dspex.lm.models import ModelRegistry
 from dspex.modules import ToolRegistry
 from dspex.programs._json import check_json
 from dspex.programs._source import build_source, normalise_source
 from dspex.programs._state import apply_state, apply_structure, capture_state
 from dspex.store._engine import Database
+from dspex.store.audit import AuditRepository
 from dspex.store.programs import ProgramRecord, ProgramRepository, ProgramVersion, VersionStatus
 from dspex.store.schema import VERSION_STATUSES
 
@@ -82,15 +84,25 @@ def _copy(module: dspy.Module) -> dspy.Module:
 class ProgramRegistry:
     """Registered programs and their versions in one database. Thread-safe.
 
-    ``tools`` resolves tool names in spec sources; ``cache_size`` bounds the loaded-program cache.
+    ``tools`` resolves tool names in spec sources, ``models`` the configured models a spec's ``lm`` names;
+    ``cache_size`` bounds the loaded-program cache.
     """
 
-    def __init__(self, db: Database, *, tools: ToolRegistry | None = None, cache_size: int = 32) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        tools: ToolRegistry | None = None,
+        models: ModelRegistry | None = None,
+        cache_size: int = 32,
+    ) -> None:
         if cache_size < 1:
             raise ConfigurationError(f"cache_size must be >= 1, got {cache_size}")
         self.db = db
         self.repository = ProgramRepository(db)
+        self.audit = AuditRepository(db)
         self.tools = tools
+        self.models = models
         self._cache = _LRU(cache_size)
 
     # -- programs ------------------------------------------------------------------------------------
@@ -101,6 +113,7 @@ class ProgramRegistry:
         *,
         description: str | None = None,
         replace: bool = False,
+        actor: str = "local",
     ) -> ProgramVersion:
         """Register ``name`` from an import path or a spec; returns the draft version of its fresh state.
 
@@ -118,9 +131,31 @@ class ProgramRegistry:
                 f"got {name!r}"
             )
         stored = normalise_source(source)
-        module = build_source(stored, tools=self.tools)  # fails here, before anything is written
+        module = build_source(
+            stored, tools=self.tools, models=self.models
+        )  # fails here, before anything is written
+        existing = self.repository.get_program(name)
+        before = self._production(name) if existing is not None else None
         record, _ = self.repository.save_program(name, stored, description=description, replace=replace)
-        return self._save(record, module, status="draft", variables=None, note="registered", parent_id=None)
+        version = self._save(
+            record, module, status="draft", variables=None, note="registered", parent_id=None
+        )
+        replaced = existing is not None and existing.source != stored
+        self.audit.record(
+            "replace" if replaced else "register", name, actor=actor, before=before, after=version.id
+        )
+        return version
+
+    def replaces_production(self, name: str, source: str | Mapping[str, Any]) -> bool:
+        """Whether registering ``source`` as ``name`` would replace the source of a program in production
+        (what the service lets only keys with the ``programs:promote`` scope do)."""
+        existing = self.repository.get_program(name)
+        if existing is None or self._production(name) is None:
+            return False
+        return bool(existing.source != normalise_source(source))
+
+    def _production(self, name: str) -> str | None:
+        return next((v.id for v in self.repository.versions(name) if v.status == "production"), None)
 
     def get(self, name: str) -> ProgramRecord:
         """The program ``name``; ConfigurationError with a close-match hint if there is none."""
@@ -281,22 +316,30 @@ class ProgramRegistry:
         return _copy(cached)
 
     def _rebuild(self, payload: Mapping[str, Any], where: str) -> dspy.Module:
-        module = apply_structure(build_source(payload["source"], tools=self.tools), payload, where=where)
+        module = apply_structure(
+            build_source(payload["source"], tools=self.tools, models=self.models), payload, where=where
+        )
         apply_state(module, payload, where=where)
         return module
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def promote(self, name: str, version_id: str) -> ProgramVersion:
+    def promote(self, name: str, version_id: str, *, actor: str = "local") -> ProgramVersion:
         """Make a version (id or unique prefix) production; the previous production becomes archived.
 
-        Atomic: concurrent promotions queue, and exactly one version is production afterwards.
+        Atomic: concurrent promotions queue, and exactly one version is production afterwards. Audited.
         """
-        return self.repository.promote(name, self.resolve(name, version_id).id)
+        before = self._production(name)
+        promoted = self.repository.promote(name, self.resolve(name, version_id).id)
+        self.audit.record("promote", name, actor=actor, before=before, after=promoted.id)
+        return promoted
 
-    def rollback(self, name: str) -> ProgramVersion:
-        """Archive the production version and re-promote the one that was production before it."""
+    def rollback(self, name: str, *, actor: str = "local") -> ProgramVersion:
+        """Archive the production version and re-promote the one that was production before it. Audited."""
         self.get(name)
-        return self.repository.rollback(name)
+        before = self._production(name)
+        restored = self.repository.rollback(name)
+        self.audit.record("rollback", name, actor=actor, before=before, after=restored.id)
+        return restored
 
     def set_status(self, version_id: str, status: VersionStatus) -> ProgramVersion:
         """Move a version between draft, optimizing and archived (production: use promote/rollback).

@@ -41,6 +41,9 @@ from dspex.store.writer import ExecutionWriter
 from dspex.telemetry.recorder import RunRecorder, error_info
 
 if TYPE_CHECKING:
+    from dspex.lm.models import ModelRegistry
+    from dspex.modules import ToolRegistry
+    from dspex.modules.policy import SpecPolicy, Trust
     from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
@@ -178,11 +181,16 @@ class App:
         lm: Any = None,
         prices: Prices | None = None,
         record: bool = True,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.settings = settings or Settings.load()
         self.prices = prices or Prices()
         self.record = record
         self._lm = lm
+        self._tools = tools
+        self._tools_loaded = False
+        self._tools_lock = threading.Lock()  # not _lock: _open() reads the tools while holding that
+        self._models: ModelRegistry | None = None
         self._lock = threading.Lock()
         self._stores: _Stores | None = None
         self._policies: dict[str, _Policy] = {}
@@ -210,7 +218,7 @@ class App:
                     writer=ExecutionWriter(
                         executions, spill_path=self.settings.home / "unwritten-executions.jsonl"
                     ),
-                    programs=ProgramRegistry(db),
+                    programs=ProgramRegistry(db, tools=self.tools, models=self.models),
                     datasets=Datasets(db),
                     optimizations=OptimizationRepository(db),
                     jobs=JobRepository(db),
@@ -218,6 +226,40 @@ class App:
                     cache=ProgramCacheRepository(db),
                 )
             return self._stores
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The callables specs may name (tools, reward functions, space constraints): ``tools=`` given to
+        the App plus the settings' ``[tools]`` (imported on first use: operator configuration). Specs
+        received over the API may name these and nothing else."""
+        from dspex.modules import ToolRegistry
+
+        with self._tools_lock:
+            if not self._tools_loaded:
+                registry = self._tools if self._tools is not None else ToolRegistry()
+                for name, path in sorted(self.settings.tools.items()):
+                    if name not in registry:
+                        registry.add(registry.resolve(path), name=name)
+                self._tools, self._tools_loaded = registry, True
+            assert self._tools is not None  # set just above
+            return self._tools
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The configured models (the default ``lm`` and ``[models.NAME]``): all a spec received over
+        the API may name, each built with its own endpoint and key from the settings."""
+        if self._models is None:
+            from dspex.lm.models import ModelRegistry
+
+            self._models = ModelRegistry.from_settings(self.settings)
+        return self._models
+
+    def spec_policy(self, trust: Trust = "untrusted") -> SpecPolicy:
+        """What a spec may name: ``untrusted`` (received over the API) names only :attr:`tools` and
+        :attr:`models`; ``trusted`` (Python, the CLI) may also name import paths and LM settings."""
+        from dspex.modules.policy import SpecPolicy
+
+        return SpecPolicy(trust, self.tools, self.models)
 
     @property
     def executions(self) -> ExecutionRepository:
@@ -433,7 +475,12 @@ class App:
             if isinstance(leaf.variable, ModelVariable)
             for choice in leaf.variable.choices
         }
-        return {model: build_lm(self.settings, model=model) for model in sorted(models)} or None
+        lms = {}
+        for model in sorted(models):
+            # A configured model brings its own endpoint and key; any other goes to the settings' endpoint.
+            entry = self.models.by_provider_model(model)
+            lms[model] = self.models.build(entry.name) if entry else build_lm(self.settings, model=model)
+        return lms or None
 
     # -- runs ----------------------------------------------------------------------------------------
     def run(

@@ -63,7 +63,7 @@ def create_app(
     """
     from importlib.metadata import version
 
-    from dspex.server.routes import datasets, executions, jobs, ops, optimizations, programs, runs
+    from dspex.server.routes import audit, datasets, executions, jobs, ops, optimizations, programs, runs
 
     api = FastAPI(
         title="DSPex",
@@ -80,7 +80,7 @@ def create_app(
     api.state.metrics = Metrics()
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
-    for module in (programs, runs, executions, datasets, optimizations, jobs, ops):
+    for module in (programs, runs, executions, datasets, optimizations, jobs, audit, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
     return api

@@ -311,3 +311,14 @@ class HealthOut(BaseModel):
     queue: dict[str, int] = Field(description="Jobs per status.")
     queue_depth: int = Field(description="Queued jobs.")
     workers: list[str] = Field(description="Workers with a running job and a fresh heartbeat.")
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    at: str = Field(description="When, ISO 8601 UTC.")
+    actor: str = Field(description="`key:<id>` for an API key, `local` for the CLI or Python.")
+    action: Literal["register", "replace", "promote", "rollback"]
+    program: str | None
+    before_version: str | None = Field(description="The production version before the change.")
+    after_version: str | None = Field(description="The version the change registered, promoted or restored.")
+    detail: dict[str, Any] | None

@@ -6,7 +6,8 @@ constant time. A plain hash is enough for a random 256-bit secret (slow password
 low-entropy passwords). The full key is returned once, by :meth:`ApiKeyRepository.create`, and never
 again: not by ``list``, not in logs, not in errors.
 
-Scopes: ``programs:read``, ``programs:write``, ``runs:execute``, ``optimize``, ``admin`` (``admin``
+Scopes: ``programs:read``, ``programs:write``, ``programs:promote`` (promote, roll back or replace a
+program in production), ``runs:execute``, ``optimize``, ``admin`` (``admin``
 implies every scope). ``programs``: ``None`` (every program) or the names the key may touch.
 """
 
@@ -30,7 +31,7 @@ from dspex.store.schema import api_keys
 
 __all__ = ["SCOPES", "ApiKeyRecord", "ApiKeyRepository", "hash_secret", "parse_key"]
 
-SCOPES = ("programs:read", "programs:write", "runs:execute", "optimize", "admin")
+SCOPES = ("programs:read", "programs:write", "programs:promote", "runs:execute", "optimize", "admin")
 _KEY = re.compile(r"^dspex_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 
 

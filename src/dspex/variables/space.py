@@ -34,13 +34,16 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.jsonable import canonical_hash
 from dspex.variables.configuration import Configuration
 from dspex.variables.core import Condition, Variable
 from dspex.variables.kinds import ChoiceVariable, CompositeVariable, FloatVariable, IntVariable
+
+if TYPE_CHECKING:
+    from dspex.modules.tools import ToolRegistry
 
 __all__ = ["Constraint", "Derived", "Leaf", "VariableSpace"]
 
@@ -520,8 +523,11 @@ class VariableSpace:
         return canonical_hash(self.describe())
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], *, strict: bool = True) -> VariableSpace:
-        """The space :meth:`describe` described. Code is imported by path; code without one (a lambda)
+    def from_json(
+        cls, data: Mapping[str, Any], *, strict: bool = True, functions: ToolRegistry | None = None
+    ) -> VariableSpace:
+        """The space :meth:`describe` described. Code is imported by path (``module:function``), or
+        named in ``functions`` (the operator's registry) by a plain name; code without either (a lambda)
         raises, or with ``strict=False`` is dropped and listed in :attr:`notes`."""
         if not isinstance(data, Mapping) or data.get("v") != 1:
             raise ConfigurationError('a variable space description is a JSON object with "v": 1')
@@ -529,6 +535,8 @@ class VariableSpace:
 
         def code(entry: Mapping[str, Any], key: str, what: str) -> Callable[..., Any] | None:
             path = entry.get(key)
+            if path and ":" not in path and functions is not None:
+                return functions.resolve(path, what=what)
             if path:
                 return _load_code(path, what)
             note = (

@@ -12,20 +12,30 @@ this form; errors are ``SpecError`` naming the failing path (``variables.variabl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspex.errors import SpecError, UserError
 from dspex.variables.binding import Bindings
 from dspex.variables.core import Variable
 from dspex.variables.space import VariableSpace
 
+if TYPE_CHECKING:
+    from dspex.modules.tools import ToolRegistry
+
 __all__ = ["space_document", "space_from_document"]
 
 _HELP = "a space is a mapping with 'variables' and 'bindings' (see dspex optimize --help)"
 
 
-def space_from_document(data: Any) -> tuple[VariableSpace, Bindings]:
-    """The space and bindings of a space document; ``SpecError`` with the failing path."""
+def space_from_document(
+    data: Any, *, functions: ToolRegistry | None = None
+) -> tuple[VariableSpace, Bindings]:
+    """The space and bindings of a space document; ``SpecError`` with the failing path.
+
+    ``functions`` resolves constraints and derived values named by a plain name (the operator's
+    registry, ``App.tools``); ``module:function`` paths are imported. A document received over the API
+    is checked first with ``App.spec_policy().check_space_document``, which refuses paths unread.
+    """
     if not isinstance(data, Mapping) or not {"variables", "bindings"} <= set(data):
         raise SpecError(_HELP)
     extra = sorted(set(data) - {"variables", "bindings"})
@@ -42,7 +52,7 @@ def space_from_document(data: Any) -> tuple[VariableSpace, Bindings]:
         except UserError as exc:
             raise SpecError(str(exc), path=f"variables.variables[{i}]") from None
     try:
-        space = VariableSpace.from_json(variables)
+        space = VariableSpace.from_json(variables, functions=functions)
     except UserError as exc:
         raise SpecError(str(exc), path="variables") from None
     try:

@@ -105,6 +105,9 @@ def start(
 
     principal.check_program(body.program)
     app = dspex_of(request)
+    # The space is data: constraints and derived values name registered functions, models configured
+    # ones; checked before anything in it is imported.
+    app.spec_policy("untrusted").check_space_document(body.space)
     program_or_404(app, body.program)
     if app.datasets.repository.get_dataset(body.dataset.partition("@")[0]) is None:
         raise not_found(f"unknown dataset {body.dataset!r}; GET /v1/datasets lists them")

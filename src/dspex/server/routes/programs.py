@@ -21,6 +21,12 @@ router = APIRouter(prefix="/v1/programs", tags=["programs"])
 ProgramName = Annotated[str, Path(description="The program's name.", max_length=200)]
 _read = require("programs:read", program_param="name")
 _write = require("programs:write", program_param="name")
+_promote = require("programs:promote", program_param="name")
+
+
+def actor_of(principal: Principal) -> str:
+    """How the audit trail names the caller."""
+    return f"key:{principal.key_id}" if principal.key_id else "local"
 
 
 def version_json(version: ProgramVersion) -> dict[str, Any]:
@@ -57,10 +63,16 @@ def register(
 ) -> JSONResponse:
     """Register a program from a spec (or record its current state again); returns the draft version.
 
-    Registering an existing name with another spec is a 409 unless ``replace`` is true.
+    Registering an existing name with another spec is a 409 unless ``replace`` is true; replacing the
+    spec of a program in production needs the ``programs:promote`` scope. The spec is data: it names
+    only the tools and functions the operator registered and the models the operator configured, and
+    may set sampling settings only; anything naming code, an interpreter or a host is a 422 before
+    anything is imported or built.
     """
     principal.check_program(body.name)
-    registry = dspex_of(request).programs
+    app = dspex_of(request)
+    app.spec_policy("untrusted").check_program_spec(body.spec)
+    registry = app.programs
     existing = registry.repository.get_program(body.name)
     if existing is not None and not body.replace:
         stored = existing.source.get("spec") if existing.source.get("kind") == "spec" else None
@@ -70,8 +82,24 @@ def register(
                 "conflict",
                 f"program {body.name!r} exists with another source; set replace=true to replace it",
             )
+    if (
+        body.replace
+        and not principal.has("programs:promote")
+        and registry.replaces_production(body.name, body.spec)
+    ):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"program {body.name!r} is in production; replacing its spec needs the 'programs:promote' scope",
+        )
     try:
-        version = registry.register(body.name, body.spec, description=body.description, replace=body.replace)
+        version = registry.register(
+            body.name,
+            body.spec,
+            description=body.description,
+            replace=body.replace,
+            actor=actor_of(principal),
+        )
     except DSPexError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, LookupError) as exc:
@@ -110,21 +138,22 @@ def promote(
         str, Path(description="A version id or a unique prefix of 6+ characters.", max_length=64)
     ],
     request: Request,
-    _principal: Principal = Depends(_write),
+    principal: Principal = Depends(_promote),
 ) -> JSONResponse:
-    """Make a version production; the previous production version is archived."""
+    """Make a version production; the previous production version is archived (``programs:promote``)."""
     app = dspex_of(request)
     resolved = version_or_404(app, name, version)
-    return JSONResponse(version_json(app.programs.promote(name, resolved.id)))
+    return JSONResponse(version_json(app.programs.promote(name, resolved.id, actor=actor_of(principal))))
 
 
 @router.post("/{name}/rollback", response_model=VersionOut, responses=errors(401, 403, 404, 409))
-def rollback(name: ProgramName, request: Request, _principal: Principal = Depends(_write)) -> JSONResponse:
-    """Archive the production version and bring back the one that was production before it."""
+def rollback(name: ProgramName, request: Request, principal: Principal = Depends(_promote)) -> JSONResponse:
+    """Archive the production version and bring back the one that was production before it
+    (``programs:promote``)."""
     app = dspex_of(request)
     program_or_404(app, name)
     try:
-        restored = app.programs.rollback(name)
+        restored = app.programs.rollback(name, actor=actor_of(principal))
     except ConfigurationError as exc:  # nothing to roll back to
         raise ApiError(409, "conflict", exc.message) from exc
     return JSONResponse(version_json(restored))
