@@ -1,6 +1,12 @@
-"""Schemathesis against the live service's OpenAPI document: no generated request may cause a 5xx.
+"""Schemathesis against the live service's OpenAPI document, with every check but one.
 
-Bounded for CI: a few derandomized examples per operation, no deadline. The service runs on real uvicorn
+No generated request may cause a 5xx, get a status, content type or body the document does not
+declare, or be accepted when it violates the schema (``until=0.5``, ``"replace": 0``). The one check
+left out is ``positive_data_acceptance``: run inputs and dataset records are checked against each
+program's own signature and the upload's own field list, which a static schema cannot express, so a
+schema-valid ``{"inputs": {}}`` is rightly a 422 naming the missing field.
+
+Bounded for CI: 15 derandomized examples per operation (40 found nothing either), no deadline. The service runs on real uvicorn
 with an admin key, a registered program ``qa`` and a dataset ``qa-set``, so generated requests reach the
 handlers (and the run path) rather than stopping at authentication.
 """
@@ -14,7 +20,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import positive_data_acceptance
 from server_support import QA_SPEC
 
 from conftest import Live
@@ -44,14 +50,17 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @schema.parametrize()
 @settings(
-    max_examples=8,
+    max_examples=15,
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_no_request_causes_a_server_error(case: Any, fuzzed: tuple[Live, str]) -> None:
+def test_the_service_keeps_its_openapi_contract(case: Any, fuzzed: tuple[Live, str]) -> None:
     live, key = fuzzed
     case.call_and_validate(
-        base_url=live.url, headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error], timeout=30
+        base_url=live.url,
+        headers={"Authorization": f"Bearer {key}"},
+        excluded_checks=[positive_data_acceptance],
+        timeout=30,
     )

@@ -39,9 +39,10 @@ JsonObject = dict[str, Any]
 
 
 class _Strict(BaseModel):
-    """Request bodies refuse unknown fields, so a typo is a 422 naming it rather than silently ignored."""
+    """Request bodies refuse unknown fields, so a typo is a 422 naming it rather than silently ignored,
+    and values of another type than declared (``"replace": 0`` for a boolean) rather than coercing them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # -- errors ------------------------------------------------------------------------------------------------

@@ -95,3 +95,16 @@ class EventStream(EventSourceResponse):
             tg.start_soon(produce)
             tg.start_soon(deliver)
             tg.start_soon(watch)
+
+
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One server-sent event: its type in `event`, its JSON payload in `data`.",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+"""The schema of each event of a stream (OpenAPI 3.2's reading of ``text/event-stream``)."""

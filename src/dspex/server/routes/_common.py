@@ -26,8 +26,16 @@ _DESCRIPTIONS = {
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` for these error statuses, all with the standard error body."""
-    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
+    """OpenAPI ``responses=`` for these error statuses, all with the standard error body.
+
+    Errors are JSON on every route, streams included (FastAPI would otherwise document them with the
+    route's own media type, ``text/event-stream``), so ``application/json`` is named explicitly.
+    """
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status], "content": json_body}
+        for status in statuses
+    }
 
 
 ERRORS = errors(401, 403, 422)

@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BeforeValidator
 
 from dspex.server.app import dspex_of
 from dspex.server.auth import Principal, require
@@ -26,6 +27,17 @@ _FLUSH_S = 2.0
 Status = Literal["running", "succeeded", "failed", "cancelled", "abandoned"]
 
 
+def _iso_only(value: object) -> object:
+    # pydantic also reads a number as a Unix time; the parameter is declared (and documented) as an
+    # ISO 8601 date-time, so "0.5" is refused as the schema says rather than read as 1970.
+    if isinstance(value, str) and not any(c in value for c in "-:T"):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-12-01T00:00:00Z")
+    return value
+
+
+IsoTime = Annotated[dt.datetime, BeforeValidator(_iso_only)]
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     # The store keeps UTC and SQLite compares text: a bound must be UTC too (naive means UTC).
     if value is None:
@@ -39,8 +51,8 @@ def _filter(
         str | None, Query(max_length=64, description="Only this version (full id).")
     ] = None,
     status: Annotated[Status | None, Query(description="Only this status.")] = None,
-    since: Annotated[dt.datetime | None, Query(description="Started at or after (ISO 8601).")] = None,
-    until: Annotated[dt.datetime | None, Query(description="Started before (ISO 8601).")] = None,
+    since: Annotated[IsoTime | None, Query(description="Started at or after (ISO 8601).")] = None,
+    until: Annotated[IsoTime | None, Query(description="Started before (ISO 8601).")] = None,
     min_cost_usd: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     max_cost_usd: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     min_duration_ms: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,

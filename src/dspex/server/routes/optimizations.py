@@ -21,7 +21,7 @@ from dspex.server.auth import Principal, require
 from dspex.server.errors import JSONResponse, not_found
 from dspex.server.models import OptimizationDetailOut, OptimizationStart, OptimizationStarted
 from dspex.server.routes._common import errors, program_or_404
-from dspex.server.sse import Event, EventStream, EventStreamDoc
+from dspex.server.sse import SSE_EVENT_SCHEMA, Event, EventStream, EventStreamDoc
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
@@ -150,7 +150,7 @@ def show(
     "/{optimization_id}/events",
     response_class=EventStreamDoc,
     responses={
-        200: {"description": _EVENTS_DOC, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"description": _EVENTS_DOC, "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
         **errors(401, 403, 404),
     },
 )

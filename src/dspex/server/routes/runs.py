@@ -22,7 +22,7 @@ from dspex.server.metrics import Metrics
 from dspex.server.models import RunRequest, RunResultOut
 from dspex.server.routes._common import errors, version_or_404
 from dspex.server.routes.programs import ProgramName
-from dspex.server.sse import Event, EventStream, EventStreamDoc
+from dspex.server.sse import SSE_EVENT_SCHEMA, Event, EventStream, EventStreamDoc
 
 router = APIRouter(prefix="/v1/programs", tags=["runs"])
 
@@ -89,7 +89,7 @@ async def run(
     "/{name}/runs/stream",
     response_class=EventStreamDoc,
     responses={
-        200: {"description": _STREAM_DOC, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"description": _STREAM_DOC, "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
         **_RUN_ERRORS,
     },
 )
