@@ -149,6 +149,7 @@ class RunStream:
             program_name = name
         run = _Run(app, program, inputs, lm, program_name, version_id, variables)
         try:
+            run._check_size()
             validated = run._validated()
         except BaseException as exc:
             raise run.failed(exc) from exc
