@@ -8,8 +8,9 @@ What the store can hold (:func:`storable`, applied by :func:`dumps`, the databas
 serialiser, and to every JSON column read back): the same on SQLite and PostgreSQL, so one bad value
 never fails a write or a listing:
 
-- integers beyond 64 bits (signed) become their decimal string (``2**70`` -> ``"1180591620717411303424"``):
-  nothing is lost, and JSONB, orjson and most JSON clients cannot hold them as numbers;
+- integers beyond 64 bits (below -2**63 or above 2**64 - 1) become their decimal string
+  (``2**70`` -> ``"1180591620717411303424"``): nothing is lost, while orjson, 64-bit columns and most
+  JSON clients cannot hold them as numbers;
 - NUL characters become U+FFFD (PostgreSQL text and JSONB cannot hold NUL at all);
 - lone surrogates become U+FFFD (they are not Unicode scalar values; UTF-8 cannot encode them);
 - NaN and infinities become null (JSON has no spelling for them).
@@ -70,7 +71,7 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     return {"__repr__": repr(value)[:2000]}
 
 
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson, and so the fast path, encodes as numbers
 _REPLACEMENT = "\ufffd"
 
 

@@ -66,7 +66,8 @@ DURABILITIES: tuple[Durability, ...] = ("async", "sync")
 logger = logging.getLogger("dspex.runtime")
 
 
-def _check_durability(durability: str | None) -> Durability | None:
+def check_durability(durability: str | None) -> Durability | None:
+    """``durability`` as a :data:`Durability` (None stays None); ``ConfigurationError`` otherwise."""
     if durability is None:
         return None
     if durability == "sync":
@@ -491,7 +492,7 @@ class App:
         the version (default: production, else the newest draft) and both are recorded.
         ``durability`` ('sync' or 'async') overrides the program's and the settings' (module docstring).
         """
-        durability = _check_durability(durability)
+        durability = check_durability(durability)
         if isinstance(program, str):
             name = program
             cached = self._cache_lookup(name, version_id, program_name, inputs, variables)
@@ -524,7 +525,7 @@ class App:
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
         cached: _CacheSlot | RunResult | None = None
-        mode = _check_durability(durability) or self.settings.durability
+        mode = check_durability(durability) or self.settings.durability
         if isinstance(program, str):
             name = program
             # A hit is answered from the in-process memo without touching the event loop's thread
@@ -677,7 +678,7 @@ class App:
         durability = record.durability if record.durability in DURABILITIES else None
         policy = _Policy(
             record.cache_ttl_s,
-            _check_durability(durability),
+            check_durability(durability),
             version,
             time.monotonic() + POLICY_REFRESH_S,
         )
@@ -707,7 +708,7 @@ class App:
         A run's own ``durability=`` still wins. Other processes see the change within
         ``POLICY_REFRESH_S`` seconds (the same per-process refresh as the cache TTL).
         """
-        _check_durability(durability)
+        check_durability(durability)
         self.programs.get(name)
         self.programs.repository.set_durability(name, durability)
         self._policies.pop(name, None)
