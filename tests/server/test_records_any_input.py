@@ -71,3 +71,20 @@ def test_durability_in_the_run_body_is_checked(admin: httpx.Client, qa: dict[str
     response = _post(admin, {"inputs": {"question": "x"}, "durability": "eventually"})
     assert response.status_code == 422, response.text
     assert "durability" in response.text
+
+
+def test_a_sync_stream_sends_its_result_once_the_record_is_committed(
+    admin: httpx.Client, qa: dict[str, Any], dspex_app: App
+) -> None:
+    from server_support import sse
+
+    writer = dspex_app._open().writer
+    writer.linger = 30.0  # async records would sit in memory for 30 s; sync skips the wait
+    body = {"inputs": {"question": "streamed"}, "durability": "sync"}
+    response = admin.post("/v1/programs/qa/runs/stream", json=body)
+    assert response.status_code == 200, response.text
+    events = sse(response.text)
+    (result,) = [data for event, data in events if event == "result"]
+    record = dspex_app.executions.get(result["execution_id"])
+    assert record is not None
+    assert record.status == "succeeded"

@@ -105,7 +105,12 @@ async def stream(
     metrics = metrics_of(request)
     try:
         opened = await RunStream.open(
-            app, name, body.inputs, version_id=body.version, variables=body.variables
+            app,
+            name,
+            body.inputs,
+            version_id=body.version,
+            variables=body.variables,
+            durability=body.durability,
         )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
