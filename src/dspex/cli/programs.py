@@ -203,6 +203,10 @@ def show(name: str = typer.Argument(..., help="Program name."), as_json: bool = 
     out.print(f"created {fmt_time(record.created_at)}, updated {fmt_time(record.updated_at)}")
     cache = f"results cached for {record.cache_ttl_s} s" if record.cache_ttl_s else "results not cached"
     out.print(f"cache: {cache} (`dspex programs cache {text(record.name)} --ttl SECONDS | --off`)")
+    durability = record.durability or "the default"
+    out.print(
+        f"durability: {durability} (`dspex programs durability {text(record.name)} sync|async|--default`)"
+    )
     table = Table(title=f"Versions of {text(record.name)} (newest first; * = what `dspex run` uses)")
     for column in ("", "version", "status", "created", "promoted", "parent", "note", "dspy"):
         table.add_column(column)
