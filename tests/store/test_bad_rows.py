@@ -49,9 +49,9 @@ def _row(execution_id: str, **overrides: Any) -> dict[str, Any]:
 class _Refusing(ExecutionRepository):
     """A repository whose database refuses rows with a given id, or rows carrying a poisoned payload."""
 
-    def __init__(self, db: Any, *, bad_ids: set[str] = frozenset(), poison: str | None = None) -> None:  # type: ignore[assignment]  # a frozenset is a fine read-only default
+    def __init__(self, db: Any, *, bad_ids: set[str] | None = None, poison: str | None = None) -> None:
         super().__init__(db)
-        self.bad_ids = bad_ids
+        self.bad_ids = bad_ids or set()
         self.poison = poison
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -134,18 +134,23 @@ def test_a_spill_file_is_replayed_when_the_next_app_opens(database_url: str, tmp
 
 
 def test_a_dead_database_spills_the_whole_batch(db: Any, tmp_path: Path) -> None:
+    calls = []
+
     class _Down(ExecutionRepository):
         def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+            calls.append(len(rows))
             raise ConnectionError("the database is down")
 
     spill = tmp_path / "spill.jsonl"
     writer = ExecutionWriter(_Down(db), linger=10.0, attempts=2, spill_path=spill)
-    writer.submit(_row("x"))
-    writer.submit(_row("y"))
+    for i in range(10):
+        writer.submit(_row(f"r{i}"))
     writer.close()
     rows = [json.loads(line) for line in spill.read_text().splitlines()]
-    assert [r["row"]["id"] for r in rows] == ["x", "y"]
+    assert [r["row"]["id"] for r in rows] == [f"r{i}" for i in range(10)]
     assert all("database is down" in r["reason"] for r in rows)
+    # The whole batch, three rows alone (all fail: the database is blamed), then the batch again.
+    assert calls == [10, 1, 1, 1, 10]
 
 
 @pytest.mark.parametrize(

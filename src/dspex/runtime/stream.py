@@ -160,7 +160,8 @@ class RunStream:
             validated = run._validated()
         except BaseException as exc:
             shown = run.failed(exc)
-            await asyncio.to_thread(run.settle)
+            if run.durability == "sync":
+                await asyncio.to_thread(run.settle)
             raise shown from exc
         return cls(run, validated)
 
@@ -185,12 +186,14 @@ class RunStream:
                 prediction = task.result()
             except Exception as exc:
                 failed = self._failed(exc)
-                await asyncio.to_thread(run.settle)
+                if run.durability == "sync":
+                    await asyncio.to_thread(run.settle)
                 yield failed
                 return
             self._ended = True
             finished = RunFinished(run.succeeded(prediction))
-            await asyncio.to_thread(run.settle)
+            if run.durability == "sync":
+                await asyncio.to_thread(run.settle)
             yield finished
         finally:
             if not self._ended:  # the consumer stopped (disconnect) or was cancelled: so is the run

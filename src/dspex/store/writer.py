@@ -47,6 +47,7 @@ logger = logging.getLogger("dspex.store")
 # A record is a dict of columns, or a callable building one (called on the writer thread).
 PendingRecord = dict[str, Any] | Callable[[], dict[str, Any]]
 _STOP = object()
+_PROBE = 3  # rows tried one by one before a batch that fails whole is blamed on the database
 # Writers still open at exit, so buffered records are flushed (weak: a dropped writer is not kept alive).
 _open_writers: weakref.WeakSet[ExecutionWriter] = weakref.WeakSet()
 
@@ -210,9 +211,15 @@ class ExecutionWriter:
         self._retry([row for row, _ in failed], first)
 
     def _each(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Exception]]:
-        """Upsert row by row; the rows that failed, each with its error."""
-        failed = []
-        for row in rows:
+        """Upsert row by row; the rows that failed, each with its error.
+
+        The first ``_PROBE`` rows all failing means the database, not the rows, is failing: the rest
+        are returned untried (with that error) rather than each waiting out a timeout.
+        """
+        failed: list[tuple[dict[str, Any], Exception]] = []
+        for index, row in enumerate(rows):
+            if len(failed) == index == _PROBE:
+                return failed + [(rest, failed[-1][1]) for rest in rows[index:]]
             try:
                 self.repository.upsert([row])
             except Exception as exc:
