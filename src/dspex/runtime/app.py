@@ -231,7 +231,9 @@ class App:
                 from dspex.store.writer import replay_spill
 
                 home = self.settings.home
-                if home.exists():  # it holds the database and spill file: owner-only
+                # It holds the database and the spill file: owner-only. An existing directory is
+                # tightened only under dspex's own name (home = "." must not chmod a project).
+                if home.name == ".dspex" and home.is_dir():
                     private_dir(home)
                 db = open_database(self.settings.resolved_database_url)
                 executions = ExecutionRepository(db)
