@@ -4,16 +4,18 @@ Stored data is JSON, never pickle: predictions, examples, pydantic models (``dsp
 ``dspy.History``...), dataclasses, sets and tuples are converted; anything else becomes its ``repr``,
 marked so a reader knows it was not round-trippable.
 
-What the store can hold (:func:`storable`, applied by :func:`dumps`, the database engines' JSON
-serialiser, and to every JSON column read back): the same on SQLite and PostgreSQL, so one bad value
-never fails a write or a listing:
+What the store can hold: :func:`dumps`, the database engines' JSON serialiser, writes the same JSON on
+SQLite and PostgreSQL, so one bad value never fails a write:
 
-- integers beyond 64 bits (below -2**63 or above 2**64 - 1) become their decimal string
-  (``2**70`` -> ``"1180591620717411303424"``): nothing is lost, while orjson, 64-bit columns and most
-  JSON clients cannot hold them as numbers;
-- NUL characters become U+FFFD (PostgreSQL text and JSONB cannot hold NUL at all);
-- lone surrogates become U+FFFD (they are not Unicode scalar values; UTF-8 cannot encode them);
-- NaN and infinities become null (JSON has no spelling for them).
+- NUL characters become U+FFFD (PostgreSQL text and JSONB cannot hold NUL at all; an escape such as
+  ``\\u0000`` would be indistinguishable from the six characters a user typed);
+- lone surrogates become U+FFFD (they are not Unicode scalar values: UTF-8, so PostgreSQL and every
+  JSON client, cannot encode them);
+- NaN and infinities become null (JSON has no spelling for them);
+- integers beyond 64 bits are stored exactly, as JSON numbers (both databases hold them), so datasets
+  keep them. :func:`storable` additionally turns them into decimal strings (``2**70`` ->
+  ``"1180591620717411303424"``): execution records are read through it, because orjson, the API and
+  most JSON clients cannot hold such numbers, and a listing must never fail on one.
 """
 
 from __future__ import annotations
@@ -85,16 +87,20 @@ def _clean_str(text: str) -> str:
     return text
 
 
-def storable(value: Any, _depth: int = 0) -> Any:
-    """``value`` (already JSON-shaped, or anything :func:`to_jsonable` takes) as JSON every store holds.
+def storable(value: Any) -> Any:
+    """``value`` (already JSON-shaped, or anything :func:`to_jsonable` takes) as JSON anything holds.
 
     >>> storable({"n": 2**70, "s": "a\x00b", "x": float("nan")})
     {'n': '1180591620717411303424', 's': 'a\ufffdb', 'x': None}
     """
+    return _repaired(value, ints_as_text=True)
+
+
+def _repaired(value: Any, *, ints_as_text: bool, _depth: int = 0) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+        return str(value) if ints_as_text and not _INT_MIN <= value <= _INT_MAX else value
     if isinstance(value, str):
         return _clean_str(value)
     if isinstance(value, float):
@@ -103,10 +109,13 @@ def storable(value: Any, _depth: int = 0) -> Any:
         return {"__repr__": "<nested too deep>"}
     depth = _depth + 1
     if isinstance(value, Mapping):
-        return {_clean_str(str(k)): storable(v, depth) for k, v in value.items()}
+        return {
+            _clean_str(str(k)): _repaired(v, ints_as_text=ints_as_text, _depth=depth)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
-        return [storable(v, depth) for v in value]
-    return storable(to_jsonable(value, _depth), _depth)
+        return [_repaired(v, ints_as_text=ints_as_text, _depth=depth) for v in value]
+    return _repaired(to_jsonable(value, _depth), ints_as_text=ints_as_text, _depth=_depth)
 
 
 def _default(value: Any) -> Any:
@@ -128,9 +137,9 @@ def dumps(value: Any) -> str:
 
     The fast path is orjson (NaN and infinities become null, non-string keys become strings) with a
     ``default`` hook for DSPy and pydantic objects; values it refuses (integers beyond 64 bits, nesting
-    deeper than 254 levels, lone surrogates) and text holding a NUL take the slow path through
-    :func:`storable`. The database engines use this as their JSON serialiser, so what they store is
-    always :func:`storable`.
+    deeper than 254 levels, lone surrogates) and text holding a NUL take the slow path, which repairs
+    text and numbers as the module docstring says (integers stay numbers). The database engines use
+    this as their JSON serialiser.
     """
     try:
         text = orjson.dumps(value, default=_default, option=_OPTIONS).decode()
@@ -141,7 +150,8 @@ def dumps(value: Any) -> str:
         # \\u0000 and also matches, which only costs the slow path the same correct answer.
         if "\\u0000" not in text:
             return text
-    return json.dumps(storable(value), allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    repaired = _repaired(value, ints_as_text=False)
+    return json.dumps(repaired, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical_hash(value: Any) -> str:

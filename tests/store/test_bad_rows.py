@@ -169,7 +169,8 @@ def test_a_dead_database_spills_the_whole_batch(db: Any, tmp_path: Path) -> None
 )
 def test_storable(value: Any, expected: Any) -> None:
     assert storable(value) == expected
-    assert json.loads(dumps(value)) == expected
+    # What the engines write keeps huge integers as numbers; reading records turns them into text.
+    assert storable(json.loads(dumps(value))) == expected
 
 
 def test_a_literal_backslash_u0000_is_kept() -> None:
