@@ -3,6 +3,19 @@
 Stored data is JSON, never pickle: predictions, examples, pydantic models (``dspy.Image``,
 ``dspy.History``...), dataclasses, sets and tuples are converted; anything else becomes its ``repr``,
 marked so a reader knows it was not round-trippable.
+
+What the store can hold: :func:`dumps`, the database engines' JSON serialiser, writes the same JSON on
+SQLite and PostgreSQL, so one bad value never fails a write:
+
+- NUL characters become U+FFFD (PostgreSQL text and JSONB cannot hold NUL at all; an escape such as
+  ``\\u0000`` would be indistinguishable from the six characters a user typed);
+- lone surrogates become U+FFFD (they are not Unicode scalar values: UTF-8, so PostgreSQL and every
+  JSON client, cannot encode them);
+- NaN and infinities become null (JSON has no spelling for them);
+- integers beyond 64 bits are stored exactly, as JSON numbers (both databases hold them), so datasets
+  keep them. :func:`storable` additionally turns them into decimal strings (``2**70`` ->
+  ``"1180591620717411303424"``): execution records are read through it, because orjson, the API and
+  most JSON clients cannot hold such numbers, and a listing must never fail on one.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical_hash", "dumps", "to_jsonable"]
+__all__ = ["canonical_hash", "dumps", "storable", "to_jsonable"]
 
 _MAX_DEPTH = 32
 
@@ -60,6 +73,51 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     return {"__repr__": repr(value)[:2000]}
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson, and so the fast path, encodes as numbers
+_REPLACEMENT = "\ufffd"
+
+
+def _clean_str(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", _REPLACEMENT)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        text = "".join(_REPLACEMENT if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
+
+
+def storable(value: Any) -> Any:
+    """``value`` (already JSON-shaped, or anything :func:`to_jsonable` takes) as JSON anything holds.
+
+    >>> storable({"n": 2**70, "s": "a\x00b", "x": float("nan")})
+    {'n': '1180591620717411303424', 's': 'a\ufffdb', 'x': None}
+    """
+    return _repaired(value, ints_as_text=True)
+
+
+def _repaired(value: Any, *, ints_as_text: bool, _depth: int = 0) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value) if ints_as_text and not _INT_MIN <= value <= _INT_MAX else value
+    if isinstance(value, str):
+        return _clean_str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if _depth > _MAX_DEPTH:
+        return {"__repr__": "<nested too deep>"}
+    depth = _depth + 1
+    if isinstance(value, Mapping):
+        return {
+            _clean_str(str(k)): _repaired(v, ints_as_text=ints_as_text, _depth=depth)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_repaired(v, ints_as_text=ints_as_text, _depth=depth) for v in value]
+    return _repaired(to_jsonable(value, _depth), ints_as_text=ints_as_text, _depth=_depth)
+
+
 def _default(value: Any) -> Any:
     # One level only: the encoder recurses into what this returns, far faster than converting the whole
     # value in Python first. orjson handles dataclasses, datetimes, enums and UUIDs itself.
@@ -79,13 +137,21 @@ def dumps(value: Any) -> str:
 
     The fast path is orjson (NaN and infinities become null, non-string keys become strings) with a
     ``default`` hook for DSPy and pydantic objects; values it refuses (integers beyond 64 bits, nesting
-    deeper than 254 levels) take the slow path through :func:`to_jsonable`. The database engines use
+    deeper than 254 levels, lone surrogates) and text holding a NUL take the slow path, which repairs
+    text and numbers as the module docstring says (integers stay numbers). The database engines use
     this as their JSON serialiser.
     """
     try:
-        return orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+        text = orjson.dumps(value, default=_default, option=_OPTIONS).decode()
     except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(to_jsonable(value), allow_nan=False, separators=(",", ":"))
+        pass
+    else:
+        # A NUL is escaped as \u0000 by every encoder; a literal backslash before "u0000" is escaped as
+        # \\u0000 and also matches, which only costs the slow path the same correct answer.
+        if "\\u0000" not in text:
+            return text
+    repaired = _repaired(value, ints_as_text=False)
+    return json.dumps(repaired, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical_hash(value: Any) -> str:

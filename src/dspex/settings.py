@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import Field, SecretStr
@@ -82,6 +82,22 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Models a spec may name ([models.NAME] with model, api_base, api_key_env); the default "
         "lm/api_base/api_key is one more, named by its model string.",
+    )
+    # -- records: durability, recorder leases, input size (issue 10, sec-records) --
+    durability: Literal["async", "sync"] = Field(
+        "async",
+        description="When a run's terminal record is written: 'async' behind the call (fastest; a "
+        "kill right after the answer can leave it abandoned), 'sync' committed before the result "
+        "is returned. A program's own setting and a run's argument override it.",
+    )
+    recorder_lease_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="Lease of a recording process, renewed every third of it; running records of a "
+        "recorder whose lease expired are marked abandoned.",
+    )
+    max_input_bytes: int = Field(
+        4_000_000, ge=1, description="Largest JSON-encoded inputs of one run; larger runs fail validation."
     )
 
     @property

@@ -118,7 +118,10 @@ def test_a_killed_process_leaves_an_abandoned_record(database_url: str, tmp_path
     repo = ExecutionRepository(db)
     with (tmp_path / "worker.log").open("w") as log:
         worker = subprocess.Popen(
-            [sys.executable, str(WORKER), database_url, str(home), "1", "60"], stdout=log, stderr=log
+            [sys.executable, str(WORKER), database_url, str(home), "1", "60"],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "DSPEX_RECORDER_LEASE_S": "1"},
         )
         try:
             _wait_for(lambda: repo.count(ExecutionFilter(status="running")) == 1)
@@ -127,12 +130,14 @@ def test_a_killed_process_leaves_an_abandoned_record(database_url: str, tmp_path
             worker.wait(timeout=30)
     (running,) = repo.find(ExecutionFilter(status="running"))
     assert running.runner.endswith(f":{worker.pid}")
-    assert repo.mark_abandoned() == [running.id]
+    assert running.recorder_id is not None
+    # The recorder's lease (1 s) runs out: then, and only then, the run is abandoned.
+    _wait_for(lambda: repo.mark_abandoned() == [running.id], timeout=10)
     record = repo.get(running.id)
     assert record is not None
     assert record.status == "abandoned"
     assert record.error is not None
-    assert "ended without recording a result" in record.error["message"]
+    assert "stopped renewing its lease without recording a result" in record.error["message"]
     assert repo.mark_abandoned() == []
     db.dispose()
 

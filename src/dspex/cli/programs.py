@@ -50,6 +50,7 @@ def _program_json(record: ProgramRecord, versions: list[ProgramVersion]) -> dict
         "production_version": production,
         "versions": len(versions),
         "cache_ttl_s": record.cache_ttl_s,
+        "durability": record.durability,
         "created_at": record.created_at.isoformat(),
         "updated_at": record.updated_at.isoformat(),
     }
@@ -202,6 +203,10 @@ def show(name: str = typer.Argument(..., help="Program name."), as_json: bool = 
     out.print(f"created {fmt_time(record.created_at)}, updated {fmt_time(record.updated_at)}")
     cache = f"results cached for {record.cache_ttl_s} s" if record.cache_ttl_s else "results not cached"
     out.print(f"cache: {cache} (`dspex programs cache {text(record.name)} --ttl SECONDS | --off`)")
+    durability = record.durability or "the default"
+    out.print(
+        f"durability: {durability} (`dspex programs durability {text(record.name)} sync|async|--default`)"
+    )
     table = Table(title=f"Versions of {text(record.name)} (newest first; * = what `dspex run` uses)")
     for column in ("", "version", "status", "created", "promoted", "parent", "note", "dspy"):
         table.add_column(column)
@@ -278,6 +283,29 @@ def cache(
         console().print(f"[bold]{text(name)}[/]: cache off ({cleared} stored entries deleted)")
     else:
         console().print(f"[bold]{text(name)}[/]: repeated runs served from the cache for {ttl} s")
+
+
+@app.command("durability")
+def durability(
+    name: str = typer.Argument(..., help="Program name."),
+    mode: str | None = typer.Argument(None, help="'sync' or 'async'."),
+    default: bool = typer.Option(False, "--default", help="Use the settings' durability (DSPEX_DURABILITY)."),
+    as_json: bool = _JSON,
+) -> None:
+    """When the program's run records are written: 'sync' commits each run's record before the run
+    returns (a crash right after the answer never contradicts it; one commit of latency), 'async'
+    writes it just behind the call (fastest). A run's own --durability still wins."""
+    from dspex.runtime.app import check_durability
+
+    with open_app() as dspex_app:  # turns errors into messages and exit code 2
+        if (mode is None) == (not default):
+            raise ConfigurationError("pass exactly one of sync, async or --default")
+        dspex_app.set_durability(name, check_durability(mode))
+    if as_json:
+        emit_json({"program": name, "durability": mode})
+        return
+    shown = mode or f"the default ({dspex_app.settings.durability})"
+    console().print(f"[bold]{text(name)}[/]: run records written with durability {shown}")
 
 
 def _report(version: ProgramVersion, verb: str, as_json: bool) -> None:

@@ -39,17 +39,27 @@ def run(
     as_json: bool = typer.Option(
         False, "--json", help="Print outputs, execution id, duration, usage and cost as JSON."
     ),
+    durability: str | None = typer.Option(
+        None,
+        "--durability",
+        help="'sync' commits the run's record before returning; 'async' writes it behind the call "
+        "(default: the program's setting, else DSPEX_DURABILITY).",
+    ),
 ) -> None:
     """Run a registered program on the given inputs; the run is recorded either way.
 
     Exit codes: 0 success, 1 the run failed (program or LM error), 2 bad arguments or inputs.
     """
+    from dspex.runtime.app import check_durability
+
     with open_app() as dspex_app:
         inputs = json_object(input_json, "--input") if input_json is not None else {}
         inputs.update(key_values(fields, "-i"))
         # Resolve once, so the version printed is the version that ran even if someone promotes meanwhile.
         resolved = dspex_app.programs.resolve(program, version)
-        result = dspex_app.run(program, inputs, version_id=resolved.id)
+        result = dspex_app.run(
+            program, inputs, version_id=resolved.id, durability=check_durability(durability)
+        )
     usage_tokens = sum(int(u.get("total_tokens") or 0) for u in result.usage.values())
     if as_json:
         emit_json(

@@ -14,7 +14,15 @@ Each run executes under ``dspy.context(lm=..., callbacks=[..., recorder], usage_
 input (``ValidationError``), LM failure (``LMError``) or any exception in the program
 (``ExecutionError``, cause chained); ``cancelled`` on cancellation or interrupt. Records are written
 behind the call by an :class:`~dspex.store.writer.ExecutionWriter`; ``close()`` flushes them. Opening
-the store migrates it and marks runs left ``running`` by dead processes of this host ``abandoned``.
+the store migrates it, replays records a failing database left in the spill file, and marks runs left
+``running`` by dead recorders ``abandoned``.
+
+Durability (``durability=`` per run, else the program's setting, else ``settings.durability``):
+``async`` writes the terminal record behind the call (the caller never waits on the database; a process
+killed right after the answer leaves the run ``abandoned``); ``sync`` commits it before the result is
+returned or the error raised (one commit of latency; a kill -9 after the answer never contradicts it).
+A run whose JSON-encoded inputs exceed ``settings.max_input_bytes`` fails with ``ValidationError``;
+its record keeps the size instead of the inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import threading
 import time
 import uuid
@@ -31,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
-from dspex.jsonable import to_jsonable
+from dspex.jsonable import dumps, to_jsonable
 from dspex.lm.pricing import Prices
 from dspex.modules._introspect import acall_module, single_signature
 from dspex.settings import Settings
@@ -53,7 +62,22 @@ if TYPE_CHECKING:
     from dspex.store.optimizations import OptimizationRepository
     from dspex.variables import Bindings, VariableSpace
 
-__all__ = ["App", "RunResult"]
+__all__ = ["App", "Durability", "RunResult"]
+
+Durability = Literal["async", "sync"]
+DURABILITIES: tuple[Durability, ...] = ("async", "sync")
+logger = logging.getLogger("dspex.runtime")
+
+
+def check_durability(durability: str | None) -> Durability | None:
+    """``durability`` as a :data:`Durability` (None stays None); ``ConfigurationError`` otherwise."""
+    if durability is None:
+        return None
+    if durability == "sync":
+        return "sync"
+    if durability == "async":
+        return "async"
+    raise ConfigurationError(f"durability is 'sync' or 'async', got {durability!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +125,7 @@ MEMO_FRESH_S = 5.0  # how long a process serves a shared cache entry it read wit
 @dataclass(frozen=True, slots=True)
 class _Policy:
     ttl_s: int | None
+    durability: Durability | None
     version_id: str
     fresh_until: float
 
@@ -196,6 +221,7 @@ class App:
         self._policies: dict[str, _Policy] = {}
         self._memo = _Memo()
         self.abandoned: list[str] = []
+        self.replayed: tuple[int, int] = (0, 0)  # (spilled records written, still failing) at open
 
     # -- resources -----------------------------------------------------------------------------------
     def _open(self) -> _Stores:
@@ -204,19 +230,33 @@ class App:
             if self._stores is None:
                 from dspex.programs import ProgramRegistry
                 from dspex.programs.datasets import Datasets
+                from dspex.store._engine import private_dir
                 from dspex.store.cache import ProgramCacheRepository
                 from dspex.store.jobs import JobRepository
                 from dspex.store.keys import ApiKeyRepository
                 from dspex.store.optimizations import OptimizationRepository
+                from dspex.store.recorders import RecorderRepository
+                from dspex.store.writer import replay_spill
 
+                home = self.settings.home
+                # It holds the database and the spill file: owner-only. An existing directory is
+                # tightened only under dspex's own name (home = "." must not chmod a project).
+                if home.name == ".dspex" and home.is_dir():
+                    private_dir(home)
                 db = open_database(self.settings.resolved_database_url)
                 executions = ExecutionRepository(db)
+                spill_path = home / "unwritten-executions.jsonl"
+                # Before the sweep: a spilled terminal record settles its run instead of "abandoned".
+                self.replayed = replay_spill(executions, spill_path)
                 self.abandoned = executions.mark_abandoned()
                 self._stores = _Stores(
                     db=db,
                     executions=executions,
                     writer=ExecutionWriter(
-                        executions, spill_path=self.settings.home / "unwritten-executions.jsonl"
+                        executions,
+                        spill_path=spill_path,
+                        recorders=RecorderRepository(db),
+                        lease_s=self.settings.recorder_lease_s,
                     ),
                     programs=ProgramRegistry(db, tools=self.tools, models=self.models),
                     datasets=Datasets(db),
@@ -493,25 +533,31 @@ class App:
         program_name: str | None = None,
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
+        durability: Durability | None = None,
     ) -> RunResult:
         """Run ``program`` on ``inputs`` and record it; raises on failure after recording it.
 
         ``program`` is a DSPy module, or the name of a registered program: then ``version_id`` picks
         the version (default: production, else the newest draft) and both are recorded.
+        ``durability`` ('sync' or 'async') overrides the program's and the settings' (module docstring).
         """
+        durability = check_durability(durability)
         if isinstance(program, str):
             name = program
             cached = self._cache_lookup(name, version_id, program_name, inputs, variables)
+            mode = durability or self._policy(name).durability or self.settings.durability
             if isinstance(cached, RunResult):
+                self._settle(mode)
                 return cached
             program, version_id = self._registered(name, version_id, program_name)
             program_name = name
-            run = _Run(self, program, inputs, lm, program_name, version_id, variables)
+            run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
             result = run.finish(run.execute_sync)
             if isinstance(cached, _CacheSlot):
                 self._cache_store(cached, name, version_id, result)
             return result
-        run = _Run(self, program, inputs, lm, program_name, version_id, variables)
+        mode = durability or self.settings.durability
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
         return run.finish(run.execute_sync)
 
     async def arun(
@@ -524,9 +570,11 @@ class App:
         program_name: str | None = None,
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
+        durability: Durability | None = None,
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
         cached: _CacheSlot | RunResult | None = None
+        mode = check_durability(durability) or self.settings.durability
         if isinstance(program, str):
             name = program
             # A hit is answered from the in-process memo without touching the event loop's thread
@@ -536,16 +584,28 @@ class App:
                 cached = await asyncio.to_thread(
                     self._cache_lookup, name, version_id, program_name, inputs, variables
                 )
+            if durability is None:
+                policy = self._policies.get(name)
+                if policy is None or time.monotonic() > policy.fresh_until:
+                    policy = await asyncio.to_thread(self._policy, name)
+                mode = policy.durability or self.settings.durability
             if isinstance(cached, RunResult):
+                if mode == "sync":
+                    await asyncio.to_thread(self._settle, mode)
                 return cached
             program, version_id = await asyncio.to_thread(self._registered, name, version_id, program_name)
             program_name = name
-        run = _Run(self, program, inputs, lm, program_name, version_id, variables)
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
         try:
             prediction = await run.execute_async()
         except BaseException as exc:
-            raise run.failed(exc) from exc
+            shown = run.failed(exc)
+            if mode == "sync":
+                await asyncio.to_thread(run.settle)
+            raise shown from exc
         result = run.succeeded(prediction)
+        if mode == "sync":
+            await asyncio.to_thread(run.settle)
         if isinstance(cached, _CacheSlot) and program_name is not None and version_id is not None:
             await asyncio.to_thread(self._cache_store, cached, program_name, version_id, result)
         return result
@@ -664,7 +724,13 @@ class App:
             return policy
         record = self.programs.get(name)
         version = self.programs.resolve(name).id if record.cache_ttl_s is not None else ""
-        policy = _Policy(record.cache_ttl_s, version, time.monotonic() + POLICY_REFRESH_S)
+        durability = record.durability if record.durability in DURABILITIES else None
+        policy = _Policy(
+            record.cache_ttl_s,
+            check_durability(durability),
+            version,
+            time.monotonic() + POLICY_REFRESH_S,
+        )
         self._policies[name] = policy
         return policy
 
@@ -684,6 +750,30 @@ class App:
         self.programs.get(name)
         self.programs.repository.set_cache_ttl(name, ttl_s)
         self._policies.pop(name, None)
+
+    def set_durability(self, name: str, durability: Durability | None) -> None:
+        """Record program ``name``'s runs with ``durability`` ('sync', 'async'; None: the default).
+
+        A run's own ``durability=`` still wins. Other processes see the change within
+        ``POLICY_REFRESH_S`` seconds (the same per-process refresh as the cache TTL).
+        """
+        check_durability(durability)
+        self.programs.get(name)
+        self.programs.repository.set_durability(name, durability)
+        self._policies.pop(name, None)
+
+    def _settle(self, durability: Durability) -> None:
+        """With ``sync`` durability: wait until every record submitted so far is committed."""
+        stores = self._stores
+        if durability == "sync" and stores is not None and not stores.writer.flush(SYNC_TIMEOUT_S):
+            logger.error(
+                "a sync-durability record was not confirmed written within %.0f s; "
+                "the writer may be stuck on the database",
+                SYNC_TIMEOUT_S,
+            )
+
+
+SYNC_TIMEOUT_S = 30.0  # how long a sync-durability run waits for its record before giving up (logged)
 
 
 def _metric(metric: Any) -> Any:
@@ -711,10 +801,12 @@ class _Run:
         program_name: str | None,
         version_id: str | None,
         variables: Mapping[str, Any] | None,
+        durability: Durability = "async",
     ) -> None:
         import dspy
 
         self.app = app
+        self.durability = durability
         self.program = program
         self.inputs = dict(inputs or {})
         self.lm = lm if lm is not None else app.default_lm(program)
@@ -732,6 +824,15 @@ class _Run:
             "runner": current_runner(),
             "cache_hit": False,
         }
+        self.too_large: ValidationError | None = None
+        size = len(dumps(self.inputs).encode("utf-8"))
+        if size > app.settings.max_input_bytes:
+            limit = app.settings.max_input_bytes
+            self.too_large = ValidationError(
+                f"the run's inputs are {size} bytes of JSON, over the limit of {limit} "
+                "(setting max_input_bytes / DSPEX_MAX_INPUT_BYTES); send smaller inputs or raise the limit"
+            )
+            self.base["inputs"] = {"__omitted__": {"reason": "too_large", "bytes": size, "limit": limit}}
         self.writer = app._open().writer if app.record else None
         if self.writer is not None:
             self.writer.submit({**self.base, "status": "running"})
@@ -754,13 +855,18 @@ class _Run:
 
         return validate_inputs(signature, self.inputs)
 
+    def _check_size(self) -> None:
+        if self.too_large is not None:
+            raise self.too_large
+
     def execute_sync(self) -> Any:
+        self._check_size()
         inputs = self._validated()
         with self._context():
             return self.program(**inputs)
 
     async def execute_async(self) -> Any:
-
+        self._check_size()
         inputs = self._validated()
         with self._context():
             return await acall_module(self.program, **inputs)
@@ -769,8 +875,17 @@ class _Run:
         try:
             prediction = execute()
         except BaseException as exc:
-            raise self.failed(exc) from exc
-        return self.succeeded(prediction)
+            shown = self.failed(exc)
+            self.settle()
+            raise shown from exc
+        result = self.succeeded(prediction)
+        self.settle()
+        return result
+
+    def settle(self) -> None:
+        """With ``sync`` durability, wait until the terminal record is committed (or spilled)."""
+        if self.durability == "sync" and self.writer is not None:
+            self.app._settle("sync")
 
     def _end(
         self, status: ExecutionStatus, outputs: Any = None, error: dict[str, Any] | None = None

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.modules._introspect import acall_module
-from dspex.runtime.app import App, RunResult, _Run
+from dspex.runtime.app import App, Durability, RunResult, _Run, check_durability
 
 if TYPE_CHECKING:
     from dspex.pipeline.events import Event as PipelineEvent
@@ -136,22 +136,33 @@ class RunStream:
         program_name: str | None = None,
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
+        durability: Durability | None = None,
     ) -> RunStream:
         """Load the program (a name or a module), record the run as started and validate its inputs.
 
         Raises what :meth:`App.arun` raises before running: ``ConfigurationError`` for an unknown
         program or version (nothing recorded), ``ValidationError`` for bad inputs (recorded as failed,
-        with ``execution_id`` set).
+        with ``execution_id`` set). ``durability`` as in :meth:`App.run`: with ``sync`` the final event
+        is sent once the record is committed.
         """
+        mode = check_durability(durability)
         if isinstance(program, str):
             name = program
             program, version_id = await asyncio.to_thread(app._registered, name, version_id, program_name)
             program_name = name
-        run = _Run(app, program, inputs, lm, program_name, version_id, variables)
+            if mode is None:
+                mode = (await asyncio.to_thread(app._policy, name)).durability
+        run = _Run(
+            app, program, inputs, lm, program_name, version_id, variables, mode or app.settings.durability
+        )
         try:
+            run._check_size()
             validated = run._validated()
         except BaseException as exc:
-            raise run.failed(exc) from exc
+            shown = run.failed(exc)
+            if run.durability == "sync":
+                await asyncio.to_thread(run.settle)
+            raise shown from exc
         return cls(run, validated)
 
     async def events(self) -> AsyncIterator[StreamEvent]:
@@ -174,10 +185,16 @@ class RunStream:
             try:
                 prediction = task.result()
             except Exception as exc:
-                yield self._failed(exc)
+                failed = self._failed(exc)
+                if run.durability == "sync":
+                    await asyncio.to_thread(run.settle)
+                yield failed
                 return
             self._ended = True
-            yield RunFinished(run.succeeded(prediction))
+            finished = RunFinished(run.succeeded(prediction))
+            if run.durability == "sync":
+                await asyncio.to_thread(run.settle)
+            yield finished
         finally:
             if not self._ended:  # the consumer stopped (disconnect) or was cancelled: so is the run
                 task.cancel()

@@ -131,6 +131,11 @@ class RunRequest(_Strict):
         description="A version id or unique prefix; default production, else newest draft.",
     )
     variables: JsonObject | None = Field(None, description="Variable values, recorded with the run.")
+    durability: Literal["async", "sync"] | None = Field(
+        None,
+        description="'sync': the run's record is committed before the response; 'async': written just "
+        "after it. Default: the program's setting, else the server's.",
+    )
 
 
 class RunResultOut(BaseModel):

@@ -6,11 +6,17 @@ transaction that reads and then writes cannot wait for the lock (SQLite fails it
 is locked" to avoid a deadlock), while an immediate one takes the write lock up front and so queues behind
 other writers for the busy timeout. Within one process a lock serialises writers, so threads wait on a
 mutex instead of polling the file.
+
+The SQLite file holds inputs, outputs and traces, so it is readable by its owner only: created 0600 in
+a directory created 0700, and an existing file of ours with wider modes is tightened. SQLite creates
+its ``-wal`` and ``-shm`` files with the database file's mode, so they follow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +29,44 @@ from sqlalchemy.engine import Connection, Engine
 from dspex.errors import ConfigurationError
 from dspex.jsonable import dumps
 
-__all__ = ["Database"]
+__all__ = ["Database", "private_dir", "private_file"]
 
 _BUSY_TIMEOUT_MS = 30_000
 _WRITE = "dspex_write"
 
 
+def private_dir(path: Path) -> None:
+    """Create directory ``path`` readable by its owner only (0700), or tighten it if it is ours."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        _tighten(path, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create file ``path`` empty with mode 0600, or tighten an existing file of ours to 0600."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        _tighten(path, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    info = path.stat()
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & ~mode:
+        path.chmod(mode)
+
+
 def _sqlite_engine(url: sa.URL) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        database = Path(url.database)
+        if not database.parent.exists():
+            private_dir(database.parent)
+        private_file(database)
+        for suffix in ("-wal", "-shm"):
+            sidecar = database.with_name(database.name + suffix)
+            if sidecar.exists():
+                _tighten(sidecar, 0o600)
     engine = sa.create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000}, json_serializer=dumps)
 
     @event.listens_for(engine, "connect")

@@ -7,8 +7,11 @@ nullable because ad-hoc modules (not registered) are recorded too. ``usage`` is 
 (``{"openai/gpt-4o-mini": {"prompt_tokens", "completion_tokens", "total_tokens", "calls", "cost_usd"}}``);
 ``total_tokens`` and ``cost_usd`` are denormalised totals so filters and stats need no JSON functions.
 ``trace`` holds the span tree (``{"v": 1, "spans": [...]}``) and may be dropped by retention while the
-summary row stays. ``runner`` is ``host:pid`` of the process that ran it: a ``running`` row whose
-process is gone is marked ``abandoned`` by the next process that opens the store on that host.
+summary row stays. ``runner`` is ``host:pid`` of the process that ran it, ``recorder_id`` the recorder
+(:mod:`dspex.store.recorders`) whose writer records it. A ``running`` row whose recorder is closed or
+whose lease expired is marked ``abandoned`` by any process (at open and by each writer's periodic
+sweep), whatever now runs under that host and pid. Rows written before recorders existed (no
+``recorder_id``) keep the older rule: abandoned when no process with that pid lives on this host.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dspex.errors import ConfigurationError
+from dspex.jsonable import storable
 from dspex.store._engine import Database
 from dspex.store._time import aware, utcnow
-from dspex.store.schema import executions
+from dspex.store.schema import executions, recorders
 
 __all__ = [
     "ExecutionFilter",
@@ -43,6 +47,7 @@ ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "abando
 TERMINAL: tuple[ExecutionStatus, ...] = ("succeeded", "failed", "cancelled", "abandoned")
 _COLUMNS = tuple(c.name for c in executions.columns)
 _SUMMARY_COLUMNS = tuple(c for c in executions.columns if c.name != "trace")
+_JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace")
 
 
 _runner: tuple[int, str] | None = None
@@ -86,6 +91,11 @@ class ExecutionRecord:
         data["started_at"] = aware(data["started_at"])
         data["ended_at"] = aware(data["ended_at"])
         data["cache_hit"] = bool(data["cache_hit"])
+        # Rows written before the store normalised its JSON may hold integers beyond 64 bits (SQLite):
+        # reading them normalised keeps listings and the API working for every caller.
+        for name in _JSON_COLUMNS:
+            if data[name] is not None:
+                data[name] = storable(data[name])
         return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
@@ -255,26 +265,51 @@ class ExecutionRepository:
     def mark_abandoned(
         self, *, host: str | None = None, is_alive: Callable[[int], bool] | None = None
     ) -> list[str]:
-        """Mark ``running`` rows of dead processes on ``host`` (default: this one) as ``abandoned``.
+        """Mark ``running`` rows that nobody can finish as ``abandoned``; returns the ids marked.
 
-        Returns the ids marked. Rows of other hosts are left to processes on those hosts.
+        A row with a recorder is abandoned when that recorder is closed, gone or past its lease (any
+        host). A row without one (written before recorders existed) is abandoned when it ran on
+        ``host`` (default: this one) and its pid is not alive; rows of other hosts are left to them.
         """
         host = host or socket.gethostname()
         alive = is_alive or _pid_alive
-        c = executions.c
+        c, r = executions.c, recorders.c
+        now = utcnow()
         with self.db.read() as connection:
-            running = connection.execute(
+            legacy = connection.execute(
                 sa.select(c.id, c.runner, c.started_at).where(
-                    c.status == "running", c.runner.like(f"{host}:%")
+                    c.status == "running", c.recorder_id.is_(None), c.runner.like(f"{host}:%")
+                )
+            ).all()
+            leased = connection.execute(
+                sa.select(c.id, c.runner, c.started_at, c.recorder_id)
+                .select_from(executions.outerjoin(recorders, r.id == c.recorder_id))
+                .where(
+                    c.status == "running",
+                    c.recorder_id.is_not(None),
+                    sa.or_(r.id.is_(None), r.closed_at.is_not(None), r.lease_expires_at <= now),
                 )
             ).all()
         dead = [
-            (row.id, row.runner, aware(row.started_at))
-            for row in running
+            (
+                row.id,
+                f"the process that ran it ({row.runner}) ended without recording a result",
+                row.started_at,
+            )
+            for row in legacy
             if not _runner_alive(row.runner, alive)
         ]
-        now = utcnow()
-        for execution_id, runner, started in dead:
+        dead += [
+            (
+                row.id,
+                f"its recorder {row.recorder_id} ({row.runner}) closed or stopped renewing its lease "
+                "without recording a result",
+                row.started_at,
+            )
+            for row in leased
+        ]
+        for execution_id, message, started in dead:
+            started = aware(started)
             with self.db.write() as connection:
                 connection.execute(
                     sa.update(executions)
@@ -286,7 +321,7 @@ class ExecutionRepository:
                         error={
                             "type": "Abandoned",
                             "code": "abandoned",
-                            "message": f"the process that ran it ({runner}) ended without recording a result",
+                            "message": message,
                             "retryable": True,
                         },
                     )

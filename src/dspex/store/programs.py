@@ -205,6 +205,19 @@ class ProgramRepository:
             row = connection.execute(sa.select(programs).where(programs.c.name == name)).one()
         return ProgramRecord.from_row(row._mapping)
 
+    def set_durability(self, name: str, durability: str | None) -> ProgramRecord:
+        """Record ``name``'s runs with ``durability`` ('sync' or 'async'; ``None``: the default)."""
+        with self.db.write() as connection:
+            updated = connection.execute(
+                sa.update(programs)
+                .where(programs.c.name == name)
+                .values(durability=durability, updated_at=utcnow())
+            )
+            if updated.rowcount != 1:
+                raise ConfigurationError(f"unknown program {name!r}")
+            row = connection.execute(sa.select(programs).where(programs.c.name == name)).one()
+        return ProgramRecord.from_row(row._mapping)
+
     def get_program(self, name: str) -> ProgramRecord | None:
         with self.db.read() as connection:
             row = connection.execute(sa.select(programs).where(programs.c.name == name)).first()

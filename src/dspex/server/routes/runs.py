@@ -71,7 +71,9 @@ async def run(
     app = dspex_of(request)
     metrics = metrics_of(request)
     try:
-        result = await app.arun(name, body.inputs, version_id=body.version, variables=body.variables)
+        result = await app.arun(
+            name, body.inputs, version_id=body.version, variables=body.variables, durability=body.durability
+        )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
         raise
@@ -103,7 +105,12 @@ async def stream(
     metrics = metrics_of(request)
     try:
         opened = await RunStream.open(
-            app, name, body.inputs, version_id=body.version, variables=body.variables
+            app,
+            name,
+            body.inputs,
+            version_id=body.version,
+            variables=body.variables,
+            durability=body.durability,
         )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
