@@ -100,6 +100,17 @@ class Settings(BaseSettings):
         4_000_000, ge=1, description="Largest JSON-encoded inputs of one run; larger runs fail validation."
     )
 
+    # -- HTTP limits: request bodies and the JSON documents they carry ------------------------------------
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body the service reads (413 beyond it)."
+    )
+    max_spec_depth: int = Field(
+        32, ge=2, le=500, description="Deepest nesting of a program spec or space document sent to the API."
+    )
+    max_spec_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest program spec or space document sent to the API (as JSON)."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """``database_url``, or the SQLite file under ``home``."""

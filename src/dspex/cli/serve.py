@@ -34,6 +34,11 @@ def serve(
         False, "--no-auth", help="Local-only mode without API keys; refuses a non-loopback --host."
     ),
     log_level: str = typer.Option("info", "--log-level", help=f"One of {', '.join(_LOG_LEVELS)}."),
+    max_body_bytes: int | None = typer.Option(
+        None,
+        "--max-body-bytes",
+        help="Largest request body (default DSPEX_MAX_BODY_BYTES, 8 MiB); 413 beyond.",
+    ),
 ) -> None:
     """Serve the REST API (OpenAPI document at /openapi.json, docs at /docs)."""
     with errors():
@@ -55,7 +60,7 @@ def serve(
         from dspex.runtime.app import App
         from dspex.settings import Settings
 
-        with App(Settings.load()) as dspex_app:
+        with App(Settings.load(max_body_bytes=max_body_bytes)) as dspex_app:
             if no_auth:
                 typer.echo(
                     "warning: serving WITHOUT authentication (--no-auth), on this machine only", err=True

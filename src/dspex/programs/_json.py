@@ -17,6 +17,8 @@ from dspex.jsonable import canonical_hash
 __all__ = ["SECRET_KEYS", "canonical_hash", "check_json"]
 
 # Setting names that carry credentials; credentials come from the environment, never from the store.
+# Deeper than any real spec or state, well within Python's recursion limit (a 500-deep spec was a 500).
+MAX_DEPTH = 100
 SECRET_KEYS = re.compile(r"api[_-]?key|secret|password|credential|authorization|_token$", re.IGNORECASE)
 
 
@@ -29,6 +31,7 @@ def check_json(
     path: str,
     *,
     error: Callable[[str, str], UserError] = _configuration_error,
+    max_depth: int = MAX_DEPTH,
 ) -> Any:
     """``value`` as plain JSON (tuples become lists), or ``error(message, path)`` raised.
 
@@ -39,6 +42,8 @@ def check_json(
     """
     if value is None or isinstance(value, str | bool | int):
         return value
+    if max_depth < 1 and isinstance(value, Mapping | list | tuple):
+        raise error(f"nested deeper than {MAX_DEPTH} levels; flatten it", path)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise error(f"{value} is not a JSON number", path)
@@ -48,10 +53,15 @@ def check_json(
         for key, item in value.items():
             if not isinstance(key, str):
                 raise error(f"JSON object keys are strings, got {type(key).__name__} {key!r}", path)
-            out[key] = check_json(item, f"{path}.{key}" if path else key, error=error)
+            out[key] = check_json(
+                item, f"{path}.{key}" if path else key, error=error, max_depth=max_depth - 1
+            )
         return out
     if isinstance(value, list | tuple):
-        return [check_json(item, f"{path}[{i}]", error=error) for i, item in enumerate(value)]
+        return [
+            check_json(item, f"{path}[{i}]", error=error, max_depth=max_depth - 1)
+            for i, item in enumerate(value)
+        ]
     raise error(
         f"a {type(value).__module__}.{type(value).__qualname__} is not JSON; versions store JSON only "
         "(no pickle), so convert it to plain values first",

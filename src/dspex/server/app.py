@@ -18,18 +18,19 @@ place (:mod:`dspex.server.errors`), auth in another (:mod:`dspex.server.auth`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 
 from dspex.server.auth import KeyAuthenticator
 from dspex.server.errors import JSONResponse, install_handlers
+from dspex.server.limits import BodyLimit
 from dspex.server.metrics import Metrics, MetricsMiddleware
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
 
-__all__ = ["ServiceOptions", "create_app", "dspex_of", "options_of"]
+__all__ = ["ServiceOptions", "checked_document", "create_app", "dspex_of", "options_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,38 @@ def create_app(
     for module in (programs, runs, executions, datasets, optimizations, jobs, audit, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
+    # Outermost, so an oversized body is refused before anything reads it.
+    api.add_middleware(BodyLimit, max_bytes=dspex_app.settings.max_body_bytes)
+    _document_body_limit(api)
     return api
+
+
+def _document_body_limit(api: FastAPI) -> None:
+    """Every operation may answer 413 (the body limit applies before routing): say so in each."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = build()
+            too_large = {
+                "description": "The request body is over the server's limit (DSPEX_MAX_BODY_BYTES)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+            }
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.setdefault("responses", {}).setdefault("413", too_large)
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
+
+
+def checked_document(request: Request, value: Any, field: str) -> None:
+    """A spec or space document from the request, within the settings' depth and size limits."""
+    from dspex.server.limits import check_document
+
+    settings = dspex_of(request).settings
+    check_document(value, field, max_depth=settings.max_spec_depth, max_bytes=settings.max_spec_bytes)
 
 
 def dspex_of(request: Request) -> App:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from dspex.errors import ConfigurationError, DSPexError, SpecError
-from dspex.server.app import ServiceOptions, dspex_of, options_of
+from dspex.server.app import ServiceOptions, checked_document, dspex_of, options_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import JSONResponse, not_found
 from dspex.server.models import OptimizationDetailOut, OptimizationStart, OptimizationStarted
@@ -107,6 +107,7 @@ def start(
     app = dspex_of(request)
     # The space is data: constraints and derived values name registered functions, models configured
     # ones; checked before anything in it is imported.
+    checked_document(request, body.space, "space")
     app.spec_policy("untrusted").check_space_document(body.space)
     program_or_404(app, body.program)
     if app.datasets.repository.get_dataset(body.dataset.partition("@")[0]) is None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from dspex.errors import ConfigurationError, DSPexError, SpecError
-from dspex.server.app import dspex_of
+from dspex.server.app import checked_document, dspex_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import ApiError, JSONResponse
 from dspex.server.models import CacheSetting, ProgramDetailOut, ProgramOut, ProgramRegister, VersionOut
@@ -71,6 +71,7 @@ def register(
     """
     principal.check_program(body.name)
     app = dspex_of(request)
+    checked_document(request, body.spec, "spec")
     app.spec_policy("untrusted").check_program_spec(body.spec)
     registry = app.programs
     existing = registry.repository.get_program(body.name)
