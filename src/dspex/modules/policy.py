@@ -17,7 +17,7 @@ read the document and the registries and build nothing, so a refused spec import
 nothing. A spec that passes names only registered callables and configured models, so rebuilding it
 later (at run time, in a job worker) against the same registries reaches nothing else. ::
 
-    policy = SpecPolicy.untrusted(tools=ToolRegistry([search]), models=ModelRegistry.from_settings(s))
+    policy = SpecPolicy("untrusted", ToolRegistry([search]), ModelRegistry.from_settings(s))  # app.spec_policy()
     policy.check_module_spec({"module": "react", "signature": "q -> a", "options": {"tools": ["os:system"]}})
     # SpecError: tool 'os:system' is an import path; over the API ... at options.tools[0]
 """
@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dspex.errors import ConfigurationError, SpecError
+from dspex.errors import SpecError
 from dspex.lm.models import SAMPLING_KEYS, ModelRegistry
 from dspex.modules.catalog import catalog
 from dspex.modules.tools import ToolRegistry
@@ -54,7 +54,7 @@ def _join(path: str, key: str | int) -> str:
 class SpecPolicy:
     """Where the names in a spec resolve, and whether it may name code or hosts (see the module doc).
 
-    >>> SpecPolicy().trusted, SpecPolicy.untrusted().trusted
+    >>> SpecPolicy().trusted, SpecPolicy("untrusted").trusted
     (True, False)
     """
 
@@ -62,20 +62,9 @@ class SpecPolicy:
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     models: ModelRegistry = field(default_factory=ModelRegistry)
 
-    @classmethod
-    def untrusted(cls, tools: ToolRegistry | None = None, models: ModelRegistry | None = None) -> SpecPolicy:
-        """The policy of everything received over the API."""
-        return cls("untrusted", tools if tools is not None else ToolRegistry(), models or ModelRegistry())
-
     @property
     def trusted(self) -> bool:
         return self.trust == "trusted"
-
-    def with_trust(self, trust: Trust) -> SpecPolicy:
-        """The same registries at another trust level."""
-        if trust not in ("trusted", "untrusted"):
-            raise ConfigurationError(f"trust is 'trusted' or 'untrusted', got {trust!r}")
-        return replace(self, trust=trust)
 
     # -- static checks (no import, no build) --------------------------------------------------------------
     def check_function_ref(self, ref: Any, path: str, what: str) -> None:
