@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import dspy
+import pydantic
 
 CORPUS = [
     "Paris is the capital of France.",
@@ -71,3 +72,120 @@ class AsyncQA(dspy.Module):
 
 def build_rag() -> RAG:
     return RAG()
+
+
+def build_multihop() -> MultiHop:
+    return MultiHop()
+
+
+def build_classify() -> dspy.Module:
+    return dspy.Predict(Emotion)
+
+
+def build_async_qa() -> AsyncQA:
+    return AsyncQA()
+
+
+# -- ReAct with tools (DSPy's agents tutorial) ---------------------------------------------------------
+
+
+def lookup(query: str) -> str:
+    """Look a query up in the corpus; returns the best passage."""
+    return search(query, k=1)[0]
+
+
+def build_agent() -> dspy.Module:
+    return dspy.ReAct("question -> answer", tools=[lookup], max_iters=3)
+
+
+# -- typed outputs with Pydantic models --------------------------------------------------------------
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+class ExtractPerson(dspy.Signature):
+    """Extract the person the text is about."""
+
+    text: str = dspy.InputField()
+    person: Person = dspy.OutputField()
+    confidence: float = dspy.OutputField()
+
+
+def build_extract() -> dspy.Module:
+    return dspy.ChainOfThought(ExtractPerson)
+
+
+# -- conversations with dspy.History ---------------------------------------------------------------------
+
+
+class Chat(dspy.Signature):
+    """Answer the question, taking the conversation so far into account."""
+
+    question: str = dspy.InputField()
+    history: dspy.History = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+class Conversation(dspy.Module):
+    """A chat turn: the caller keeps the history, as DSPy's conversation tutorial does."""
+
+    def __init__(self) -> None:
+        self.respond = dspy.Predict(Chat)
+
+    def forward(self, question: str, history: dspy.History) -> dspy.Prediction:
+        return self.respond(question=question, history=history)
+
+
+def build_conversation() -> Conversation:
+    return Conversation()
+
+
+# -- a dspy.Parallel batch ---------------------------------------------------------------------------------
+
+
+class BatchQA(dspy.Module):
+    """Answers several questions at once with ``dspy.Parallel`` (threads), as DSPy's docs show."""
+
+    def __init__(self) -> None:
+        self.qa = dspy.Predict("question -> answer")
+        self.parallel = dspy.Parallel(num_threads=4)
+
+    def forward(self, questions: list[str]) -> dspy.Prediction:
+        pairs = [(self.qa, dspy.Example(question=q).with_inputs("question")) for q in questions]
+        return dspy.Prediction(answers=[p.answer for p in self.parallel(pairs)])
+
+
+def build_batch() -> BatchQA:
+    return BatchQA()
+
+
+# -- a program saved with save() and loaded back ------------------------------------------------------------
+
+SAVED_DEMOS = [
+    dspy.Example(
+        context=["Paris is the capital of France."],
+        question="What is the capital of France?",
+        reasoning="The passage says so.",
+        answer="Paris",
+    ),
+]
+
+
+def saved_rag(path: str) -> RAG:
+    """A RAG program with a demo and edited instructions, saved to ``path`` (JSON) the DSPy way."""
+    program = RAG()
+    program.respond.predict.demos = list(SAVED_DEMOS)
+    program.respond.predict.signature = program.respond.predict.signature.with_instructions(
+        "Answer from the context only."
+    )
+    program.save(path)
+    return program
+
+
+def loaded_rag(path: str) -> RAG:
+    program = RAG()
+    program.load(path)
+    return program

@@ -25,6 +25,7 @@ import dspy
 from dspy.streaming.messages import StatusMessageProvider
 
 from dspex.errors import ConfigurationError, did_you_mean
+from dspex.modules._interface import forward_parameters, own_forward
 from dspex.modules._introspect import acall_module, single_signature
 
 __all__ = ["FunctionStep", "ModuleStep", "RetryPolicy", "Step", "StepLike", "as_step", "step"]
@@ -187,11 +188,23 @@ class Step(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
         return {"name": self.name, "kind": type(self).__name__, "reads": self.reads, "writes": self.writes}
 
 
-def _module_fields(module: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def _module_fields(module: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None:
+    """``(inputs, optional inputs, outputs)`` of a module, or None when they cannot be told.
+
+    A user's module with its own ``forward`` reads that forward's parameters (as :meth:`App.run` checks
+    them) and writes its only predictor's outputs; DSPy's modules read and write their signature's fields.
+    """
     signature = single_signature(module)
-    if signature is None:
+    forward = own_forward(type(module))
+    if forward is None:
+        if signature is None:
+            return None
+        return tuple(signature.input_fields), (), tuple(signature.output_fields)
+    parameters = forward_parameters(module, forward)
+    if parameters is None or parameters.any_keyword or signature is None:
         return None
-    return tuple(signature.input_fields), tuple(signature.output_fields)
+    names = tuple(p.name for p in parameters.parameters)
+    return names, parameters.optional, tuple(signature.output_fields)
 
 
 def _token_emitter() -> Callable[[Any], None] | None:
@@ -270,8 +283,9 @@ class _NoStatus(StatusMessageProvider):  # type: ignore[misc]  # dspy is untyped
 class ModuleStep(Step):
     """A DSPy module as a step: reads its signature's inputs, writes its outputs.
 
-    A module with several predictors (no single signature) needs ``input_fields=`` and
-    ``output_fields=``. Modules with a native ``aforward`` run on the event loop; others run in a worker
+    A user's module with its own ``forward`` reads that forward's parameters (optional ones when the state
+    has them) and writes its only predictor's outputs. ``input_fields=`` / ``output_fields=`` say
+    otherwise; a module with several predictors (or a ``**kwargs`` forward) needs both. Modules with a native ``aforward`` run on the event loop; others run in a worker
     thread through ``dspy.asyncify``, so parallel branches overlap either way.
 
     Under ``Pipeline.stream()`` the module runs through ``dspy.streamify`` with a listener on each of its
@@ -292,16 +306,20 @@ class ModuleStep(Step):
     ) -> None:
         if not isinstance(module, dspy.Module):
             raise ConfigurationError(f"ModuleStep takes a dspy.Module, got {type(module).__name__}")
-        fields = _module_fields(module)
-        if input_fields is not None and output_fields is not None:
-            fields = (tuple(input_fields), tuple(output_fields))
-        elif fields is None:
+        found = _module_fields(module)
+        if found is None and (input_fields is None or output_fields is None):
             raise ConfigurationError(
-                f"{type(module).__name__} has no single signature; give input_fields=[...] and "
-                "output_fields=[...] for its step"
+                f"{type(module).__name__} has no single signature (or its forward takes **kwargs); give "
+                "input_fields=[...] and output_fields=[...] for its step"
             )
+        inputs, optional, outputs = found or ((), (), ())
+        if input_fields is not None:
+            inputs, optional = tuple(input_fields), ()
+        if output_fields is not None:
+            outputs = tuple(output_fields)
         name = name or _default_name(module)
-        super().__init__(name, fields[0], fields[1], **options)
+        options.setdefault("optional_inputs", optional)
+        super().__init__(name, inputs, outputs, **options)
         self.module = module
 
     async def arun_local(self, **kwargs: Any) -> dict[str, Any]:

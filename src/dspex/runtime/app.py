@@ -28,22 +28,20 @@ its record keeps the size instead of the inputs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
-import inspect
 import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dspex.errors import ConfigurationError, ExecutionError, FieldIssue, LMError, UserError, ValidationError
+from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
 from dspex.jsonable import dumps, to_jsonable
 from dspex.lm.pricing import Prices
-from dspex.modules._introspect import acall_module, single_signature
+from dspex.modules._interface import check_inputs, input_interface
+from dspex.modules._introspect import acall_module
 from dspex.settings import Settings
 from dspex.store import Database, open_database
 from dspex.store.executions import ExecutionRepository, ExecutionStatus, current_runner, utcnow
@@ -94,84 +92,13 @@ class RunResult:
     cache_hit: bool = False
 
 
-# program -> its input signature; walking a program's parameters on every run would be O(size of the
-# program's state), and programs are long-lived, so it is looked up once. Weak: programs come and go.
-_signatures: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _input_signature(program: Any) -> Any:
-    """The signature whose input fields a program takes, when it has one unambiguous one."""
-    try:
-        return _signatures[program]
-    except (KeyError, TypeError):
-        pass
-    signature = _find_input_signature(program)
-    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is just not cached
-        _signatures[program] = signature
-    return signature
-
-
-@dataclass(frozen=True, slots=True)
-class _Parameters:
-    """What a program's own ``forward`` (or ``aforward``) takes: the inputs a run is checked against."""
-
-    owner: str
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    any_keyword: bool  # **kwargs: any further input is the program's to judge
-
-    def check(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        issues = [FieldIssue(name, "an input", "missing") for name in self.required if name not in inputs]
-        if not self.any_keyword:
-            known = {*self.required, *self.optional}
-            issues += [
-                FieldIssue(name, f"one of {', '.join(sorted(known)) or 'no inputs'}", "unknown input")
-                for name in inputs
-                if name not in known
-            ]
-        if issues:
-            raise ValidationError(
-                f"inputs do not match {self.owner}: " + "; ".join(f"{i.field}: {i.message}" for i in issues),
-                issues=tuple(issues),
-            )
-        return dict(inputs)
-
-
-def _own_forward(cls: type) -> Any:
-    """The ``forward``/``aforward`` a user's module class defines itself, or None for DSPy's own modules
-    (Predict, ChainOfThought...: their ``forward(**kwargs)`` takes their signature's inputs)."""
-    import dspy
-
-    for klass in cls.__mro__:
-        if klass is dspy.Module or klass.__module__.split(".")[0] == "dspy":
-            return None
-        for name in ("forward", "aforward"):
-            if name in vars(klass):
-                return vars(klass)[name]
-    return None
-
-
-def _find_input_signature(program: Any) -> Any:
+def _input_interface(program: Any) -> Any:
+    """What a run checks ``program``'s inputs against (see :mod:`dspex.modules._interface`)."""
     from dspex.pipeline.steps import Step
 
     if isinstance(program, Step):  # a pipeline checks its own inputs, which need not be any predictor's
         return None
-    forward = _own_forward(type(program))
-    if forward is None:
-        return single_signature(program)
-    try:
-        parameters = list(inspect.signature(forward).parameters.values())[1:]  # without self
-    except (TypeError, ValueError):  # a forward inspect cannot read: the program judges its inputs
-        return None
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
-        return None
-    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return _Parameters(
-        owner=f"{type(program).__name__}.{forward.__name__}({', '.join(p.name for p in named)})",
-        required=tuple(p.name for p in named if p.default is p.empty),
-        optional=tuple(p.name for p in named if p.default is not p.empty),
-        any_keyword=any(p.kind is p.VAR_KEYWORD for p in parameters),
-    )
+    return input_interface(program)
 
 
 POLICY_REFRESH_S = 1.0  # how stale a process's view of a program's cache TTL and production version may be
@@ -908,14 +835,7 @@ class _Run:
         )
 
     def _validated(self) -> dict[str, Any]:
-        signature = _input_signature(self.program)
-        if signature is None:
-            return self.inputs
-        if isinstance(signature, _Parameters):
-            return signature.check(self.inputs)
-        from dspex.signatures import validate_inputs
-
-        return validate_inputs(signature, self.inputs)
+        return check_inputs(_input_interface(self.program), self.inputs)
 
     def _check_size(self) -> None:
         if self.too_large is not None:
