@@ -295,7 +295,7 @@ def durability(
     """When the program's run records are written: 'sync' commits each run's record before the run
     returns (a crash right after the answer never contradicts it; one commit of latency), 'async'
     writes it just behind the call (fastest). A run's own --durability still wins."""
-    from dspex.runtime.app import check_durability
+    from dspex.runtime.run import check_durability
 
     with open_app() as dspex_app:  # turns errors into messages and exit code 2
         if (mode is None) == (not default):

@@ -50,7 +50,7 @@ def run(
 
     Exit codes: 0 success, 1 the run failed (program or LM error), 2 bad arguments or inputs.
     """
-    from dspex.runtime.app import check_durability
+    from dspex.runtime.run import check_durability
 
     with open_app() as dspex_app:
         inputs = json_object(input_json, "--input") if input_json is not None else {}

@@ -32,21 +32,24 @@ import datetime
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
-from dspex.jsonable import dumps, to_jsonable
+from dspex.errors import ConfigurationError
 from dspex.lm.pricing import Prices
-from dspex.modules._interface import check_inputs, input_interface
-from dspex.modules._introspect import acall_module
+from dspex.runtime.cache import CacheSlot, ProgramCache
+from dspex.runtime.run import (
+    SYNC_TIMEOUT_S,
+    Durability,
+    RunResult,
+    _Run,
+    check_durability,
+)
 from dspex.settings import Settings
 from dspex.store import Database, open_database
-from dspex.store.executions import ExecutionRepository, ExecutionStatus, current_runner, utcnow
+from dspex.store.executions import ExecutionRepository, utcnow
 from dspex.store.writer import ExecutionWriter
-from dspex.telemetry.recorder import RunRecorder, error_info
 
 if TYPE_CHECKING:
     from dspex.lm.models import ModelRegistry
@@ -63,105 +66,8 @@ if TYPE_CHECKING:
 
 __all__ = ["App", "Durability", "RunResult"]
 
-Durability = Literal["async", "sync"]
-DURABILITIES: tuple[Durability, ...] = ("async", "sync")
+
 logger = logging.getLogger("dspex.runtime")
-
-
-def check_durability(durability: str | None) -> Durability | None:
-    """``durability`` as a :data:`Durability` (None stays None); ``ConfigurationError`` otherwise."""
-    if durability is None:
-        return None
-    if durability == "sync":
-        return "sync"
-    if durability == "async":
-        return "async"
-    raise ConfigurationError(f"durability is 'sync' or 'async', got {durability!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """The outcome of a successful run."""
-
-    execution_id: str
-    outputs: dict[str, Any]
-    prediction: Any
-    duration_ms: float
-    usage: dict[str, dict[str, Any]]
-    cost_usd: float | None
-    cache_hit: bool = False
-
-
-def _input_interface(program: Any) -> Any:
-    """What a run checks ``program``'s inputs against (see :mod:`dspex.modules._interface`)."""
-    from dspex.pipeline.steps import Step
-
-    if isinstance(program, Step):  # a pipeline checks its own inputs, which need not be any predictor's
-        return None
-    return input_interface(program)
-
-
-POLICY_REFRESH_S = 1.0  # how stale a process's view of a program's cache TTL and production version may be
-MEMO_FRESH_S = 5.0  # how long a process serves a shared cache entry it read without re-reading it
-
-
-@dataclass(frozen=True, slots=True)
-class _Policy:
-    ttl_s: int | None
-    durability: Durability | None
-    version_id: str
-    fresh_until: float
-
-
-@dataclass(frozen=True, slots=True)
-class _CacheSlot:
-    """A cache miss: where the run's outputs go when it succeeds."""
-
-    key: str
-    ttl_s: int
-    version_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _MemoEntry:
-    outputs: dict[str, Any]
-    expires_at: datetime.datetime
-    fresh_until: float
-
-
-class _Memo:
-    """A bounded, thread-safe memo of shared cache entries this process read or wrote."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._items: dict[str, _MemoEntry] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> _MemoEntry | None:
-        """The entry for ``key`` while it is live and fresh, else None."""
-        entry = self._items.get(key)
-        if entry is None or time.monotonic() > entry.fresh_until or entry.expires_at <= utcnow():
-            return None
-        return entry
-
-    def put(self, key: str, outputs: dict[str, Any], expires_at: datetime.datetime) -> _MemoEntry:
-        entry = _MemoEntry(outputs, expires_at, time.monotonic() + MEMO_FRESH_S)
-        with self._lock:
-            if len(self._items) >= self.size:
-                self._items.pop(next(iter(self._items)))  # the oldest insertion
-            self._items[key] = entry
-        return entry
-
-
-def _cache_key(
-    name: str, version_id: str, inputs: Mapping[str, Any] | None, variables: Mapping[str, Any] | None
-) -> str | None:
-    from dspex.store.cache import cache_key
-
-    try:
-        return cache_key(name, version_id, variables, inputs or {})
-    except (TypeError, ValueError):  # not JSON (or NaN): such inputs run without the cache
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +107,7 @@ class App:
         self._models: ModelRegistry | None = None
         self._lock = threading.Lock()
         self._stores: _Stores | None = None
-        self._policies: dict[str, _Policy] = {}
-        self._memo = _Memo()
+        self._cache = ProgramCache(self)
         self.abandoned: list[str] = []
         self.replayed: tuple[int, int] = (0, 0)  # (spilled records written, still failing) at open
 
@@ -527,8 +432,8 @@ class App:
         durability = check_durability(durability)
         if isinstance(program, str):
             name = program
-            cached = self._cache_lookup(name, version_id, program_name, inputs, variables)
-            mode = durability or self._policy(name).durability or self.settings.durability
+            cached = self._cache.lookup(name, version_id, program_name, inputs, variables)
+            mode = durability or self._cache.policy(name).durability or self.settings.durability
             if isinstance(cached, RunResult):
                 self._settle(mode)
                 return cached
@@ -536,8 +441,8 @@ class App:
             program_name = name
             run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
             result = run.finish(run.execute_sync)
-            if isinstance(cached, _CacheSlot):
-                self._cache_store(cached, name, version_id, result)
+            if isinstance(cached, CacheSlot):
+                self._cache.store(cached, name, version_id, result)
             return result
         mode = durability or self.settings.durability
         run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
@@ -556,21 +461,21 @@ class App:
         durability: Durability | None = None,
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
-        cached: _CacheSlot | RunResult | None = None
+        cached: CacheSlot | RunResult | None = None
         mode = check_durability(durability) or self.settings.durability
         if isinstance(program, str):
             name = program
             # A hit is answered from the in-process memo without touching the event loop's thread
             # pool; anything that reads the database or builds the program runs off the loop.
-            cached = self._cache_memo_hit(name, version_id, inputs, variables)
+            cached = self._cache.memo_hit(name, version_id, inputs, variables)
             if cached is None:
                 cached = await asyncio.to_thread(
-                    self._cache_lookup, name, version_id, program_name, inputs, variables
+                    self._cache.lookup, name, version_id, program_name, inputs, variables
                 )
             if durability is None:
-                policy = self._policies.get(name)
+                policy = self._cache.policies.get(name)
                 if policy is None or time.monotonic() > policy.fresh_until:
-                    policy = await asyncio.to_thread(self._policy, name)
+                    policy = await asyncio.to_thread(self._cache.policy, name)
                 mode = policy.durability or self.settings.durability
             if isinstance(cached, RunResult):
                 if mode == "sync":
@@ -589,133 +494,9 @@ class App:
         result = run.succeeded(prediction)
         if mode == "sync":
             await asyncio.to_thread(run.settle)
-        if isinstance(cached, _CacheSlot) and program_name is not None and version_id is not None:
-            await asyncio.to_thread(self._cache_store, cached, program_name, version_id, result)
+        if isinstance(cached, CacheSlot) and program_name is not None and version_id is not None:
+            await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
         return result
-
-    # -- the program-level cache ----------------------------------------------------------------------
-    def _cache_memo_hit(
-        self,
-        name: str,
-        version_id: str | None,
-        inputs: Mapping[str, Any] | None,
-        variables: Mapping[str, Any] | None,
-    ) -> RunResult | None:
-        """A hit from this process's memo of the shared cache, if the program's policy is memoised too."""
-        policy = self._policies.get(name)
-        if policy is None or policy.ttl_s is None or time.monotonic() > policy.fresh_until:
-            return None
-        resolved = version_id or policy.version_id
-        key = _cache_key(name, resolved, inputs, variables)
-        if key is None:
-            return None
-        entry = self._memo.get(key)
-        if entry is None:
-            return None
-        return self._record_hit(name, resolved, inputs, variables, entry.outputs)
-
-    def _cache_lookup(
-        self,
-        name: str,
-        version_id: str | None,
-        program_name: str | None,
-        inputs: Mapping[str, Any] | None,
-        variables: Mapping[str, Any] | None,
-    ) -> _CacheSlot | RunResult | None:
-        """For a program with a cache TTL: the recorded hit, or the slot a miss fills. None: no cache."""
-        if program_name is not None and program_name != name:
-            return None  # _registered reports the mismatch
-        policy = self._policy(name)
-        if policy.ttl_s is None:
-            return None
-        resolved = self.programs.resolve(name, version_id).id if version_id is not None else policy.version_id
-        key = _cache_key(name, resolved, inputs, variables)
-        if key is None:
-            return None  # inputs that are not JSON cannot be a cache key; run without the cache
-        entry = self._memo.get(key)
-        if entry is None:
-            found = self.cache.get(key)
-            if found is None:
-                return _CacheSlot(key, policy.ttl_s, resolved)
-            entry = self._memo.put(key, found.outputs, found.expires_at)
-        return self._record_hit(name, resolved, inputs, variables, entry.outputs)
-
-    def _record_hit(
-        self,
-        name: str,
-        version_id: str,
-        inputs: Mapping[str, Any] | None,
-        variables: Mapping[str, Any] | None,
-        outputs: dict[str, Any],
-    ) -> RunResult:
-        import dspy
-
-        started = utcnow()
-        t0 = time.perf_counter()
-        execution_id = str(uuid.uuid4())
-        prediction = dspy.Prediction(**outputs)
-        duration_ms = (time.perf_counter() - t0) * 1000
-        if self.record:
-            self._open().writer.submit(
-                {
-                    "id": execution_id,
-                    "program": name,
-                    "version_id": version_id,
-                    "inputs": dict(inputs or {}),
-                    "variables": to_jsonable(dict(variables)) if variables else None,
-                    "started_at": started,
-                    "runner": current_runner(),
-                    "cache_hit": True,
-                    "status": "succeeded",
-                    "outputs": outputs,
-                    "error": None,
-                    "ended_at": started,
-                    "duration_ms": duration_ms,
-                    "usage": None,
-                    "total_tokens": 0,
-                    "cost_usd": 0.0,
-                    "trace": None,
-                }
-            )
-        return RunResult(
-            execution_id=execution_id,
-            outputs=outputs,
-            prediction=prediction,
-            duration_ms=duration_ms,
-            usage={},
-            cost_usd=0.0,
-            cache_hit=True,
-        )
-
-    def _cache_store(self, slot: _CacheSlot, name: str, version_id: str, result: RunResult) -> None:
-        if version_id != slot.version_id:
-            return  # production moved between the lookup and the run: this result is another version's
-        self.cache.put(
-            slot.key,
-            program=name,
-            version_id=version_id,
-            outputs=result.outputs,
-            ttl_s=slot.ttl_s,
-            execution_id=result.execution_id,
-        )
-        self._memo.put(slot.key, result.outputs, utcnow() + datetime.timedelta(seconds=slot.ttl_s))
-
-    def _policy(self, name: str) -> _Policy:
-        """Program ``name``'s cache TTL and default version, re-read at most every POLICY_REFRESH_S."""
-        policy = self._policies.get(name)
-        if policy is not None and time.monotonic() <= policy.fresh_until:
-            return policy
-        record = self.programs.get(name)
-        version = self.programs.resolve(name).id if record.cache_ttl_s is not None else ""
-        durability = record.durability if record.durability in DURABILITIES else None
-        policy = _Policy(
-            record.cache_ttl_s,
-            check_durability(durability),
-            version,
-            time.monotonic() + POLICY_REFRESH_S,
-        )
-        self._policies[name] = policy
-        return policy
 
     def set_cache(self, name: str, ttl_s: int | None) -> None:
         """Serve ``name``'s results from the program-level cache for ``ttl_s`` seconds (None: off).
@@ -732,7 +513,7 @@ class App:
             )
         self.programs.get(name)
         self.programs.repository.set_cache_ttl(name, ttl_s)
-        self._policies.pop(name, None)
+        self._cache.policies.pop(name, None)
 
     def set_durability(self, name: str, durability: Durability | None) -> None:
         """Record program ``name``'s runs with ``durability`` ('sync', 'async'; None: the default).
@@ -743,7 +524,7 @@ class App:
         check_durability(durability)
         self.programs.get(name)
         self.programs.repository.set_durability(name, durability)
-        self._policies.pop(name, None)
+        self._cache.policies.pop(name, None)
 
     def _settle(self, durability: Durability) -> None:
         """With ``sync`` durability: wait until every record submitted so far is committed."""
@@ -754,9 +535,6 @@ class App:
                 "the writer may be stuck on the database",
                 SYNC_TIMEOUT_S,
             )
-
-
-SYNC_TIMEOUT_S = 30.0  # how long a sync-durability run waits for its record before giving up (logged)
 
 
 def _metric(metric: Any) -> Any:
@@ -770,169 +548,3 @@ def _metric(metric: Any) -> Any:
     if metric not in named:
         raise ConfigurationError(did_you_mean(metric, named, what="metric"))
     return named[metric]
-
-
-class _Run:
-    """One run's bookkeeping: the record's fields, the recorder, and how it ends."""
-
-    def __init__(
-        self,
-        app: App,
-        program: Any,
-        inputs: Mapping[str, Any] | None,
-        lm: Any,
-        program_name: str | None,
-        version_id: str | None,
-        variables: Mapping[str, Any] | None,
-        durability: Durability = "async",
-    ) -> None:
-        import dspy
-
-        self.app = app
-        self.durability = durability
-        self.program = program
-        self.inputs = dict(inputs or {})
-        # DSPy's own order: an LM passed to the call, else the one the caller set the DSPy way
-        # (dspy.context / dspy.configure), else the App's; predictors carrying their own LM use it anyway.
-        if lm is None:
-            lm = dspy.settings.lm if dspy.settings.lm is not None else app.default_lm(program)
-        self.lm = lm
-        self.id = str(uuid.uuid4())
-        self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
-        self.started_at = utcnow()
-        self.t0 = time.perf_counter()
-        self.base: dict[str, Any] = {
-            "id": self.id,
-            "program": program_name or type(program).__name__,
-            "version_id": version_id,
-            "inputs": self.inputs,
-            "variables": to_jsonable(dict(variables)) if variables else None,
-            "started_at": self.started_at,
-            "runner": current_runner(),
-            "cache_hit": False,
-        }
-        self.too_large: ValidationError | None = None
-        size = len(dumps(self.inputs).encode("utf-8"))
-        if size > app.settings.max_input_bytes:
-            limit = app.settings.max_input_bytes
-            self.too_large = ValidationError(
-                f"the run's inputs are {size} bytes of JSON, over the limit of {limit} "
-                "(setting max_input_bytes / DSPEX_MAX_INPUT_BYTES); send smaller inputs or raise the limit"
-            )
-            self.base["inputs"] = {"__omitted__": {"reason": "too_large", "bytes": size, "limit": limit}}
-        self.writer = app._open().writer if app.record else None
-        if self.writer is not None:
-            self.writer.submit({**self.base, "status": "running"})
-
-    def _context(self) -> Any:
-        import dspy
-
-        callbacks = [*dspy.settings.callbacks, self.recorder]
-        # DSPy's per-module and per-LM history grows without bound in a long-lived process; the
-        # execution record keeps what it held, so runs leave it off.
-        return dspy.context(
-            lm=self.lm, callbacks=callbacks, usage_tracker=self.recorder, disable_history=True
-        )
-
-    def _validated(self) -> dict[str, Any]:
-        return check_inputs(_input_interface(self.program), self.inputs)
-
-    def _check_size(self) -> None:
-        if self.too_large is not None:
-            raise self.too_large
-
-    def execute_sync(self) -> Any:
-        self._check_size()
-        inputs = self._validated()
-        with self._context():
-            return self.program(**inputs)
-
-    async def execute_async(self) -> Any:
-        self._check_size()
-        inputs = self._validated()
-        with self._context():
-            return await acall_module(self.program, **inputs)
-
-    def finish(self, execute: Any) -> RunResult:
-        try:
-            prediction = execute()
-        except BaseException as exc:
-            shown = self.failed(exc)
-            self.settle()
-            raise shown from exc
-        result = self.succeeded(prediction)
-        self.settle()
-        return result
-
-    def settle(self) -> None:
-        """With ``sync`` durability, wait until the terminal record is committed (or spilled)."""
-        if self.durability == "sync" and self.writer is not None:
-            self.app._settle("sync")
-
-    def _end(
-        self, status: ExecutionStatus, outputs: Any = None, error: dict[str, Any] | None = None
-    ) -> float:
-        duration_ms = (time.perf_counter() - self.t0) * 1000
-        if self.writer is not None:
-            recorder, base, ended_at = self.recorder, self.base, utcnow()
-
-            def row() -> dict[str, Any]:  # built on the writer thread, off the caller's path
-                return {
-                    **base,
-                    "status": status,
-                    "outputs": outputs,
-                    "error": error,
-                    "ended_at": ended_at,
-                    "duration_ms": duration_ms,
-                    "usage": recorder.usage or None,
-                    "total_tokens": recorder.total_tokens,
-                    "cost_usd": recorder.cost_usd,
-                    "trace": recorder.trace(),
-                }
-
-            self.writer.submit(row)
-        return duration_ms
-
-    def succeeded(self, prediction: Any) -> RunResult:
-        outputs = to_jsonable(prediction)
-        duration_ms = self._end("succeeded", outputs)
-        return RunResult(
-            execution_id=self.id,
-            outputs=outputs if isinstance(outputs, dict) else {"output": outputs},
-            prediction=prediction,
-            duration_ms=duration_ms,
-            usage=self.recorder.usage,
-            cost_usd=self.recorder.cost_usd,
-        )
-
-    def failed(self, exc: BaseException) -> BaseException:
-        """Record the failure and return the exception the caller should see.
-
-        The record keeps the original error's type and message, with dspex's classification: its
-        ``code`` and whether retrying may help.
-        """
-        import dspy
-
-        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-            self._end("cancelled", error={**error_info(exc), "code": "cancelled"})
-            return exc
-        shown: BaseException
-        if isinstance(exc, UserError):
-            if isinstance(exc, ValidationError):
-                exc.execution_id = self.id  # type: ignore[attr-defined]  # lets callers find the record
-            shown = exc
-        elif isinstance(exc, dspy.LMError):
-            shown = LMError(
-                f"the language model failed: {exc}",
-                retryable=dspy.is_retryable_lm_error(exc),
-                retry_after=getattr(exc, "retry_after", None),
-                execution_id=self.id,
-            )
-        else:
-            shown = ExecutionError(f"program raised {type(exc).__name__}: {exc}", execution_id=self.id)
-        error = error_info(exc)
-        error["code"] = getattr(shown, "code", "execution_error")
-        if isinstance(shown, LMError):
-            error["retryable"] = shown.retryable
-        self._end("failed", error=error)
-        return shown

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.modules._introspect import acall_module
-from dspex.runtime.app import App, Durability, RunResult, _Run, check_durability
+from dspex.runtime.app import App
+from dspex.runtime.run import Durability, RunResult, _Run, check_durability
 
 if TYPE_CHECKING:
     from dspex.pipeline.events import Event as PipelineEvent
@@ -151,7 +152,7 @@ class RunStream:
             program, version_id = await asyncio.to_thread(app._registered, name, version_id, program_name)
             program_name = name
             if mode is None:
-                mode = (await asyncio.to_thread(app._policy, name)).durability
+                mode = (await asyncio.to_thread(app._cache.policy, name)).durability
         run = _Run(
             app, program, inputs, lm, program_name, version_id, variables, mode or app.settings.durability
         )

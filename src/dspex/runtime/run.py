@@ -1,0 +1,231 @@
+"""One run's lifecycle: the record's fields, the recorder, the DSPy context, and how the run ends.
+
+:class:`_Run` is what :meth:`App.run`, :meth:`App.arun` and :class:`~dspex.runtime.stream.RunStream` share:
+it submits the ``running`` record, validates the inputs against what the program takes, executes the
+program under ``dspy.context(lm=..., callbacks=[..., recorder])`` and writes the terminal record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
+from dspex.jsonable import dumps, to_jsonable
+from dspex.modules._interface import check_inputs, input_interface
+from dspex.modules._introspect import acall_module
+from dspex.store.executions import ExecutionStatus, current_runner, utcnow
+from dspex.telemetry.recorder import RunRecorder, error_info
+
+if TYPE_CHECKING:
+    from dspex.runtime.app import App
+
+__all__ = ["DURABILITIES", "SYNC_TIMEOUT_S", "Durability", "RunResult", "check_durability"]
+
+Durability = Literal["async", "sync"]
+DURABILITIES: tuple[Durability, ...] = ("async", "sync")
+
+SYNC_TIMEOUT_S = 30.0  # how long a sync-durability run waits for its record before giving up (logged)
+
+
+def check_durability(durability: str | None) -> Durability | None:
+    """``durability`` as a :data:`Durability` (None stays None); ``ConfigurationError`` otherwise."""
+    if durability is None:
+        return None
+    if durability == "sync":
+        return "sync"
+    if durability == "async":
+        return "async"
+    raise ConfigurationError(f"durability is 'sync' or 'async', got {durability!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a successful run."""
+
+    execution_id: str
+    outputs: dict[str, Any]
+    prediction: Any
+    duration_ms: float
+    usage: dict[str, dict[str, Any]]
+    cost_usd: float | None
+    cache_hit: bool = False
+
+
+def _input_interface(program: Any) -> Any:
+    """What a run checks ``program``'s inputs against (see :mod:`dspex.modules._interface`)."""
+    from dspex.pipeline.steps import Step
+
+    if isinstance(program, Step):  # a pipeline checks its own inputs, which need not be any predictor's
+        return None
+    return input_interface(program)
+
+
+class _Run:
+    """One run's bookkeeping: the record's fields, the recorder, and how it ends."""
+
+    def __init__(
+        self,
+        app: App,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        lm: Any,
+        program_name: str | None,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+        durability: Durability = "async",
+    ) -> None:
+        import dspy
+
+        self.app = app
+        self.durability = durability
+        self.program = program
+        self.inputs = dict(inputs or {})
+        # DSPy's own order: an LM passed to the call, else the one the caller set the DSPy way
+        # (dspy.context / dspy.configure), else the App's; predictors carrying their own LM use it anyway.
+        if lm is None:
+            lm = dspy.settings.lm if dspy.settings.lm is not None else app.default_lm(program)
+        self.lm = lm
+        self.id = str(uuid.uuid4())
+        self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
+        self.started_at = utcnow()
+        self.t0 = time.perf_counter()
+        self.base: dict[str, Any] = {
+            "id": self.id,
+            "program": program_name or type(program).__name__,
+            "version_id": version_id,
+            "inputs": self.inputs,
+            "variables": to_jsonable(dict(variables)) if variables else None,
+            "started_at": self.started_at,
+            "runner": current_runner(),
+            "cache_hit": False,
+        }
+        self.too_large: ValidationError | None = None
+        size = len(dumps(self.inputs).encode("utf-8"))
+        if size > app.settings.max_input_bytes:
+            limit = app.settings.max_input_bytes
+            self.too_large = ValidationError(
+                f"the run's inputs are {size} bytes of JSON, over the limit of {limit} "
+                "(setting max_input_bytes / DSPEX_MAX_INPUT_BYTES); send smaller inputs or raise the limit"
+            )
+            self.base["inputs"] = {"__omitted__": {"reason": "too_large", "bytes": size, "limit": limit}}
+        self.writer = app._open().writer if app.record else None
+        if self.writer is not None:
+            self.writer.submit({**self.base, "status": "running"})
+
+    def _context(self) -> Any:
+        import dspy
+
+        callbacks = [*dspy.settings.callbacks, self.recorder]
+        # DSPy's per-module and per-LM history grows without bound in a long-lived process; the
+        # execution record keeps what it held, so runs leave it off.
+        return dspy.context(
+            lm=self.lm, callbacks=callbacks, usage_tracker=self.recorder, disable_history=True
+        )
+
+    def _validated(self) -> dict[str, Any]:
+        return check_inputs(_input_interface(self.program), self.inputs)
+
+    def _check_size(self) -> None:
+        if self.too_large is not None:
+            raise self.too_large
+
+    def execute_sync(self) -> Any:
+        self._check_size()
+        inputs = self._validated()
+        with self._context():
+            return self.program(**inputs)
+
+    async def execute_async(self) -> Any:
+        self._check_size()
+        inputs = self._validated()
+        with self._context():
+            return await acall_module(self.program, **inputs)
+
+    def finish(self, execute: Any) -> RunResult:
+        try:
+            prediction = execute()
+        except BaseException as exc:
+            shown = self.failed(exc)
+            self.settle()
+            raise shown from exc
+        result = self.succeeded(prediction)
+        self.settle()
+        return result
+
+    def settle(self) -> None:
+        """With ``sync`` durability, wait until the terminal record is committed (or spilled)."""
+        if self.durability == "sync" and self.writer is not None:
+            self.app._settle("sync")
+
+    def _end(
+        self, status: ExecutionStatus, outputs: Any = None, error: dict[str, Any] | None = None
+    ) -> float:
+        duration_ms = (time.perf_counter() - self.t0) * 1000
+        if self.writer is not None:
+            recorder, base, ended_at = self.recorder, self.base, utcnow()
+
+            def row() -> dict[str, Any]:  # built on the writer thread, off the caller's path
+                return {
+                    **base,
+                    "status": status,
+                    "outputs": outputs,
+                    "error": error,
+                    "ended_at": ended_at,
+                    "duration_ms": duration_ms,
+                    "usage": recorder.usage or None,
+                    "total_tokens": recorder.total_tokens,
+                    "cost_usd": recorder.cost_usd,
+                    "trace": recorder.trace(),
+                }
+
+            self.writer.submit(row)
+        return duration_ms
+
+    def succeeded(self, prediction: Any) -> RunResult:
+        outputs = to_jsonable(prediction)
+        duration_ms = self._end("succeeded", outputs)
+        return RunResult(
+            execution_id=self.id,
+            outputs=outputs if isinstance(outputs, dict) else {"output": outputs},
+            prediction=prediction,
+            duration_ms=duration_ms,
+            usage=self.recorder.usage,
+            cost_usd=self.recorder.cost_usd,
+        )
+
+    def failed(self, exc: BaseException) -> BaseException:
+        """Record the failure and return the exception the caller should see.
+
+        The record keeps the original error's type and message, with dspex's classification: its
+        ``code`` and whether retrying may help.
+        """
+        import dspy
+
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            self._end("cancelled", error={**error_info(exc), "code": "cancelled"})
+            return exc
+        shown: BaseException
+        if isinstance(exc, UserError):
+            if isinstance(exc, ValidationError):
+                exc.execution_id = self.id  # type: ignore[attr-defined]  # lets callers find the record
+            shown = exc
+        elif isinstance(exc, dspy.LMError):
+            shown = LMError(
+                f"the language model failed: {exc}",
+                retryable=dspy.is_retryable_lm_error(exc),
+                retry_after=getattr(exc, "retry_after", None),
+                execution_id=self.id,
+            )
+        else:
+            shown = ExecutionError(f"program raised {type(exc).__name__}: {exc}", execution_id=self.id)
+        error = error_info(exc)
+        error["code"] = getattr(shown, "code", "execution_error")
+        if isinstance(shown, LMError):
+            error["retryable"] = shown.retryable
+        self._end("failed", error=error)
+        return shown
