@@ -36,6 +36,7 @@ __all__ = [
     "StepError",
     "UserError",
     "ValidationError",
+    "WorkerError",
     "did_you_mean",
 ]
 
@@ -198,6 +199,25 @@ class LMError(RunError):
             "retry_after": self.retry_after,
             "execution_id": self.execution_id,
         }
+
+
+class WorkerError(ExecutionError):
+    """A pool worker could not finish the run: it died (``worker_lost``), went over its memory limit
+    (``memory_limit``) or its task timeout (``task_timeout``). The pool replaced the worker."""
+
+    code = "worker_lost"
+
+    def __init__(self, message: str, *, code: str = "worker_lost", execution_id: str | None = None) -> None:
+        super().__init__(message, execution_id=execution_id)
+        self.code = code  # type: ignore[misc]  # per instance: one class, three causes
+
+    @property
+    def retryable(self) -> bool:
+        """A lost worker says nothing about the run; a run over its memory or time limit would be again."""
+        return self.code == "worker_lost"
+
+    def _state(self) -> dict[str, Any]:
+        return {"code": self.code, "execution_id": self.execution_id}
 
 
 class StepError(RunError):

@@ -16,6 +16,9 @@ A project file is TOML with the same keys as the fields below::
     model = "openai/gpt-4o-mini"
     api_base = "http://vllm.internal:8000/v1"
     api_key_env = "VLLM_KEY"
+    [pools.general]                           # a pool of worker processes (dspex.pools)
+    size = 2
+    max_rss_mb = 1024
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dspex.errors import ConfigurationError, did_you_mean
 
-__all__ = ["PROJECT_FILE", "ModelSetting", "Settings"]
+__all__ = ["PROJECT_FILE", "ModelSetting", "PoolSetting", "Settings"]
 
 PROJECT_FILE = "dspex.toml"
 
@@ -44,6 +47,37 @@ class ModelSetting(pydantic.BaseModel):
     api_base: str | None = Field(None, description="Its base URL (None: the provider's).")
     api_key: SecretStr | None = Field(None, description="Its key (prefer api_key_env).")
     api_key_env: str | None = Field(None, description="The environment variable holding its key.")
+
+
+class PoolSetting(pydantic.BaseModel):
+    """One ``[pools.NAME]`` entry: a pool of worker processes (see :mod:`dspex.pools`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(0, ge=0, le=256, description="Worker processes (0: one per core).")
+    max_rss_mb: int | None = Field(
+        None,
+        ge=64,
+        description="A worker over this resident memory is recycled; a task that takes it over fails.",
+    )
+    max_tasks: int | None = Field(None, ge=1, description="Tasks a worker runs before it is recycled.")
+    ttl_s: float | None = Field(None, gt=0, description="Seconds a worker lives before it is recycled.")
+    task_timeout_s: float | None = Field(
+        None, gt=0, description="A task running longer has its worker killed and replaced."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the workers.")
+    start_method: Literal["forkserver", "spawn", "fork"] = Field(
+        "forkserver", description="How workers start (multiprocessing start methods)."
+    )
+    initializer: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="'package.module:function' each worker calls once at start-up (operator code).",
+    )
+    heartbeat_s: float = Field(0.5, gt=0, le=60, description="How often a worker reports that it lives.")
+    hung_after_s: float = Field(
+        30.0, gt=0, description="A worker silent this long is hung: killed and replaced."
+    )
 
 
 class Settings(BaseSettings):
@@ -84,6 +118,10 @@ class Settings(BaseSettings):
         "lm/api_base/api_key is one more, named by its model string.",
     )
     # -- records: durability, recorder leases, input size (issue 10, sec-records) --
+    pools: dict[str, PoolSetting] = Field(
+        default_factory=dict,
+        description="Worker pools by name ([pools.NAME] tables); a 'general' pool exists by default.",
+    )
     durability: Literal["async", "sync"] = Field(
         "async",
         description="When a run's terminal record is written: 'async' behind the call (fastest; a "
@@ -156,6 +194,8 @@ def _describe(exc: pydantic.ValidationError, *, source: str | None) -> str:
     problems = []
     for err in exc.errors():
         name = ".".join(str(p) for p in err["loc"]) or "settings"
-        problems.append(f"{name} (DSPEX_{name.upper()}): {err['msg']}, got {err.get('input')!r}")
+        # A table entry ([pools.general] size) has no DSPEX_ variable of its own; a top-level key does.
+        hint = f" (DSPEX_{name.upper()})" if len(err["loc"]) == 1 else ""
+        problems.append(f"{name}{hint}: {err['msg']}, got {err.get('input')!r}")
     where = f" (explicit arguments, {source}, or the environment)" if source else ""
     return "invalid settings" + where + ": " + "; ".join(problems)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dspex.errors import ConfigurationError
 from dspex.lm.pricing import Prices
 from dspex.runtime.cache import CacheSlot, ProgramCache
+from dspex.runtime.pooled import PooledRun, check_crossing
 from dspex.runtime.run import (
     SYNC_TIMEOUT_S,
     Durability,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from dspex.modules import ToolRegistry
     from dspex.modules.policy import SpecPolicy, Trust
     from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
+    from dspex.pools import Pools
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
     from dspex.store.cache import ProgramCacheRepository
@@ -106,6 +108,7 @@ class App:
         self._tools_lock = threading.Lock()  # not _lock: _open() reads the tools while holding that
         self._models: ModelRegistry | None = None
         self._lock = threading.Lock()
+        self._pools: Pools | None = None
         self._stores: _Stores | None = None
         self._cache = ProgramCache(self)
         self.abandoned: list[str] = []
@@ -134,16 +137,17 @@ class App:
                 db = open_database(self.settings.resolved_database_url)
                 executions = ExecutionRepository(db)
                 spill_path = home / "unwritten-executions.jsonl"
-                # Before the sweep: a spilled terminal record settles its run instead of "abandoned".
-                self.replayed = replay_spill(executions, spill_path)
-                self.abandoned = executions.mark_abandoned()
+                if self.record:  # an App that records nothing (a pool worker) leaves both to recorders
+                    # Before the sweep: a spilled terminal record settles its run instead of "abandoned".
+                    self.replayed = replay_spill(executions, spill_path)
+                    self.abandoned = executions.mark_abandoned()
                 self._stores = _Stores(
                     db=db,
                     executions=executions,
                     writer=ExecutionWriter(
                         executions,
                         spill_path=spill_path,
-                        recorders=RecorderRepository(db),
+                        recorders=RecorderRepository(db) if self.record else None,
                         lease_s=self.settings.recorder_lease_s,
                     ),
                     programs=ProgramRegistry(db, tools=self.tools, models=self.models),
@@ -224,12 +228,16 @@ class App:
         """The program-level result cache shared through the database (see :meth:`run`)."""
         return self._open().cache
 
-    def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
-        """The module and version id to run for a registered program name."""
+    @staticmethod
+    def _check_program_name(name: Any, program_name: str | None) -> None:
         if program_name is not None and program_name != name:
             raise ConfigurationError(
                 f"program_name={program_name!r} names another program than {name!r}; leave it out"
             )
+
+    def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
+        """The module and version id to run for a registered program name."""
+        self._check_program_name(name, program_name)
         version = self.programs.resolve(name, version_id)
         return self.programs.build(version), version.id
 
@@ -279,8 +287,20 @@ class App:
         """Wait until every record of runs that ended so far is written."""
         return self._stores.writer.flush(timeout) if self._stores is not None else True
 
+    @property
+    def pools(self) -> Pools:
+        """The worker pools of the settings (``[pools.NAME]``, and ``general``), started on first use."""
+        with self._lock:
+            if self._pools is None:
+                from dspex.pools import Pools
+
+                self._pools = Pools(self.settings)
+            return self._pools
+
     def close(self) -> None:
-        """Flush and stop the writer, then close database connections."""
+        """Stop the pools, flush and stop the writer, then close database connections."""
+        if self._pools is not None:
+            self._pools.close()
         with self._lock:
             if self._stores is not None:
                 self._stores.writer.close()
@@ -422,14 +442,45 @@ class App:
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
         durability: Durability | None = None,
+        pool: str | None = None,
+        idempotent: bool = False,
     ) -> RunResult:
         """Run ``program`` on ``inputs`` and record it; raises on failure after recording it.
 
         ``program`` is a DSPy module, or the name of a registered program: then ``version_id`` picks
         the version (default: production, else the newest draft) and both are recorded.
         ``durability`` ('sync' or 'async') overrides the program's and the settings' (module docstring).
+        ``pool`` runs a registered program on that worker pool (:mod:`dspex.pools`); ``idempotent``
+        lets a run whose worker died be tried once more (:mod:`dspex.runtime.pooled`).
         """
         durability = check_durability(durability)
+        if pool is not None:
+            check_crossing(pool, program, lm)
+            self._check_program_name(program, program_name)
+            cached = (
+                self._cache.lookup(program, version_id, None, inputs, variables)
+                if isinstance(program, str)
+                else None
+            )
+            mode = durability or self._cache.policy(program).durability or self.settings.durability
+            if isinstance(cached, RunResult):
+                self._settle(mode)
+                return cached
+            pooled = PooledRun(
+                self,
+                pool,
+                program,
+                inputs,
+                lm=lm,
+                version_id=version_id,
+                variables=variables,
+                durability=mode,
+                idempotent=idempotent,
+            )
+            result = pooled.execute()
+            if isinstance(cached, CacheSlot):
+                self._cache.store(cached, program, pooled.version_id, result)
+            return result
         if isinstance(program, str):
             name = program
             cached = self._cache.lookup(name, version_id, program_name, inputs, variables)
@@ -459,10 +510,17 @@ class App:
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
         durability: Durability | None = None,
+        pool: str | None = None,
+        idempotent: bool = False,
     ) -> RunResult:
-        """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``."""
+        """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``; on a
+        ``pool``, the worker is awaited without blocking the event loop."""
         cached: CacheSlot | RunResult | None = None
         mode = check_durability(durability) or self.settings.durability
+        if pool is not None:
+            return await self._arun_pooled(
+                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent
+            )
         if isinstance(program, str):
             name = program
             # A hit is answered from the in-process memo without touching the event loop's thread
@@ -496,6 +554,54 @@ class App:
             await asyncio.to_thread(run.settle)
         if isinstance(cached, CacheSlot) and program_name is not None and version_id is not None:
             await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
+        return result
+
+    async def _arun_pooled(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        lm: Any,
+        program_name: str | None,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+        durability: Durability | None,
+        pool: str,
+        idempotent: bool,
+    ) -> RunResult:
+        check_crossing(pool, program, lm)
+        self._check_program_name(program, program_name)
+
+        def prepare() -> tuple[CacheSlot | RunResult | None, PooledRun | None]:
+            # Off the loop: the cache and the registry read the database, a first use starts the pool.
+            cached = (
+                self._cache.lookup(program, version_id, None, inputs, variables)
+                if isinstance(program, str)
+                else None
+            )
+            mode = durability or self._cache.policy(program).durability or self.settings.durability
+            if isinstance(cached, RunResult):
+                self._settle(mode)
+                return cached, None
+            pooled = PooledRun(
+                self,
+                pool,
+                program,
+                inputs,
+                lm=lm,
+                version_id=version_id,
+                variables=variables,
+                durability=mode,
+                idempotent=idempotent,
+            )
+            return cached, pooled
+
+        cached, pooled = await asyncio.to_thread(prepare)
+        if pooled is None:
+            assert isinstance(cached, RunResult)
+            return cached
+        result = await pooled.aexecute()
+        if isinstance(cached, CacheSlot):
+            await asyncio.to_thread(self._cache.store, cached, program, pooled.version_id, result)
         return result
 
     def set_cache(self, name: str, ttl_s: int | None) -> None:

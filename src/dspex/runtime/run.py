@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dspex.errors import ConfigurationError, ExecutionError, LMError, UserError, ValidationError
+from dspex.errors import (
+    ConfigurationError,
+    ExecutionError,
+    FieldIssue,
+    LMError,
+    UserError,
+    ValidationError,
+    WorkerError,
+)
 from dspex.jsonable import dumps, to_jsonable
 from dspex.modules._interface import check_inputs, input_interface
 from dspex.modules._introspect import acall_module
@@ -78,6 +86,7 @@ class _Run:
         version_id: str | None,
         variables: Mapping[str, Any] | None,
         durability: Durability = "async",
+        placement: dict[str, Any] | None = None,
     ) -> None:
         import dspy
 
@@ -85,9 +94,11 @@ class _Run:
         self.durability = durability
         self.program = program
         self.inputs = dict(inputs or {})
+        self.placement = placement
         # DSPy's own order: an LM passed to the call, else the one the caller set the DSPy way
         # (dspy.context / dspy.configure), else the App's; predictors carrying their own LM use it anyway.
-        if lm is None:
+        # A run placed on a pool runs on the worker's LM (its initializer's, else the settings').
+        if lm is None and placement is None:
             lm = dspy.settings.lm if dspy.settings.lm is not None else app.default_lm(program)
         self.lm = lm
         self.id = str(uuid.uuid4())
@@ -103,7 +114,11 @@ class _Run:
             "started_at": self.started_at,
             "runner": current_runner(),
             "cache_hit": False,
+            "placement": placement,
         }
+        self.status: ExecutionStatus = "running"
+        self.error: dict[str, Any] | None = None
+        self.duration_ms = 0.0
         self.too_large: ValidationError | None = None
         size = len(dumps(self.inputs).encode("utf-8"))
         if size > app.settings.max_input_bytes:
@@ -166,6 +181,7 @@ class _Run:
         self, status: ExecutionStatus, outputs: Any = None, error: dict[str, Any] | None = None
     ) -> float:
         duration_ms = (time.perf_counter() - self.t0) * 1000
+        self.status, self.error, self.duration_ms = status, error, duration_ms
         if self.writer is not None:
             recorder, base, ended_at = self.recorder, self.base, utcnow()
 
@@ -210,7 +226,10 @@ class _Run:
             self._end("cancelled", error={**error_info(exc), "code": "cancelled"})
             return exc
         shown: BaseException
-        if isinstance(exc, UserError):
+        if isinstance(exc, WorkerError):
+            exc.execution_id = self.id
+            shown = exc
+        elif isinstance(exc, UserError):
             if isinstance(exc, ValidationError):
                 exc.execution_id = self.id  # type: ignore[attr-defined]  # lets callers find the record
             shown = exc
@@ -229,3 +248,85 @@ class _Run:
             error["retryable"] = shown.retryable
         self._end("failed", error=error)
         return shown
+
+    # -- runs on a pool: the worker executes, the caller's process records ------------------------------
+    def outcome(self, result: RunResult | None, shown: BaseException | None) -> dict[str, Any]:
+        """What a pool worker sends back (JSON): the terminal record's fields and the error to raise."""
+        data: dict[str, Any] = {
+            "status": self.status,
+            "outputs": result.outputs if result is not None else None,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "usage": self.recorder.usage or None,
+            "total_tokens": self.recorder.total_tokens,
+            "cost_usd": self.recorder.cost_usd,
+            "trace": self.recorder.trace(),
+        }
+        if shown is not None:
+            data["shown"] = {
+                "code": getattr(shown, "code", "execution_error"),
+                "message": str(shown),
+                "retryable": getattr(shown, "retryable", False),
+                "retry_after": getattr(shown, "retry_after", None),
+                "issues": [
+                    {"field": i.field, "expected": i.expected, "message": i.message}
+                    for i in getattr(shown, "issues", ())
+                ],
+            }
+        return data
+
+    def adopt(self, outcome: Mapping[str, Any]) -> RunResult:
+        """Write the terminal record a worker's outcome describes; return its result or raise its error."""
+        import dspy
+
+        duration_ms = (time.perf_counter() - self.t0) * 1000
+        status = outcome["status"]
+        self.status, self.error, self.duration_ms = status, outcome.get("error"), duration_ms
+        if self.writer is not None:
+            self.writer.submit(
+                {
+                    **self.base,
+                    "status": status,
+                    "outputs": outcome.get("outputs"),
+                    "error": outcome.get("error"),
+                    "ended_at": utcnow(),
+                    "duration_ms": duration_ms,
+                    "usage": outcome.get("usage"),
+                    "total_tokens": outcome.get("total_tokens"),
+                    "cost_usd": outcome.get("cost_usd"),
+                    "trace": outcome.get("trace"),
+                }
+            )
+        if status == "succeeded":
+            outputs = dict(outcome.get("outputs") or {})
+            return RunResult(
+                execution_id=self.id,
+                outputs=outputs,
+                prediction=dspy.Prediction(**outputs),
+                duration_ms=duration_ms,
+                usage=dict(outcome.get("usage") or {}),
+                cost_usd=outcome.get("cost_usd"),
+            )
+        raise _rebuilt(outcome.get("shown") or {}, self.id)
+
+
+def _rebuilt(shown: Mapping[str, Any], execution_id: str) -> BaseException:
+    """The caller-side error of a run that failed on a worker, from the worker's description of it."""
+    code = shown.get("code", "execution_error")
+    message = str(shown.get("message", "the run failed on a pool worker"))
+    if code == "validation_error":
+        error = ValidationError(
+            message, issues=tuple(FieldIssue(**issue) for issue in shown.get("issues", ()))
+        )
+        error.execution_id = execution_id  # type: ignore[attr-defined]  # as inline runs set it
+        return error
+    if code in ("configuration_error", "spec_error", "signature_error"):
+        return ConfigurationError(message)
+    if code == "lm_error":
+        return LMError(
+            message,
+            retryable=bool(shown.get("retryable")),
+            retry_after=shown.get("retry_after"),
+            execution_id=execution_id,
+        )
+    return ExecutionError(message, execution_id=execution_id)

@@ -168,6 +168,10 @@ class ExecutionOut(BaseModel):
     trace: JsonObject | None = Field(None, description="The span tree; only on GET /v1/executions/{id}.")
     cache_hit: bool
     runner: str
+    placement: JsonObject | None = Field(
+        None,
+        description="Where the run executed: null inline; for a pool, its pool, worker, pid and attempts.",
+    )
 
 
 class ExecutionPage(BaseModel):

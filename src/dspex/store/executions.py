@@ -47,7 +47,7 @@ ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "abando
 TERMINAL: tuple[ExecutionStatus, ...] = ("succeeded", "failed", "cancelled", "abandoned")
 _COLUMNS = tuple(c.name for c in executions.columns)
 _SUMMARY_COLUMNS = tuple(c for c in executions.columns if c.name != "trace")
-_JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace")
+_JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace", "placement")
 
 
 _runner: tuple[int, str] | None = None
@@ -84,6 +84,7 @@ class ExecutionRecord:
     cache_hit: bool
     runner: str
     recorder_id: str | None = None
+    placement: dict[str, Any] | None = None  # where it ran: {"target": "pool", "pool", "worker", "pid", ...}
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:

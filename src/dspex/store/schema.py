@@ -119,6 +119,7 @@ executions = sa.Table(
     sa.Column("cache_hit", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("runner", sa.String(200), nullable=False),
     sa.Column("recorder_id", sa.String(36), nullable=True),
+    sa.Column("placement", JSON, nullable=True),
     sa.CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
     sa.Index("ix_executions_program_version_id_started_at", "program", "version_id", "started_at"),
     sa.Index("ix_executions_status_runner", "status", "runner"),

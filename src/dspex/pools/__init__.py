@@ -1,0 +1,79 @@
+"""Worker pools: named sets of pre-warmed worker processes with memory, task and time limits.
+
+::
+
+    # dspex.toml
+    [pools.general]             # exists by default: one worker per core
+    size = 2
+    max_rss_mb = 1024           # a worker over it is recycled; a task that takes it over fails (memory_limit)
+    max_tasks = 1000            # recycle after this many tasks
+    task_timeout_s = 120        # a task over it has its worker killed and replaced (task_timeout)
+    initializer = "myapp.workers:setup"   # called once per worker at start-up (dspy.configure is fine there)
+
+    app.run("qa", {"question": "?"}, pool="general")           # recorded as inline runs are, plus placement
+    app.pools.status()                                         # workers, pids, RSS, tasks, replacements
+
+Programs cross to a worker by reference (a registered name and version), inputs and outputs as JSON;
+the worker records nothing, the caller's process writes the run's record. See :mod:`dspex.pools.pool`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from dspex.errors import ConfigurationError, did_you_mean
+from dspex.settings import PoolSetting, Settings
+
+if TYPE_CHECKING:
+    from dspex.pools.pool import Pool, PoolStatus
+
+__all__ = ["DEFAULT_POOL", "Pools"]
+
+DEFAULT_POOL = "general"
+
+
+class Pools:
+    """The pools an App's settings declare (plus ``general``), each started on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pools: dict[str, Pool] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted({DEFAULT_POOL, *self.settings.pools}))
+
+    def setting(self, name: str) -> PoolSetting:
+        if name not in self.names:
+            raise ConfigurationError(
+                did_you_mean(name, self.names, what="pool") + " (pools are [pools.NAME] in dspex.toml)"
+            )
+        return self.settings.pools.get(name) or PoolSetting.model_validate({})
+
+    def get(self, name: str) -> Pool:
+        """Pool ``name``, started (its workers ready) on first use."""
+        from dspex.pools.pool import Pool
+
+        setting = self.setting(name)
+        with self._lock:
+            pool = self._pools.get(name)
+            if pool is None:
+                pool = Pool(name, setting, self.settings).start()
+                self._pools[name] = pool
+            return pool
+
+    def started(self) -> list[Pool]:
+        with self._lock:
+            return list(self._pools.values())
+
+    def status(self) -> list[PoolStatus]:
+        """The status of every pool that has started."""
+        return [pool.status() for pool in self.started()]
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()

@@ -1,0 +1,466 @@
+"""``Pool``: a named set of pre-warmed worker processes that run tasks sent as JSON.
+
+Each worker sits in a *slot* served by one thread of the pool's owner. The slot's thread hands the
+worker one task at a time, watches its heartbeats (which carry the worker's own RSS, measured by psutil
+in the worker), and replaces the process when it must:
+
+- a worker whose RSS goes over ``max_rss_mb`` while running a task is killed, and the task fails with
+  ``WorkerError(code="memory_limit")``; over it between tasks, or past ``max_tasks`` or ``ttl_s``, it is
+  stopped gracefully and replaced (a *recycle*);
+- a task running past ``task_timeout_s`` has its worker killed; the task fails with ``task_timeout``;
+- a worker that dies, or is silent for ``hung_after_s``, is replaced; its task fails with
+  ``worker_lost`` (retryable: the caller may run it again elsewhere).
+
+The pool never shrinks silently: every slot always gets a new process, and :meth:`Pool.status` counts
+each replacement with its reason. Why not ``concurrent.futures.ProcessPoolExecutor`` or loky: both hide
+which process runs a task (sessions need a task to go to one chosen worker), pickle tasks and results
+(ours are JSON), and replace a dead worker by breaking the whole executor (the stdlib) or without saying
+which task died (loky); neither measures a worker's memory or recycles it between tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from dspex.errors import ConfigurationError, WorkerError
+from dspex.jsonable import dumps
+from dspex.settings import PoolSetting, Settings
+
+__all__ = ["Pool", "PoolStatus", "WorkerStatus"]
+
+WorkerState = Literal["starting", "idle", "busy", "stopping", "dead"]
+START_TIMEOUT_S = 120.0  # a worker that is not ready by then (imports, initializer) is a failed start
+_MB = 1024 * 1024
+
+
+def _secrets_revealed(value: Any) -> Any:
+    """Settings as plain JSON values, secrets included: a worker needs the keys its owner has."""
+    from pathlib import PurePath
+
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _secrets_revealed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_secrets_revealed(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One worker slot as :meth:`Pool.status` sees it."""
+
+    name: str
+    pid: int | None
+    state: WorkerState
+    rss_mb: float | None
+    tasks: int  # done by the current process
+    age_s: float
+    heartbeat_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A pool's workers, queue and history of replacements."""
+
+    name: str
+    size: int
+    workers: tuple[WorkerStatus, ...]
+    queued: int
+    completed: int
+    failed: int
+    replaced: dict[str, int]  # reason -> count (died, memory_limit, task_timeout, hung, max_tasks, ttl...)
+    healthy: bool
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "size": self.size,
+            "queued": self.queued,
+            "completed": self.completed,
+            "failed": self.failed,
+            "replaced": dict(self.replaced),
+            "healthy": self.healthy,
+            "last_error": self.last_error,
+            "workers": [
+                {
+                    "name": w.name,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "rss_mb": w.rss_mb,
+                    "tasks": w.tasks,
+                    "age_s": round(w.age_s, 3),
+                    "heartbeat_age_s": None if w.heartbeat_age_s is None else round(w.heartbeat_age_s, 3),
+                }
+                for w in self.workers
+            ],
+        }
+        return data
+
+
+@dataclass(eq=False)
+class _Task:
+    payload: dict[str, Any]
+    future: Future[dict[str, Any]]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    name: str
+    pending: collections.deque[_Task] = field(default_factory=collections.deque)  # for this worker only
+    process: Any = None
+    conn: Any = None
+    pid: int | None = None
+    state: WorkerState = "starting"
+    rss: int | None = None
+    tasks: int = 0
+    started: float = 0.0
+    last_heartbeat: float | None = None
+    thread: threading.Thread | None = None
+
+
+class _Replace(Exception):
+    """The slot's process must go: ``reason`` is counted, ``task_code`` fails the task it ran (if any)."""
+
+    def __init__(self, reason: str, task_code: str | None, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.task_code = task_code
+        self.message = message
+
+
+class Pool:
+    """A pool of worker processes; see the module docstring. Thread-safe. ::
+
+    pool = Pool("general", PoolSetting(size=2), settings).start()
+    future = pool.submit({"program": {"name": "qa"}, "inputs": {"question": "?"}})
+    future.result()["outcome"]          # the run's outcome as the worker reports it (JSON)
+    pool.close()
+    """
+
+    def __init__(self, name: str, setting: PoolSetting, settings: Settings) -> None:
+        self.name = name
+        self.setting = setting
+        self.size = setting.size or (os.cpu_count() or 1)
+        self._settings = settings
+        self._ctx: Any = multiprocessing.get_context(setting.start_method)
+        if setting.start_method == "forkserver":
+            # Workers fork from a server that imported DSPy and dspex once: a replacement starts in
+            # milliseconds instead of paying the imports again.
+            self._ctx.set_forkserver_preload(["dspex.pools.worker"])
+        self._cv = threading.Condition()
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._slots = [_Slot(i, f"{name}-{i}") for i in range(self.size)]
+        self._closed = False
+        self._started = False
+        self.completed = 0
+        self.failed = 0
+        self.replaced: collections.Counter[str] = collections.Counter()
+        self.last_error: str | None = None
+
+    # -- life ------------------------------------------------------------------------------------------
+    def start(self) -> Pool:
+        """Start every worker and wait until each is ready; a worker that cannot start is a
+        ``ConfigurationError`` with its traceback (and the pool is closed)."""
+        if self._started:
+            return self
+        self._started = True
+        try:
+            for slot in self._slots:
+                self._spawn(slot)
+        except BaseException:
+            self.close()
+            raise
+        for slot in self._slots:
+            slot.thread = threading.Thread(target=self._serve, args=(slot,), name=slot.name, daemon=True)
+            slot.thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking tasks, fail the queued ones, stop the workers (killing those that do not stop)."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            queued = list(self._pending) + [t for s in self._slots for t in s.pending]
+            self._pending.clear()
+            for slot in self._slots:
+                slot.pending.clear()
+            self._cv.notify_all()
+        for task in queued:
+            task.future.set_exception(WorkerError(f"pool {self.name!r} closed before the task ran"))
+        for slot in self._slots:
+            if slot.thread is not None:
+                slot.thread.join(timeout)
+            self._stop(slot, graceful=True)
+
+    def __enter__(self) -> Pool:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- tasks -----------------------------------------------------------------------------------------
+    def submit(self, payload: dict[str, Any], *, worker: int | None = None) -> Future[dict[str, Any]]:
+        """Queue a task (a JSON object the worker understands); ``worker`` pins it to one slot.
+
+        The future's result is ``{"outcome": ..., "worker": name, "pid": pid}``; it fails with
+        :class:`~dspex.errors.WorkerError` when the worker could not finish it.
+        """
+        if worker is not None and not 0 <= worker < self.size:
+            raise ConfigurationError(f"pool {self.name!r} has workers 0..{self.size - 1}, not {worker}")
+        task = _Task(payload, Future())
+        with self._cv:
+            if self._closed:
+                raise ConfigurationError(f"pool {self.name!r} is closed")
+            (self._slots[worker].pending if worker is not None else self._pending).append(task)
+            self._cv.notify_all()
+        return task.future
+
+    def status(self) -> PoolStatus:
+        now = time.monotonic()
+        workers = tuple(
+            WorkerStatus(
+                name=s.name,
+                pid=s.pid,
+                state=s.state,
+                rss_mb=round(s.rss / _MB, 1) if s.rss is not None else None,
+                tasks=s.tasks,
+                age_s=now - s.started if s.started else 0.0,
+                heartbeat_age_s=now - s.last_heartbeat if s.last_heartbeat is not None else None,
+            )
+            for s in self._slots
+        )
+        with self._cv:
+            queued = len(self._pending) + sum(len(s.pending) for s in self._slots)
+        healthy = not self._closed and all(w.state in ("idle", "busy") for w in workers)
+        return PoolStatus(
+            name=self.name,
+            size=self.size,
+            workers=workers,
+            queued=queued,
+            completed=self.completed,
+            failed=self.failed,
+            replaced=dict(self.replaced),
+            healthy=healthy,
+            last_error=self.last_error,
+        )
+
+    # -- one slot ----------------------------------------------------------------------------------------
+    def _spawn(self, slot: _Slot) -> None:
+        from dspex.pools import worker as worker_module
+
+        slot.state = "starting"
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=worker_module.main, args=(child,), name=slot.name, daemon=True)
+        process.start()
+        child.close()
+        slot.process, slot.conn, slot.pid = process, parent, process.pid
+        slot.tasks, slot.rss, slot.started, slot.last_heartbeat = 0, None, time.monotonic(), None
+        start = {
+            "op": "start",
+            "settings": _secrets_revealed(self._settings.model_dump()),
+            # The worker sees this process's environment as it is now (a forkserver holds the one it
+            # started with), then the pool's own variables.
+            "env": {**os.environ, **self.setting.env},
+            "initializer": self.setting.initializer,
+            "heartbeat_s": self.setting.heartbeat_s,
+        }
+        try:
+            parent.send_bytes(dumps(start).encode())
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                if parent.poll(0.05):
+                    message = orjson.loads(parent.recv_bytes())
+                    if message["op"] == "ready":
+                        slot.rss, slot.last_heartbeat, slot.state = message["rss"], time.monotonic(), "idle"
+                        return
+                    if message["op"] == "failed":
+                        raise ConfigurationError(
+                            f"pool {self.name!r}: worker {slot.name} could not start:\n{message['error']}"
+                        )
+                elif not process.is_alive():
+                    raise ConfigurationError(
+                        f"pool {self.name!r}: worker {slot.name} exited with code {process.exitcode} "
+                        "while starting (see its stderr above)"
+                    )
+                elif time.monotonic() > deadline:
+                    raise ConfigurationError(
+                        f"pool {self.name!r}: worker {slot.name} was not ready after {START_TIMEOUT_S:.0f} s"
+                    )
+        except (EOFError, OSError) as exc:
+            self._stop(slot, graceful=False)
+            raise ConfigurationError(
+                f"pool {self.name!r}: worker {slot.name} closed its pipe while starting "
+                f"(exit code {process.exitcode})"
+            ) from exc
+        except BaseException:
+            self._stop(slot, graceful=False)
+            raise
+
+    def _stop(self, slot: _Slot, *, graceful: bool) -> None:
+        process, conn = slot.process, slot.conn
+        slot.process = slot.conn = None
+        slot.state = "dead"
+        if process is None:
+            return
+        if graceful and process.is_alive():
+            slot.state = "stopping"
+            with contextlib.suppress(OSError, EOFError):  # already gone: joined (or killed) below
+                conn.send_bytes(b'{"op":"stop"}')
+            process.join(5.0)
+        if process.is_alive():
+            process.kill()
+        process.join(5.0)
+        conn.close()
+        slot.state = "dead"
+
+    def _replace(self, slot: _Slot, reason: str, *, graceful: bool) -> None:
+        """Put a new process in the slot, retrying a failing start (the pool never shrinks silently)."""
+        self._stop(slot, graceful=graceful)
+        self.replaced[reason] += 1
+        delay = 0.1
+        while not self._closed:
+            try:
+                self._spawn(slot)
+                return
+            except ConfigurationError as exc:
+                self.last_error = str(exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _next(self, slot: _Slot) -> _Task | None:
+        """The slot's next task (its own first), waiting up to one heartbeat period; None if none."""
+        with self._cv:
+            if not slot.pending and not self._pending and not self._closed:
+                self._cv.wait(self.setting.heartbeat_s)
+            if slot.pending:
+                return slot.pending.popleft()
+            if self._pending:
+                return self._pending.popleft()
+            return None
+
+    def _serve(self, slot: _Slot) -> None:
+        while not self._closed:
+            if slot.process is None:
+                self._replace(slot, "start_failed", graceful=False)
+                continue
+            task = self._next(slot)
+            try:
+                if task is None:
+                    self._idle_check(slot)
+                    continue
+                if not task.future.set_running_or_notify_cancel():
+                    continue
+                self._run(slot, task)
+                self._recycle_check(slot)
+            except _Replace as replace:
+                if task is not None and not task.future.done():
+                    self.failed += 1
+                    code = replace.task_code or "worker_lost"
+                    task.future.set_exception(WorkerError(replace.message, code=code))
+                if not self._closed:
+                    self._replace(slot, replace.reason, graceful=False)
+
+    def _receive(self, slot: _Slot, timeout: float) -> dict[str, Any] | None:
+        """One message from the worker, or None after ``timeout``; heartbeats are applied here."""
+        try:
+            if not slot.conn.poll(timeout):
+                return None
+            message: dict[str, Any] = orjson.loads(slot.conn.recv_bytes())
+        except (EOFError, OSError):
+            slot.process.join(1.0)
+            raise _Replace("died", "worker_lost", self._death(slot)) from None
+        if "rss" in message:
+            slot.rss = message["rss"]
+        slot.last_heartbeat = time.monotonic()
+        return message
+
+    def _death(self, slot: _Slot) -> str:
+        code = slot.process.exitcode if slot.process is not None else None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return f"worker {slot.name} (pid {slot.pid}) of pool {self.name!r} died ({how}) during the task"
+
+    def _watch(self, slot: _Slot, busy: bool) -> None:
+        """Raise :class:`_Replace` when the slot's worker is dead, hung or over its memory."""
+        if not slot.process.is_alive():
+            raise _Replace("died", "worker_lost", self._death(slot))
+        silent = time.monotonic() - (slot.last_heartbeat or slot.started)
+        if silent > self.setting.hung_after_s:
+            raise _Replace(
+                "hung",
+                "worker_lost",
+                f"worker {slot.name} (pid {slot.pid}) sent no heartbeat for {silent:.1f} s",
+            )
+        limit = self.setting.max_rss_mb
+        if busy and limit is not None and slot.rss is not None and slot.rss > limit * _MB:
+            raise _Replace(
+                "memory_limit",
+                "memory_limit",
+                f"the task took worker {slot.name} to {slot.rss / _MB:.0f} MB, over the pool's max_rss_mb of "
+                f"{limit}; the worker was replaced",
+            )
+
+    def _idle_check(self, slot: _Slot) -> None:
+        while self._receive(slot, 0) is not None:
+            pass
+        self._watch(slot, busy=False)
+        self._recycle_check(slot)
+
+    def _recycle_check(self, slot: _Slot) -> None:
+        setting = self.setting
+        reason = None
+        if setting.max_tasks is not None and slot.tasks >= setting.max_tasks:
+            reason = "max_tasks"
+        elif setting.max_rss_mb is not None and slot.rss is not None and slot.rss > setting.max_rss_mb * _MB:
+            reason = "max_rss"
+        elif setting.ttl_s is not None and time.monotonic() - slot.started > setting.ttl_s:
+            reason = "ttl"
+        if reason is not None:
+            self._replace(slot, reason, graceful=True)
+
+    def _run(self, slot: _Slot, task: _Task) -> None:
+        slot.state = "busy"
+        try:
+            slot.conn.send_bytes(dumps({"op": "run", "id": task.id, "task": task.payload}).encode())
+        except (OSError, EOFError):
+            raise _Replace("died", "worker_lost", self._death(slot)) from None
+        timeout = self.setting.task_timeout_s
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        while True:
+            wait = self.setting.heartbeat_s
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            message = self._receive(slot, wait)
+            if message is not None and message.get("op") == "done" and message.get("id") == task.id:
+                slot.tasks += 1
+                slot.state = "idle"
+                self.completed += 1
+                task.future.set_result({"outcome": message["result"], "worker": slot.name, "pid": slot.pid})
+                return
+            self._watch(slot, busy=True)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _Replace(
+                    "task_timeout",
+                    "task_timeout",
+                    f"the task ran over the pool's task_timeout_s of {timeout} s; worker {slot.name} was replaced",
+                )

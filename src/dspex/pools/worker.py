@@ -1,0 +1,147 @@
+"""The worker process of a pool: pre-warmed, it runs tasks it receives as JSON and answers in JSON.
+
+Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; nothing is unpickled):
+
+- pool -> worker: ``{"op": "start", "settings": {...}, "env": {...}, "initializer": ...}`` once, then
+  ``{"op": "run", "id": ..., "task": {...}}`` per task, and ``{"op": "stop"}``;
+- worker -> pool: ``{"op": "ready", "pid", "rss"}`` or ``{"op": "failed", "error"}`` after start-up,
+  ``{"op": "hb", "rss", "busy"}`` every ``heartbeat_s`` from a thread of its own (so a long task still
+  reports its memory), and ``{"op": "done", "id", "result", "rss"}`` per task.
+
+A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database)
+or ``{"import": "package.module:factory"}`` (operator code, from Python callers only). The run executes
+as :meth:`App.run` executes it, with a recorder, under ``dspy.context``; the worker records nothing: the
+caller's process writes the record from the outcome it sends back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import traceback
+from typing import Any
+
+import dspy  # noqa: F401  # imported at start-up (and by the forkserver), so tasks never pay for it
+import orjson
+
+from dspex.runtime.run import _Run
+
+__all__ = ["main", "rss_bytes"]
+
+
+def rss_bytes() -> int:
+    """This process's resident memory, measured on itself (psutil)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class _Worker:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.busy = False
+        self.stopping = threading.Event()
+        self.app: Any = None
+        self.imported: dict[str, Any] = {}
+
+    def send(self, message: dict[str, Any]) -> None:
+        from dspex.jsonable import dumps
+
+        data = dumps(message).encode()
+        with self.lock:
+            self.conn.send_bytes(data)
+
+    def heartbeat(self, every_s: float) -> None:
+        while not self.stopping.wait(every_s):
+            try:
+                self.send({"op": "hb", "rss": rss_bytes(), "busy": self.busy})
+            except (OSError, EOFError):  # the pool is gone: nothing left to report to
+                self.stopping.set()
+                os._exit(0)
+
+    def start(self, message: dict[str, Any]) -> float:
+        os.environ.update(message.get("env") or {})
+        from dspex.modules import ToolRegistry
+        from dspex.runtime.app import App
+        from dspex.settings import Settings
+
+        settings = Settings(**message["settings"])
+        if message.get("initializer"):  # operator configuration ([pools.NAME] initializer), never a request
+            ToolRegistry(allow_import_paths=True).resolve(message["initializer"], what="pool initializer")()
+        self.app = App(settings, record=False)
+        return float(message.get("heartbeat_s") or 0.5)
+
+    def program(self, ref: dict[str, Any]) -> tuple[Any, str | None, str | None]:
+        if "name" in ref:
+            name = str(ref["name"])
+            program, version_id = self.app._registered(name, ref.get("version_id"), None)
+            return program, name, version_id
+        path = str(ref["import"])
+        if path not in self.imported:
+            from dspex.programs._source import build_source, normalise_source
+
+            self.imported[path] = build_source(normalise_source(path))
+        return self.imported[path].deepcopy(), path, None
+
+    def execute(self, task: dict[str, Any]) -> dict[str, Any]:
+        try:
+            program, name, version_id = self.program(task["program"])
+        except Exception as exc:  # an unknown program or version: the caller gets its message
+            run = _Run(self.app, type(exc).__name__, task.get("inputs"), None, None, None, None)
+            return run.outcome(None, run.failed(exc))
+        run = _Run(
+            self.app,
+            program,
+            task.get("inputs"),
+            None,
+            name,
+            version_id,
+            task.get("variables"),
+        )
+        run.id = task.get("execution_id") or run.id
+        try:
+            result = run.finish(run.execute_sync)
+        except BaseException as shown:  # finish recorded it; the outcome carries it to the caller
+            if isinstance(shown, KeyboardInterrupt | SystemExit):
+                raise
+            return run.outcome(None, shown)
+        return run.outcome(result, None)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message = orjson.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            op = message.get("op")
+            if op == "stop":
+                return
+            if op == "run":
+                self.busy = True
+                try:
+                    result = self.execute(message["task"])
+                finally:
+                    self.busy = False
+                self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
+
+
+def main(conn: Any) -> None:
+    """A worker's life: start (settings, environment, initializer), report ready, serve until stopped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the pool owner's to handle
+    worker = _Worker(conn)
+    try:
+        message = orjson.loads(conn.recv_bytes())
+        heartbeat_s = worker.start(message)
+    except BaseException:  # start-up failed: say why, then exit
+        worker.send({"op": "failed", "error": traceback.format_exc()})
+        return
+    worker.send({"op": "ready", "pid": os.getpid(), "rss": rss_bytes()})
+    threading.Thread(
+        target=worker.heartbeat, args=(heartbeat_s,), name="dspex-heartbeat", daemon=True
+    ).start()
+    try:
+        worker.serve()
+    finally:
+        worker.stopping.set()

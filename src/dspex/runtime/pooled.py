@@ -1,0 +1,118 @@
+"""Runs placed on a worker pool: the worker executes, this process records.
+
+The record is the one an inline run leaves (the worker's span tree, usage, cost and terminal status),
+plus ``placement``: ``{"target": "pool", "pool", "worker", "pid", "attempts"}``. A worker lost mid-run
+leaves the run ``failed`` with code ``worker_lost``; an ``idempotent`` run is then tried once more, on
+whichever worker is free next (a new process, since the lost one is gone), under the same record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from dspex.errors import ConfigurationError, WorkerError
+from dspex.runtime.run import Durability, RunResult, _Run
+
+if TYPE_CHECKING:
+    from dspex.pools.pool import Pool
+    from dspex.runtime.app import App
+
+MAX_ATTEMPTS_IDEMPOTENT = 2
+
+
+def check_crossing(pool: str, program: Any, lm: Any) -> None:
+    """Refuse what cannot cross to a pool's worker: a program object, an LM object."""
+    if not isinstance(program, str):
+        raise ConfigurationError(
+            f"a {type(program).__name__} object cannot cross to pool {pool!r}: programs run on a pool by "
+            "reference; register it (app.programs.register(name, 'pkg.module:factory')) and run it by name"
+        )
+    if lm is not None:
+        raise ConfigurationError(
+            f"lm= cannot cross to pool {pool!r}: its workers use their own LM (the pool's initializer, "
+            "else the settings' lm); leave lm= out, or run inline"
+        )
+
+
+class PooledRun:
+    """One run of a registered program on a pool (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: App,
+        pool: str,
+        name: Any,
+        inputs: Mapping[str, Any] | None,
+        *,
+        lm: Any,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+        durability: Durability,
+        idempotent: bool,
+    ) -> None:
+        check_crossing(pool, name, lm)
+        self.pool: Pool = app.pools.get(pool)
+        version = app.programs.resolve(name, version_id)
+        self.version_id: str = version.id
+        self.placement: dict[str, Any] = {"target": "pool", "pool": pool, "attempts": 0}
+        self.run = _Run(app, name, inputs, None, name, version.id, variables, durability, self.placement)
+        self.idempotent = idempotent
+        self.task = {
+            "program": {"name": name, "version_id": version.id},
+            "inputs": self.run.inputs,
+            "variables": dict(variables) if variables else None,
+            "execution_id": self.run.id,
+        }
+
+    def _submit(self) -> Future[dict[str, Any]]:
+        self.run._check_size()
+        self.placement["attempts"] += 1
+        return self.pool.submit(self.task)
+
+    def _again(self, exc: BaseException) -> bool:
+        return (
+            self.idempotent
+            and isinstance(exc, WorkerError)
+            and exc.code == "worker_lost"
+            and self.placement["attempts"] < MAX_ATTEMPTS_IDEMPOTENT
+        )
+
+    def _adopt(self, answer: dict[str, Any]) -> RunResult:
+        self.placement.update(worker=answer["worker"], pid=answer["pid"])
+        return self.run.adopt(answer["outcome"])
+
+    def execute(self) -> RunResult:
+        """Run on the pool, waiting in this thread."""
+        try:
+            while True:
+                try:
+                    answer = self._submit().result()
+                except BaseException as exc:
+                    if self._again(exc):
+                        continue
+                    raise self.run.failed(exc) from exc
+                return self._adopt(answer)
+        finally:
+            self.run.settle()
+
+    async def aexecute(self) -> RunResult:
+        """Run on the pool, awaiting the worker without blocking the event loop."""
+        try:
+            while True:
+                future = None
+                try:
+                    future = self._submit()
+                    answer = await asyncio.wrap_future(future)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError) and future is not None:
+                        future.cancel()  # queued: it never runs; running: its answer is dropped
+                    if self._again(exc):
+                        continue
+                    raise self.run.failed(exc) from exc
+                return self._adopt(answer)
+        finally:
+            if self.run.durability == "sync":
+                await asyncio.to_thread(self.run.settle)

@@ -1,0 +1,48 @@
+"""Programs and worker initializers of the pool tests (imported by name in the workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import dspy
+
+_HOG: list[bytes] = []
+
+
+def scripted() -> None:
+    """A pool initializer: the worker's LM is a scripted engine answering ``answer to <question>``."""
+    from dspex.testing import ScriptedEngine
+
+    engine = ScriptedEngine({"answer": lambda inputs: f"answer to {inputs.get('question', '')}"})
+    dspy.configure(lm=engine.lm(cache=False))  # process start-up: the one place configure belongs
+
+
+class Sleepy(dspy.Module):
+    """Answers after ``seconds`` (0 by default) with the worker's pid: for kills, timeouts and affinity."""
+
+    def forward(self, question: str, seconds: float = 0.0) -> dspy.Prediction:
+        time.sleep(seconds)
+        return dspy.Prediction(answer=f"slept {seconds}", pid=os.getpid())
+
+
+class Hog(dspy.Module):
+    """Keeps ``mb`` more megabytes alive on every call: a leak."""
+
+    def forward(self, mb: int, hold_s: float = 0.0) -> dspy.Prediction:
+        _HOG.append(os.urandom(mb * 1024 * 1024))
+        time.sleep(hold_s)
+        return dspy.Prediction(held_mb=len(_HOG) * mb, pid=os.getpid())
+
+
+def build_qa() -> Any:
+    return dspy.ChainOfThought("question -> answer")
+
+
+def build_sleepy() -> Sleepy:
+    return Sleepy()
+
+
+def build_hog() -> Hog:
+    return Hog()

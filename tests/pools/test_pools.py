@@ -1,0 +1,284 @@
+"""Worker pools: runs on pre-warmed worker processes, recorded as inline runs are, and the pool's limits.
+
+Every test starts real worker processes (forkserver) and stops them; workers import ``pool_programs``
+from this directory (on ``sys.path``, as pytest puts it there), and get their LM from its initializer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dspex.errors import ConfigurationError, ExecutionError, ValidationError, WorkerError
+from dspex.runtime.app import App
+from dspex.settings import Settings
+from dspex.testing import ScriptedEngine
+
+SCRIPTED = "pool_programs:scripted"
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[Callable[..., App]]:
+    """``make_app(**pool_settings)``: an App whose ``general`` pool has those settings; closed after."""
+    apps: list[App] = []
+
+    def make(**pool: Any) -> App:
+        pool.setdefault("size", 2)
+        pool.setdefault("initializer", SCRIPTED)
+        app = App(Settings(database_url=database_url, pools={"general": pool}))
+        app.programs.register("qa", "pool_programs:build_qa")
+        app.programs.register("sleepy", "pool_programs:build_sleepy")
+        app.programs.register("hog", "pool_programs:build_hog")
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def _error(app: App, execution_id: str) -> dict[str, Any]:
+    app.flush()
+    record = app.executions.get(execution_id)
+    assert record is not None
+    assert record.status == "failed"
+    assert record.error is not None
+    return record.error
+
+
+def test_a_pool_run_is_recorded_as_an_inline_run_is(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    pooled = app.run("qa", {"question": "Where is Paris?"}, pool="general")
+    engine = ScriptedEngine({"answer": lambda inputs: f"answer to {inputs.get('question', '')}"})
+    inline = app.run("qa", {"question": "Where is Paris?"}, lm=engine.lm(cache=False))
+    assert (
+        pooled.outputs
+        == inline.outputs
+        == {
+            "reasoning": "Let me think step by step.",
+            "answer": "answer to Where is Paris?",
+        }
+    )
+    app.flush()
+    on_pool, here = app.executions.get(pooled.execution_id), app.executions.get(inline.execution_id)
+    assert on_pool is not None
+    assert here is not None
+    assert on_pool.status == here.status == "succeeded"
+    assert on_pool.version_id == here.version_id
+    assert on_pool.total_tokens == here.total_tokens
+    assert on_pool.total_tokens
+    assert on_pool.trace is not None
+    assert here.trace is not None
+
+    def shape(trace: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [(s["kind"], s["name"], s["parent"]) for s in trace["spans"]]
+
+    assert shape(on_pool.trace) == shape(here.trace)
+    worker = on_pool.placement or {}
+    assert worker["target"] == "pool"
+    assert worker["pool"] == "general"
+    assert worker["attempts"] == 1
+    assert worker["pid"] != os.getpid()
+    assert worker["worker"].startswith("general-")
+    assert here.placement is None
+
+
+async def test_arun_awaits_the_worker(make_app: Callable[..., App]) -> None:
+    import asyncio
+
+    app = make_app()
+    results = await asyncio.gather(
+        *(app.arun("sleepy", {"question": "q", "seconds": 0.2}, pool="general") for _ in range(4))
+    )
+    assert len({r.outputs["pid"] for r in results}) == 2  # both workers took tasks
+
+
+def test_inputs_are_checked_on_the_worker_and_errors_keep_their_type(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    with pytest.raises(ValidationError, match="question: missing") as caught:
+        app.run("sleepy", {}, pool="general")
+    error = _error(app, caught.value.execution_id)  # type: ignore[attr-defined]
+    assert error["code"] == "validation_error"
+    with pytest.raises(ExecutionError, match="ValueError"):
+        app.run("sleepy", {"question": "q", "seconds": -1}, pool="general")  # time.sleep(-1) raises
+
+
+def test_what_cannot_cross_to_a_pool_is_refused(make_app: Callable[..., App]) -> None:
+    import dspy
+
+    app = make_app()
+    with pytest.raises(ConfigurationError, match="unknown pool 'genral'; did you mean 'general'"):
+        app.run("qa", {"question": "q"}, pool="genral")
+    with pytest.raises(ConfigurationError, match="run it by name"):
+        app.run(dspy.Predict("question -> answer"), {"question": "q"}, pool="general")
+    with pytest.raises(ConfigurationError, match="lm= cannot cross"):
+        app.run("qa", {"question": "q"}, pool="general", lm=ScriptedEngine().lm())
+
+
+def test_invalid_pool_settings_name_the_key() -> None:
+    with pytest.raises(ConfigurationError, match=r"pools\.general\.max_rss_mb: Input should be greater"):
+        Settings.load(pools={"general": {"max_rss_mb": 10}})
+    with pytest.raises(ConfigurationError, match=r"pools\.general\.sise: Extra inputs"):
+        Settings.load(pools={"general": {"sise": 2}})
+
+
+def test_a_pool_that_cannot_start_says_why(make_app: Callable[..., App]) -> None:
+    app = make_app(initializer="pool_programs:no_such_function")
+    with pytest.raises(ConfigurationError, match=r"(?s)could not start.*no_such_function"):
+        app.run("qa", {"question": "q"}, pool="general")
+
+
+def _kill_when_busy(app: App, pid_seen: threading.Event) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        busy = [w for w in app.pools.get("general").status().workers if w.state == "busy"]
+        if busy and busy[0].pid is not None:
+            os.kill(busy[0].pid, signal.SIGKILL)
+            pid_seen.set()
+            return
+        time.sleep(0.005)
+
+
+def test_a_worker_killed_mid_run_leaves_a_failed_record_and_is_replaced(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1)
+    app.run("qa", {"question": "warm"}, pool="general")
+    killed = threading.Event()
+    killer = threading.Thread(target=_kill_when_busy, args=(app, killed))
+    killer.start()
+    with pytest.raises(WorkerError, match="died") as caught:
+        app.run("sleepy", {"question": "q", "seconds": 5}, pool="general")
+    killer.join()
+    assert killed.is_set()
+    assert caught.value.code == "worker_lost"
+    assert caught.value.retryable
+    error = _error(app, caught.value.execution_id or "")
+    assert error["code"] == "worker_lost"
+    assert app.run("qa", {"question": "after"}, pool="general").outputs["answer"] == "answer to after"
+    status = app.pools.get("general").status()
+    assert status.replaced == {"died": 1}
+    assert status.healthy
+    assert status.size == 1
+
+
+def test_an_idempotent_run_is_tried_again_on_another_worker(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1)
+    app.run("qa", {"question": "warm"}, pool="general")
+    first_pid = app.pools.get("general").status().workers[0].pid
+    killed = threading.Event()
+    killer = threading.Thread(target=_kill_when_busy, args=(app, killed))
+    killer.start()
+    result = app.run("sleepy", {"question": "q", "seconds": 0.5}, pool="general", idempotent=True)
+    killer.join()
+    assert killed.is_set()
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    assert record.status == "succeeded"
+    assert record.placement is not None
+    assert record.placement["attempts"] == 2
+    assert record.placement["pid"] != first_pid
+
+
+def test_a_task_over_the_memory_limit_fails_with_its_own_code(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1, max_rss_mb=300, heartbeat_s=0.05)
+    with pytest.raises(WorkerError, match="over the pool's max_rss_mb of 300") as caught:
+        app.run("hog", {"mb": 400, "hold_s": 2.0}, pool="general")
+    assert caught.value.code == "memory_limit"
+    assert not caught.value.retryable
+    assert _error(app, caught.value.execution_id or "")["code"] == "memory_limit"
+    assert app.run("qa", {"question": "next"}, pool="general").outputs["answer"] == "answer to next"
+    assert app.pools.get("general").status().replaced == {"memory_limit": 1}
+
+
+def test_a_leaking_program_is_recycled_and_memory_stays_bounded(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1, max_rss_mb=250)
+    peak = 0.0
+    for _ in range(12):  # 40 MB more per task: without recycling the worker would reach ~580 MB
+        app.run("hog", {"mb": 40}, pool="general")
+        rss = app.pools.get("general").status().workers[0].rss_mb or 0.0
+        peak = max(peak, rss)
+    status = app.pools.get("general").status()
+    assert status.replaced.get("max_rss", 0) >= 2
+    assert peak < 250 + 40 + 20  # at most one task's leak over the limit before it is recycled
+
+
+def test_workers_are_recycled_after_max_tasks(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1, max_tasks=3)
+    pids = [app.run("sleepy", {"question": "q"}, pool="general").outputs["pid"] for _ in range(7)]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
+    assert app.pools.get("general").status().replaced == {"max_tasks": 2}
+
+
+def test_a_task_over_its_timeout_has_its_worker_replaced(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1, task_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"task_timeout_s of 0\.5") as caught:
+        app.run("sleepy", {"question": "q", "seconds": 30}, pool="general")
+    assert time.monotonic() - started < 10
+    assert caught.value.code == "task_timeout"
+    assert app.run("sleepy", {"question": "q"}, pool="general").outputs["answer"] == "slept 0.0"
+    assert app.pools.get("general").status().replaced == {"task_timeout": 1}
+
+
+def test_chaos_random_kills_lose_no_run(make_app: Callable[..., App], tmp_path: Path) -> None:
+    """30 kill -9s of random workers during 600 idempotent runs: every run has one terminal record, and
+    at least 99% succeed after their retry."""
+    app = make_app(size=2)
+    app.run("qa", {"question": "warm"}, pool="general")
+    runs, kills = 600, 30
+    done = threading.Event()
+    killed = finished = 0
+
+    def killer() -> None:  # a kill every runs/kills finished runs, spread over the whole batch
+        nonlocal killed
+        rng = random.Random(7)
+        while killed < kills and not done.is_set():
+            if finished < (killed + 1) * runs // (kills + 1):
+                time.sleep(0.002)
+                continue
+            workers = [w for w in app.pools.get("general").status().workers if w.state in ("busy", "idle")]
+            pid = rng.choice(workers).pid if workers else None
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # recycled in between: the next one counts
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+
+    def one(i: int) -> tuple[str | None, str]:
+        nonlocal finished
+        try:
+            result = app.run(
+                "sleepy", {"question": f"q{i}", "seconds": 0.01}, pool="general", idempotent=True
+            )
+        except WorkerError as exc:
+            return exc.execution_id, "failed"
+        finally:
+            finished += 1
+        return result.execution_id, "succeeded"
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    with ThreadPoolExecutor(8) as executor:
+        outcomes = list(executor.map(one, range(runs)))
+    done.set()
+    thread.join()
+    assert killed >= kills * 0.9, killed
+    app.flush()
+    ids = [execution_id for execution_id, _ in outcomes]
+    assert None not in ids
+    assert len(set(ids)) == runs
+    records = {r.id: r for r in app.executions.find(limit=10_000) if r.program == "sleepy"}
+    assert set(records) == set(ids)  # one record per run, none lost, none extra
+    for execution_id, status in outcomes:
+        assert records[str(execution_id)].status == status  # the record says what the caller saw
+    succeeded = sum(1 for _, status in outcomes if status == "succeeded")
+    assert succeeded >= runs * 0.99, succeeded
