@@ -58,7 +58,14 @@ class PoolSetting(pydantic.BaseModel):
     max_rss_mb: int | None = Field(
         None,
         ge=64,
-        description="A worker over this resident memory is recycled; a task that takes it over fails.",
+        description="A worker over this resident memory (or about to be, at its last task's growth) is "
+        "recycled between tasks.",
+    )
+    kill_rss_mb: int | None = Field(
+        None,
+        ge=64,
+        description="A task that takes its worker over this is killed with it (memory_limit); "
+        "default 1.5 x max_rss_mb.",
     )
     max_tasks: int | None = Field(None, ge=1, description="Tasks a worker runs before it is recycled.")
     ttl_s: float | None = Field(None, gt=0, description="Seconds a worker lives before it is recycled.")

@@ -146,6 +146,7 @@ def forward_parameters(program: Any, forward: Any) -> ForwardParameters | None:
 # program -> what it takes. Inspecting a program on every run would be O(its size), and programs are
 # long-lived, so it is looked up once. Weak: programs come and go.
 _interfaces: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_by_class: weakref.WeakKeyDictionary[type, ForwardParameters | None] = weakref.WeakKeyDictionary()
 
 
 def input_interface(program: Any) -> Any:
@@ -156,8 +157,15 @@ def input_interface(program: Any) -> Any:
         return _interfaces[program]
     except (KeyError, TypeError):
         pass
-    forward = own_forward(type(program))
-    interface = single_signature(program) if forward is None else forward_parameters(program, forward)
+    cls = type(program)
+    forward = own_forward(cls)
+    if forward is not None:  # a class's forward is the same for every instance (and copy) of it
+        try:
+            return _by_class[cls]
+        except KeyError:
+            interface = _by_class[cls] = forward_parameters(program, forward)
+            return interface
+    interface = single_signature(program)
     with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is just not cached
         _interfaces[program] = interface
     return interface

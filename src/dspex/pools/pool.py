@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import multiprocessing
 import os
 import threading
@@ -40,9 +41,12 @@ from dspex.settings import PoolSetting, Settings
 
 __all__ = ["Pool", "PoolStatus", "WorkerStatus"]
 
+logger = logging.getLogger("dspex.pools")
+
 WorkerState = Literal["starting", "idle", "busy", "stopping", "dead"]
 START_TIMEOUT_S = 120.0  # a worker that is not ready by then (imports, initializer) is a failed start
 _MB = 1024 * 1024
+PIPELINE = 2  # tasks sent to a worker at once: the running one, and the next waiting in its pipe
 
 
 def _secrets_revealed(value: Any) -> Any:
@@ -119,6 +123,7 @@ class PoolStatus:
 class _Task:
     payload: dict[str, Any]
     future: Future[dict[str, Any]]
+    worker: int | None = None  # pinned to this slot
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -132,6 +137,7 @@ class _Slot:
     pid: int | None = None
     state: WorkerState = "starting"
     rss: int | None = None
+    rss_before: int | None = None  # after the task before the last: the last task's growth is rss - this
     tasks: int = 0
     started: float = 0.0
     last_heartbeat: float | None = None
@@ -161,6 +167,10 @@ class Pool:
         self.name = name
         self.setting = setting
         self.size = setting.size or (os.cpu_count() or 1)
+        # The hard limit: a task that takes its worker over it is killed (memory_limit).
+        self.kill_rss_mb = setting.kill_rss_mb or (
+            int(setting.max_rss_mb * 1.5) if setting.max_rss_mb is not None else None
+        )
         self._settings = settings
         self._ctx: Any = multiprocessing.get_context(setting.start_method)
         if setting.start_method == "forkserver":
@@ -228,7 +238,7 @@ class Pool:
         """
         if worker is not None and not 0 <= worker < self.size:
             raise ConfigurationError(f"pool {self.name!r} has workers 0..{self.size - 1}, not {worker}")
-        task = _Task(payload, Future())
+        task = _Task(payload, Future(), worker)
         with self._cv:
             if self._closed:
                 raise ConfigurationError(f"pool {self.name!r} is closed")
@@ -275,7 +285,8 @@ class Pool:
         process.start()
         child.close()
         slot.process, slot.conn, slot.pid = process, parent, process.pid
-        slot.tasks, slot.rss, slot.started, slot.last_heartbeat = 0, None, time.monotonic(), None
+        slot.tasks, slot.rss, slot.rss_before = 0, None, None
+        slot.started, slot.last_heartbeat = time.monotonic(), None
         start = {
             "op": "start",
             "settings": _secrets_revealed(self._settings.model_dump()),
@@ -292,7 +303,8 @@ class Pool:
                 if parent.poll(0.05):
                     message = orjson.loads(parent.recv_bytes())
                     if message["op"] == "ready":
-                        slot.rss, slot.last_heartbeat, slot.state = message["rss"], time.monotonic(), "idle"
+                        slot.rss = slot.rss_before = message["rss"]
+                        slot.last_heartbeat, slot.state = time.monotonic(), "idle"
                         return
                     if message["op"] == "failed":
                         raise ConfigurationError(
@@ -348,10 +360,10 @@ class Pool:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _next(self, slot: _Slot) -> _Task | None:
-        """The slot's next task (its own first), waiting up to one heartbeat period; None if none."""
+    def _take(self, slot: _Slot, wait: bool) -> _Task | None:
+        """The slot's next task (its pinned ones first); waits up to one heartbeat period if ``wait``."""
         with self._cv:
-            if not slot.pending and not self._pending and not self._closed:
+            if wait and not slot.pending and not self._pending and not self._closed:
                 self._cv.wait(self.setting.heartbeat_s)
             if slot.pending:
                 return slot.pending.popleft()
@@ -359,27 +371,119 @@ class Pool:
                 return self._pending.popleft()
             return None
 
+    def _requeue(self, tasks: list[_Task]) -> None:
+        """Tasks sent to a worker that never started them go back to the front of their queue."""
+        with self._cv:
+            for task in reversed(tasks):
+                queue = self._slots[task.worker].pending if task.worker is not None else self._pending
+                queue.appendleft(task)
+            self._cv.notify_all()
+
     def _serve(self, slot: _Slot) -> None:
-        while not self._closed:
-            if slot.process is None:
-                self._replace(slot, "start_failed", graceful=False)
-                continue
-            task = self._next(slot)
+        """Feed the slot's worker up to ``PIPELINE`` tasks at a time (the next one waits in its pipe while
+        the current one runs, so the worker never idles on this process), and replace it when it must."""
+        inflight: collections.deque[_Task] = collections.deque()
+        started = 0.0  # when the worker began inflight[0]
+        draining: str | None = None  # a recycle reason: finish what was sent, then replace the worker
+        while True:
             try:
-                if task is None:
-                    self._idle_check(slot)
+                if slot.process is None:
+                    if self._closed:
+                        return
+                    self._replace(slot, "start_failed", graceful=False)
                     continue
-                if not task.future.set_running_or_notify_cancel():
+                while draining is None and len(inflight) < PIPELINE and not self._closed:
+                    task = self._take(slot, wait=not inflight)
+                    if task is None:
+                        break
+                    # A requeued task (sent to a worker that died before starting it) is running already.
+                    if not task.future.running() and not task.future.set_running_or_notify_cancel():
+                        continue  # cancelled while queued
+                    self._send(slot, {"op": "run", "id": task.id, "task": task.payload})
+                    if not inflight:
+                        started = time.monotonic()
+                    inflight.append(task)
+                if not inflight:
+                    if self._closed:
+                        return
+                    if draining is not None:
+                        self._replace(slot, draining, graceful=True)
+                        draining = None
+                        continue
+                    while self._receive(slot, 0) is not None:
+                        pass
+                    self._watch(slot, busy=False)
+                    draining = self._recycle_reason(slot)
                     continue
-                self._run(slot, task)
-                self._recycle_check(slot)
+                slot.state = "busy"
+                message = self._receive(slot, self._wait(started))
+                if (
+                    message is not None
+                    and message.get("op") == "done"
+                    and message.get("id") == inflight[0].id
+                ):
+                    task = inflight.popleft()
+                    slot.tasks += 1
+                    self.completed += 1
+                    task.future.set_result(
+                        {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
+                    )
+                    started = time.monotonic()
+                    slot.state = "busy" if inflight else "idle"
+                    draining = draining or self._recycle_reason(slot)
+                    continue
+                self._watch(slot, busy=True)
+                self._check_timeout(slot, started)
             except _Replace as replace:
-                if task is not None and not task.future.done():
+                if inflight:
+                    running, unstarted = inflight.popleft(), list(inflight)
+                    inflight.clear()
                     self.failed += 1
-                    code = replace.task_code or "worker_lost"
-                    task.future.set_exception(WorkerError(replace.message, code=code))
+                    running.future.set_exception(
+                        WorkerError(replace.message, code=replace.task_code or "worker_lost")
+                    )
+                    self._requeue(unstarted)
+                draining = None
                 if not self._closed:
                     self._replace(slot, replace.reason, graceful=False)
+                else:
+                    self._stop(slot, graceful=False)
+            except Exception as exc:  # a bug here must not leave the slot without a thread: say it, go on
+                logger.exception("pool %r: slot %s failed; its worker is replaced", self.name, slot.name)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                for task in inflight:
+                    if not task.future.done():
+                        self.failed += 1
+                        task.future.set_exception(WorkerError(f"pool {self.name!r} failed: {exc}"))
+                inflight.clear()
+                draining = None
+                if self._closed:
+                    self._stop(slot, graceful=False)
+                    return
+                self._replace(slot, "error", graceful=False)
+
+    def _send(self, slot: _Slot, message: dict[str, Any]) -> None:
+        try:
+            slot.conn.send_bytes(dumps(message).encode())
+        except (OSError, EOFError):
+            raise _Replace("died", "worker_lost", self._death(slot)) from None
+
+    def _wait(self, started: float) -> float:
+        """How long to wait for the worker's next message: a heartbeat period, or less before a timeout."""
+        wait = self.setting.heartbeat_s
+        timeout = self.setting.task_timeout_s
+        if timeout is not None:
+            wait = max(0.0, min(wait, started + timeout - time.monotonic()))
+        return wait
+
+    def _check_timeout(self, slot: _Slot, started: float) -> None:
+        timeout = self.setting.task_timeout_s
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise _Replace(
+                "task_timeout",
+                "task_timeout",
+                f"the task ran over the pool's task_timeout_s of {timeout} s; worker {slot.name} was replaced",
+            )
 
     def _receive(self, slot: _Slot, timeout: float) -> dict[str, Any] | None:
         """One message from the worker, or None after ``timeout``; heartbeats are applied here."""
@@ -401,7 +505,7 @@ class Pool:
         return f"worker {slot.name} (pid {slot.pid}) of pool {self.name!r} died ({how}) during the task"
 
     def _watch(self, slot: _Slot, busy: bool) -> None:
-        """Raise :class:`_Replace` when the slot's worker is dead, hung or over its memory."""
+        """Raise :class:`_Replace` when the slot's worker is dead, hung or over its hard memory limit."""
         if not slot.process.is_alive():
             raise _Replace("died", "worker_lost", self._death(slot))
         silent = time.monotonic() - (slot.last_heartbeat or slot.started)
@@ -411,56 +515,26 @@ class Pool:
                 "worker_lost",
                 f"worker {slot.name} (pid {slot.pid}) sent no heartbeat for {silent:.1f} s",
             )
-        limit = self.setting.max_rss_mb
+        limit = self.kill_rss_mb
         if busy and limit is not None and slot.rss is not None and slot.rss > limit * _MB:
             raise _Replace(
                 "memory_limit",
                 "memory_limit",
-                f"the task took worker {slot.name} to {slot.rss / _MB:.0f} MB, over the pool's max_rss_mb of "
-                f"{limit}; the worker was replaced",
+                f"the task took worker {slot.name} to {slot.rss / _MB:.0f} MB, over the pool's memory limit of "
+                f"{limit} MB (kill_rss_mb); the worker was replaced",
             )
 
-    def _idle_check(self, slot: _Slot) -> None:
-        while self._receive(slot, 0) is not None:
-            pass
-        self._watch(slot, busy=False)
-        self._recycle_check(slot)
-
-    def _recycle_check(self, slot: _Slot) -> None:
+    def _recycle_reason(self, slot: _Slot) -> str | None:
+        """Why the worker should be replaced once its tasks are done (or None): too many tasks, too old, or
+        too big: over ``max_rss_mb``, or close enough that the last task's growth would take it over."""
         setting = self.setting
-        reason = None
         if setting.max_tasks is not None and slot.tasks >= setting.max_tasks:
-            reason = "max_tasks"
-        elif setting.max_rss_mb is not None and slot.rss is not None and slot.rss > setting.max_rss_mb * _MB:
-            reason = "max_rss"
-        elif setting.ttl_s is not None and time.monotonic() - slot.started > setting.ttl_s:
-            reason = "ttl"
-        if reason is not None:
-            self._replace(slot, reason, graceful=True)
-
-    def _run(self, slot: _Slot, task: _Task) -> None:
-        slot.state = "busy"
-        try:
-            slot.conn.send_bytes(dumps({"op": "run", "id": task.id, "task": task.payload}).encode())
-        except (OSError, EOFError):
-            raise _Replace("died", "worker_lost", self._death(slot)) from None
-        timeout = self.setting.task_timeout_s
-        deadline = time.monotonic() + timeout if timeout is not None else None
-        while True:
-            wait = self.setting.heartbeat_s
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            message = self._receive(slot, wait)
-            if message is not None and message.get("op") == "done" and message.get("id") == task.id:
-                slot.tasks += 1
-                slot.state = "idle"
-                self.completed += 1
-                task.future.set_result({"outcome": message["result"], "worker": slot.name, "pid": slot.pid})
-                return
-            self._watch(slot, busy=True)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise _Replace(
-                    "task_timeout",
-                    "task_timeout",
-                    f"the task ran over the pool's task_timeout_s of {timeout} s; worker {slot.name} was replaced",
-                )
+            return "max_tasks"
+        if setting.ttl_s is not None and time.monotonic() - slot.started > setting.ttl_s:
+            return "ttl"
+        if setting.max_rss_mb is not None and slot.rss is not None:
+            growth = max(0, slot.rss - slot.rss_before) if slot.rss_before is not None else 0
+            slot.rss_before = slot.rss
+            if slot.rss + growth > setting.max_rss_mb * _MB:
+                return "max_rss"
+        return None

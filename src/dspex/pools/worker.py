@@ -45,6 +45,7 @@ class _Worker:
         self.stopping = threading.Event()
         self.app: Any = None
         self.imported: dict[str, Any] = {}
+        self.versions: dict[str, Any] = {}
 
     def send(self, message: dict[str, Any]) -> None:
         from dspex.jsonable import dumps
@@ -75,9 +76,16 @@ class _Worker:
 
     def program(self, ref: dict[str, Any]) -> tuple[Any, str | None, str | None]:
         if "name" in ref:
-            name = str(ref["name"])
-            program, version_id = self.app._registered(name, ref.get("version_id"), None)
-            return program, name, version_id
+            name, version_id = str(ref["name"]), ref.get("version_id")
+            # A version id is a content hash: what it names never changes, so it is read once.
+            version = self.versions.get(version_id) if version_id else None
+            if version is None:
+                version = self.app.programs.resolve(name, version_id)
+                if version_id:
+                    if len(self.versions) >= 1000:
+                        self.versions.clear()
+                    self.versions[version_id] = version
+            return self.app.programs.build(version), name, version.id
         path = str(ref["import"])
         if path not in self.imported:
             from dspex.programs._source import build_source, normalise_source

@@ -104,6 +104,9 @@ class ProgramRegistry:
         self.tools = tools
         self.models = models
         self._cache = _LRU(cache_size)
+        # Bumped by every change this registry makes, so callers that memoise resolutions (App) see their
+        # own process's promotions at once; other processes' within their memo's freshness.
+        self.generation = 0
 
     # -- programs ------------------------------------------------------------------------------------
     def register(
@@ -251,6 +254,7 @@ class ProgramRegistry:
             parent_id=parent_id,
             note=note,
         )
+        self.generation += 1
         return version
 
     def versions(self, name: str) -> list[ProgramVersion]:
@@ -330,6 +334,7 @@ class ProgramRegistry:
         """
         before = self._production(name)
         promoted = self.repository.promote(name, self.resolve(name, version_id).id)
+        self.generation += 1
         self.audit.record("promote", name, actor=actor, before=before, after=promoted.id)
         return promoted
 
@@ -338,6 +343,7 @@ class ProgramRegistry:
         self.get(name)
         before = self._production(name)
         restored = self.repository.rollback(name)
+        self.generation += 1
         self.audit.record("rollback", name, actor=actor, before=before, after=restored.id)
         return restored
 
@@ -350,7 +356,9 @@ class ProgramRegistry:
         if status not in VERSION_STATUSES:
             raise ConfigurationError(did_you_mean(str(status), VERSION_STATUSES, what="version status"))
         self.version(version_id)
-        return self.repository.set_status(version_id, status)
+        changed = self.repository.set_status(version_id, status)
+        self.generation += 1
+        return changed
 
     # -- messages ------------------------------------------------------------------------------------
     def _unknown(self, name: str) -> str:

@@ -238,7 +238,7 @@ class App:
     def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
         """The module and version id to run for a registered program name."""
         self._check_program_name(name, program_name)
-        version = self.programs.resolve(name, version_id)
+        version = self._cache.version(name, version_id)
         return self.programs.build(version), version.id
 
     def lm(self) -> Any:

@@ -23,11 +23,13 @@ from dspex.store.executions import current_runner, utcnow
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
+    from dspex.store.programs import ProgramVersion
 
 __all__ = ["MEMO_FRESH_S", "POLICY_REFRESH_S", "CacheSlot", "ProgramCache"]
 
 POLICY_REFRESH_S = 1.0  # how stale a process's view of a program's cache TTL and production version may be
-MEMO_FRESH_S = 5.0  # how long a process serves a shared cache entry it read without re-reading it
+MEMO_FRESH_S = 5.0
+VERSIONS_SIZE = 10_000  # resolutions memoised per process (names x versions asked for)  # how long a process serves a shared cache entry it read without re-reading it
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,22 @@ class ProgramCache:
         self.app = app
         self.policies: dict[str, _Policy] = {}
         self.memo = _Memo()
+        self.versions: dict[tuple[str, str | None], tuple[ProgramVersion, float, int]] = {}
+
+    def version(self, name: str, version_id: str | None) -> ProgramVersion:
+        """``programs.resolve(name, version_id)``, memoised for ``POLICY_REFRESH_S`` (or until this
+        process's registry changes anything): a run by name reads no row to find its version."""
+        registry = self.app.programs
+        key = (name, version_id)
+        hit = self.versions.get(key)
+        if hit is not None and time.monotonic() <= hit[1] and hit[2] == registry.generation:
+            return hit[0]
+        generation = registry.generation
+        version = registry.resolve(name, version_id)
+        if len(self.versions) >= VERSIONS_SIZE:
+            self.versions.clear()
+        self.versions[key] = (version, time.monotonic() + POLICY_REFRESH_S, generation)
+        return version
 
     def memo_hit(
         self,

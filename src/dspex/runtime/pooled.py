@@ -55,7 +55,7 @@ class PooledRun:
     ) -> None:
         check_crossing(pool, name, lm)
         self.pool: Pool = app.pools.get(pool)
-        version = app.programs.resolve(name, version_id)
+        version = app._cache.version(name, version_id)
         self.version_id: str = version.id
         self.placement: dict[str, Any] = {"target": "pool", "pool": pool, "attempts": 0}
         self.run = _Run(app, name, inputs, None, name, version.id, variables, durability, self.placement)

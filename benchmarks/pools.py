@@ -1,0 +1,123 @@
+"""Worker pools against inline runs, in one process on this machine.
+
+Run: ``python benchmarks/pools.py [--runs 2000] [--leak-tasks 500]``.
+
+Rows (each pool row runs against the same App's inline path in the same run):
+
+- ``dispatch``: a no-op program, one run at a time, inline and on a 1-worker pool; the difference per run
+  is what a pool adds (JSON both ways, two pipe hops, the caller's record of the worker's outcome).
+  Target: at most 300 us.
+- ``cpu throughput``: ``dspy.ChainOfThought`` on a scripted LM with no latency (pure DSPy CPU work), runs
+  per second inline in this process (one caller: the GIL makes more callers no faster) and on a 2-worker
+  pool fed by 4 caller threads. Target: at least 1.6x.
+- ``leak``: ``--leak-tasks`` runs of a program that leaks 50 MB per call on a 1-worker pool with
+  ``max_rss_mb = 400``: the highest worker RSS seen and how many times the worker was recycled.
+
+Every run is recorded (SQLite, async durability) in every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers import _pool_programs by name
+
+from dspex.runtime import App
+from dspex.settings import Settings
+
+
+def _app(home: Path, **pool: object) -> App:
+    settings = Settings.load(
+        home=home,
+        database_url=f"sqlite:///{home}/bench.db",
+        pools={"general": {"initializer": "_pool_programs:scripted", **pool}},
+    )
+    import _pool_programs
+
+    return App(settings, lm=_pool_programs.scripted_lm())
+
+
+def _register(app: App) -> None:
+    for name in ("noop", "cot", "leak"):
+        if name not in {p.name for p in app.programs.list_programs()}:
+            app.programs.register(name, f"_pool_programs:build_{name}")
+
+
+def dispatch(home: Path, runs: int) -> None:
+    with _app(home, size=1) as app:
+        _register(app)
+        app.run("noop", {"question": "warm"}, pool="general")
+        app.run("noop", {"question": "warm"})
+        timings = {}
+        for where in ("inline", "pool", "inline", "pool"):
+            pool = "general" if where == "pool" else None
+            t0 = time.perf_counter()
+            for i in range(runs):
+                app.run("noop", {"question": f"q{i}"}, pool=pool)
+            app.flush()
+            timings[where] = min(timings.get(where, 1e9), (time.perf_counter() - t0) / runs)
+    added = (timings["pool"] - timings["inline"]) * 1e6
+    print(
+        f"dispatch        inline {timings['inline'] * 1e6:7.0f} us/run   pool {timings['pool'] * 1e6:7.0f} us/run"
+        f"   added {added:6.0f} us/run (target <= 300)"
+    )
+
+
+def throughput(home: Path, runs: int) -> None:
+    with _app(home, size=2) as app:
+        _register(app)
+        for _ in range(4):
+            app.run("cot", {"question": "warm"}, pool="general")
+        app.run("cot", {"question": "warm"})
+        t0 = time.perf_counter()
+        for i in range(runs):
+            app.run("cot", {"question": f"inline {i}"})
+        app.flush()
+        inline = runs / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(4) as callers:
+            list(callers.map(lambda i: app.run("cot", {"question": f"pool {i}"}, pool="general"), range(runs)))
+        app.flush()
+        pooled = runs / (time.perf_counter() - t0)
+    print(
+        f"cpu throughput  inline {inline:7.0f} runs/s   2-worker pool {pooled:7.0f} runs/s   "
+        f"{pooled / inline:.2f}x (target >= 1.6x)"
+    )
+
+
+def leak(home: Path, tasks: int) -> None:
+    with _app(home, size=1, max_rss_mb=400, heartbeat_s=0.05) as app:
+        _register(app)
+        peak = 0.0
+        for i in range(tasks):
+            app.run("leak", {"question": f"q{i}"}, pool="general")
+            status = app.pools.get("general").status()
+            peak = max(peak, status.workers[0].rss_mb or 0.0)
+        status = app.pools.get("general").status()
+    print(
+        f"leak            {tasks} tasks leaking 50 MB each under max_rss_mb=400: highest worker RSS "
+        f"{peak:.0f} MB, recycled {sum(status.replaced.values())} times {dict(status.replaced)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--leak-tasks", type=int, default=500)
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores; every run recorded to SQLite")
+    with tempfile.TemporaryDirectory() as tmp:
+        dispatch(Path(tmp), args.runs)
+        throughput(Path(tmp), args.runs)
+        leak(Path(tmp), args.leak_tasks)
+
+
+if __name__ == "__main__":
+    main()
