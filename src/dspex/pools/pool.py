@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ logger = logging.getLogger("dspex.pools")
 WorkerState = Literal["starting", "idle", "busy", "stopping", "dead"]
 START_TIMEOUT_S = 120.0  # a worker that is not ready by then (imports, initializer) is a failed start
 _MB = 1024 * 1024
+MONITOR_S = 0.05  # how often the monitor looks at busy workers (timeouts, hangs, memory)
 PIPELINE = 2  # tasks sent to a worker at once: the running one, and the next waiting in its pipe
 
 
@@ -119,12 +120,15 @@ class PoolStatus:
         return data
 
 
+_task_ids = itertools.count(1)  # next() on a count is atomic under the GIL
+
+
 @dataclass(eq=False)
 class _Task:
     payload: dict[str, Any]
     future: Future[dict[str, Any]]
     worker: int | None = None  # pinned to this slot
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: int = field(default_factory=lambda: next(_task_ids))
 
 
 @dataclass(eq=False)
@@ -139,6 +143,8 @@ class _Slot:
     rss: int | None = None
     rss_before: int | None = None  # after the task before the last: the last task's growth is rss - this
     tasks: int = 0
+    task_started: float | None = None  # when the worker began its current task (None: idle)
+    verdict: _Replace | None = None  # why the monitor killed the worker, for its slot thread
     started: float = 0.0
     last_heartbeat: float | None = None
     thread: threading.Thread | None = None
@@ -203,6 +209,10 @@ class Pool:
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._serve, args=(slot,), name=slot.name, daemon=True)
             slot.thread.start()
+        self._monitor_thread = threading.Thread(
+            target=self._monitor, name=f"{self.name}-monitor", daemon=True
+        )
+        self._monitor_thread.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
@@ -242,8 +252,12 @@ class Pool:
         with self._cv:
             if self._closed:
                 raise ConfigurationError(f"pool {self.name!r} is closed")
-            (self._slots[worker].pending if worker is not None else self._pending).append(task)
-            self._cv.notify_all()
+            if worker is not None:  # only that slot's thread may take it, so wake them all
+                self._slots[worker].pending.append(task)
+                self._cv.notify_all()
+            else:
+                self._pending.append(task)
+                self._cv.notify()
         return task.future
 
     def status(self) -> PoolStatus:
@@ -285,7 +299,7 @@ class Pool:
         process.start()
         child.close()
         slot.process, slot.conn, slot.pid = process, parent, process.pid
-        slot.tasks, slot.rss, slot.rss_before = 0, None, None
+        slot.tasks, slot.rss, slot.rss_before, slot.verdict, slot.task_started = 0, None, None, None, None
         slot.started, slot.last_heartbeat = time.monotonic(), None
         start = {
             "op": "start",
@@ -412,11 +426,12 @@ class Pool:
                         continue
                     while self._receive(slot, 0) is not None:
                         pass
-                    self._watch(slot, busy=False)
+                    self._watch(slot)
                     draining = self._recycle_reason(slot)
                     continue
                 slot.state = "busy"
-                message = self._receive(slot, self._wait(started))
+                slot.task_started = started
+                message = self._read(slot)  # blocks: the monitor thread kills a worker that must go
                 if (
                     message is not None
                     and message.get("op") == "done"
@@ -429,12 +444,11 @@ class Pool:
                         {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
                     )
                     started = time.monotonic()
+                    slot.task_started = started if inflight else None
                     slot.state = "busy" if inflight else "idle"
                     draining = draining or self._recycle_reason(slot)
-                    continue
-                self._watch(slot, busy=True)
-                self._check_timeout(slot, started)
             except _Replace as replace:
+                slot.task_started = None
                 if inflight:
                     running, unstarted = inflight.popleft(), list(inflight)
                     inflight.clear()
@@ -449,6 +463,7 @@ class Pool:
                 else:
                     self._stop(slot, graceful=False)
             except Exception as exc:  # a bug here must not leave the slot without a thread: say it, go on
+                slot.task_started = None
                 logger.exception("pool %r: slot %s failed; its worker is replaced", self.name, slot.name)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 for task in inflight:
@@ -468,22 +483,60 @@ class Pool:
         except (OSError, EOFError):
             raise _Replace("died", "worker_lost", self._death(slot)) from None
 
-    def _wait(self, started: float) -> float:
-        """How long to wait for the worker's next message: a heartbeat period, or less before a timeout."""
-        wait = self.setting.heartbeat_s
-        timeout = self.setting.task_timeout_s
-        if timeout is not None:
-            wait = max(0.0, min(wait, started + timeout - time.monotonic()))
-        return wait
+    def _read(self, slot: _Slot) -> dict[str, Any]:
+        """The worker's next message, waiting for it; its death (or the monitor's kill) is a _Replace."""
+        try:
+            message: dict[str, Any] = orjson.loads(slot.conn.recv_bytes())
+        except (EOFError, OSError):
+            slot.process.join(1.0)
+            raise slot.verdict or _Replace("died", "worker_lost", self._death(slot)) from None
+        if "rss" in message:
+            slot.rss = message["rss"]
+        slot.last_heartbeat = time.monotonic()
+        return message
 
-    def _check_timeout(self, slot: _Slot, started: float) -> None:
+    def _monitor(self) -> None:
+        """Every ``MONITOR_S``: kill the worker of a busy slot that is over its task timeout, silent for
+        ``hung_after_s`` or over ``kill_rss_mb``; its slot thread, reading, sees the pipe close and the
+        verdict. (Slot threads block on reads instead of polling: one select less per message.)"""
+        period = min(MONITOR_S, self.setting.heartbeat_s)
+        while not self._closed:
+            time.sleep(period)
+            for slot in self._slots:
+                started, process = slot.task_started, slot.process
+                if started is None or process is None or slot.verdict is not None:
+                    continue
+                verdict = self._verdict(slot, started)
+                if verdict is not None:
+                    slot.verdict = verdict
+                    with contextlib.suppress(OSError, ValueError):  # exited meanwhile: EOF says so
+                        process.kill()
+
+    def _verdict(self, slot: _Slot, started: float) -> _Replace | None:
+        now = time.monotonic()
         timeout = self.setting.task_timeout_s
-        if timeout is not None and time.monotonic() - started >= timeout:
-            raise _Replace(
+        if timeout is not None and now - started >= timeout:
+            return _Replace(
                 "task_timeout",
                 "task_timeout",
                 f"the task ran over the pool's task_timeout_s of {timeout} s; worker {slot.name} was replaced",
             )
+        silent = now - (slot.last_heartbeat or slot.started)
+        if silent > self.setting.hung_after_s:
+            return _Replace(
+                "hung",
+                "worker_lost",
+                f"worker {slot.name} (pid {slot.pid}) sent no heartbeat for {silent:.1f} s",
+            )
+        limit = self.kill_rss_mb
+        if limit is not None and slot.rss is not None and slot.rss > limit * _MB:
+            return _Replace(
+                "memory_limit",
+                "memory_limit",
+                f"the task took worker {slot.name} to {slot.rss / _MB:.0f} MB, over the pool's memory limit of "
+                f"{limit} MB (kill_rss_mb); the worker was replaced",
+            )
+        return None
 
     def _receive(self, slot: _Slot, timeout: float) -> dict[str, Any] | None:
         """One message from the worker, or None after ``timeout``; heartbeats are applied here."""
@@ -504,8 +557,8 @@ class Pool:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return f"worker {slot.name} (pid {slot.pid}) of pool {self.name!r} died ({how}) during the task"
 
-    def _watch(self, slot: _Slot, busy: bool) -> None:
-        """Raise :class:`_Replace` when the slot's worker is dead, hung or over its hard memory limit."""
+    def _watch(self, slot: _Slot) -> None:
+        """Raise :class:`_Replace` when an idle slot's worker is dead or hung."""
         if not slot.process.is_alive():
             raise _Replace("died", "worker_lost", self._death(slot))
         silent = time.monotonic() - (slot.last_heartbeat or slot.started)
@@ -514,14 +567,6 @@ class Pool:
                 "hung",
                 "worker_lost",
                 f"worker {slot.name} (pid {slot.pid}) sent no heartbeat for {silent:.1f} s",
-            )
-        limit = self.kill_rss_mb
-        if busy and limit is not None and slot.rss is not None and slot.rss > limit * _MB:
-            raise _Replace(
-                "memory_limit",
-                "memory_limit",
-                f"the task took worker {slot.name} to {slot.rss / _MB:.0f} MB, over the pool's memory limit of "
-                f"{limit} MB (kill_rss_mb); the worker was replaced",
             )
 
     def _recycle_reason(self, slot: _Slot) -> str | None:

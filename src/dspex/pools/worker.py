@@ -30,11 +30,17 @@ from dspex.runtime.run import _Run
 __all__ = ["main", "rss_bytes"]
 
 
+_process: Any = None  # this process's psutil handle, made once (building one reads /proc/<pid>/stat)
+
+
 def rss_bytes() -> int:
     """This process's resident memory, measured on itself (psutil)."""
+    global _process
     import psutil
 
-    return int(psutil.Process().memory_info().rss)
+    if _process is None or _process.pid != os.getpid():
+        _process = psutil.Process()
+    return int(_process.memory_info().rss)
 
 
 class _Worker:
