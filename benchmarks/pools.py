@@ -83,7 +83,9 @@ def throughput(home: Path, runs: int) -> None:
         inline = runs / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(4) as callers:
-            list(callers.map(lambda i: app.run("cot", {"question": f"pool {i}"}, pool="general"), range(runs)))
+            list(
+                callers.map(lambda i: app.run("cot", {"question": f"pool {i}"}, pool="general"), range(runs))
+            )
         app.flush()
         pooled = runs / (time.perf_counter() - t0)
     print(
@@ -108,7 +110,9 @@ def leak(home: Path, tasks: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--leak-tasks", type=int, default=500)
     args = parser.parse_args()

@@ -191,7 +191,9 @@ def test_an_idempotent_run_is_tried_again_on_another_worker(make_app: Callable[.
 
 def test_a_task_over_the_memory_limit_fails_with_its_own_code(make_app: Callable[..., App]) -> None:
     app = make_app(size=1, max_rss_mb=300, heartbeat_s=0.05)
-    with pytest.raises(WorkerError, match=r"over the pool's memory limit of 450 MB \(kill_rss_mb\)") as caught:
+    with pytest.raises(
+        WorkerError, match=r"over the pool's memory limit of 450 MB \(kill_rss_mb\)"
+    ) as caught:
         app.run("hog", {"mb": 400, "hold_s": 2.0}, pool="general")
     assert caught.value.code == "memory_limit"
     assert not caught.value.retryable

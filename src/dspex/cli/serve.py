@@ -3,6 +3,7 @@
 dspex keys create ci --scope runs:execute --scope programs:read
 dspex serve --host 0.0.0.0 --port 8000
 dspex serve --no-auth                  # local only: no API keys, refuses any non-loopback host
+dspex serve --pool general             # runs execute on the general worker pool (every core)
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def serve(
         "--max-body-bytes",
         help="Largest request body (default DSPEX_MAX_BODY_BYTES, 8 MiB); 413 beyond.",
     ),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Execute runs on this worker pool ([pools.NAME] in dspex.toml; 'general')."
+    ),
 ) -> None:
     """Serve the REST API (OpenAPI document at /openapi.json, docs at /docs)."""
     with errors():
@@ -65,6 +69,11 @@ def serve(
                 typer.echo(
                     "warning: serving WITHOUT authentication (--no-auth), on this machine only", err=True
                 )
-            api = create_app(dspex_app, auth=not no_auth)
+            from dspex.server import ServiceOptions
+
+            api = create_app(dspex_app, auth=not no_auth, options=ServiceOptions(pool=pool))
+            if pool is not None:  # start it now: a pool that cannot start says why before serving
+                started = dspex_app.pools.get(pool)
+                typer.echo(f"runs execute on pool {pool!r}: {started.size} workers", err=True)
             # The access log prints method, path and status: never headers, so never a key.
             uvicorn.run(api, host=host, port=port, log_level=log_level, proxy_headers=False)

@@ -40,13 +40,15 @@ class ServiceOptions:
     ``events_poll_s``: how often an optimization's event stream reads the database; ``events_timeout_s``:
     the longest such a stream stays open (the client reconnects to follow longer); ``worker_stale_s``: a
     worker whose last heartbeat is older does not count as alive in ``/health``; ``ping_s``: the SSE
-    keep-alive comment interval.
+    keep-alive comment interval; ``pool``: the worker pool runs execute on (``dspex serve --pool``;
+    None: in the server process).
     """
 
     events_poll_s: float = 1.0
     events_timeout_s: float = 3600.0
     worker_stale_s: float = 90.0
     ping_s: float = 15.0
+    pool: str | None = None
 
 
 def create_app(
@@ -64,7 +66,17 @@ def create_app(
     """
     from importlib.metadata import version
 
-    from dspex.server.routes import audit, datasets, executions, jobs, ops, optimizations, programs, runs
+    from dspex.server.routes import (
+        audit,
+        datasets,
+        executions,
+        jobs,
+        ops,
+        optimizations,
+        pools,
+        programs,
+        runs,
+    )
 
     api = FastAPI(
         title="DSPex",
@@ -77,11 +89,14 @@ def create_app(
         default_response_class=JSONResponse,
     )
     api.state.dspex = dspex_app
-    api.state.options = options or ServiceOptions()
+    api.state.options = options
     api.state.metrics = Metrics()
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
-    for module in (programs, runs, executions, datasets, optimizations, jobs, audit, ops):
+    options = options or ServiceOptions()
+    if options.pool is not None:
+        dspex_app.pools.setting(options.pool)  # an unknown pool is a ConfigurationError listing the valid
+    for module in (programs, runs, executions, datasets, optimizations, jobs, audit, pools, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
     # Outermost, so an oversized body is refused before anything reads it.

@@ -6,6 +6,9 @@
 - ``dspex_runs_total{program, status}``: runs through the service (``succeeded``, ``failed``,
   ``cancelled``); ``dspex_run_cache_hits_total{program}``: those answered from the program cache.
 - ``dspex_jobs{status}`` and ``dspex_workers``: the job queue, read when scraped.
+- ``dspex_pool_workers{pool, state}``, ``dspex_pool_queued{pool}``, ``dspex_pool_worker_rss_bytes{pool,
+  worker}``, ``dspex_pool_tasks_total{pool, outcome}``, ``dspex_pool_replaced_total{pool, reason}``: the
+  worker pools this process started, read when scraped.
 
 The HTTP metrics come from a plain ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``).
 """
@@ -13,10 +16,16 @@ The HTTP metrics come from a plain ASGI middleware (cheaper than Starlette's ``B
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter as Counter_
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from dspex.pools.pool import PoolStatus
 
 __all__ = ["CONTENT_TYPE", "Metrics", "MetricsMiddleware"]
 
@@ -49,17 +58,47 @@ class Metrics:
         self.jobs = Gauge("dspex_jobs", "Jobs per status", ["status"], registry=self.registry)
         self.workers = Gauge("dspex_workers", "Workers with a running job and a fresh heartbeat",
                              registry=self.registry)  # fmt: skip
+        self._pools: list[PoolStatus] = []
+        self.registry.register(self)  # a collector: it has collect()
 
     def run(self, program: str, status: str, *, cache_hit: bool = False) -> None:
         self.runs.labels(program, status).inc()
         if cache_hit:
             self.cache_hits.labels(program).inc()
 
-    def render(self, queue: dict[str, int], workers: int) -> bytes:
+    def render(self, queue: dict[str, int], workers: int, pools: Sequence[PoolStatus] = ()) -> bytes:
         for status, count in queue.items():
             self.jobs.labels(status).set(count)
         self.workers.set(workers)
+        self._pools = list(pools)
         return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """The pools' figures, read at scrape time (a collector registered on :attr:`registry`)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        states = GaugeMetricFamily("dspex_pool_workers", "Pool workers by state", labels=["pool", "state"])
+        queued = GaugeMetricFamily("dspex_pool_queued", "Tasks waiting for a pool worker", labels=["pool"])
+        rss = GaugeMetricFamily(
+            "dspex_pool_worker_rss_bytes", "Resident memory of each pool worker", labels=["pool", "worker"]
+        )
+        tasks = CounterMetricFamily("dspex_pool_tasks", "Pool tasks by outcome", labels=["pool", "outcome"])
+        replaced = CounterMetricFamily(
+            "dspex_pool_replaced", "Pool workers replaced, by reason", labels=["pool", "reason"]
+        )
+        for pool in self._pools:
+            by_state = Counter_(w.state for w in pool.workers)
+            for state in ("starting", "idle", "busy", "stopping", "dead"):
+                states.add_metric([pool.name, state], by_state.get(state, 0))
+            queued.add_metric([pool.name], pool.queued)
+            for worker in pool.workers:
+                if worker.rss_mb is not None:
+                    rss.add_metric([pool.name, worker.name], worker.rss_mb * 1024 * 1024)
+            tasks.add_metric([pool.name, "completed"], pool.completed)
+            tasks.add_metric([pool.name, "failed"], pool.failed)
+            for reason, count in pool.replaced.items():
+                replaced.add_metric([pool.name, reason], count)
+        yield from (states, queued, rss, tasks, replaced)
 
 
 class MetricsMiddleware:

@@ -25,6 +25,8 @@ __all__ = [
     "OptimizationDetailOut",
     "OptimizationStart",
     "OptimizationStarted",
+    "PoolOut",
+    "PoolWorkerOut",
     "ProgramDetailOut",
     "ProgramOut",
     "ProgramRegister",
@@ -135,6 +137,11 @@ class RunRequest(_Strict):
         None,
         description="'sync': the run's record is committed before the response; 'async': written just "
         "after it. Default: the program's setting, else the server's.",
+    )
+    idempotent: bool = Field(
+        False,
+        description="On a server that runs on a worker pool: a run whose worker died is tried once more "
+        "(on a fresh worker, under the same execution id).",
     )
 
 
@@ -315,12 +322,40 @@ class OptimizationDetailOut(BaseModel):
 # -- operations --------------------------------------------------------------------------------------------
 
 
+class PoolWorkerOut(BaseModel):
+    name: str
+    pid: int | None
+    state: Literal["starting", "idle", "busy", "stopping", "dead"]
+    rss_mb: float | None = Field(description="Resident memory, measured by the worker itself.")
+    tasks: int = Field(description="Tasks done by the current process of this slot.")
+    age_s: float
+    heartbeat_age_s: float | None
+
+
+class PoolOut(BaseModel):
+    name: str
+    size: int
+    healthy: bool = Field(description="Every worker is idle or busy (none starting, stopping or dead).")
+    queued: int
+    completed: int
+    failed: int
+    replaced: dict[str, int] = Field(
+        description="Workers replaced, by reason: died, hung, memory_limit, task_timeout, max_rss, "
+        "max_tasks, ttl, start_failed, error."
+    )
+    last_error: str | None
+    workers: list[PoolWorkerOut]
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "unavailable"]
     queue: dict[str, int] = Field(description="Jobs per status.")
     queue_depth: int = Field(description="Queued jobs.")
     workers: list[str] = Field(description="Workers with a running job and a fresh heartbeat.")
+    pools: list[PoolOut] = Field(
+        default_factory=list, description="The worker pools this server process has started."
+    )
 
 
 class AuditEventOut(BaseModel):

@@ -53,6 +53,7 @@ def health(request: Request) -> JSONResponse:
             "queue": {},
             "queue_depth": 0,
             "workers": [],
+            "pools": _pools(request),
         }
         return JSONResponse(body, status_code=503)
     body = {
@@ -61,6 +62,7 @@ def health(request: Request) -> JSONResponse:
         "queue": counts,
         "queue_depth": counts.get("queued", 0),
         "workers": workers,
+        "pools": _pools(request),
     }
     return JSONResponse(body)
 
@@ -78,6 +80,12 @@ def health(request: Request) -> JSONResponse:
 )
 def metrics(request: Request, _principal: Principal = Depends(require("admin"))) -> Response:
     """Prometheus metrics (needs the ``admin`` scope): requests by route and status, latency, runs by
-    program and status, cache hits, jobs per status, live workers."""
+    program and status, cache hits, jobs per status, live workers, and per pool: workers by state,
+    queued tasks, each worker's RSS, tasks completed and failed, replacements by reason."""
     counts, workers = _queue_and_workers(dspex_of(request), options_of(request).worker_stale_s)
-    return Response(metrics_of(request).render(counts, len(workers)), media_type=CONTENT_TYPE)
+    pools = dspex_of(request).pools.status()
+    return Response(metrics_of(request).render(counts, len(workers), pools), media_type=CONTENT_TYPE)
+
+
+def _pools(request: Request) -> list[dict[str, object]]:
+    return [status.to_json() for status in dspex_of(request).pools.status()]

@@ -72,7 +72,13 @@ async def run(
     metrics = metrics_of(request)
     try:
         result = await app.arun(
-            name, body.inputs, version_id=body.version, variables=body.variables, durability=body.durability
+            name,
+            body.inputs,
+            version_id=body.version,
+            variables=body.variables,
+            durability=body.durability,
+            pool=options_of(request).pool,
+            idempotent=body.idempotent,
         )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
