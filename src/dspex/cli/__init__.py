@@ -15,6 +15,7 @@ from dspex.cli import (
     keys,
     optimize,
     pipeline,
+    pools,
     programs,
     run,
     serve,
@@ -40,6 +41,7 @@ app.add_typer(keys.app, name="keys")
 app.command("worker")(jobs.worker)
 app.add_typer(jobs.app, name="jobs")
 app.command("audit")(audit.audit)
+app.add_typer(pools.app, name="pools")
 
 
 @app.command("version")

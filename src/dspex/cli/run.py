@@ -3,6 +3,7 @@
     dspex run qa --input '{"question": "What is DSPy?"}'
     dspex run qa -i question="What is DSPy?" -i k=3          # k is the number 3 (JSON), question text
     dspex run qa --input @inputs.json --version 3fa1c09e --json
+    dspex run qa -i question=hi --pool general                # on a worker process of the pool
 
 The LM comes from the settings (``DSPEX_LM``, ``DSPEX_API_BASE``... or ``dspex.toml``); a program whose
 predictors all carry their own LM (a spec with ``lm:``) runs without one.
@@ -45,6 +46,9 @@ def run(
         help="'sync' commits the run's record before returning; 'async' writes it behind the call "
         "(default: the program's setting, else DSPEX_DURABILITY).",
     ),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Run on this worker pool ([pools.NAME] in dspex.toml, or 'general')."
+    ),
 ) -> None:
     """Run a registered program on the given inputs; the run is recorded either way.
 
@@ -58,7 +62,7 @@ def run(
         # Resolve once, so the version printed is the version that ran even if someone promotes meanwhile.
         resolved = dspex_app.programs.resolve(program, version)
         result = dspex_app.run(
-            program, inputs, version_id=resolved.id, durability=check_durability(durability)
+            program, inputs, version_id=resolved.id, durability=check_durability(durability), pool=pool
         )
     usage_tokens = sum(int(u.get("total_tokens") or 0) for u in result.usage.values())
     if as_json:

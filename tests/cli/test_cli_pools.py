@@ -1,0 +1,53 @@
+"""``dspex pools`` and ``dspex run --pool``: pools from dspex.toml, workers on the settings' LM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli_support import Invoke, as_json
+
+from dspex.runtime.app import App
+from dspex.settings import Settings
+from dspex.testing.server import SimServer
+
+
+def _pool_file() -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 1\nmax_tasks = 100\n", encoding="utf-8")
+
+
+def test_check_starts_the_pools_and_shows_their_workers(dspex: Invoke, settings_sim: SimServer) -> None:
+    _pool_file()
+    pools = as_json(dspex("pools", "check", "--json"))
+    assert [p["name"] for p in pools] == ["general"]
+    assert pools[0]["healthy"] is True
+    assert len(pools[0]["workers"]) == 1
+    assert pools[0]["workers"][0]["pid"]
+    table = dspex("pools", "check").stdout
+    assert "pool general: 1 workers, healthy" in table
+
+
+def test_run_on_a_pool_uses_the_settings_lm_in_the_worker(
+    dspex: Invoke, settings_sim: SimServer, qa_spec: Path
+) -> None:
+    _pool_file()
+    dspex("programs", "register", "qa", str(qa_spec))
+    data = as_json(
+        dspex("run", "qa", "-i", "question=What is the capital of Peru?", "--pool", "general", "--json")
+    )
+    assert data["outputs"]["answer"]
+    assert settings_sim.stats().statuses == {200: 1}  # the worker called the simulated server
+    with App(Settings.load()) as app:
+        record = app.executions.get(data["execution_id"])
+    assert record is not None
+    assert record.placement is not None
+    assert record.placement["pool"] == "general"
+
+
+def test_bad_pool_names_and_unreachable_servers_are_clear_errors(dspex: Invoke) -> None:
+    assert "unknown pool 'nope'" in dspex("pools", "check", "nope", code=2).stderr
+    assert (
+        "cannot reach" in dspex("pools", "status", "--url", "http://127.0.0.1:9", "--key", "k", code=2).stderr
+    )
+    assert (
+        "--key or DSPEX_SERVICE_KEY" in dspex("pools", "status", "--url", "http://127.0.0.1:9", code=2).stderr
+    )
