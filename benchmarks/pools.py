@@ -10,6 +10,9 @@ Rows (each pool row runs against the same App's inline path in the same run):
 - ``cpu throughput``: ``dspy.ChainOfThought`` on a scripted LM with no latency (pure DSPy CPU work), runs
   per second inline in this process (one caller: the GIL makes more callers no faster) and on a 2-worker
   pool fed by 4 caller threads. Target: at least 1.6x.
+- ``rest``: uncached ``POST /v1/programs/{name}/runs`` requests per second against ``dspex serve`` and
+  ``dspex serve --pool general`` (2 workers), load from this process (``service_load.py``'s client, 32
+  connections) on the same 2 cores. Target: at least 1.5x.
 - ``leak``: ``--leak-tasks`` runs of a program that leaks 50 MB per call on a 1-worker pool with
   ``max_rss_mb = 400``: the highest worker RSS seen and how many times the worker was recycled.
 
@@ -94,6 +97,47 @@ def throughput(home: Path, runs: int) -> None:
     )
 
 
+def rest(seconds: float) -> None:
+    import asyncio
+    import subprocess
+
+    import service_load as load
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        key = load.prepare(home)
+        for row, extra in (("inline", []), ("pool", ["--pool", "general"])):
+            port = load.free_port()
+            env = {
+                **os.environ,
+                "DSPEX_HOME": str(home),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(load.HERE), os.environ.get("PYTHONPATH")])),
+            }
+            command = [
+                sys.executable,
+                "-m",
+                "dspex.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            server = subprocess.Popen([*command, *extra], env=env)
+            try:
+                load.wait_until_up(port, server)
+                asyncio.run(load.drive(port, "bench-uncached", key, False, 2.0, 32))
+                rates[row] = asyncio.run(load.drive(port, "bench-uncached", key, False, seconds, 32))["rps"]
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    print(
+        f"rest            serve {rates['inline']:7.0f} req/s   serve --pool general {rates['pool']:7.0f} req/s   "
+        f"{rates['pool'] / rates['inline']:.2f}x (target >= 1.5x)"
+    )
+
+
 def leak(home: Path, tasks: int) -> None:
     with _app(home, size=1, max_rss_mb=400, heartbeat_s=0.05) as app:
         _register(app)
@@ -115,11 +159,13 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--leak-tasks", type=int, default=500)
+    parser.add_argument("--rest-seconds", type=float, default=10.0)
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores; every run recorded to SQLite")
     with tempfile.TemporaryDirectory() as tmp:
         dispatch(Path(tmp), args.runs)
         throughput(Path(tmp), args.runs)
+        rest(args.rest_seconds)
         leak(Path(tmp), args.leak_tasks)
 
 
