@@ -129,6 +129,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Worker pools by name ([pools.NAME] tables); a 'general' pool exists by default.",
     )
+    session_ttl_s: float = Field(
+        86_400.0, gt=0, description="A session idle this long (seconds) expires, unless created with its own."
+    )
     durability: Literal["async", "sync"] = Field(
         "async",
         description="When a run's terminal record is written: 'async' behind the call (fastest; a "

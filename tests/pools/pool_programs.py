@@ -46,3 +46,16 @@ def build_sleepy() -> Sleepy:
 
 def build_hog() -> Hog:
     return Hog()
+
+
+class Chat(dspy.Module):
+    """A chat turn that reports what history it was given (no LM: the answer is the history itself)."""
+
+    def forward(self, question: str, history: dspy.History, seconds: float = 0.0) -> dspy.Prediction:
+        time.sleep(seconds)
+        asked = [m["question"] for m in history.messages]
+        return dspy.Prediction(answer=f"turn {len(asked) + 1} after {asked}", pid=os.getpid())
+
+
+def build_chat() -> Chat:
+    return Chat()

@@ -31,6 +31,7 @@ class _Parameter:
     required: bool
     adapter: pydantic.TypeAdapter[Any] | None  # None: no annotation (or one pydantic cannot check)
     expected: str
+    annotation: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +135,9 @@ def forward_parameters(program: Any, forward: Any) -> ForwardParameters | None:
     named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     checked = []
     for p in named:
-        adapter, expected = _adapter(hints.get(p.name, inspect.Parameter.empty))
-        checked.append(_Parameter(p.name, p.default is p.empty, adapter, expected))
+        annotation = hints.get(p.name, inspect.Parameter.empty)
+        adapter, expected = _adapter(annotation)
+        checked.append(_Parameter(p.name, p.default is p.empty, adapter, expected, annotation))
     return ForwardParameters(
         owner=f"{type(program).__name__}.{forward.__name__}({', '.join(p.name for p in named)})",
         parameters=tuple(checked),

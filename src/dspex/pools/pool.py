@@ -413,7 +413,11 @@ class Pool:
                     # A requeued task (sent to a worker that died before starting it) is running already.
                     if not task.future.running() and not task.future.set_running_or_notify_cancel():
                         continue  # cancelled while queued
-                    self._send(slot, {"op": "run", "id": task.id, "task": task.payload})
+                    try:
+                        self._send(slot, {"op": "run", "id": task.id, "task": task.payload})
+                    except _Replace:
+                        self._requeue([task])  # the worker was gone before it got the task: run it elsewhere
+                        raise
                     if not inflight:
                         started = time.monotonic()
                     inflight.append(task)

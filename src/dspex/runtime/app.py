@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from dspex.pools import Pools
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
+    from dspex.runtime.sessions import Sessions
     from dspex.store.cache import ProgramCacheRepository
     from dspex.store.jobs import JobRepository
     from dspex.store.keys import ApiKeyRepository
@@ -85,6 +86,7 @@ class _Stores:
     jobs: JobRepository
     keys: ApiKeyRepository
     cache: ProgramCacheRepository
+    sessions: Sessions
 
 
 class App:
@@ -121,12 +123,14 @@ class App:
             if self._stores is None:
                 from dspex.programs import ProgramRegistry
                 from dspex.programs.datasets import Datasets
+                from dspex.runtime.sessions import Sessions
                 from dspex.store._engine import private_dir
                 from dspex.store.cache import ProgramCacheRepository
                 from dspex.store.jobs import JobRepository
                 from dspex.store.keys import ApiKeyRepository
                 from dspex.store.optimizations import OptimizationRepository
                 from dspex.store.recorders import RecorderRepository
+                from dspex.store.sessions import SessionRepository
                 from dspex.store.writer import replay_spill
 
                 home = self.settings.home
@@ -156,6 +160,7 @@ class App:
                     jobs=JobRepository(db),
                     keys=ApiKeyRepository(db),
                     cache=ProgramCacheRepository(db),
+                    sessions=Sessions(self, SessionRepository(db)),
                 )
             return self._stores
 
@@ -286,6 +291,11 @@ class App:
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written."""
         return self._stores.writer.flush(timeout) if self._stores is not None else True
+
+    @property
+    def sessions(self) -> Sessions:
+        """Sessions: state (history, variables, metrics) carried across runs (:mod:`dspex.runtime.sessions`)."""
+        return self._open().sessions
 
     @property
     def pools(self) -> Pools:

@@ -52,6 +52,8 @@ class PooledRun:
         variables: Mapping[str, Any] | None,
         durability: Durability,
         idempotent: bool,
+        session_id: str | None = None,
+        worker: int | None = None,
     ) -> None:
         check_crossing(pool, name, lm)
         self.pool: Pool = app.pools.get(pool)
@@ -59,7 +61,9 @@ class PooledRun:
         self.version_id: str = version.id
         self.placement: dict[str, Any] = {"target": "pool", "pool": pool, "attempts": 0}
         self.run = _Run(app, name, inputs, None, name, version.id, variables, durability, self.placement)
+        self.run.base["session_id"] = session_id
         self.idempotent = idempotent
+        self.worker = worker  # a session's turns all go to its worker slot
         self.task = {
             "program": {"name": name, "version_id": version.id},
             "inputs": self.run.inputs,
@@ -70,7 +74,7 @@ class PooledRun:
     def _submit(self) -> Future[dict[str, Any]]:
         self.run._check_size()
         self.placement["attempts"] += 1
-        return self.pool.submit(self.task)
+        return self.pool.submit(self.task, worker=self.worker)
 
     def _again(self, exc: BaseException) -> bool:
         return (

@@ -115,6 +115,7 @@ class _Run:
             "runner": current_runner(),
             "cache_hit": False,
             "placement": placement,
+            "session_id": None,
         }
         self.status: ExecutionStatus = "running"
         self.error: dict[str, Any] | None = None

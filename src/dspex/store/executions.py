@@ -85,6 +85,7 @@ class ExecutionRecord:
     runner: str
     recorder_id: str | None = None
     placement: dict[str, Any] | None = None  # where it ran: {"target": "pool", "pool", "worker", "pid", ...}
+    session_id: str | None = None  # the session this run was a turn of
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:

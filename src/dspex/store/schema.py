@@ -120,6 +120,7 @@ executions = sa.Table(
     sa.Column("runner", sa.String(200), nullable=False),
     sa.Column("recorder_id", sa.String(36), nullable=True),
     sa.Column("placement", JSON, nullable=True),
+    sa.Column("session_id", sa.String(36), nullable=True, index=True),
     sa.CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
     sa.Index("ix_executions_program_version_id_started_at", "program", "version_id", "started_at"),
     sa.Index("ix_executions_status_runner", "status", "runner"),
@@ -301,4 +302,22 @@ recorders = sa.Table(
     _when("heartbeat_at"),
     _when("lease_expires_at", index=True),
     _when("closed_at", nullable=True),
+)
+
+
+# A conversation's state across runs (dspex.runtime.sessions): its program, owner, history, variables.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("program", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False, index=True),
+    sa.Column("variables", JSON, nullable=True),
+    sa.Column("history", JSON, nullable=False),
+    sa.Column("turns", sa.Integer, nullable=False),
+    sa.Column("metrics", JSON, nullable=False),
+    sa.Column("ttl_s", sa.Float, nullable=False),
+    _when("created_at"),
+    _when("updated_at"),
+    _when("expires_at", index=True),
 )

@@ -1,0 +1,269 @@
+"""Sessions: state carried across runs of one program (conversation history, variables, metrics).
+
+::
+
+    session = app.sessions.create("chat", variables={"temperature": 0.2})
+    app.sessions.run(session.id, {"question": "Where is Paris?"})
+    app.sessions.run(session.id, {"question": "And its river?"}, pool="general")   # sees turn one
+    app.sessions.get(session.id).history                # [{"inputs", "outputs", "execution_id"}, ...]
+
+- **History.** A program that takes a ``dspy.History`` input (a ``forward`` parameter annotated
+  ``dspy.History``, or a signature input field of that type) gets the session's turns as that input,
+  each turn one message ``{**inputs, **outputs}``, as DSPy's conversation tutorial builds it.
+- **Persistence.** After each turn the session (history, metrics, expiry) is saved in the store before
+  the call returns, on top of the state the turn read (a turn saved by someone else meanwhile is a
+  ``SessionConflict``). The state lives in the store, not in a worker: a turn on a pool carries it to
+  the worker, so when the session's worker dies, the next turn runs on its replacement with the full
+  history.
+- **Affinity.** On a pool, every turn of a session goes to one worker slot (chosen when the session first
+  runs there); turns of one session never interleave in this process (the second waits for the first).
+- **Expiry.** A session idle for ``ttl_s`` (default ``settings.session_ttl_s``) is gone: reading or running
+  it is a :class:`SessionNotFound`; :meth:`Sessions.prune` deletes expired rows.
+- **Ownership.** ``owner`` is recorded at creation; :meth:`Sessions.get` with an ``owner`` treats other
+  owners' sessions as not found (the API passes the caller's key; admins pass None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from dspex.errors import ConfigurationError
+from dspex.runtime.pooled import PooledRun
+from dspex.runtime.run import Durability, RunResult, _Run, check_durability
+
+if TYPE_CHECKING:
+    from dspex.runtime.app import App
+    from dspex.store.sessions import SessionRecord, SessionRepository
+
+__all__ = ["SessionNotFound", "Sessions"]
+
+
+class SessionNotFound(ConfigurationError):
+    """No such session for this caller, or it expired."""
+
+    code = "session_not_found"
+
+
+def history_field(program: Any) -> str | None:
+    """The input of ``program`` that takes a ``dspy.History``, or None."""
+    import dspy
+
+    from dspex.modules._interface import ForwardParameters, input_interface
+
+    interface = input_interface(program)
+    if isinstance(interface, ForwardParameters):
+        for parameter in interface.parameters:
+            if parameter.annotation is dspy.History:
+                return parameter.name
+        return None
+    if interface is not None:
+        for name, field in interface.input_fields.items():
+            if field.annotation is dspy.History:
+                return str(name)
+    return None
+
+
+class Sessions:
+    """The sessions of an App's store (see the module docstring)."""
+
+    def __init__(self, app: App, repository: SessionRepository) -> None:
+        self.app = app
+        self.repository = repository
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._pins: dict[tuple[str, str], int] = {}  # (pool, session) -> worker slot
+        self._next_slot = itertools.count()
+        self._history_fields: dict[str, str | None] = {}  # version id -> its history input
+
+    # -- the records ---------------------------------------------------------------------------------
+    def create(
+        self,
+        program: str,
+        *,
+        variables: Mapping[str, Any] | None = None,
+        ttl_s: float | None = None,
+        owner: str = "local",
+    ) -> SessionRecord:
+        """A new session of registered program ``program`` (checked to exist)."""
+        self.app.programs.get(program)
+        ttl = ttl_s if ttl_s is not None else self.app.settings.session_ttl_s
+        if ttl <= 0:
+            raise ConfigurationError(f"a session's ttl_s is a number of seconds > 0, got {ttl}")
+        return self.repository.create(program, owner=owner, ttl_s=ttl, variables=variables)
+
+    def get(self, session_id: str, *, owner: str | None = None) -> SessionRecord:
+        """The session; :class:`SessionNotFound` when unknown, expired, or ``owner``'s it is not."""
+        record = self.repository.get(session_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise SessionNotFound(f"unknown session {session_id!r}")
+        if record.expired():
+            raise SessionNotFound(
+                f"session {session_id!r} expired at {record.expires_at.isoformat()} "
+                f"(idle for more than {record.ttl_s:g} s); start a new one"
+            )
+        return record
+
+    def list(self, *, owner: str | None = None, limit: int = 100) -> list[SessionRecord]:
+        """Live sessions, most recently used first (``owner``'s only when given)."""
+        return [r for r in self.repository.find(owner=owner, limit=limit) if not r.expired()]
+
+    def delete(self, session_id: str, *, owner: str | None = None) -> None:
+        self.get(session_id, owner=owner)
+        self.repository.delete(session_id)
+        with self._locks_guard:
+            self._locks.pop(session_id, None)
+        for key in [k for k in self._pins if k[1] == session_id]:
+            self._pins.pop(key, None)
+
+    def prune(self) -> int:
+        """Delete expired sessions; returns how many."""
+        return self.repository.prune()
+
+    # -- turns -----------------------------------------------------------------------------------------
+    def _lock(self, session_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(session_id, threading.Lock())
+
+    def _slot(self, pool: str, session_id: str) -> int:
+        key = (pool, session_id)
+        slot = self._pins.get(key)
+        if slot is None:
+            slot = self._pins[key] = next(self._next_slot) % self.app.pools.get(pool).size
+        return slot
+
+    def _inputs(
+        self, record: SessionRecord, version_id: str, program: Any, inputs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        if version_id not in self._history_fields:
+            self._history_fields[version_id] = history_field(program)
+        name = self._history_fields[version_id]
+        given = dict(inputs)
+        if name is not None and name not in given:
+            given[name] = {"messages": [{**turn["inputs"], **turn["outputs"]} for turn in record.history]}
+        return given
+
+    def _turn(
+        self,
+        session_id: str,
+        inputs: Mapping[str, Any],
+        owner: str | None,
+        pool: str | None,
+        idempotent: bool,
+        durability: Durability | None,
+    ) -> tuple[SessionRecord, Any]:
+        """Read the session and prepare its run (inline ``_Run`` or a ``PooledRun``)."""
+        app = self.app
+        record = self.get(session_id, owner=owner)
+        mode = check_durability(durability) or app.settings.durability
+        program, version_id = app._registered(record.program, None, None)
+        given = self._inputs(record, version_id, program, inputs)
+        if pool is not None:
+            pooled = PooledRun(
+                app,
+                pool,
+                record.program,
+                given,
+                lm=None,
+                version_id=version_id,
+                variables=record.variables,
+                durability=mode,
+                idempotent=idempotent,
+                session_id=session_id,
+                worker=self._slot(pool, session_id),
+            )
+            return record, pooled
+        run = _Run(app, program, given, None, record.program, version_id, record.variables, mode)
+        run.base["session_id"] = session_id
+        return record, run
+
+    def _save(
+        self, record: SessionRecord, inputs: Mapping[str, Any], result: RunResult | None, ms: float
+    ) -> None:
+        metrics = dict(record.metrics)
+        metrics["duration_ms"] = float(metrics.get("duration_ms", 0.0)) + ms
+        if result is None:
+            metrics["failed"] = int(metrics.get("failed", 0)) + 1
+            self.repository.save_turn(record, None, metrics)
+            return
+        tokens = sum(int(u.get("total_tokens") or 0) for u in result.usage.values())
+        metrics["turns"] = record.turns + 1
+        metrics["total_tokens"] = int(metrics.get("total_tokens", 0)) + tokens
+        metrics["cost_usd"] = float(metrics.get("cost_usd") or 0.0) + float(result.cost_usd or 0.0)
+        metrics["last_execution_id"] = result.execution_id
+        turn = {"inputs": dict(inputs), "outputs": result.outputs, "execution_id": result.execution_id}
+        self.repository.save_turn(record, turn, metrics)
+
+    def run(
+        self,
+        session_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        pool: str | None = None,
+        idempotent: bool = False,
+        durability: Durability | None = None,
+    ) -> RunResult:
+        """Run the session's next turn (inline, or on ``pool``); saved in the store before it returns."""
+        with self._lock(session_id):
+            record, prepared = self._turn(session_id, inputs, owner, pool, idempotent, durability)
+            t0 = time.perf_counter()
+            try:
+                if isinstance(prepared, PooledRun):
+                    result = prepared.execute()
+                else:
+                    result = prepared.finish(prepared.execute_sync)
+            except BaseException:
+                self._save(record, inputs, None, (time.perf_counter() - t0) * 1000)
+                raise
+            self._save(record, inputs, result, (time.perf_counter() - t0) * 1000)
+            return result
+
+    async def arun(
+        self,
+        session_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        owner: str | None = None,
+        pool: str | None = None,
+        idempotent: bool = False,
+        durability: Durability | None = None,
+    ) -> RunResult:
+        """Async :meth:`run`: the turn waits for the session's previous one without blocking the loop."""
+        lock = self._lock(session_id)
+        await asyncio.to_thread(lock.acquire)
+        try:
+            record, prepared = await asyncio.to_thread(
+                self._turn, session_id, inputs, owner, pool, idempotent, durability
+            )
+            t0 = time.perf_counter()
+            try:
+                if isinstance(prepared, PooledRun):
+                    result = await prepared.aexecute()
+                else:
+                    result = await _finish_async(prepared)
+            except BaseException:
+                await asyncio.to_thread(self._save, record, inputs, None, (time.perf_counter() - t0) * 1000)
+                raise
+            await asyncio.to_thread(self._save, record, inputs, result, (time.perf_counter() - t0) * 1000)
+            return result
+        finally:
+            lock.release()
+
+
+async def _finish_async(run: _Run) -> RunResult:
+    try:
+        prediction = await run.execute_async()
+    except BaseException as exc:
+        shown = run.failed(exc)
+        if run.durability == "sync":
+            await asyncio.to_thread(run.settle)
+        raise shown from exc
+    result = run.succeeded(prediction)
+    if run.durability == "sync":
+        await asyncio.to_thread(run.settle)
+    return result

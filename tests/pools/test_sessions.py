@@ -1,0 +1,107 @@
+"""Sessions: history across turns, persistence, worker affinity and rehydration, expiry, ownership."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dspex.errors import ValidationError
+from dspex.runtime.app import App
+from dspex.runtime.sessions import SessionNotFound
+from dspex.settings import Settings
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[App]:
+    settings = Settings(
+        database_url=database_url, pools={"general": {"size": 2, "initializer": "pool_programs:scripted"}}
+    )
+    with App(settings) as app:
+        app.programs.register("chat", "pool_programs:build_chat")
+        yield app
+
+
+def test_a_session_carries_its_history_and_records_its_turns(app: App) -> None:
+    session = app.sessions.create("chat", variables={"style": "short"})
+    first = app.sessions.run(session.id, {"question": "Where is Paris?"})
+    second = app.sessions.run(session.id, {"question": "And its river?"})
+    assert first.outputs["answer"] == "turn 1 after []"
+    assert second.outputs["answer"] == "turn 2 after ['Where is Paris?']"
+    stored = app.sessions.get(session.id)
+    assert stored.turns == 2
+    assert [t["inputs"] for t in stored.history] == [
+        {"question": "Where is Paris?"},
+        {"question": "And its river?"},
+    ]
+    assert stored.metrics["turns"] == 2
+    assert stored.metrics["last_execution_id"] == second.execution_id
+    app.flush()
+    record = app.executions.get(second.execution_id)
+    assert record is not None
+    assert record.session_id == session.id
+    assert record.variables == {"style": "short"}
+
+
+def test_a_failed_turn_counts_but_leaves_the_history(app: App) -> None:
+    session = app.sessions.create("chat")
+    app.sessions.run(session.id, {"question": "one"})
+    with pytest.raises(ValidationError, match="unknown input"):
+        app.sessions.run(session.id, {"question": "two", "typo": 1})
+    stored = app.sessions.get(session.id)
+    assert stored.turns == 1
+    assert stored.metrics["failed"] == 1
+
+
+def test_on_a_pool_turns_keep_their_worker_and_survive_its_death(app: App) -> None:
+    session = app.sessions.create("chat")
+    results = [app.sessions.run(session.id, {"question": f"q{i}"}, pool="general") for i in range(3)]
+    app.flush()
+    placements = [app.executions.get(r.execution_id).placement for r in results]  # type: ignore[union-attr]
+    assert len({p["worker"] for p in placements if p}) == 1  # strict affinity: one slot
+    os.kill(int(results[-1].outputs["pid"]), signal.SIGKILL)
+    time.sleep(0.1)  # dead and idle: the next turn goes to its replacement, no retry needed
+    after = app.sessions.run(session.id, {"question": "q3"}, pool="general")
+    assert after.outputs["answer"] == "turn 4 after ['q0', 'q1', 'q2']"  # the full history, rehydrated
+    assert after.outputs["pid"] != results[-1].outputs["pid"]
+    app.flush()
+    placement = app.executions.get(after.execution_id).placement  # type: ignore[union-attr]
+    assert placement is not None
+    assert placement["worker"] == placements[0]["worker"]  # type: ignore[index]
+
+
+def test_two_calls_on_one_session_never_interleave(app: App) -> None:
+    session = app.sessions.create("chat")
+    answers: list[str] = []
+
+    def turn(question: str) -> None:
+        result = app.sessions.run(session.id, {"question": question, "seconds": 0.2}, pool="general")
+        answers.append(result.outputs["answer"])
+
+    threads = [threading.Thread(target=turn, args=(q,)) for q in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.split(" after ")[0] for a in answers) == ["turn 1", "turn 2"]
+    assert app.sessions.get(session.id).turns == 2
+
+
+def test_sessions_expire_and_belong_to_their_owner(app: App) -> None:
+    mine = app.sessions.create("chat", owner="key:a")
+    with pytest.raises(SessionNotFound, match="unknown session"):
+        app.sessions.get(mine.id, owner="key:b")
+    assert [s.id for s in app.sessions.list(owner="key:a")] == [mine.id]
+    assert app.sessions.list(owner="key:b") == []
+    brief = app.sessions.create("chat", ttl_s=0.2)
+    time.sleep(0.3)
+    with pytest.raises(SessionNotFound, match="expired"):
+        app.sessions.run(brief.id, {"question": "q"})
+    assert app.sessions.prune() == 1
+    app.sessions.delete(mine.id, owner="key:a")
+    with pytest.raises(SessionNotFound):
+        app.sessions.get(mine.id)
