@@ -81,3 +81,42 @@ def test_an_unknown_pool_is_refused_when_the_service_is_built(database_url: str)
         pytest.raises(ConfigurationError, match="valid: general"),
     ):
         create_app(app, options=ServiceOptions(pool="gpu"))
+
+
+async def test_sessions_over_the_api_carry_history_and_stay_private(
+    service: tuple[App, httpx.AsyncClient, dict[str, str]],
+) -> None:
+    app, client, keys = service
+    app.programs.register("chat", "pool_programs:build_chat")
+    other = app.keys.create("other", ["runs:execute"])[1]
+    created = await client.post("/v1/sessions", json={"program": "chat"}, headers=_auth(keys["runner"]))
+    assert created.status_code == 201, created.text
+    session = created.json()["id"]
+    for question in ("Where is Paris?", "And its river?"):
+        turn = await client.post(
+            f"/v1/sessions/{session}/runs",
+            json={"inputs": {"question": question}},
+            headers=_auth(keys["runner"]),
+        )
+        assert turn.status_code == 200, turn.text
+    assert turn.json()["outputs"]["answer"] == "turn 2 after ['Where is Paris?']"
+    shown = (await client.get(f"/v1/sessions/{session}", headers=_auth(keys["runner"]))).json()
+    assert shown["turns"] == 2
+    assert [t["inputs"]["question"] for t in shown["history"]] == ["Where is Paris?", "And its river?"]
+    # Another key cannot see, run or delete it; an admin can see it.
+    for call in (
+        client.get(f"/v1/sessions/{session}", headers=_auth(other)),
+        client.post(f"/v1/sessions/{session}/runs", json={"inputs": {"question": "x"}}, headers=_auth(other)),
+        client.delete(f"/v1/sessions/{session}", headers=_auth(other)),
+    ):
+        assert (await call).status_code == 404
+    assert (await client.get("/v1/sessions", headers=_auth(other))).json() == []
+    assert (await client.get(f"/v1/sessions/{session}", headers=_auth(keys["admin"]))).status_code == 200
+    execution = await client.get(
+        f"/v1/executions/{turn.json()['execution_id']}", headers=_auth(keys["admin"])
+    )
+    assert execution.json()["session_id"] == session
+    assert (await client.delete(f"/v1/sessions/{session}", headers=_auth(keys["runner"]))).status_code == 200
+    assert (await client.get(f"/v1/sessions/{session}", headers=_auth(keys["runner"]))).status_code == 404
+    bad = await client.post("/v1/sessions", json={"program": "nope"}, headers=_auth(keys["runner"]))
+    assert bad.status_code == 404

@@ -76,6 +76,7 @@ def create_app(
         pools,
         programs,
         runs,
+        sessions,
     )
 
     api = FastAPI(
@@ -96,7 +97,7 @@ def create_app(
     options = options or ServiceOptions()
     if options.pool is not None:
         dspex_app.pools.setting(options.pool)  # an unknown pool is a ConfigurationError listing the valid
-    for module in (programs, runs, executions, datasets, optimizations, jobs, audit, pools, ops):
+    for module in (programs, runs, sessions, executions, datasets, optimizations, jobs, audit, pools, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
     # Outermost, so an oversized body is refused before anything reads it.

@@ -32,6 +32,10 @@ __all__ = [
     "ProgramRegister",
     "RunRequest",
     "RunResultOut",
+    "SessionCreate",
+    "SessionOut",
+    "SessionRunRequest",
+    "SessionTurnOut",
     "TrialOut",
     "VersionOut",
 ]
@@ -154,6 +158,51 @@ class RunResultOut(BaseModel):
     cache_hit: bool
 
 
+# -- sessions ----------------------------------------------------------------------------------------------
+
+
+class SessionCreate(_Strict):
+    program: Name = Field(description="A registered program; its runs are the session's turns.")
+    variables: JsonObject | None = Field(None, description="Variable values, recorded with every turn.")
+    ttl_s: float | None = Field(
+        None,
+        gt=0,
+        le=31_536_000,
+        description="Idle seconds before the session expires (default: the server's).",
+    )
+
+
+class SessionRunRequest(_Strict):
+    inputs: JsonObject = Field(
+        description="This turn's inputs; the history input (a dspy.History) is filled from the session.",
+        examples=[{"question": "And its river?"}],
+    )
+    durability: Literal["async", "sync"] | None = Field(None, description="As for program runs.")
+    idempotent: bool = Field(False, description="As for program runs.")
+
+
+class SessionTurnOut(BaseModel):
+    inputs: JsonObject
+    outputs: JsonObject
+    execution_id: str
+
+
+class SessionOut(BaseModel):
+    id: str
+    program: str
+    owner: str = Field(description="`key:<id>` of the key that created it, or `local`.")
+    variables: JsonObject | None
+    turns: int
+    metrics: JsonObject = Field(description="Running: turns, failed, total_tokens, cost_usd, duration_ms.")
+    ttl_s: float
+    created_at: str
+    updated_at: str
+    expires_at: str
+    history: list[SessionTurnOut] | None = Field(
+        None, description="Every turn; only on GET /v1/sessions/{id}."
+    )
+
+
 # -- executions --------------------------------------------------------------------------------------------
 
 
@@ -179,6 +228,7 @@ class ExecutionOut(BaseModel):
         None,
         description="Where the run executed: null inline; for a pool, its pool, worker, pid and attempts.",
     )
+    session_id: str | None = Field(None, description="The session this run was a turn of.")
 
 
 class ExecutionPage(BaseModel):
