@@ -51,3 +51,24 @@ def test_bad_pool_names_and_unreachable_servers_are_clear_errors(dspex: Invoke) 
     assert (
         "--key or DSPEX_SERVICE_KEY" in dspex("pools", "status", "--url", "http://127.0.0.1:9", code=2).stderr
     )
+
+
+def test_sessions_from_the_command_line(dspex: Invoke, tmp_path: Path, settings_sim: SimServer) -> None:
+    chat = tmp_path / "chat.yaml"
+    chat.write_text("module: predict\nsignature: 'question: str, history: dspy.History -> answer: str'\n")
+    dspex("programs", "register", "chat", str(chat))
+    session = dspex("sessions", "create", "chat").stdout.strip()
+    assert session in dspex("sessions", "list").stdout
+    assert as_json(dspex("sessions", "show", session, "--json"))["turns"] == 0
+    dspex("sessions", "run", session, "-i", "question=What is the capital of Peru?")
+    turn = as_json(dspex("sessions", "run", session, "-i", "question=And its river?", "--json"))
+    assert turn["turn"] == 2
+    shown = as_json(dspex("sessions", "show", session, "--json"))
+    assert [t["inputs"]["question"] for t in shown["history"]] == [
+        "What is the capital of Peru?",
+        "And its river?",
+    ]
+    assert settings_sim.stats().statuses == {200: 2}
+    assert "deleted 0 expired sessions" in dspex("sessions", "prune").stdout
+    dspex("sessions", "delete", session)
+    assert "unknown session" in dspex("sessions", "show", session, code=2).stderr

@@ -19,6 +19,7 @@ from dspex.cli import (
     programs,
     run,
     serve,
+    sessions,
     simlm,
 )
 
@@ -42,6 +43,7 @@ app.command("worker")(jobs.worker)
 app.add_typer(jobs.app, name="jobs")
 app.command("audit")(audit.audit)
 app.add_typer(pools.app, name="pools")
+app.add_typer(sessions.app, name="sessions")
 
 
 @app.command("version")
