@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dspex.errors import ConfigurationError, did_you_mean
 
-__all__ = ["PROJECT_FILE", "ModelSetting", "PoolSetting", "Settings"]
+__all__ = ["PROJECT_FILE", "ModelSetting", "PoolSetting", "RoutingSetting", "Settings"]
 
 PROJECT_FILE = "dspex.toml"
 
@@ -87,6 +87,26 @@ class PoolSetting(pydantic.BaseModel):
     )
 
 
+class RoutingSetting(pydantic.BaseModel):
+    """The ``[routing]`` table: where runs of registered programs execute when the caller names no pool
+    (see :mod:`dspex.runtime.router`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    default: str = Field("inline", description="'inline', or a pool for every program no rule names.")
+    programs: dict[str, str] = Field(default_factory=dict, description="Program name -> 'inline' or a pool.")
+    modules: dict[str, str] = Field(
+        default_factory=dict,
+        description="Catalog module name (program_of_thought, react...) found in a program -> 'inline' or a pool.",
+    )
+    spill_queue: int = Field(
+        64, ge=0, description="A pool with more queued tasks than this spills the run to spill_to."
+    )
+    spill_to: str = Field(
+        "inline", description="Where a saturated or unhealthy pool's runs go: 'inline' or a pool."
+    )
+
+
 class Settings(BaseSettings):
     """Process settings. Build with :meth:`Settings.load`; instances are immutable."""
 
@@ -128,6 +148,10 @@ class Settings(BaseSettings):
     pools: dict[str, PoolSetting] = Field(
         default_factory=dict,
         description="Worker pools by name ([pools.NAME] tables); a 'general' pool exists by default.",
+    )
+    routing: RoutingSetting = Field(
+        default_factory=lambda: RoutingSetting.model_validate({}),
+        description="Where runs execute by default ([routing] table).",
     )
     session_ttl_s: float = Field(
         86_400.0, gt=0, description="A session idle this long (seconds) expires, unless created with its own."

@@ -59,3 +59,11 @@ class Chat(dspy.Module):
 
 def build_chat() -> Chat:
     return Chat()
+
+
+def build_pot() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():  # deprecated in DSPy 3.4, still what users run code with
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return dspy.ProgramOfThought("question -> answer")

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from dspex.pools import Pools
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
+    from dspex.runtime.router import Router
     from dspex.runtime.sessions import Sessions
     from dspex.store.cache import ProgramCacheRepository
     from dspex.store.jobs import JobRepository
@@ -111,6 +112,7 @@ class App:
         self._models: ModelRegistry | None = None
         self._lock = threading.Lock()
         self._pools: Pools | None = None
+        self._router: Router | None = None
         self._stores: _Stores | None = None
         self._cache = ProgramCache(self)
         self.abandoned: list[str] = []
@@ -298,6 +300,18 @@ class App:
         return self._open().sessions
 
     @property
+    def router(self) -> Router:
+        """Where runs of registered programs execute when no pool is named (:mod:`dspex.runtime.router`)."""
+        if self._router is None:
+            from dspex.runtime.router import Router
+
+            router = Router(self)  # outside self._lock: it reads self.pools, which takes it
+            with self._lock:
+                if self._router is None:
+                    self._router = router
+        return self._router
+
+    @property
     def pools(self) -> Pools:
         """The worker pools of the settings (``[pools.NAME]``, and ``general``), started on first use."""
         with self._lock:
@@ -464,6 +478,10 @@ class App:
         lets a run whose worker died be tried once more (:mod:`dspex.runtime.pooled`).
         """
         durability = check_durability(durability)
+        reason = None
+        if pool is None and lm is None and isinstance(program, str) and self.router.active:
+            route = self.router.decide(program, version_id)
+            pool, reason = route.pool, route.reason
         if pool is not None:
             check_crossing(pool, program, lm)
             self._check_program_name(program, program_name)
@@ -486,6 +504,7 @@ class App:
                 variables=variables,
                 durability=mode,
                 idempotent=idempotent,
+                reason=reason,
             )
             result = pooled.execute()
             if isinstance(cached, CacheSlot):
@@ -500,7 +519,8 @@ class App:
                 return cached
             program, version_id = self._registered(name, version_id, program_name)
             program_name = name
-            run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
+            placement = {"target": "inline", "reason": reason} if reason else None
+            run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
             result = run.finish(run.execute_sync)
             if isinstance(cached, CacheSlot):
                 self._cache.store(cached, name, version_id, result)
@@ -527,9 +547,13 @@ class App:
         ``pool``, the worker is awaited without blocking the event loop."""
         cached: CacheSlot | RunResult | None = None
         mode = check_durability(durability) or self.settings.durability
+        reason = None
+        if pool is None and lm is None and isinstance(program, str) and self.router.active:
+            route = await asyncio.to_thread(self.router.decide, program, version_id)
+            pool, reason = route.pool, route.reason
         if pool is not None:
             return await self._arun_pooled(
-                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent
+                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason
             )
         if isinstance(program, str):
             name = program
@@ -551,7 +575,8 @@ class App:
                 return cached
             program, version_id = await asyncio.to_thread(self._registered, name, version_id, program_name)
             program_name = name
-        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
+        placement = {"target": "inline", "reason": reason} if reason else None
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
         try:
             prediction = await run.execute_async()
         except BaseException as exc:
@@ -577,6 +602,7 @@ class App:
         durability: Durability | None,
         pool: str,
         idempotent: bool,
+        reason: str | None = None,
     ) -> RunResult:
         check_crossing(pool, program, lm)
         self._check_program_name(program, program_name)
@@ -602,6 +628,7 @@ class App:
                 variables=variables,
                 durability=mode,
                 idempotent=idempotent,
+                reason=reason,
             )
             return cached, pooled
 

@@ -54,12 +54,15 @@ class PooledRun:
         idempotent: bool,
         session_id: str | None = None,
         worker: int | None = None,
+        reason: str | None = None,
     ) -> None:
         check_crossing(pool, name, lm)
         self.pool: Pool = app.pools.get(pool)
         version = app._cache.version(name, version_id)
         self.version_id: str = version.id
         self.placement: dict[str, Any] = {"target": "pool", "pool": pool, "attempts": 0}
+        if reason is not None:
+            self.placement["reason"] = reason
         self.run = _Run(app, name, inputs, None, name, version.id, variables, durability, self.placement)
         self.run.base["session_id"] = session_id
         self.idempotent = idempotent

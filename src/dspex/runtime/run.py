@@ -98,7 +98,7 @@ class _Run:
         # DSPy's own order: an LM passed to the call, else the one the caller set the DSPy way
         # (dspy.context / dspy.configure), else the App's; predictors carrying their own LM use it anyway.
         # A run placed on a pool runs on the worker's LM (its initializer's, else the settings').
-        if lm is None and placement is None:
+        if lm is None and not isinstance(program, str):
             lm = dspy.settings.lm if dspy.settings.lm is not None else app.default_lm(program)
         self.lm = lm
         self.id = str(uuid.uuid4())

@@ -90,13 +90,13 @@ def create_app(
         default_response_class=JSONResponse,
     )
     api.state.dspex = dspex_app
+    options = options or ServiceOptions()
+    if options.pool is not None:
+        dspex_app.pools.setting(options.pool)  # an unknown pool is a ConfigurationError listing the valid
     api.state.options = options
     api.state.metrics = Metrics()
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
-    options = options or ServiceOptions()
-    if options.pool is not None:
-        dspex_app.pools.setting(options.pool)  # an unknown pool is a ConfigurationError listing the valid
     for module in (programs, runs, sessions, executions, datasets, optimizations, jobs, audit, pools, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)

@@ -1,0 +1,112 @@
+"""The router: rules from [routing], code-executing programs to the isolated pool, spill-over, reasons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dspex.errors import ConfigurationError
+from dspex.runtime.app import App
+from dspex.settings import Settings
+
+POOL = {"size": 1, "initializer": "pool_programs:scripted"}
+
+
+@pytest.fixture
+def make_app(tmp_path: Any) -> Iterator[Callable[..., App]]:
+    apps: list[App] = []
+
+    def make(routing: dict[str, Any] | None = None, **pools: Any) -> App:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'r.db'}",
+            pools={"general": POOL, **pools},
+            routing=routing or {},
+        )
+        app = App(settings)
+        for name in ("qa", "sleepy", "pot"):
+            app.programs.register(name, f"pool_programs:build_{name}")
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def _placement(app: App, execution_id: str) -> dict[str, Any] | None:
+    app.flush()
+    record = app.executions.get(execution_id)
+    assert record is not None
+    return record.placement
+
+
+def test_without_rules_runs_stay_inline_and_unrouted(make_app: Callable[..., App]) -> None:
+    app = make_app()
+    assert not app.router.active
+    assert app.router.decide("sleepy").pool is None
+    result = app.run("sleepy", {"question": "q"})
+    assert _placement(app, result.execution_id) is None
+
+
+def test_program_and_module_rules_route_with_their_reason(make_app: Callable[..., App]) -> None:
+    app = make_app({"programs": {"sleepy": "general"}, "modules": {"chain_of_thought": "general"}})
+    on_pool = app.run("sleepy", {"question": "q"})
+    assert _placement(app, on_pool.execution_id) == {
+        "target": "pool",
+        "pool": "general",
+        "attempts": 1,
+        "reason": "[routing] programs.sleepy",
+        "worker": "general-0",
+        "pid": on_pool.outputs["pid"],
+    }
+    by_module = app.run("qa", {"question": "q"})
+    placement = _placement(app, by_module.execution_id)
+    assert placement is not None
+    assert placement["reason"] == "[routing] modules.chain_of_thought"
+    assert placement["pool"] == "general"
+
+
+def test_code_executing_programs_go_to_the_isolated_pool(make_app: Callable[..., App]) -> None:
+    app = make_app(isolated=POOL)
+    assert app.router.decide("pot").pool == "isolated"
+    assert app.router.decide("pot").reason == "executes code: the isolated pool"
+    inline = app.router.decide("qa")
+    assert inline.pool is None
+    assert inline.reason == "[routing] default"
+    import dspy
+
+    from dspex.testing import ScriptedEngine
+
+    with dspy.context(lm=ScriptedEngine().lm()):  # routing applies (no lm=), the run uses this LM
+        result = app.run("qa", {"question": "q"})
+    assert _placement(app, result.execution_id) == {"target": "inline", "reason": "[routing] default"}
+
+
+def test_a_saturated_or_unhealthy_pool_spills(make_app: Callable[..., App]) -> None:
+    app = make_app({"default": "general", "spill_queue": 1})
+    pool = app.pools.get("general")
+    busy = [
+        pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "q", "seconds": 1.0}})
+        for _ in range(4)
+    ]
+    time.sleep(0.2)
+    route = app.router.decide("sleepy")
+    assert route.pool is None
+    assert "pool 'general' saturated (" in route.reason
+    assert route.reason.endswith("spilled to inline")
+    result = app.run("sleepy", {"question": "q"})
+    placement = _placement(app, result.execution_id)
+    assert placement is not None
+    assert placement["target"] == "inline"
+    assert "saturated" in placement["reason"]
+    for future in busy:
+        future.result()
+
+
+def test_routing_targets_must_be_pools(make_app: Callable[..., App]) -> None:
+    app = make_app({"programs": {"qa": "gpu"}})
+    with pytest.raises(ConfigurationError, match=r"\[routing\] programs.qa = 'gpu': not 'inline' nor a pool"):
+        app.run("qa", {"question": "q"})
