@@ -483,32 +483,15 @@ class App:
             route = self.router.decide(program, version_id)
             pool, reason = route.pool, route.reason
         if pool is not None:
-            check_crossing(pool, program, lm)
-            self._check_program_name(program, program_name)
-            cached = (
-                self._cache.lookup(program, version_id, None, inputs, variables)
-                if isinstance(program, str)
-                else None
+            cached, pooled = self._prepare_pooled(
+                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason
             )
-            mode = durability or self._cache.policy(program).durability or self.settings.durability
-            if isinstance(cached, RunResult):
-                self._settle(mode)
+            if pooled is None:
+                assert isinstance(cached, RunResult)
                 return cached
-            pooled = PooledRun(
-                self,
-                pool,
-                program,
-                inputs,
-                lm=lm,
-                version_id=version_id,
-                variables=variables,
-                durability=mode,
-                idempotent=idempotent,
-                reason=reason,
-            )
             result = pooled.execute()
             if isinstance(cached, CacheSlot):
-                self._cache.store(cached, program, pooled.version_id, result)
+                self._cache.store(cached, pooled.name, pooled.version_id, result)
             return result
         if isinstance(program, str):
             name = program
@@ -591,6 +574,42 @@ class App:
             await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
         return result
 
+    def _prepare_pooled(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        lm: Any,
+        program_name: str | None,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+        durability: Durability | None,
+        pool: str,
+        idempotent: bool,
+        reason: str | None,
+    ) -> tuple[CacheSlot | RunResult | None, PooledRun | None]:
+        """A run on ``pool``: the cache hit that answers it, or the cache slot (if any) and the PooledRun.
+        Reads the database and may start the pool: off the event loop for async callers."""
+        check_crossing(pool, program, lm)
+        self._check_program_name(program, program_name)
+        cached = self._cache.lookup(program, version_id, None, inputs, variables)
+        mode = durability or self._cache.policy(program).durability or self.settings.durability
+        if isinstance(cached, RunResult):
+            self._settle(mode)
+            return cached, None
+        pooled = PooledRun(
+            self,
+            pool,
+            program,
+            inputs,
+            lm=lm,
+            version_id=version_id,
+            variables=variables,
+            durability=mode,
+            idempotent=idempotent,
+            reason=reason,
+        )
+        return cached, pooled
+
     async def _arun_pooled(
         self,
         program: Any,
@@ -604,41 +623,16 @@ class App:
         idempotent: bool,
         reason: str | None = None,
     ) -> RunResult:
-        check_crossing(pool, program, lm)
-        self._check_program_name(program, program_name)
-
-        def prepare() -> tuple[CacheSlot | RunResult | None, PooledRun | None]:
-            # Off the loop: the cache and the registry read the database, a first use starts the pool.
-            cached = (
-                self._cache.lookup(program, version_id, None, inputs, variables)
-                if isinstance(program, str)
-                else None
-            )
-            mode = durability or self._cache.policy(program).durability or self.settings.durability
-            if isinstance(cached, RunResult):
-                self._settle(mode)
-                return cached, None
-            pooled = PooledRun(
-                self,
-                pool,
-                program,
-                inputs,
-                lm=lm,
-                version_id=version_id,
-                variables=variables,
-                durability=mode,
-                idempotent=idempotent,
-                reason=reason,
-            )
-            return cached, pooled
-
-        cached, pooled = await asyncio.to_thread(prepare)
+        cached, pooled = await asyncio.to_thread(
+            self._prepare_pooled,
+            program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason,
+        )  # fmt: skip
         if pooled is None:
             assert isinstance(cached, RunResult)
             return cached
         result = await pooled.aexecute()
         if isinstance(cached, CacheSlot):
-            await asyncio.to_thread(self._cache.store, cached, program, pooled.version_id, result)
+            await asyncio.to_thread(self._cache.store, cached, pooled.name, pooled.version_id, result)
         return result
 
     def set_cache(self, name: str, ttl_s: int | None) -> None:

@@ -59,6 +59,7 @@ class PooledRun:
         check_crossing(pool, name, lm)
         self.pool: Pool = app.pools.get(pool)
         version = app._cache.version(name, version_id)
+        self.name: str = name
         self.version_id: str = version.id
         self.placement: dict[str, Any] = {"target": "pool", "pool": pool, "attempts": 0}
         if reason is not None:
