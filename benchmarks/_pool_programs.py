@@ -19,10 +19,17 @@ def scripted() -> None:
     dspy.configure(lm=engine.lm("bench", cache=False))  # process start-up: where configure belongs
 
 
-def scripted_lm() -> Any:
+def scripted_50ms() -> None:
+    """Pool initializer: the scripted engine with 50 ms of simulated latency per call."""
+    dspy.configure(lm=scripted_lm(latency=0.05))
+
+
+def scripted_lm(latency: float = 0.0) -> Any:
     from dspex.testing import ScriptedEngine
 
-    engine = ScriptedEngine({"answer": lambda inputs: str(inputs["question"]).upper()}, keep_history=1)
+    engine = ScriptedEngine(
+        {"answer": lambda inputs: str(inputs["question"]).upper()}, keep_history=1, latency=latency
+    )
     return engine.lm("bench", cache=False)
 
 

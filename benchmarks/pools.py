@@ -13,6 +13,9 @@ Rows (each pool row runs against the same App's inline path in the same run):
 - ``rest``: uncached ``POST /v1/programs/{name}/runs`` requests per second against ``dspex serve`` and
   ``dspex serve --pool general`` (2 workers), load from this process (``service_load.py``'s client, 32
   connections) on the same 2 cores. Target: at least 1.5x.
+- ``evaluation``: ``--examples`` examples of ``dspy.ChainOfThought`` at 50 ms of LM latency and
+  concurrency 128: ``dspy.Evaluate(num_threads=128)`` in this process against the evaluation engine on a
+  2-worker pool (``app.pooled(...)``, 64 threads per worker). Target: at least 1.6x.
 - ``leak``: ``--leak-tasks`` runs of a program that leaks 50 MB per call on a 1-worker pool with
   ``max_rss_mb = 400``: the highest worker RSS seen and how many times the worker was recycled.
 
@@ -138,6 +141,45 @@ def rest(seconds: float) -> None:
     )
 
 
+def evaluation(home: Path, count: int) -> None:
+    import dspy
+
+    import _pool_programs
+    from dspex.optimize import Evaluator
+    from dspex.optimize.metrics import exact_match
+
+    devset = [
+        dspy.Example(question=f"question {i}", answer=f"QUESTION {i}").with_inputs("question")
+        for i in range(count)
+    ]
+    settings = Settings.load(
+        home=home,
+        database_url=f"sqlite:///{home}/bench.db",
+        pools={"general": {"size": 2, "initializer": "_pool_programs:scripted_50ms"}},
+    )
+    with App(settings) as app:
+        _register(app)
+        remote = app.pooled("cot", pool="general")
+        Evaluator(exact_match, concurrency=128, cache=False).run(remote, devset[:200])  # warm
+        t0 = time.perf_counter()
+        pooled = Evaluator(exact_match, concurrency=128, cache=False).run(remote, devset)
+        pool_rate = count / (time.perf_counter() - t0)
+    program = dspy.ChainOfThought("question -> answer")
+
+    def metric(example: object, prediction: object, trace: object = None) -> bool:
+        return bool(example.answer == prediction.answer)  # type: ignore[attr-defined]
+
+    evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=128, display_progress=False)
+    with dspy.context(lm=_pool_programs.scripted_lm(latency=0.05)):
+        t0 = time.perf_counter()
+        bare = evaluate(program)
+        bare_rate = count / (time.perf_counter() - t0)
+    print(
+        f"evaluation      dspy.Evaluate {bare_rate:7.0f} ex/s ({bare.score:.0f}%)   pool {pool_rate:7.0f} ex/s "
+        f"({pooled.score * 100:.0f}%)   {pool_rate / bare_rate:.2f}x (target >= 1.6x)"
+    )
+
+
 def leak(home: Path, tasks: int) -> None:
     with _app(home, size=1, max_rss_mb=400, heartbeat_s=0.05) as app:
         _register(app)
@@ -160,12 +202,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--leak-tasks", type=int, default=500)
     parser.add_argument("--rest-seconds", type=float, default=10.0)
+    parser.add_argument("--examples", type=int, default=1000)
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores; every run recorded to SQLite")
     with tempfile.TemporaryDirectory() as tmp:
         dispatch(Path(tmp), args.runs)
         throughput(Path(tmp), args.runs)
         rest(args.rest_seconds)
+        evaluation(Path(tmp), args.examples)
         leak(Path(tmp), args.leak_tasks)
 
 

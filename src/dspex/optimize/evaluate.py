@@ -31,11 +31,11 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import dspy
 
-from dspex.errors import ConfigurationError
+from dspex.errors import ConfigurationError, ExecutionError, WorkerError
 from dspex.jsonable import to_jsonable
 from dspex.modules._introspect import has_native_async
 from dspex.optimize._run import (
@@ -52,9 +52,24 @@ from dspex.optimize.result import EarlyStop, EvaluationAborted, EvaluationResult
 from dspex.pipeline._sync import run_coroutine
 from dspex.telemetry.usage import UsageTotals
 
-__all__ = ["Evaluator", "Execution", "ProgressCallback", "configuration_fingerprint"]
+__all__ = ["Evaluator", "Execution", "ProgressCallback", "RemoteProgram", "configuration_fingerprint"]
 
 Execution = Literal["auto", "async", "threads"]
+
+
+@runtime_checkable
+class RemoteProgram(Protocol):
+    """A program that runs elsewhere, examples in shards (``App.pooled``: a worker pool's program)."""
+
+    @property
+    def fingerprint(self) -> str: ...  # the cache's configuration id
+
+    @property
+    def workers(self) -> int: ...  # how many shards run at once
+
+    def predict_batch(self, inputs: list[dict[str, Any]], threads: int) -> concurrent.futures.Future[Any]: ...
+
+
 ASYNC_ABOVE = 64  # "auto" awaits native-async programs on the loop above this concurrency (see _threaded)
 # (the example's record, the exception when it failed, a new cache entry or None)
 _Outcome = tuple[ExampleRecord, BaseException | None, CachedResult | None]
@@ -135,8 +150,9 @@ class Evaluator:
             raise ConfigurationError("no examples to evaluate; pass at least one dspy.Example")
         hashes = [self._hash(i, example) for i, example in enumerate(examples)]
         started = time.perf_counter()
+        pooled = isinstance(program, RemoteProgram)
         if self.cache is not None and configuration_id is None:
-            configuration_id = configuration_fingerprint(program, lm)
+            configuration_id = program.fingerprint if pooled else configuration_fingerprint(program, lm)
         keys: list[CacheKey] = [(configuration_id or "", h) for h in hashes]
         hits = await self._cache_get(keys)
         run = RunState(len(examples), self.primary, self.early_stop, self.max_errors, self.progress)
@@ -144,7 +160,7 @@ class Evaluator:
         overrides: dict[str, Any] = {"usage_tracker": usage}
         if lm is not None:
             overrides["lm"] = lm
-        pool = self._pool() if self._threaded(program) else None
+        pool = self._pool() if not pooled and self._threaded(program) else None
         fresh: dict[CacheKey, CachedResult] = {}
         try:
             with dspy.context(**overrides):
@@ -231,7 +247,9 @@ class Evaluator:
         misses = [i for i in range(len(examples)) if keys[i] not in hits]
         if run.finished or not misses:
             return
-        if pool is None:
+        if isinstance(program, RemoteProgram):
+            await self._schedule_pool(program, examples, hashes, misses, run, deliver)
+        elif pool is None:
             await self._schedule_tasks(program, examples, hashes, misses, run, deliver)
         else:
             await self._schedule_threads(program, examples, hashes, misses, run, pool, deliver)
@@ -329,6 +347,73 @@ class Evaluator:
             stop.set()  # also when arun is cancelled: threads finish their example and take no other
         if failure:
             raise failure[0]
+
+    async def _schedule_pool(
+        self,
+        program: RemoteProgram,
+        examples: list[Any],
+        hashes: list[str],
+        misses: list[int],
+        run: RunState,
+        deliver: Callable[[int, _Outcome], None],
+    ) -> None:
+        """A pool: shards of examples go to the workers, each running its shard on ``concurrency / size``
+        threads; predictions come back as JSON and are scored here. A shard whose worker died is sent
+        once more (predicting has no side effects to repeat); twice lost, its examples fail."""
+        threads = max(1, -(-self.concurrency // program.workers))
+        # About two shards per worker (at least two rounds of its threads each): few messages and short
+        # tails, and a worker's next shard waits in its pipe while it runs the current one.
+        size = max(threads * 2, -(-len(misses) // (program.workers * 2)))
+        shards = [misses[i : i + size] for i in range(0, len(misses), size)]
+
+        def submit(shard: list[int]) -> Any:
+            inputs = [to_jsonable(examples[i].inputs().toDict()) for i in shard]
+            return program.predict_batch(inputs, threads)
+
+        futures = {id(shard): submit(shard) for shard in shards}
+        waiting = {asyncio.wrap_future(futures[id(shard)]): (shard, 1) for shard in shards}
+        try:
+            while waiting and not run.finished:
+                done, _ = await asyncio.wait(list(waiting), return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    shard, attempt = waiting.pop(finished)
+                    started = time.perf_counter()
+                    try:
+                        results = finished.result()["outcome"]["results"]
+                    except WorkerError as exc:
+                        if attempt == 1:
+                            waiting[asyncio.wrap_future(submit(shard))] = (shard, 2)
+                            continue
+                        for index in shard:
+                            inputs = to_jsonable(examples[index].inputs().toDict())
+                            deliver(
+                                index,
+                                self._failed(index, hashes[index], inputs, exc, "program", None, started),
+                            )
+                        continue
+                    for index, result in zip(shard, results, strict=True):
+                        if run.finished:
+                            break
+                        deliver(index, await self._remote(index, examples[index], hashes[index], result))
+        finally:
+            for pending in waiting:  # stopped early (or cancelled): queued shards never run
+                pending.cancel()
+
+    async def _remote(self, index: int, example: Any, digest: str, result: Mapping[str, Any]) -> _Outcome:
+        """One example a pool worker predicted: scored here, with the worker's time as its duration."""
+        started = time.perf_counter() - float(result.get("ms", 0.0)) / 1000
+        inputs = to_jsonable(example.inputs().toDict())
+        if "error" in result:
+            error = result["error"]
+            exc = ExecutionError(f"{error['type']}: {error['message']}")
+            return self._failed(index, digest, inputs, exc, "program", None, started)
+        json_prediction = dict(result["prediction"])
+        prediction = dspy.Prediction(**json_prediction)
+        try:
+            scores = {m.name: await m.ascore(example, prediction) for m in self.metrics}
+        except Exception as exc:
+            return self._failed(index, digest, inputs, exc, "metric", json_prediction, started)
+        return self._scored(index, digest, inputs, json_prediction, scores, started)
 
     # -- one example -------------------------------------------------------------------------------
     def _failed(

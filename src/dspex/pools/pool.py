@@ -227,7 +227,9 @@ class Pool:
                 slot.pending.clear()
             self._cv.notify_all()
         for task in queued:
-            task.future.set_exception(WorkerError(f"pool {self.name!r} closed before the task ran"))
+            # A queued task's future is pending (or cancelled: skipped), a requeued one's running.
+            if task.future.running() or task.future.set_running_or_notify_cancel():
+                task.future.set_exception(WorkerError(f"pool {self.name!r} closed before the task ran"))
         for slot in self._slots:
             if slot.thread is not None:
                 slot.thread.join(timeout)
@@ -436,12 +438,10 @@ class Pool:
                 slot.state = "busy"
                 slot.task_started = started
                 message = self._read(slot)  # blocks: the monitor thread kills a worker that must go
-                if (
-                    message is not None
-                    and message.get("op") == "done"
-                    and message.get("id") == inflight[0].id
-                ):
-                    task = inflight.popleft()
+                done = message.get("id") if message.get("op") == "done" else None
+                task = next((t for t in inflight if t.id == done), None) if done is not None else None
+                if task is not None:  # shards may finish out of order; runs finish in order
+                    inflight.remove(task)
                     slot.tasks += 1
                     self.completed += 1
                     task.future.set_result(

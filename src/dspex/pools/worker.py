@@ -11,7 +11,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
 A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database)
 or ``{"import": "package.module:factory"}`` (operator code, from Python callers only). The run executes
 as :meth:`App.run` executes it, with a recorder, under ``dspy.context``; the worker records nothing: the
-caller's process writes the record from the outcome it sends back.
+caller's process writes the record from the outcome it sends back. A task of ``"kind": "predict_batch"``
+(an evaluation's shard) runs the program on many examples' inputs on threads and returns predictions.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import threading
 import traceback
 from typing import Any
 
-import dspy  # noqa: F401  # imported at start-up (and by the forkserver), so tasks never pay for it
+import dspy  # imported at start-up (and by the forkserver), so tasks never pay for it
 import orjson
 
 from dspex.runtime.run import _Run
@@ -52,6 +53,9 @@ class _Worker:
         self.app: Any = None
         self.imported: dict[str, Any] = {}
         self.versions: dict[str, Any] = {}
+        self.batch_executor: Any = None
+        self.lock_batch = threading.Lock()
+        self.batch_threads = 0
 
     def send(self, message: dict[str, Any]) -> None:
         from dspex.jsonable import dumps
@@ -123,6 +127,41 @@ class _Worker:
             return run.outcome(None, shown)
         return run.outcome(result, None)
 
+    def predict_batch(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Run the program on each example's inputs with ``threads`` threads (an evaluation's shard):
+        predictions as JSON, or the error of each example; nothing is recorded."""
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dspex.jsonable import to_jsonable
+
+        program, _, _ = self.program(task["program"])
+        lm = dspy.settings.lm if dspy.settings.lm is not None else self.app.default_lm(program)
+
+        def one(inputs: dict[str, Any]) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                with dspy.context(lm=lm, disable_history=True):
+                    prediction = to_jsonable(program(**inputs))
+            except Exception as exc:  # one example's failure is data for the evaluation, as inline
+                return {
+                    "error": {"type": type(exc).__name__, "message": str(exc)},
+                    "ms": (time.perf_counter() - started) * 1000,
+                }
+            value = prediction if isinstance(prediction, dict) else {"value": prediction}
+            return {"prediction": value, "ms": (time.perf_counter() - started) * 1000}
+
+        examples = list(task["examples"])
+        threads = max(1, int(task.get("threads") or 1))
+        with self.lock_batch:
+            if self.batch_threads != threads:  # kept between shards: starting threads per shard is not free
+                if self.batch_executor is not None:
+                    self.batch_executor.shutdown(wait=False)
+                self.batch_executor = ThreadPoolExecutor(threads, thread_name_prefix="dspex-batch")
+                self.batch_threads = threads
+            executor = self.batch_executor
+        return {"results": list(executor.map(one, examples))}
+
     def serve(self) -> None:
         while True:
             try:
@@ -132,13 +171,28 @@ class _Worker:
             op = message.get("op")
             if op == "stop":
                 return
-            if op == "run":
-                self.busy = True
-                try:
-                    result = self.execute(message["task"])
-                finally:
-                    self.busy = False
-                self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
+            if op != "run":
+                continue
+            task = message["task"]
+            if task.get("kind") == "predict_batch":
+                # On a thread of its own: the next shard (already in the pipe) starts on the shared
+                # executor while this one's last examples finish, so the threads never drain.
+                threading.Thread(target=self.batch, args=(message,), name="dspex-shard", daemon=True).start()
+                continue
+            self.busy = True
+            try:
+                result = self.execute(task)
+            finally:
+                self.busy = False
+            self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
+
+    def batch(self, message: dict[str, Any]) -> None:
+        try:
+            result = self.predict_batch(message["task"])
+        except Exception as exc:  # the program could not even be built: every example fails alike
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            result = {"results": [{"error": error, "ms": 0.0} for _ in message["task"]["examples"]]}
+        self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
 
 
 def main(conn: Any) -> None:

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from dspex.modules.policy import SpecPolicy, Trust
     from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
     from dspex.pools import Pools
+    from dspex.pools.remote import PooledProgram
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
     from dspex.runtime.router import Router
@@ -298,6 +299,13 @@ class App:
     def sessions(self) -> Sessions:
         """Sessions: state (history, variables, metrics) carried across runs (:mod:`dspex.runtime.sessions`)."""
         return self._open().sessions
+
+    def pooled(self, name: str, *, pool: str, version_id: str | None = None) -> PooledProgram:
+        """Registered program ``name`` (``version_id``, else production) on ``pool``, for the evaluation
+        engine: ``Evaluator(metric, concurrency=128).run(app.pooled("qa", pool="general"), devset)``."""
+        from dspex.pools.remote import PooledProgram
+
+        return PooledProgram(self.pools.get(pool), name, self._cache.version(name, version_id).id)
 
     @property
     def router(self) -> Router:

@@ -1,0 +1,53 @@
+"""``PooledProgram``: a registered program version on a pool, for the evaluation engine.
+
+::
+
+    remote = app.pooled("qa", pool="general")                # production version (or version_id=)
+    result = Evaluator(exact_match, concurrency=128).run(remote, devset)
+
+The evaluator sends shards of examples (inputs as JSON) to the pool's workers; each worker runs its shard
+on ``concurrency / workers`` threads and sends predictions back; metrics run in the caller's process, so
+any metric works. Examples run in parallel on every worker: DSPy's per-call CPU, which caps one process,
+is spread over the cores.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dspex.pools.pool import Pool
+
+__all__ = ["PooledProgram"]
+
+
+@dataclass(frozen=True)
+class PooledProgram:
+    """Program ``name`` at ``version_id`` on ``pool`` (see the module docstring)."""
+
+    pool: Pool
+    name: str
+    version_id: str
+
+    @property
+    def workers(self) -> int:
+        return self.pool.size
+
+    @property
+    def fingerprint(self) -> str:
+        """The evaluation cache's configuration id: the version is a content hash of the program."""
+        return f"pooled:{self.name}@{self.version_id}"
+
+    def predict_batch(self, inputs: list[dict[str, Any]], threads: int) -> Future[dict[str, Any]]:
+        """Queue a shard; the future's ``["outcome"]["results"]`` has one ``{"prediction"}`` or
+        ``{"error"}`` per input, in order."""
+        return self.pool.submit(
+            {
+                "kind": "predict_batch",
+                "program": {"name": self.name, "version_id": self.version_id},
+                "examples": inputs,
+                "threads": threads,
+            }
+        )
