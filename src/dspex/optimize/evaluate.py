@@ -363,7 +363,7 @@ class Evaluator:
         threads = max(1, -(-self.concurrency // program.workers))
         # About two shards per worker (at least two rounds of its threads each): few messages and short
         # tails, and a worker's next shard waits in its pipe while it runs the current one.
-        size = max(threads * 2, -(-len(misses) // (program.workers * 2)))
+        size = max(threads, -(-len(misses) // (program.workers * 4)))
         shards = [misses[i : i + size] for i in range(0, len(misses), size)]
 
         def submit(shard: list[int]) -> Any:

@@ -8,8 +8,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
   ``{"op": "hb", "rss", "busy"}`` every ``heartbeat_s`` from a thread of its own (so a long task still
   reports its memory), and ``{"op": "done", "id", "result", "rss"}`` per task.
 
-A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database)
-or ``{"import": "package.module:factory"}`` (operator code, from Python callers only). The run executes
+A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database;
+a version id is a content hash, so each is read once per worker). The run executes
 as :meth:`App.run` executes it, with a recorder, under ``dspy.context``; the worker records nothing: the
 caller's process writes the record from the outcome it sends back. A task of ``"kind": "predict_batch"``
 (an evaluation's shard) runs the program on many examples' inputs on threads and returns predictions.
@@ -51,7 +51,6 @@ class _Worker:
         self.busy = False
         self.stopping = threading.Event()
         self.app: Any = None
-        self.imported: dict[str, Any] = {}
         self.versions: dict[str, Any] = {}
         self.batch_executor: Any = None
         self.lock_batch = threading.Lock()
@@ -84,24 +83,18 @@ class _Worker:
         self.app = App(settings, record=False)
         return float(message.get("heartbeat_s") or 0.5)
 
-    def program(self, ref: dict[str, Any]) -> tuple[Any, str | None, str | None]:
-        if "name" in ref:
-            name, version_id = str(ref["name"]), ref.get("version_id")
-            # A version id is a content hash: what it names never changes, so it is read once.
-            version = self.versions.get(version_id) if version_id else None
-            if version is None:
-                version = self.app.programs.resolve(name, version_id)
-                if version_id:
-                    if len(self.versions) >= 1000:
-                        self.versions.clear()
-                    self.versions[version_id] = version
-            return self.app.programs.build(version), name, version.id
-        path = str(ref["import"])
-        if path not in self.imported:
-            from dspex.programs._source import build_source, normalise_source
-
-            self.imported[path] = build_source(normalise_source(path))
-        return self.imported[path].deepcopy(), path, None
+    def program(self, ref: dict[str, Any]) -> tuple[Any, str, str]:
+        """The registered program ``ref`` names (a fresh copy), its name and version id."""
+        name, version_id = str(ref["name"]), ref.get("version_id")
+        # A version id is a content hash: what it names never changes, so it is read once.
+        version = self.versions.get(version_id) if version_id else None
+        if version is None:
+            version = self.app.programs.resolve(name, version_id)
+            if version_id:
+                if len(self.versions) >= 1000:
+                    self.versions.clear()
+                self.versions[version_id] = version
+        return self.app.programs.build(version), name, version.id
 
     def execute(self, task: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -198,6 +198,15 @@ class Sessions:
         turn = {"inputs": dict(inputs), "outputs": result.outputs, "execution_id": result.execution_id}
         self.repository.save_turn(record, turn, metrics)
 
+    def _save_failure(
+        self, record: SessionRecord, inputs: Mapping[str, Any], t0: float, exc: BaseException
+    ) -> None:
+        """Count a failed turn; if even that cannot be saved, say so on the turn's own error."""
+        try:
+            self._save(record, inputs, None, (time.perf_counter() - t0) * 1000)
+        except Exception as save_error:
+            exc.add_note(f"(the session's failure count was not saved: {save_error})")
+
     def run(
         self,
         session_id: str,
@@ -217,8 +226,8 @@ class Sessions:
                     result = prepared.execute()
                 else:
                     result = prepared.finish(prepared.execute_sync)
-            except BaseException:
-                self._save(record, inputs, None, (time.perf_counter() - t0) * 1000)
+            except BaseException as exc:
+                self._save_failure(record, inputs, t0, exc)
                 raise
             self._save(record, inputs, result, (time.perf_counter() - t0) * 1000)
             return result
@@ -246,8 +255,8 @@ class Sessions:
                     result = await prepared.aexecute()
                 else:
                     result = await _finish_async(prepared)
-            except BaseException:
-                await asyncio.to_thread(self._save, record, inputs, None, (time.perf_counter() - t0) * 1000)
+            except BaseException as exc:
+                await asyncio.to_thread(self._save_failure, record, inputs, t0, exc)
                 raise
             await asyncio.to_thread(self._save, record, inputs, result, (time.perf_counter() - t0) * 1000)
             return result
