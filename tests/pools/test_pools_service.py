@@ -120,3 +120,23 @@ async def test_sessions_over_the_api_carry_history_and_stay_private(
     assert (await client.get(f"/v1/sessions/{session}", headers=_auth(keys["runner"]))).status_code == 404
     bad = await client.post("/v1/sessions", json={"program": "nope"}, headers=_auth(keys["runner"]))
     assert bad.status_code == 404
+
+
+async def test_a_key_limited_to_programs_cannot_open_sessions_on_others(
+    service: tuple[App, httpx.AsyncClient, dict[str, str]],
+) -> None:
+    app, client, keys = service
+    app.programs.register("chat", "pool_programs:build_chat")
+    limited = app.keys.create("qa-only", ["runs:execute"], programs=["qa"])[1]
+    refused = await client.post("/v1/sessions", json={"program": "chat"}, headers=_auth(limited))
+    assert refused.status_code == 403
+    theirs = await client.post("/v1/sessions", json={"program": "chat"}, headers=_auth(keys["admin"]))
+    session = theirs.json()["id"]
+    turn = await client.post(
+        f"/v1/sessions/{session}/runs", json={"inputs": {"question": "x"}}, headers=_auth(limited)
+    )
+    assert turn.status_code == 404  # another key's session does not exist for this one
+    bad = await client.post(
+        "/v1/sessions", json={"program": "qa", "ttl_s": -1, "extra": "x"}, headers=_auth(limited)
+    )
+    assert bad.status_code == 422
