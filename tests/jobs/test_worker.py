@@ -77,6 +77,22 @@ def test_evaluation_job_runs_to_a_result(app: App, settings_sim: SimServer) -> N
     assert [(e.kind, e.outcome) for e in events] == [("start", None), ("end", "succeeded")]
 
 
+def test_a_worker_with_a_pool_runs_evaluation_examples_on_it(app: App, settings_sim: SimServer) -> None:
+    job = submit_evaluation(app, program="qa", dataset="qa-set", metric="f1")
+    assert _worker(app, pool="general").run(stop_when_idle=True) == 1
+    done = _job(app, job.id)
+    assert done.status == "succeeded", done.error
+    result = done.result
+    assert result is not None
+    assert (result["n"], result["errors"]) == (DEV, 0)
+    # The examples ran in the pool's processes, and their LM calls still count in the job's result.
+    assert result["lm_calls"] == DEV == settings_sim.stats().total_requests
+    assert result["usage"]["openai/sim-medium"]["calls"] == DEV
+    assert app.pools.get("general").status().completed >= 1
+    with pytest.raises(ConfigurationError, match="unknown pool 'gpu'"):
+        _worker(app, pool="gpu")
+
+
 def test_evaluation_job_applies_variables_through_the_space(app: App) -> None:
     job = submit_evaluation(
         app,

@@ -122,6 +122,9 @@ def worker(
     max_jobs: int | None = typer.Option(None, "--max-jobs", min=1, help="Exit after this many jobs."),
     until_idle: bool = typer.Option(False, "--until-idle", help="Exit when no job is due."),
     worker_id: str | None = typer.Option(None, "--id", help="Worker id (default: host:pid:random)."),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Run evaluation jobs' examples on this worker pool (its workers, every core)."
+    ),
 ) -> None:
     """Run background jobs from the queue, one at a time, printing a line when each starts and ends.
 
@@ -136,7 +139,13 @@ def worker(
     wanted = parse_names(kinds, "--kinds")
     with open_app() as dspex_app, _job_logging():
         runner = Worker(
-            dspex_app, worker_id=worker_id, kinds=wanted, lease_s=lease, poll_s=poll, on_event=_print_event
+            dspex_app,
+            worker_id=worker_id,
+            kinds=wanted,
+            lease_s=lease,
+            poll_s=poll,
+            on_event=_print_event,
+            pool=pool,
         )
         typer.echo(f"worker {runner.worker_id} waiting for jobs ({', '.join(runner.kinds)})")
         with _graceful_signals(runner):

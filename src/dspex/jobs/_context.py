@@ -54,8 +54,9 @@ def _interrupted(reason: StopReason, message: str, result: dict[str, Any] | None
 class JobContext:
     """One running job's link to its worker. Thread-safe."""
 
-    def __init__(self, job: JobRecord) -> None:
+    def __init__(self, job: JobRecord, *, pool: str | None = None) -> None:
         self.job = job
+        self.pool = pool  # the worker pool the job's examples may run on (dspex worker --pool)
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
         self._reason: StopReason | None = None

@@ -181,8 +181,11 @@ def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, A
     split = _optional(job, "split", str)
     metric = _metric(job)
     variables = _optional(job, "variables", dict)
-    program = app.programs.build(app.programs.version(version_id))
+    program: Any = app.programs.build(app.programs.version(version_id))
     configuration: dict[str, Any] | None = None
+    lm = app.default_lm(program)
+    if context.pool is not None and variables is None:  # a configured copy cannot cross: it runs here
+        program, lm = app.pooled(_field(job, "program", str), pool=context.pool, version_id=version_id), None
     if variables is not None:
         space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
         validated = space.validate(variables)
@@ -196,7 +199,7 @@ def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, A
         context.check()  # raising here stops the evaluation: in-flight examples are dropped
 
     evaluator = Evaluator({"exact_match": exact_match, "f1": f1}[metric], progress=progress)
-    result = evaluator.run(program, examples, lm=app.default_lm(program))
+    result = evaluator.run(program, examples, lm=lm)
     return {
         "v": RESULT_VERSION,
         "program": _field(job, "program", str),

@@ -196,7 +196,11 @@ class Worker:
         poll_s: float = 1.0,
         handlers: Mapping[str, Handler] | None = None,
         on_event: Callable[[WorkerEvent], None] | None = None,
+        pool: str | None = None,
     ) -> None:
+        if pool is not None:
+            app.pools.setting(pool)  # an unknown pool is a ConfigurationError listing the valid ones
+        self.pool = pool
         self.handlers: Mapping[str, Handler] = dict(handlers if handlers is not None else HANDLERS)
         wanted = list(dict.fromkeys(kinds)) if kinds is not None else list(self.handlers)
         if not wanted:
@@ -293,7 +297,7 @@ class Worker:
 
     def _process(self, repo: JobRepository, job: JobRecord) -> None:
         handler = self.handlers[job.kind]
-        context = JobContext(job)
+        context = JobContext(job, pool=self.pool)
         with self._lock:
             self._current = context
         if self._stopping.is_set():  # stop() came between the claim and now

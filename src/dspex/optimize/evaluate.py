@@ -403,6 +403,9 @@ class Evaluator:
         """One example a pool worker predicted: scored here, with the worker's time as its duration."""
         started = time.perf_counter() - float(result.get("ms", 0.0)) / 1000
         inputs = to_jsonable(example.inputs().toDict())
+        tracker = dspy.settings.usage_tracker  # this evaluation's: the worker's LM calls count here too
+        for lm, usage in result.get("usage", ()):
+            tracker.add_usage(lm, usage)
         if "error" in result:
             error = result["error"]
             exc = ExecutionError(f"{error['type']}: {error['message']}")

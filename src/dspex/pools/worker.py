@@ -44,6 +44,18 @@ def rss_bytes() -> int:
     return int(_process.memory_info().rss)
 
 
+class _Calls:
+    """A DSPy usage tracker that keeps each LM call's usage as ``[lm, usage]`` (JSON)."""
+
+    def __init__(self) -> None:
+        self.entries: list[list[Any]] = []
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        from dspex.jsonable import to_jsonable
+
+        self.entries.append([lm, to_jsonable(dict(usage_entry))])
+
+
 class _Worker:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -133,16 +145,18 @@ class _Worker:
 
         def one(inputs: dict[str, Any]) -> dict[str, Any]:
             started = time.perf_counter()
+            calls = _Calls()  # the example's LM calls, replayed into the evaluation's usage by the caller
             try:
-                with dspy.context(lm=lm, disable_history=True):
+                with dspy.context(lm=lm, disable_history=True, usage_tracker=calls):
                     prediction = to_jsonable(program(**inputs))
             except Exception as exc:  # one example's failure is data for the evaluation, as inline
                 return {
                     "error": {"type": type(exc).__name__, "message": str(exc)},
                     "ms": (time.perf_counter() - started) * 1000,
+                    "usage": calls.entries,
                 }
             value = prediction if isinstance(prediction, dict) else {"value": prediction}
-            return {"prediction": value, "ms": (time.perf_counter() - started) * 1000}
+            return {"prediction": value, "ms": (time.perf_counter() - started) * 1000, "usage": calls.entries}
 
         examples = list(task["examples"])
         threads = max(1, int(task.get("threads") or 1))
