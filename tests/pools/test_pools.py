@@ -232,6 +232,24 @@ def test_a_task_over_its_timeout_has_its_worker_replaced(make_app: Callable[...,
     assert app.pools.get("general").status().replaced == {"task_timeout": 1}
 
 
+def test_a_hung_worker_is_killed_and_replaced(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1, hung_after_s=1.0, heartbeat_s=0.1)
+    app.run("qa", {"question": "warm"}, pool="general")
+    pid = app.pools.get("general").status().workers[0].pid
+    assert pid is not None
+
+    def freeze() -> None:  # SIGSTOP: the process lives but says nothing, as a deadlocked one would
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+
+    threading.Thread(target=freeze).start()
+    with pytest.raises(WorkerError, match="sent no heartbeat") as caught:
+        app.run("sleepy", {"question": "q", "seconds": 5}, pool="general")
+    assert caught.value.code == "worker_lost"
+    assert app.run("qa", {"question": "after"}, pool="general").outputs["answer"] == "answer to after"
+    assert app.pools.get("general").status().replaced == {"hung": 1}
+
+
 def test_chaos_random_kills_lose_no_run(make_app: Callable[..., App], tmp_path: Path) -> None:
     """30 kill -9s of random workers during 600 idempotent runs: every run has one terminal record, and
     at least 99% succeed after their retry."""
