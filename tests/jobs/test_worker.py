@@ -132,6 +132,22 @@ def test_optimization_job_runs_to_a_saved_version(app: App) -> None:
     assert (done.progress["finished"], done.progress["n_trials"]) == (3, 3)
 
 
+def test_an_optimization_job_evaluates_its_trials_on_the_pool(app: App, settings_sim: SimServer) -> None:
+    job = submit_optimization(app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=3, seed=3)
+    assert _worker(app, pool="general").run(stop_when_idle=True) == 1
+    done = _job(app, job.id)
+    assert done.status == "succeeded", done.error
+    result = done.result
+    assert result is not None
+    assert result["finished"] == 3
+    # Every trial's examples ran in the pool's processes (the worker applied each temperature there),
+    # and their LM calls are counted exactly.
+    assert result["lm_calls"] == settings_sim.stats().total_requests > 0
+    temperatures = {r.temperature for r in settings_sim.requests()}
+    assert len(temperatures) == 3
+    assert app.pools.get("general").status().completed >= 3
+
+
 @pytest.mark.sim_lm(latency=0.02)
 def test_cancelling_a_running_optimization_ends_job_and_run_cancelled(app: App) -> None:
     job = submit_optimization(app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=60)

@@ -147,6 +147,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
             optimization_id=optimization_id,
             on_trial=on_trial,
             should_stop=should_stop,
+            pool=context.pool,
         )
     except OptimizationStopped as exc:
         done = {"optimization_id": optimization_id, "finished": app.optimizations.count(optimization_id)}

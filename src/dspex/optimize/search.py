@@ -244,6 +244,7 @@ class HolisticOptimizer:
         cache: bool | EvalCache = True,
         final_stage: Any = None,
         max_failures: int = 50,
+        remote: Callable[[Configuration], Any] | None = None,
     ) -> None:
         if not isinstance(space, VariableSpace):
             raise ConfigurationError(f"space must be a VariableSpace, got {type(space).__name__}")
@@ -287,6 +288,9 @@ class HolisticOptimizer:
                 f"final_stage must be a DSPy optimizer with .compile(), got {final_stage!r}"
             )
         self.max_failures = max_failures
+        # configuration -> a RemoteProgram (App.optimize(pool=...)): trials evaluate on a worker pool,
+        # which applies the configuration to its own copy of the program version.
+        self.remote = remote
         self._cost_per_example: dict[str, float] = {}
 
     # -- public ------------------------------------------------------------------------------------
@@ -533,7 +537,11 @@ class HolisticOptimizer:
             config = self.space.from_flat(params)
         except ConfigurationError as exc:
             return "failed", {"error": exc.message, "duration_s": time.perf_counter() - started}
-        configured = apply(program, config, self.bindings, lms=self.lms)
+        configured = (
+            self.remote(config)
+            if self.remote is not None
+            else apply(program, config, self.bindings, lms=self.lms)
+        )
         config_key = f"{base}:{config.id}"
         steps = self.pruning.steps(len(devset)) if self.pruning is not None else [len(devset)]
         intermediate: dict[int, float] = {}
@@ -543,7 +551,10 @@ class HolisticOptimizer:
         for size in steps:
             try:
                 result = self.evaluator.run(
-                    configured, devset[:size], configuration_id=config_key, lm=self.lm
+                    configured,
+                    devset[:size],
+                    configuration_id=config_key,
+                    lm=self.lm if self.remote is None else None,
                 )
             except EvaluationAborted as exc:
                 outcome.update(error=str(exc), lm_calls=lm_calls, duration_s=time.perf_counter() - started)

@@ -17,6 +17,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dspex.jsonable import canonical_hash
+
 if TYPE_CHECKING:
     from dspex.pools.pool import Pool
 
@@ -30,6 +32,8 @@ class PooledProgram:
     pool: Pool
     name: str
     version_id: str
+    # {"space": a space document, "values": a configuration's JSON}: the worker applies it to its copy
+    configuration: dict[str, Any] | None = None
 
     @property
     def workers(self) -> int:
@@ -38,7 +42,8 @@ class PooledProgram:
     @property
     def fingerprint(self) -> str:
         """The evaluation cache's configuration id: the version is a content hash of the program."""
-        return f"pooled:{self.name}@{self.version_id}"
+        configured = f":{canonical_hash(self.configuration)}" if self.configuration is not None else ""
+        return f"pooled:{self.name}@{self.version_id}{configured}"
 
     def predict_batch(self, inputs: list[dict[str, Any]], threads: int) -> Future[dict[str, Any]]:
         """Queue a shard; the future's ``["outcome"]["results"]`` has one ``{"prediction"}`` or
@@ -49,5 +54,6 @@ class PooledProgram:
                 "program": {"name": self.name, "version_id": self.version_id},
                 "examples": inputs,
                 "threads": threads,
+                "configuration": self.configuration,
             }
         )

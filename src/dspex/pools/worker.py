@@ -66,6 +66,7 @@ class _Worker:
         self.versions: dict[str, Any] = {}
         self.batch_executor: Any = None
         self.lock_batch = threading.Lock()
+        self.configurations: dict[str, Any] = {}
         self.batch_threads = 0
 
     def send(self, message: dict[str, Any]) -> None:
@@ -132,6 +133,27 @@ class _Worker:
             return run.outcome(None, shown)
         return run.outcome(result, None)
 
+    def configured(self, version_id: str, program: Any, configuration: dict[str, Any]) -> Any:
+        """``program`` with an optimizer trial's variable values applied (built once per trial)."""
+        from dspex.jsonable import canonical_hash
+        from dspex.variables.binding import apply
+        from dspex.variables.spacefile import space_from_document
+
+        key = f"{version_id}:{canonical_hash(configuration)}"
+        with self.lock_batch:
+            cached = self.configurations.get(key)
+        if cached is not None:
+            return cached
+        # Tools and functions by the operator's names only (app.tools), as the job worker resolves them.
+        space, bindings = space_from_document(configuration["space"], functions=self.app.tools)
+        values = space.validate(configuration["values"])
+        built = apply(program, values, bindings, lms=self.app.space_lms(space))
+        with self.lock_batch:
+            if len(self.configurations) >= 64:
+                self.configurations.clear()
+            self.configurations[key] = built
+        return built
+
     def predict_batch(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run the program on each example's inputs with ``threads`` threads (an evaluation's shard):
         predictions as JSON, or the error of each example; nothing is recorded."""
@@ -140,7 +162,9 @@ class _Worker:
 
         from dspex.jsonable import to_jsonable
 
-        program, _, _ = self.program(task["program"])
+        program, _, version_id = self.program(task["program"])
+        if task.get("configuration") is not None:
+            program = self.configured(version_id, program, task["configuration"])
         lm = dspy.settings.lm if dspy.settings.lm is not None else self.app.default_lm(program)
 
         def one(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -367,6 +367,7 @@ class App:
         optimization_id: str | None = None,
         on_trial: Callable[[TrialProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
+        pool: str | None = None,
     ) -> OptimizationResult:
         """Search ``space`` for the registered program ``program_name`` on dataset ``dataset``; the best
         configured program becomes a new version in ``optimizing`` (``result.version_id``), which
@@ -383,6 +384,8 @@ class App:
           variables is built from the settings (same endpoint and key), ``dspex.lm.build_lm(model=...)``.
         - ``pruning``: a :class:`~dspex.optimize.search.Pruning`, ``None`` (default: on for one objective,
           shrunk to fit a small devset) or ``False``.
+        - ``pool``: evaluate the trials' examples on that worker pool; each worker applies a trial's
+          configuration (sent with the space as a document) to its own copy of the version.
         The run, its trials and the result are recorded (:attr:`optimizations`), and a rerun with the
         same inputs resumes it.
         """
@@ -395,6 +398,9 @@ class App:
             lms = self.space_lms(space)
         if lm is None and (self._lm is not None or self.settings.lm):
             lm = self.lm()
+        remote = None
+        if pool is not None:
+            remote = self._remote_trials(program_name, resolved.id, pool, space, bindings)
         if pruning is None:
             # One objective: Pruning's default starts at 10 examples; a small devset starts lower so that
             # it still prunes. Several objectives: Optuna's pruners do not support them.
@@ -413,6 +419,7 @@ class App:
             lm=lm,
             prices=self.prices,
             concurrency=concurrency,
+            remote=remote,
         )
         return optimizer.optimize(
             program,
@@ -425,6 +432,23 @@ class App:
             on_trial=on_trial,
             should_stop=should_stop,
         )
+
+    def _remote_trials(
+        self, name: str, version_id: str, pool: str, space: VariableSpace, bindings: Bindings | Sequence[Any]
+    ) -> Callable[[Any], PooledProgram]:
+        """Configuration -> the program version on ``pool`` with it applied there (see :meth:`optimize`)."""
+        from dspex.pools.remote import PooledProgram
+        from dspex.variables import Bindings
+        from dspex.variables.spacefile import space_document
+
+        document = space_document(space, bindings if isinstance(bindings, Bindings) else Bindings(bindings))
+        started = self.pools.get(pool)
+
+        def remote(configuration: Any) -> PooledProgram:
+            values = {"space": document, "values": configuration.to_json()}
+            return PooledProgram(started, name, version_id, values)
+
+        return remote
 
     def examples(self, dataset: str, split: str | None = None) -> tuple[list[Any], list[Any]]:
         """``(trainset, devset)`` of ``dataset`` (a name, or ``name@version``), by the rule
