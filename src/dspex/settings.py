@@ -156,6 +156,14 @@ class Settings(BaseSettings):
     session_ttl_s: float = Field(
         86_400.0, gt=0, description="A session idle this long (seconds) expires, unless created with its own."
     )
+    session_lease_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long a turn holds its session against other processes (a dead one's lapses).",
+    )
+    session_wait_s: float = Field(
+        60.0, ge=0, description="How long a turn waits for its session's previous turn before giving up."
+    )
     durability: Literal["async", "sync"] = Field(
         "async",
         description="When a run's terminal record is written: 'async' behind the call (fastest; a "

@@ -12,7 +12,7 @@ import pytest
 
 from dspex.errors import ValidationError
 from dspex.runtime.app import App
-from dspex.runtime.sessions import SessionNotFound
+from dspex.runtime.sessions import SessionBusy, SessionNotFound
 from dspex.settings import Settings
 
 
@@ -105,3 +105,35 @@ def test_sessions_expire_and_belong_to_their_owner(app: App) -> None:
     app.sessions.delete(mine.id, owner="key:a")
     with pytest.raises(SessionNotFound):
         app.sessions.get(mine.id)
+
+
+def test_turns_from_two_processes_take_turns(app: App, database_url: str) -> None:
+    """Two Apps on one store stand for two server processes: the store's hold serializes their turns."""
+    other_settings = Settings(database_url=database_url, session_wait_s=10.0)
+    with App(other_settings) as other:
+        session = app.sessions.create("chat")
+        answers: list[str] = []
+
+        def turn(on: App, question: str) -> None:
+            answers.append(
+                on.sessions.run(session.id, {"question": question, "seconds": 0.3}).outputs["answer"]
+            )
+
+        threads = [threading.Thread(target=turn, args=(a, q)) for a, q in ((app, "a"), (other, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(a.split(" after ")[0] for a in answers) == ["turn 1", "turn 2"]
+        assert app.sessions.get(session.id).turns == 2
+
+
+def test_a_session_held_too_long_is_busy_and_a_dead_holder_lapses(app: App, database_url: str) -> None:
+    session = app.sessions.create("chat")
+    assert app.sessions.repository.hold(session.id, "another-process", lease_s=0.5)
+    impatient = Settings(database_url=database_url, session_wait_s=0.1)
+    with App(impatient) as other:
+        with pytest.raises(SessionBusy, match="busy with a turn in another process"):
+            other.sessions.run(session.id, {"question": "q"})
+        time.sleep(0.5)  # the holder died: its lease lapses, the next turn goes ahead
+        assert other.sessions.run(session.id, {"question": "q"}).outputs["answer"] == "turn 1 after []"

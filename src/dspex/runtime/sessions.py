@@ -16,7 +16,9 @@
   the worker, so when the session's worker dies, the next turn runs on its replacement with the full
   history.
 - **Affinity.** On a pool, every turn of a session goes to one worker slot (chosen when the session first
-  runs there); turns of one session never interleave in this process (the second waits for the first).
+  runs there). Turns of one session never interleave, in one process or several: a turn holds the session
+  in the store (``busy_by``/``busy_until``, a lease of ``session_lease_s`` that a dead process's turn lets
+  lapse) and the next waits up to ``session_wait_s`` (then :class:`SessionBusy`).
 - **Expiry.** A session idle for ``ttl_s`` (default ``settings.session_ttl_s``) is gone: reading or running
   it is a :class:`SessionNotFound`; :meth:`Sessions.prune` deletes expired rows.
 - **Ownership.** ``owner`` is recorded at creation; :meth:`Sessions.get` with an ``owner`` treats other
@@ -26,27 +28,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError
 from dspex.runtime.pooled import PooledRun
 from dspex.runtime.run import Durability, RunResult, _Run, check_durability
+from dspex.store.executions import current_runner
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
     from dspex.store.sessions import SessionRecord, SessionRepository
 
-__all__ = ["SessionNotFound", "Sessions"]
+__all__ = ["SessionBusy", "SessionNotFound", "Sessions"]
+
+HOLD_POLL_S = 0.05  # how often a turn looks again at a session another process holds
 
 
 class SessionNotFound(ConfigurationError):
     """No such session for this caller, or it expired."""
 
     code = "session_not_found"
+
+
+class SessionBusy(ConfigurationError):
+    """The session's previous turn (in another process) did not end within ``session_wait_s``."""
+
+    code = "session_busy"
 
 
 def history_field(program: Any) -> str | None:
@@ -79,6 +92,7 @@ class Sessions:
         self._pins: dict[tuple[str, str], int] = {}  # (pool, session) -> worker slot
         self._next_slot = itertools.count()
         self._history_fields: dict[str, str | None] = {}  # version id -> its history input
+        self._holder = f"{current_runner()}:{uuid.uuid4().hex[:8]}"  # this process, in busy_by
 
     # -- the records ---------------------------------------------------------------------------------
     def create(
@@ -128,6 +142,27 @@ class Sessions:
     def _lock(self, session_id: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(session_id, threading.Lock())
+
+    def _hold(self, session_id: str) -> None:
+        """Hold the session in the store for this turn, waiting for another process's turn to end."""
+        settings = self.app.settings
+        deadline = time.monotonic() + settings.session_wait_s
+        while not self.repository.hold(session_id, self._holder, settings.session_lease_s):
+            if time.monotonic() >= deadline:
+                raise SessionBusy(
+                    f"session {session_id!r} is busy with a turn in another process for more than "
+                    f"{settings.session_wait_s:g} s (session_wait_s); try again"
+                )
+            time.sleep(HOLD_POLL_S)
+
+    @contextlib.contextmanager
+    def _turn_held(self, session_id: str) -> Iterator[None]:
+        with self._lock(session_id):  # this process's turns queue here, without touching the store
+            self._hold(session_id)
+            try:
+                yield
+            finally:
+                self.repository.release(session_id, self._holder)
 
     def _slot(self, pool: str, session_id: str) -> int:
         key = (pool, session_id)
@@ -218,7 +253,7 @@ class Sessions:
         durability: Durability | None = None,
     ) -> RunResult:
         """Run the session's next turn (inline, or on ``pool``); saved in the store before it returns."""
-        with self._lock(session_id):
+        with self._turn_held(session_id):
             record, prepared = self._turn(session_id, inputs, owner, pool, idempotent, durability)
             t0 = time.perf_counter()
             try:
@@ -246,6 +281,11 @@ class Sessions:
         lock = self._lock(session_id)
         await asyncio.to_thread(lock.acquire)
         try:
+            await asyncio.to_thread(self._hold, session_id)
+        except BaseException:
+            lock.release()
+            raise
+        try:
             record, prepared = await asyncio.to_thread(
                 self._turn, session_id, inputs, owner, pool, idempotent, durability
             )
@@ -261,7 +301,10 @@ class Sessions:
             await asyncio.to_thread(self._save, record, inputs, result, (time.perf_counter() - t0) * 1000)
             return result
         finally:
-            lock.release()
+            try:
+                await asyncio.to_thread(self.repository.release, session_id, self._holder)
+            finally:
+                lock.release()
 
 
 async def _finish_async(run: _Run) -> RunResult:

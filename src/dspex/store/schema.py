@@ -320,4 +320,7 @@ sessions = sa.Table(
     _when("created_at"),
     _when("updated_at"),
     _when("expires_at", index=True),
+    # A turn in progress holds the session: who (a per-process token) and until when (a lease).
+    sa.Column("busy_by", sa.String(64), nullable=True),
+    sa.Column("busy_until", sa.DateTime(timezone=True), nullable=True),
 )

@@ -166,6 +166,32 @@ class SessionRepository:
             expires_at=values["expires_at"],
         )
 
+    def hold(self, session_id: str, holder: str, lease_s: float) -> bool:
+        """Take the session for one turn (atomically: free, or its holder's lease expired); False if
+        another holder has it."""
+        now = utcnow()
+        c = sessions.c
+        with self.db.write() as connection:
+            taken = connection.execute(
+                sa.update(sessions)
+                .where(
+                    c.id == session_id,
+                    sa.or_(c.busy_until.is_(None), c.busy_until < now, c.busy_by == holder),
+                )
+                .values(busy_by=holder, busy_until=now + dt.timedelta(seconds=lease_s))
+            ).rowcount
+        return bool(taken)
+
+    def release(self, session_id: str, holder: str) -> None:
+        """Give the session back (only if ``holder`` still has it)."""
+        c = sessions.c
+        with self.db.write() as connection:
+            connection.execute(
+                sa.update(sessions)
+                .where(c.id == session_id, c.busy_by == holder)
+                .values(busy_by=None, busy_until=None)
+            )
+
     def delete(self, session_id: str) -> bool:
         with self.db.write() as connection:
             return bool(connection.execute(sa.delete(sessions).where(sessions.c.id == session_id)).rowcount)

@@ -81,8 +81,8 @@ async def run(
     session_id: SessionId, body: SessionRunRequest, request: Request, principal: Principal = Depends(_execute)
 ) -> JSONResponse:
     """Run the session's next turn; it is saved before the answer. Turns of one session run one at a time
-    (a second request waits); a turn saved meanwhile by another server process is a 409."""
-    from dspex.runtime.sessions import SessionNotFound
+    (a second request waits, also on another server process, up to ``session_wait_s``; then 409)."""
+    from dspex.runtime.sessions import SessionBusy, SessionNotFound
     from dspex.store.sessions import SessionConflict
 
     await asyncio.to_thread(_session, request, session_id, principal)
@@ -97,6 +97,6 @@ async def run(
         )
     except SessionNotFound as exc:
         raise not_found(str(exc)) from None
-    except SessionConflict as exc:
+    except (SessionConflict, SessionBusy) as exc:
         raise ApiError(409, exc.code, str(exc)) from None
     return JSONResponse(result_json(result))

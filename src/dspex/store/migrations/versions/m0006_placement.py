@@ -47,6 +47,8 @@ def upgrade() -> None:
         _when("created_at"),
         _when("updated_at"),
         _when("expires_at"),
+        sa.Column("busy_by", sa.String(64), nullable=True),
+        sa.Column("busy_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_sessions"),
     )
     op.create_index("ix_sessions_owner", "sessions", ["owner"])
