@@ -592,16 +592,7 @@ class App:
             program_name = name
         placement = {"target": "inline", "reason": reason} if reason else None
         run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
-        try:
-            prediction = await run.execute_async()
-        except BaseException as exc:
-            shown = run.failed(exc)
-            if mode == "sync":
-                await asyncio.to_thread(run.settle)
-            raise shown from exc
-        result = run.succeeded(prediction)
-        if mode == "sync":
-            await asyncio.to_thread(run.settle)
+        result = await run.afinish()
         if isinstance(cached, CacheSlot) and program_name is not None and version_id is not None:
             await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
         return result

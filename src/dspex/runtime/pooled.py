@@ -122,5 +122,4 @@ class PooledRun:
                     raise self.run.failed(exc) from exc
                 return self._adopt(answer)
         finally:
-            if self.run.durability == "sync":
-                await asyncio.to_thread(self.run.settle)
+            await self.run.asettle()

@@ -173,6 +173,23 @@ class _Run:
         self.settle()
         return result
 
+    async def afinish(self) -> RunResult:
+        """:meth:`finish` for async callers: the program awaited, a sync settle off the event loop."""
+        try:
+            prediction = await self.execute_async()
+        except BaseException as exc:
+            shown = self.failed(exc)
+            await self.asettle()
+            raise shown from exc
+        result = self.succeeded(prediction)
+        await self.asettle()
+        return result
+
+    async def asettle(self) -> None:
+        """:meth:`settle` without blocking the event loop (a no-op unless durability is ``sync``)."""
+        if self.durability == "sync":
+            await asyncio.to_thread(self.settle)
+
     def settle(self) -> None:
         """With ``sync`` durability, wait until the terminal record is committed (or spilled)."""
         if self.durability == "sync" and self.writer is not None:

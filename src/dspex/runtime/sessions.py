@@ -43,6 +43,7 @@ from dspex.store.executions import current_runner
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
+    from dspex.store.programs import ProgramVersion
     from dspex.store.sessions import SessionRecord, SessionRepository
 
 __all__ = ["SessionBusy", "SessionNotFound", "Sessions"]
@@ -172,11 +173,12 @@ class Sessions:
         return slot
 
     def _inputs(
-        self, record: SessionRecord, version_id: str, program: Any, inputs: Mapping[str, Any]
+        self, record: SessionRecord, version: ProgramVersion, inputs: Mapping[str, Any]
     ) -> dict[str, Any]:
-        if version_id not in self._history_fields:
-            self._history_fields[version_id] = history_field(program)
-        name = self._history_fields[version_id]
+        """The turn's inputs, with the history as the program's ``dspy.History`` input when it has one."""
+        if version.id not in self._history_fields:  # read once per version (ids are content hashes)
+            self._history_fields[version.id] = history_field(self.app.programs.build(version))
+        name = self._history_fields[version.id]
         given = dict(inputs)
         if name is not None and name not in given:
             given[name] = {"messages": [{**turn["inputs"], **turn["outputs"]} for turn in record.history]}
@@ -195,9 +197,10 @@ class Sessions:
         app = self.app
         record = self.get(session_id, owner=owner)
         mode = check_durability(durability) or app.settings.durability
-        program, version_id = app._registered(record.program, None, None)
-        given = self._inputs(record, version_id, program, inputs)
-        if pool is not None:
+        version = app._cache.version(record.program, None)
+        version_id = version.id
+        given = self._inputs(record, version, inputs)
+        if pool is not None:  # the worker builds the program: none is copied here
             pooled = PooledRun(
                 app,
                 pool,
@@ -212,6 +215,7 @@ class Sessions:
                 worker=self._slot(pool, session_id),
             )
             return record, pooled
+        program = app.programs.build(version)
         run = _Run(app, program, given, None, record.program, version_id, record.variables, mode)
         run.base["session_id"] = session_id
         return record, run
@@ -294,7 +298,7 @@ class Sessions:
                 if isinstance(prepared, PooledRun):
                     result = await prepared.aexecute()
                 else:
-                    result = await _finish_async(prepared)
+                    result = await prepared.afinish()
             except BaseException as exc:
                 await asyncio.to_thread(self._save_failure, record, inputs, t0, exc)
                 raise
@@ -305,17 +309,3 @@ class Sessions:
                 await asyncio.to_thread(self.repository.release, session_id, self._holder)
             finally:
                 lock.release()
-
-
-async def _finish_async(run: _Run) -> RunResult:
-    try:
-        prediction = await run.execute_async()
-    except BaseException as exc:
-        shown = run.failed(exc)
-        if run.durability == "sync":
-            await asyncio.to_thread(run.settle)
-        raise shown from exc
-    result = run.succeeded(prediction)
-    if run.durability == "sync":
-        await asyncio.to_thread(run.settle)
-    return result
