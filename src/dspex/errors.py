@@ -13,6 +13,7 @@ DSPexError
       +-- ExecutionError       # the program raised (has .execution_id; the cause is chained)
       |    +-- EvaluationAborted   # an evaluation saw more failures than max_errors
       +-- LMError              # the language model failed (has .retryable, .retry_after)
+      +-- DeadlineExceeded     # the run's deadline (timeout=) passed (has .waited_s)
       +-- StepError            # a pipeline step gave up (has .step; the cause is chained)
 """
 
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ConfigurationError",
     "DSPexError",
+    "DeadlineExceeded",
     "EvaluationAborted",
     "ExecutionError",
     "FieldIssue",
@@ -199,6 +201,27 @@ class LMError(RunError):
             "retry_after": self.retry_after,
             "execution_id": self.execution_id,
         }
+
+
+class DeadlineExceeded(RunError):
+    """The run's deadline (``timeout=`` on a run, the API or the CLI) passed before it finished.
+
+    Raised at the next boundary the run reaches after its deadline: an LM call, a retry or limiter wait
+    (``waited_s`` says how long that wait lasted), a pipeline step. The run's record is ``failed`` with
+    code ``deadline_exceeded``.
+    """
+
+    code = "deadline_exceeded"
+
+    def __init__(
+        self, message: str, *, waited_s: float | None = None, execution_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.waited_s = waited_s
+        self.execution_id = execution_id
+
+    def _state(self) -> dict[str, Any]:
+        return {"waited_s": self.waited_s, "execution_id": self.execution_id}
 
 
 class WorkerError(ExecutionError):
