@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from dspex.errors import ConfigurationError
 from dspex.jsonable import dumps
 
-__all__ = ["Database", "private_dir", "private_file"]
+__all__ = ["Database", "database_unavailable", "private_dir", "private_file"]
 
 _BUSY_TIMEOUT_MS = 30_000
 _WRITE = "dspex_write"
@@ -55,6 +55,19 @@ def _tighten(path: Path, mode: int) -> None:
     info = path.stat()
     if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & ~mode:
         path.chmod(mode)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot be reached (down, restarting, connection lost, locked
+    past the busy timeout) rather than that it refused the statement: retrying later can succeed.
+
+    PostgreSQL restarts surface as ``OperationalError`` (connection refused, server closed the connection,
+    "the database system is starting up") or as an error whose connection SQLAlchemy invalidated; a
+    checkout that waited out the pool is ``sqlalchemy.exc.TimeoutError``.
+    """
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
@@ -136,6 +149,11 @@ class Database:
         """A connection in a read transaction (a consistent snapshot)."""
         with self.engine.connect() as connection, connection.begin():
             yield connection
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raises what the driver raises when the database cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -2,8 +2,9 @@
 
 Table ``executions`` (see :mod:`dspex.store.schema`). A row is written when a run starts (``running``)
 and rewritten when it ends; both writes are upserts keyed by the run's id, so a run that starts and ends
-within one batch of the background writer costs a single insert. ``program`` and ``version_id`` are
-nullable because ad-hoc modules (not registered) are recorded too. ``usage`` is per model
+within one batch of the background writer costs a single insert; a late ``running`` write never replaces
+an ended row (records replayed after a database outage can arrive out of order). ``program`` and
+``version_id`` are nullable because ad-hoc modules (not registered) are recorded too. ``usage`` is per model
 (``{"openai/gpt-4o-mini": {"prompt_tokens", "completion_tokens", "total_tokens", "calls", "cost_usd"}}``);
 ``total_tokens`` and ``cost_usd`` are denormalised totals so filters and stats need no JSON functions.
 ``trace`` holds the span tree (``{"v": 1, "spans": [...]}``) and may be dropped by retention while the
@@ -170,13 +171,20 @@ class ExecutionRepository:
         self.db = db
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert rows, or replace the ones whose id exists, in one statement."""
+        """Insert rows, or replace the ones whose id exists, in one statement (ids must be distinct).
+
+        A row with status ``running`` does not replace a row that has ended (any terminal status).
+        """
         if not rows:
             return
         insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         stmt = insert(executions)
+        # A "running" row never replaces an ended one: a start record replayed late (from the spill file,
+        # after a database outage) must not turn a finished run back into a running, then abandoned, one.
         stmt = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={name: stmt.excluded[name] for name in _COLUMNS if name != "id"}
+            index_elements=["id"],
+            set_={name: stmt.excluded[name] for name in _COLUMNS if name != "id"},
+            where=sa.or_(executions.c.status == "running", stmt.excluded.status != "running"),
         )
         with self.db.write() as connection:
             connection.execute(stmt, [{name: row.get(name) for name in _COLUMNS} for row in rows])

@@ -4,15 +4,28 @@ The caller only appends to a deque (``submit``, well under a microsecond, no loc
 writer thread is woken once per burst, lingers briefly so the burst shares one transaction, coalesces
 records of the same execution (a run that started and ended within one batch is one row), turns payloads
 into JSON (this is where a recorder's trace is converted, off the caller's path) and upserts them in one
-statement. A full buffer blocks the caller (back-pressure) rather than dropping records.
+statement. Records are written in the order they were submitted.
 
 One bad row never fails the rows batched with it: when a batch fails, it is retried row by row. If some
 rows go in, the ones that did not are bad rows: each is stored in a reduced form (its payload replaced
 by a marker, the reason in its ``error``), or, if even that fails, appended to the JSONL spill file with
-the reason. If no row goes in, the database itself is failing: the batch is retried with backoff, and
-after the last attempt spilled. The spill file (owner-only) is replayed into the store by
-:func:`replay_spill` when the next App opens the store; rows that still fail stay in it with their reason.
-Errors are logged and kept in ``errors``; nothing is lost.
+the reason. If every row fails with the same refusal, the batch is retried ``attempts`` times with
+backoff, then spilled.
+
+A database that cannot be reached (down, restarting, connection lost: see
+:func:`~dspex.store._engine.database_unavailable`) is an outage, not a refusal: the writer holds the
+batch and retries it with exponential backoff (at most ``max_backoff`` seconds apart) for as long as it
+is open, while later records wait in the buffer behind it, so a database restart loses nothing and keeps
+the order. The buffer is bounded by ``max_queue``. When it fills during an outage, the writer moves the
+held batch and everything after it to the spill file, in order, so that callers are not blocked by a
+long outage; until the database answers again (probed with ``SELECT 1`` on the same backoff) it appends
+new records there too, then replays the file itself and writes directly again. Without a spill file a
+full buffer blocks callers instead (back-pressure). Nothing is dropped either way. A writer closed during
+an outage stops retrying after ``attempts`` tries in all and spills what it still holds.
+
+The spill file (owner-only, guarded by a lock file for the processes sharing it) is also replayed into
+the store by :func:`replay_spill` when the next App opens the store; rows that still fail stay in it with
+their reason. Errors are logged and kept in ``errors``.
 
 With a :class:`~dspex.store.recorders.RecorderRepository`, the writer registers a recorder (its id goes
 into every row's ``recorder_id``), renews its lease from the writer thread every ``lease_s / 3``
@@ -25,10 +38,7 @@ from __future__ import annotations
 
 import atexit
 import collections
-import datetime as dt
-import json
 import logging
-import os
 import threading
 import time
 import weakref
@@ -36,11 +46,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dspex.jsonable import dumps
+from dspex.store._engine import database_unavailable
 from dspex.store.executions import ExecutionRepository
 from dspex.store.recorders import RecorderRepository
+from dspex.store.spill import append_spill, error_reason, replay, replay_spill
 
-__all__ = ["ExecutionWriter", "PendingRecord", "replay_spill"]
+__all__ = ["ExecutionWriter", "PendingRecord", "append_spill", "reduced", "replay_spill"]
 
 logger = logging.getLogger("dspex.store")
 
@@ -60,7 +71,7 @@ class _Flush:
 
 
 class ExecutionWriter:
-    """Batches execution records into the database from a background thread."""
+    """Batches execution records into the database from a background thread (see the module docstring)."""
 
     def __init__(
         self,
@@ -70,6 +81,7 @@ class ExecutionWriter:
         batch_size: int = 500,
         linger: float = 0.05,
         attempts: int = 5,
+        max_backoff: float = 1.0,
         spill_path: Path | None = None,
         recorders: RecorderRepository | None = None,
         lease_s: float = 60.0,
@@ -84,14 +96,23 @@ class ExecutionWriter:
         self.batch_size = batch_size
         self.linger = linger
         self.attempts = attempts
+        self.max_backoff = max_backoff
         self.spill_path = spill_path
         self.errors: list[BaseException] = []
         self.written = 0
+        self.outages = 0  # database outages this writer lived through
+        self.spilled = 0  # records it appended to the spill file
+        self.replayed = 0  # spilled records it wrote back itself once the database was back
         self._pending: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()  # something is pending
         self._urgent = threading.Event()  # someone waits: skip the linger
         self._drained = threading.Event()  # a batch was written: room in the buffer
+        self._stopping = threading.Event()  # close() was called: cut backoff sleeps short
         self._closed = False
+        # While the database is unavailable and the buffer overflowed, records go to the spill file.
+        self._spilling = False
+        self._probe_delay = 0.05
+        self._next_probe = 0.0
         self._thread = threading.Thread(target=self._run, name="dspex-execution-writer", daemon=True)
         self._thread.start()
         _open_writers.add(self)
@@ -110,7 +131,11 @@ class ExecutionWriter:
             self._wake.set()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything submitted before this call is written; False on timeout."""
+        """Wait until everything submitted before this call is written (or spilled); False on timeout.
+
+        During a database outage that means until the database is back, or ``timeout``; while records
+        go to the spill file, a flush first checks whether the database is back (and replays it if so).
+        """
         if self._closed:
             return True
         marker = _Flush()
@@ -120,25 +145,44 @@ class ExecutionWriter:
         return marker.done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Write everything buffered, then stop the thread."""
+        """Write everything buffered (spill what the database does not take), then stop the thread."""
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         self._pending.append(_STOP)
         self._urgent.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error(
+                "the execution writer did not finish within %s s; %d records are still buffered",
+                timeout,
+                len(self._pending),
+            )
         _open_writers.discard(self)
         if self.recorders is not None and self.recorder_id is not None:
             self.recorders.close(self.recorder_id)
 
+    @property
+    def spilling(self) -> bool:
+        """True while records go to the spill file because the database is unavailable."""
+        return self._spilling
+
     # -- the writer thread ---------------------------------------------------------------------------
+    def _idle_timeout(self) -> float | None:
+        """How long the thread may sleep with nothing pending: until the next renewal or probe."""
+        due: list[float] = []
+        if self.recorders is not None:
+            due.append(self._next_renew)
+        if self._spilling:
+            due.append(self._next_probe)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
     def _run(self) -> None:
         while True:
-            if self.recorders is None:
-                self._wake.wait()
-            elif not self._wake.wait(max(0.0, self._next_renew - time.monotonic())):
-                self._renew()
+            if not self._wake.wait(self._idle_timeout()):
+                self._periodic()
                 continue
             if not self._urgent.is_set():
                 self._urgent.wait(self.linger)  # let the burst accumulate into one transaction
@@ -151,6 +195,7 @@ class ExecutionWriter:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, _Flush):
+                    self._next_probe = 0.0  # someone waits: see at once whether the database is back
                     self._write(batch)
                     batch = []
                     item.done.set()
@@ -163,8 +208,15 @@ class ExecutionWriter:
             self._drained.set()
             if stopping:
                 return
-            if self.recorders is not None and time.monotonic() >= self._next_renew:
-                self._renew()
+            self._periodic()
+
+    def _periodic(self) -> None:
+        """What the thread does on a timer: renew the recorder's lease, probe the database after an outage."""
+        now = time.monotonic()
+        if self._spilling and now >= self._next_probe:
+            self._recover()
+        if self.recorders is not None and not self._spilling and now >= self._next_renew:
+            self._renew()
 
     def _renew(self) -> None:
         """Renew this recorder's lease and sweep runs of dead recorders (on the writer thread)."""
@@ -196,19 +248,31 @@ class ExecutionWriter:
         pending_rows = list(rows.values())
         if not pending_rows:
             return
+        if self._spilling and (time.monotonic() < self._next_probe or not self._recover()):
+            # Still unavailable: behind the records already spilled, in order.
+            self._spill_outage(pending_rows)
+            return
         try:
             self.repository.upsert(pending_rows)
         except Exception as batch_exc:
-            first = batch_exc
-            failed = self._each(pending_rows) if len(pending_rows) > 1 else [(pending_rows[0], first)]
+            if database_unavailable(batch_exc):  # no row can go in: no use trying them one by one
+                self._retry(pending_rows, batch_exc)
+                return
+            failed = self._each(pending_rows) if len(pending_rows) > 1 else [(pending_rows[0], batch_exc)]
         else:
             self.written += len(pending_rows)
             return
+        down = [(row, exc) for row, exc in failed if database_unavailable(exc)]
+        if down:  # the database went away while the rows went in one by one
+            self._retry([row for row, _ in down], down[-1][1])
+            failed = [(row, exc) for row, exc in failed if not database_unavailable(exc)]
+            if not failed:
+                return
         if len(failed) < len(pending_rows):  # the others went in: these rows are bad, not the database
             for row, row_exc in failed:
                 self._keep_bad(row, row_exc)
             return
-        self._retry([row for row, _ in failed], first)
+        self._retry([row for row, _ in failed], failed[-1][1])
 
     def _each(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Exception]]:
         """Upsert row by row; the rows that failed, each with its error.
@@ -229,23 +293,111 @@ class ExecutionWriter:
         return failed
 
     def _retry(self, rows: list[dict[str, Any]], last: Exception) -> None:
+        """Try ``rows`` again with backoff: ``attempts`` times for a refusal; during an outage until the
+        database is back, the buffer overflows into the spill file, or the writer closes."""
         delay = 0.05
-        for attempt in range(1, self.attempts):
-            logger.warning("writing %d execution records failed (attempt %d): %s", len(rows), attempt, last)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        attempt = 1
+        outage_started: float | None = None
+        next_report = 0.0
+        while True:
+            unavailable = database_unavailable(last)
+            if unavailable and outage_started is None:
+                outage_started = time.monotonic()
+                next_report = outage_started + 5.0
+                self.outages += 1
+                self.errors.append(last)
+                logger.warning(
+                    "the database is unavailable; holding %d execution records and retrying: %s",
+                    len(rows),
+                    last,
+                )
+            if attempt >= self.attempts and (not unavailable or self._closed):
+                break
+            if unavailable and self.spill_path is not None and len(self._pending) >= self.max_queue:
+                assert outage_started is not None  # set above when unavailable
+                logger.error(
+                    "the database has been unavailable for %.1f s and the buffer is full (%d records); "
+                    "moving records to %s until it answers again: %s",
+                    time.monotonic() - outage_started,
+                    self.max_queue,
+                    self.spill_path,
+                    last,
+                )
+                self._spilling = True
+                self._probe_delay = delay
+                self._next_probe = time.monotonic() + delay
+                self._spill_outage(rows)
+                return
+            if not unavailable:
+                logger.warning(
+                    "writing %d execution records failed (attempt %d): %s", len(rows), attempt, last
+                )
+            elif outage_started is not None and time.monotonic() >= next_report:
+                logger.warning(
+                    "the database has been unavailable for %.0f s; %d execution records held, %d buffered: %s",
+                    time.monotonic() - outage_started,
+                    len(rows),
+                    len(self._pending),
+                    last,
+                )
+                next_report = time.monotonic() + 30.0
+            self._stopping.wait(delay)
+            delay = min(delay * 2, self.max_backoff)
+            attempt += 1
             try:
                 self.repository.upsert(rows)
             except Exception as exc:
                 last = exc
             else:
                 self.written += len(rows)
+                if outage_started is not None:
+                    logger.warning(
+                        "the database is back after %.1f s; wrote %d held execution records",
+                        time.monotonic() - outage_started,
+                        len(rows),
+                    )
                 return
-        if len(rows) == 1:
+        if len(rows) == 1 and not database_unavailable(last):
             self._keep_bad(rows[0], last)
             return
         self.errors.append(last)
         self._spill([(row, last) for row in rows])
+        if database_unavailable(last) and self.spill_path is not None:
+            # Closing during an outage: what is still buffered follows these rows into the spill file.
+            self._spilling = True
+            self._next_probe = time.monotonic() + delay
+
+    def _spill_outage(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows to the spill file while the database is unavailable (the file keeps their order)."""
+        assert self.spill_path is not None  # spilling starts only with a spill file
+        append_spill(self.spill_path, [(row, "the database was unavailable") for row in rows])
+        self.spilled += len(rows)
+
+    def _recover(self) -> bool:
+        """While spilling: if the database answers, replay the spill file and stop spilling. True if so."""
+        assert self.spill_path is not None
+        try:
+            self.repository.db.ping()
+            written, kept, stopped = replay(self.repository, self.spill_path)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                logger.exception("replaying the spill file %s failed", self.spill_path)
+                self.errors.append(exc)
+            stopped = exc
+            written = kept = 0
+        self.replayed += written
+        if stopped is None:
+            self._spilling = False
+            logger.warning(
+                "the database is back: replayed %d spilled execution records from %s (%d still refused)",
+                written,
+                self.spill_path,
+                kept,
+            )
+            return True
+        self._probe_delay = min(self._probe_delay * 2, self.max_backoff)
+        self._next_probe = time.monotonic() + self._probe_delay
+        return False
 
     def _keep_bad(self, row: dict[str, Any], exc: Exception) -> None:
         """Store a row the database refused in a reduced form, else spill it; both keep the reason."""
@@ -267,7 +419,8 @@ class ExecutionWriter:
                 rows[0][1],
             )
             return
-        append_spill(self.spill_path, [(row, _reason(exc)) for row, exc in rows])
+        append_spill(self.spill_path, [(row, error_reason(exc)) for row, exc in rows])
+        self.spilled += len(rows)
         logger.error(
             "the database refused %d execution records (%s); they were appended to %s",
             len(rows),
@@ -276,17 +429,13 @@ class ExecutionWriter:
         )
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
-
-
 def reduced(row: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """``row`` without its payloads (inputs, outputs, variables, usage, trace), the reason in ``error``."""
     original = row.get("error")
     error: dict[str, Any] = {
         "type": "RecordError",
         "code": "record_unwritable",
-        "message": f"the record could not be stored whole ({_reason(exc)}); its payloads were dropped",
+        "message": f"the record could not be stored whole ({error_reason(exc)}); its payloads were dropped",
         "retryable": False,
     }
     if isinstance(original, dict):
@@ -302,66 +451,6 @@ def reduced(row: dict[str, Any], exc: BaseException) -> dict[str, Any]:
         "trace": None,
         "error": error,
     }
-
-
-def _private_append(path: Path) -> Any:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8")
-
-
-def append_spill(path: Path, rows: list[tuple[dict[str, Any], str]]) -> None:
-    """Append ``rows`` (each with the reason it was not stored) to the spill file ``path`` (owner-only)."""
-    with _private_append(path) as spill:
-        for row, reason in rows:
-            spill.write(dumps({"v": 1, "reason": reason, "row": row}) + "\n")
-
-
-def _parse_row(line: str) -> dict[str, Any]:
-    entry = json.loads(line)
-    row: dict[str, Any] = entry.get("row", entry)  # older files: the row itself
-    for key in ("started_at", "ended_at"):
-        if isinstance(row.get(key), str):
-            row[key] = dt.datetime.fromisoformat(row[key])
-    return row
-
-
-def replay_spill(repository: ExecutionRepository, path: Path) -> tuple[int, int]:
-    """Write the spilled records of ``path`` into the store; returns (written, still failing).
-
-    The file is removed once everything is written; records that still fail stay in it, each with the
-    reason (a line that is not a record is kept as it is, with its reason).
-    """
-    if not path.exists():
-        return 0, 0
-    kept: list[str] = []
-    written = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = _parse_row(line)
-        except (ValueError, KeyError, TypeError) as exc:
-            kept.append(dumps({"v": 1, "reason": f"not a record: {_reason(exc)}", "line": line}))
-            continue
-        try:
-            repository.upsert([row])
-        except Exception as exc:
-            logger.error("replaying execution record %s from %s failed: %s", row.get("id"), path, exc)
-            kept.append(dumps({"v": 1, "reason": _reason(exc), "row": row}))
-        else:
-            written += 1
-    if kept:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("\n".join(kept) + "\n")
-        os.replace(tmp, path)
-    else:
-        path.unlink()
-    if written:
-        logger.info("replayed %d spilled execution records from %s", written, path)
-    return written, len(kept)
 
 
 @atexit.register
