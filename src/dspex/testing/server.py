@@ -3,13 +3,17 @@
 It serves ``POST /v1/chat/completions`` (JSON or SSE streaming), ``GET /v1/models`` and ``GET /health``
 for the models of :mod:`dspex.testing.simtask`, answering DSPy-formatted requests in the request's
 adapter format with answers that are right or wrong per the model's quality profile. Knobs inject
-latency, 429s with ``Retry-After``, 500s, timeouts and malformed output; they can change at runtime
-(``POST /sim/config``, :meth:`SimServer.configure`) and ``GET /sim/stats`` counts what happened::
+latency, 429s with ``Retry-After``, 500s, timeouts and malformed output, per model too (a model that is
+down, its own error rate); they can change at runtime (``POST /sim/config``, :meth:`SimServer.configure`)
+and ``GET /sim/stats`` counts what happened::
 
     with SimServer(rate_limit_rate=0.1, retry_after=0.2) as sim:
         with dspy.context(lm=sim.lm("sim-medium", num_retries=3)):
             dspy.ChainOfThought("question -> answer")(question="What is the capital of Peru?")
         print(sim.stats().statuses)             # {200: 1} or {429: 1, 200: 1}
+
+A server stopped with :meth:`SimServer.stop` starts again on the same port (:meth:`SimServer.start`, or
+:meth:`SimServer.restart`), so clients holding its URL see an LM server that was killed and came back.
 
 The app itself is built by :mod:`dspex.testing.simapp`. Starlette and uvicorn are imported when a server
 is built, never when this module is imported.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -78,12 +83,14 @@ def _uvicorn_server(
 class SimServer:
     """A simulated OpenAI-compatible server on 127.0.0.1, in a background thread.
 
-    Knobs are a :class:`SimConfig` or keyword arguments; ``port=0`` picks a free port::
+    Knobs are a :class:`SimConfig` or keyword arguments; ``port=0`` picks a free port, which the server
+    keeps when it is stopped and started again (its state, knobs and counters are kept too)::
 
         with SimServer(latency_scale=0, fail_first=[429], retry_after=0.2) as sim:
             lm = sim.lm("sim-small", num_retries=2)        # dspy.LM("openai/sim-small", api_base=sim.url)
             sim.configure(error_rate=0.5)
             sim.stats().statuses
+            sim.restart(downtime=1.0)                      # connections refused for a second, same URL
     """
 
     def __init__(
@@ -106,14 +113,17 @@ class SimServer:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> SimServer:
-        """Start serving; returns once the server accepts connections."""
+        """Start serving; returns once the server accepts connections.
+
+        After :meth:`stop`, it starts again on the port it had, so a client's base URL stays valid.
+        """
         if self._thread is not None:
             raise ConfigurationError("this SimServer is already running; stop() it first or make a new one")
         ready = threading.Event()
         app = create_app(_state=self._state)
-        self._server = _uvicorn_server(
-            app, self._state, self.host, self._requested_port, quiet=True, on_ready=ready.set
-        )
+        port = self.port if self.port is not None else self._requested_port
+        self._error = None
+        self._server = _uvicorn_server(app, self._state, self.host, port, quiet=True, on_ready=ready.set)
 
         def run() -> None:
             try:
@@ -127,7 +137,7 @@ class SimServer:
         self._thread.start()
         if not ready.wait(self._startup_timeout) or not self._server.started:
             self.stop()
-            where = f"{self.host}:{self._requested_port}"
+            where = f"{self.host}:{port}"
             raise ConfigurationError(
                 f"the simulated LM server did not start on {where} ({self._error!r}); is the port free?"
             )
@@ -144,6 +154,16 @@ class SimServer:
         if self._thread.is_alive():  # pragma: no cover - uvicorn cancels tasks after its grace period
             raise ConfigurationError(f"the simulated LM server did not stop within {timeout:g} s")
         self._thread = None
+
+    def restart(self, downtime: float = 0.0) -> None:
+        """Stop, stay down ``downtime`` seconds (connections refused), start again on the same port.
+
+        Requests in flight when it stops end as :meth:`stop` ends them (hanging ones get their 504).
+        """
+        self.stop()
+        if downtime > 0:
+            time.sleep(downtime)  # the outage itself: nothing to wait on
+        self.start()
 
     def __enter__(self) -> SimServer:
         return self.start()

@@ -5,8 +5,9 @@
 It serves ``POST /v1/chat/completions`` (JSON or SSE streaming), ``GET /v1/models`` and ``GET /health``
 for the models of :mod:`dspex.testing.simtask`, answering DSPy-formatted requests in the request's
 adapter format with answers that are right or wrong per the model's quality profile. Knobs inject
-latency, 429s with ``Retry-After``, 500s, timeouts and malformed output; they can change at runtime
-(``POST /sim/config``, :meth:`SimServer.configure`) and ``GET /sim/stats`` counts what happened::
+latency, 429s with ``Retry-After``, 500s, timeouts and malformed output, per model too (a model that is
+down, its own error rate); they can change at runtime (``POST /sim/config``, :meth:`SimServer.configure`)
+and ``GET /sim/stats`` counts what happened::
 
     with SimServer(rate_limit_rate=0.1, retry_after=0.2) as sim:
         with dspy.context(lm=sim.lm("sim-medium", num_retries=3)):
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelStats", "RequestRecord", "SimConfig", "SimStats", "State", "create_app"]
 
 Failure = int | Literal["timeout", "malformed"]
-Outcome = Literal["ok", "rate_limit", "error", "timeout", "malformed"]
+Outcome = Literal["ok", "rate_limit", "error", "timeout", "malformed", "down"]
 
 # No DSPy adapter parses this: no field markers, no JSON object, no XML tags.
 MALFORMED_TEXT = "Sorry, I lost track of the requested format; here is my answer anyway: forty-two"
@@ -58,9 +59,17 @@ class SimConfig:
     429s carry ``Retry-After: retry_after``; other error statuses carry ``error_retry_after`` when set.
     Latency per request is ``profile.latency * latency_scale + latency + uniform(0, jitter)``.
     A timed-out request hangs ``timeout_seconds`` (wakes early when the server stops) then gets a 504.
+    Malformed output is a 200 whose text no DSPy adapter parses.
+
+    Per model: ``down_models`` answer every request with an immediate 503 (an endpoint that is down;
+    ``error_retry_after`` applies), before ``fail_first`` and the draws; ``model_error_rates`` replaces
+    ``error_rate`` (500s) for the models it names, e.g. ``{"sim-small": 0.5}``. A mixed fault storm is
+    :meth:`storm`.
 
     >>> SimConfig(rate_limit_rate=0.1, retry_after=0.5).replace(fail_first=[429]).fail_first
     (429,)
+    >>> SimConfig(down_models=["sim-small"]).down_models
+    ('sim-small',)
     """
 
     latency: float = 0.0
@@ -74,6 +83,8 @@ class SimConfig:
     timeout_seconds: float = 30.0
     malformed_rate: float = 0.0
     fail_first: tuple[Failure, ...] = ()
+    down_models: tuple[str, ...] = ()
+    model_error_rates: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
     stream_chunk_chars: int = 4
     stream_chunk_delay: float = 0.0
@@ -108,6 +119,44 @@ class SimConfig:
                 )
         if not self.profiles:
             raise ConfigurationError("a simulated server needs at least one model profile")
+        known = {p.name for p in self.profiles}
+        if isinstance(self.down_models, str):  # one name, not its letters
+            object.__setattr__(self, "down_models", (self.down_models,))
+        object.__setattr__(self, "down_models", tuple(self.down_models))
+        object.__setattr__(self, "model_error_rates", dict(self.model_error_rates))
+        for model in (*self.down_models, *self.model_error_rates):
+            if model not in known:
+                raise ConfigurationError(did_you_mean(model, known, what="model"))
+        others = sum(getattr(self, name) for name in rates if name != "error_rate")
+        for model, rate in self.model_error_rates.items():
+            if not 0.0 <= rate <= 1.0 or others + rate > 1.0 + 1e-9:
+                raise ConfigurationError(
+                    f"model_error_rates[{model!r}] must be a probability in [0, 1] that adds up to at most 1 "
+                    f"with the other rates, got {rate}"
+                )
+
+    @classmethod
+    def storm(cls, rate: float, **knobs: Any) -> SimConfig:
+        """A mixed fault storm: ``rate`` of the requests fail, split evenly over 429 (with
+        ``Retry-After``), 500, timeouts and malformed output; other knobs as keyword arguments.
+
+        >>> SimConfig.storm(0.2, timeout_seconds=2).timeout_rate
+        0.05
+        """
+        share = rate / 4
+        return cls(
+            **{
+                "rate_limit_rate": share,
+                "error_rate": share,
+                "timeout_rate": share,
+                "malformed_rate": share,
+                **knobs,
+            }
+        )
+
+    def error_rate_for(self, model: str) -> float:
+        """The 500 rate of ``model``: its ``model_error_rates`` entry, else ``error_rate``."""
+        return self.model_error_rates.get(model, self.error_rate)
 
     def replace(self, **knobs: Any) -> SimConfig:
         """A copy with some knobs changed; unknown knob names raise ``ConfigurationError``."""
@@ -121,6 +170,8 @@ class SimConfig:
         """The knobs as JSON-ready values (profiles by name)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "profiles"}
         out["fail_first"] = list(self.fail_first)
+        out["down_models"] = list(self.down_models)
+        out["model_error_rates"] = dict(self.model_error_rates)
         out["models"] = [p.name for p in self.profiles]
         return out
 
@@ -225,10 +276,12 @@ class State:
             self.rng = random.Random(self.config.seed)
             self.pending = deque(self.config.fail_first)
 
-    def draw(self) -> tuple[Outcome, int, float]:
-        """(outcome, HTTP status, jitter seconds) of the next request."""
+    def draw(self, model: str) -> tuple[Outcome, int, float]:
+        """(outcome, HTTP status, jitter seconds) of the next request, for ``model``."""
         with self.lock:
             c = self.config
+            if model in c.down_models:  # down: no draw, so the other models' draws stay as they were
+                return "down", 503, 0.0
             jitter = self.rng.uniform(0.0, c.jitter) if c.jitter else 0.0
             if self.pending:
                 item = self.pending.popleft()
@@ -240,7 +293,7 @@ class State:
             u = self.rng.random()
             table: tuple[tuple[Outcome, float, int], ...] = (
                 ("rate_limit", c.rate_limit_rate, 429),
-                ("error", c.error_rate, 500),
+                ("error", c.error_rate_for(model), 500),
                 ("timeout", c.timeout_rate, 504),
                 ("malformed", c.malformed_rate, 200),
             )
@@ -390,8 +443,15 @@ def create_app(config: SimConfig | None = None, *, _state: State | None = None) 
             state.record(rec(404, "error"))
             message = did_you_mean(model, state.profiles, what="model")
             return _error(404, f"The model {model!r} does not exist ({message})", "model_not_found")
-        outcome, status, jitter = state.draw()
+        outcome, status, jitter = state.draw(profile.name)
         config = state.config
+        if outcome == "down":  # a dead endpoint answers at once, whatever the model's latency
+            state.record(rec(status, outcome))
+            wait = config.error_retry_after
+            headers = {} if wait is None else {"Retry-After": f"{wait:g}"}
+            return _error(
+                503, f"the model {profile.name!r} is unavailable (simulated)", "model_down", headers
+            )
         await state.hang(profile.latency * config.latency_scale + config.latency + jitter)
         if outcome == "timeout":
             state.record(rec(status, outcome))
