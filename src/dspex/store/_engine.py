@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from dspex.errors import ConfigurationError
 from dspex.jsonable import dumps
 
-__all__ = ["Database", "database_unavailable", "private_dir", "private_file"]
+__all__ = ["Database", "database_unavailable", "describe_error", "private_dir", "private_file"]
 
 _BUSY_TIMEOUT_MS = 30_000
 _WRITE = "dspex_write"
@@ -68,6 +68,14 @@ def database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` in one line for a log: the driver's message without the SQL and its parameters (which hold
+    the inputs and outputs of runs)."""
+    cause = exc.orig if isinstance(exc, sa.exc.StatementError) and exc.orig is not None else exc
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}"[:500]
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:

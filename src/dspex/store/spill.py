@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dspex.jsonable import dumps
-from dspex.store._engine import database_unavailable
+from dspex.store._engine import database_unavailable, describe_error
 from dspex.store.executions import ExecutionRepository
 
 try:
@@ -35,7 +35,9 @@ logger = logging.getLogger("dspex.store")
 
 
 def error_reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    """Why a record was not stored, as kept in the spill file and in a reduced record's ``error``: the
+    driver's message without the SQL statement and its parameters."""
+    return describe_error(exc)
 
 
 @contextlib.contextmanager
@@ -118,7 +120,9 @@ def replay(
                 repository.upsert(_coalesced([row for _, row in part]))
             except Exception as exc:
                 if database_unavailable(exc):
-                    logger.warning("replaying %s stopped: the database is unavailable (%s)", path, exc)
+                    logger.warning(
+                        "replaying %s stopped: the database is unavailable (%s)", path, describe_error(exc)
+                    )
                     stopped = exc
                     kept.extend(line for line, _ in part)
                     continue
@@ -128,7 +132,10 @@ def replay(
                         repository.upsert([row])
                     except Exception as row_exc:
                         logger.error(
-                            "replaying execution record %s from %s failed: %s", row.get("id"), path, row_exc
+                            "replaying execution record %s from %s failed: %s",
+                            row.get("id"),
+                            path,
+                            describe_error(row_exc),
                         )
                         kept.append(dumps({"v": 1, "reason": error_reason(row_exc), "row": row}))
                     else:

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dspex.store._engine import database_unavailable
+from dspex.store._engine import database_unavailable, describe_error
 from dspex.store.executions import ExecutionRepository
 from dspex.store.recorders import RecorderRepository
 from dspex.store.spill import append_spill, error_reason, replay, replay_spill
@@ -228,7 +228,7 @@ class ExecutionWriter:
                 logger.warning("execution recorder %s was closed by someone else", self.recorder_id)
             self.repository.mark_abandoned()
         except Exception as exc:  # the database is down: the next renewal tries again
-            logger.warning("renewing execution recorder %s failed: %s", self.recorder_id, exc)
+            logger.warning("renewing execution recorder %s failed: %s", self.recorder_id, describe_error(exc))
             self.errors.append(exc)
 
     def _write(self, batch: list[PendingRecord]) -> None:
@@ -309,7 +309,7 @@ class ExecutionWriter:
                 logger.warning(
                     "the database is unavailable; holding %d execution records and retrying: %s",
                     len(rows),
-                    last,
+                    describe_error(last),
                 )
             if attempt >= self.attempts and (not unavailable or self._closed):
                 break
@@ -321,7 +321,7 @@ class ExecutionWriter:
                     time.monotonic() - outage_started,
                     self.max_queue,
                     self.spill_path,
-                    last,
+                    describe_error(last),
                 )
                 self._spilling = True
                 self._probe_delay = delay
@@ -330,7 +330,10 @@ class ExecutionWriter:
                 return
             if not unavailable:
                 logger.warning(
-                    "writing %d execution records failed (attempt %d): %s", len(rows), attempt, last
+                    "writing %d execution records failed (attempt %d): %s",
+                    len(rows),
+                    attempt,
+                    describe_error(last),
                 )
             elif outage_started is not None and time.monotonic() >= next_report:
                 logger.warning(
@@ -338,7 +341,7 @@ class ExecutionWriter:
                     time.monotonic() - outage_started,
                     len(rows),
                     len(self._pending),
-                    last,
+                    describe_error(last),
                 )
                 next_report = time.monotonic() + 30.0
             self._stopping.wait(delay)
@@ -402,7 +405,7 @@ class ExecutionWriter:
     def _keep_bad(self, row: dict[str, Any], exc: Exception) -> None:
         """Store a row the database refused in a reduced form, else spill it; both keep the reason."""
         self.errors.append(exc)
-        logger.error("execution record %s could not be stored whole: %s", row.get("id"), exc)
+        logger.error("execution record %s could not be stored whole: %s", row.get("id"), describe_error(exc))
         try:
             self.repository.upsert([reduced(row, exc)])
         except Exception as reduced_exc:
@@ -416,7 +419,7 @@ class ExecutionWriter:
             logger.error(
                 "lost %d execution records: the database refused them (%s) and no spill file is set",
                 len(rows),
-                rows[0][1],
+                describe_error(rows[0][1]),
             )
             return
         append_spill(self.spill_path, [(row, error_reason(exc)) for row, exc in rows])
@@ -424,7 +427,7 @@ class ExecutionWriter:
         logger.error(
             "the database refused %d execution records (%s); they were appended to %s",
             len(rows),
-            rows[0][1],
+            describe_error(rows[0][1]),
             self.spill_path,
         )
 
