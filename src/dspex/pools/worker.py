@@ -32,16 +32,28 @@ __all__ = ["main", "rss_bytes"]
 
 
 _process: Any = None  # this process's psutil handle, made once (building one reads /proc/<pid>/stat)
+_statm: tuple[int, int] | None = None  # (pid, descriptor of /proc/<pid>/statm), opened once per process
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_bytes() -> int:
-    """This process's resident memory, measured on itself (psutil)."""
-    global _process
-    import psutil
+    """This process's resident memory, measured on itself.
 
-    if _process is None or _process.pid != os.getpid():
-        _process = psutil.Process()
-    return int(_process.memory_info().rss)
+    On Linux one ``pread`` of ``/proc/<pid>/statm`` on a descriptor kept open (2 us; psutil opens and
+    parses the file on every call, 17 us, and every task reports its RSS); elsewhere psutil.
+    """
+    global _process, _statm
+    pid = os.getpid()
+    if _statm is None or _statm[0] != pid:
+        try:
+            _statm = (pid, os.open(f"/proc/{pid}/statm", os.O_RDONLY))
+        except OSError:  # no procfs (macOS): psutil knows the platform's way
+            import psutil
+
+            if _process is None or _process.pid != pid:
+                _process = psutil.Process()
+            return int(_process.memory_info().rss)
+    return int(os.pread(_statm[1], 128, 0).split()[1]) * _PAGE
 
 
 class _Calls:
