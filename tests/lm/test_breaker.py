@@ -357,3 +357,16 @@ def test_redis_down_is_a_retryable_lm_error() -> None:
     assert raised.value.retryable
     assert not isinstance(raised.value, BreakerOpen)
     breakers.close()
+
+
+async def test_async_methods_move_the_same_state(make_breakers: MakeBreakers, clock: Clock) -> None:
+    breaker = make_breakers().breaker("e", SPEC)
+    for _ in range(SPEC.min_calls):
+        await breaker.afailure(await breaker.abefore())
+    with pytest.raises(BreakerOpen):
+        await breaker.abefore()
+    clock.advance(30)
+    probe = await breaker.abefore()
+    assert probe.probe
+    await breaker.asuccess(probe)
+    assert breaker.state()["state"] == "closed"

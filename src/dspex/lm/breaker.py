@@ -2,7 +2,8 @@
 
 A :class:`Breaker` guards one endpoint. The caller asks :meth:`Breaker.before` for a :class:`Permit`
 before each call and hands it back to :meth:`Breaker.success` or :meth:`Breaker.failure` (what counts as
-a failure is the caller's choice; the breaker only counts)::
+a failure is the caller's choice; the breaker only counts; async callers use ``abefore``, ``asuccess`` and
+``afailure``)::
 
     breakers = Breakers("redis://127.0.0.1:6379/0")       # or Breakers() for this process only
     breaker = breakers.breaker("https://api.openai.com/v1", BreakerSpec(failure_rate=0.5, min_calls=10))
@@ -40,6 +41,7 @@ this state machine is ours.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -432,6 +434,24 @@ class Breaker:
     def failure(self, permit: Permit) -> None:
         """The call made under ``permit`` failed in a way that counts against the endpoint."""
         self._core.step("failure", self.spec, permit)
+
+    async def abefore(self) -> Permit:
+        """:meth:`before` for async callers: on Redis the exchange runs in a worker thread."""
+        return self.before() if isinstance(self._core, _LocalCore) else await asyncio.to_thread(self.before)
+
+    async def asuccess(self, permit: Permit) -> None:
+        """:meth:`success` for async callers."""
+        if isinstance(self._core, _LocalCore):
+            self.success(permit)
+        else:
+            await asyncio.to_thread(self.success, permit)
+
+    async def afailure(self, permit: Permit) -> None:
+        """:meth:`failure` for async callers."""
+        if isinstance(self._core, _LocalCore):
+            self.failure(permit)
+        else:
+            await asyncio.to_thread(self.failure, permit)
 
     def state(self) -> dict[str, Any]:
         """The breaker as status views show it; ``opened_at`` in seconds since the epoch.
