@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -59,6 +60,21 @@ class Chat(dspy.Module):
 
 def build_chat() -> Chat:
     return Chat()
+
+
+TURN_STARTED = threading.Event()  # set by GatedChat in the process that runs it (inline: the test's)
+
+
+class GatedChat(Chat):
+    """A chat turn that says when it starts (for tests that need a turn to be under way)."""
+
+    def forward(self, question: str, history: dspy.History, seconds: float = 0.0) -> dspy.Prediction:
+        TURN_STARTED.set()
+        return super().forward(question, history, seconds)
+
+
+def build_gated_chat() -> GatedChat:
+    return GatedChat()
 
 
 def build_pot() -> Any:

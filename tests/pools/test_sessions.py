@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 
+import pool_programs
 import pytest
 
 from dspex.errors import ValidationError
@@ -137,3 +139,31 @@ def test_a_session_held_too_long_is_busy_and_a_dead_holder_lapses(app: App, data
             other.sessions.run(session.id, {"question": "q"})
         time.sleep(0.5)  # the holder died: its lease lapses, the next turn goes ahead
         assert other.sessions.run(session.id, {"question": "q"}).outputs["answer"] == "turn 1 after []"
+
+
+@pytest.mark.parametrize("call", ["run", "arun"])
+def test_a_turn_longer_than_its_lease_keeps_its_session(database_url: str, call: str) -> None:
+    """The slow turn's lease (0.6 s) is renewed while it runs (2 s): the other process's turn waits for it
+    instead of taking the session when the lease would have lapsed and running beside it."""
+    settings = Settings(database_url=database_url, session_lease_s=0.6, session_wait_s=10.0)
+    with App(settings) as first, App(settings) as second:
+        first.programs.register("gated", "pool_programs:build_gated_chat")
+        session = first.sessions.create("gated")
+        answers: dict[str, str] = {}
+
+        def slow_turn() -> None:
+            inputs = {"question": "slow", "seconds": 2.0}
+            if call == "run":
+                result = first.sessions.run(session.id, inputs)
+            else:
+                result = asyncio.run(first.sessions.arun(session.id, inputs))
+            answers["slow"] = result.outputs["answer"]
+
+        pool_programs.TURN_STARTED.clear()
+        slow = threading.Thread(target=slow_turn)
+        slow.start()
+        assert pool_programs.TURN_STARTED.wait(10.0)
+        answers["next"] = second.sessions.run(session.id, {"question": "next"}).outputs["answer"]
+        slow.join()
+        assert answers == {"slow": "turn 1 after []", "next": "turn 2 after ['slow']"}
+        assert first.sessions.get(session.id).turns == 2

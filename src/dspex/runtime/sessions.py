@@ -18,7 +18,9 @@
 - **Affinity.** On a pool, every turn of a session goes to one worker slot (chosen when the session first
   runs there). Turns of one session never interleave, in one process or several: a turn holds the session
   in the store (``busy_by``/``busy_until``, a lease of ``session_lease_s`` that a dead process's turn lets
-  lapse) and the next waits up to ``session_wait_s`` (then :class:`SessionBusy`).
+  lapse) and the next waits up to ``session_wait_s`` (then :class:`SessionBusy`). A live turn renews its
+  lease every ``session_lease_s / 3`` (one thread per App renews every turn it holds), so a turn longer
+  than the lease keeps its session; only a process that stopped renewing loses it.
 - **Expiry.** A session idle for ``ttl_s`` (default ``settings.session_ttl_s``) is gone: reading or running
   it is a :class:`SessionNotFound`; :meth:`Sessions.prune` deletes expired rows.
 - **Ownership.** ``owner`` is recorded at creation; :meth:`Sessions.get` with an ``owner`` treats other
@@ -28,8 +30,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
     from dspex.store.sessions import SessionRecord, SessionRepository
 
 __all__ = ["SessionBusy", "SessionNotFound", "Sessions"]
+
+logger = logging.getLogger("dspex.sessions")
 
 HOLD_POLL_S = 0.05  # how often a turn looks again at a session another process holds
 
@@ -82,6 +88,80 @@ def history_field(program: Any) -> str | None:
     return None
 
 
+class _Leases:
+    """Renews the store leases of the turns this process holds, from one thread, every ``lease_s / 3``.
+
+    The thread starts with the first held turn and ends once none is held. A renewal the store refuses
+    (the lease lapsed and another process took the session: this process was stalled longer than the
+    lease) is logged and dropped: the turn goes on, and its save is refused if the other turn saved first
+    (``SessionConflict``). A renewal that fails (the database is unreachable) is logged and tried again
+    at the next period.
+    """
+
+    def __init__(self, repository: SessionRepository, holder: str, lease_s: float) -> None:
+        self.repository = repository
+        self.holder = holder
+        self.lease_s = lease_s
+        self.period = lease_s / 3
+        self._held: collections.Counter[str] = collections.Counter()  # session -> turns held (one usually)
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.renewals = 0  # renewals the store accepted (for tests and diagnostics)
+
+    @contextlib.contextmanager
+    def held(self, session_id: str) -> Iterator[None]:
+        """Renew ``session_id``'s lease while the block runs (the caller holds it already)."""
+        with self._cv:
+            self._held[session_id] += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew, name="dspex-session-leases", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._held[session_id] -= 1
+                if self._held[session_id] <= 0:
+                    del self._held[session_id]
+                self._cv.notify_all()
+
+    def _renew(self) -> None:
+        next_at: dict[str, float] = {}
+        while True:
+            with self._cv:
+                if not self._held:
+                    self._thread = None
+                    return
+                now = time.monotonic()
+                for session_id in self._held:
+                    next_at.setdefault(session_id, now + self.period)
+                for session_id in list(next_at):
+                    if session_id not in self._held:
+                        del next_at[session_id]
+                due = [sid for sid, at in next_at.items() if at <= now]
+                if not due:
+                    self._cv.wait(max(0.0, min(next_at.values()) - now))
+                    continue
+            for session_id in due:
+                next_at[session_id] = time.monotonic() + self.period
+                try:
+                    kept = self.repository.hold(session_id, self.holder, self.lease_s)
+                except Exception as exc:  # the database is unreachable: the next period tries again
+                    logger.warning("renewing the lease of session %s failed: %s", session_id, exc)
+                    continue
+                if kept:
+                    self.renewals += 1
+                    continue
+                logger.warning(
+                    "session %s: its turn outlived its lease and another process took the session; the "
+                    "turn's save will be refused if that turn saves first",
+                    session_id,
+                )
+                with self._cv:
+                    self._held.pop(session_id, None)
+                next_at.pop(session_id, None)
+
+
 class Sessions:
     """The sessions of an App's store (see the module docstring)."""
 
@@ -94,6 +174,7 @@ class Sessions:
         self._next_slot = itertools.count()
         self._history_fields: dict[str, str | None] = {}  # version id -> its history input
         self._holder = f"{current_runner()}:{uuid.uuid4().hex[:8]}"  # this process, in busy_by
+        self._leases = _Leases(repository, self._holder, app.settings.session_lease_s)
 
     # -- the records ---------------------------------------------------------------------------------
     def create(
@@ -161,7 +242,8 @@ class Sessions:
         with self._lock(session_id):  # this process's turns queue here, without touching the store
             self._hold(session_id)
             try:
-                yield
+                with self._leases.held(session_id):
+                    yield
             finally:
                 self.repository.release(session_id, self._holder)
 
@@ -290,20 +372,22 @@ class Sessions:
             lock.release()
             raise
         try:
-            record, prepared = await asyncio.to_thread(
-                self._turn, session_id, inputs, owner, pool, idempotent, durability
-            )
-            t0 = time.perf_counter()
-            try:
-                if isinstance(prepared, PooledRun):
-                    result = await prepared.aexecute()
-                else:
-                    result = await prepared.afinish()
-            except BaseException as exc:
-                await asyncio.to_thread(self._save_failure, record, inputs, t0, exc)
-                raise
-            await asyncio.to_thread(self._save, record, inputs, result, (time.perf_counter() - t0) * 1000)
-            return result
+            with self._leases.held(session_id):
+                record, prepared = await asyncio.to_thread(
+                    self._turn, session_id, inputs, owner, pool, idempotent, durability
+                )
+                t0 = time.perf_counter()
+                try:
+                    if isinstance(prepared, PooledRun):
+                        result = await prepared.aexecute()
+                    else:
+                        result = await prepared.afinish()
+                except BaseException as exc:
+                    await asyncio.to_thread(self._save_failure, record, inputs, t0, exc)
+                    raise
+                ms = (time.perf_counter() - t0) * 1000
+                await asyncio.to_thread(self._save, record, inputs, result, ms)
+                return result
         finally:
             try:
                 await asyncio.to_thread(self.repository.release, session_id, self._holder)
