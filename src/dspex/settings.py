@@ -33,7 +33,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dspex.errors import ConfigurationError, did_you_mean
 
-__all__ = ["PROJECT_FILE", "ModelSetting", "PoolSetting", "RoutingSetting", "Settings"]
+__all__ = [
+    "PROJECT_FILE",
+    "BreakerSetting",
+    "ModelResilienceSetting",
+    "ModelSetting",
+    "PoolSetting",
+    "ProgramResilienceSetting",
+    "ResilienceSetting",
+    "RoutingSetting",
+    "Settings",
+]
 
 PROJECT_FILE = "dspex.toml"
 
@@ -107,6 +117,104 @@ class RoutingSetting(pydantic.BaseModel):
     )
 
 
+FallbackCause = Literal["rate_limit", "server", "timeout", "transport", "unexpected", "breaker_open", "parse"]
+FALLBACK_CAUSES: tuple[str, ...] = (
+    "rate_limit",
+    "server",
+    "timeout",
+    "transport",
+    "unexpected",
+    "breaker_open",
+    "parse",
+)
+
+
+class BreakerSetting(pydantic.BaseModel):
+    """A circuit breaker per model endpoint (``[resilience.breaker]``, or per model)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Open when this share of the window's calls failed (and min_calls)."
+    )
+    min_calls: int = Field(10, ge=1, description="Calls the window must hold before the rate counts.")
+    window_s: float = Field(30.0, gt=0, description="Seconds of calls the failure rate is taken over.")
+    cooldown_s: float = Field(30.0, gt=0, description="Seconds an open breaker fails fast before a probe.")
+    probes: int = Field(1, ge=1, description="Calls let through at once while half-open.")
+
+
+class ModelResilienceSetting(pydantic.BaseModel):
+    """``[resilience.models.NAME]``: limits, fallbacks and overrides for one model, named by its configured
+    name or its provider model string (``"openai/gpt-4o-mini"``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute to this model.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute to this model (prompt + completion).")
+    max_concurrent: int | None = Field(None, ge=1, description="Calls to this model in flight at once.")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Configured models to try, in order, when this one fails."
+    )
+    retries: int | None = Field(None, ge=0, description="Retries of a retryable error (else [resilience]).")
+    breaker: BreakerSetting | None = Field(
+        None, description="This model's breaker (else [resilience.breaker])."
+    )
+
+
+class ProgramResilienceSetting(pydantic.BaseModel):
+    """``[resilience.programs.NAME]``: a registered program's own fallback chain."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Configured models to try, in order, after the program's LM."
+    )
+
+
+class ResilienceSetting(pydantic.BaseModel):
+    """The ``[resilience]`` table: rate limits, breakers, retries and fallbacks for every LM call
+    (see :mod:`dspex.lm.resilient`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Wrap run LMs in the resilience layer (off: DSPy's own retries).")
+    redis_prefix: str = Field(
+        "dspex",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of the Redis keys of limits and breakers (deployments sharing one Redis differ).",
+    )
+    retries: int | None = Field(
+        None, ge=0, le=20, description="Retries of a retryable LM error per model (None: num_retries)."
+    )
+    backoff_base_s: float = Field(0.5, gt=0, description="First backoff; doubles per retry, with jitter.")
+    backoff_max_s: float = Field(20.0, gt=0, description="Longest backoff between two attempts.")
+    max_retry_after_s: float = Field(
+        60.0, gt=0, description="A Retry-After longer than this goes to the next fallback instead of waiting."
+    )
+    retry_budget: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="Retries allowed per model as a share of its calls over the last minute...",
+    )
+    retry_budget_min: int = Field(
+        10, ge=0, description="...plus this many per minute, so a quiet model can still retry."
+    )
+    breaker: BreakerSetting = Field(
+        default_factory=lambda: BreakerSetting.model_validate({}), description="Default breaker per endpoint."
+    )
+    fallback_on: list[FallbackCause] = Field(
+        default_factory=lambda: list(FALLBACK_CAUSES),  # type: ignore[arg-type]  # the same literals
+        description="Failures that move a call to the next model of its chain.",
+    )
+    models: dict[str, ModelResilienceSetting] = Field(
+        default_factory=dict, description="Per model: rpm, tpm, max_concurrent, fallbacks, retries, breaker."
+    )
+    programs: dict[str, ProgramResilienceSetting] = Field(
+        default_factory=dict, description="Per registered program: its fallback chain."
+    )
+
+
 class Settings(BaseSettings):
     """Process settings. Build with :meth:`Settings.load`; instances are immutable."""
 
@@ -152,6 +260,15 @@ class Settings(BaseSettings):
     routing: RoutingSetting = Field(
         default_factory=lambda: RoutingSetting.model_validate({}),
         description="Where runs execute by default ([routing] table).",
+    )
+    resilience: ResilienceSetting = Field(
+        default_factory=lambda: ResilienceSetting.model_validate({}),
+        description="Rate limits, circuit breakers, retries and fallbacks of LM calls ([resilience] table).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by every process for rate limits and breaker states (DSPEX_REDIS_URL); "
+        "without it each process keeps its own.",
     )
     session_ttl_s: float = Field(
         86_400.0, gt=0, description="A session idle this long (seconds) expires, unless created with its own."

@@ -13,6 +13,7 @@ from dspex.cli import (
     executions,
     jobs,
     keys,
+    lms,
     optimize,
     pipeline,
     pools,
@@ -44,6 +45,7 @@ app.add_typer(jobs.app, name="jobs")
 app.command("audit")(audit.audit)
 app.add_typer(pools.app, name="pools")
 app.add_typer(sessions.app, name="sessions")
+app.add_typer(lms.app, name="lms")
 
 
 @app.command("version")

@@ -4,6 +4,7 @@
     dspex run qa -i question="What is DSPy?" -i k=3          # k is the number 3 (JSON), question text
     dspex run qa --input @inputs.json --version 3fa1c09e --json
     dspex run qa -i question=hi --pool general                # on a worker process of the pool
+    dspex run qa -i question=hi --timeout 20                  # fails (exit 1) if not done in 20 s
 
 The LM comes from the settings (``DSPEX_LM``, ``DSPEX_API_BASE``... or ``dspex.toml``); a program whose
 predictors all carry their own LM (a spec with ``lm:``) runs without one.
@@ -49,6 +50,11 @@ def run(
     pool: str | None = typer.Option(
         None, "--pool", help="Run on this worker pool ([pools.NAME] in dspex.toml, or 'general')."
     ),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        help="The run's deadline in seconds; LM calls, retries and waits respect it (exit 1 past it).",
+    ),
 ) -> None:
     """Run a registered program on the given inputs; the run is recorded either way.
 
@@ -62,7 +68,12 @@ def run(
         # Resolve once, so the version printed is the version that ran even if someone promotes meanwhile.
         resolved = dspex_app.programs.resolve(program, version)
         result = dspex_app.run(
-            program, inputs, version_id=resolved.id, durability=check_durability(durability), pool=pool
+            program,
+            inputs,
+            version_id=resolved.id,
+            durability=check_durability(durability),
+            pool=pool,
+            timeout=timeout,
         )
     usage_tokens = sum(int(u.get("total_tokens") or 0) for u in result.usage.values())
     if as_json:

@@ -37,10 +37,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+)
 from tenacity.wait import wait_exponential, wait_random
 
-from dspex.errors import ConfigurationError, StepError, did_you_mean
+from dspex.errors import ConfigurationError, DeadlineExceeded, StepError, did_you_mean
+from dspex.lm.deadline import check_deadline, remaining
 from dspex.pipeline.events import (
     Event,
     Finished,
@@ -87,12 +94,20 @@ async def _gather_cancelling(coros: Iterable[Awaitable[Any]]) -> list[Any]:
 
 
 async def _attempt(step: Step, kwargs: Mapping[str, Any]) -> Any:
+    check_deadline(f"pipeline step {step.name!r}")
+    left = remaining()
+    timeout = step.timeout if left is None else min(left, step.timeout or left)
     call = step.acall(**kwargs)
-    if step.timeout is None:
+    if timeout is None:
         return await call
     try:
-        return await asyncio.wait_for(call, step.timeout)
+        return await asyncio.wait_for(call, timeout)
     except TimeoutError as exc:
+        if step.timeout is None or timeout < step.timeout:
+            raise DeadlineExceeded(
+                f"the run's deadline passed during pipeline step {step.name!r}; raise timeout= or make "
+                "the step cheaper"
+            ) from exc
         raise TimeoutError(f"step {step.name!r} took longer than its timeout of {step.timeout} s") from exc
 
 
@@ -113,7 +128,8 @@ async def execute(step: Step, state: Mapping[str, Any]) -> dict[str, Any]:
         stop=stop_after_attempt(policy.attempts),
         wait=wait_exponential(multiplier=policy.backoff, exp_base=policy.multiplier, max=policy.max_backoff)
         + wait_random(0, policy.jitter),
-        retry=retry_if_exception_type(policy.retry_on),
+        # The run's deadline is final: neither retried nor handed to a fallback.
+        retry=retry_if_exception_type(policy.retry_on) & retry_if_not_exception_type(DeadlineExceeded),
         before_sleep=before_sleep,
         reraise=True,
     )
@@ -122,7 +138,7 @@ async def execute(step: Step, state: Mapping[str, Any]) -> dict[str, Any]:
             with attempt:
                 _emit(StepStarted(step.name, attempt.retry_state.attempt_number))
                 prediction = await _attempt(step, kwargs)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, DeadlineExceeded):
         raise
     except Exception as exc:
         return await _give_up(step, state, exc, started)

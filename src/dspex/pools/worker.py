@@ -138,6 +138,7 @@ class _Worker:
         )
         run.id = task.get("execution_id") or run.id
         try:
+            run.set_timeout(task.get("timeout"))
             result = run.finish(run.execute_sync)
         except BaseException as shown:  # finish recorded it; the outcome carries it to the caller
             if isinstance(shown, KeyboardInterrupt | SystemExit):

@@ -54,6 +54,7 @@ from dspex.store.writer import ExecutionWriter
 
 if TYPE_CHECKING:
     from dspex.lm.models import ModelRegistry
+    from dspex.lm.resilient import Resilience
     from dspex.modules import ToolRegistry
     from dspex.modules.policy import SpecPolicy, Trust
     from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
@@ -111,6 +112,8 @@ class App:
         self._tools_loaded = False
         self._tools_lock = threading.Lock()  # not _lock: _open() reads the tools while holding that
         self._models: ModelRegistry | None = None
+        self._resilience: Resilience | None = None
+        self._models_lock = threading.Lock()  # not _lock: _open() reads the models while holding that
         self._lock = threading.Lock()
         self._pools: Pools | None = None
         self._router: Router | None = None
@@ -188,11 +191,25 @@ class App:
     def models(self) -> ModelRegistry:
         """The configured models (the default ``lm`` and ``[models.NAME]``): all a spec received over
         the API may name, each built with its own endpoint and key from the settings."""
-        if self._models is None:
-            from dspex.lm.models import ModelRegistry
+        with self._models_lock:
+            if self._models is None:
+                from dspex.lm.models import ModelRegistry
+                from dspex.lm.resilient import Resilience
 
-            self._models = ModelRegistry.from_settings(self.settings)
-        return self._models
+                models = ModelRegistry.from_settings(self.settings)
+                resilience = Resilience.from_settings(self.settings, models=models)
+                models.wrap = resilience.wrap  # every configured model an LM is built for gets it
+                self._resilience = resilience
+                self._models = models
+            return self._models
+
+    @property
+    def resilience(self) -> Resilience:
+        """Rate limits, circuit breakers, retries and fallbacks of every LM call a run makes
+        (``[resilience]``; :mod:`dspex.lm.resilient`); ``status()`` for the breakers and limits."""
+        self.models  # noqa: B018  # builds both
+        assert self._resilience is not None
+        return self._resilience
 
     def spec_policy(self, trust: Trust = "untrusted") -> SpecPolicy:
         """What a spec may name: ``untrusted`` (received over the API) names only :attr:`tools` and
@@ -289,7 +306,7 @@ class App:
             # No predictor (a pipeline of functions), or one LM each: nothing would use a default LM.
             if all(predictor.lm is not None for _, predictor in predictors):
                 return None
-        return self.lm()
+        return self.resilience.wrap(self.lm())
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written."""
@@ -333,6 +350,8 @@ class App:
         """Stop the pools, flush and stop the writer, then close database connections."""
         if self._pools is not None:
             self._pools.close()
+        if self._resilience is not None:
+            self._resilience.close()
         with self._lock:
             if self._stores is not None:
                 self._stores.writer.close()
@@ -398,6 +417,7 @@ class App:
             lms = self.space_lms(space)
         if lm is None and (self._lm is not None or self.settings.lm):
             lm = self.lm()
+        lm = self.resilience.wrap(lm, program=program_name)
         remote = None
         if pool is not None:
             remote = self._remote_trials(program_name, resolved.id, pool, space, bindings)
@@ -483,7 +503,11 @@ class App:
         for model in sorted(models):
             # A configured model brings its own endpoint and key; any other goes to the settings' endpoint.
             entry = self.models.by_provider_model(model)
-            lms[model] = self.models.build(entry.name) if entry else build_lm(self.settings, model=model)
+            lms[model] = (
+                self.models.build(entry.name)
+                if entry
+                else self.resilience.wrap(build_lm(self.settings, model=model))
+            )
         return lms or None
 
     # -- runs ----------------------------------------------------------------------------------------
@@ -500,6 +524,7 @@ class App:
         durability: Durability | None = None,
         pool: str | None = None,
         idempotent: bool = False,
+        timeout: float | None = None,
     ) -> RunResult:
         """Run ``program`` on ``inputs`` and record it; raises on failure after recording it.
 
@@ -507,7 +532,9 @@ class App:
         the version (default: production, else the newest draft) and both are recorded.
         ``durability`` ('sync' or 'async') overrides the program's and the settings' (module docstring).
         ``pool`` runs a registered program on that worker pool (:mod:`dspex.pools`); ``idempotent``
-        lets a run whose worker died be tried once more (:mod:`dspex.runtime.pooled`).
+        lets a run whose worker died be tried once more (:mod:`dspex.runtime.pooled`). ``timeout`` is the
+        run's deadline in seconds: every LM call, retry, limiter wait and pipeline step respects it, and a
+        run past it fails with :class:`~dspex.errors.DeadlineExceeded` (code ``deadline_exceeded``).
         """
         durability = check_durability(durability)
         reason = None
@@ -521,6 +548,7 @@ class App:
             if pooled is None:
                 assert isinstance(cached, RunResult)
                 return cached
+            pooled.set_timeout(timeout)
             result = pooled.execute()
             if isinstance(cached, CacheSlot):
                 self._cache.store(cached, pooled.name, pooled.version_id, result)
@@ -536,12 +564,14 @@ class App:
             program_name = name
             placement = {"target": "inline", "reason": reason} if reason else None
             run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
+            run.set_timeout(timeout)
             result = run.finish(run.execute_sync)
             if isinstance(cached, CacheSlot):
                 self._cache.store(cached, name, version_id, result)
             return result
         mode = durability or self.settings.durability
         run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
+        run.set_timeout(timeout)
         return run.finish(run.execute_sync)
 
     async def arun(
@@ -557,6 +587,7 @@ class App:
         durability: Durability | None = None,
         pool: str | None = None,
         idempotent: bool = False,
+        timeout: float | None = None,
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``; on a
         ``pool``, the worker is awaited without blocking the event loop."""
@@ -568,8 +599,9 @@ class App:
             pool, reason = route.pool, route.reason
         if pool is not None:
             return await self._arun_pooled(
-                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason
-            )
+                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason,
+                timeout,
+            )  # fmt: skip
         if isinstance(program, str):
             name = program
             # A hit is answered from the in-process memo without touching the event loop's thread
@@ -592,6 +624,7 @@ class App:
             program_name = name
         placement = {"target": "inline", "reason": reason} if reason else None
         run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
+        run.set_timeout(timeout)
         result = await run.afinish()
         if isinstance(cached, CacheSlot) and program_name is not None and version_id is not None:
             await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
@@ -645,6 +678,7 @@ class App:
         pool: str,
         idempotent: bool,
         reason: str | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         cached, pooled = await asyncio.to_thread(
             self._prepare_pooled,
@@ -653,6 +687,7 @@ class App:
         if pooled is None:
             assert isinstance(cached, RunResult)
             return cached
+        pooled.set_timeout(timeout)
         result = await pooled.aexecute()
         if isinstance(cached, CacheSlot):
             await asyncio.to_thread(self._cache.store, cached, pooled.name, pooled.version_id, result)

@@ -9,6 +9,7 @@ whichever worker is free next (a new process, since the lost one is gone), under
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -68,15 +69,21 @@ class PooledRun:
         self.run.base["session_id"] = session_id
         self.idempotent = idempotent
         self.worker = worker  # a session's turns all go to its worker slot
-        self.task = {
+        self.task: dict[str, Any] = {
             "program": {"name": name, "version_id": version.id},
             "inputs": self.run.inputs,
             "variables": dict(variables) if variables else None,
             "execution_id": self.run.id,
         }
 
+    def set_timeout(self, timeout: float | None) -> None:
+        """The run's deadline; the worker gets what is left of it when the task is sent."""
+        self.run.set_timeout(timeout)
+
     def _submit(self) -> Future[dict[str, Any]]:
         self.run._check_size()
+        if self.run.deadline is not None:
+            self.task["timeout"] = max(0.001, self.run.deadline - time.monotonic())
         self.placement["attempts"] += 1
         return self.pool.submit(self.task, worker=self.worker)
 

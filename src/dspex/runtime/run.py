@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.errors import (
     ConfigurationError,
+    DeadlineExceeded,
     ExecutionError,
     FieldIssue,
     LMError,
@@ -105,6 +106,7 @@ class _Run:
         self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
+        self.t0_monotonic = time.monotonic()
         self.base: dict[str, Any] = {
             "id": self.id,
             "program": program_name or type(program).__name__,
@@ -117,6 +119,7 @@ class _Run:
             "placement": placement,
             "session_id": None,
         }
+        self.deadline: float | None = None  # time.monotonic() by which the run must end (timeout=)
         self.status: ExecutionStatus = "running"
         self.error: dict[str, Any] | None = None
         self.duration_ms = 0.0
@@ -133,14 +136,38 @@ class _Run:
         if self.writer is not None:
             self.writer.submit({**self.base, "status": "running"})
 
+    def set_timeout(self, timeout: float | None) -> None:
+        """End the run ``timeout`` seconds after it started (``DeadlineExceeded`` at the next boundary)."""
+        if timeout is None:
+            return
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigurationError(f"timeout is a number of seconds > 0, got {timeout!r}")
+        self.deadline = self.t0_monotonic + float(timeout)
+
     def _context(self) -> Any:
         import dspy
 
+        from dspex.lm.deadline import DEADLINE_KEY, deadline
+
         callbacks = [*dspy.settings.callbacks, self.recorder]
+        lm = self.lm
+        extra: dict[str, Any] = {}
+        resilience = self.app.resilience
+        if lm is not None:
+            lm = resilience.wrap(lm, program=self.base["program"])
+        if resilience.config.enabled and "parse" in resilience.config.fallback_on:
+            from dspex.lm.resilient import parse_fallback_adapter
+
+            extra["adapter"] = parse_fallback_adapter(dspy.settings.adapter)
+        when, outer = self.deadline, deadline()  # a run inside another keeps the earlier deadline
+        if outer is not None:
+            when = outer if when is None else min(when, outer)
+        if when is not None:
+            extra[DEADLINE_KEY] = when
         # DSPy's per-module and per-LM history grows without bound in a long-lived process; the
         # execution record keeps what it held, so runs leave it off.
         return dspy.context(
-            lm=self.lm, callbacks=callbacks, usage_tracker=self.recorder, disable_history=True
+            lm=lm, callbacks=callbacks, usage_tracker=self.recorder, disable_history=True, **extra
         )
 
     def _validated(self) -> dict[str, Any]:
@@ -244,8 +271,8 @@ class _Run:
             self._end("cancelled", error={**error_info(exc), "code": "cancelled"})
             return exc
         shown: BaseException
-        if isinstance(exc, WorkerError):
-            exc.execution_id = self.id
+        if isinstance(exc, WorkerError | DeadlineExceeded | LMError):
+            exc.execution_id = self.id  # dspex's own LM errors (an open breaker) and the deadline
             shown = exc
         elif isinstance(exc, UserError):
             if isinstance(exc, ValidationError):
@@ -340,7 +367,9 @@ def _rebuilt(shown: Mapping[str, Any], execution_id: str) -> BaseException:
         return error
     if code in ("configuration_error", "spec_error", "signature_error"):
         return ConfigurationError(message)
-    if code == "lm_error":
+    if code == "deadline_exceeded":
+        return DeadlineExceeded(message, execution_id=execution_id)
+    if code in ("lm_error", "breaker_open"):
         return LMError(
             message,
             retryable=bool(shown.get("retryable")),

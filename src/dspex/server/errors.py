@@ -12,6 +12,7 @@ malformed body or query (pydantic)                     422     ``invalid_request
 ``SpecError``, ``SignatureError``, other ``UserError``  422     the error's own code (``path`` for specs)
 ``LMError``, retryable                                 503     ``Retry-After`` when the provider said
 ``LMError``, not retryable                             502     the LM is the upstream that failed
+``DeadlineExceeded`` (the run's ``timeout`` passed)     504     ``deadline_exceeded``, with ``execution_id``
 ``ExecutionError``, ``StepError`` (the program raised)  502     ``program_failed``, with ``execution_id``
 anything else                                          500     ``internal_error``, logged with traceback
 =====================================================  ======  ==========================================
@@ -32,6 +33,7 @@ import starlette.responses
 from starlette.responses import Response
 
 from dspex.errors import (
+    DeadlineExceeded,
     DSPexError,
     ExecutionError,
     LMError,
@@ -118,6 +120,8 @@ def dspex_error_response(exc: DSPexError) -> JSONResponse:
             execution_id=execution_id,
             retryable=exc.retryable,
         )
+    if isinstance(exc, DeadlineExceeded):
+        return error_response(504, exc.code, exc.message, execution_id=execution_id)
     if isinstance(exc, RunError):
         return error_response(
             502, "program_failed", exc.message, execution_id=execution_id, detail_code=exc.code

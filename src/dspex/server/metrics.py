@@ -9,6 +9,11 @@
 - ``dspex_pool_workers{pool, state}``, ``dspex_pool_queued{pool}``, ``dspex_pool_worker_rss_bytes{pool,
   worker}``, ``dspex_pool_tasks_total{pool, outcome}``, ``dspex_pool_replaced_total{pool, reason}``: the
   worker pools this process started, read when scraped.
+- ``dspex_lm_breaker_state{endpoint, state}`` (1 for the breaker's current state, 0 for the others),
+  ``dspex_lm_breaker_opens_total{endpoint}``, ``dspex_lm_breaker_failure_rate{endpoint}``,
+  ``dspex_lm_limit_in_flight{model}``, ``dspex_lm_limit_requests_last_minute{model}``,
+  ``dspex_lm_limit_tokens_last_minute{model}`` and ``dspex_lm_retries_last_minute{model}``: the LM
+  endpoints' resilience (shared across processes when Redis is configured), read when scraped.
 
 The HTTP metrics come from a plain ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``).
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -59,6 +64,7 @@ class Metrics:
         self.workers = Gauge("dspex_workers", "Workers with a running job and a fresh heartbeat",
                              registry=self.registry)  # fmt: skip
         self._pools: list[PoolStatus] = []
+        self._lms: dict[str, Any] = {}
         self.registry.register(self)  # a collector: it has collect()
 
     def run(self, program: str, status: str, *, cache_hit: bool = False) -> None:
@@ -66,11 +72,18 @@ class Metrics:
         if cache_hit:
             self.cache_hits.labels(program).inc()
 
-    def render(self, queue: dict[str, int], workers: int, pools: Sequence[PoolStatus] = ()) -> bytes:
+    def render(
+        self,
+        queue: dict[str, int],
+        workers: int,
+        pools: Sequence[PoolStatus] = (),
+        lms: dict[str, Any] | None = None,
+    ) -> bytes:
         for status, count in queue.items():
             self.jobs.labels(status).set(count)
         self.workers.set(workers)
         self._pools = list(pools)
+        self._lms = dict(lms or {})
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
@@ -99,6 +112,47 @@ class Metrics:
             for reason, count in pool.replaced.items():
                 replaced.add_metric([pool.name, reason], count)
         yield from (states, queued, rss, tasks, replaced)
+        yield from self._collect_lms()
+
+    def _collect_lms(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = GaugeMetricFamily(
+            "dspex_lm_breaker_state", "Circuit breaker state per LM endpoint", labels=["endpoint", "state"]
+        )
+        opens = CounterMetricFamily(
+            "dspex_lm_breaker_opens", "Times an LM endpoint's breaker opened", labels=["endpoint"]
+        )
+        rate = GaugeMetricFamily(
+            "dspex_lm_breaker_failure_rate", "Failure rate in the breaker's window", labels=["endpoint"]
+        )
+        for breaker in self._lms.get("breakers", ()):
+            for name in ("closed", "half_open", "open"):
+                state.add_metric([breaker["endpoint"], name], 1.0 if breaker["state"] == name else 0.0)
+            opens.add_metric([breaker["endpoint"]], breaker.get("opens") or 0)
+            if breaker.get("failure_rate") is not None:
+                rate.add_metric([breaker["endpoint"]], breaker["failure_rate"])
+        in_flight = GaugeMetricFamily("dspex_lm_limit_in_flight", "LM calls in flight", labels=["model"])
+        requests = GaugeMetricFamily(
+            "dspex_lm_limit_requests_last_minute", "LM requests in the last minute", labels=["model"]
+        )
+        tokens = GaugeMetricFamily(
+            "dspex_lm_limit_tokens_last_minute", "LM tokens in the last minute", labels=["model"]
+        )
+        for limit in self._lms.get("limits", ()):
+            for family, key in (
+                (in_flight, "in_flight"),
+                (requests, "requests_last_min"),
+                (tokens, "tokens_last_min"),
+            ):
+                if limit.get(key) is not None:
+                    family.add_metric([limit["key"]], limit[key])
+        retries = GaugeMetricFamily(
+            "dspex_lm_retries_last_minute", "LM retries in the last minute (this process)", labels=["model"]
+        )
+        for model, budget in self._lms.get("budgets", {}).items():
+            retries.add_metric([model], budget["retries_last_min"])
+        yield from (state, opens, rate, in_flight, requests, tokens, retries)
 
 
 class MetricsMiddleware:

@@ -147,6 +147,13 @@ class RunRequest(_Strict):
         description="On a server that runs on a worker pool: a run whose worker died is tried once more "
         "(on a fresh worker, under the same execution id).",
     )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="The run's deadline in seconds: LM calls, retries, rate-limit waits and pipeline steps "
+        "respect it; past it the run fails with 504 deadline_exceeded.",
+    )
 
 
 class RunResultOut(BaseModel):
@@ -397,6 +404,25 @@ class PoolOut(BaseModel):
     workers: list[PoolWorkerOut]
 
 
+class BreakerOut(BaseModel):
+    endpoint: str = Field(description="The model and its base URL.")
+    state: Literal["closed", "open", "half_open"]
+    calls: int = Field(description="Calls in the breaker's window.")
+    failures: int
+    failure_rate: float | None
+    opened_at: float | None = Field(None, description="When it last opened (Unix seconds).")
+    retry_after: float | None = Field(None, description="Seconds until an open breaker lets a probe through.")
+    opens: int = Field(0, description="Times it opened.")
+
+
+class LMStatusOut(BaseModel):
+    enabled: bool = Field(description="Whether run LMs go through the resilience layer.")
+    shared: bool = Field(description="Whether breakers and limits are shared through Redis.")
+    breakers: list[BreakerOut]
+    limits: list[dict[str, Any]] = Field(description="Per model: its limits and what was used of them.")
+    budgets: dict[str, dict[str, Any]] = Field(description="Per model: calls and retries in the last minute.")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "unavailable"]
@@ -405,6 +431,9 @@ class HealthOut(BaseModel):
     workers: list[str] = Field(description="Workers with a running job and a fresh heartbeat.")
     pools: list[PoolOut] = Field(
         default_factory=list, description="The worker pools this server process has started."
+    )
+    lms: LMStatusOut | None = Field(
+        None, description="Circuit breakers, rate limits and retry budgets of the LM endpoints called."
     )
 
 

@@ -32,9 +32,9 @@ from dspy.utils.callback import BaseCallback
 from dspex.lm.pricing import Prices
 from dspex.telemetry.usage import UsageTotals
 
-__all__ = ["RunRecorder", "Span", "SpanKind"]
+__all__ = ["RunRecorder", "Span", "SpanKind", "current_recorder"]
 
-SpanKind = Literal["module", "lm", "adapter_format", "adapter_parse", "tool", "evaluate"]
+SpanKind = Literal["module", "lm", "adapter_format", "adapter_parse", "tool", "evaluate", "wait"]
 TRACE_VERSION = 1
 
 # (recorder identity, span index) of the innermost open span in this context.
@@ -57,6 +57,7 @@ class Span:
     model: str | None = None
     usage: dict[str, int] | None = None
     cost_usd: float | None = None
+    attrs: dict[str, Any] | None = None  # what a layer adds (resilience: the model that served, attempts)
 
     def to_json(self) -> dict[str, Any]:
         """The span as a dict; payloads stay as they are, for :func:`dspex.jsonable.dumps` to encode."""
@@ -70,7 +71,7 @@ class Span:
             "inputs": self.inputs,
             "outputs": self.outputs,
         }
-        for key in ("error", "model", "usage", "cost_usd"):
+        for key in ("error", "model", "usage", "cost_usd", "attrs"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
@@ -186,6 +187,43 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
     def on_evaluate_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
         self._end(call_id, outputs, exception)
 
+    # -- what other layers add (resilience) ------------------------------------------------------------
+    def _innermost(self, kind: SpanKind) -> Span | None:
+        current = _open_span.get()
+        if current is None or current[0] != id(self):
+            return None
+        with self._lock:
+            span = self.spans[current[1]]
+        return span if span.kind == kind else None
+
+    def annotate(self, kind: SpanKind, *, model: str | None = None, **attrs: Any) -> None:
+        """Add ``attrs`` to the innermost open span when it is of ``kind`` (and set its model)."""
+        span = self._innermost(kind)
+        if span is None:
+            return
+        if model is not None:
+            span.model = model
+        span.attrs = {**(span.attrs or {}), **attrs}
+
+    def add_span(self, kind: SpanKind, name: str, started: float, ended: float, **attrs: Any) -> None:
+        """A finished span under the innermost open one; ``started``/``ended`` are ``perf_counter()``."""
+        current = _open_span.get()
+        parent = current[1] if current is not None and current[0] == id(self) else None
+        with self._lock:
+            if parent is None and self.spans and self.spans[0].end_ms is None:
+                parent = 0
+            self.spans.append(
+                Span(
+                    len(self.spans),
+                    parent,
+                    kind,
+                    name,
+                    (started - self._t0) * 1000,
+                    (ended - self._t0) * 1000,
+                    attrs=attrs or None,
+                )
+            )
+
     def __deepcopy__(self, memo: dict[int, Any]) -> RunRecorder:
         # dspy.Parallel deep-copies the usage tracker into each worker thread so that DSPy's own tracker
         # is not shared across threads. This one is thread-safe and must see the whole run, workers too.
@@ -231,3 +269,11 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
         with self._lock:
             spans = list(self.spans)
         return {"v": TRACE_VERSION, "spans": [span.to_json() for span in spans]}
+
+
+def current_recorder() -> RunRecorder | None:
+    """The recorder of the run this code executes in (DSPy's usage tracker there), or None."""
+    import dspy
+
+    tracker = dspy.settings.usage_tracker
+    return tracker if isinstance(tracker, RunRecorder) else None

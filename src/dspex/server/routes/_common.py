@@ -22,6 +22,7 @@ _DESCRIPTIONS = {
     422: "Invalid request (the field at fault is named)",
     502: "The program or its LM failed (the execution record says why)",
     503: "The LM is unavailable for now (retryable); or the database is down",
+    504: "The run's deadline (timeout) passed before it finished (the execution record says where)",
 }
 
 

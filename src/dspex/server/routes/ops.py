@@ -54,6 +54,7 @@ def health(request: Request) -> JSONResponse:
             "queue_depth": 0,
             "workers": [],
             "pools": _pools(request),
+            "lms": dspex_of(request).resilience.status(),
         }
         return JSONResponse(body, status_code=503)
     body = {
@@ -63,6 +64,7 @@ def health(request: Request) -> JSONResponse:
         "queue_depth": counts.get("queued", 0),
         "workers": workers,
         "pools": _pools(request),
+        "lms": dspex_of(request).resilience.status(),
     }
     return JSONResponse(body)
 
@@ -81,10 +83,12 @@ def health(request: Request) -> JSONResponse:
 def metrics(request: Request, _principal: Principal = Depends(require("admin"))) -> Response:
     """Prometheus metrics (needs the ``admin`` scope): requests by route and status, latency, runs by
     program and status, cache hits, jobs per status, live workers, and per pool: workers by state,
-    queued tasks, each worker's RSS, tasks completed and failed, replacements by reason."""
+    queued tasks, each worker's RSS, tasks completed and failed, replacements by reason; per LM endpoint:
+    its breaker's state and openings, rate-limit usage and retries."""
     counts, workers = _queue_and_workers(dspex_of(request), options_of(request).worker_stale_s)
     pools = dspex_of(request).pools.status()
-    return Response(metrics_of(request).render(counts, len(workers), pools), media_type=CONTENT_TYPE)
+    lms = dspex_of(request).resilience.status()
+    return Response(metrics_of(request).render(counts, len(workers), pools, lms), media_type=CONTENT_TYPE)
 
 
 def _pools(request: Request) -> list[dict[str, object]]:

@@ -27,7 +27,7 @@ from dspex.server.sse import SSE_EVENT_SCHEMA, Event, EventStream, EventStreamDo
 router = APIRouter(prefix="/v1/programs", tags=["runs"])
 
 _execute = require("runs:execute", program_param="name")
-_RUN_ERRORS = errors(401, 403, 404, 422, 502, 503)
+_RUN_ERRORS = errors(401, 403, 404, 422, 502, 503, 504)
 
 _STREAM_DOC = """Server-sent events, in order:
 
@@ -79,6 +79,7 @@ async def run(
             durability=body.durability,
             pool=options_of(request).pool,
             idempotent=body.idempotent,
+            timeout=body.timeout,
         )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)

@@ -1,0 +1,828 @@
+"""Resilience at DSPy's LM boundary: rate limits, circuit breakers, retries, fallbacks and deadlines.
+
+Every LM a run uses is wrapped in a :class:`ResilientLM`: a ``dspy.LM`` whose calls go through DSPy's own
+preparation, engine and error typing (``dspy.clients.execution``) one attempt at a time, with this loop
+around them::
+
+    for each model of the chain (the LM, then its fallbacks):
+        skip it if its breaker is open (recorded as skipped, reason breaker_open)
+        wait for its rate limits (rpm, tpm, concurrent calls), at most until the run's deadline
+        call it once; on a retryable error (429, 5xx, timeout, connection) back off (exponential, with
+        jitter, honouring Retry-After) and call again, within the model's retries and retry budget
+        on a failure that calls for it (``fallback_on``), go to the next model
+
+Limits and breaker states are shared by every process through Redis when ``DSPEX_REDIS_URL`` is set,
+per process otherwise. Retry budgets are per process. The call is one LM span in the run's record: its
+``model`` is the model that served it, ``attrs.resilience`` lists what was tried (attempts, errors,
+skipped models and why); limiter and backoff waits are ``wait`` spans under it. Usage and cost are
+counted under the model that served each attempt.
+
+Settings (``[resilience]`` in dspex.toml)::
+
+    [resilience]
+    retries = 3                      # per model; None: num_retries
+    [resilience.breaker]
+    failure_rate = 0.5
+    cooldown_s = 30
+    [resilience.models."openai/gpt-4o-mini"]
+    rpm = 500
+    tpm = 200000
+    max_concurrent = 32
+    fallbacks = ["backup"]           # configured model names ([models.backup])
+    [resilience.programs.support]
+    fallbacks = ["backup", "local"]
+
+The run's deadline (``timeout=`` on a run) lives in DSPy's context (:func:`deadline_scope`), so it
+reaches ``dspy.Parallel`` threads too; every wait and attempt respects it, and an expired one raises
+:class:`~dspex.errors.DeadlineExceeded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from dspy.clients.execution import aexecute, execute, finalize, prepare
+from dspy.utils import exceptions as dspy_errors
+from dspy.utils.callback import with_callbacks
+
+from dspex.errors import ConfigurationError, DeadlineExceeded
+from dspex.lm.deadline import DEADLINE_KEY, check_deadline, deadline, deadline_scope, remaining
+from dspex.telemetry.recorder import current_recorder
+
+if TYPE_CHECKING:
+    from dspex.lm.breaker import Breaker, Breakers, BreakerSpec
+    from dspex.lm.limits import Limiter, Limits, LimitSpec
+    from dspex.lm.models import ModelRegistry
+    from dspex.settings import ModelResilienceSetting, ResilienceSetting, Settings
+
+__all__ = [
+    "DEADLINE_KEY",
+    "Resilience",
+    "ResilientLM",
+    "check_deadline",
+    "deadline_scope",
+    "failure_cause",
+    "parse_fallback_adapter",
+    "remaining",
+]
+
+_WAIT_SPAN_S = 0.001  # waits shorter than this are not worth a span
+
+
+# -- failures ---------------------------------------------------------------------------------------
+def failure_cause(exc: BaseException) -> str | None:
+    """What an LM call's failure says about its endpoint: ``rate_limit``, ``server``, ``timeout``,
+    ``transport``, ``unexpected`` or ``breaker_open``; None when the request itself was at fault (auth,
+    invalid request, context window), which another attempt or model would not fix."""
+    from dspex.lm.breaker import BreakerOpen
+
+    if isinstance(exc, BreakerOpen):
+        return "breaker_open"
+    if isinstance(exc, dspy_errors.LMRateLimitError):
+        return "rate_limit"
+    if isinstance(exc, dspy_errors.LMTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, dspy_errors.LMServerError):
+        return "server"
+    if isinstance(exc, dspy_errors.LMTransportError):
+        return "transport"
+    if isinstance(exc, dspy_errors.LMProviderError):
+        status = getattr(exc, "status", None)
+        return "server" if isinstance(status, int) and status >= 500 else None
+    if isinstance(exc, dspy_errors.LMUnexpectedError):
+        return "unexpected"
+    return None
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    info: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)[:300]}
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        info["status"] = status
+    cause = failure_cause(exc)
+    if cause is not None:
+        info["cause"] = cause
+    return info
+
+
+class RetryBudget:
+    """Retries a model may spend: ``ratio`` of its calls over the last minute plus ``minimum``.
+
+    A storm of failures then costs at most ``1 + ratio`` times the calls instead of ``1 + retries``
+    times (the Finagle/gRPC retry budget); per process.
+    """
+
+    WINDOW_S = 60.0
+
+    def __init__(self, ratio: float, minimum: int) -> None:
+        self.ratio = ratio
+        self.minimum = minimum
+        self._calls: deque[float] = deque()
+        self._retries: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def _trim(self, now: float) -> None:
+        for q in (self._calls, self._retries):
+            while q and q[0] < now - self.WINDOW_S:
+                q.popleft()
+
+    def call(self) -> None:
+        """Count a first attempt."""
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            self._calls.append(now)
+
+    def spend(self) -> bool:
+        """Take one retry if the budget allows it."""
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            if len(self._retries) >= self.minimum + self.ratio * len(self._calls):
+                return False
+            self._retries.append(now)
+            return True
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            self._trim(time.monotonic())
+            calls, retries = len(self._calls), len(self._retries)
+        return {
+            "calls_last_min": calls,
+            "retries_last_min": retries,
+            "allowed": self.minimum + self.ratio * calls,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelPolicy:
+    """What the settings say for one model: its limits key and spec, breaker, retries, fallbacks."""
+
+    key: str
+    endpoint: str
+    limits: LimitSpec | None
+    breaker: BreakerSpec
+    retries: int
+    fallbacks: tuple[str, ...]
+
+
+def _api_base(lm: Any) -> str | None:
+    kwargs = getattr(lm, "kwargs", {}) or {}
+    value = kwargs.get("api_base") or kwargs.get("base_url")
+    return value if isinstance(value, str) else None
+
+
+def _estimate_tokens(call: Any) -> int:
+    messages = call.legacy.get("messages") if call.request is None else None
+    if not messages:
+        return 1
+    chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, Mapping))
+    return max(1, chars // 4)
+
+
+def _used_tokens(result: Any) -> int | None:
+    usage = getattr(result, "usage", None)
+    if isinstance(usage, Mapping):
+        total = usage.get("total_tokens")
+        if isinstance(total, int):
+            return total
+    return None
+
+
+# -- the process's state ----------------------------------------------------------------------------
+class Resilience:
+    """Limits, breakers and retry budgets of this process (shared through Redis when configured), and
+    the wrapping of LMs. ``App.resilience`` holds one; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ResilienceSetting,
+        *,
+        redis_url: str | None = None,
+        models: ModelRegistry | None = None,
+        default_retries: int = 3,
+        prefix: str = "dspex",
+    ) -> None:
+        self.config = config
+        self.redis_url = redis_url
+        self.models = models
+        self.default_retries = default_retries
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._limits: Limits | None = None
+        self._breakers: Breakers | None = None
+        self._budgets: dict[str, RetryBudget] = {}
+        self._policies: dict[tuple[str, str | None], _ModelPolicy] = {}
+        self._bare: dict[str, Any] = {}
+        self._wrapped: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], ResilientLM]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._check_names()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, models: ModelRegistry | None = None) -> Resilience:
+        return cls(
+            settings.resilience,
+            redis_url=settings.redis_url,
+            models=models,
+            default_retries=settings.num_retries,
+            prefix=settings.resilience.redis_prefix,
+        )
+
+    def _check_names(self) -> None:
+        """Every fallback names a configured model (checked at start, not at the first failure)."""
+        chains = [(f"resilience.models.{k}", m.fallbacks) for k, m in self.config.models.items()]
+        chains += [(f"resilience.programs.{k}", p.fallbacks) for k, p in self.config.programs.items()]
+        for where, names in chains:
+            for name in names:
+                if self.models is None or name not in self.models:
+                    valid = self.models.names() if self.models is not None else ()
+                    raise ConfigurationError(
+                        f"{where}.fallbacks names {name!r}, which is not a configured model; fallbacks are "
+                        f"names of [models.NAME] entries or the default lm (configured: "
+                        f"{', '.join(valid) or 'none'})"
+                    )
+
+    # -- shared primitives --------------------------------------------------------------------------
+    @property
+    def limits(self) -> Limits:
+        with self._lock:
+            if self._limits is None:
+                from dspex.lm.limits import Limits
+
+                self._limits = Limits(self.redis_url, prefix=self.prefix)
+            return self._limits
+
+    @property
+    def breakers(self) -> Breakers:
+        with self._lock:
+            if self._breakers is None:
+                from dspex.lm.breaker import Breakers
+
+                self._breakers = Breakers(self.redis_url, prefix=self.prefix)
+            return self._breakers
+
+    def budget(self, key: str) -> RetryBudget:
+        with self._lock:
+            budget = self._budgets.get(key)
+            if budget is None:
+                budget = self._budgets[key] = RetryBudget(
+                    self.config.retry_budget, self.config.retry_budget_min
+                )
+            return budget
+
+    def _setting_for(self, lm: Any) -> tuple[str, ModelResilienceSetting | None]:
+        """The ``[resilience.models]`` entry for ``lm``: by configured name (model and endpoint match),
+        else by provider model string; the key names its limits."""
+        model, base = lm.model, _api_base(lm)
+        for key, entry in self.config.models.items():
+            if self.models is not None and key in self.models:
+                configured = self.models.get(key)
+                if configured.model == model and (configured.api_base or None) == base:
+                    return key, entry
+        return model, self.config.models.get(model)
+
+    def policy(self, lm: Any) -> _ModelPolicy:
+        """What applies to calls of ``lm`` (cached per model and endpoint)."""
+        from dspex.lm.breaker import BreakerSpec
+        from dspex.lm.limits import LimitSpec
+
+        ident = (lm.model, _api_base(lm))
+        found = self._policies.get(ident)
+        if found is not None:
+            return found
+        key, entry = self._setting_for(lm)
+        breaker = self.config.breaker
+        if entry is not None and entry.breaker is not None:
+            breaker = entry.breaker
+        limits = None
+        if entry is not None and (entry.rpm or entry.tpm or entry.max_concurrent):
+            limits = LimitSpec(rpm=entry.rpm, tpm=entry.tpm, max_concurrent=entry.max_concurrent)
+        retries = self.config.retries if self.config.retries is not None else self.default_retries
+        if entry is not None and entry.retries is not None:
+            retries = entry.retries
+        policy = _ModelPolicy(
+            key=key,
+            endpoint=lm.model if ident[1] is None else f"{lm.model}@{ident[1]}",
+            limits=limits,
+            breaker=BreakerSpec(
+                failure_rate=breaker.failure_rate,
+                min_calls=breaker.min_calls,
+                window_s=breaker.window_s,
+                cooldown_s=breaker.cooldown_s,
+                probes=breaker.probes,
+            ),
+            retries=retries,
+            fallbacks=tuple(entry.fallbacks) if entry is not None else (),
+        )
+        self._policies[ident] = policy
+        return policy
+
+    def limiter(self, policy: _ModelPolicy) -> Limiter | None:
+        if policy.limits is None:
+            return None
+        return self.limits.limiter(policy.key, policy.limits)
+
+    def breaker(self, policy: _ModelPolicy) -> Breaker:
+        return self.breakers.breaker(policy.endpoint, policy.breaker)
+
+    # -- wrapping -----------------------------------------------------------------------------------
+    def _fallback_lm(self, name: str) -> Any:
+        with self._lock:
+            lm = self._bare.get(name)
+        if lm is None:
+            assert self.models is not None  # names were checked against it
+            lm = self.models.build(name, wrap=False)
+            with self._lock:
+                lm = self._bare.setdefault(name, lm)
+        return lm
+
+    def chain(self, lm: Any, program: str | None = None) -> tuple[str, ...]:
+        """The fallback names for ``lm`` in ``program``: the program's chain, else the model's."""
+        if program is not None:
+            entry = self.config.programs.get(program)
+            if entry is not None and entry.fallbacks:
+                return tuple(entry.fallbacks)
+        return self.policy(lm).fallbacks
+
+    def wrap(self, lm: Any, *, program: str | None = None, fallbacks: Sequence[str] | None = None) -> Any:
+        """``lm`` with this resilience (and its fallback chain); LMs DSPy does not manage (a custom
+        ``BaseLM`` with its own ``forward``, ``DummyLM``) are returned as they are."""
+        if not self.config.enabled or lm is None:
+            return lm
+        if isinstance(lm, ResilientLM):
+            if fallbacks is None and program is None:
+                return lm
+            lm = lm.primary
+        if not _managed(lm):
+            return lm
+        names = tuple(fallbacks) if fallbacks is not None else self.chain(lm, program)
+        for name in names:
+            if self.models is None or name not in self.models:
+                raise ConfigurationError(
+                    f"fallback {name!r} is not a configured model; "
+                    + (self.models.unknown(name) if self.models is not None else "configure [models.NAME]")
+                )
+        with self._lock:
+            per_lm = self._wrapped.get(lm)
+            if per_lm is None:
+                per_lm = {}
+                self._wrapped[lm] = per_lm
+            wrapped = per_lm.get(names)
+        if wrapped is None:
+            wrapped = ResilientLM.around(lm, self, [self._fallback_lm(n) for n in names], names)
+            with self._lock:
+                wrapped = per_lm.setdefault(names, wrapped)
+        return wrapped
+
+    # -- status ---------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Breaker states, limiter usage and retry budgets, for ``/health``, metrics and ``dspex lms status``."""
+        with self._lock:
+            budgets = dict(self._budgets)
+            limits, breakers = self._limits, self._breakers
+        return {
+            "enabled": self.config.enabled,
+            "shared": self.redis_url is not None,
+            "breakers": breakers.status() if breakers is not None else [],
+            "limits": limits.status() if limits is not None else [],
+            "budgets": {key: budget.status() for key, budget in sorted(budgets.items())},
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            limits, breakers = self._limits, self._breakers
+            self._limits = self._breakers = None
+        if limits is not None:
+            limits.close()
+        if breakers is not None:
+            breakers.close()
+
+
+def _managed(lm: Any) -> bool:
+    """Whether DSPy runs ``lm``'s calls through its engines (a ``dspy.LM`` without its own forward)."""
+    from dspy.utils.dummies import DummyLM
+
+    if not isinstance(lm, dspy.LM) or isinstance(lm, DummyLM):
+        return False
+    return type(lm).forward is dspy.LM.forward and type(lm).aforward is dspy.LM.aforward
+
+
+# -- the LM -----------------------------------------------------------------------------------------
+_deadline_pool: ThreadPoolExecutor | None = None
+_deadline_pool_lock = threading.Lock()
+
+
+def _call_before(when: float, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a helper thread (same context), given up at ``when``: a sync engine call cannot
+    be interrupted, so under a deadline the caller stops waiting for it (it ends on the LM's timeout)."""
+    global _deadline_pool
+    with _deadline_pool_lock:
+        if _deadline_pool is None:
+            _deadline_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dspex-deadline")
+        pool = _deadline_pool
+    ctx = contextvars.copy_context()
+    future = pool.submit(ctx.run, fn, *args)
+    try:
+        return future.result(timeout=max(0.0, when - time.monotonic()))
+    except FutureTimeout:
+        future.cancel()
+        raise DeadlineExceeded(
+            "the run's deadline passed during an LM call; raise timeout= or lower the LM's latency"
+        ) from None
+
+
+class _Attempts:
+    """What one logical LM call tried, for the span and the error message."""
+
+    def __init__(self) -> None:
+        self.tried: list[dict[str, Any]] = []
+        self.last: BaseException | None = None
+
+    def note(self, model: str, **info: Any) -> None:
+        self.tried.append({"model": model, **info})
+
+    def summary(self) -> str:
+        parts = []
+        for t in self.tried:
+            what = t.get("skipped") or t.get("cause") or t.get("error") or "ok"
+            parts.append(f"{t['model']}: {what}")
+        return "; ".join(parts)
+
+
+class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
+    """A ``dspy.LM`` (the primary model, its settings and connections) whose calls go through
+    :class:`Resilience`: limits, breaker, retries with backoff and budget, fallbacks, the run's deadline.
+
+    Built by :meth:`Resilience.wrap`. DSPy's own retries are off (``num_retries`` reads 0 to DSPy); the
+    primary's retry count lives in the settings (``[resilience] retries``, else ``num_retries``).
+    """
+
+    _resilience: Resilience
+    fallbacks: list[Any]
+    fallback_names: tuple[str, ...]
+    primary: Any
+
+    @classmethod
+    def around(
+        cls, lm: Any, resilience: Resilience, fallbacks: list[Any], names: tuple[str, ...]
+    ) -> ResilientLM:
+        wrapped: ResilientLM = copy.copy(lm)  # dspy.LM.__copy__: same settings, shared engine pools
+        wrapped.__class__ = cls
+        wrapped.__dict__.pop("num_retries", None)
+        wrapped._resilience = resilience
+        wrapped.fallbacks = fallbacks
+        wrapped.fallback_names = names
+        wrapped.primary = lm
+        return wrapped
+
+    # DSPy reads num_retries inside execute(); this loop owns retries, so DSPy sees none.
+    @property
+    def num_retries(self) -> int:
+        return 0
+
+    @num_retries.setter
+    def num_retries(self, value: int) -> None:  # dspy.LM.__init__ and copy(num_retries=) set it
+        pass
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ResilientLM:
+        # Programs are deep-copied per run; the copy shares this process's resilience and fallbacks.
+        new: ResilientLM = copy.copy(self)
+        new.kwargs = copy.deepcopy(self.kwargs, memo)
+        new.history = []
+        new.callbacks = list(self.callbacks)
+        return new
+
+    def dump_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.primary.dump_state()
+        state.update(
+            {k: v for k, v in self.kwargs.items() if k in state or k in ("temperature", "max_tokens")}
+        )
+        return state
+
+    def __repr__(self) -> str:
+        chain = " -> ".join((self.model, *self.fallback_names))
+        return f"ResilientLM({chain})"
+
+    def _candidates(self) -> list[tuple[Any, str]]:
+        return [(self, self.model), *((fb, fb.model) for fb in self.fallbacks)]
+
+    # -- sync ---------------------------------------------------------------------------------------
+    @with_callbacks  # type: ignore[untyped-decorator]
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        attempts = _Attempts()
+        resilience = self._resilience
+        causes: set[str | None] = set(resilience.config.fallback_on)
+        try:
+            for position, (lm, model) in enumerate(self._candidates()):
+                policy = resilience.policy(lm)
+                outcome = self._try_model(lm, model, policy, attempts, prompt, messages, kwargs)
+                if outcome is not _NEXT:
+                    _annotate(model, attempts, position)
+                    return outcome
+                if attempts.last is None or failure_cause(attempts.last) not in causes:
+                    break
+        except BaseException:
+            _annotate(None, attempts, None)
+            raise
+        _annotate(None, attempts, None)
+        raise _final(attempts)
+
+    def _try_model(
+        self,
+        lm: Any,
+        model: str,
+        policy: _ModelPolicy,
+        attempts: _Attempts,
+        prompt: Any,
+        messages: Any,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        resilience = self._resilience
+        budget = resilience.budget(policy.key)
+        limiter = resilience.limiter(policy)
+        breaker = resilience.breaker(policy)
+        attempt = 0
+        while True:
+            check_deadline(f"an LM call to {model}")
+            call = prepare(lm, prompt, messages, kwargs)
+            tokens = _estimate_tokens(call)
+            lease = None
+            if limiter is not None:
+                t0 = time.perf_counter()
+                lease = limiter.acquire(tokens, deadline=deadline())
+                _wait_span(t0, "rate_limit", model)
+            try:
+                permit = breaker.before()
+            except Exception as exc:
+                if lease is not None:
+                    lease.release(0)
+                attempts.last = exc
+                attempts.note(model, skipped="breaker_open", retry_after=getattr(exc, "retry_after", None))
+                return _NEXT
+            if attempt == 0:
+                budget.call()
+            try:
+                when = deadline()
+                result = execute(lm, call) if when is None else _call_before(when, execute, lm, call)
+            except Exception as exc:
+                cause = failure_cause(exc)
+                (breaker.failure if cause is not None else breaker.success)(permit)
+                if lease is not None:
+                    lease.release(None)
+                attempts.last = exc
+                attempts.note(model, attempt=attempt, **_describe(exc))
+                if isinstance(exc, DeadlineExceeded):
+                    raise
+                delay = self._retry_delay(exc, attempt, policy, budget)
+                if delay is None:
+                    return _NEXT if cause is not None else _raise(exc)
+                if delay > 0:
+                    t0 = time.perf_counter()
+                    time.sleep(delay)
+                    _wait_span(t0, "backoff", model, attempt=attempt + 1)
+                attempt += 1
+                continue
+            breaker.success(permit)
+            if lease is not None:
+                lease.release(_used_tokens(result))
+            attempts.note(model, attempt=attempt, ok=True)
+            return finalize(lm, call, result)
+
+    def _retry_delay(
+        self, exc: BaseException, attempt: int, policy: _ModelPolicy, budget: RetryBudget
+    ) -> float | None:
+        """Seconds to wait before retrying ``exc`` on the same model, or None to stop retrying it."""
+        if not dspy.is_retryable_lm_error(exc) or attempt >= policy.retries:
+            return None
+        config = self._resilience.config
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, int | float) and hint >= 0:
+            if hint > config.max_retry_after_s:
+                return None
+            delay = float(hint)
+        else:
+            ceiling = min(config.backoff_max_s, config.backoff_base_s * 2**attempt)
+            delay = random.uniform(ceiling / 2, ceiling)  # exponential backoff, "equal jitter"
+        left = remaining()
+        if left is not None and delay >= left:
+            return None  # waiting would pass the deadline: try the next model, or fail now
+        if not budget.spend():
+            return None
+        return delay
+
+    # -- async --------------------------------------------------------------------------------------
+    @with_callbacks  # type: ignore[untyped-decorator]
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        attempts = _Attempts()
+        causes: set[str | None] = set(self._resilience.config.fallback_on)
+        try:
+            for position, (lm, model) in enumerate(self._candidates()):
+                policy = self._resilience.policy(lm)
+                outcome = await self._atry_model(lm, model, policy, attempts, prompt, messages, kwargs)
+                if outcome is not _NEXT:
+                    _annotate(model, attempts, position)
+                    return outcome
+                if attempts.last is None or failure_cause(attempts.last) not in causes:
+                    break
+        except BaseException:
+            _annotate(None, attempts, None)
+            raise
+        _annotate(None, attempts, None)
+        raise _final(attempts)
+
+    async def _atry_model(
+        self,
+        lm: Any,
+        model: str,
+        policy: _ModelPolicy,
+        attempts: _Attempts,
+        prompt: Any,
+        messages: Any,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        resilience = self._resilience
+        budget = resilience.budget(policy.key)
+        limiter = resilience.limiter(policy)
+        breaker = resilience.breaker(policy)
+        attempt = 0
+        while True:
+            check_deadline(f"an LM call to {model}")
+            call = prepare(lm, prompt, messages, kwargs, asynchronous=True)
+            tokens = _estimate_tokens(call)
+            lease = None
+            if limiter is not None:
+                t0 = time.perf_counter()
+                lease = await limiter.aacquire(tokens, deadline=deadline())
+                _wait_span(t0, "rate_limit", model)
+            try:
+                permit = await breaker.abefore()
+            except Exception as exc:
+                if lease is not None:
+                    await lease.arelease(0)
+                attempts.last = exc
+                attempts.note(model, skipped="breaker_open", retry_after=getattr(exc, "retry_after", None))
+                return _NEXT
+            if attempt == 0:
+                budget.call()
+            try:
+                left = remaining()
+                if left is None:
+                    result = await aexecute(lm, call)
+                else:
+                    try:
+                        async with asyncio.timeout(max(0.0, left)):
+                            result = await aexecute(lm, call)
+                    except TimeoutError:
+                        raise DeadlineExceeded(
+                            "the run's deadline passed during an LM call; raise timeout= or lower the LM's latency"
+                        ) from None
+            except Exception as exc:
+                cause = failure_cause(exc)
+                await (breaker.afailure if cause is not None else breaker.asuccess)(permit)
+                if lease is not None:
+                    await lease.arelease(None)
+                attempts.last = exc
+                attempts.note(model, attempt=attempt, **_describe(exc))
+                if isinstance(exc, DeadlineExceeded):
+                    raise
+                delay = self._retry_delay(exc, attempt, policy, budget)
+                if delay is None:
+                    return _NEXT if cause is not None else _raise(exc)
+                if delay > 0:
+                    t0 = time.perf_counter()
+                    await asyncio.sleep(delay)
+                    _wait_span(t0, "backoff", model, attempt=attempt + 1)
+                attempt += 1
+                continue
+            await breaker.asuccess(permit)
+            if lease is not None:
+                await lease.arelease(_used_tokens(result))
+            attempts.note(model, attempt=attempt, ok=True)
+            return finalize(lm, call, result)
+
+
+_NEXT: Any = object()  # sentinel: this model gave up, try the next one
+
+
+# -- output that fails to parse -----------------------------------------------------------------------
+def _next_in_chain(lm: Any) -> Any:
+    """The LM that takes over from ``lm`` when its output cannot be parsed, or None."""
+    if not isinstance(lm, ResilientLM) or not lm.fallbacks:
+        return None
+    if "parse" not in lm._resilience.config.fallback_on:
+        return None
+    return lm._resilience.wrap(lm.fallbacks[0], fallbacks=lm.fallback_names[1:])
+
+
+def _parse_failed(lm: Any, nxt: Any, exc: BaseException) -> None:
+    recorder = current_recorder()
+    if recorder is not None:
+        now = time.perf_counter()
+        recorder.add_span(
+            "wait", "parse_fallback", now, now, model=lm.model, to=nxt.model, error=str(exc)[:300]
+        )
+
+
+class _ParseFallback:
+    """Mixed into the run's adapter class: output the adapter cannot parse (after DSPy's own JSON
+    fallback) is asked again of the next model of the LM's chain."""
+
+    def __call__(self, lm: Any, lm_kwargs: Any, signature: Any, demos: Any, inputs: Any) -> Any:
+        try:
+            return super().__call__(lm, lm_kwargs, signature, demos, inputs)  # type: ignore[misc]
+        except dspy_errors.AdapterParseError as exc:
+            nxt = _next_in_chain(lm)
+            if nxt is None or dspy.settings.send_stream is not None:  # never replay visible output
+                raise
+            _parse_failed(lm, nxt, exc)
+            return self.__call__(nxt, lm_kwargs, signature, demos, inputs)
+
+    async def acall(self, lm: Any, lm_kwargs: Any, signature: Any, demos: Any, inputs: Any) -> Any:
+        try:
+            return await super().acall(lm, lm_kwargs, signature, demos, inputs)  # type: ignore[misc]
+        except dspy_errors.AdapterParseError as exc:
+            nxt = _next_in_chain(lm)
+            if nxt is None or dspy.settings.send_stream is not None:
+                raise
+            _parse_failed(lm, nxt, exc)
+            return await self.acall(nxt, lm_kwargs, signature, demos, inputs)
+
+
+_parse_classes: dict[type, type] = {}
+
+
+def parse_fallback_adapter(adapter: Any) -> Any:
+    """``adapter`` (None: DSPy's default ChatAdapter) with :class:`_ParseFallback` mixed in. The class
+    keeps its name and bases, so DSPy's ``isinstance`` and name checks (streaming) still see it."""
+    if adapter is None:
+        adapter = dspy.ChatAdapter()
+    if isinstance(adapter, _ParseFallback):
+        return adapter
+    cls = type(adapter)
+    mixed = _parse_classes.get(cls)
+    if mixed is None:
+        mixed = type(
+            cls.__name__,
+            (_ParseFallback, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+        _parse_classes[cls] = mixed
+    wrapped: Any = object.__new__(mixed)
+    wrapped.__dict__.update(adapter.__dict__)
+    return wrapped
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+def _wait_span(t0: float, reason: str, model: str, **attrs: Any) -> None:
+    t1 = time.perf_counter()
+    if t1 - t0 < _WAIT_SPAN_S:
+        return
+    recorder = current_recorder()
+    if recorder is not None:
+        recorder.add_span("wait", reason, t0, t1, model=model, reason=reason, **attrs)
+
+
+def _annotate(served_by: str | None, attempts: _Attempts, position: int | None) -> None:
+    recorder = current_recorder()
+    if recorder is None:
+        return
+    info: dict[str, Any] = {"served_by": served_by, "tried": attempts.tried}
+    if position:
+        info["fallback"] = position
+    recorder.annotate("lm", model=served_by, resilience=info)
+
+
+def _final(attempts: _Attempts) -> BaseException:
+    """The error a call that every model failed raises: the last model's, with what was tried."""
+    from dspex.lm.breaker import BreakerOpen
+
+    last: BaseException | None = attempts.last
+    assert last is not None  # a model was tried or skipped
+    if isinstance(last, BreakerOpen) and all(t.get("skipped") for t in attempts.tried):
+        waits = [t["retry_after"] for t in attempts.tried if t.get("retry_after") is not None]
+        return BreakerOpen(
+            f"every model of the chain has an open circuit breaker ({attempts.summary()}); "
+            "retry after the cooldown or configure a fallback that is up",
+            endpoint=getattr(last, "endpoint", "?"),
+            retry_after=min(waits) if waits else None,
+        )
+    if len(attempts.tried) > 1 and hasattr(last, "add_note"):
+        last.add_note(f"dspex resilience tried: {attempts.summary()}")
+    return last
