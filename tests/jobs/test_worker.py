@@ -74,6 +74,7 @@ def test_evaluation_job_runs_to_a_result(app: App, settings_sim: SimServer) -> N
     assert result["version_id"] == app.programs.resolve("qa").id
     assert done.progress is not None
     assert (done.progress["done"], done.progress["total"]) == (DEV, DEV)
+    assert result["placement"] == {"target": "inline", "reason": "no [routing] rules"}
     assert [(e.kind, e.outcome) for e in events] == [("start", None), ("end", "succeeded")]
 
 
@@ -89,8 +90,57 @@ def test_a_worker_with_a_pool_runs_evaluation_examples_on_it(app: App, settings_
     assert result["lm_calls"] == DEV == settings_sim.stats().total_requests
     assert result["usage"]["openai/sim-medium"]["calls"] == DEV
     assert app.pools.get("general").status().completed >= 1
+    assert result["placement"] == {
+        "target": "pool",
+        "pool": "general",
+        "reason": "the worker's own pool (dspex worker --pool)",
+    }
     with pytest.raises(ConfigurationError, match="unknown pool 'gpu'"):
         _worker(app, pool="gpu")
+
+
+def _routed(database_url: str, tmp_path: Path, routing: dict[str, Any]) -> App:
+    """Another App on the test's store (a job worker's process) with ``[routing]`` rules."""
+    return App(Settings.load(home=tmp_path / "home", database_url=database_url, routing=routing))
+
+
+def test_jobs_run_where_the_routing_rules_send_their_program(
+    app: App, settings_sim: SimServer, database_url: str, tmp_path: Path
+) -> None:
+    """A worker without a pool of its own: the router places each job's examples by the program's rule,
+    and the result says where and why."""
+    evaluation = submit_evaluation(app, program="qa", dataset="qa-set", metric="f1")
+    configured = submit_evaluation(
+        app, program="qa", dataset="qa-set", variables={"temperature": 0.7}, space=SPACE_DOCUMENT
+    )
+    optimization = submit_optimization(
+        app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=3, seed=3
+    )
+    on_pool = {"target": "pool", "pool": "general", "reason": "[routing] programs.qa"}
+    with _routed(database_url, tmp_path, {"programs": {"qa": "general"}}) as routed:
+        assert _worker(routed, kinds=["evaluate"]).run(stop_when_idle=True) == 2
+        result = _job(app, evaluation.id).result
+        assert result is not None
+        assert (result["n"], result["errors"], result["placement"]) == (DEV, 0, on_pool)
+        assert result["lm_calls"] == DEV
+        assert settings_sim.stats().total_requests == 2 * DEV  # both evaluations' examples, counted
+        assert routed.pools.get("general").status().completed >= 2
+        # A configured evaluation runs on the pool too: its workers applied the temperature.
+        result = _job(app, configured.id).result
+        assert result is not None
+        assert (result["variables"], result["placement"]) == ({"temperature": 0.7}, on_pool)
+        assert {r.temperature for r in settings_sim.requests()[DEV:]} == {0.7}
+        assert _worker(routed, kinds=["optimize"]).run(stop_when_idle=True) == 1
+        result = _job(app, optimization.id).result
+        assert result is not None
+        assert (result["finished"], result["placement"]) == (3, on_pool)
+    with _routed(database_url, tmp_path, {"default": "inline", "programs": {"other": "general"}}) as routed:
+        again = submit_evaluation(app, program="qa", dataset="qa-set")
+        assert _worker(routed).run(stop_when_idle=True) == 1
+        result = _job(app, again.id).result
+        assert result is not None
+        assert result["placement"] == {"target": "inline", "reason": "[routing] default"}
+        assert routed.pools.started() == []  # nothing was sent to a pool
 
 
 def test_evaluation_job_applies_variables_through_the_space(app: App) -> None:
@@ -227,7 +277,7 @@ def test_user_error_fails_the_job_without_retry_and_is_logged(
         "configuration_error",
         False,
     )
-    assert "unknown program version" in done.error["message"]
+    assert f"unknown version '{'f' * 64}' of program 'qa'; versions:" in done.error["message"]
     assert "traceback" not in done.error  # dspex's own errors say what to do; no traceback needed
     assert any(job.id in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
 

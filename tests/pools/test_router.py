@@ -110,3 +110,32 @@ def test_routing_targets_must_be_pools(make_app: Callable[..., App]) -> None:
     app = make_app({"programs": {"qa": "gpu"}})
     with pytest.raises(ConfigurationError, match=r"\[routing\] programs.qa = 'gpu': not 'inline' nor a pool"):
         app.run("qa", {"question": "q"})
+
+
+def test_evaluations_are_placed_by_the_same_rules(make_app: Callable[..., App]) -> None:
+    import dspy
+
+    from dspex.optimize import Evaluator
+    from dspex.optimize.metrics import exact_match
+    from dspex.pools.remote import PooledProgram
+
+    devset = [
+        dspy.Example(question=f"q{i}", answer=f"answer to q{i}").with_inputs("question") for i in range(6)
+    ]
+    app = make_app({"modules": {"chain_of_thought": "general"}})
+    placed = app.router.evaluation("qa")
+    assert isinstance(placed.program, PooledProgram)
+    assert placed.route.placement() == {
+        "target": "pool",
+        "pool": "general",
+        "reason": "[routing] modules.chain_of_thought",
+    }
+    assert Evaluator(exact_match).run(placed.program, devset).score == 1.0
+    assert app.pools.get("general").status().completed >= 1
+    inline = app.router.evaluation("sleepy")  # no rule for it: the default, inline
+    assert isinstance(inline.program, dspy.Module)
+    assert inline.route.placement() == {"target": "inline", "reason": "[routing] default"}
+    explicit = app.router.evaluation("sleepy", pool="general")
+    assert isinstance(explicit.program, PooledProgram)
+    with pytest.raises(ConfigurationError, match="unknown pool 'gpu'"):
+        app.router.evaluation("qa", pool="gpu")

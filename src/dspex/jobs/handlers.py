@@ -14,6 +14,11 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
 - ``evaluate``: the pinned program version, configured with the payload's variables through the space's
   bindings when given, scored by :class:`~dspex.optimize.Evaluator` on the dataset's split; it stops at
   the next finished example when asked to.
+
+Where the examples run: on the worker's own pool (``dspex worker --pool``), else where the router's
+``[routing]`` rules send the program (:meth:`dspex.runtime.router.Router.batch`), else in the worker's
+process. A configured evaluation runs on a pool too: each pool worker applies the configuration to its
+own copy. The result's ``placement`` says where and why (``{"target", "pool"?, "reason"}``).
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
         if reason is not None:
             raise OptimizationStopped(f"job {job.id}: {reason}", cancelled=reason == "cancel")
 
+    route = app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
     try:
         result = app.optimize(
             _field(job, "program", str),
@@ -147,7 +153,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
             optimization_id=optimization_id,
             on_trial=on_trial,
             should_stop=should_stop,
-            pool=context.pool,
+            pool=route.pool,
         )
     except OptimizationStopped as exc:
         done = {"optimization_id": optimization_id, "finished": app.optimizations.count(optimization_id)}
@@ -163,6 +169,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
         "lm_calls": result.lm_calls,
         "finished": result.finished,
         "n_trials": n_trials,
+        "placement": route.placement(),
     }
 
 
@@ -174,24 +181,24 @@ def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, A
     token usage."""
     from dspex.optimize import Evaluator
     from dspex.optimize.metrics import exact_match, f1
-    from dspex.variables.binding import apply
     from dspex.variables.spacefile import space_from_document
 
+    name = _field(job, "program", str)
     version_id = _field(job, "version_id", str)
     dataset = _field(job, "dataset", str)
     split = _optional(job, "split", str)
     metric = _metric(job)
     variables = _optional(job, "variables", dict)
-    program: Any = app.programs.build(app.programs.version(version_id))
     configuration: dict[str, Any] | None = None
-    lm = app.default_lm(program)
-    if context.pool is not None and variables is None:  # a configured copy cannot cross: it runs here
-        program, lm = app.pooled(_field(job, "program", str), pool=context.pool, version_id=version_id), None
+    applied: dict[str, Any] | None = None
     if variables is not None:
-        space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
-        validated = space.validate(variables)
-        configuration = validated.to_json()
-        program = apply(program, validated, bindings, lms=app.space_lms(space))
+        document = _field(job, "space", dict)
+        space, _ = space_from_document(document, functions=app.tools)
+        configuration = space.validate(variables).to_json()
+        applied = {"space": document, "values": configuration}  # applied on the pool's workers, or here
+    placed = app.router.evaluation(name, version_id, pool=context.pool, configuration=applied)
+    program: Any = placed.program
+    lm = None if placed.route.pool is not None else app.default_lm(program)
     examples = app.examples(dataset, split)[1]
     context.check()
 
@@ -203,7 +210,7 @@ def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, A
     result = evaluator.run(program, examples, lm=lm)
     return {
         "v": RESULT_VERSION,
-        "program": _field(job, "program", str),
+        "program": name,
         "version_id": version_id,
         "dataset": dataset,
         "split": split,
@@ -217,6 +224,7 @@ def run_evaluation(app: App, job: JobRecord, context: JobContext) -> dict[str, A
         "lm_calls": result.lm_calls,
         "usage": {model: dict(counts) for model, counts in result.usage.items()},
         "duration_s": round(result.duration_s, 3),
+        "placement": placed.route.placement(),
     }
 
 

@@ -1,4 +1,5 @@
-"""The router: where a run of a registered program executes when its caller names no pool.
+"""The router: where a run, an evaluation batch or a job of a registered program executes when its
+caller names no pool.
 
 Rules come from the settings' ``[routing]`` table, first match wins::
 
@@ -19,6 +20,12 @@ Then live state: a chosen pool that is unhealthy (a worker starting, stopping or
 ``spill_queue`` tasks waiting spills the run to ``spill_to``. Each decision is recorded with its reason in
 the run's ``placement`` (``{"target", "pool", "reason"}``); with no ``[routing]`` rules, runs stay inline
 and ``placement`` stays null.
+
+Evaluation batches and jobs follow the same rules, through :meth:`Router.batch`: an evaluation job (and
+the trials of an optimization job) runs its examples on the pool the rules give its program, unless the
+job worker owns a pool (``dspex worker --pool``), which then wins. The job's result says where it ran and
+why (``placement``). In Python, ``app.router.evaluation("qa")`` is the program to hand to the
+:class:`~dspex.optimize.Evaluator`: on a pool (a ``PooledProgram``) or built here, with its route.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dspex.errors import ConfigurationError
 if TYPE_CHECKING:
     from dspex.runtime.app import App
 
-__all__ = ["ISOLATED_POOL", "Route", "Router"]
+__all__ = ["ISOLATED_POOL", "Placed", "Route", "Router"]
 
 INLINE = "inline"
 ISOLATED_POOL = "isolated"
@@ -44,6 +51,22 @@ class Route:
 
     pool: str | None
     reason: str
+
+    def placement(self) -> dict[str, Any]:
+        """The route as recorded: ``{"target": "pool", "pool", "reason"}`` or ``{"target": "inline", "reason"}``."""
+        if self.pool is None:
+            return {"target": INLINE, "reason": self.reason}
+        return {"target": "pool", "pool": self.pool, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A registered program version where its evaluation runs: ``program`` is a
+    :class:`~dspex.pools.remote.PooledProgram` when ``route.pool`` is set, else the built module."""
+
+    program: Any
+    version_id: str
+    route: Route
 
 
 def _module_names(program: Any) -> tuple[set[str], bool]:
@@ -119,6 +142,50 @@ class Router:
                 target, f"{route.reason}; pool {route.pool!r} {why}: spilled to {self.rules.spill_to}"
             )
         return route
+
+    def batch(self, name: str, version_id: str | None = None, *, pool: str | None = None) -> Route:
+        """The route of an evaluation batch or a job of ``name``: ``pool`` when the caller owns one (a
+        ``dspex worker --pool``), else :meth:`decide` when there are rules, else inline."""
+        if pool is not None:
+            self.app.pools.setting(pool)  # an unknown pool is a ConfigurationError listing the valid ones
+            return Route(pool, "the worker's own pool (dspex worker --pool)")
+        if not self.active:
+            return Route(None, "no [routing] rules")
+        return self.decide(name, version_id)
+
+    def evaluation(
+        self,
+        name: str,
+        version_id: str | None = None,
+        *,
+        pool: str | None = None,
+        configuration: dict[str, Any] | None = None,
+    ) -> Placed:
+        """Registered program ``name`` (``version_id``, else production) where its evaluation runs::
+
+            placed = app.router.evaluation("qa")
+            Evaluator(exact_match, concurrency=128).run(placed.program, devset)
+            placed.route.reason                      # e.g. "[routing] programs.qa"
+
+        ``pool`` names the pool outright (as :meth:`batch`); ``configuration`` (``{"space": a space
+        document, "values": a configuration}``) is applied to the program, on the workers or here.
+        """
+        route = self.batch(name, version_id, pool=pool)
+        version = self.app._cache.version(name, version_id)
+        if route.pool is not None:
+            from dspex.pools.remote import PooledProgram
+
+            remote = PooledProgram(self.app.pools.get(route.pool), name, version.id, configuration)
+            return Placed(remote, version.id, route)
+        program = self.app.programs.build(version)
+        if configuration is not None:
+            from dspex.variables.binding import apply
+            from dspex.variables.spacefile import space_from_document
+
+            space, bindings = space_from_document(configuration["space"], functions=self.app.tools)
+            values = space.validate(configuration["values"])
+            program = apply(program, values, bindings, lms=self.app.space_lms(space))
+        return Placed(program, version.id, route)
 
     def _rule(self, name: str, version_id: str | None) -> Route:
         rules = self.rules
