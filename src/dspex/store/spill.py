@@ -98,8 +98,10 @@ def replay(
     repository: ExecutionRepository, path: Path, *, chunk: int = 500
 ) -> tuple[int, int, BaseException | None]:
     """:func:`replay_spill`, plus the outage that stopped it early (None when every line was tried)."""
+    if not path.exists():  # the usual case: no lock file made, nothing to read
+        return 0, 0, None
     with _spill_lock(path):
-        if not path.exists():
+        if not path.exists():  # another process replayed it meanwhile
             return 0, 0, None
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         kept: list[str] = []
