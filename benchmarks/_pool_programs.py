@@ -48,6 +48,21 @@ class Leak(dspy.Module):
         return dspy.Prediction(answer=str(len(_LEAKED)))
 
 
+class Hog(dspy.Module):
+    """Allocates ``mb`` megabytes and holds them ``hold_s`` seconds: memory pressure on a worker."""
+
+    def forward(self, mb: int, hold_s: float = 0.0) -> dspy.Prediction:
+        import time
+
+        held = b"x" * (mb * 1024 * 1024)  # touched, so it is resident
+        time.sleep(hold_s)
+        return dspy.Prediction(held_mb=len(held) // (1024 * 1024))
+
+
+def build_hog() -> Hog:
+    return Hog()
+
+
 def build_noop() -> NoOp:
     return NoOp()
 

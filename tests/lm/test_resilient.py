@@ -288,3 +288,27 @@ def test_without_a_chain_a_parse_failure_is_dspys_own_error(primary: SimServer) 
     with _app(primary) as app, pytest.raises(ExecutionError, match="AdapterParseError"):
         app.run(dspy.Predict(QA), {"question": "q"})
     assert primary.stats().statuses == {200: 2}  # DSPy's ChatAdapter and its JSON fallback, no more
+
+
+def test_a_fallback_is_retried_by_this_loop_not_by_dspys_own(primary: SimServer, backup: SimServer) -> None:
+    primary.configure(error_rate=1.0)
+    backup.configure(fail_first=[500])
+    with _app(
+        primary,
+        backup,
+        retries=1,
+        backoff_base_s=0.01,
+        models={"openai/sim-small": {"fallbacks": ["backup"]}},
+    ) as app:
+        t0 = time.perf_counter()
+        result = app.run(dspy.Predict(QA), {"question": "q"})
+        took = time.perf_counter() - t0
+        (lm,) = _lm_spans(app, result.execution_id)
+    assert backup.stats().statuses == {500: 1, 200: 1}
+    assert took < 0.8  # DSPy's own retry would have slept 1 s first
+    assert [(t["model"], t.get("ok", t.get("cause"))) for t in lm["attrs"]["resilience"]["tried"]] == [
+        ("openai/sim-small", "server"),
+        ("openai/sim-small", "server"),
+        ("openai/sim-medium", "server"),
+        ("openai/sim-medium", True),
+    ]

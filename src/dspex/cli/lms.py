@@ -37,7 +37,7 @@ def _models(dspex_app: Any) -> list[dict[str, Any]]:
                 "rpm": spec.rpm if spec else None,
                 "tpm": spec.tpm if spec else None,
                 "max_concurrent": spec.max_concurrent if spec else None,
-                "retries": policy.retries,
+                "retries": resilience.retries(policy, lm),
                 "fallbacks": list(policy.fallbacks),
             }
         )

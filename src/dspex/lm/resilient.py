@@ -175,7 +175,7 @@ class _ModelPolicy:
     endpoint: str
     limits: LimitSpec | None
     breaker: BreakerSpec
-    retries: int
+    retries: int | None  # None: the LM's own num_retries
     fallbacks: tuple[str, ...]
 
 
@@ -311,7 +311,7 @@ class Resilience:
         limits = None
         if entry is not None and (entry.rpm or entry.tpm or entry.max_concurrent):
             limits = LimitSpec(rpm=entry.rpm, tpm=entry.tpm, max_concurrent=entry.max_concurrent)
-        retries = self.config.retries if self.config.retries is not None else self.default_retries
+        retries = self.config.retries
         if entry is not None and entry.retries is not None:
             retries = entry.retries
         policy = _ModelPolicy(
@@ -346,9 +346,18 @@ class Resilience:
         if lm is None:
             assert self.models is not None  # names were checked against it
             lm = self.models.build(name, wrap=False)
+            lm._dspex_retries = lm.num_retries
+            lm.num_retries = 0  # this loop retries; DSPy's own loop (with its 1-60 s sleeps) must not
             with self._lock:
                 lm = self._bare.setdefault(name, lm)
         return lm
+
+    def retries(self, policy: _ModelPolicy, lm: Any) -> int:
+        """Retries of a retryable error on ``lm``: the settings', else the LM's own ``num_retries``."""
+        if policy.retries is not None:
+            return policy.retries
+        own = getattr(lm, "_dspex_retries", None)
+        return own if isinstance(own, int) else self.default_retries
 
     def chain(self, lm: Any, program: str | None = None) -> tuple[str, ...]:
         """The fallback names for ``lm`` in ``program``: the program's chain, else the model's."""
@@ -482,7 +491,9 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     ) -> ResilientLM:
         wrapped: ResilientLM = copy.copy(lm)  # dspy.LM.__copy__: same settings, shared engine pools
         wrapped.__class__ = cls
-        wrapped.__dict__.pop("num_retries", None)
+        own = wrapped.__dict__.pop("num_retries", None)
+        if not isinstance(getattr(lm, "_dspex_retries", None), int):  # a bare fallback already has it
+            wrapped._dspex_retries = own
         wrapped._resilience = resilience
         wrapped.fallbacks = fallbacks
         wrapped.fallback_names = names
@@ -587,7 +598,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
                 attempts.note(model, attempt=attempt, **_describe(exc))
                 if isinstance(exc, DeadlineExceeded):
                     raise
-                delay = self._retry_delay(exc, attempt, policy, budget)
+                delay = self._retry_delay(lm, exc, attempt, policy, budget)
                 if delay is None:
                     return _NEXT if cause is not None else _raise(exc)
                 if delay > 0:
@@ -603,10 +614,10 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
             return finalize(lm, call, result)
 
     def _retry_delay(
-        self, exc: BaseException, attempt: int, policy: _ModelPolicy, budget: RetryBudget
+        self, lm: Any, exc: BaseException, attempt: int, policy: _ModelPolicy, budget: RetryBudget
     ) -> float | None:
         """Seconds to wait before retrying ``exc`` on the same model, or None to stop retrying it."""
-        if not dspy.is_retryable_lm_error(exc) or attempt >= policy.retries:
+        if not dspy.is_retryable_lm_error(exc) or attempt >= self._resilience.retries(policy, lm):
             return None
         config = self._resilience.config
         hint = getattr(exc, "retry_after", None)
@@ -699,7 +710,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
                 attempts.note(model, attempt=attempt, **_describe(exc))
                 if isinstance(exc, DeadlineExceeded):
                     raise
-                delay = self._retry_delay(exc, attempt, policy, budget)
+                delay = self._retry_delay(lm, exc, attempt, policy, budget)
                 if delay is None:
                     return _NEXT if cause is not None else _raise(exc)
                 if delay > 0:
