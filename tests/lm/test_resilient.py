@@ -14,7 +14,7 @@ from typing import Any
 import dspy
 import pytest
 
-from dspex.errors import ConfigurationError, DeadlineExceeded, ExecutionError, LMError
+from dspex.errors import ConfigurationError, DeadlineExceeded, ExecutionError, LMError, SpecError
 from dspex.runtime import App
 from dspex.settings import Settings
 from dspex.testing import SimServer
@@ -312,3 +312,24 @@ def test_a_fallback_is_retried_by_this_loop_not_by_dspys_own(primary: SimServer,
         ("openai/sim-medium", "server"),
         ("openai/sim-medium", True),
     ]
+
+
+def test_a_spec_names_its_fallbacks_among_the_configured_models(
+    primary: SimServer, backup: SimServer
+) -> None:
+    primary.configure(error_rate=1.0)
+    spec = {
+        "module": "predict",
+        "signature": QA,
+        "lm": {"model": "openai/sim-small", "fallbacks": ["backup"]},
+    }
+    with _app(primary, backup, retries=0) as app:
+        app.programs.register("qa", spec)
+        result = app.run("qa", {"question": "q"})
+        (lm,) = _lm_spans(app, result.execution_id)
+        policy = app.spec_policy("untrusted")
+        with pytest.raises(SpecError, match="unknown model 'nope'") as caught:
+            policy.check_program_spec({**spec, "lm": {"model": "openai/sim-small", "fallbacks": ["nope"]}})
+    assert caught.value.path == "lm.fallbacks[0]"
+    assert lm["model"] == "openai/sim-medium"
+    assert backup.stats().statuses == {200: 1}

@@ -20,7 +20,7 @@ A spec may add only sampling settings (:data:`SAMPLING_KEYS`); anything else (``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +97,7 @@ class ModelRegistry:
             self._models[entry.name] = entry
         self.defaults = dict(defaults or {})
         # What every LM built here goes through (the App sets it to its resilience's wrap); None: bare.
-        self.wrap: Callable[[Any], Any] | None = None
+        self.wrap: Callable[..., Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
@@ -166,10 +166,12 @@ class ModelRegistry:
         """The first configured model (by name) whose provider model is ``model``."""
         return next((self._models[n] for n in self.names() if self._models[n].model == model), None)
 
-    def build(self, name: str, /, *, wrap: bool = True, **sampling: Any) -> Any:
+    def build(
+        self, name: str, /, *, wrap: bool = True, fallbacks: Sequence[str] | None = None, **sampling: Any
+    ) -> Any:
         """A ``dspy.LM`` for the configured model ``name`` with its base URL and key, the settings'
         defaults and ``sampling`` (keys from :data:`SAMPLING_KEYS` only), through :attr:`wrap` (the App's
-        resilience) unless ``wrap=False``."""
+        resilience, with ``fallbacks``: configured model names) unless ``wrap=False``."""
         entry = self.get(name)
         for setting in sampling:
             if setting not in SAMPLING_KEYS:
@@ -189,4 +191,6 @@ class ModelRegistry:
             lm = dspy.LM(entry.model, **options)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"cannot build LM for configured model {name!r}: {exc}") from exc
-        return self.wrap(lm) if wrap and self.wrap is not None else lm
+        if not wrap or self.wrap is None:
+            return lm
+        return self.wrap(lm, fallbacks=fallbacks) if fallbacks else self.wrap(lm)

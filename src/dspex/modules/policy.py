@@ -39,7 +39,7 @@ __all__ = ["SpecPolicy", "Trust"]
 Trust = Literal["trusted", "untrusted"]
 """``trusted``: written by the operator (Python, CLI, files); ``untrusted``: received over the API."""
 
-_LM_SPEC_KEYS = ("model", *SAMPLING_KEYS)
+_LM_SPEC_KEYS = ("model", "fallbacks", *SAMPLING_KEYS)
 # Attributes through which a value could redirect an LM (endpoint, key, headers) or reach internals.
 _GUARDED_ATTRIBUTES = frozenset({"lm", "lms", "kwargs", "config", "callbacks", "adapter", "engine"})
 
@@ -125,6 +125,18 @@ class SpecPolicy:
             if key not in _LM_SPEC_KEYS:
                 self.check_lm_key(str(key), _join(path, str(key)))
         self.check_model(lm.get("model"), _join(path, "model"))
+        self.check_fallbacks(lm.get("fallbacks"), _join(path, "fallbacks"))
+
+    def check_fallbacks(self, names: Any, path: str) -> None:
+        """``lm.fallbacks``: configured model names, at every trust level (a fallback is built from the
+        settings, with that model's endpoint and key)."""
+        if names is None:
+            return
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise SpecError("fallbacks is a list of configured model names", path=path)
+        for i, name in enumerate(names):
+            if name not in self.models:
+                raise SpecError(self.models.unknown(name), path=_join(path, i))
 
     def check_module_spec(self, data: Any, path: str = "") -> None:
         """Everything in a module spec that names code or a host, checked against the registries.
@@ -161,17 +173,27 @@ class SpecPolicy:
         A configured model name is built from the settings (its base URL and key) at any trust level;
         a trusted spec may also give any ``dspy.LM`` settings of its own."""
         self.check_lm(lm, path)
+        fallbacks = lm.get("fallbacks")
+        self.check_fallbacks(fallbacks, _join(path, "fallbacks"))
+        lm = {key: value for key, value in lm.items() if key != "fallbacks"}
         name = lm.get("model")
         if isinstance(name, str) and name in self.models:
             sampling = {key: value for key, value in lm.items() if key != "model"}
             if not self.trusted or all(key in SAMPLING_KEYS for key in sampling):
-                return self.models.build(name, **sampling)
+                return self.models.build(name, fallbacks=fallbacks, **sampling)
         import dspy
 
         try:
-            return dspy.LM(**lm)
+            built = dspy.LM(**lm)
         except (TypeError, ValueError) as exc:
             raise SpecError(f"dspy.LM rejected the lm settings: {exc}", path=path) from exc
+        if fallbacks:
+            if self.models.wrap is None:
+                raise SpecError(
+                    "fallbacks need the App's resilience: register the program through an App", path=path
+                )
+            return self.models.wrap(built, fallbacks=fallbacks)
+        return built
 
     def check_program_spec(self, spec: Any) -> None:
         """A program spec (a module spec plus ``lm``), received over the API."""

@@ -23,12 +23,15 @@ survive for a version to behave as it did. Credentials are refused when saving.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 
 from dspex.errors import ConfigurationError
 from dspex.programs._json import SECRET_KEYS, check_json
+
+if TYPE_CHECKING:
+    from dspex.lm.models import ModelRegistry
 
 __all__ = ["PAYLOAD_VERSION", "apply_state", "apply_structure", "capture_state"]
 
@@ -104,8 +107,14 @@ def _refuse_secrets(value: Any, path: str) -> None:
             _refuse_secrets(item, f"{path}.{key}")
 
 
-def apply_state(module: dspy.Module, payload: Mapping[str, Any], *, where: str) -> None:
-    """Load ``payload`` into ``module`` (built from the payload's source). ``where`` names it in errors."""
+def apply_state(
+    module: dspy.Module, payload: Mapping[str, Any], *, where: str, models: ModelRegistry | None = None
+) -> None:
+    """Load ``payload`` into ``module`` (built from the payload's source). ``where`` names it in errors.
+
+    A predictor LM whose model and endpoint are a configured model's (``models``) is built from the
+    settings again (its key, which the saved state never holds, and the App's resilience), with the saved
+    sampling settings and the fallback chain the source gave it."""
     if payload.get("v") != PAYLOAD_VERSION:
         raise ConfigurationError(
             f"{where} has state format v{payload.get('v')}; this dspex reads v{PAYLOAD_VERSION}: upgrade dspex"
@@ -122,10 +131,14 @@ def apply_state(module: dspy.Module, payload: Mapping[str, Any], *, where: str) 
         )
     lms: dict[str, Any] = {}
     without_lm: dict[str, Any] = {}
+    built = dict(module.named_predictors())
     for name, predictor_state in state.items():
         lm_state = predictor_state.get("lm") if isinstance(predictor_state, dict) else None
         if lm_state is not None:
-            lms[name] = _rebuild_lm(lm_state, f"{where}, predictor {name!r}")
+            source_lm = getattr(built.get(name), "lm", None)
+            lms[name] = _configured_lm(lm_state, models, source_lm) or _rebuild_lm(
+                lm_state, f"{where}, predictor {name!r}"
+            )
             predictor_state = {**predictor_state, "lm": None}  # rebuilt above, with a clearer error
         without_lm[name] = predictor_state
     try:
@@ -139,6 +152,29 @@ def apply_state(module: dspy.Module, payload: Mapping[str, Any], *, where: str) 
     for name, predictor in module.named_predictors():
         predictor.config = dict(config.get(name, {}))
         predictor.lm = lms.get(name)
+
+
+def _configured_lm(lm_state: Mapping[str, Any], models: ModelRegistry | None, source_lm: Any) -> Any:
+    """The saved LM built again from its configured model, or None when no configured model matches."""
+    if models is None or lm_state.get(_LM_CLASS_KEY) != "dspy.clients.lm.LM" or lm_state.get("engine"):
+        return None
+    model, base = lm_state.get("model"), lm_state.get("api_base")
+    entry = next(
+        (
+            models.get(n)
+            for n in models.names()
+            if models.get(n).model == model and (models.get(n).api_base or None) == (base or None)
+        ),
+        None,
+    )
+    if entry is None:
+        return None
+    from dspex.lm.models import SAMPLING_KEYS
+
+    sampling = {k: lm_state[k] for k in SAMPLING_KEYS if lm_state.get(k) is not None}
+    names = getattr(source_lm, "fallback_names", None)
+    same = getattr(source_lm, "model", None) == model
+    return models.build(entry.name, fallbacks=list(names) if names and same else None, **sampling)
 
 
 def _rebuild_lm(lm_state: Mapping[str, Any], where: str) -> Any:

@@ -323,7 +323,7 @@ class ProgramRegistry:
         module = apply_structure(
             build_source(payload["source"], tools=self.tools, models=self.models), payload, where=where
         )
-        apply_state(module, payload, where=where)
+        apply_state(module, payload, where=where, models=self.models)
         return module
 
     # -- lifecycle -----------------------------------------------------------------------------------
