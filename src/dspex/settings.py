@@ -162,9 +162,14 @@ class ModelResilienceSetting(pydantic.BaseModel):
 
 
 class ProgramResilienceSetting(pydantic.BaseModel):
-    """``[resilience.programs.NAME]``: a registered program's own fallback chain."""
+    """``[resilience.programs.NAME]``: a registered program's own fallback chain and limits (on top of
+    its models' limits, over all its runs whatever model serves them)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(None, ge=1, description="LM requests per minute of this program's runs.")
+    tpm: int | None = Field(None, ge=1, description="LM tokens per minute of this program's runs.")
+    max_concurrent: int | None = Field(None, ge=1, description="LM calls of this program in flight at once.")
 
     fallbacks: list[str] = Field(
         default_factory=list, description="Configured models to try, in order, after the program's LM."

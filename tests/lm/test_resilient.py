@@ -333,3 +333,15 @@ def test_a_spec_names_its_fallbacks_among_the_configured_models(
     assert caught.value.path == "lm.fallbacks[0]"
     assert lm["model"] == "openai/sim-medium"
     assert backup.stats().statuses == {200: 1}
+
+
+def test_a_program_limit_holds_its_runs_whatever_the_model(primary: SimServer) -> None:
+    with _app(primary, programs={"qa": {"rpm": 1}}) as app:
+        app.programs.register("qa", {"module": "predict", "signature": QA})
+        app.run("qa", {"question": "q1"})
+        app.run(dspy.Predict(QA), {"question": "another program: not limited"})
+        with pytest.raises(DeadlineExceeded):
+            app.run("qa", {"question": "q2"}, timeout=0.3)
+        status = {limit["key"]: limit for limit in app.resilience.status()["limits"]}
+    assert status["program:qa"]["requests_last_min"] == 1
+    assert primary.stats().statuses == {200: 2}

@@ -385,17 +385,34 @@ class Resilience:
                     f"fallback {name!r} is not a configured model; "
                     + (self.models.unknown(name) if self.models is not None else "configure [models.NAME]")
                 )
+        limited = program if program is not None and self._program_limits(program) is not None else None
+        key = (*names, f"program:{limited}") if limited is not None else names
         with self._lock:
             per_lm = self._wrapped.get(lm)
             if per_lm is None:
                 per_lm = {}
                 self._wrapped[lm] = per_lm
-            wrapped = per_lm.get(names)
+            wrapped = per_lm.get(key)
         if wrapped is None:
-            wrapped = ResilientLM.around(lm, self, [self._fallback_lm(n) for n in names], names)
+            program_limiter = None
+            if limited is not None:
+                spec = self._program_limits(limited)
+                assert spec is not None  # checked above
+                program_limiter = self.limits.limiter(f"program:{limited}", spec)
+            fallback_lms = [self._fallback_lm(n) for n in names]
+            wrapped = ResilientLM.around(lm, self, fallback_lms, names, program_limiter)
             with self._lock:
-                wrapped = per_lm.setdefault(names, wrapped)
+                wrapped = per_lm.setdefault(key, wrapped)
         return wrapped
+
+    def _program_limits(self, program: str) -> LimitSpec | None:
+        """The limits of ``[resilience.programs.NAME]``, shared by all its runs on every model."""
+        from dspex.lm.limits import LimitSpec
+
+        entry = self.config.programs.get(program)
+        if entry is None or not (entry.rpm or entry.tpm or entry.max_concurrent):
+            return None
+        return LimitSpec(rpm=entry.rpm, tpm=entry.tpm, max_concurrent=entry.max_concurrent)
 
     # -- status ---------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -481,13 +498,19 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     """
 
     _resilience: Resilience
+    _program_limiter: Limiter | None
     fallbacks: list[Any]
     fallback_names: tuple[str, ...]
     primary: Any
 
     @classmethod
     def around(
-        cls, lm: Any, resilience: Resilience, fallbacks: list[Any], names: tuple[str, ...]
+        cls,
+        lm: Any,
+        resilience: Resilience,
+        fallbacks: list[Any],
+        names: tuple[str, ...],
+        program_limiter: Limiter | None = None,
     ) -> ResilientLM:
         wrapped: ResilientLM = copy.copy(lm)  # dspy.LM.__copy__: same settings, shared engine pools
         wrapped.__class__ = cls
@@ -495,6 +518,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         if not isinstance(getattr(lm, "_dspex_retries", None), int):  # a bare fallback already has it
             wrapped._dspex_retries = own
         wrapped._resilience = resilience
+        wrapped._program_limiter = program_limiter
         wrapped.fallbacks = fallbacks
         wrapped.fallback_names = names
         wrapped.primary = lm
@@ -564,18 +588,14 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     ) -> Any:
         resilience = self._resilience
         budget = resilience.budget(policy.key)
-        limiter = resilience.limiter(policy)
+        limiters = [x for x in (resilience.limiter(policy), self._program_limiter) if x is not None]
         breaker = resilience.breaker(policy)
         attempt = 0
         while True:
             check_deadline(f"an LM call to {model}")
             call = prepare(lm, prompt, messages, kwargs)
             tokens = _estimate_tokens(call)
-            lease = None
-            if limiter is not None:
-                t0 = time.perf_counter()
-                lease = limiter.acquire(tokens, deadline=deadline())
-                _wait_span(t0, "rate_limit", model)
+            lease = _acquire(limiters, tokens, model)
             try:
                 permit = breaker.before()
             except Exception as exc:
@@ -667,18 +687,14 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     ) -> Any:
         resilience = self._resilience
         budget = resilience.budget(policy.key)
-        limiter = resilience.limiter(policy)
+        limiters = [x for x in (resilience.limiter(policy), self._program_limiter) if x is not None]
         breaker = resilience.breaker(policy)
         attempt = 0
         while True:
             check_deadline(f"an LM call to {model}")
             call = prepare(lm, prompt, messages, kwargs, asynchronous=True)
             tokens = _estimate_tokens(call)
-            lease = None
-            if limiter is not None:
-                t0 = time.perf_counter()
-                lease = await limiter.aacquire(tokens, deadline=deadline())
-                _wait_span(t0, "rate_limit", model)
+            lease = await _aacquire(limiters, tokens, model)
             try:
                 permit = await breaker.abefore()
             except Exception as exc:
@@ -729,6 +745,51 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
 _NEXT: Any = object()  # sentinel: this model gave up, try the next one
 
 
+class _Leases:
+    """The leases one attempt holds (the model's limits, the program's), released together."""
+
+    def __init__(self, leases: list[Any]) -> None:
+        self.leases = leases
+
+    def release(self, tokens_used: int | None) -> None:
+        for lease in self.leases:
+            lease.release(tokens_used)
+
+    async def arelease(self, tokens_used: int | None) -> None:
+        for lease in self.leases:
+            await lease.arelease(tokens_used)
+
+
+def _acquire(limiters: list[Limiter], tokens: int, model: str) -> _Leases | None:
+    if not limiters:
+        return None
+    t0 = time.perf_counter()
+    leases = _Leases([])
+    try:
+        for limiter in limiters:
+            leases.leases.append(limiter.acquire(tokens, deadline=deadline()))
+    except BaseException:
+        leases.release(0)
+        raise
+    _wait_span(t0, "rate_limit", model)
+    return leases
+
+
+async def _aacquire(limiters: list[Limiter], tokens: int, model: str) -> _Leases | None:
+    if not limiters:
+        return None
+    t0 = time.perf_counter()
+    leases = _Leases([])
+    try:
+        for limiter in limiters:
+            leases.leases.append(await limiter.aacquire(tokens, deadline=deadline()))
+    except BaseException:
+        await leases.arelease(0)
+        raise
+    _wait_span(t0, "rate_limit", model)
+    return leases
+
+
 # -- output that fails to parse -----------------------------------------------------------------------
 def _next_in_chain(lm: Any) -> Any:
     """The LM that takes over from ``lm`` when its output cannot be parsed, or None."""
@@ -736,7 +797,9 @@ def _next_in_chain(lm: Any) -> Any:
         return None
     if "parse" not in lm._resilience.config.fallback_on:
         return None
-    return lm._resilience.wrap(lm.fallbacks[0], fallbacks=lm.fallback_names[1:])
+    resilience = lm._resilience
+    rest = lm.fallback_names[1:]
+    return ResilientLM.around(lm.fallbacks[0], resilience, lm.fallbacks[1:], rest, lm._program_limiter)
 
 
 def _parse_failed(lm: Any, nxt: Any, exc: BaseException) -> None:
