@@ -205,25 +205,43 @@ def storm(home: Path, runs: int, threads: int) -> Row:
 
 
 def probes(home: Path, seconds: float, threads: int) -> Row:
+    """The dead endpoint's requests once its breaker opened: counted from 0.5 s after the first opening
+    (calls already in flight when it opened land before that), per cooldown."""
     cooldown = 1.0
     with _endpoints() as servers:
-        servers[0].configure(error_rate=1.0)
+        dead = servers[0]
+        dead.configure(error_rate=1.0)
         with _app(
             home,
             servers,
             retries=0,
             breaker={"failure_rate": 0.5, "min_calls": 10, "window_s": 10, "cooldown_s": cooldown},
         ) as app:
-            row = _drive(app, None, threads, seconds=seconds)
-            state = next(b for b in app.resilience.status()["breakers"] if servers[0].url in b["endpoint"])
-        requests = [r for r in servers[0].requests() if r.status == 500]
-        opened_after = 10  # min_calls failures open it
-        later = requests[opened_after:]
-        windows = seconds / cooldown
+            marks: dict[str, float] = {}
+
+            def watch() -> None:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    states = app.resilience.status()["breakers"]
+                    if "opened" not in marks and any(
+                        b["state"] == "open" for b in states if dead.url in b["endpoint"]
+                    ):
+                        marks["opened"] = time.monotonic()
+                    if "opened" in marks and "from" not in marks and time.monotonic() > marks["opened"] + 0.5:
+                        marks["from"] = time.monotonic()
+                        marks["count_from"] = dead.stats().statuses.get(500, 0)
+                    time.sleep(0.005)
+
+            row = _drive(app, None, threads, seconds=seconds, during=watch)
+            end = time.monotonic()
+            state = next(b for b in app.resilience.status()["breakers"] if dead.url in b["endpoint"])
+        total = dead.stats().statuses.get(500, 0)
+        probes_seen = total - int(marks.get("count_from", total))
+        windows = (end - marks.get("from", end)) / cooldown
         row.update(
             row="probes",
-            note=f"dead endpoint got {len(requests)} requests: {opened_after} to open the breaker, then "
-            f"{len(later)} probes in {seconds:.0f} s = {len(later) / windows:.2f} per {cooldown:.0f} s cooldown "
+            note=f"dead endpoint: {total} requests; after its breaker opened, {probes_seen} probes in "
+            f"{windows:.1f} cooldowns of {cooldown:.0f} s = {probes_seen / max(windows, 1e-9):.2f} per cooldown "
             f"(target <= 1); opened {state['opens']} times",
         )
         return row
@@ -265,7 +283,12 @@ def rpm(seconds: float) -> Row:
     if measure is None:
         return {"row": "rpm", "note": "benchmarks/rate_limits.py has no measure(); run it directly"}
     result: Row = measure(processes=4, seconds=seconds)
-    return {"row": "rpm", **result}
+    return {
+        "row": "rpm",
+        "note": f"rpm {result['rpm']} shared by {result['processes']} processes through Redis for "
+        f"{result['seconds']:g} s: admitted {result['admitted']}, busiest 60 s window {result['busiest_window']} "
+        f"(ratio {result['ratio']:.3f}, target within 5%)",
+    }
 
 
 def pool_kills(home: Path, runs: int = 600, kills: int = 30) -> Row:

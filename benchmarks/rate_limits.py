@@ -57,27 +57,22 @@ def max_in_window(times: list[float], window_s: float) -> int:
     return max((bisect.bisect_left(times, t + window_s) - i for i, t in enumerate(times)), default=0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--rpm", type=int, default=600)
-    parser.add_argument("--redis-url", default=os.environ.get("DSPEX_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    args = parser.parse_args()
-
+def measure(
+    processes: int = 4, seconds: float = 60.0, rpm: int = 600, redis_url: str | None = None
+) -> dict[str, Any]:
+    """Run the benchmark; the figures ``main`` prints (and ``benchmarks/chaos.py``'s ``rpm`` row)."""
+    redis_url = redis_url or os.environ.get("DSPEX_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"dspex-bench-{uuid.uuid4().hex}"
     context = multiprocessing.get_context("spawn")
     out: Queue[Any] = context.Queue()
     start_at = time.time() + 3.0  # time for every process to start and import dspex
     workers = [
-        context.Process(
-            target=hammer, args=(i, args.redis_url, prefix, args.rpm, start_at, args.seconds, out)
-        )
-        for i in range(args.processes)
+        context.Process(target=hammer, args=(i, redis_url, prefix, rpm, start_at, seconds, out))
+        for i in range(processes)
     ]
     for worker in workers:
         worker.start()
-    results = sorted(out.get(timeout=args.seconds + 120) for _ in workers)
+    results = sorted(out.get(timeout=seconds + 120) for _ in workers)
     for worker in workers:
         worker.join(30)
         if worker.exitcode != 0:
@@ -85,16 +80,37 @@ def main() -> None:
 
     import redis
 
-    client = redis.Redis.from_url(args.redis_url)
+    client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*"))
     if keys:
         client.delete(*keys)
     client.close()
 
     times = [t for _, admitted, _ in results for t in admitted]
-    total = len(times)
-    per_minute = total * 60.0 / args.seconds
     busiest = max_in_window(times, WINDOW_S)
+    return {
+        "processes": processes,
+        "seconds": seconds,
+        "rpm": rpm,
+        "admitted": len(times),
+        "busiest_window": busiest,
+        "ratio": round(busiest / rpm, 3),
+        "per_process": results,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--redis-url", default=os.environ.get("DSPEX_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+    figures = measure(args.processes, args.seconds, args.rpm, args.redis_url)
+    results = figures["per_process"]
+    total = figures["admitted"]
+    per_minute = total * 60.0 / args.seconds
+    busiest = figures["busiest_window"]
     ratio = busiest / args.rpm
 
     print(
