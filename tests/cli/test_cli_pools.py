@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from cli_support import Invoke, as_json
@@ -72,3 +77,51 @@ def test_sessions_from_the_command_line(dspex: Invoke, tmp_path: Path, settings_
     assert "deleted 0 expired sessions" in dspex("sessions", "prune").stdout
     dspex("sessions", "delete", session)
     assert "unknown session" in dspex("sessions", "show", session, code=2).stderr
+
+
+def test_status_reads_what_processes_running_pools_publish(dspex: Invoke) -> None:
+    """No server: the process running a pool publishes its status under the home directory."""
+    _pool_file()
+    assert "no process runs pools under" in dspex("pools", "status").stdout
+    with App(Settings.load()) as app:
+        app.pools.get("general")
+        entries = as_json(dspex("pools", "status", "--json"))
+        assert len(entries) == 1
+        entry = entries[0]
+        assert (entry["pid"], entry["stale"], entry["gone"]) == (os.getpid(), False, False)
+        assert [p["name"] for p in entry["pools"]] == ["general"]
+        worker = entry["pools"][0]["workers"][0]
+        assert worker["pid"] != os.getpid()
+        assert worker["state"] in ("idle", "busy")
+        table = dspex("pools", "status").stdout
+        assert f"process {os.getpid()} on " in table
+        assert "pool general: 1 workers, healthy" in table
+    assert as_json(dspex("pools", "status", "--json")) == []  # its pools closed: its file is gone
+
+
+def test_a_killed_owner_is_stale_and_its_file_is_removed_by_the_next(dspex: Invoke) -> None:
+    _pool_file()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    settings = Settings.load()
+    directory = settings.home / "pools"
+    directory.mkdir(parents=True)
+    orphan = directory / f"host-{gone.pid}.json"
+    orphan.write_text(
+        json.dumps(
+            {
+                "v": 1,
+                "host": socket.gethostname(),
+                "pid": gone.pid,
+                "command": "dspex serve --pool general",
+                "updated_at": "2026-01-01T00:00:00+00:00",
+                "pools": [],
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert "(STALE: its process is gone)" in dspex("pools", "status").stdout
+    with App(settings) as app:
+        app.pools.get("general")
+        assert not orphan.exists()  # a publisher clears its host's dead owners
+        assert [e["pid"] for e in as_json(dspex("pools", "status", "--json"))] == [os.getpid()]

@@ -1,11 +1,15 @@
-"""``dspex pools``: the worker pools of dspex.toml, started to check them, or as a running server has them.
+"""``dspex pools``: the worker pools of dspex.toml, started to check them, or as the processes running them
+have them.
 
     dspex pools check                      # start every configured pool, show its workers, stop it
     dspex pools check general --json
-    dspex pools status --url http://127.0.0.1:8000 --key dspex_...   # a server's pools (admin key)
+    dspex pools status                     # every process of this project running pools (no server needed)
+    dspex pools status --url http://127.0.0.1:8000 --key dspex_...   # a server's pools over its API
 
-Pools belong to the process that starts them (``dspex serve --pool``, or ``App.run(..., pool=)``); there
-is no pool daemon to ask, so ``status`` asks a server over its API and ``check`` starts the pools here.
+Pools belong to the process that starts them (``dspex serve --pool``, ``dspex worker --pool``, or
+``App.run(..., pool=)``); there is no pool daemon to ask. Each such process publishes its pools' status
+under the home directory (:mod:`dspex.pools.published`), which ``status`` reads; with ``--url`` it asks a
+server over its API instead. ``check`` starts the pools here.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from rich.table import Table
 from dspex.cli._render import console, emit_json, errors, open_app, text
 from dspex.errors import ConfigurationError
 
-app = typer.Typer(help="Worker pools: check the configured ones, or show a server's.", no_args_is_help=True)
+app = typer.Typer(
+    help="Worker pools: check the configured ones, or show the running ones.", no_args_is_help=True
+)
 
 
 def _render(pools: list[dict[str, Any]]) -> None:
@@ -71,13 +77,50 @@ def check(
 
 @app.command("status")
 def status(
-    url: str = typer.Option(..., "--url", help="The server, e.g. http://127.0.0.1:8000."),
+    url: str | None = typer.Option(
+        None, "--url", help="Ask this server (GET /v1/pools) instead of reading the home directory."
+    ),
     key: str | None = typer.Option(
-        None, "--key", help="An admin API key (default: the DSPEX_SERVICE_KEY environment variable)."
+        None,
+        "--key",
+        help="With --url: an admin API key (default: the DSPEX_SERVICE_KEY environment variable).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the pools' status as JSON."),
 ) -> None:
-    """Show a running server's pools (GET /v1/pools): each worker's pid, RSS, tasks and state."""
+    """Show the pools that processes of this project run: each worker's pid, RSS, tasks and state.
+
+    Without --url, from what every process running pools publishes under the home directory (a process
+    gone or silent for 10 s is marked stale). Exit code 0 (also when no pool runs).
+    """
+    if url is not None:
+        _status_of_server(url, key, as_json)
+        return
+    from dspex.pools.published import read_published
+    from dspex.settings import Settings
+
+    with errors():
+        home = Settings.load().home
+        entries = read_published(home)
+    if as_json:
+        emit_json(entries)
+        return
+    out = console()
+    if not entries:
+        out.print(f"no process runs pools under {text(str(home))}")
+        return
+    for entry in entries:
+        if "error" in entry:
+            out.print(f"{text(entry['file'])}: {text(entry['error'])}")
+            continue
+        state = " (STALE: its process is gone)" if entry["gone"] else " (STALE)" if entry["stale"] else ""
+        out.print(
+            f"process {entry['pid']} on {text(entry['host'])}: {text(entry['command'])}, "
+            f"updated {entry['age_s']:.1f} s ago{state}"
+        )
+        _render(entry["pools"])
+
+
+def _status_of_server(url: str, key: str | None, as_json: bool) -> None:
     with errors():
         token = key or os.environ.get("DSPEX_SERVICE_KEY")
         if not token:

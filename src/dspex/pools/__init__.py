@@ -15,18 +15,21 @@
 
 Programs cross to a worker by reference (a registered name and version), inputs and outputs as JSON;
 the worker records nothing, the caller's process writes the run's record. See :mod:`dspex.pools.pool`.
+While pools run, their status is published under the home directory for ``dspex pools status``
+(:mod:`dspex.pools.published`).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.settings import PoolSetting, Settings
 
 if TYPE_CHECKING:
     from dspex.pools.pool import Pool, PoolStatus
+    from dspex.pools.published import Publisher
 
 __all__ = ["DEFAULT_POOL", "Pools"]
 
@@ -40,6 +43,7 @@ class Pools:
         self.settings = settings
         self._pools: dict[str, Pool] = {}
         self._lock = threading.Lock()
+        self._publisher: Publisher | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -59,10 +63,20 @@ class Pools:
         setting = self.setting(name)
         with self._lock:
             pool = self._pools.get(name)
-            if pool is None:
-                pool = Pool(name, setting, self.settings).start()
-                self._pools[name] = pool
-            return pool
+            if pool is not None:
+                return pool
+            pool = Pool(name, setting, self.settings).start()
+            self._pools[name] = pool
+            publisher = self._publisher
+            if publisher is None:
+                from dspex.pools.published import Publisher
+
+                publisher = self._publisher = Publisher(self.settings.home, self._published)
+        publisher.start()  # publishes now, and from then on every PUBLISH_S
+        return pool
+
+    def _published(self) -> list[dict[str, Any]]:
+        return [status.to_json() for status in self.status()]
 
     def started(self) -> list[Pool]:
         with self._lock:
@@ -75,5 +89,8 @@ class Pools:
     def close(self) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
+            publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
         for pool in pools:
             pool.close()
