@@ -1,6 +1,7 @@
 """The LM server killed and started again mid-load (the simulated server, on the same port): every run ends
 with a terminal record matching what its caller saw, runs that failed while it was down fail cleanly
-with an LM error in their record, and runs succeed again once it is back, through the same ``dspy.LM``."""
+with an LM error in their record (connection refused, then the endpoint's open breaker), and runs
+succeed again once it is back and the breaker's probe found it, through the same ``dspy.LM``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from dspex.testing.server import SimServer
 
 def test_runs_fail_cleanly_while_the_lm_server_is_down_and_succeed_after(tmp_path: Path) -> None:
     with SimServer(latency_scale=0, latency=0.005) as sim:
-        settings = Settings(database_url=f"sqlite:///{tmp_path / 'dspex.db'}", home=tmp_path / "home")
+        # The endpoint's breaker opens while the server is down (then runs fail fast); a short cooldown
+        # lets its probe find the server back within the test.
+        breaker = {"failure_rate": 0.5, "min_calls": 5, "window_s": 5.0, "cooldown_s": 0.5}
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'dspex.db'}",
+            home=tmp_path / "home",
+            resilience={"retries": 0, "breaker": breaker},
+        )
         with App(settings, lm=sim.lm("sim-small", num_retries=0)) as app:
             load = RunLoad(
                 app, dspy.Predict("question -> answer"), threads=4, inputs=lambda n: {"question": f"q{n}"}
