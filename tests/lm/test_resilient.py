@@ -345,3 +345,21 @@ def test_a_program_limit_holds_its_runs_whatever_the_model(primary: SimServer) -
         status = {limit["key"]: limit for limit in app.resilience.status()["limits"]}
     assert status["program:qa"]["requests_last_min"] == 1
     assert primary.stats().statuses == {200: 2}
+
+
+async def test_a_streamed_run_and_a_session_turn_keep_their_deadline(primary: SimServer) -> None:
+    from dspex.runtime.stream import RunFailed, RunStream
+
+    primary.configure(latency=2.0)
+    with _app(primary) as app:
+        opened = await RunStream.open(app, dspy.Predict(QA), {"question": "q"}, timeout=0.3)
+        events = [event async for event in opened.events()]
+        app.programs.register("qa", {"module": "predict", "signature": QA})
+        session = await asyncio.to_thread(app.sessions.create, "qa")
+        t0 = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await app.sessions.arun(session.id, {"question": "q"}, timeout=0.3)
+        took = time.perf_counter() - t0
+    assert isinstance(events[-1], RunFailed)
+    assert isinstance(events[-1].error, DeadlineExceeded)
+    assert took < 1.0

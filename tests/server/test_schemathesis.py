@@ -1,7 +1,7 @@
 """Schemathesis against the live service's OpenAPI document, with every check but one.
 
-No generated request may cause a 5xx, get a status, content type or body the document does not
-declare, or be accepted when it violates the schema (``until=0.5``, ``"replace": 0``). The one check
+No generated request may cause a 5xx (but the documented 504 ``deadline_exceeded`` of a run whose own
+``timeout`` it set too short), get a status, content type or body the document does not declare, or be accepted when it violates the schema (``until=0.5``, ``"replace": 0``). The one check
 left out is ``positive_data_acceptance``: run inputs and dataset records are checked against each
 program's own signature and the upload's own field list, which a static schema cannot express, so a
 schema-valid ``{"inputs": {}}`` is rightly a 422 naming the missing field.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
 from server_support import QA_SPEC
 
 from conftest import Live
@@ -48,6 +48,15 @@ def api_schema(fuzzed: tuple[Live, str]) -> Any:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@schemathesis.check
+def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
+    """``not_a_server_error``, except a run that passed the deadline its own request set (a 504 saying
+    so): a generated ``"timeout": 5e-324`` is a request for exactly that."""
+    if response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded":
+        return None
+    return not_a_server_error(ctx, response, case)  # type: ignore[no-any-return]
+
+
 @schema.parametrize()
 @settings(
     max_examples=15,
@@ -61,6 +70,6 @@ def test_the_service_keeps_its_openapi_contract(case: Any, fuzzed: tuple[Live, s
     case.call_and_validate(
         base_url=live.url,
         headers={"Authorization": f"Bearer {key}"},
-        excluded_checks=[positive_data_acceptance],
+        excluded_checks=[positive_data_acceptance, not_a_server_error],
         timeout=30,
     )

@@ -337,10 +337,13 @@ class Sessions:
         pool: str | None = None,
         idempotent: bool = False,
         durability: Durability | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
-        """Run the session's next turn (inline, or on ``pool``); saved in the store before it returns."""
+        """Run the session's next turn (inline, or on ``pool``); saved in the store before it returns.
+        ``timeout`` is the turn's deadline, as for :meth:`App.run`."""
         with self._turn_held(session_id):
             record, prepared = self._turn(session_id, inputs, owner, pool, idempotent, durability)
+            prepared.set_timeout(timeout)
             t0 = time.perf_counter()
             try:
                 if isinstance(prepared, PooledRun):
@@ -362,6 +365,7 @@ class Sessions:
         pool: str | None = None,
         idempotent: bool = False,
         durability: Durability | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Async :meth:`run`: the turn waits for the session's previous one without blocking the loop."""
         lock = self._lock(session_id)
@@ -376,6 +380,7 @@ class Sessions:
                 record, prepared = await asyncio.to_thread(
                     self._turn, session_id, inputs, owner, pool, idempotent, durability
                 )
+                prepared.set_timeout(timeout)
                 t0 = time.perf_counter()
                 try:
                     if isinstance(prepared, PooledRun):

@@ -138,13 +138,14 @@ class RunStream:
         version_id: str | None = None,
         variables: Mapping[str, Any] | None = None,
         durability: Durability | None = None,
+        timeout: float | None = None,
     ) -> RunStream:
         """Load the program (a name or a module), record the run as started and validate its inputs.
 
         Raises what :meth:`App.arun` raises before running: ``ConfigurationError`` for an unknown
         program or version (nothing recorded), ``ValidationError`` for bad inputs (recorded as failed,
         with ``execution_id`` set). ``durability`` as in :meth:`App.run`: with ``sync`` the final event
-        is sent once the record is committed.
+        is sent once the record is committed. ``timeout`` is the run's deadline, as for :meth:`App.run`.
         """
         mode = check_durability(durability)
         if isinstance(program, str):
@@ -156,6 +157,7 @@ class RunStream:
         run = _Run(
             app, program, inputs, lm, program_name, version_id, variables, mode or app.settings.durability
         )
+        run.set_timeout(timeout)
         try:
             run._check_size()
             validated = run._validated()

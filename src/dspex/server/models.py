@@ -186,6 +186,7 @@ class SessionRunRequest(_Strict):
     )
     durability: Literal["async", "sync"] | None = Field(None, description="As for program runs.")
     idempotent: bool = Field(False, description="As for program runs.")
+    timeout: float | None = Field(None, gt=0, le=86_400, description="As for program runs.")
 
 
 class SessionTurnOut(BaseModel):

@@ -118,6 +118,7 @@ async def stream(
             version_id=body.version,
             variables=body.variables,
             durability=body.durability,
+            timeout=body.timeout,
         )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)

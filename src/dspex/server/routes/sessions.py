@@ -75,7 +75,9 @@ def delete(session_id: SessionId, request: Request, principal: Principal = Depen
 
 
 @router.post(
-    "/{session_id}/runs", response_model=RunResultOut, responses=errors(401, 403, 404, 409, 422, 502, 503)
+    "/{session_id}/runs",
+    response_model=RunResultOut,
+    responses=errors(401, 403, 404, 409, 422, 502, 503, 504),
 )
 async def run(
     session_id: SessionId, body: SessionRunRequest, request: Request, principal: Principal = Depends(_execute)
@@ -94,6 +96,7 @@ async def run(
             pool=options_of(request).pool,
             idempotent=body.idempotent,
             durability=body.durability,
+            timeout=body.timeout,
         )
     except SessionNotFound as exc:
         raise not_found(str(exc)) from None
