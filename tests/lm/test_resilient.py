@@ -363,3 +363,30 @@ async def test_a_streamed_run_and_a_session_turn_keep_their_deadline(primary: Si
     assert isinstance(events[-1], RunFailed)
     assert isinstance(events[-1].error, DeadlineExceeded)
     assert took < 1.0
+
+
+def test_the_fallback_chain_is_a_variable_runs_and_evaluations_follow(
+    primary: SimServer, backup: SimServer
+) -> None:
+    from dspex.optimize import Evaluator
+    from dspex.variables.binding import apply, bind
+
+    primary.configure(error_rate=1.0)
+    devset = [dspy.Example(question=f"q{i}", answer="x").with_inputs("question") for i in range(4)]
+    chain = [bind.fallbacks("chain")]
+    with _app(primary, backup, retries=0, breaker={"min_calls": 1000}) as app:
+        with_backup = apply(dspy.Predict(QA), {"chain": "backup"}, chain)
+        without = apply(dspy.Predict(QA), {"chain": ""}, chain)
+        result = app.run(with_backup, {"question": "q"})
+        (lm,) = _lm_spans(app, result.execution_id)
+        with pytest.raises(LMError):
+            app.run(without, {"question": "q"})
+        lm_of_app = app.resilience.wrap(app.lm())
+        evaluator = Evaluator(lambda example, prediction, trace=None: 1.0, cache=False, max_errors=None)
+        good = evaluator.run(with_backup, devset, lm=lm_of_app)
+        bad = evaluator.run(without, devset, lm=lm_of_app)
+        with pytest.raises(ConfigurationError, match="not a configured model"):
+            app.run(apply(dspy.Predict(QA), {"chain": "nope"}, chain), {"question": "q"})
+    assert lm["model"] == "openai/sim-medium"
+    assert good.errors == 0
+    assert bad.errors == len(devset)

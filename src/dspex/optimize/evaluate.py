@@ -51,6 +51,7 @@ from dspex.optimize.metrics import Score
 from dspex.optimize.result import EarlyStop, EvaluationAborted, EvaluationResult, ExampleRecord
 from dspex.pipeline._sync import run_coroutine
 from dspex.telemetry.usage import UsageTotals
+from dspex.variables.binding import FALLBACKS_ATTRIBUTE
 
 __all__ = ["Evaluator", "Execution", "ProgressCallback", "RemoteProgram", "configuration_fingerprint"]
 
@@ -159,6 +160,10 @@ class Evaluator:
         usage = UsageTotals(parent=dspy.settings.usage_tracker)
         overrides: dict[str, Any] = {"usage_tracker": usage}
         if lm is not None:
+            chain = getattr(program, FALLBACKS_ATTRIBUTE, None)  # a fallbacks variable's value
+            resilience = getattr(lm, "_resilience", None)
+            if chain is not None and resilience is not None:
+                lm = resilience.wrap(lm, fallbacks=chain)
             overrides["lm"] = lm
         pool = self._pool() if not pooled and self._threaded(program) else None
         fresh: dict[CacheKey, CachedResult] = {}

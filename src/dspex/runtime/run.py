@@ -154,7 +154,11 @@ class _Run:
         extra: dict[str, Any] = {}
         resilience = self.app.resilience
         if lm is not None:
-            lm = resilience.wrap(lm, program=self.base["program"])
+            from dspex.variables.binding import FALLBACKS_ATTRIBUTE
+
+            # A configured copy may carry its own chain (a fallbacks variable), else the program's settings.
+            chain = getattr(self.program, FALLBACKS_ATTRIBUTE, None)
+            lm = resilience.wrap(lm, program=self.base["program"], fallbacks=chain)
         if resilience.config.enabled and "parse" in resilience.config.fallback_on:
             from dspex.lm.resilient import parse_fallback_adapter
 

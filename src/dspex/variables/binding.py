@@ -90,12 +90,20 @@ __all__ = [
 ]
 
 BindingKind = Literal[
-    "lm_setting", "model", "instructions", "demos", "adapter", "module_type", "attribute", "parameter"
+    "lm_setting",
+    "model",
+    "instructions",
+    "demos",
+    "adapter",
+    "module_type",
+    "attribute",
+    "parameter",
+    "fallbacks",
 ]
 
 _KINDS: tuple[str, ...] = get_args(BindingKind)
 _PREDICTOR_KINDS = frozenset({"lm_setting", "model", "instructions", "demos"})
-_PATH_KINDS = frozenset({"adapter", "module_type", "attribute", "parameter"})
+_PATH_KINDS = frozenset({"adapter", "module_type", "attribute", "parameter", "fallbacks"})
 _JSON_VERSION = 1
 
 
@@ -131,6 +139,8 @@ class Binding:
         if self.kind in ("lm_setting", "parameter") and not self.setting:
             what = "LM keyword (e.g. 'temperature')" if self.kind == "lm_setting" else "parameter name"
             raise ConfigurationError(f"binding of {self.variable!r}: {self.kind} needs the {what}")
+        if self.kind == "fallbacks" and self.path:
+            raise ConfigurationError(f"{self}: the fallback chain is the whole program's; leave the path out")
         if self.kind == "attribute" and not self.path:
             raise ConfigurationError(f"{self}: an attribute binding needs a path like 'steps[2].module.k'")
         parse_path(self.path)  # syntax errors now, not at the first apply
@@ -240,6 +250,11 @@ class _BindingFactory:
         """``bind.parameter("k", at="steps[1]", name="k")``: a keyword default of a function (step)."""
         return Binding(variable, "parameter", path=at, setting=name)
 
+    def fallbacks(self, variable: str) -> Binding:
+        """``bind.fallbacks("chain")``: the program's LM fallback chain, a value like ``"backup,local"``
+        (configured model names, in order; ``""`` for none), as ``[resilience.programs.NAME] fallbacks``."""
+        return Binding(variable, "fallbacks")
+
 
 bind = _BindingFactory()
 
@@ -336,7 +351,17 @@ class Bindings:
 
 
 # -- apply ------------------------------------------------------------------------------------------------
-_ORDER = ("module_type", "attribute", "parameter", "model", "lm_setting", "instructions", "demos", "adapter")
+_ORDER = (
+    "module_type",
+    "attribute",
+    "parameter",
+    "model",
+    "fallbacks",
+    "lm_setting",
+    "instructions",
+    "demos",
+    "adapter",
+)
 
 
 def apply(
@@ -402,6 +427,10 @@ def _check_value(b: Binding, value: Any) -> None:
             raise bad("a number of demos >= 0")
     elif b.kind in ("model", "instructions") and not isinstance(value, str):
         raise bad("a string")
+    elif b.kind == "fallbacks" and not (
+        isinstance(value, str) or (isinstance(value, list | tuple) and all(isinstance(v, str) for v in value))
+    ):
+        raise bad("configured model names, as 'a,b' or a list")
     elif b.kind == "adapter" and value not in ADAPTERS:
         raise bad(f"one of {', '.join(ADAPTERS)}")
     elif b.kind == "module_type" and value not in module_names():
@@ -437,6 +466,8 @@ class _Applying:
             bind_parameter(self.root, b.path, b.setting, value)
         elif b.kind == "module_type":
             self.root = rebuild_module(self.root, b.path, value)
+        elif b.kind == "fallbacks":
+            set_fallbacks(self.root, value)
         else:
             self.root = scope_adapter(self.root, b.path, value)
 
@@ -486,6 +517,28 @@ class _Applying:
         new_kwargs = getattr(base, "kwargs", None) or {}
         carry = {k: v for k, v in previous_kwargs.items() if v is not None and new_kwargs.get(k) is None}
         return base.copy(**carry) if carry else base
+
+
+FALLBACKS_ATTRIBUTE = "_dspex_fallbacks"
+"""Where a configured program keeps its fallback chain; the run (and the evaluator) wrap the LM with it."""
+
+
+def fallback_chain(value: Any) -> tuple[str, ...]:
+    """A fallbacks value (``"a,b"``, ``""`` or a list) as configured model names, in order."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(n.strip() for n in names if n.strip())
+
+
+def set_fallbacks(program: Any, value: Any) -> None:
+    """Give ``program`` the fallback chain ``value``: kept on the program for the LM a run or an
+    evaluation passes, and applied now to predictors that carry an LM of the resilience layer."""
+    names = fallback_chain(value)
+    setattr(program, FALLBACKS_ATTRIBUTE, names)
+    for _, predictor in program.named_predictors():
+        lm = predictor.lm
+        resilience = getattr(lm, "_resilience", None)
+        if resilience is not None:  # a ResilientLM: its resilience checks the names are configured
+            predictor.lm = resilience.wrap(lm, fallbacks=names)
 
 
 @functools.lru_cache(maxsize=128)
