@@ -9,8 +9,9 @@ Rows (each pool row runs against the same App's inline path in the same run):
   Target: at most 300 us.
 - ``cpu throughput``: ``dspy.ChainOfThought`` on a scripted LM with no latency (pure DSPy CPU work), runs
   per second inline in this process (one caller: the GIL makes more callers no faster) and on a 2-worker
-  pool fed by 4 caller threads (each a plain loop of ``app.run``, as the inline caller is). Target: at
-  least 1.6x.
+  pool fed by 4 caller threads (each a plain loop of ``app.run``, as the inline caller is); ``--rounds``
+  alternated rounds of each, the best of each kept, so load from other processes weighs on both sides
+  alike. Target: at least 1.6x.
 - ``rest``: uncached ``POST /v1/programs/{name}/runs`` requests per second against ``dspex serve`` and
   ``dspex serve --pool general`` (2 workers), load from this process (``service_load.py``'s client, 32
   connections) on the same 2 cores. Target: at least 1.5x.
@@ -80,33 +81,42 @@ def dispatch(home: Path, runs: int) -> None:
 CALLERS = 4  # threads feeding the 2-worker pool in the cpu throughput row
 
 
-def throughput(home: Path, runs: int) -> None:
+def throughput(home: Path, runs: int, rounds: int) -> None:
     with _app(home, size=2) as app:
         _register(app)
         for _ in range(4):
             app.run("cot", {"question": "warm"}, pool="general")
         app.run("cot", {"question": "warm"})
-        t0 = time.perf_counter()
-        for i in range(runs):
-            app.run("cot", {"question": f"inline {i}"})
-        app.flush()
-        inline = runs / (time.perf_counter() - t0)
+
+        def inline_rate() -> float:
+            t0 = time.perf_counter()
+            for i in range(runs):
+                app.run("cot", {"question": f"inline {i}"})
+            app.flush()
+            return runs / (time.perf_counter() - t0)
 
         def caller(first: int) -> None:  # a plain loop, as inline: no executor future per run
             for i in range(first, runs, CALLERS):
                 app.run("cot", {"question": f"pool {i}"}, pool="general")
 
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(CALLERS)]
-        t0 = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        app.flush()
-        pooled = runs / (time.perf_counter() - t0)
+        def pool_rate() -> float:
+            threads = [threading.Thread(target=caller, args=(k,)) for k in range(CALLERS)]
+            t0 = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            app.flush()
+            return runs / (time.perf_counter() - t0)
+
+        # Alternated, best of each: load from other processes on the machine hits both sides alike.
+        inline = pooled = 0.0
+        for _ in range(rounds):
+            inline = max(inline, inline_rate())
+            pooled = max(pooled, pool_rate())
     print(
         f"cpu throughput  inline {inline:7.0f} runs/s   2-worker pool {pooled:7.0f} runs/s   "
-        f"{pooled / inline:.2f}x (target >= 1.6x)"
+        f"{pooled / inline:.2f}x (target >= 1.6x; best of {rounds} alternated rounds each)"
     )
 
 
@@ -216,6 +226,7 @@ def main() -> None:
     parser.add_argument("--leak-tasks", type=int, default=500)
     parser.add_argument("--rest-seconds", type=float, default=10.0)
     parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the cpu throughput row")
     parser.add_argument(
         "--only",
         action="append",
@@ -224,12 +235,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = args.only or list(ROWS)
-    print(f"{os.cpu_count()} cores; every run recorded to SQLite")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} cores (load average {load} at start); every run recorded to SQLite")
     with tempfile.TemporaryDirectory() as tmp:
         if "dispatch" in rows:
             dispatch(Path(tmp), args.runs)
         if "throughput" in rows:
-            throughput(Path(tmp), args.runs)
+            throughput(Path(tmp), args.runs, args.rounds)
         if "rest" in rows:
             rest(args.rest_seconds)
         if "evaluation" in rows:
