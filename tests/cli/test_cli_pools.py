@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cli_support import Invoke, as_json
 
 from dspex.runtime.app import App
@@ -125,3 +127,15 @@ def test_a_killed_owner_is_stale_and_its_file_is_removed_by_the_next(dspex: Invo
         app.pools.get("general")
         assert not orphan.exists()  # a publisher clears its host's dead owners
         assert [e["pid"] for e in as_json(dspex("pools", "status", "--json"))] == [os.getpid()]
+
+
+def test_pools_run_when_their_status_cannot_be_published(
+    dspex: Invoke, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings.load()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "pools").write_text("a file where the directory would go", encoding="utf-8")
+    with App(settings) as app, caplog.at_level(logging.WARNING, logger="dspex.pools"):
+        app.pools.get("general")
+        assert app.pools.get("general").status().healthy
+    assert "pool status is not published" in caplog.text

@@ -109,8 +109,11 @@ class Publisher:
         return self
 
     def _start(self) -> None:
-        private_dir(self.directory)
-        self._remove_orphans()
+        try:
+            private_dir(self.directory)
+            self._remove_orphans()
+        except OSError as exc:  # a read-only home: the pools run all the same, unpublished
+            logger.warning("pool status is not published (dspex pools status will not see it): %s", exc)
         self.publish()
         self._thread = threading.Thread(target=self._loop, name="dspex-pools-publish", daemon=True)
         self._thread.start()
@@ -141,7 +144,8 @@ class Publisher:
         """Stop publishing and remove the file."""
         with self._lock:
             self._stop.set()
-            with contextlib.suppress(FileNotFoundError):  # never written, or removed by hand
+            # Never written (no directory, or a file in its place), or removed by hand: nothing to remove.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 self.path.unlink()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5.0)
