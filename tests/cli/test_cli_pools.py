@@ -136,6 +136,7 @@ def test_pools_run_when_their_status_cannot_be_published(
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "pools").write_text("a file where the directory would go", encoding="utf-8")
     with App(settings) as app, caplog.at_level(logging.WARNING, logger="dspex.pools"):
-        app.pools.get("general")
-        assert app.pools.get("general").status().healthy
-    assert "pool status is not published" in caplog.text
+        pool = app.pools.get("general")
+        assert pool.status().healthy
+        app.pools._publisher.publish()  # type: ignore[union-attr]  # a later period, failing alike
+    assert caplog.text.count("could not publish pool status") == 1  # said once, not every second

@@ -94,6 +94,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._failing: str | None = None  # the last error publishing (logged once)
 
     @property
     def started(self) -> bool:
@@ -138,7 +139,13 @@ class Publisher:
                     out.write(dumps(data))
                 os.replace(temporary, self.path)
         except OSError as exc:
-            logger.warning("could not publish pool status to %s: %s", self.path, exc)
+            if str(exc) != self._failing:  # once per distinct error, not every period
+                logger.warning("could not publish pool status to %s: %s", self.path, exc)
+            self._failing = str(exc)
+        else:
+            if self._failing is not None:
+                logger.warning("pool status published again to %s", self.path)
+            self._failing = None
 
     def close(self) -> None:
         """Stop publishing and remove the file."""
