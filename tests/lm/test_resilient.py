@@ -390,3 +390,17 @@ def test_the_fallback_chain_is_a_variable_runs_and_evaluations_follow(
     assert lm["model"] == "openai/sim-medium"
     assert good.errors == 0
     assert bad.errors == len(devset)
+
+
+def test_the_resilient_path_records_one_span_per_dspy_event(primary: SimServer) -> None:
+    with _app(primary) as app, _app(primary, enabled=False) as bare:
+        spans = [
+            [
+                s["kind"]
+                for s in _record(a, a.run(dspy.ChainOfThought(QA), {"question": "q"}).execution_id).trace[
+                    "spans"
+                ]
+            ]
+            for a in (app, bare)
+        ]
+    assert spans[0] == spans[1] == ["module", "module", "adapter_format", "lm", "adapter_parse"]

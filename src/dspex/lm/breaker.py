@@ -173,8 +173,9 @@ class _LocalCore:
                 given, retry_after = self._before(spec, now)
             elif op in ("success", "failure") and permit is not None and permit.epoch == self.epoch:
                 self._record(spec, now, permit, failed=op == "failure")
-            calls, failures = self._window(spec, now)
-            if op == "state":
+            calls = failures = 0
+            if op == "state":  # the window is trimmed and counted only when someone looks (or a failure)
+                calls, failures = self._window(spec, now)
                 retry_after = self._retry_after(spec, now)
             return _Outcome(
                 given, retry_after, self.state, self.opened_at, self.opens, calls, failures, now, self.reason
@@ -214,6 +215,10 @@ class _LocalCore:
         counts = self.buckets.setdefault(math.floor(now / spec.bucket_s), [0, 0])
         counts[0] += 1
         counts[1] += failed
+        if not failed:  # a success cannot open it; the window is trimmed on the next failure or look
+            if len(self.buckets) > 4 * math.ceil(spec.window_s / spec.bucket_s):
+                self._window(spec, now)  # bound the buckets of a long run of successes
+            return
         calls, failures = self._window(spec, now)
         if calls >= spec.min_calls and failures / calls >= spec.failure_rate:
             self._open(now, f"{failures} of {calls} calls failed within {spec.window_s:g}s")
@@ -412,7 +417,11 @@ class Breaker:
 
         >>> permit = breaker.before()
         """
-        outcome = self._core.step("before", self.spec, None)
+        core = self._core
+        if isinstance(core, _LocalCore) and core.state == "closed":
+            # The common case, without the lock: a permit of a stale epoch is ignored when reported.
+            return Permit(probe=False, epoch=core.epoch)
+        outcome = core.step("before", self.spec, None)
         if outcome.permit is not None:
             return outcome.permit
         if outcome.state == "half_open":

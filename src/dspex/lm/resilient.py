@@ -227,6 +227,8 @@ class Resilience:
         self._budgets: dict[str, RetryBudget] = {}
         self._policies: dict[tuple[str, str | None], _ModelPolicy] = {}
         self._bare: dict[str, Any] = {}
+        self._breaker_of: dict[_ModelPolicy, Breaker] = {}
+        self._fast: dict[tuple[int, str | None, tuple[str, ...] | None], tuple[Any, Any]] = {}
         self._wrapped: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], ResilientLM]] = (
             weakref.WeakKeyDictionary()
         )
@@ -337,7 +339,10 @@ class Resilience:
         return self.limits.limiter(policy.key, policy.limits)
 
     def breaker(self, policy: _ModelPolicy) -> Breaker:
-        return self.breakers.breaker(policy.endpoint, policy.breaker)
+        found = self._breaker_of.get(policy)
+        if found is None:
+            found = self._breaker_of[policy] = self.breakers.breaker(policy.endpoint, policy.breaker)
+        return found
 
     # -- wrapping -----------------------------------------------------------------------------------
     def _fallback_lm(self, name: str) -> Any:
@@ -372,9 +377,22 @@ class Resilience:
         ``BaseLM`` with its own ``forward``, ``DummyLM``) are returned as they are."""
         if not self.config.enabled or lm is None:
             return lm
+        if isinstance(lm, ResilientLM) and fallbacks is None and program is None:
+            return lm
+        # Every run asks again with the same LM: answer from a plain dict (the entry holds the LM, so its
+        # id cannot be reused while cached), bounded.
+        fast_key = (id(lm), program, None if fallbacks is None else tuple(fallbacks))
+        hit = self._fast.get(fast_key)
+        if hit is not None and hit[0] is lm:
+            return hit[1]
+        wrapped = self._wrap(lm, program, fallbacks)
+        if len(self._fast) >= 4096:
+            self._fast.clear()
+        self._fast[fast_key] = (lm, wrapped)
+        return wrapped
+
+    def _wrap(self, lm: Any, program: str | None, fallbacks: Sequence[str] | None) -> Any:
         if isinstance(lm, ResilientLM):
-            if fallbacks is None and program is None:
-                return lm
             lm = lm.primary
         if not _managed(lm):
             return lm
@@ -432,6 +450,7 @@ class Resilience:
         with self._lock:
             limits, breakers = self._limits, self._breakers
             self._limits = self._breakers = None
+            self._breaker_of.clear()
         if limits is not None:
             limits.close()
         if breakers is not None:
@@ -594,8 +613,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         while True:
             check_deadline(f"an LM call to {model}")
             call = prepare(lm, prompt, messages, kwargs)
-            tokens = _estimate_tokens(call)
-            lease = _acquire(limiters, tokens, model)
+            lease = _acquire(limiters, _estimate_tokens(call), model) if limiters else None
             try:
                 permit = breaker.before()
             except Exception as exc:
@@ -693,8 +711,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         while True:
             check_deadline(f"an LM call to {model}")
             call = prepare(lm, prompt, messages, kwargs, asynchronous=True)
-            tokens = _estimate_tokens(call)
-            lease = await _aacquire(limiters, tokens, model)
+            lease = await _aacquire(limiters, _estimate_tokens(call), model) if limiters else None
             try:
                 permit = await breaker.abefore()
             except Exception as exc:
@@ -854,6 +871,10 @@ def parse_fallback_adapter(adapter: Any) -> Any:
             (_ParseFallback, cls),
             {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
+        # dspy.Adapter.__init_subclass__ wraps format/parse with callbacks again in every subclass: keep
+        # the parent's (already wrapped once), or each would be two spans.
+        mixed.format = cls.format  # type: ignore[attr-defined]
+        mixed.parse = cls.parse  # type: ignore[attr-defined]
         _parse_classes[cls] = mixed
     wrapped: Any = object.__new__(mixed)
     wrapped.__dict__.update(adapter.__dict__)
