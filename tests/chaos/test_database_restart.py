@@ -142,8 +142,9 @@ def test_a_job_worker_reconnects_after_a_crash_of_the_database(
                     for job_id in first + second
                 )
 
-            # A job that ended while the database was down could not be recorded: its lease lapses (2 s)
-            # and the worker takes it again as a new attempt.
+            # A job that ended while the database was down is recorded once it is back if the lease (2 s)
+            # still holds; otherwise the lease lapses and the worker takes it again as a new attempt
+            # (tests/chaos/test_job_outage.py checks both).
             wait_for(all_done, timeout=30, what="every job to succeed after the restart")
         finally:
             worker.stop()

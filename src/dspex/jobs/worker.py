@@ -24,6 +24,17 @@ whole lease) set the context's stop event, which handlers check at safe points. 
   ``UserError`` (the job itself must change; retrying cannot help) or an ``LMError`` that is not
   retryable. The error is logged (logger ``dspex.jobs``) and kept in the job's ``error`` JSON.
 
+A job that ends while the database cannot be reached (down, restarting: see
+:func:`~dspex.store._engine.database_unavailable`) is not given up on: the worker retries the write that
+ends it (``complete``, ``fail``, ``finish_cancelled`` or ``release``) with exponential backoff for as long
+as it still holds the lease (the last renewal that got through plus ``lease_s``), renewing the lease
+first each time so that the database answering again extends it. A job that finished during a short
+outage is so recorded once and not run again. Every such write is conditional on this worker still
+owning the job, so a late one can never overwrite another worker's. Once the lease has lapsed the worker
+stops trying, logs that the job's outcome was not recorded and that another worker will run it again
+(outcome ``unrecorded``), and moves on: the job is then re-run as a new attempt, as after a crash.
+Errors other than an unreachable database are not retried.
+
 A worker killed outright (``kill -9``, a lost machine) stops heartbeating; once its lease expires the next
 claim takes the job over as a new attempt, and the handler resumes (an optimization keeps its finished
 trials).
@@ -40,11 +51,12 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dspex.errors import ConfigurationError, DSPexError, LMError, UserError, did_you_mean
 from dspex.jobs._context import JobContext, JobInterrupted
 from dspex.jobs.handlers import HANDLERS, Handler
+from dspex.store._engine import database_unavailable, describe_error
 from dspex.store.jobs import backoff_seconds
 from dspex.telemetry.recorder import error_info
 
@@ -62,6 +74,15 @@ log = logging.getLogger("dspex.jobs")
 Outcome = Literal["succeeded", "failed", "retry", "cancelled", "released", "lost", "unrecorded"]
 _PROGRESS_GAP_S = 1.0  # progress reported faster than this is stored at most this often
 _TRACEBACK_CHARS = 4000
+# Backoff between tries of a job's final write while the database is unavailable: 50 ms doubling to 1 s,
+# so a database back after a restart is seen within a second.
+_RECORD_FIRST_S = 0.05
+_RECORD_MAX_S = 1.0
+T = TypeVar("T")
+
+
+class _Unrecorded(Exception):
+    """A job's final write did not get through before its lease lapsed (the database was unavailable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +186,16 @@ class _Heartbeat(threading.Thread):
             log.warning("job %s: lease lost (another worker owns it, or it ended)", self.context.job.id)
             self.context.request_stop("lost")
 
+    @property
+    def lease_deadline(self) -> float:
+        """``time.monotonic()`` at which the lease lapses unless renewed: the last renewal that got through
+        (timed from before it was sent, so never late) plus the lease."""
+        return self._renewed + self.lease_s
+
+    def renewed(self, at: float) -> None:
+        """A renewal sent at ``at`` (``time.monotonic()``) got through after :meth:`finish`."""
+        self._renewed = max(self._renewed, at)
+
     def finish(self) -> None:
         """Stop beating; store progress the handler reported since the last beat (unless the lease is lost)."""
         self._done.set()
@@ -257,6 +288,7 @@ class Worker:
                 raise ConfigurationError("this worker is already running; start another Worker instead")
             self._running = True
         processed = 0
+        unavailable_since: float | None = None  # the database stopped answering claims then
         repo = self.app.jobs
         log.info(
             "worker %s started (kinds: %s, lease %.1f s)", self.worker_id, ", ".join(self.kinds), self.lease_s
@@ -267,12 +299,33 @@ class Worker:
                     job = repo.claim(self.worker_id, kinds=self.kinds, lease_s=self.lease_s)
                 except UserError:
                     raise  # misconfiguration: waiting will not fix it
-                except Exception:
-                    log.exception(
-                        "worker %s could not claim a job; trying again in %.1f s", self.worker_id, self.poll_s
-                    )
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        log.exception(
+                            "worker %s could not claim a job; trying again in %.1f s",
+                            self.worker_id,
+                            self.poll_s,
+                        )
+                    elif unavailable_since is None:  # an outage: said once, not at every poll
+                        unavailable_since = time.monotonic()
+                        log.error(
+                            "worker %s could not claim a job: the database is unavailable (%s); trying again "
+                            "every %.1f s",
+                            self.worker_id,
+                            describe_error(exc),
+                            self.poll_s,
+                        )
+                    else:
+                        log.debug("worker %s: the database is still unavailable (%s)", self.worker_id, exc)
                     self._stopping.wait(self.poll_s)
                     continue
+                if unavailable_since is not None:
+                    log.warning(
+                        "worker %s: the database answers again after %.1f s",
+                        self.worker_id,
+                        time.monotonic() - unavailable_since,
+                    )
+                    unavailable_since = None
                 if job is None:
                     if stop_when_idle:
                         break
@@ -312,11 +365,11 @@ class Worker:
                 result = handler(self.app, job, context)
             finally:
                 heartbeat.finish()
-            outcome, detail = self._succeeded(repo, context, result)
+            outcome, detail = self._succeeded(repo, context, heartbeat, result)
         except JobInterrupted as exc:
-            outcome, detail = self._interrupted(repo, context, exc)
+            outcome, detail = self._interrupted(repo, context, heartbeat, exc)
         except Exception as exc:
-            outcome, detail = self._failed(repo, context, exc)
+            outcome, detail = self._failed(repo, context, heartbeat, exc)
         finally:
             with self._lock:
                 self._current = None
@@ -324,7 +377,82 @@ class Worker:
         log.info("job %s (%s) %s after %.2f s", job.id, job.kind, outcome, duration)
         self._emit(WorkerEvent("end", job, self.worker_id, outcome, duration, detail))
 
-    def _succeeded(self, repo: JobRepository, context: JobContext, result: Any) -> tuple[Outcome, str | None]:
+    def _persist(
+        self, repo: JobRepository, heartbeat: _Heartbeat, what: str, write: Callable[[], T]
+    ) -> tuple[T, int]:
+        """``write()`` (a write that ends the job), tried again with backoff while the database is
+        unavailable and the lease holds; returns its answer and how many tries it took.
+
+        Before each retry the lease is renewed: the database answering again extends it. Raises
+        :class:`_Unrecorded` once the lease has lapsed (logged: another worker will run the job again);
+        errors other than an unavailable database propagate at once.
+        """
+        job = heartbeat.context.job
+        delay = _RECORD_FIRST_S
+        tries = renewals = 0
+        first_failure = time.monotonic()
+        while True:
+            tries += 1
+            try:
+                return write(), tries
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                last: BaseException = exc
+            now = time.monotonic()
+            if tries == 1:
+                first_failure = now
+                log.warning(
+                    "job %s: recording its %s failed, the database is unavailable (%s); retrying for up to "
+                    "%.1f s, while this worker holds the lease",
+                    job.id,
+                    what,
+                    describe_error(last),
+                    max(0.0, heartbeat.lease_deadline - now),
+                )
+            while True:  # wait for the database: renew the lease as soon as it answers, then write
+                now = time.monotonic()
+                if now >= heartbeat.lease_deadline:
+                    log.error(
+                        "job %s (%s) ended but its %s was not recorded: the database was unavailable for "
+                        "%.1f s, until the lease lapsed (%d writes and %d renewals tried; last error: %s); "
+                        "another worker will run the job again",
+                        job.id,
+                        job.kind,
+                        what,
+                        now - first_failure,
+                        tries,
+                        renewals,
+                        describe_error(last),
+                    )
+                    raise _Unrecorded(f"its {what} was not recorded: {describe_error(last)}") from last
+                time.sleep(min(delay, heartbeat.lease_deadline - now))
+                delay = min(delay * 2, _RECORD_MAX_S)
+                sent = time.monotonic()
+                renewals += 1
+                try:
+                    answer = repo.heartbeat(job.id, self.worker_id, lease_s=self.lease_s)
+                except Exception as exc:
+                    if database_unavailable(exc):
+                        last = exc
+                        continue
+                    # The database answered but refused the renewal: the write itself decides.
+                    log.warning("job %s: renewing the lease failed: %s", job.id, describe_error(exc))
+                    break
+                if answer != "lost":
+                    heartbeat.renewed(sent)
+                log.info(
+                    "job %s: the database answers again after %.1f s (lease %s); recording its %s",
+                    job.id,
+                    time.monotonic() - first_failure,
+                    "renewed" if answer != "lost" else "lost",
+                    what,
+                )
+                break
+
+    def _succeeded(
+        self, repo: JobRepository, context: JobContext, heartbeat: _Heartbeat, result: Any
+    ) -> tuple[Outcome, str | None]:
         from dspex.jsonable import to_jsonable
 
         job = context.job
@@ -332,13 +460,33 @@ class Worker:
             raise ConfigurationError(
                 f"the {job.kind!r} handler returned a {type(result).__name__}; a job result is a JSON object"
             )
-        if not repo.complete(job.id, self.worker_id, to_jsonable(dict(result))):
+        stored = to_jsonable(dict(result))
+        try:
+            completed, tries = self._persist(
+                repo, heartbeat, "completion", lambda: repo.complete(job.id, self.worker_id, stored)
+            )
+        except _Unrecorded as exc:
+            return "unrecorded", f"finished, but {exc}"
+        if not completed and tries > 1 and self._completed_already(repo, job.id, stored):
+            # An earlier try committed but its answer was lost with the connection.
+            return "succeeded", None
+        if not completed:
             log.warning("job %s finished, but another worker owns it now; its result is dropped", job.id)
             return "lost", "finished after its lease was lost; the result was dropped"
         return "succeeded", None
 
+    @staticmethod
+    def _completed_already(repo: JobRepository, job_id: str, result: Any) -> bool:
+        """True when the job is already succeeded with ``result``: a completion whose commit got through
+        while the connection carrying its answer broke."""
+        job = repo.get(job_id)
+        if job is not None and job.status == "succeeded" and job.result == result:
+            log.info("job %s: its completion had been recorded before the connection broke", job_id)
+            return True
+        return False
+
     def _interrupted(
-        self, repo: JobRepository, context: JobContext, exc: JobInterrupted
+        self, repo: JobRepository, context: JobContext, heartbeat: _Heartbeat, exc: JobInterrupted
     ) -> tuple[Outcome, str]:
         job = context.job
         reason = context.stop_reason or exc.reason
@@ -346,10 +494,20 @@ class Worker:
             if reason == "lost":
                 return "lost", str(exc)
             if reason == "cancel":
-                if repo.finish_cancelled(job.id, self.worker_id, exc.result):
+                cancelled, _ = self._persist(
+                    repo,
+                    heartbeat,
+                    "cancellation",
+                    lambda: repo.finish_cancelled(job.id, self.worker_id, exc.result),
+                )
+                if cancelled:
                     return "cancelled", str(exc)
                 return "lost", "cancelled after its lease was lost"
-            released = repo.release(job.id, self.worker_id)
+            released, _ = self._persist(
+                repo, heartbeat, "release", lambda: repo.release(job.id, self.worker_id)
+            )
+        except _Unrecorded as unrecorded:
+            return "unrecorded", f"{exc}; {unrecorded}"
         except Exception as write_error:
             log.exception("job %s: could not record that it stopped (%s)", job.id, reason)
             return "unrecorded", str(write_error)
@@ -357,7 +515,9 @@ class Worker:
             return "lost", "released after its lease was lost"
         return ("cancelled" if released.status == "cancelled" else "released"), str(exc)
 
-    def _failed(self, repo: JobRepository, context: JobContext, exc: Exception) -> tuple[Outcome, str]:
+    def _failed(
+        self, repo: JobRepository, context: JobContext, heartbeat: _Heartbeat, exc: Exception
+    ) -> tuple[Outcome, str]:
         job = context.job
         retryable = _retryable(exc)
         message = f"{type(exc).__name__}: {exc}"
@@ -380,14 +540,16 @@ class Worker:
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, int | float) and retry_after > backoff:
             backoff = float(retry_after)  # the LM provider asked for a longer pause
+        error = _error_json(exc, self.worker_id)
         try:
-            record = repo.fail(
-                job.id,
-                self.worker_id,
-                _error_json(exc, self.worker_id),
-                retryable=retryable,
-                backoff_s=backoff,
+            record, _ = self._persist(
+                repo,
+                heartbeat,
+                "failure",
+                lambda: repo.fail(job.id, self.worker_id, error, retryable=retryable, backoff_s=backoff),
             )
+        except _Unrecorded as unrecorded:
+            return "unrecorded", f"{message} ({unrecorded})"
         except Exception as write_error:
             log.exception("job %s: could not record its failure", job.id)
             return "unrecorded", f"{message} (not recorded: {write_error})"
