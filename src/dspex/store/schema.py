@@ -121,6 +121,7 @@ executions = sa.Table(
     sa.Column("recorder_id", sa.String(36), nullable=True),
     sa.Column("placement", JSON, nullable=True),
     sa.Column("session_id", sa.String(36), nullable=True, index=True),
+    sa.Column("trace_id", sa.String(32), nullable=True, index=True),  # the run's OpenTelemetry trace
     sa.CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
     sa.Index("ix_executions_program_version_id_started_at", "program", "version_id", "started_at"),
     sa.Index("ix_executions_status_runner", "status", "runner"),
@@ -323,4 +324,19 @@ sessions = sa.Table(
     # A turn in progress holds the session: who (a per-process token) and until when (a lease).
     sa.Column("busy_by", sa.String(64), nullable=True),
     sa.Column("busy_until", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+# Feedback on a run after it ended (a score, a label, a comment): stored, shown, counted in quality.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("execution_id", sa.String(36), nullable=False, index=True),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("label", sa.String(200), nullable=True),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("detail", JSON, nullable=True),
+    sa.Column("actor", sa.String(200), nullable=False),
+    _when("created_at", index=True),
 )
