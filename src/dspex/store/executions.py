@@ -87,6 +87,7 @@ class ExecutionRecord:
     recorder_id: str | None = None
     placement: dict[str, Any] | None = None  # where it ran: {"target": "pool", "pool", "worker", "pid", ...}
     session_id: str | None = None  # the session this run was a turn of
+    trace_id: str | None = None  # the OpenTelemetry trace the run belongs to (32 hex digits)
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:
