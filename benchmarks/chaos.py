@@ -398,7 +398,7 @@ def _print(row: Row, rows: list[Row]) -> None:
     base = next((r for r in rows if r.get("row") == "baseline"), None)
     if "attempted" in row:
         ratio = ""
-        if base is not None and row is not base and base.get("p99"):
+        if base is not None and row.get("row") in ("storm", "probes", "restart") and base.get("p99"):
             ratio = f"  p99 {row['p99'] / base['p99']:.2f}x baseline"
         share = 100.0 * row["succeeded"] / max(1, row["attempted"])
         print(
