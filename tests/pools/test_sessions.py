@@ -143,16 +143,16 @@ def test_a_session_held_too_long_is_busy_and_a_dead_holder_lapses(app: App, data
 
 @pytest.mark.parametrize("call", ["run", "arun"])
 def test_a_turn_longer_than_its_lease_keeps_its_session(database_url: str, call: str) -> None:
-    """The slow turn's lease (0.6 s) is renewed while it runs (2 s): the other process's turn waits for it
+    """The slow turn's lease (1 s) is renewed while it runs (2.5 s): the other process's turn waits for it
     instead of taking the session when the lease would have lapsed and running beside it."""
-    settings = Settings(database_url=database_url, session_lease_s=0.6, session_wait_s=10.0)
+    settings = Settings(database_url=database_url, session_lease_s=1.0, session_wait_s=10.0)
     with App(settings) as first, App(settings) as second:
         first.programs.register("gated", "pool_programs:build_gated_chat")
         session = first.sessions.create("gated")
         answers: dict[str, str] = {}
 
         def slow_turn() -> None:
-            inputs = {"question": "slow", "seconds": 2.0}
+            inputs = {"question": "slow", "seconds": 2.5}
             if call == "run":
                 result = first.sessions.run(session.id, inputs)
             else:
