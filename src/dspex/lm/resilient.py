@@ -40,6 +40,7 @@ reaches ``dspy.Parallel`` threads too; every wait and attempt respects it, and a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import copy
 import random
@@ -47,7 +48,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -496,9 +497,28 @@ class _Attempts:
     def __init__(self) -> None:
         self.tried: list[dict[str, Any]] = []
         self.last: BaseException | None = None
+        self._served: tuple[str, int] | None = None  # the model that answered, and its place in the chain
 
     def note(self, model: str, **info: Any) -> None:
         self.tried.append({"model": model, **info})
+
+    def skipped(self, model: str, exc: Exception) -> Any:
+        """Note a model skipped for its open breaker; the caller moves on (``_NEXT``)."""
+        self.last = exc
+        self.note(model, skipped="breaker_open", retry_after=getattr(exc, "retry_after", None))
+        return _NEXT
+
+    def served(self, model: str, position: int) -> None:
+        self._served = (model, position)
+
+    @contextlib.contextmanager
+    def annotating(self) -> Iterator[None]:
+        """Put what was tried on the call's LM span when the call ends, served or not."""
+        try:
+            yield
+        finally:
+            model, position = self._served if self._served is not None else (None, None)
+            _annotate(model, self, position)
 
     def summary(self) -> str:
         parts = []
@@ -571,29 +591,57 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         chain = " -> ".join((self.model, *self.fallback_names))
         return f"ResilientLM({chain})"
 
-    def _candidates(self) -> list[tuple[Any, str]]:
-        return [(self, self.model), *((fb, fb.model) for fb in self.fallbacks)]
+    def _chain(self) -> Iterator[tuple[int, Any, str, _ModelPolicy]]:
+        """The models to try, in order: this LM, then its fallbacks."""
+        for position, lm in enumerate((self, *self.fallbacks)):
+            yield position, lm, lm.model, self._resilience.policy(lm)
+
+    def _go_on(self, attempts: _Attempts) -> bool:
+        """Whether the last model's failure is one that moves the call to the next model."""
+        last = attempts.last
+        return last is not None and failure_cause(last) in self._resilience.config.fallback_on
+
+    def _setup(self, policy: _ModelPolicy) -> tuple[RetryBudget, list[Limiter], Breaker]:
+        resilience = self._resilience
+        limiters = [x for x in (resilience.limiter(policy), self._program_limiter) if x is not None]
+        return resilience.budget(policy.key), limiters, resilience.breaker(policy)
+
+    def _after_failure(
+        self,
+        lm: Any,
+        model: str,
+        exc: Exception,
+        attempt: int,
+        policy: _ModelPolicy,
+        budget: RetryBudget,
+        attempts: _Attempts,
+    ) -> Any:
+        """Note a failed attempt; return the delay before retrying it or ``_NEXT`` (the next model), or
+        raise it when neither would help (the deadline, a request error)."""
+        attempts.last = exc
+        attempts.note(model, attempt=attempt, **_describe(exc))
+        if isinstance(exc, DeadlineExceeded):
+            raise exc
+        delay = self._retry_delay(lm, exc, attempt, policy, budget)
+        if delay is not None:
+            return delay
+        if failure_cause(exc) is None:
+            raise exc
+        return _NEXT
 
     # -- sync ---------------------------------------------------------------------------------------
     @with_callbacks  # type: ignore[untyped-decorator]
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         attempts = _Attempts()
-        resilience = self._resilience
-        causes: set[str | None] = set(resilience.config.fallback_on)
-        try:
-            for position, (lm, model) in enumerate(self._candidates()):
-                policy = resilience.policy(lm)
+        with attempts.annotating():
+            for position, lm, model, policy in self._chain():
                 outcome = self._try_model(lm, model, policy, attempts, prompt, messages, kwargs)
                 if outcome is not _NEXT:
-                    _annotate(model, attempts, position)
+                    attempts.served(model, position)
                     return outcome
-                if attempts.last is None or failure_cause(attempts.last) not in causes:
+                if not self._go_on(attempts):
                     break
-        except BaseException:
-            _annotate(None, attempts, None)
-            raise
-        _annotate(None, attempts, None)
-        raise _final(attempts)
+            raise _final(attempts)
 
     def _try_model(
         self,
@@ -605,10 +653,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         messages: Any,
         kwargs: dict[str, Any],
     ) -> Any:
-        resilience = self._resilience
-        budget = resilience.budget(policy.key)
-        limiters = [x for x in (resilience.limiter(policy), self._program_limiter) if x is not None]
-        breaker = resilience.breaker(policy)
+        budget, limiters, breaker = self._setup(policy)
         attempt = 0
         while True:
             check_deadline(f"an LM call to {model}")
@@ -619,26 +664,19 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
             except Exception as exc:
                 if lease is not None:
                     lease.release(0)
-                attempts.last = exc
-                attempts.note(model, skipped="breaker_open", retry_after=getattr(exc, "retry_after", None))
-                return _NEXT
+                return attempts.skipped(model, exc)
             if attempt == 0:
                 budget.call()
             try:
                 when = deadline()
                 result = execute(lm, call) if when is None else _call_before(when, execute, lm, call)
             except Exception as exc:
-                cause = failure_cause(exc)
-                (breaker.failure if cause is not None else breaker.success)(permit)
+                (breaker.failure if failure_cause(exc) is not None else breaker.success)(permit)
                 if lease is not None:
                     lease.release(None)
-                attempts.last = exc
-                attempts.note(model, attempt=attempt, **_describe(exc))
-                if isinstance(exc, DeadlineExceeded):
-                    raise
-                delay = self._retry_delay(lm, exc, attempt, policy, budget)
-                if delay is None:
-                    return _NEXT if cause is not None else _raise(exc)
+                delay = self._after_failure(lm, model, exc, attempt, policy, budget, attempts)
+                if delay is _NEXT:
+                    return _NEXT
                 if delay > 0:
                     t0 = time.perf_counter()
                     time.sleep(delay)
@@ -677,21 +715,15 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     @with_callbacks  # type: ignore[untyped-decorator]
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         attempts = _Attempts()
-        causes: set[str | None] = set(self._resilience.config.fallback_on)
-        try:
-            for position, (lm, model) in enumerate(self._candidates()):
-                policy = self._resilience.policy(lm)
+        with attempts.annotating():
+            for position, lm, model, policy in self._chain():
                 outcome = await self._atry_model(lm, model, policy, attempts, prompt, messages, kwargs)
                 if outcome is not _NEXT:
-                    _annotate(model, attempts, position)
+                    attempts.served(model, position)
                     return outcome
-                if attempts.last is None or failure_cause(attempts.last) not in causes:
+                if not self._go_on(attempts):
                     break
-        except BaseException:
-            _annotate(None, attempts, None)
-            raise
-        _annotate(None, attempts, None)
-        raise _final(attempts)
+            raise _final(attempts)
 
     async def _atry_model(
         self,
@@ -703,10 +735,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         messages: Any,
         kwargs: dict[str, Any],
     ) -> Any:
-        resilience = self._resilience
-        budget = resilience.budget(policy.key)
-        limiters = [x for x in (resilience.limiter(policy), self._program_limiter) if x is not None]
-        breaker = resilience.breaker(policy)
+        budget, limiters, breaker = self._setup(policy)
         attempt = 0
         while True:
             check_deadline(f"an LM call to {model}")
@@ -717,35 +746,18 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
             except Exception as exc:
                 if lease is not None:
                     await lease.arelease(0)
-                attempts.last = exc
-                attempts.note(model, skipped="breaker_open", retry_after=getattr(exc, "retry_after", None))
-                return _NEXT
+                return attempts.skipped(model, exc)
             if attempt == 0:
                 budget.call()
             try:
-                left = remaining()
-                if left is None:
-                    result = await aexecute(lm, call)
-                else:
-                    try:
-                        async with asyncio.timeout(max(0.0, left)):
-                            result = await aexecute(lm, call)
-                    except TimeoutError:
-                        raise DeadlineExceeded(
-                            "the run's deadline passed during an LM call; raise timeout= or lower the LM's latency"
-                        ) from None
+                result = await _aexecute_before(lm, call)
             except Exception as exc:
-                cause = failure_cause(exc)
-                await (breaker.afailure if cause is not None else breaker.asuccess)(permit)
+                await (breaker.afailure if failure_cause(exc) is not None else breaker.asuccess)(permit)
                 if lease is not None:
                     await lease.arelease(None)
-                attempts.last = exc
-                attempts.note(model, attempt=attempt, **_describe(exc))
-                if isinstance(exc, DeadlineExceeded):
-                    raise
-                delay = self._retry_delay(lm, exc, attempt, policy, budget)
-                if delay is None:
-                    return _NEXT if cause is not None else _raise(exc)
+                delay = self._after_failure(lm, model, exc, attempt, policy, budget, attempts)
+                if delay is _NEXT:
+                    return _NEXT
                 if delay > 0:
                     t0 = time.perf_counter()
                     await asyncio.sleep(delay)
@@ -757,6 +769,20 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
                 await lease.arelease(_used_tokens(result))
             attempts.note(model, attempt=attempt, ok=True)
             return finalize(lm, call, result)
+
+
+async def _aexecute_before(lm: Any, call: Any) -> Any:
+    """``aexecute(lm, call)``, cancelled at the run's deadline."""
+    left = remaining()
+    if left is None:
+        return await aexecute(lm, call)
+    try:
+        async with asyncio.timeout(max(0.0, left)):
+            return await aexecute(lm, call)
+    except TimeoutError:
+        raise DeadlineExceeded(
+            "the run's deadline passed during an LM call; raise timeout= or lower the LM's latency"
+        ) from None
 
 
 _NEXT: Any = object()  # sentinel: this model gave up, try the next one
