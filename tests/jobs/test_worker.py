@@ -161,6 +161,20 @@ def test_evaluation_job_applies_variables_through_the_space(app: App) -> None:
 # -- optimize ------------------------------------------------------------------------------------------------
 
 
+def test_app_optimize_places_its_trials_by_the_routing_rules(
+    app: App, settings_sim: SimServer, database_url: str, tmp_path: Path
+) -> None:
+    from dspex.variables.spacefile import space_from_document
+
+    space, bindings = space_from_document(SPACE_DOCUMENT)
+    with _routed(database_url, tmp_path, {"programs": {"qa": "general"}}) as routed:
+        result = routed.optimize("qa", dataset="qa-set", space=space, bindings=bindings, n_trials=2, seed=1)
+        assert result.finished == 2
+        # Every trial's examples ran on the pool the rule names, their LM calls counted exactly.
+        assert routed.pools.get("general").status().completed >= 2
+        assert result.lm_calls == settings_sim.stats().total_requests > 0
+
+
 def test_optimization_job_runs_to_a_saved_version(app: App) -> None:
     job = submit_optimization(app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=3, seed=3)
     assert _worker(app).run(stop_when_idle=True) == 1

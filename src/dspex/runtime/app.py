@@ -404,7 +404,8 @@ class App:
         - ``pruning``: a :class:`~dspex.optimize.search.Pruning`, ``None`` (default: on for one objective,
           shrunk to fit a small devset) or ``False``.
         - ``pool``: evaluate the trials' examples on that worker pool; each worker applies a trial's
-          configuration (sent with the space as a document) to its own copy of the version.
+          configuration (sent with the space as a document) to its own copy of the version. Without
+          it, the ``[routing]`` rules place them as they place runs (:meth:`Router.decide`; logged).
         The run, its trials and the result are recorded (:attr:`optimizations`), and a rerun with the
         same inputs resumes it.
         """
@@ -419,6 +420,10 @@ class App:
             lm = self.lm()
         lm = self.resilience.wrap(lm, program=program_name)
         remote = None
+        if pool is None and self.router.active:
+            route = self.router.decide(program_name, resolved.id)
+            logger.info("optimization of %r: trials %s", program_name, route.placement())
+            pool = route.pool
         if pool is not None:
             remote = self._remote_trials(program_name, resolved.id, pool, space, bindings)
         if pruning is None:
