@@ -19,6 +19,9 @@ A project file is TOML with the same keys as the fields below::
     [pools.general]                           # a pool of worker processes (dspex.pools)
     size = 2
     max_rss_mb = 1024
+    [telemetry]                               # OpenTelemetry export of runs (dspex.telemetry.otel)
+    endpoint = "http://127.0.0.1:6006"        # OTLP/HTTP base URL; else OTEL_EXPORTER_OTLP_ENDPOINT
+    headers = { authorization = "OTLP_AUTH" } # header -> the environment variable holding its value
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "ResilienceSetting",
     "RoutingSetting",
     "Settings",
+    "TelemetrySetting",
 ]
 
 PROJECT_FILE = "dspex.toml"
@@ -220,6 +224,40 @@ class ResilienceSetting(pydantic.BaseModel):
     )
 
 
+class TelemetrySetting(pydantic.BaseModel):
+    """The ``[telemetry]`` table: OpenTelemetry export of every run (see :mod:`dspex.telemetry.otel`).
+
+    Export is on when ``enabled`` is true, or when it is left unset and an endpoint is known: ``endpoint``
+    here, else ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``. ``OTEL_SDK_DISABLED=true``
+    turns it off whatever this says.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = Field(
+        None, description="Export runs (None: when an endpoint is set here or in OTEL_EXPORTER_OTLP_*)."
+    )
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="OTLP/HTTP base URL (traces go to <endpoint>/v1/traces), e.g. http://127.0.0.1:4318.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Header name -> the environment variable holding its value (never the value itself).",
+    )
+    service_name: str = Field("dspex", min_length=1, description="The service.name resource attribute.")
+    capture_messages: bool = Field(
+        False, description="Put LM messages and completions, tool arguments and results on the spans."
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces exported (a caller's traceparent decides its own).",
+    )
+
+
 class Settings(BaseSettings):
     """Process settings. Build with :meth:`Settings.load`; instances are immutable."""
 
@@ -269,6 +307,10 @@ class Settings(BaseSettings):
     resilience: ResilienceSetting = Field(
         default_factory=lambda: ResilienceSetting.model_validate({}),
         description="Rate limits, circuit breakers, retries and fallbacks of LM calls ([resilience] table).",
+    )
+    telemetry: TelemetrySetting = Field(
+        default_factory=lambda: TelemetrySetting.model_validate({}),
+        description="OpenTelemetry export of runs ([telemetry] table).",
     )
     redis_url: str | None = Field(
         None,

@@ -8,7 +8,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
   ``{"op": "hb", "rss", "busy"}`` every ``heartbeat_s`` from a thread of its own (so a long task still
   reports its memory), and ``{"op": "done", "id", "result", "rss"}`` per task.
 
-A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database;
+A task's ``traceparent`` (W3C) names the caller's run span: the worker's run joins that trace (the
+caller exports its spans, from the outcome). A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database;
 a version id is a content hash, so each is read once per worker). The run executes
 as :meth:`App.run` executes it, with a recorder, under ``dspy.context``; the worker records nothing: the
 caller's process writes the record from the outcome it sends back. A task of ``"kind": "predict_batch"``
@@ -105,7 +106,8 @@ class _Worker:
         settings = Settings(**message["settings"])
         if message.get("initializer"):  # operator configuration ([pools.NAME] initializer), never a request
             ToolRegistry(allow_import_paths=True).resolve(message["initializer"], what="pool initializer")()
-        self.app = App(settings, record=False)
+        # The caller records the run and exports its spans (the task's traceparent names the run's span).
+        self.app = App(settings, record=False, telemetry=False)
         return float(message.get("heartbeat_s") or 0.5)
 
     def program(self, ref: dict[str, Any]) -> tuple[Any, str, str]:
@@ -122,6 +124,13 @@ class _Worker:
         return self.app.programs.build(version), name, version.id
 
     def execute(self, task: dict[str, Any]) -> dict[str, Any]:
+        from dspex.telemetry.context import continue_trace
+
+        # Inside the caller's run span: the run's trace id, and any instrumentation of the worker's own.
+        with continue_trace(task.get("traceparent")):
+            return self._execute(task)
+
+    def _execute(self, task: dict[str, Any]) -> dict[str, Any]:
         try:
             program, name, version_id = self.program(task["program"])
         except Exception as exc:  # an unknown program or version: the caller gets its message

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from dspex.store.jobs import JobRepository
     from dspex.store.keys import ApiKeyRepository
     from dspex.store.optimizations import OptimizationRepository
+    from dspex.telemetry.otel import Telemetry
     from dspex.variables import Bindings, VariableSpace
 
 __all__ = ["App", "Durability", "RunResult"]
@@ -103,8 +104,12 @@ class App:
         prices: Prices | None = None,
         record: bool = True,
         tools: ToolRegistry | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         self.settings = settings or Settings.load()
+        # OpenTelemetry export (dspex.telemetry.otel): None builds it from the settings on first use.
+        self._telemetry: Telemetry | None = telemetry if not isinstance(telemetry, bool) else None
+        self._telemetry_ready = telemetry is not None and telemetry is not True
         self.prices = prices or Prices()
         self.record = record
         self._lm = lm
@@ -202,6 +207,20 @@ class App:
                 self._resilience = resilience
                 self._models = models
             return self._models
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The OpenTelemetry export of runs ([telemetry], ``OTEL_EXPORTER_OTLP_ENDPOINT``), or None when
+        off; built on first use (:meth:`dspex.telemetry.otel.Telemetry.from_settings`)."""
+        if self._telemetry_ready:
+            return self._telemetry
+        with self._models_lock:
+            if not self._telemetry_ready:
+                from dspex.telemetry.otel import Telemetry
+
+                self._telemetry = Telemetry.from_settings(self.settings)
+                self._telemetry_ready = True
+        return self._telemetry
 
     @property
     def resilience(self) -> Resilience:
@@ -309,8 +328,11 @@ class App:
         return self.resilience.wrap(self.lm())
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until every record of runs that ended so far is written."""
-        return self._stores.writer.flush(timeout) if self._stores is not None else True
+        """Wait until every record of runs that ended so far is written (and exported, telemetry on)."""
+        written = self._stores.writer.flush(timeout) if self._stores is not None else True
+        if self._telemetry is not None:
+            written = self._telemetry.flush(timeout) and written
+        return written
 
     @property
     def sessions(self) -> Sessions:
@@ -352,6 +374,8 @@ class App:
             self._pools.close()
         if self._resilience is not None:
             self._resilience.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
         with self._lock:
             if self._stores is not None:
                 self._stores.writer.close()

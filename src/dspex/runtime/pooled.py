@@ -75,6 +75,8 @@ class PooledRun:
             "variables": dict(variables) if variables else None,
             "execution_id": self.run.id,
         }
+        if self.run.trace is not None:  # the worker's run joins the caller's trace, under the run's span
+            self.task["traceparent"] = self.run.trace.context.traceparent
 
     def set_timeout(self, timeout: float | None) -> None:
         """The run's deadline; the worker gets what is left of it when the task is sent."""

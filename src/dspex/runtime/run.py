@@ -28,6 +28,7 @@ from dspex.jsonable import dumps, to_jsonable
 from dspex.modules._interface import check_inputs, input_interface
 from dspex.modules._introspect import acall_module
 from dspex.store.executions import ExecutionStatus, current_runner, utcnow
+from dspex.telemetry.context import RunTrace, current_trace, new_span_id
 from dspex.telemetry.recorder import RunRecorder, error_info
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class RunResult:
     usage: dict[str, dict[str, Any]]
     cost_usd: float | None
     cache_hit: bool = False
+    trace_id: str | None = None  # the OpenTelemetry trace the run belongs to (telemetry on, or a traceparent)
 
 
 def _input_interface(program: Any) -> Any:
@@ -107,6 +109,15 @@ class _Run:
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
         self.t0_monotonic = time.monotonic()
+        # Which trace the run belongs to: exported when telemetry is on; with it off, a caller's trace
+        # (traceparent) is still recorded.
+        self.telemetry = app.telemetry
+        parent = current_trace()
+        self.trace: RunTrace | None = None
+        if self.telemetry is not None:
+            self.trace = self.telemetry.begin(parent)
+        elif parent is not None:
+            self.trace = RunTrace(parent.trace_id, new_span_id(), parent.span_id, parent.sampled)
         self.base: dict[str, Any] = {
             "id": self.id,
             "program": program_name or type(program).__name__,
@@ -118,6 +129,7 @@ class _Run:
             "cache_hit": False,
             "placement": placement,
             "session_id": None,
+            "trace_id": self.trace.trace_id if self.trace is not None else None,
         }
         self.deadline: float | None = None  # time.monotonic() by which the run must end (timeout=)
         self.status: ExecutionStatus = "running"
@@ -249,7 +261,29 @@ class _Run:
                 }
 
             self.writer.submit(row)
+        if self.telemetry is not None and self.trace is not None:
+            self._export(status, error, duration_ms, self.recorder, outputs)
         return duration_ms
+
+    def _export(
+        self,
+        status: str,
+        error: Mapping[str, Any] | None,
+        duration_ms: float,
+        source: Any,
+        outputs: Any,
+        offset_ms: float = 0.0,
+    ) -> None:
+        """Hand the finished run to telemetry (a queue put; spans are built on its thread)."""
+        from dspex.telemetry.otel import RunExport
+
+        assert self.telemetry is not None
+        assert self.trace is not None
+        self.telemetry.submit(
+            RunExport(
+                self.trace, self.base, status, error, self.started_at, duration_ms, source, outputs, offset_ms
+            )
+        )
 
     def succeeded(self, prediction: Any) -> RunResult:
         outputs = to_jsonable(prediction)
@@ -261,6 +295,7 @@ class _Run:
             duration_ms=duration_ms,
             usage=self.recorder.usage,
             cost_usd=self.recorder.cost_usd,
+            trace_id=self.base["trace_id"],
         )
 
     def failed(self, exc: BaseException) -> BaseException:
@@ -310,6 +345,7 @@ class _Run:
             "total_tokens": self.recorder.total_tokens,
             "cost_usd": self.recorder.cost_usd,
             "trace": self.recorder.trace(),
+            "started_at": self.started_at.isoformat(),  # where the worker's span times start
         }
         if shown is not None:
             data["shown"] = {
@@ -346,6 +382,15 @@ class _Run:
                     "trace": outcome.get("trace"),
                 }
             )
+        if self.telemetry is not None and self.trace is not None:
+            self._export(
+                status,
+                outcome.get("error"),
+                duration_ms,
+                outcome,
+                outcome.get("outputs"),
+                _offset(self, outcome),
+            )
         if status == "succeeded":
             outputs = dict(outcome.get("outputs") or {})
             return RunResult(
@@ -355,8 +400,23 @@ class _Run:
                 duration_ms=duration_ms,
                 usage=dict(outcome.get("usage") or {}),
                 cost_usd=outcome.get("cost_usd"),
+                trace_id=self.base["trace_id"],
             )
         raise _rebuilt(outcome.get("shown") or {}, self.id)
+
+
+def _offset(run: _Run, outcome: Mapping[str, Any]) -> float:
+    """How long after ``run`` started the worker's run started (its span times count from there), in ms."""
+    import datetime as dt
+
+    started = outcome.get("started_at")
+    if not isinstance(started, str):
+        return 0.0
+    try:
+        worker = dt.datetime.fromisoformat(started)
+    except ValueError:
+        return 0.0
+    return max(0.0, (worker - run.started_at).total_seconds() * 1000)
 
 
 def _rebuilt(shown: Mapping[str, Any], execution_id: str) -> BaseException:

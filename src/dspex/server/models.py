@@ -163,6 +163,11 @@ class RunResultOut(BaseModel):
     usage: JsonObject
     cost_usd: float | None
     cache_hit: bool
+    trace_id: str | None = Field(
+        None,
+        description="The OpenTelemetry trace of the run (32 hex digits): the caller's when the request "
+        "carried a W3C traceparent header, a new one when telemetry export is on, else null.",
+    )
 
 
 # -- sessions ----------------------------------------------------------------------------------------------

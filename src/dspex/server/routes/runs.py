@@ -23,6 +23,7 @@ from dspex.server.models import RunRequest, RunResultOut
 from dspex.server.routes._common import errors, version_or_404
 from dspex.server.routes.programs import ProgramName
 from dspex.server.sse import SSE_EVENT_SCHEMA, Event, EventStream, EventStreamDoc
+from dspex.telemetry.context import continue_trace
 
 router = APIRouter(prefix="/v1/programs", tags=["runs"])
 
@@ -50,6 +51,7 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "usage": result.usage,
         "cost_usd": result.cost_usd,
         "cache_hit": result.cache_hit,
+        "trace_id": result.trace_id,
     }
 
 
@@ -67,20 +69,23 @@ async def run(
     Inputs that fail the program's signature are a 422 naming the field, with the ``execution_id`` of the
     failed record. A failing LM is a 503 (retryable, with ``Retry-After`` when known) or a 502; a program
     that raises is a 502 ``program_failed``; both with the execution id.
+
+    A W3C ``traceparent`` header makes the run a child of the caller's span; ``trace_id`` names the trace.
     """
     app = dspex_of(request)
     metrics = metrics_of(request)
     try:
-        result = await app.arun(
-            name,
-            body.inputs,
-            version_id=body.version,
-            variables=body.variables,
-            durability=body.durability,
-            pool=options_of(request).pool,
-            idempotent=body.idempotent,
-            timeout=body.timeout,
-        )
+        with continue_trace(request.headers.get("traceparent")):
+            result = await app.arun(
+                name,
+                body.inputs,
+                version_id=body.version,
+                variables=body.variables,
+                durability=body.durability,
+                pool=options_of(request).pool,
+                idempotent=body.idempotent,
+                timeout=body.timeout,
+            )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
         raise
@@ -111,15 +116,16 @@ async def stream(
     app = dspex_of(request)
     metrics = metrics_of(request)
     try:
-        opened = await RunStream.open(
-            app,
-            name,
-            body.inputs,
-            version_id=body.version,
-            variables=body.variables,
-            durability=body.durability,
-            timeout=body.timeout,
-        )
+        with continue_trace(request.headers.get("traceparent")):  # the run's trace is fixed when it opens
+            opened = await RunStream.open(
+                app,
+                name,
+                body.inputs,
+                version_id=body.version,
+                variables=body.variables,
+                durability=body.durability,
+                timeout=body.timeout,
+            )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
         raise

@@ -83,21 +83,24 @@ async def run(
     session_id: SessionId, body: SessionRunRequest, request: Request, principal: Principal = Depends(_execute)
 ) -> JSONResponse:
     """Run the session's next turn; it is saved before the answer. Turns of one session run one at a time
-    (a second request waits, also on another server process, up to ``session_wait_s``; then 409)."""
+    (a second request waits, also on another server process, up to ``session_wait_s``; then 409).
+    A W3C ``traceparent`` header makes the turn's run a child of the caller's span."""
     from dspex.runtime.sessions import SessionBusy, SessionNotFound
     from dspex.store.sessions import SessionConflict
+    from dspex.telemetry.context import continue_trace
 
     await asyncio.to_thread(_session, request, session_id, principal)
     try:
-        result = await dspex_of(request).sessions.arun(
-            session_id,
-            body.inputs,
-            owner=_owner(principal),
-            pool=options_of(request).pool,
-            idempotent=body.idempotent,
-            durability=body.durability,
-            timeout=body.timeout,
-        )
+        with continue_trace(request.headers.get("traceparent")):
+            result = await dspex_of(request).sessions.arun(
+                session_id,
+                body.inputs,
+                owner=_owner(principal),
+                pool=options_of(request).pool,
+                idempotent=body.idempotent,
+                durability=body.durability,
+                timeout=body.timeout,
+            )
     except SessionNotFound as exc:
         raise not_found(str(exc)) from None
     except (SessionConflict, SessionBusy) as exc:
