@@ -10,6 +10,7 @@ DSPexError
  |    +-- ConfigurationError   # settings, LM configuration, unknown names, bad options
  |    +-- ValidationError      # data does not match a signature's fields (has .issues)
  +-- RunError                  # a run failed; the execution record says why
+      +-- DatabaseUnavailable  # the store could not be reached to start the run (has .execution_id)
       +-- ExecutionError       # the program raised (has .execution_id; the cause is chained)
       |    +-- EvaluationAborted   # an evaluation saw more failures than max_errors
       +-- LMError              # the language model failed (has .retryable, .retry_after)
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ConfigurationError",
     "DSPexError",
+    "DatabaseUnavailable",
     "DeadlineExceeded",
     "EvaluationAborted",
     "ExecutionError",
@@ -222,6 +224,31 @@ class DeadlineExceeded(RunError):
 
     def _state(self) -> dict[str, Any]:
         return {"waited_s": self.waited_s, "execution_id": self.execution_id}
+
+
+class DatabaseUnavailable(RunError):
+    """The database could not be reached when a run needed it before it could start: resolving a
+    registered program's version the first time in this process, or after this process changed the
+    registry (a version resolved before is served from memory during an outage instead).
+
+    Retrying once the database is back succeeds. ``execution_id`` names the run's ``failed`` record
+    (code ``database_unavailable``), written once the database takes writes again; the driver's error is
+    chained as the cause.
+    """
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+    @property
+    def retryable(self) -> bool:
+        """Always True: the database being unreachable says nothing about the run."""
+        return True
+
+    def _state(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id}
 
 
 class WorkerError(ExecutionError):

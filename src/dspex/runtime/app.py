@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dspex.errors import ConfigurationError
+from dspex.errors import ConfigurationError, DatabaseUnavailable
 from dspex.lm.pricing import Prices
 from dspex.runtime.cache import CacheSlot, ProgramCache
 from dspex.runtime.pooled import PooledRun, check_crossing
@@ -565,43 +565,58 @@ class App:
         run's deadline in seconds: every LM call, retry, limiter wait and pipeline step respects it, and a
         run past it fails with :class:`~dspex.errors.DeadlineExceeded` (code ``deadline_exceeded``).
         """
-        durability = check_durability(durability)
-        reason = None
-        if pool is None and lm is None and isinstance(program, str) and self.router.active:
-            route = self.router.decide(program, version_id)
-            pool, reason = route.pool, route.reason
-        if pool is not None:
-            cached, pooled = self._prepare_pooled(
-                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason
-            )
-            if pooled is None:
-                assert isinstance(cached, RunResult)
-                return cached
-            pooled.set_timeout(timeout)
-            result = pooled.execute()
-            if isinstance(cached, CacheSlot):
-                self._cache.store(cached, pooled.name, pooled.version_id, result)
-            return result
-        if isinstance(program, str):
-            name = program
-            cached = self._cache.lookup(name, version_id, program_name, inputs, variables)
-            mode = durability or self._cache.policy(name).durability or self.settings.durability
-            if isinstance(cached, RunResult):
-                self._settle(mode)
-                return cached
-            program, version_id = self._registered(name, version_id, program_name)
-            program_name = name
-            placement = {"target": "inline", "reason": reason} if reason else None
-            run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
+        try:
+            durability = check_durability(durability)
+            reason = None
+            if pool is None and lm is None and isinstance(program, str) and self.router.active:
+                route = self.router.decide(program, version_id)
+                pool, reason = route.pool, route.reason
+            if pool is not None:
+                cached, pooled = self._prepare_pooled(
+                    program,
+                    inputs,
+                    lm,
+                    program_name,
+                    version_id,
+                    variables,
+                    durability,
+                    pool,
+                    idempotent,
+                    reason,
+                )
+                if pooled is None:
+                    assert isinstance(cached, RunResult)
+                    return cached
+                pooled.set_timeout(timeout)
+                result = pooled.execute()
+                if isinstance(cached, CacheSlot):
+                    self._cache.store(cached, pooled.name, pooled.version_id, result)
+                return result
+            if isinstance(program, str):
+                name = program
+                cached = self._cache.lookup(name, version_id, program_name, inputs, variables)
+                mode = durability or self._cache.policy(name).durability or self.settings.durability
+                if isinstance(cached, RunResult):
+                    self._settle(mode)
+                    return cached
+                program, version_id = self._registered(name, version_id, program_name)
+                program_name = name
+                placement = {"target": "inline", "reason": reason} if reason else None
+                run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
+                run.set_timeout(timeout)
+                result = run.finish(run.execute_sync)
+                if isinstance(cached, CacheSlot):
+                    self._cache.store(cached, name, version_id, result)
+                return result
+            mode = durability or self.settings.durability
+            run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
             run.set_timeout(timeout)
-            result = run.finish(run.execute_sync)
-            if isinstance(cached, CacheSlot):
-                self._cache.store(cached, name, version_id, result)
-            return result
-        mode = durability or self.settings.durability
-        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
-        run.set_timeout(timeout)
-        return run.finish(run.execute_sync)
+            return run.finish(run.execute_sync)
+        except DatabaseUnavailable as exc:
+            # Resolving a program by name needed the database (nothing was recorded yet): record it now.
+            if isinstance(program, str):
+                self._cache.record_unresolved(exc, program, version_id, inputs, variables)
+            raise
 
     async def arun(
         self,
@@ -620,44 +635,52 @@ class App:
     ) -> RunResult:
         """Async :meth:`run`: native ``acall`` when the program has one, else DSPy's ``asyncify``; on a
         ``pool``, the worker is awaited without blocking the event loop."""
-        cached: CacheSlot | RunResult | None = None
-        mode = check_durability(durability) or self.settings.durability
-        reason = None
-        if pool is None and lm is None and isinstance(program, str) and self.router.active:
-            route = await asyncio.to_thread(self.router.decide, program, version_id)
-            pool, reason = route.pool, route.reason
-        if pool is not None:
-            return await self._arun_pooled(
-                program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason,
-                timeout,
-            )  # fmt: skip
-        if isinstance(program, str):
-            name = program
-            # A hit is answered from the in-process memo without touching the event loop's thread
-            # pool; anything that reads the database or builds the program runs off the loop.
-            cached = self._cache.memo_hit(name, version_id, inputs, variables)
-            if cached is None:
-                cached = await asyncio.to_thread(
-                    self._cache.lookup, name, version_id, program_name, inputs, variables
+        try:
+            cached: CacheSlot | RunResult | None = None
+            mode = check_durability(durability) or self.settings.durability
+            reason = None
+            if pool is None and lm is None and isinstance(program, str) and self.router.active:
+                route = await asyncio.to_thread(self.router.decide, program, version_id)
+                pool, reason = route.pool, route.reason
+            if pool is not None:
+                return await self._arun_pooled(
+                    program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason,
+                    timeout,
+                )  # fmt: skip
+            if isinstance(program, str):
+                name = program
+                # A hit is answered from the in-process memo without touching the event loop's thread
+                # pool; anything that reads the database or builds the program runs off the loop.
+                cached = self._cache.memo_hit(name, version_id, inputs, variables)
+                if cached is None:
+                    cached = await asyncio.to_thread(
+                        self._cache.lookup, name, version_id, program_name, inputs, variables
+                    )
+                if durability is None:
+                    policy = self._cache.policies.get(name)
+                    if policy is None or time.monotonic() > policy.fresh_until:
+                        policy = await asyncio.to_thread(self._cache.policy, name)
+                    mode = policy.durability or self.settings.durability
+                if isinstance(cached, RunResult):
+                    if mode == "sync":
+                        await asyncio.to_thread(self._settle, mode)
+                    return cached
+                program, version_id = await asyncio.to_thread(
+                    self._registered, name, version_id, program_name
                 )
-            if durability is None:
-                policy = self._cache.policies.get(name)
-                if policy is None or time.monotonic() > policy.fresh_until:
-                    policy = await asyncio.to_thread(self._cache.policy, name)
-                mode = policy.durability or self.settings.durability
-            if isinstance(cached, RunResult):
-                if mode == "sync":
-                    await asyncio.to_thread(self._settle, mode)
-                return cached
-            program, version_id = await asyncio.to_thread(self._registered, name, version_id, program_name)
-            program_name = name
-        placement = {"target": "inline", "reason": reason} if reason else None
-        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
-        run.set_timeout(timeout)
-        result = await run.afinish()
-        if isinstance(cached, CacheSlot) and program_name is not None and version_id is not None:
-            await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
-        return result
+                program_name = name
+            placement = {"target": "inline", "reason": reason} if reason else None
+            run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
+            run.set_timeout(timeout)
+            result = await run.afinish()
+            if isinstance(cached, CacheSlot) and program_name is not None and version_id is not None:
+                await asyncio.to_thread(self._cache.store, cached, program_name, version_id, result)
+            return result
+        except DatabaseUnavailable as exc:
+            # Resolving a program by name needed the database (nothing was recorded yet): record it now.
+            if isinstance(program, str):
+                self._cache.record_unresolved(exc, program, version_id, inputs, variables)
+            raise
 
     def _prepare_pooled(
         self,

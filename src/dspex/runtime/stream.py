@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from dspex.errors import DatabaseUnavailable
 from dspex.modules._introspect import acall_module
 from dspex.runtime.app import App
 from dspex.runtime.run import Durability, RunResult, _Run, check_durability
@@ -143,17 +144,22 @@ class RunStream:
         """Load the program (a name or a module), record the run as started and validate its inputs.
 
         Raises what :meth:`App.arun` raises before running: ``ConfigurationError`` for an unknown
-        program or version (nothing recorded), ``ValidationError`` for bad inputs (recorded as failed,
+        program or version (nothing recorded), ``ValidationError`` for bad inputs and
+        ``DatabaseUnavailable`` when the program's version cannot be resolved (both recorded as failed,
         with ``execution_id`` set). ``durability`` as in :meth:`App.run`: with ``sync`` the final event
         is sent once the record is committed. ``timeout`` is the run's deadline, as for :meth:`App.run`.
         """
         mode = check_durability(durability)
         if isinstance(program, str):
             name = program
-            program, version_id = await asyncio.to_thread(app._registered, name, version_id, program_name)
+            try:
+                program, version_id = await asyncio.to_thread(app._registered, name, version_id, program_name)
+                if mode is None:
+                    mode = (await asyncio.to_thread(app._cache.policy, name)).durability
+            except DatabaseUnavailable as exc:
+                app._cache.record_unresolved(exc, name, version_id, inputs, variables)
+                raise
             program_name = name
-            if mode is None:
-                mode = (await asyncio.to_thread(app._cache.policy, name)).durability
         run = _Run(
             app, program, inputs, lm, program_name, version_id, variables, mode or app.settings.durability
         )

@@ -13,6 +13,7 @@ malformed body or query (pydantic)                     422     ``invalid_request
 ``LMError``, retryable                                 503     ``Retry-After`` when the provider said
 ``LMError``, not retryable                             502     the LM is the upstream that failed
 ``DeadlineExceeded`` (the run's ``timeout`` passed)     504     ``deadline_exceeded``, with ``execution_id``
+``DatabaseUnavailable`` (the store is down)            503     ``database_unavailable``, ``Retry-After: 1``
 ``ExecutionError``, ``StepError`` (the program raised)  502     ``program_failed``, with ``execution_id``
 anything else                                          500     ``internal_error``, logged with traceback
 =====================================================  ======  ==========================================
@@ -33,6 +34,7 @@ import starlette.responses
 from starlette.responses import Response
 
 from dspex.errors import (
+    DatabaseUnavailable,
     DeadlineExceeded,
     DSPexError,
     ExecutionError,
@@ -122,6 +124,15 @@ def dspex_error_response(exc: DSPexError) -> JSONResponse:
         )
     if isinstance(exc, DeadlineExceeded):
         return error_response(504, exc.code, exc.message, execution_id=execution_id)
+    if isinstance(exc, DatabaseUnavailable):
+        return error_response(
+            503,
+            exc.code,
+            exc.message,
+            headers={"Retry-After": "1"},
+            execution_id=execution_id,
+            retryable=True,
+        )
     if isinstance(exc, RunError):
         return error_response(
             502, "program_failed", exc.message, execution_id=execution_id, detail_code=exc.code
