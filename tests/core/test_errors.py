@@ -7,6 +7,7 @@ import pytest
 from dspex import errors
 from dspex.errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     DSPexError,
     EvaluationAborted,
     ExecutionError,
@@ -31,6 +32,7 @@ ALL_ERRORS = [
     ExecutionError("program raised ValueError: boom", execution_id="e1"),
     EvaluationAborted("4 examples failed", errors=4, evaluated=10),
     LMError("rate limited", retryable=True, retry_after=1.5),
+    DatabaseUnavailable("cannot run 'qa': the database is unavailable", execution_id="e2"),
 ]
 
 
@@ -47,6 +49,7 @@ def test_codes_are_stable_and_unique() -> None:
     assert len(set(codes.values())) == len(codes)
     assert codes[SignatureError] == "signature_error"
     assert codes[LMError] == "lm_error"
+    assert codes[DatabaseUnavailable] == "database_unavailable"
 
 
 def test_hierarchy_separates_misuse_from_run_failures() -> None:
