@@ -62,13 +62,16 @@ if TYPE_CHECKING:
     from dspex.pools.remote import PooledProgram
     from dspex.programs import ProgramRegistry
     from dspex.programs.datasets import Datasets
+    from dspex.runtime.feedback import Feedback
     from dspex.runtime.router import Router
     from dspex.runtime.sessions import Sessions
     from dspex.store.cache import ProgramCacheRepository
     from dspex.store.jobs import JobRepository
     from dspex.store.keys import ApiKeyRepository
     from dspex.store.optimizations import OptimizationRepository
+    from dspex.telemetry.monitor import Signals
     from dspex.telemetry.otel import Telemetry
+    from dspex.telemetry.signals import Thresholds
     from dspex.variables import Bindings, VariableSpace
 
 __all__ = ["App", "Durability", "RunResult"]
@@ -123,6 +126,7 @@ class App:
         self._pools: Pools | None = None
         self._router: Router | None = None
         self._stores: _Stores | None = None
+        self._signals: Signals | None = None
         self._cache = ProgramCache(self)
         self.abandoned: list[str] = []
         self.replayed: tuple[int, int] = (0, 0)  # (spilled records written, still failing) at open
@@ -272,6 +276,40 @@ class App:
         """The program-level result cache shared through the database (see :meth:`run`)."""
         return self._open().cache
 
+    @property
+    def feedback(self) -> Feedback:
+        """Feedback on runs (:mod:`dspex.runtime.feedback`): ``app.feedback(execution_id, score=0.8,
+        label="good", comment=...)`` stores it (committed before it returns); ``app.feedback.list(id)``
+        reads it back. Counted in the quality :attr:`signals`."""
+        from dspex.runtime.feedback import Feedback
+        from dspex.store.feedback import FeedbackRepository
+
+        return Feedback(lambda: self.executions, lambda: FeedbackRepository(self._open().db), self.flush)
+
+    @property
+    def signals(self) -> Signals:
+        """Live signals over this App's records (:mod:`dspex.telemetry.signals`): rolling statistics,
+        trends and anomalies per program, version, model and variable configuration, with the default
+        thresholds. One monitor per App, shared by its users (the service's ``/v1/signals`` and
+        ``/metrics``); ``poll()`` reads what is new. :meth:`open_signals` makes one with other thresholds."""
+        if self._signals is None:
+            signals = self.open_signals()
+            with self._lock:
+                if self._signals is None:
+                    self._signals = signals
+        return self._signals
+
+    def open_signals(self, thresholds: Thresholds | None = None, **options: Any) -> Signals:
+        """A new signals monitor over this App's records with its own ``thresholds`` (and ``options`` of
+        :class:`~dspex.telemetry.monitor.Signals`: ``clock``, ``lag_s``...). ::
+
+            signals = app.open_signals(Thresholds(window_s=900))
+        """
+        from dspex.store.outcomes import OutcomeRepository
+        from dspex.telemetry.monitor import Signals
+
+        return Signals(OutcomeRepository(self._open().db), thresholds, **options)
+
     @staticmethod
     def _check_program_name(name: Any, program_name: str | None) -> None:
         if program_name is not None and program_name != name:
@@ -381,6 +419,7 @@ class App:
                 self._stores.writer.close()
                 self._stores.db.dispose()
             self._stores = None
+            self._signals = None  # it read the closed database; a reopened App starts a new one
 
     def __enter__(self) -> App:
         return self
