@@ -42,6 +42,16 @@ def _pinned_dataset(app: App, dataset: str, split: str | None) -> str:
     return f"{version.dataset}@{version.id}"
 
 
+def _join_callers_trace(payload: dict[str, Any]) -> None:
+    """Keep the submitter's trace context (a traceparent, its OpenTelemetry span) with the job: the worker
+    runs the job in that trace, under a ``job <kind>`` span per attempt."""
+    from dspex.telemetry.context import caller_trace
+
+    context = caller_trace()
+    if context is not None:
+        payload["traceparent"] = context.traceparent
+
+
 def optimization_job(app: App, optimization_id: str) -> JobRecord | None:
     """The job that runs ``optimization_id`` (an id :func:`submit_optimization` made), or None."""
     if not optimization_id.startswith("opt-"):
@@ -105,6 +115,7 @@ def submit_optimization(
         "max_lm_calls": max_lm_calls,
         "optimization_id": f"opt-{job_id[:16]}",
     }
+    _join_callers_trace(payload)
     return app.jobs.enqueue(
         OPTIMIZE, payload, job_id=job_id, created_by=created_by, max_attempts=max_attempts
     )
@@ -146,4 +157,5 @@ def submit_evaluation(
         "variables": dict(variables) if variables is not None else None,
         "space": document,
     }
+    _join_callers_trace(payload)
     return app.jobs.enqueue(EVALUATE, payload, created_by=created_by, max_attempts=max_attempts)

@@ -57,7 +57,9 @@ from dspex.errors import ConfigurationError, DSPexError, LMError, UserError, did
 from dspex.jobs._context import JobContext, JobInterrupted
 from dspex.jobs.handlers import HANDLERS, Handler
 from dspex.store._engine import database_unavailable, describe_error
+from dspex.store._time import utcnow
 from dspex.store.jobs import backoff_seconds
+from dspex.telemetry.context import RunTrace, continue_trace, job_trace
 from dspex.telemetry.recorder import error_info
 
 if TYPE_CHECKING:
@@ -359,10 +361,15 @@ class Worker:
         self._emit(WorkerEvent("start", job, self.worker_id))
         heartbeat = _Heartbeat(repo, self.worker_id, context, self.lease_s, self.heartbeat_s)
         heartbeat.start()
-        started = time.monotonic()
+        started, began = time.monotonic(), utcnow()
+        # Every run the handler makes belongs to the job's trace (the submitter's, else the job id's).
+        trace = job_trace(
+            job.id, job.attempts, job.payload.get("traceparent") if isinstance(job.payload, dict) else None
+        )
         try:
             try:
-                result = handler(self.app, job, context)
+                with continue_trace(trace.context):
+                    result = handler(self.app, job, context)
             finally:
                 heartbeat.finish()
             outcome, detail = self._succeeded(repo, context, heartbeat, result)
@@ -374,8 +381,29 @@ class Worker:
             with self._lock:
                 self._current = None
         duration = time.monotonic() - started
+        self._export(job, trace, began, duration, outcome, detail)
         log.info("job %s (%s) %s after %.2f s", job.id, job.kind, outcome, duration)
         self._emit(WorkerEvent("end", job, self.worker_id, outcome, duration, detail))
+
+    def _export(
+        self, job: JobRecord, trace: RunTrace, began: Any, duration_s: float, outcome: str, detail: str | None
+    ) -> None:
+        """The attempt as a ``job <kind>`` span (telemetry on): the parent of the runs it made."""
+        telemetry = self.app.telemetry
+        if telemetry is None:
+            return
+        from dspex.telemetry.otel import SpanExport
+
+        attributes = {
+            "dspex.span.kind": "job",
+            "dspex.job.id": job.id,
+            "dspex.job.kind": job.kind,
+            "dspex.job.attempt": job.attempts,
+            "dspex.job.outcome": outcome,
+            "dspex.job.worker": self.worker_id,
+        }
+        error = (detail or outcome) if outcome in ("failed", "retry", "unrecorded") else None
+        telemetry.submit(SpanExport(f"job {job.kind}", trace, began, duration_s * 1000, attributes, error))
 
     def _persist(
         self, repo: JobRepository, heartbeat: _Heartbeat, what: str, write: Callable[[], T]

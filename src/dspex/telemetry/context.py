@@ -19,18 +19,28 @@ context current there, so the caller's own instrumentation inside the block join
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
-__all__ = ["RunTrace", "TraceContext", "continue_trace", "current_trace", "new_span_id", "new_trace_id"]
+__all__ = [
+    "RunTrace",
+    "TraceContext",
+    "caller_trace",
+    "continue_trace",
+    "current_trace",
+    "job_trace",
+    "new_span_id",
+    "new_trace_id",
+]
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
@@ -118,6 +128,38 @@ class RunTrace:
 def current_trace() -> TraceContext | None:
     """The trace context code here runs in (:func:`continue_trace`), or None."""
     return _current.get()
+
+
+def caller_trace() -> TraceContext | None:
+    """The context new work joins: :func:`current_trace`, else the current OpenTelemetry span of the
+    caller's own instrumentation (looked at only when ``opentelemetry`` is already imported)."""
+    current = _current.get()
+    if current is None and "opentelemetry.trace" in sys.modules:
+        from opentelemetry import trace
+
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            current = TraceContext(
+                f"{span_context.trace_id:032x}",
+                f"{span_context.span_id:016x}",
+                bool(span_context.trace_flags.sampled),
+            )
+    return current
+
+
+def job_trace(job_id: str, attempt: int, traceparent: Any = None) -> RunTrace:
+    """The trace of one attempt of a job: the submitter's (``traceparent`` kept in its payload), else one
+    named by the job id, so that every attempt, on any worker, and every run inside it share it. The
+    attempt's span id is derived from the job id and attempt, the same wherever it is computed."""
+    parent = TraceContext.parse(traceparent) if isinstance(traceparent, str) else None
+    if parent is not None:
+        trace_id, sampled = parent.trace_id, parent.sampled
+    elif re.fullmatch(r"[0-9a-f]{32}", job_id) and job_id != _ZERO_TRACE:
+        trace_id, sampled = job_id, True
+    else:
+        trace_id, sampled = hashlib.sha256(job_id.encode()).hexdigest()[:32], True
+    span_id = hashlib.sha256(f"{job_id}:{attempt}".encode()).hexdigest()[:16]
+    return RunTrace(trace_id, span_id, parent.span_id if parent else None, sampled)
 
 
 @contextlib.contextmanager

@@ -50,14 +50,13 @@ import datetime as dt
 import logging
 import os
 import queue
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError
-from dspex.telemetry.context import RunTrace, TraceContext, new_span_id
+from dspex.telemetry.context import RunTrace, TraceContext, caller_trace, new_span_id
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
 
     from dspex.settings import Settings
 
-__all__ = ["RunExport", "Telemetry"]
+__all__ = ["RunExport", "SpanExport", "Telemetry"]
 
 logger = logging.getLogger("dspex.telemetry")
 
@@ -90,6 +89,18 @@ class RunExport:
     source: Any
     outputs: Any = None
     offset_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpanExport:
+    """One finished span of dspex's own (a job attempt), for :meth:`Telemetry.submit`."""
+
+    name: str
+    trace: RunTrace
+    started_at: dt.datetime
+    duration_ms: float
+    attributes: Mapping[str, Any]
+    error: str | None = None
 
 
 class Telemetry:
@@ -141,7 +152,7 @@ class Telemetry:
         from dspex import __version__
 
         self._scope = InstrumentationScope("dspex", __version__)
-        self._queue: queue.Queue[RunExport | threading.Event | None] = queue.Queue(max_queue)
+        self._queue: queue.Queue[RunExport | SpanExport | threading.Event | None] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -195,11 +206,9 @@ class Telemetry:
     def begin(self, parent: TraceContext | None) -> RunTrace:
         """The trace of a run starting now: under ``parent``, else under the current OpenTelemetry span
         (the caller's own instrumentation), else a new trace sampled at ``sample_ratio``."""
-        if parent is None and "opentelemetry.trace" in sys.modules:
-            parent = _current_otel_span()
-        return RunTrace.start(parent, self.sample_ratio)
+        return RunTrace.start(parent if parent is not None else caller_trace(), self.sample_ratio)
 
-    def submit(self, item: RunExport) -> None:
+    def submit(self, item: RunExport | SpanExport) -> None:
         """Queue a finished run for export (unsampled runs are dropped here); never blocks."""
         if not item.trace.sampled or self._closed:
             return
@@ -239,8 +248,8 @@ class Telemetry:
                     self._processor.on_end(span)
             except Exception:
                 logger.exception(
-                    "could not convert run %s to OpenTelemetry spans; the run is recorded, not exported",
-                    item.base.get("id"),
+                    "could not convert %s to OpenTelemetry spans; it is recorded, not exported",
+                    f"run {item.base.get('id')}" if isinstance(item, RunExport) else f"span {item.name!r}",
                 )
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -264,13 +273,15 @@ class Telemetry:
         self._processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
 
     # -- conversion (on the export thread) -----------------------------------------------------------
-    def spans(self, item: RunExport) -> list[ReadableSpan]:
+    def spans(self, item: RunExport | SpanExport) -> list[ReadableSpan]:
         """The run's OpenTelemetry spans: the run's span first, then its recorded spans."""
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
         from dspex.telemetry.recorder import RunRecorder
 
+        if isinstance(item, SpanExport):
+            return [self._own_span(item)]
         source = item.source
         if isinstance(source, RunRecorder):
             recorded, usage, cost = source.trace().get("spans", []), source.usage, source.cost_usd
@@ -332,6 +343,27 @@ class Telemetry:
                 )
             )
         return out
+
+    def _own_span(self, item: SpanExport) -> ReadableSpan:
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+
+        flags, trace_id = TraceFlags(TraceFlags.SAMPLED), int(item.trace.trace_id, 16)
+        parent = None
+        if item.trace.parent_id is not None:
+            parent = SpanContext(trace_id, int(item.trace.parent_id, 16), is_remote=True, trace_flags=flags)
+        start_ns = int(item.started_at.timestamp() * 1e9)
+        return ReadableSpan(
+            item.name,
+            context=SpanContext(trace_id, int(item.trace.span_id, 16), is_remote=False, trace_flags=flags),
+            parent=parent,
+            attributes=dict(item.attributes),
+            status=Status(StatusCode.ERROR, item.error) if item.error else Status(StatusCode.UNSET),
+            start_time=start_ns,
+            end_time=start_ns + int(item.duration_ms * 1e6),
+            resource=self._resource,
+            instrumentation_scope=self._scope,
+        )
 
     def _run_attributes(
         self, item: RunExport, usage: Mapping[str, Any], cost: float | None
@@ -413,20 +445,6 @@ class Telemetry:
         if kind == "wait":
             return f"wait {name}", kind, attributes
         return name, kind, attributes
-
-
-def _current_otel_span() -> TraceContext | None:
-    """The caller's current OpenTelemetry span, when its code runs inside one."""
-    from opentelemetry import trace
-
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
-        return None
-    return TraceContext(
-        f"{span_context.trace_id:032x}",
-        f"{span_context.span_id:016x}",
-        bool(span_context.trace_flags.sampled),
-    )
 
 
 def _put(attributes: dict[str, Any], key: str, value: Any) -> None:

@@ -112,21 +112,24 @@ def start(
     program_or_404(app, body.program)
     if app.datasets.repository.get_dataset(body.dataset.partition("@")[0]) is None:
         raise not_found(f"unknown dataset {body.dataset!r}; GET /v1/datasets lists them")
+    from dspex.telemetry.context import continue_trace
+
     try:
-        job = submit_optimization(
-            app,
-            program=body.program,
-            dataset=body.dataset,
-            space=body.space,
-            n_trials=body.n_trials,
-            split=body.split,
-            metric=body.metric,
-            objectives=body.objectives,
-            seed=body.seed,
-            version_id=body.version,
-            max_lm_calls=body.max_lm_calls,
-            created_by=f"key:{principal.key_id}" if principal.key_id else "local",
-        )
+        with continue_trace(request.headers.get("traceparent")):  # the job runs in the caller's trace
+            job = submit_optimization(
+                app,
+                program=body.program,
+                dataset=body.dataset,
+                space=body.space,
+                n_trials=body.n_trials,
+                split=body.split,
+                metric=body.metric,
+                objectives=body.objectives,
+                seed=body.seed,
+                version_id=body.version,
+                max_lm_calls=body.max_lm_calls,
+                created_by=f"key:{principal.key_id}" if principal.key_id else "local",
+            )
     except DSPexError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, LookupError) as exc:
