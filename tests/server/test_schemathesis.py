@@ -25,6 +25,7 @@ from server_support import QA_SPEC
 
 from conftest import Live
 from dspex.runtime.app import App
+from dspex.server import ServiceOptions
 from dspex.settings import Settings
 from dspex.testing import ScriptedEngine
 
@@ -36,7 +37,8 @@ def fuzzed(tmp_path: Path, serve: Callable[..., Live]) -> Iterator[tuple[Live, s
         app.programs.register("qa", QA_SPEC)
         app.datasets.import_records("qa-set", [{"question": "q", "answer": "a"}], inputs=["question"])
         _, key = app.keys.create("fuzzer", ["admin"])
-        yield serve(app), key
+        # Streams that follow the store (/v1/signals) end after events_timeout_s: keep it short.
+        yield serve(app, options=ServiceOptions(events_poll_s=0.05, ping_s=5.0, events_timeout_s=1.0)), key
 
 
 @pytest.fixture

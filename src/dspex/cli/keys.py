@@ -23,7 +23,8 @@ def create(
     scopes: list[str] = typer.Option(  # noqa: B008
         ...,
         "--scope",
-        help="programs:read, programs:write, programs:promote, runs:execute, optimize or admin (repeat for several).",
+        help="programs:read, programs:write, programs:promote, runs:execute, feedback, optimize or admin "
+        "(repeat for several).",
     ),
     programs: list[str] | None = typer.Option(  # noqa: B008
         None, "--program", help="Limit the key to this program (repeat for several; default: every one)."

@@ -70,6 +70,7 @@ def create_app(
         audit,
         datasets,
         executions,
+        feedback,
         jobs,
         ops,
         optimizations,
@@ -77,6 +78,7 @@ def create_app(
         programs,
         runs,
         sessions,
+        signals,
     )
 
     api = FastAPI(
@@ -97,7 +99,8 @@ def create_app(
     api.state.metrics = Metrics()
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
-    for module in (programs, runs, sessions, executions, datasets, optimizations, jobs, audit, pools, ops):
+    routers = (programs, runs, sessions, executions, feedback, datasets, optimizations, jobs, audit, pools)
+    for module in (*routers, signals, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
     # Outermost, so an oversized body is refused before anything reads it.

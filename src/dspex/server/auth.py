@@ -146,9 +146,11 @@ def _token(request: Request, bearer: HTTPAuthorizationCredentials | None, api_ke
     )
 
 
-def require(scope: str, *, program_param: str | None = None) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: the caller's :class:`Principal`, checked for ``scope`` (and for the program named by
-    the path parameter ``program_param``, when given)."""
+def require(
+    scope: str, *alternatives: str, program_param: str | None = None
+) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller's :class:`Principal`, checked for ``scope`` or one of ``alternatives``
+    (and for the program named by the path parameter ``program_param``, when given)."""
 
     async def dependency(
         request: Request,
@@ -169,8 +171,9 @@ def require(scope: str, *, program_param: str | None = None) -> Callable[..., Aw
         principal = await authenticator.authenticate(token)
         if principal is None:
             raise ApiError(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
-        if not principal.has(scope):
-            raise ApiError(403, "forbidden", f"this API key lacks the {scope!r} scope")
+        if not any(principal.has(s) for s in (scope, *alternatives)):
+            either = "".join(f" (or {s!r})" for s in alternatives)
+            raise ApiError(403, "forbidden", f"this API key lacks the {scope!r}{either} scope")
         if program_param is not None:
             principal.check_program(request.path_params.get(program_param))
         return principal

@@ -14,6 +14,12 @@
   ``dspex_lm_limit_in_flight{model}``, ``dspex_lm_limit_requests_last_minute{model}``,
   ``dspex_lm_limit_tokens_last_minute{model}`` and ``dspex_lm_retries_last_minute{model}``: the LM
   endpoints' resilience (shared across processes when Redis is configured), read when scraped.
+- ``dspex_signal_runs{program}``, ``dspex_signal_success_rate{program}``,
+  ``dspex_signal_latency_p50_seconds{program}``, ``dspex_signal_latency_p95_seconds{program}``,
+  ``dspex_signal_cost_per_run_usd{program}``, ``dspex_signal_quality{program}`` (mean feedback score,
+  0..1): the live signals' window per program (:mod:`dspex.telemetry.signals`; ad-hoc runs as
+  ``(ad hoc)``); ``dspex_signal_anomalies_total{program, dimension, kind}``: anomalies detected since the
+  monitor started, read when scraped.
 
 The HTTP metrics come from a plain ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``).
 """
@@ -31,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from dspex.pools.pool import PoolStatus
+    from dspex.telemetry.signals import SignalReport
 
 __all__ = ["CONTENT_TYPE", "Metrics", "MetricsMiddleware"]
 
@@ -65,6 +72,7 @@ class Metrics:
                              registry=self.registry)  # fmt: skip
         self._pools: list[PoolStatus] = []
         self._lms: dict[str, Any] = {}
+        self._signals: SignalReport | None = None
         self.registry.register(self)  # a collector: it has collect()
 
     def run(self, program: str, status: str, *, cache_hit: bool = False) -> None:
@@ -78,12 +86,14 @@ class Metrics:
         workers: int,
         pools: Sequence[PoolStatus] = (),
         lms: dict[str, Any] | None = None,
+        signals: SignalReport | None = None,
     ) -> bytes:
         for status, count in queue.items():
             self.jobs.labels(status).set(count)
         self.workers.set(workers)
         self._pools = list(pools)
         self._lms = dict(lms or {})
+        self._signals = signals
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
@@ -113,6 +123,43 @@ class Metrics:
                 replaced.add_metric([pool.name, reason], count)
         yield from (states, queued, rss, tasks, replaced)
         yield from self._collect_lms()
+        yield from self._collect_signals()
+
+    def _collect_signals(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        def gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=["program"])
+
+        runs = gauge("dspex_signal_runs", "Ended runs in the signals window")
+        success = gauge("dspex_signal_success_rate", "Succeeded / (succeeded + failed) in the window")
+        p50 = gauge("dspex_signal_latency_p50_seconds", "Median latency of successful runs in the window")
+        p95 = gauge("dspex_signal_latency_p95_seconds", "95th percentile latency of successful runs")
+        cost = gauge("dspex_signal_cost_per_run_usd", "Mean cost per run in the window")
+        quality = gauge("dspex_signal_quality", "Mean feedback score (0..1) in the window")
+        anomalies = CounterMetricFamily(
+            "dspex_signal_anomalies", "Anomalies detected, by kind", labels=["program", "dimension", "kind"]
+        )
+        report = self._signals
+        for group in report.groups if report is not None else ():
+            if group.where.dimension != "program":
+                continue
+            label = [group.where.label]
+            runs.add_metric(label, group.runs)
+            for family, value, scale in (
+                (success, group.success_rate, 1.0),
+                (p50, group.p50_ms, 0.001),
+                (p95, group.p95_ms, 0.001),
+                (cost, group.cost_per_run, 1.0),
+                (quality, group.quality, 1.0),
+            ):
+                if value is not None:
+                    family.add_metric(label, value * scale)
+        for (program, dimension, kind), count in (
+            report.anomaly_counts if report is not None else {}
+        ).items():
+            anomalies.add_metric([program if program is not None else "(ad hoc)", dimension, kind], count)
+        yield from (runs, success, p50, p95, cost, quality, anomalies)
 
     def _collect_lms(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "DatasetOut",
@@ -20,6 +20,8 @@ __all__ = [
     "ExecutionOut",
     "ExecutionPage",
     "ExecutionStatsOut",
+    "FeedbackIn",
+    "FeedbackOut",
     "HealthOut",
     "JobOut",
     "OptimizationDetailOut",
@@ -36,6 +38,8 @@ __all__ = [
     "SessionOut",
     "SessionRunRequest",
     "SessionTurnOut",
+    "SignalGroupOut",
+    "SignalReportOut",
     "TrialOut",
     "VersionOut",
 ]
@@ -242,6 +246,39 @@ class ExecutionOut(BaseModel):
         description="Where the run executed: null inline; for a pool, its pool, worker, pid and attempts.",
     )
     session_id: str | None = Field(None, description="The session this run was a turn of.")
+    feedback: list[FeedbackOut] | None = Field(
+        None, description="Feedback on the run, oldest first; only on GET /v1/executions/{id}."
+    )
+
+
+class FeedbackIn(_Strict):
+    """Feedback on a run: at least one of score, label and comment."""
+
+    score: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="From 0 (worst) to 1 (best)."
+    )
+    label: str | None = Field(None, min_length=1, max_length=200, description="A tag such as `good`.")
+    comment: str | None = Field(None, min_length=1, max_length=10_000)
+    detail: JsonObject | None = Field(
+        None, description="Any JSON object kept with it (at most 16 KiB encoded), e.g. the end user's id."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> FeedbackIn:
+        if self.score is None and self.label is None and self.comment is None:
+            raise ValueError("give a score, a label or a comment")
+        return self
+
+
+class FeedbackOut(BaseModel):
+    id: str
+    execution_id: str
+    score: float | None
+    label: str | None
+    comment: str | None
+    detail: JsonObject | None
+    actor: str = Field(description="`key:<id>` for an API key, `local` for the CLI or Python.")
+    created_at: str
 
 
 class ExecutionPage(BaseModel):
@@ -452,3 +489,50 @@ class AuditEventOut(BaseModel):
     before_version: str | None = Field(description="The production version before the change.")
     after_version: str | None = Field(description="The version the change registered, promoted or restored.")
     detail: dict[str, Any] | None
+
+
+# -- signals -----------------------------------------------------------------------------------------------
+
+
+class SignalWhereOut(BaseModel):
+    program: str | None
+    version: str | None
+    model: str | None
+    config: str | None = Field(description="The variable configuration: 12 hex digits of its content hash.")
+    dimension: Literal["program", "version", "model", "config"]
+
+
+class SignalGroupOut(BaseModel):
+    where: SignalWhereOut
+    label: str
+    runs: int = Field(description="Ended runs in the window.")
+    succeeded: int
+    failed: int = Field(description="Failed and abandoned runs.")
+    cancelled: int
+    success_rate: float | None = Field(description="succeeded / (succeeded + failed); cancelled left out.")
+    p50_ms: float | None = Field(description="Of successful runs.")
+    p95_ms: float | None
+    tokens_per_run: float | None
+    cost_per_run: float | None
+    cost_usd: float | None
+    quality: float | None = Field(description="Mean feedback score (0..1) in the window.")
+    ratings: int = Field(description="Feedback scores in the window.")
+    trends: dict[str, Literal["improving", "degrading", "unstable", "stable", "unknown"]]
+    anomalies: list[str] = Field(description="Anomalies firing now.")
+    first_at: str | None
+    last_at: str | None
+
+
+class SignalAnomalyCountOut(BaseModel):
+    program: str | None
+    dimension: str
+    kind: str
+    count: int
+
+
+class SignalReportOut(BaseModel):
+    at: str
+    window_s: float
+    window_runs: int
+    groups: list[SignalGroupOut]
+    anomalies: list[SignalAnomalyCountOut] = Field(description="Anomalies counted since the monitor started.")

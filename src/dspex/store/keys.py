@@ -7,8 +7,10 @@ low-entropy passwords). The full key is returned once, by :meth:`ApiKeyRepositor
 again: not by ``list``, not in logs, not in errors.
 
 Scopes: ``programs:read``, ``programs:write``, ``programs:promote`` (promote, roll back or replace a
-program in production), ``runs:execute``, ``optimize``, ``admin`` (``admin``
-implies every scope). ``programs``: ``None`` (every program) or the names the key may touch.
+program in production), ``runs:execute``, ``feedback`` (give feedback on runs, without reading them or
+running anything: for a rating widget or a labelling tool; ``runs:execute`` may give feedback too),
+``optimize``, ``admin`` (``admin`` implies every scope). ``programs``: ``None`` (every program) or the
+names the key may touch.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from dspex.store.schema import api_keys
 
 __all__ = ["SCOPES", "ApiKeyRecord", "ApiKeyRepository", "hash_secret", "parse_key"]
 
-SCOPES = ("programs:read", "programs:write", "programs:promote", "runs:execute", "optimize", "admin")
+SCOPES = (
+    "programs:read",
+    "programs:write",
+    "programs:promote",
+    "runs:execute",
+    "feedback",
+    "optimize",
+    "admin",
+)
 _KEY = re.compile(r"^dspex_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 
 

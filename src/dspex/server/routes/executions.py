@@ -125,7 +125,8 @@ def show(
     request: Request,
     principal: Principal = Depends(_read),
 ) -> JSONResponse:
-    """One execution with its trace (the span tree of module, LM, adapter and tool calls)."""
+    """One execution with its trace (the span tree of module, LM, adapter and tool calls) and the feedback
+    given on it."""
     app = dspex_of(request)
     record = app.executions.get(execution_id)
     if record is None or record.status == "running":  # its end may be waiting in the writer
@@ -134,4 +135,6 @@ def show(
     if record is None:
         raise not_found(f"no execution {execution_id!r}")
     principal.check_program(record.program)
-    return JSONResponse(record.to_json())
+    data = record.to_json()
+    data["feedback"] = [f.to_json() for f in app.feedback.list(record.id)]
+    return JSONResponse(data)

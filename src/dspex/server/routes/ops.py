@@ -84,11 +84,15 @@ def metrics(request: Request, _principal: Principal = Depends(require("admin")))
     """Prometheus metrics (needs the ``admin`` scope): requests by route and status, latency, runs by
     program and status, cache hits, jobs per status, live workers, and per pool: workers by state,
     queued tasks, each worker's RSS, tasks completed and failed, replacements by reason; per LM endpoint:
-    its breaker's state and openings, rate-limit usage and retries."""
+    its breaker's state and openings, rate-limit usage and retries; per program, the live signals
+    (success rate, latency, cost per run, quality) and the anomalies detected."""
     counts, workers = _queue_and_workers(dspex_of(request), options_of(request).worker_stale_s)
     pools = dspex_of(request).pools.status()
     lms = dspex_of(request).resilience.status()
-    return Response(metrics_of(request).render(counts, len(workers), pools, lms), media_type=CONTENT_TYPE)
+    signals = dspex_of(request).signals
+    signals.poll(fresh_s=options_of(request).events_poll_s / 2)
+    body = metrics_of(request).render(counts, len(workers), pools, lms, signals.report())
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 def _pools(request: Request) -> list[dict[str, object]]:
