@@ -11,6 +11,7 @@ from dspex.cli import (
     datasets,
     demo,
     executions,
+    feedback,
     jobs,
     keys,
     lms,
@@ -22,6 +23,7 @@ from dspex.cli import (
     serve,
     sessions,
     simlm,
+    watch,
 )
 
 app = typer.Typer(
@@ -46,6 +48,8 @@ app.command("audit")(audit.audit)
 app.add_typer(pools.app, name="pools")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(lms.app, name="lms")
+app.command("feedback")(feedback.feedback)
+app.command("watch")(watch.watch)
 
 
 @app.command("version")

@@ -30,6 +30,7 @@ from dspex.cli._render import (
     short,
     text,
 )
+from dspex.cli.feedback import feedback_table
 from dspex.errors import ConfigurationError, did_you_mean
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def show(
     execution_id: str = typer.Argument(..., help="Execution id (as printed by run and list)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full record (with the trace) as JSON."),
 ) -> None:
-    """Show one execution: summary, inputs, outputs, error and the trace as a tree of spans."""
+    """Show one execution: summary, inputs, outputs, error, the trace as a tree of spans, and feedback."""
     with open_app() as dspex_app:
         dspex_app.flush()
         record = dspex_app.executions.get(execution_id)
@@ -183,8 +184,9 @@ def show(
             raise ConfigurationError(
                 f"no execution {execution_id!r}; dspex executions list shows the recent ones"
             )
+        given = dspex_app.feedback.list(record.id)
     if as_json:
-        emit_json(record.to_json())
+        emit_json({**record.to_json(), "feedback": [f.to_json() for f in given]})
         return
     out = console()
     summary = Table(title=f"Execution {record.id}", show_header=False)
@@ -219,6 +221,8 @@ def show(
         out.print("[dim]trace: none (not recorded, or dropped by retention)[/]")
     else:
         out.print(trace_tree(record.trace))
+    if given:
+        out.print(feedback_table(given))
 
 
 def _fields(title: str, values: dict[str, Any]) -> Table:
