@@ -13,7 +13,7 @@ malformed body or query (pydantic)                     422     ``invalid_request
 ``LMError``, retryable                                 503     ``Retry-After`` when the provider said
 ``LMError``, not retryable                             502     the LM is the upstream that failed
 ``DeadlineExceeded`` (the run's ``timeout`` passed)     504     ``deadline_exceeded``, with ``execution_id``
-``DatabaseUnavailable`` (the store is down)            503     ``database_unavailable``, ``Retry-After: 1``
+the store is down (``DatabaseUnavailable``, any route) 503     ``database_unavailable``, ``Retry-After: 1``
 ``ExecutionError``, ``StepError`` (the program raised)  502     ``program_failed``, with ``execution_id``
 anything else                                          500     ``internal_error``, logged with traceback
 =====================================================  ======  ==========================================
@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import sqlalchemy.exc
 import starlette.responses
 from starlette.responses import Response
 
@@ -185,6 +186,22 @@ def install_handlers(app: FastAPI) -> None:
             headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        # Handled here, not by the catch-all: Starlette re-raises what reaches its 500 handler.
+        from dspex.store._engine import database_unavailable, describe_error
+
+        if not database_unavailable(exc):
+            return await on_unexpected(request, exc)
+        log.warning("%s %s: the database is unavailable (%s)", request.method, request.url.path,
+                    describe_error(exc))  # fmt: skip
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry once it is back",
+            headers={"Retry-After": "1"},
+            retryable=True,
+        )
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "internal error; the server log has the details")
@@ -193,6 +210,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DSPexError, on_dspex_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, on_database_error)  # any route, store down
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, on_database_error)  # no pooled connection
     app.add_exception_handler(Exception, on_unexpected)
 
 
