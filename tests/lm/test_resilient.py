@@ -404,3 +404,12 @@ def test_the_resilient_path_records_one_span_per_dspy_event(primary: SimServer) 
             for a in (app, bare)
         ]
     assert spans[0] == spans[1] == ["module", "module", "adapter_format", "lm", "adapter_parse"]
+
+
+def test_an_open_breaker_on_a_pool_worker_reaches_the_caller_with_its_code() -> None:
+    from dspex.lm.breaker import BreakerOpen
+    from dspex.runtime.run import _rebuilt
+
+    error = _rebuilt({"code": "breaker_open", "message": "open", "retry_after": 3.0, "retryable": True}, "e1")
+    assert isinstance(error, BreakerOpen)
+    assert (error.code, error.retry_after, error.execution_id) == ("breaker_open", 3.0, "e1")

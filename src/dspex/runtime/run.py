@@ -433,7 +433,13 @@ def _rebuilt(shown: Mapping[str, Any], execution_id: str) -> BaseException:
         return ConfigurationError(message)
     if code == "deadline_exceeded":
         return DeadlineExceeded(message, execution_id=execution_id)
-    if code in ("lm_error", "breaker_open"):
+    if code == "breaker_open":
+        from dspex.lm.breaker import BreakerOpen
+
+        return BreakerOpen(
+            message, endpoint="", retry_after=shown.get("retry_after"), execution_id=execution_id
+        )
+    if code == "lm_error":
         return LMError(
             message,
             retryable=bool(shown.get("retryable")),
