@@ -174,13 +174,22 @@ def test_a_spec_naming_code_is_refused_before_anything_is_imported(
         ({"model": "fast", "base_url": "{canary}"}, "lm.base_url"),
         ({"model": "fast", "extra_headers": {"x": "y"}}, "lm.extra_headers"),
         ({"model": "openai/gpt-4o-mini"}, "lm.model"),
+        ({"model": "fast", "fallbacks": ["{canary}"]}, "lm.fallbacks[0]"),
+        ({"model": "fast", "fallbacks": ["fast", "openai/gpt-4o-mini"]}, "lm.fallbacks[1]"),
+        ({"model": "fast", "fallbacks": "{canary}"}, "lm.fallbacks"),
     ],
 )
 def test_a_spec_naming_a_host_or_an_unconfigured_model_is_refused_and_nothing_is_sent(
     live: Live, canary_listener: tuple[str, list[str]], lm: dict[str, Any], path: str
 ) -> None:
     url, _ = canary_listener
-    lm = {k: (v.format(canary=url) if isinstance(v, str) else v) for k, v in lm.items()}
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        return value.format(canary=url) if isinstance(value, str) else value
+
+    lm = {k: fill(v) for k, v in lm.items()}
     key = _key(live.app, "programs:write", "runs:execute")
     with live.client(key) as client:
         _refused(client.post("/v1/programs", json={"name": "evil", "spec": {**QA_SPEC, "lm": lm}}), 422, path)
