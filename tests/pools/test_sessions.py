@@ -132,12 +132,15 @@ def test_turns_from_two_processes_take_turns(app: App, database_url: str) -> Non
 
 def test_a_session_held_too_long_is_busy_and_a_dead_holder_lapses(app: App, database_url: str) -> None:
     session = app.sessions.create("chat")
-    assert app.sessions.repository.hold(session.id, "another-process", lease_s=0.5)
     impatient = Settings(database_url=database_url, session_wait_s=0.1)
     with App(impatient) as other:
+        other.sessions.get(session.id)  # opened (and migrated) before the hold's lease starts to run
+        held_at = time.monotonic()
+        assert app.sessions.repository.hold(session.id, "another-process", lease_s=1.0)
         with pytest.raises(SessionBusy, match="busy with a turn in another process"):
             other.sessions.run(session.id, {"question": "q"})
-        time.sleep(0.5)  # the holder died: its lease lapses, the next turn goes ahead
+        assert time.monotonic() - held_at < 1.0, "the machine was too slow to see the hold"
+        time.sleep(max(0.0, held_at + 1.05 - time.monotonic()))  # the holder died: its lease lapses
         assert other.sessions.run(session.id, {"question": "q"}).outputs["answer"] == "turn 1 after []"
 
 

@@ -105,9 +105,12 @@ class _Run:
             lm = dspy.settings.lm if dspy.settings.lm is not None else app.default_lm(program)
         self.lm = lm
         self.id = str(uuid.uuid4())
-        self.recorder = RunRecorder(prices=app.prices, parent_tracker=dspy.settings.usage_tracker)
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
+        # Spans count from the run's own start, so none can end after the run's recorded duration.
+        self.recorder = RunRecorder(
+            prices=app.prices, parent_tracker=dspy.settings.usage_tracker, _t0=self.t0
+        )
         self.t0_monotonic = time.monotonic()
         # Which trace the run belongs to: exported when telemetry is on; with it off, a caller's trace
         # (traceparent) is still recorded.
