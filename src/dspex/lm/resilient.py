@@ -46,7 +46,6 @@ import copy
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -230,9 +229,6 @@ class Resilience:
         self._bare: dict[str, Any] = {}
         self._breaker_of: dict[_ModelPolicy, Breaker] = {}
         self._fast: dict[tuple[int, str | None, tuple[str, ...] | None], tuple[Any, Any]] = {}
-        self._wrapped: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], ResilientLM]] = (
-            weakref.WeakKeyDictionary()
-        )
         self._check_names()
 
     @classmethod
@@ -404,25 +400,12 @@ class Resilience:
                     f"fallback {name!r} is not a configured model; "
                     + (self.models.unknown(name) if self.models is not None else "configure [models.NAME]")
                 )
-        limited = program if program is not None and self._program_limits(program) is not None else None
-        key = (*names, f"program:{limited}") if limited is not None else names
-        with self._lock:
-            per_lm = self._wrapped.get(lm)
-            if per_lm is None:
-                per_lm = {}
-                self._wrapped[lm] = per_lm
-            wrapped = per_lm.get(key)
-        if wrapped is None:
-            program_limiter = None
-            if limited is not None:
-                spec = self._program_limits(limited)
-                assert spec is not None  # checked above
-                program_limiter = self.limits.limiter(f"program:{limited}", spec)
-            fallback_lms = [self._fallback_lm(n) for n in names]
-            wrapped = ResilientLM.around(lm, self, fallback_lms, names, program_limiter)
-            with self._lock:
-                wrapped = per_lm.setdefault(key, wrapped)
-        return wrapped
+        program_limiter = None
+        spec = self._program_limits(program) if program is not None else None
+        if spec is not None:
+            program_limiter = self.limits.limiter(f"program:{program}", spec)
+        fallback_lms = [self._fallback_lm(n) for n in names]
+        return ResilientLM.around(lm, self, fallback_lms, names, program_limiter)
 
     def _program_limits(self, program: str) -> LimitSpec | None:
         """The limits of ``[resilience.programs.NAME]``, shared by all its runs on every model."""

@@ -25,6 +25,7 @@ from dspex.errors import (
     WorkerError,
 )
 from dspex.jsonable import dumps, to_jsonable
+from dspex.lm.deadline import DEADLINE_KEY, deadline
 from dspex.modules._interface import check_inputs, input_interface
 from dspex.modules._introspect import acall_module
 from dspex.store.executions import ExecutionStatus, current_runner, utcnow
@@ -161,8 +162,6 @@ class _Run:
 
     def _context(self) -> Any:
         import dspy
-
-        from dspex.lm.deadline import DEADLINE_KEY, deadline
 
         callbacks = [*dspy.settings.callbacks, self.recorder]
         lm = self.lm
