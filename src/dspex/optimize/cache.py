@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from dspex.errors import ConfigurationError
 from dspex.jsonable import canonical_hash, to_jsonable
 
-__all__ = ["CacheKey", "CachedResult", "EvalCache", "MemoryCache", "example_hash"]
+__all__ = ["CacheKey", "CachedResult", "EvalCache", "MemoryCache", "StoredCache", "example_hash"]
 
 # (configuration id, example hash)
 CacheKey = tuple[str, str]
@@ -34,12 +34,41 @@ CacheKey = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class CachedResult:
-    """What a cache keeps of one evaluated example: the prediction's fields as JSON and the scores."""
+    """What a cache keeps of one evaluated example: the prediction's fields as JSON and the scores.
+
+    ``trace``: for a call made inside a DSPy optimizer (:mod:`dspex.optimize.dspy_run`), the predictor
+    calls that made the prediction, ``{"predictor": name, "inputs": {...}, "outputs": {...}}`` each, so
+    that a cached call can give a bootstrapping optimizer the trace it collects demos from."""
 
     prediction: dict[str, Any]
     scores: dict[str, float]
     feedback: dict[str, str] = field(default_factory=dict)
     duration_ms: float = 0.0
+    trace: tuple[dict[str, Any], ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (a ``"v"`` field, so that it can evolve)."""
+        data: dict[str, Any] = {
+            "v": 1,
+            "prediction": self.prediction,
+            "scores": self.scores,
+            "feedback": self.feedback,
+            "duration_ms": self.duration_ms,
+        }
+        if self.trace is not None:
+            data["trace"] = list(self.trace)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CachedResult:
+        trace = data.get("trace")
+        return cls(
+            prediction=dict(data["prediction"]),
+            scores={k: float(v) for k, v in (data.get("scores") or {}).items()},
+            feedback=dict(data.get("feedback") or {}),
+            duration_ms=float(data.get("duration_ms") or 0.0),
+            trace=tuple(trace) if trace is not None else None,
+        )
 
 
 @runtime_checkable
@@ -96,6 +125,30 @@ class MemoryCache:
         """Forget everything."""
         with self._lock:
             self._items.clear()
+
+
+class _JsonRows(Protocol):
+    def get_many(self, keys: Sequence[CacheKey]) -> Mapping[CacheKey, Mapping[str, Any]]: ...
+
+    def put_many(self, entries: Mapping[CacheKey, Mapping[str, Any]]) -> None: ...
+
+
+class StoredCache:
+    """An :class:`EvalCache` over JSON rows in the project database (the ``evaluation_cache`` table,
+    :class:`dspex.store.evalcache.EvaluationCacheRepository`): shared by every process on that database
+    and kept across restarts, which is what lets a resumed optimization skip evaluations already paid for.
+
+    >>> cache = StoredCache(EvaluationCacheRepository(app.db))      # or app.evaluation_cache
+    """
+
+    def __init__(self, rows: _JsonRows) -> None:
+        self.rows = rows
+
+    def get_many(self, keys: Sequence[CacheKey]) -> dict[CacheKey, CachedResult]:
+        return {key: CachedResult.from_json(data) for key, data in self.rows.get_many(keys).items()}
+
+    def put_many(self, entries: Mapping[CacheKey, CachedResult]) -> None:
+        self.rows.put_many({key: result.to_json() for key, result in entries.items()})
 
 
 def example_hash(example: Any) -> str:
