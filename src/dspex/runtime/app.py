@@ -53,6 +53,7 @@ from dspex.store.executions import ExecutionRepository, utcnow
 from dspex.store.writer import ExecutionWriter
 
 if TYPE_CHECKING:
+    from dspex.adapt.manager import Adaptations
     from dspex.lm.models import ModelRegistry
     from dspex.lm.resilient import Resilience
     from dspex.modules import ToolRegistry
@@ -127,6 +128,7 @@ class App:
         self._router: Router | None = None
         self._stores: _Stores | None = None
         self._signals: Signals | None = None
+        self._adaptations: Adaptations | None = None
         self._cache = ProgramCache(self)
         self.abandoned: list[str] = []
         self.replayed: tuple[int, int] = (0, 0)  # (spilled records written, still failing) at open
@@ -299,6 +301,61 @@ class App:
                     self._signals = signals
         return self._signals
 
+    @property
+    def adapt(self) -> Adaptations:
+        """Adaptive programs (:mod:`dspex.adapt`): ``app.adapt("qa-live", program="qa", space=...,
+        arms=[...])`` starts one (or opens it), ``.run(inputs)`` serves a run from the arm a shared bandit
+        picks; ``app.adapt.get(name).status()`` shows arms, shares, posteriors and reward over time."""
+        if self._adaptations is None:
+            from dspex.adapt.manager import Adaptations
+            from dspex.store.adapt import AdaptiveRepository
+
+            adaptations = Adaptations(self, lambda: AdaptiveRepository(self._open().db), lambda: self.tools)
+            with self._lock:
+                if self._adaptations is None:
+                    self._adaptations = adaptations
+        return self._adaptations
+
+    def _run_adaptive(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        *,
+        program_name: str,
+        version_id: str,
+        variables: Mapping[str, Any],
+        adaptation: Mapping[str, Any],
+        lm: Any,
+        durability: Durability | None,
+        timeout: float | None,
+    ) -> RunResult:
+        """One run of a configured program an adaptive program chose, its record tagged ``adaptation``."""
+        mode = check_durability(durability) or self.settings.durability
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
+        run.base["adaptation"] = dict(adaptation)  # the terminal record carries it (run.py spreads base)
+        run.set_timeout(timeout)
+        return run.finish(run.execute_sync)
+
+    async def _arun_adaptive(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        *,
+        program_name: str,
+        version_id: str,
+        variables: Mapping[str, Any],
+        adaptation: Mapping[str, Any],
+        lm: Any,
+        durability: Durability | None,
+        timeout: float | None,
+    ) -> RunResult:
+        """Async :meth:`_run_adaptive`."""
+        mode = check_durability(durability) or self.settings.durability
+        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
+        run.base["adaptation"] = dict(adaptation)
+        run.set_timeout(timeout)
+        return await run.afinish()
+
     def open_signals(self, thresholds: Thresholds | None = None, **options: Any) -> Signals:
         """A new signals monitor over this App's records with its own ``thresholds`` (and ``options`` of
         :class:`~dspex.telemetry.monitor.Signals`: ``clock``, ``lag_s``...). ::
@@ -420,6 +477,7 @@ class App:
                 self._stores.db.dispose()
             self._stores = None
             self._signals = None  # it read the closed database; a reopened App starts a new one
+            self._adaptations = None  # their states read the closed database too
 
     def __enter__(self) -> App:
         return self

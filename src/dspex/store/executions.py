@@ -48,7 +48,7 @@ ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "abando
 TERMINAL: tuple[ExecutionStatus, ...] = ("succeeded", "failed", "cancelled", "abandoned")
 _COLUMNS = tuple(c.name for c in executions.columns)
 _SUMMARY_COLUMNS = tuple(c for c in executions.columns if c.name != "trace")
-_JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace", "placement")
+_JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace", "placement", "adaptation")
 
 
 _runner: tuple[int, str] | None = None
@@ -88,6 +88,7 @@ class ExecutionRecord:
     placement: dict[str, Any] | None = None  # where it ran: {"target": "pool", "pool", "worker", "pid", ...}
     session_id: str | None = None  # the session this run was a turn of
     trace_id: str | None = None  # the OpenTelemetry trace the run belongs to (32 hex digits)
+    adaptation: dict[str, Any] | None = None  # the adaptive program's arm that served it, and why
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> ExecutionRecord:

@@ -12,11 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 __all__ = [
+    "ADAPTIVE_ARM_STATUSES",
+    "ADAPTIVE_STATUSES",
     "EXECUTION_STATUSES",
     "JOB_STATUSES",
     "OPTIMIZATION_STATUSES",
     "TRIAL_STATES",
     "VERSION_STATUSES",
+    "adaptive_arms",
+    "adaptive_events",
+    "adaptive_programs",
     "api_keys",
     "audit_events",
     "dataset_examples",
@@ -41,6 +46,8 @@ EXECUTION_STATUSES = ("running", "succeeded", "failed", "cancelled", "abandoned"
 OPTIMIZATION_STATUSES = ("running", "succeeded", "failed", "cancelled")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TRIAL_STATES = ("running", "complete", "pruned", "failed")
+ADAPTIVE_STATUSES = ("active", "frozen", "stopped")
+ADAPTIVE_ARM_STATUSES = ("active", "retired")
 
 
 def _when(name: str, *, nullable: bool = False, index: bool = False) -> sa.Column[object]:
@@ -122,6 +129,7 @@ executions = sa.Table(
     sa.Column("placement", JSON, nullable=True),
     sa.Column("session_id", sa.String(36), nullable=True, index=True),
     sa.Column("trace_id", sa.String(32), nullable=True, index=True),  # the run's OpenTelemetry trace
+    sa.Column("adaptation", JSON, nullable=True),  # which arm of an adaptive program served it, and why
     sa.CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
     sa.Index("ix_executions_program_version_id_started_at", "program", "version_id", "started_at"),
     sa.Index("ix_executions_status_runner", "status", "runner"),
@@ -339,4 +347,62 @@ feedback = sa.Table(
     sa.Column("detail", JSON, nullable=True),
     sa.Column("actor", sa.String(200), nullable=False),
     _when("created_at", index=True),
+)
+
+
+# Adaptive programs (dspex.store.adapt): a bandit serving arms (configurations) of one program.
+adaptive_programs = sa.Table(
+    "adaptive_programs",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("program", sa.String(200), nullable=False),
+    sa.Column("version_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("spec", JSON, nullable=False),
+    sa.Column("frozen_arm", sa.String(64), nullable=True),
+    _when("created_at"),
+    _when("updated_at"),
+    sa.CheckConstraint(_in("status", ADAPTIVE_STATUSES), name="status"),
+)
+
+adaptive_arms = sa.Table(
+    "adaptive_arms",
+    metadata,
+    sa.Column(
+        "adaptive",
+        sa.String(200),
+        sa.ForeignKey("adaptive_programs.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("arm", sa.String(64), primary_key=True),
+    sa.Column("configuration", JSON, nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("retired_reason", sa.Text, nullable=True),
+    _when("added_at"),
+    _when("retired_at", nullable=True),
+    sa.CheckConstraint(_in("status", ADAPTIVE_ARM_STATUSES), name="status"),
+)
+
+# Append-only: serves, rewards, resets, retirements, re-optimizations; ``key`` makes one idempotent.
+adaptive_events = sa.Table(
+    "adaptive_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("adaptive", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("arm", sa.String(64), nullable=True),
+    sa.Column("execution_id", sa.String(36), nullable=True, index=True),
+    sa.Column("reason", sa.String(16), nullable=True),
+    sa.Column("context", sa.String(200), nullable=True),
+    sa.Column("reward", sa.Float, nullable=True),
+    sa.Column("quality", sa.Float, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("failed", sa.Boolean, nullable=True),
+    sa.Column("detail", JSON, nullable=True),
+    sa.Column("key", sa.String(200), nullable=True),
+    _when("at"),
+    sa.Index("ix_adaptive_events_adaptive_id", "adaptive", "id"),
+    sa.Index("uq_adaptive_events_adaptive_key", "adaptive", "key", unique=True),
 )
