@@ -134,3 +134,86 @@ def test_bad_space_file_exit_2_with_path_and_line(dspex: Invoke, project: Path, 
 
 def test_show_unknown_run_exit_2(dspex: Invoke) -> None:
     assert "no optimization" in dspex("optimizations", "show", "opt-nope", code=2).stderr
+
+
+# -- DSPy's optimizers -------------------------------------------------------------------------------------
+
+
+def test_optimize_with_a_dspy_optimizer_and_again_from_the_evaluation_cache(
+    dspex: Invoke, project: Path, settings_sim: SimServer
+) -> None:
+    args = ("optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap_rs")
+    options = (
+        "-o",
+        "num_candidate_programs=2",
+        "-o",
+        "max_bootstrapped_demos=2",
+        "--options",
+        '{"num_threads": 2}',
+    )
+    before = settings_sim.stats().total_requests
+    out = dspex(*args, *options).stdout
+    assert "bootstrap_rs: score " in out
+    assert "in optimizing; promote with `dspex programs promote qa " in out
+    first_calls = settings_sim.stats().total_requests - before
+    assert first_calls > 0
+    # The same command again: the same run, every evaluation already in the store, so no LM call.
+    again = as_json(dspex(*args, *options, "--json"))
+    assert settings_sim.stats().total_requests - before == first_calls
+    assert again["lm_calls"] == 0
+    assert again["cached"] > 0
+    assert again["optimizer"] == "bootstrap_rs"
+    assert again["options"] == {"num_candidate_programs": 2, "max_bootstrapped_demos": 2, "num_threads": 2}
+    listed = as_json(dspex("optimizations", "list", "--program", "qa", "--json"))
+    assert [(r["id"], r["status"]) for r in listed] == [(again["optimization_id"], "succeeded")]
+
+
+def test_optimizer_options_are_checked(dspex: Invoke, project: Path) -> None:
+    args = ("optimize", "qa", "--dataset", "qa-set")
+    err = dspex(*args, "--optimizer", "copro", "-o", "bredth=3", code=2).stderr
+    assert "unknown copro option 'bredth'; did you mean 'breadth'? valid: breadth, depth" in err
+    err = dspex(*args, "--optimizer", "copro", "-o", "depth", code=2).stderr
+    assert "-o/--option takes NAME=VALUE" in err
+    err = dspex(*args, "--optimizer", "simba", "--space", str(project), code=2).stderr
+    assert "--space belong to the variable search; --optimizer takes its options with -o" in err
+    err = dspex(*args, code=2).stderr
+    assert "the variable search needs --space and --budget; or pick a DSPy optimizer with --optimizer" in err
+    err = dspex(
+        "jobs",
+        "submit-optimization",
+        "qa",
+        "--dataset",
+        "qa-set",
+        "--optimizer",
+        "gepa",
+        "-o",
+        "auto=fast",
+        code=2,
+    ).stderr
+    assert "option 'auto' must be one of 'light', 'medium', 'heavy' or null, got 'fast'" in err
+
+
+def test_submit_a_dspy_optimizer_job(dspex: Invoke, project: Path) -> None:
+    queued = as_json(
+        dspex(
+            "jobs",
+            "submit-optimization",
+            "qa",
+            "--dataset",
+            "qa-set",
+            "--optimizer",
+            "bootstrap",
+            "-o",
+            "max_bootstrapped_demos=1",
+            "--json",
+        )
+    )
+    assert queued["payload"]["optimizer"] == "bootstrap"
+    assert queued["payload"]["options"] == {"max_bootstrapped_demos": 1}
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05").stdout
+    shown = dspex("jobs", "list").stdout
+    assert "bootstrap" in shown  # the progress column: the optimizer, its phase, candidates, LM calls
+    job = as_json(dspex("jobs", "show", queued["id"], "--json"))
+    assert job["status"] == "succeeded"
+    assert job["result"]["version_id"]
+    assert job["progress"]["optimizer"] == "bootstrap"

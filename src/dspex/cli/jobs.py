@@ -1,6 +1,7 @@
 """``dspex worker`` and ``dspex jobs``: run background jobs, submit them, follow and cancel them.
 
     dspex jobs submit-optimization qa --dataset qa-set --space space.yaml --budget 40
+    dspex jobs submit-optimization qa --dataset qa-set --optimizer miprov2 -o auto=light
     dspex jobs submit-evaluation qa --dataset qa-set --split test --metric f1
     dspex worker                                   # as many as you like, on any machine sharing the DB
     dspex worker --kinds optimize --lease 60 --until-idle
@@ -28,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from dspex.cli import _optimizers
 from dspex.cli._render import console, emit_json, fmt_time, json_object, open_app, parse_names, text
-from dspex.cli.optimize import BUDGET, DATASET, METRIC, OBJECTIVES, PROGRAM, SEED, SPLIT, VERSION
+from dspex.cli.optimize import DATASET, METRIC, OBJECTIVES, PROGRAM, SEED, SPLIT, VERSION
 from dspex.errors import ConfigurationError, did_you_mean
 
 if TYPE_CHECKING:
@@ -43,7 +45,9 @@ _JSON = typer.Option(False, "--json", help="Print JSON on stdout instead of text
 _STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 _STATUS_STYLE = {"succeeded": "green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}
 _MAX_ATTEMPTS = typer.Option(3, "--max-attempts", min=1, help="Attempts before the job is failed.")
-_SPACE = typer.Option(..., "--space", help="Space file (YAML or JSON), as for `dspex optimize`.")
+_SPACE = typer.Option(
+    None, "--space", help="Space file (YAML or JSON), as for `dspex optimize`. Not with --optimizer."
+)
 _EVAL_SPACE = typer.Option(None, "--space", help="Space file whose bindings apply --variables.")
 
 
@@ -164,6 +168,13 @@ def _status(status: str) -> str:
 def _progress(job: JobRecord) -> str:
     """A short summary of a job's progress: trials of an optimization, examples of an evaluation."""
     p = job.progress or {}
+    if "optimizer" in p:
+        best = p.get("best_score")
+        return (
+            f"{p['optimizer']} {p.get('phase', '')}: {p.get('candidates', 0)} candidates"
+            + (f", best {best:.3f}" if best is not None else "")
+            + f", {p.get('lm_calls', 0)} LM calls"
+        )
     if "n_trials" in p:
         best = p.get("best_score")
         return f"{p.get('finished', 0)}/{p['n_trials']} trials" + (
@@ -281,8 +292,10 @@ def _queued(job: JobRecord, as_json: bool, what: str) -> None:
 def submit_optimization(
     program: str = PROGRAM,
     dataset: str = DATASET,
-    space_file: Path = _SPACE,
-    budget: int = BUDGET,
+    space_file: Path | None = _SPACE,
+    budget: int | None = typer.Option(
+        None, "--budget", min=1, help="Finished trials to run (complete + pruned). Not with --optimizer."
+    ),
     split: str | None = SPLIT,
     metric: str = METRIC,
     objectives: str = OBJECTIVES,
@@ -291,17 +304,46 @@ def submit_optimization(
     max_lm_calls: int | None = typer.Option(
         None, "--max-lm-calls", min=1, help="Stop starting trials past this."
     ),
+    optimizer: str | None = _optimizers.OPTIMIZER,
+    option: list[str] | None = _optimizers.OPTION,
+    options: str | None = _optimizers.OPTIONS,
+    prompt_model: str | None = _optimizers.PROMPT_MODEL,
     max_attempts: int = _MAX_ATTEMPTS,
     as_json: bool = _JSON,
 ) -> None:
-    """Queue an optimization (what `dspex optimize` runs in the foreground) for a worker. The program
+    """Queue an optimization (what `dspex optimize` runs in the foreground) for a worker: the variable
+    search (--space, --budget) or one of DSPy's optimizers (--optimizer, -o NAME=VALUE). The program
     version and dataset version are pinned now; a job retried after its worker died resumes the run."""
     from dspex.cli.optimize import load_space_file
+    from dspex.jobs import submit_dspy_optimization
     from dspex.jobs import submit_optimization as submit
     from dspex.variables.spacefile import space_document
 
     wanted = [part.strip() for part in objectives.split(",")]
+    if optimizer is not None:
+        with open_app() as dspex_app:
+            _optimizers.check_no_search_options(space_file, budget, objectives)
+            if max_lm_calls is not None:
+                raise ConfigurationError("--max-lm-calls belongs to the variable search, not to --optimizer")
+            job = submit_dspy_optimization(
+                dspex_app,
+                program=program,
+                dataset=dataset,
+                optimizer=optimizer,
+                options=_optimizers.parse_options(options, option),
+                split=split,
+                metric=metric,
+                seed=seed,
+                version_id=version,
+                prompt_model=prompt_model,
+                max_attempts=max_attempts,
+            )
+        _queued(job, as_json, f"optimization {job.payload['optimization_id']} of {program} ({optimizer})")
+        return
     with open_app() as dspex_app:
+        _optimizers.check_variable_search(space_file, budget)
+        assert space_file is not None
+        assert budget is not None
         space, bindings = load_space_file(space_file)
         job = submit(
             dspex_app,

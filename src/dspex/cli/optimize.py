@@ -3,13 +3,16 @@
     dspex optimize qa --dataset qa-set --space space.yaml --budget 30
     dspex optimize qa --dataset qa-set --split dev --metric f1 --space space.yaml --budget 40 \\
         --objectives quality,cost --json
+    dspex optimize qa --dataset qa-set --optimizer miprov2 -o auto=light     # one of DSPy's optimizers
     dspex optimizations list --program qa
     dspex optimizations show opt-3fa1c09e2b7d4a11          # trials, best, Pareto front, score chart
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dspex.cli import _optimizers
 from dspex.cli._render import console, emit_json, fmt_time, open_app, short, text
 from dspex.errors import ConfigurationError, SpecError
 
@@ -82,7 +86,6 @@ def load_space_file(path: Path) -> tuple[VariableSpace, Bindings]:
 # Shared with `dspex jobs submit-optimization` and `submit-evaluation`, which queue the same work.
 PROGRAM = typer.Argument(..., help="Name of a registered program.")
 DATASET = typer.Option(..., "--dataset", help="Dataset name (its latest version) or name@version.")
-BUDGET = typer.Option(..., "--budget", min=1, help="Finished trials to run (complete + pruned).")
 SPLIT = typer.Option(
     None, "--split", help="Split to score on (default: dev/val/validation if present, else all)."
 )
@@ -99,20 +102,31 @@ VERSION = typer.Option(
 def optimize(
     program: str = PROGRAM,
     dataset: str = DATASET,
-    space_file: Path = typer.Option(..., "--space", help="Space file (YAML or JSON); see below."),  # noqa: B008
-    budget: int = BUDGET,
+    space_file: Path | None = typer.Option(  # noqa: B008
+        None, "--space", help="Space file (YAML or JSON); see below. Not with --optimizer."
+    ),
+    budget: int | None = typer.Option(
+        None, "--budget", min=1, help="Finished trials to run (complete + pruned). Not with --optimizer."
+    ),
     split: str | None = SPLIT,
     metric: str = METRIC,
     objectives: str = OBJECTIVES,
     seed: int = SEED,
     version: str | None = VERSION,
+    optimizer: str | None = _optimizers.OPTIMIZER,
+    option: list[str] | None = _optimizers.OPTION,
+    options: str | None = _optimizers.OPTIONS,
+    prompt_model: str | None = _optimizers.PROMPT_MODEL,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),
 ) -> None:
-    """Search the program's variables on a dataset; the best configuration becomes a new version in
-    'optimizing', which `dspex programs promote PROGRAM VERSION` puts in production.
+    """Search the program's variables on a dataset (--space, --budget), or run one of DSPy's optimizers
+    (--optimizer miprov2|gepa|simba|copro|bootstrap|bootstrap_rs|ensemble, options with -o NAME=VALUE);
+    the result becomes a new version in 'optimizing', which `dspex programs promote PROGRAM VERSION` puts
+    in production. The same command again resumes an interrupted run: a DSPy optimizer's evaluations
+    already made come from the evaluation cache in the database.
 
     Model choices are built from the settings' endpoint (DSPEX_API_BASE, DSPEX_API_KEY). Exit codes:
-    0 success, 1 the run failed, 2 bad arguments, space file, program, dataset or metric.
+    0 success, 1 the run failed, 2 bad arguments, space file, program, dataset, metric or option.
     """
     import logging
 
@@ -120,7 +134,30 @@ def optimize(
 
     optuna.logging.set_verbosity(logging.WARNING)  # the progress display says what its INFO lines would
     wanted = tuple(part.strip() for part in objectives.split(","))
+    if optimizer is not None:
+        with open_app() as dspex_app:
+            _optimizers.check_no_search_options(space_file, budget, objectives)
+            kwargs: dict[str, Any] = {
+                "dataset": dataset,
+                "options": _optimizers.parse_options(options, option),
+                "split": split,
+                "metric": metric,
+                "seed": seed,
+                "version_id": version,
+                "prompt_model": prompt_model,
+            }
+            if as_json:
+                # DSPy's optimizers print (and draw tqdm bars) on stdout; --json keeps stdout for the JSON.
+                with contextlib.redirect_stdout(sys.stderr):
+                    dspy_result = dspex_app.optimize_with(program, optimizer, **kwargs)
+            else:
+                dspy_result = _optimizers.run_foreground(dspex_app, program, optimizer, **kwargs)
+        _optimizers.print_result(program, dspy_result, as_json)
+        return
     with open_app() as dspex_app:
+        _optimizers.check_variable_search(space_file, budget)
+        assert space_file is not None
+        assert budget is not None
         space, bindings = load_space_file(space_file)
         out = console()
         if as_json:

@@ -15,7 +15,13 @@ import typing as _typing
 
 from dspex import _lazy
 from dspex.jobs._context import JobContext, JobInterrupted, StopReason
-from dspex.jobs.submit import EVALUATE, OPTIMIZE, submit_evaluation, submit_optimization
+from dspex.jobs.submit import (
+    EVALUATE,
+    OPTIMIZE,
+    submit_dspy_optimization,
+    submit_evaluation,
+    submit_optimization,
+)
 
 if _typing.TYPE_CHECKING:
     from dspex.jobs.handlers import HANDLERS, Handler
@@ -40,6 +46,7 @@ __all__ = [
     "StopReason",
     "Worker",
     "WorkerEvent",
+    "submit_dspy_optimization",
     "submit_evaluation",
     "submit_optimization",
 ]

@@ -11,6 +11,10 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   worker died, or stopped) resumes the same run with its finished trials. It stops at the end of the
   trial in progress when the job is cancelled (the run is recorded ``cancelled``), or when the lease is
   lost or the worker stops (the run stays ``running`` for the next worker).
+  A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
+  (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
+  the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
+  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats).
 - ``evaluate``: the pinned program version, configured with the payload's variables through the space's
   bindings when given, scored by :class:`~dspex.optimize.Evaluator` on the dataset's split; it stops at
   the next finished example when asked to.
@@ -31,11 +35,12 @@ from dspex.jobs._context import JobContext, JobInterrupted
 from dspex.jobs.submit import EVALUATE, METRICS, OPTIMIZE, PAYLOAD_VERSION
 
 if TYPE_CHECKING:
+    from dspex.optimize.dspy_run import DSPyProgress
     from dspex.optimize.search import TrialProgress
     from dspex.runtime.app import App
     from dspex.store.jobs import JobRecord
 
-__all__ = ["HANDLERS", "Handler", "run_evaluation", "run_optimization"]
+__all__ = ["HANDLERS", "Handler", "run_dspy_optimization", "run_evaluation", "run_optimization"]
 
 Handler = Callable[["App", "JobRecord", JobContext], dict[str, Any]]
 RESULT_VERSION = 1
@@ -93,11 +98,60 @@ def _trial_json(trial: Any) -> dict[str, Any]:
     return {"trial": trial.number, "configuration": trial.configuration, "scores": trial.scores}
 
 
+def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str, Any]:
+    """Run (or resume) the job's DSPy optimizer; the result names the run, its score on the devset, its
+    LM calls and usage, and the saved program version."""
+    from dspex.optimize.search import OptimizationStopped
+
+    optimizer = _field(job, "optimizer", str)
+    options = _optional(job, "options", dict) or {}
+    optimization_id = _field(job, "optimization_id", str)
+    context.check()
+    context.report({"optimization_id": optimization_id, "optimizer": optimizer, "phase": "start"})
+
+    def on_progress(progress: DSPyProgress) -> None:
+        context.report({"optimization_id": optimization_id, **progress.to_json()})
+
+    def should_stop() -> None:
+        reason = context.stop_reason
+        if reason is not None:
+            raise OptimizationStopped(f"job {job.id}: {reason}", cancelled=reason == "cancel")
+
+    try:
+        result = app.optimize_with(
+            _field(job, "program", str),
+            optimizer,
+            dataset=_field(job, "dataset", str),
+            options=options,
+            split=_optional(job, "split", str),
+            metric=_metric(job),
+            seed=_field(job, "seed", int),
+            version_id=_field(job, "version_id", str),
+            prompt_model=_optional(job, "prompt_model", str),
+            optimization_id=optimization_id,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+    except OptimizationStopped as exc:
+        reason = context.stop_reason or ("cancel" if exc.cancelled else "release")
+        done = {"optimization_id": optimization_id, "optimizer": optimizer}
+        raise JobInterrupted(reason, str(exc), result=done) from exc
+    return {
+        "v": RESULT_VERSION,
+        "program": job.payload["program"],
+        **result.to_json(),
+        "best": {"scores": {"quality": result.score}},
+    }
+
+
 def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str, Any]:
     """Run (or resume) the job's optimization; the result names the run, its best trial and the saved
-    program version."""
+    program version. A payload naming an ``optimizer`` goes to :func:`run_dspy_optimization`."""
     from dspex.optimize.search import OptimizationStopped
     from dspex.variables.spacefile import space_from_document
+
+    if _optional(job, "optimizer", str) is not None:
+        return run_dspy_optimization(app, job, context)
 
     space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
     n_trials = _field(job, "n_trials", int)

@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from dspex.runtime.app import App
     from dspex.store.jobs import JobRecord
 
-__all__ = ["EVALUATE", "METRICS", "OPTIMIZE", "optimization_job", "submit_evaluation", "submit_optimization"]
+__all__ = [
+    "EVALUATE",
+    "METRICS",
+    "OPTIMIZE",
+    "optimization_job",
+    "submit_dspy_optimization",
+    "submit_evaluation",
+    "submit_optimization",
+]
 
 OPTIMIZE = "optimize"
 EVALUATE = "evaluate"
@@ -113,6 +121,63 @@ def submit_optimization(
         "objectives": wanted,
         "seed": seed,
         "max_lm_calls": max_lm_calls,
+        "optimization_id": f"opt-{job_id[:16]}",
+    }
+    _join_callers_trace(payload)
+    return app.jobs.enqueue(
+        OPTIMIZE, payload, job_id=job_id, created_by=created_by, max_attempts=max_attempts
+    )
+
+
+def submit_dspy_optimization(
+    app: App,
+    *,
+    program: str,
+    dataset: str,
+    optimizer: str,
+    options: Mapping[str, Any] | None = None,
+    split: str | None = None,
+    metric: str = "exact_match",
+    seed: int = 0,
+    version_id: str | None = None,
+    prompt_model: str | None = None,
+    created_by: str | None = None,
+    max_attempts: int = 3,
+) -> JobRecord:
+    """Queue an optimization of ``program`` by one of DSPy's optimizers (see :meth:`dspex.App.optimize_with`):
+    ``optimizer`` is ``miprov2``, ``gepa``, ``simba``, ``copro``, ``bootstrap``, ``bootstrap_rs`` or
+    ``ensemble`` and ``options`` its options as plain JSON, checked now (an unknown one is refused with
+    the valid ones listed). ``prompt_model`` names a configured model (``[models]``). The job's kind is
+    ``optimize``; its payload carries the optimization id, so the worker that takes the job over after a
+    crash resumes the run, its finished evaluations served from the evaluation cache. ::
+
+        job = submit_dspy_optimization(app, program="qa", dataset="qa-set", optimizer="miprov2",
+                                       options={"auto": "light"})
+    """
+    from dspex.optimize.dspy_optimizers import check_options
+
+    checked = check_options(optimizer, options)
+    _check_metric(metric)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigurationError(f"seed must be an integer >= 0, got {seed!r}")
+    if prompt_model is not None and prompt_model not in app.models:
+        raise ConfigurationError("prompt_model: " + app.models.unknown(prompt_model))
+    version = app.programs.resolve(program, version_id)
+    pinned = _pinned_dataset(app, dataset, split)
+    import uuid
+
+    job_id = uuid.uuid4().hex
+    payload = {
+        "v": PAYLOAD_VERSION,
+        "program": program,
+        "version_id": version.id,
+        "dataset": pinned,
+        "split": split,
+        "optimizer": optimizer,
+        "options": checked,
+        "metric": metric,
+        "seed": seed,
+        "prompt_model": prompt_model,
         "optimization_id": f"opt-{job_id[:16]}",
     }
     _join_callers_trace(payload)

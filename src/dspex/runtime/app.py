@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from dspex.lm.resilient import Resilience
     from dspex.modules import ToolRegistry
     from dspex.modules.policy import SpecPolicy, Trust
+    from dspex.optimize.dspy_run import DSPyOptimizationResult, DSPyProgress
     from dspex.optimize.search import OptimizationResult, Pruning, TrialProgress
     from dspex.pools import Pools
     from dspex.pools.remote import PooledProgram
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from dspex.runtime.router import Router
     from dspex.runtime.sessions import Sessions
     from dspex.store.cache import ProgramCacheRepository
+    from dspex.store.evalcache import EvaluationCacheRepository
     from dspex.store.jobs import JobRepository
     from dspex.store.keys import ApiKeyRepository
     from dspex.store.optimizations import OptimizationRepository
@@ -262,6 +264,15 @@ class App:
     def optimizations(self) -> OptimizationRepository:
         """The optimization runs and their trials on this App's database (see :meth:`optimize`)."""
         return self._open().optimizations
+
+    @property
+    def evaluation_cache(self) -> EvaluationCacheRepository:
+        """The evaluation cache in the database (``evaluation_cache``): predictions per (configuration,
+        example), shared by every process, so a resumed optimization does not pay twice (see
+        :meth:`optimize_with`); ``count``, ``clear`` and ``purge`` manage it."""
+        from dspex.store.evalcache import EvaluationCacheRepository
+
+        return EvaluationCacheRepository(self._open().db)
 
     @property
     def jobs(self) -> JobRepository:
@@ -577,6 +588,69 @@ class App:
             program_name=program_name,
             on_trial=on_trial,
             should_stop=should_stop,
+        )
+
+    def optimize_with(
+        self,
+        program_name: str,
+        optimizer: str,
+        *,
+        dataset: str,
+        options: Mapping[str, Any] | None = None,
+        split: str | None = None,
+        metric: Any = "exact_match",
+        seed: int = 0,
+        version_id: str | None = None,
+        prompt_model: str | None = None,
+        num_threads: int = 4,
+        optimization_id: str | None = None,
+        on_progress: Callable[[DSPyProgress], None] | None = None,
+        should_stop: Callable[[], None] | None = None,
+    ) -> DSPyOptimizationResult:
+        """Optimize the registered program ``program_name`` with one of DSPy's optimizers (``miprov2``,
+        ``gepa``, ``simba``, ``copro``, ``bootstrap``, ``bootstrap_rs``, ``ensemble``; see
+        :mod:`dspex.optimize.dspy_run`); the result becomes a version in ``optimizing``. ::
+
+            result = app.optimize_with("qa", "miprov2", dataset="qa-set", options={"auto": "light"})
+
+        - ``options``: the optimizer's own (:data:`dspex.optimize.dspy_optimizers.OPTIMIZERS`), checked.
+        - the examples: the dataset's ``train`` split is the trainset (else the devset); the devset
+          (``split``, else dev/val/validation, else all) is the valset and scores the result.
+        - ``prompt_model``: a configured model (``[models]``) proposing instructions / reflecting; default
+          the App's LM.
+        Evaluations are kept in :attr:`evaluation_cache`, and the run in :attr:`optimizations` under
+        ``optimization_id`` (default derived from the inputs): a rerun, or the job's next worker after a
+        crash, resumes it without paying again for the evaluations already made.
+        """
+        from dspex.optimize.cache import StoredCache
+        from dspex.optimize.dspy_run import optimize_with_dspy
+
+        resolved = self.programs.resolve(program_name, version_id)
+        program = self.programs.build(resolved)
+        trainset, devset = self.examples(dataset, split)
+        lm = self.default_lm(program)
+        prompt_lm = self.models.build(prompt_model) if prompt_model is not None else None
+        return optimize_with_dspy(
+            optimizer,
+            program,
+            trainset or devset,
+            devset,
+            metric=_metric(metric),
+            lm=lm,
+            prompt_lm=prompt_lm,
+            options=options,
+            seed=seed,
+            num_threads=num_threads,
+            cache=StoredCache(self.evaluation_cache),
+            db=self._open().db,
+            optimization_id=optimization_id,
+            registry=self.programs,
+            program_name=program_name,
+            parent_id=resolved.id,
+            identity={"program": program_name, "version": resolved.id, "prompt_model": prompt_model},
+            on_progress=on_progress,
+            should_stop=should_stop,
+            prices=self.prices,
         )
 
     def _remote_trials(

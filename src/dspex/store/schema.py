@@ -27,6 +27,7 @@ __all__ = [
     "dataset_examples",
     "dataset_versions",
     "datasets",
+    "evaluation_cache",
     "executions",
     "jobs",
     "metadata",
@@ -405,4 +406,14 @@ adaptive_events = sa.Table(
     _when("at"),
     sa.Index("ix_adaptive_events_adaptive_id", "adaptive", "id"),
     sa.Index("uq_adaptive_events_adaptive_key", "adaptive", "key", unique=True),
+)
+
+# What a configuration predicted for an example (dspex.store.evalcache): evaluations an optimizer has paid for.
+evaluation_cache = sa.Table(
+    "evaluation_cache",
+    metadata,
+    sa.Column("configuration_id", sa.String(200), primary_key=True),
+    sa.Column("example_hash", sa.String(64), primary_key=True),
+    sa.Column("result", JSON, nullable=False),
+    _when("created_at", index=True),
 )

@@ -1,0 +1,582 @@
+"""A DSPy optimizer as a resumable, observable run: candidate cache, progress, record and saved version.
+
+::
+
+    result = optimize_with_dspy("miprov2", program, trainset, valset, metric=exact_match, lm=lm,
+                                options={"auto": "light"}, db=app.db, registry=app.programs,
+                                program_name="qa", on_progress=print)
+    result.score, result.lm_calls, result.version_id
+
+DSPy's optimizers are used as they are (``dspy.MIPROv2(...).compile(...)``...); DSPex wraps what they
+are given, never their internals:
+
+- **The program** goes in behind :class:`CandidateCache`, a ``dspy.Module`` whose ``forward`` looks up
+  (candidate fingerprint, inputs) in the evaluation cache before calling the real program. The
+  fingerprint is :func:`~dspex.optimize.configuration_fingerprint` of the candidate the optimizer made
+  (its class and saved state: instructions and demos of every predictor, and the per-predictor LMs)
+  and the LM in context with its settings (model, temperature, rollout id). A hit returns the stored
+  prediction and replays the stored trace of predictor calls into ``dspy.settings.trace`` when a trace
+  is being collected, so bootstrapping (which builds demos from traces), GEPA's reflective datasets and
+  SIMBA's trajectories see exactly what a real call would have produced. Rows are written as each
+  call finishes (:class:`~dspex.optimize.cache.StoredCache` over the ``evaluation_cache`` table), so a
+  worker killed mid-run loses only the calls in flight.
+- **The metric** is a registered one (``exact_match``, ``f1``), wrapped to count which candidate scored
+  what (the progress: candidates evaluated, best score so far) and, for GEPA, to return textual
+  feedback (``dspy.Prediction(score=..., feedback=...)``).
+- **The LMs** are the App's; every LM call the run makes, the optimizer's own (instruction proposals,
+  reflection) included, is counted per model with tokens and cost, through DSPy's usage tracker.
+
+What a resumed run repeats: DSPy optimizers keep no checkpoint, so a resumed run replays the optimizer
+from the start with the same seed. Every call of the *program* the first run finished (bootstrapping
+traces, minibatch and full evaluations of candidates) is served from the store at no LM cost. Calls
+that are not program calls are made again: for MIPROv2, the proposer's (the dataset summary, the
+program description and one instruction proposal per candidate and predictor), for COPRO its
+instruction proposals, for GEPA its reflection calls, for SIMBA its rule proposals. With a
+deterministic LM (or DSPy's own LM cache on the same machine) they return what they returned before,
+so the replay walks the same candidates; an LM sampling differently proposes other instructions,
+whose evaluations are then new. The Optuna study inside MIPROv2 is replayed too (same seed, same
+scores, same suggestions), in milliseconds.
+
+The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
+optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
+version is the best member and the job result names all of them). An optimizer that keeps the program
+as it was (GEPA finding no better instruction) gives back the version it started from
+(``unchanged``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dspy
+
+from dspex.errors import ConfigurationError
+from dspex.jsonable import canonical_hash, to_jsonable
+from dspex.optimize._run import configuration_fingerprint
+from dspex.optimize.cache import CachedResult, EvalCache, MemoryCache, example_hash
+from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options
+from dspex.optimize.evaluate import Evaluator
+from dspex.optimize.metrics import Metric, MetricLike, as_metric
+from dspex.telemetry.usage import UsageTotals
+
+__all__ = ["CandidateCache", "DSPyOptimizationResult", "DSPyProgress", "optimize_with_dspy"]
+
+Phase = Literal["compile", "evaluate", "save"]
+_REPORT_EVERY_S = 0.25
+_CACHE_PREFIX = "dspy:"
+
+
+class _Stop(BaseException):
+    """Carries an ``OptimizationStopped`` through DSPy, whose executors catch ``Exception`` per call
+    (a stop must end the compile, not count as one failed example)."""
+
+    def __init__(self, stopped: BaseException) -> None:
+        super().__init__(str(stopped))
+        self.stopped = stopped
+
+
+@dataclass(frozen=True, slots=True)
+class DSPyProgress:
+    """What ``on_progress`` receives (at most every 0.25 s, and at each phase change).
+
+    ``candidates``: distinct candidate programs the metric scored outside bootstrapping; ``evaluations``:
+    (candidate, example) scores; ``cached``: program calls served from the evaluation cache;
+    ``best_score``: the best mean of a candidate over the most examples any candidate was scored on
+    (``best_examples``), so a lucky minibatch does not outrank a full evaluation."""
+
+    optimizer: str
+    phase: Phase
+    candidates: int
+    evaluations: int
+    cached: int
+    program_calls: int
+    lm_calls: int
+    best_score: float | None
+    best_examples: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "phase": self.phase,
+            "candidates": self.candidates,
+            "evaluations": self.evaluations,
+            "cached": self.cached,
+            "program_calls": self.program_calls,
+            "lm_calls": self.lm_calls,
+            "best_score": self.best_score,
+            "best_examples": self.best_examples,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DSPyOptimizationResult:
+    """What a run produced: the optimized program (unwrapped), its score on the valset, the counts and
+    usage of the whole run (compile and final evaluation), and the saved version(s)."""
+
+    id: str
+    optimizer: str
+    options: dict[str, Any]
+    program: Any = field(repr=False)
+    score: float
+    candidates: int
+    evaluations: int
+    cached: int
+    lm_calls: int
+    usage: dict[str, dict[str, Any]]
+    cost_usd: float | None
+    duration_s: float
+    version_id: str | None = None
+    members: tuple[str, ...] = ()
+    unchanged: bool = False  # the optimizer kept the program as it was: version_id is the one it started from
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "optimization_id": self.id,
+            "optimizer": self.optimizer,
+            "options": self.options,
+            "score": self.score,
+            "candidates": self.candidates,
+            "evaluations": self.evaluations,
+            "cached": self.cached,
+            "lm_calls": self.lm_calls,
+            "usage": self.usage,
+            "cost_usd": self.cost_usd,
+            "duration_s": self.duration_s,
+            "version_id": self.version_id,
+            "members": list(self.members),
+            "unchanged": self.unchanged,
+        }
+
+
+class _Tracker:
+    """The run's shared state: the cache, counters, scores per candidate, the stop check. Thread-safe;
+    shared (not copied) by every copy DSPy makes of the wrapped program."""
+
+    def __init__(
+        self,
+        optimizer: str,
+        cache: EvalCache,
+        usage: UsageTotals,
+        on_progress: Callable[[DSPyProgress], None] | None,
+        should_stop: Callable[[], None] | None,
+    ) -> None:
+        self.optimizer = optimizer
+        self.cache = cache
+        self.usage = usage
+        self.on_progress = on_progress
+        self.should_stop = should_stop
+        self.phase: Phase = "compile"
+        self._lock = threading.Lock()
+        self._scores: dict[str, dict[str, float]] = {}
+        self.cached = 0
+        self.calls = 0
+        self._reported = 0.0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Tracker:
+        return self
+
+    def check(self) -> None:
+        # Only while compiling: the final evaluation is short, and a stop there would cut it silently.
+        if self.should_stop is None or self.phase != "compile":
+            return
+        try:
+            self.should_stop()
+        except Exception as exc:  # OptimizationStopped (or the caller's own error): end the compile
+            raise _Stop(exc) from exc
+
+    def called(self, *, cached: bool) -> None:
+        with self._lock:
+            self.calls += 1
+            self.cached += cached
+        self.report()
+
+    def scored(self, candidate: str, example: str, value: float) -> None:
+        with self._lock:
+            self._scores.setdefault(candidate, {})[example] = value
+        self.report()
+
+    def progress(self) -> DSPyProgress:
+        with self._lock:
+            scores = {k: dict(v) for k, v in self._scores.items()}
+            calls, cached = self.calls, self.cached
+        most = max((len(v) for v in scores.values()), default=0)
+        full = [sum(v.values()) / len(v) for v in scores.values() if len(v) == most and v]
+        return DSPyProgress(
+            optimizer=self.optimizer,
+            phase=self.phase,
+            candidates=len(scores),
+            evaluations=sum(len(v) for v in scores.values()),
+            cached=cached,
+            program_calls=calls,
+            lm_calls=self.usage.calls,
+            best_score=max(full) if full else None,
+            best_examples=most,
+        )
+
+    def report(self, *, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._reported < _REPORT_EVERY_S:
+                return
+            self._reported = now
+        self.on_progress(self.progress())
+
+
+class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
+    """The program an optimizer sees: ``inner`` behind the evaluation cache (see the module docstring).
+    DSPy's copies of it (``deepcopy``, ``reset_copy``) copy ``inner`` and share the tracker."""
+
+    def __init__(self, inner: Any, tracker: _Tracker) -> None:
+        super().__init__()
+        self.inner = inner
+        self._tracker = tracker
+
+    def forward(self, **inputs: Any) -> Any:
+        tracker = self._tracker
+        tracker.check()
+        candidate = configuration_fingerprint(self.inner, dspy.settings.lm)
+        key = (_CACHE_PREFIX + candidate, canonical_hash(to_jsonable(inputs)))
+        hit = tracker.cache.get_many([key]).get(key)
+        if hit is not None and hit.trace is not None:
+            replayed = self._replay(hit.trace)
+            if replayed is not None:
+                outer = dspy.settings.trace
+                if outer is not None:
+                    outer.extend(replayed)
+                prediction = dspy.Prediction(**hit.prediction)
+                prediction._dspex_candidate = candidate
+                tracker.called(cached=True)
+                return prediction
+        with dspy.context(trace=[]):
+            prediction = self.inner(**inputs)
+            trace = list(dspy.settings.trace)
+        outer = dspy.settings.trace
+        if outer is not None:
+            outer.extend(trace)
+        stored = self._trace_json(trace)
+        data = to_jsonable(prediction)
+        if stored is not None and isinstance(data, dict):
+            tracker.cache.put_many({key: CachedResult(data, {}, trace=stored)})
+        if isinstance(prediction, dspy.Prediction):
+            prediction._dspex_candidate = candidate
+        tracker.called(cached=False)
+        return prediction
+
+    def _trace_json(self, trace: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
+        """The trace as JSON, by predictor name; None when a step's predictor is not one of ``inner``'s
+        (it could not be replayed, so the call is not cached)."""
+        names = {id(p): n for n, p in self.inner.named_predictors()}
+        steps = []
+        for predictor, step_inputs, outputs in trace:
+            name = names.get(id(predictor))
+            if name is None:
+                return None
+            steps.append(
+                {"predictor": name, "inputs": to_jsonable(step_inputs), "outputs": to_jsonable(outputs)}
+            )
+        return tuple(steps)
+
+    def _replay(self, trace: Sequence[Mapping[str, Any]]) -> list[tuple[Any, dict[str, Any], Any]] | None:
+        predictors = dict(self.inner.named_predictors())
+        steps = []
+        for step in trace:
+            predictor = predictors.get(step["predictor"])
+            if predictor is None:
+                return None
+            steps.append((predictor, dict(step["inputs"]), dspy.Prediction(**step["outputs"])))
+        return steps
+
+
+def _unwrap(program: Any) -> Any:
+    if isinstance(program, CandidateCache):
+        return program.inner
+    raise ConfigurationError(
+        f"the optimizer returned a {type(program).__name__}, not the program it was given; "
+        "this optimizer cannot run as a DSPex job"
+    )
+
+
+def _feedback(example: Any, prediction: Any, value: float) -> str:
+    """GEPA's textual feedback from a plain metric: what was expected where the prediction differs."""
+    inputs = set(example.inputs().keys())
+    labels = {k: v for k, v in example.items() if k not in inputs}
+    wrong = [
+        f"{name}: expected {expected!r}, got {prediction.get(name)!r}"
+        for name, expected in labels.items()
+        if str(prediction.get(name, "")).strip() != str(expected).strip()
+    ]
+    if not wrong:
+        return f"correct (score {value:.2f})"
+    return f"score {value:.2f}; " + "; ".join(wrong)
+
+
+class _Metric:
+    """A DSPy metric from a DSPex one: ``(example, prediction, trace=None, pred_name=None,
+    pred_trace=None)``, the five arguments GEPA asks for; scores of candidates go to the tracker."""
+
+    def __init__(self, metric: Metric, tracker: _Tracker, *, feedback: bool) -> None:
+        self.metric = metric
+        self.tracker = tracker
+        self.feedback = feedback
+
+    def __call__(
+        self, example: Any, prediction: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
+    ) -> Any:
+        score = self.metric.score_sync(example, prediction)
+        candidate = getattr(prediction, "_dspex_candidate", None)
+        if candidate is not None and trace is None and pred_name is None:
+            self.tracker.scored(candidate, example_hash(example), score.value)
+        if self.feedback:
+            text = score.feedback or _feedback(example, prediction, score.value)
+            return dspy.Prediction(score=score.value, feedback=text)
+        return score.value
+
+
+def _dataset_hash(examples: Sequence[Any]) -> str:
+    return canonical_hash([example_hash(e) for e in examples])
+
+
+def _build(
+    optimizer: str,
+    options: Mapping[str, Any],
+    metric: _Metric,
+    *,
+    trainset: Sequence[Any],
+    prompt_lm: Any,
+    lm: Any,
+    seed: int,
+    num_threads: int,
+) -> tuple[Any, dict[str, Any]]:
+    """The DSPy optimizer object and the keyword arguments of its ``compile``."""
+    spec = OPTIMIZERS[optimizer]
+    init = spec.init_options(options)
+    compile_kwargs = spec.compile_options(options)
+    accepts_threads = "num_threads" in spec.options and spec.options["num_threads"].where == "init"
+    if accepts_threads and init.get("num_threads") is None:
+        init["num_threads"] = num_threads
+    if optimizer == "bootstrap":
+        return dspy.BootstrapFewShot(metric=metric, **init), compile_kwargs
+    if optimizer in ("bootstrap_rs", "ensemble"):
+        return dspy.BootstrapFewShotWithRandomSearch(metric=metric, **init), compile_kwargs
+    if optimizer == "copro":
+        threads = spec.dspex_options(options).get("num_threads", num_threads)
+        compile_kwargs["eval_kwargs"] = {"num_threads": threads, "display_progress": False}
+        return dspy.COPRO(metric=metric, prompt_model=prompt_lm, **init), compile_kwargs
+    if optimizer == "miprov2":
+        init.setdefault("seed", seed)
+        return dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, task_model=lm, **init), compile_kwargs
+    if optimizer == "simba":
+        init.setdefault("bsize", min(32, len(trainset)))
+        if init["bsize"] > len(trainset):
+            raise ConfigurationError(
+                f"simba's bsize {init['bsize']} is larger than the trainset ({len(trainset)} examples); "
+                "lower bsize or add examples"
+            )
+        init.setdefault("num_candidates", 6)
+        compile_kwargs.setdefault("seed", seed)
+        return dspy.SIMBA(metric=metric, prompt_model=prompt_lm, **init), compile_kwargs
+    if optimizer == "gepa":
+        if all(init.get(k) is None for k in ("auto", "max_full_evals", "max_metric_calls")):
+            init["auto"] = "light"
+        init.setdefault("seed", seed)
+        return dspy.GEPA(metric=metric, reflection_lm=prompt_lm, **init), compile_kwargs
+    raise ConfigurationError(f"optimizer {optimizer!r} has no builder")  # OPTIMIZERS and this agree
+
+
+def optimize_with_dspy(
+    optimizer: str,
+    program: Any,
+    trainset: Sequence[Any],
+    valset: Sequence[Any],
+    *,
+    metric: MetricLike,
+    lm: Any = None,
+    prompt_lm: Any = None,
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    num_threads: int = 4,
+    cache: EvalCache | None = None,
+    db: Any = None,
+    optimization_id: str | None = None,
+    registry: Any = None,
+    program_name: str | None = None,
+    parent_id: str | None = None,
+    identity: Mapping[str, Any] | None = None,
+    on_progress: Callable[[DSPyProgress], None] | None = None,
+    should_stop: Callable[[], None] | None = None,
+    prices: Any = None,
+) -> DSPyOptimizationResult:
+    """Run DSPy's ``optimizer`` (a name of :data:`~dspex.optimize.dspy_optimizers.OPTIMIZERS`) on
+    ``program`` (see the module docstring).
+
+    - ``trainset`` / ``valset``: ``dspy.Example`` lists (the valset scores the result, and is the
+      optimizers' valset where they take one).
+    - ``metric``: a DSPex metric (``exact_match``, ``f1``...); ``lm``: the task LM; ``prompt_lm``: the
+      LM proposing instructions / reflecting (default ``lm``).
+    - ``cache``: where evaluations are kept (a :class:`~dspex.optimize.cache.StoredCache` to survive a
+      restart; default in memory).
+    - ``db``: a :class:`~dspex.store.Database` keeping the run in ``optimizations`` under
+      ``optimization_id`` (default derived from the inputs, so the same call resumes it).
+    - ``registry`` + ``program_name``: save the result as a version in ``optimizing``.
+    - ``should_stop``: called before each program call; raises ``OptimizationStopped`` to stop there.
+    """
+    from dspex.optimize.search import OptimizationStopped
+
+    started = time.perf_counter()
+    checked = check_options(optimizer, options)
+    trainset, valset = list(trainset), list(valset)
+    if not trainset or not valset:
+        raise ConfigurationError(f"{optimizer} needs a trainset and a valset with at least one example each")
+    scorer = as_metric(metric)
+    settings = {
+        "v": 1,
+        "optimizer": optimizer,
+        "options": checked,
+        "seed": seed,
+        "trainset": _dataset_hash(trainset),
+        "valset": _dataset_hash(valset),
+        **({"identity": dict(identity)} if identity is not None else {}),
+    }
+    run_id = optimization_id or f"dspy-{optimizer}-{canonical_hash(to_jsonable(settings))[:16]}"
+    repo = _start(db, run_id, program_name, optimizer, checked, settings)
+    usage = UsageTotals(prices=prices)
+    tracker = _Tracker(
+        optimizer, cache if cache is not None else MemoryCache(), usage, on_progress, should_stop
+    )
+    wrapped_metric = _Metric(scorer, tracker, feedback=optimizer == "gepa")
+    student = CandidateCache(program.deepcopy(), tracker)
+    context: dict[str, Any] = {"usage_tracker": usage}
+    if lm is not None:
+        context["lm"] = lm
+    try:
+        with dspy.context(**context):
+            teleprompter, compile_kwargs = _build(
+                optimizer,
+                checked,
+                wrapped_metric,
+                trainset=trainset,
+                prompt_lm=prompt_lm if prompt_lm is not None else lm,
+                lm=lm,
+                seed=seed,
+                num_threads=num_threads,
+            )
+            if OPTIMIZERS[optimizer].uses_valset:
+                compile_kwargs["valset"] = valset
+            try:
+                compiled = teleprompter.compile(student, trainset=trainset, **compile_kwargs)
+            except _Stop as stop:
+                raise stop.stopped from None
+            tracker.phase = "evaluate"
+            tracker.report(force=True)
+            members: list[Any] = []
+            if optimizer == "ensemble":
+                ranked = getattr(compiled, "candidate_programs", None) or [{"program": compiled}]
+                size = int(OPTIMIZERS["ensemble"].dspex_options(checked)["size"])
+                members = [entry["program"] for entry in ranked[:size]]
+                final: Any = dspy.Ensemble(reduce_fn=dspy.majority).compile(members)
+            else:
+                final = compiled
+            evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(final, valset)
+    except OptimizationStopped as exc:
+        if repo is not None and exc.cancelled:
+            repo.update(run_id, status="cancelled", error=f"cancelled: {exc}")
+        raise
+    except Exception as exc:
+        if repo is not None:
+            repo.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    tracker.phase = "save"
+    tracker.report(force=True)
+    result_program = _unwrap(compiled) if optimizer != "ensemble" else _unwrap(members[0])
+    member_versions: list[str] = []
+    version_id = None
+    if registry is not None and program_name is not None:
+        note = f"{OPTIMIZERS[optimizer].dspy_class} ({run_id})"
+        for rank, member in enumerate(members):
+            saved = registry.save_version(
+                program_name,
+                _unwrap(member),
+                status="optimizing",
+                note=f"{note}, ensemble member {rank}",
+                parent_id=parent_id,
+            )
+            member_versions.append(saved.id)
+        if member_versions:
+            version_id = member_versions[0]
+        else:
+            version_id = registry.save_version(
+                program_name, result_program, status="optimizing", note=note, parent_id=parent_id
+            ).id
+    progress = tracker.progress()
+    result = DSPyOptimizationResult(
+        id=run_id,
+        optimizer=optimizer,
+        options=checked,
+        program=result_program if optimizer != "ensemble" else final,
+        score=evaluation.score,
+        candidates=progress.candidates,
+        evaluations=progress.evaluations,
+        cached=progress.cached,
+        lm_calls=usage.calls,
+        usage=usage.snapshot(),
+        cost_usd=usage.cost_usd,
+        duration_s=time.perf_counter() - started,
+        version_id=version_id,
+        members=tuple(member_versions),
+        unchanged=version_id is not None and version_id == parent_id,
+    )
+    if repo is not None:
+        best = {
+            "scores": {"quality": evaluation.score},
+            **{k: v for k, v in result.to_json().items() if k != "usage"},
+        }
+        repo.update(
+            run_id,
+            status="succeeded",
+            best=json.loads(json.dumps(to_jsonable(best))),
+            result_version_id=version_id,
+            error=None,
+        )
+    return result
+
+
+def _start(
+    db: Any,
+    run_id: str,
+    program_name: str | None,
+    optimizer: str,
+    options: dict[str, Any],
+    settings: dict[str, Any],
+) -> Any:
+    """Create the run's record, or take up the one a previous process left (same inputs required)."""
+    if db is None:
+        return None
+    from dspex.store.optimizations import OptimizationRecord, OptimizationRepository
+
+    repo = OptimizationRepository(db)
+    described = {"optimizer": optimizer, "options": options}
+    record = OptimizationRecord(
+        id=run_id,
+        program=program_name,
+        space=described,
+        objectives=["quality"],
+        budget=described,
+        settings=json.loads(json.dumps(to_jsonable(settings))),
+    )
+    stored, created = repo.create(record)
+    if created:
+        return repo
+    if stored.settings != record.settings:
+        raise ConfigurationError(
+            f"optimization {run_id!r} exists with another optimizer, options, seed, program or dataset; "
+            "resume it with the same ones or pick another optimization_id"
+        )
+    repo.update(run_id, status="running", error=None)
+    return repo
