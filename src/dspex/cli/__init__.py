@@ -7,6 +7,7 @@ import os
 import typer
 
 from dspex.cli import (
+    adapt,
     audit,
     datasets,
     demo,
@@ -50,6 +51,7 @@ app.add_typer(sessions.app, name="sessions")
 app.add_typer(lms.app, name="lms")
 app.command("feedback")(feedback.feedback)
 app.command("watch")(watch.watch)
+app.add_typer(adapt.app, name="adapt")
 
 
 @app.command("version")

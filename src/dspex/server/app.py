@@ -67,6 +67,7 @@ def create_app(
     from importlib.metadata import version
 
     from dspex.server.routes import (
+        adaptive,
         audit,
         datasets,
         executions,
@@ -100,7 +101,7 @@ def create_app(
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
     routers = (programs, runs, sessions, executions, feedback, datasets, optimizations, jobs, audit, pools)
-    for module in (*routers, signals, ops):
+    for module in (*routers, adaptive, signals, ops):
         api.include_router(module.router)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
     # Outermost, so an oversized body is refused before anything reads it.
