@@ -118,3 +118,76 @@ def test_register_run_stream_optimize_follow_promote(
         assert after.status_code == 200
         record = client.get(f"/v1/executions/{after.json()['execution_id']}").json()
         assert record["version_id"] == result_version
+
+
+def test_a_dspy_optimizer_through_the_service_with_progress_over_sse(
+    sim_app: App, settings_sim: SimServer, serve: Callable[..., Live]
+) -> None:
+    live = serve(sim_app)
+    _, key = sim_app.keys.create("e2e", ["programs:read", "programs:write", "optimize"])
+    with live.client(key) as client:
+        spec = {"module": "predict", "signature": "question -> answer"}
+        base = client.post("/v1/programs", json={"name": "qa", "spec": spec}).json()
+        rows = [
+            {**row, "part": "train" if i < 8 else "dev"}
+            for i, row in enumerate(settings_sim.task.dicts()[:16])
+        ]
+        client.post(
+            "/v1/datasets", json={"name": "qa-set", "records": rows, "inputs": ["question"], "split": "part"}
+        )
+        body = {"program": "qa", "dataset": "qa-set", "optimizer": "bootstrap_rs"}
+
+        # Options are plain values, checked by name, type and range; the variable search's fields refused.
+        refused = client.post("/v1/optimizations", json={**body, "options": {"log_dir": "/tmp/x"}})
+        assert refused.status_code == 422
+        assert "unknown bootstrap_rs option 'log_dir'" in refused.text
+        assert "num_candidate_programs" in refused.text  # the valid ones are listed
+        refused = client.post("/v1/optimizations", json={**body, "options": {"num_threads": 1000}})
+        assert refused.status_code == 422
+        assert "option 'num_threads' must be an integer in [1, 64] or null, got 1000" in refused.text
+        refused = client.post("/v1/optimizations", json={**body, "options": {"max_rounds": {"import": "os"}}})
+        assert refused.status_code == 422
+        refused = client.post("/v1/optimizations", json={**body, "n_trials": 3})
+        assert refused.status_code == 422
+        assert "'n_trials' belongs to the variable search" in refused.text
+        refused = client.post("/v1/optimizations", json={**body, "optimizer": "opro"})
+        assert refused.status_code == 422
+        refused = client.post("/v1/optimizations", json={"program": "qa", "dataset": "qa-set", "n_trials": 3})
+        assert refused.status_code == 422
+        assert "the variable search needs 'space'" in refused.text
+        assert sim_app.jobs.list() == []
+
+        options = {"num_candidate_programs": 2, "max_bootstrapped_demos": 2, "num_threads": 2}
+        started = client.post("/v1/optimizations", json={**body, "options": options})
+        assert started.status_code == 202, started.text
+        optimization_id = started.json()["optimization_id"]
+        queued = client.get(f"/v1/optimizations/{optimization_id}").json()
+        assert (queued["status"], queued["budget"]) == (
+            "queued",
+            {"optimizer": "bootstrap_rs", "options": options},
+        )
+
+        worker = Worker(sim_app, lease_s=10, poll_s=0.05)
+        thread = threading.Thread(target=worker.run, kwargs={"stop_when_idle": False}, daemon=True)
+        thread.start()
+        try:
+            with client.stream("GET", f"/v1/optimizations/{optimization_id}/events") as response:
+                assert response.status_code == 200
+                stream = "".join(response.iter_text())
+        finally:
+            worker.stop()
+            thread.join(30)
+        events = sse(stream)
+        assert events[-1][0] == "end"
+        assert not [kind for kind, _ in events if kind == "trial"]
+        progress = [d["progress"] for k, d in events if k == "job" and d["progress"]]
+        assert progress[-1]["optimizer"] == "bootstrap_rs"
+        assert {"candidates", "evaluations", "best_score", "lm_calls", "phase"} <= set(progress[-1])
+        end: dict[str, Any] = events[-1][1]
+        assert end["status"] == "succeeded"
+        assert end["best"]["scores"]["quality"] == end["job"]["result"]["score"]
+        assert end["job"]["result"]["lm_calls"] > 0
+        version = end["result_version_id"]
+        versions = {v["id"]: v["status"] for v in client.get("/v1/programs/qa/versions").json()}
+        assert versions[version] == "optimizing"
+        assert version != base["id"]

@@ -348,13 +348,31 @@ class DatasetOut(BaseModel):
 # -- optimizations and jobs --------------------------------------------------------------------------------
 
 
+OptimizerOption = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_]{0,63}$")]
+
+
 class OptimizationStart(_Strict):
     program: Name
     dataset: str = Field(min_length=1, max_length=300, description="A dataset name, or name@version.")
-    space: JsonObject = Field(
-        description="The space document: {variables: ..., bindings: ...} as `dspex optimize --space` reads."
+    space: JsonObject | None = Field(
+        None,
+        description="The space document: {variables: ..., bindings: ...} as `dspex optimize --space` reads. "
+        "Required for the variable search; not with `optimizer`.",
     )
-    n_trials: int = Field(ge=1, le=10_000)
+    n_trials: int | None = Field(None, ge=1, le=10_000, description="The variable search's trials.")
+    optimizer: (
+        Literal["miprov2", "gepa", "simba", "copro", "bootstrap", "bootstrap_rs", "ensemble"] | None
+    ) = Field(None, description="Run this DSPy optimizer instead of the variable search.")
+    options: dict[OptimizerOption, int | float | bool | str | None] | None = Field(
+        None,
+        max_length=40,
+        description="The optimizer's own options as plain values (counts, temperatures, flags, fixed "
+        "choices); an unknown name is a 422 listing the valid ones.",
+        examples=[{"auto": "light", "num_threads": 4}],
+    )
+    prompt_model: str | None = Field(
+        None, max_length=200, description="A configured model proposing instructions or reflecting."
+    )
     split: str | None = Field(None, min_length=1, max_length=64)
     metric: Literal["exact_match", "f1"] = "exact_match"
     objectives: list[Literal["quality", "cost", "latency"]] = Field(default=["quality"], min_length=1)

@@ -1,5 +1,8 @@
 """Optimizations: start one as a job, read its record and trials, follow it as server-sent events.
 
+A start names a space and trials (the variable search) or ``optimizer`` with ``options`` (one of DSPy's
+optimizers; the options are plain values checked by name, type and range, never code, paths or hosts).
+
 An optimization is known by its ``optimization_id`` (``opt-...``, in the job's payload). Until a worker
 takes the job there is no optimization record yet; the job says ``queued``. The job of an optimization
 is found among the newest optimize jobs (see :func:`_job_of`). Promote the resulting version with
@@ -35,8 +38,10 @@ _read = require("programs:read")
 
 _EVENTS_DOC = """Server-sent events until the job ends (or the stream's time limit passes):
 
-- `job`: `{"status", "attempts", "progress", "cancel_requested"}` whenever one of them changes
-- `trial`: a finished trial (`number`, `state`, `configuration`, `scores`, `lm_calls`, `cost_usd`...)
+- `job`: `{"status", "attempts", "progress", "cancel_requested"}` whenever one of them changes; a DSPy
+  optimizer's progress is `{"optimizer", "phase", "candidates", "evaluations", "best_score",
+  "best_examples", "lm_calls", "cached", "program_calls"}`
+- `trial`: a finished trial of the variable search (`number`, `state`, `configuration`, `scores`, `lm_calls`, `cost_usd`...)
 - `end`: the optimization as `GET /v1/optimizations/{id}` returns it, without trials
 - `timeout`: the stream's time limit passed before the job ended; reconnect to keep following
 """
@@ -69,7 +74,11 @@ def _detail(optimization_id: str, job: JobRecord | None, record: OptimizationRec
         "program": record.program if record is not None else payload.get("program"),
         "status": status,
         "objectives": list(record.objectives) if record is not None else list(payload.get("objectives", [])),
-        "budget": record.budget if record is not None else {"n_trials": payload.get("n_trials")},
+        "budget": record.budget
+        if record is not None
+        else {"optimizer": payload["optimizer"], "options": payload.get("options")}
+        if payload.get("optimizer")
+        else {"n_trials": payload.get("n_trials")},
         "best": record.best if record is not None else None,
         "pareto": record.pareto if record is not None else None,
         "result_version_id": record.result_version_id if record is not None else None,
@@ -105,6 +114,11 @@ def start(
 
     principal.check_program(body.program)
     app = dspex_of(request)
+    if body.optimizer is not None:
+        return _start_dspy(app, body, request, principal)
+    if body.space is None or body.n_trials is None:
+        missing = "space" if body.space is None else "n_trials"
+        raise SpecError(f"the variable search needs {missing!r}; or name a DSPy optimizer", path=missing)
     # The space is data: constraints and derived values name registered functions, models configured
     # ones; checked before anything in it is imported.
     checked_document(request, body.space, "space")
@@ -134,6 +148,41 @@ def start(
         raise
     except (TypeError, ValueError, KeyError, AttributeError, LookupError) as exc:
         raise SpecError(f"invalid space document: {type(exc).__name__}: {exc}", path="space") from exc
+    return JSONResponse(
+        {"optimization_id": job.payload["optimization_id"], "job": job.to_json()}, status_code=202
+    )
+
+
+def _start_dspy(app: App, body: OptimizationStart, request: Request, principal: Principal) -> JSONResponse:
+    """Queue one of DSPy's optimizers: its options are plain values, checked by name and type; the
+    metric is a registered one; the prompt model a configured one."""
+    from dspex.jobs.submit import submit_dspy_optimization
+    from dspex.telemetry.context import continue_trace
+
+    given = [name for name in ("space", "n_trials", "max_lm_calls") if getattr(body, name) is not None]
+    if given or body.objectives != ["quality"]:
+        field = given[0] if given else "objectives"
+        raise SpecError(
+            f"{field!r} belongs to the variable search, not to optimizer {body.optimizer!r}", path=field
+        )
+    program_or_404(app, body.program)
+    if app.datasets.repository.get_dataset(body.dataset.partition("@")[0]) is None:
+        raise not_found(f"unknown dataset {body.dataset!r}; GET /v1/datasets lists them")
+    assert body.optimizer is not None
+    with continue_trace(request.headers.get("traceparent")):
+        job = submit_dspy_optimization(
+            app,
+            program=body.program,
+            dataset=body.dataset,
+            optimizer=body.optimizer,
+            options=body.options,
+            split=body.split,
+            metric=body.metric,
+            seed=body.seed,
+            version_id=body.version,
+            prompt_model=body.prompt_model,
+            created_by=f"key:{principal.key_id}" if principal.key_id else "local",
+        )
     return JSONResponse(
         {"optimization_id": job.payload["optimization_id"], "job": job.to_json()}, status_code=202
     )
