@@ -204,3 +204,39 @@ def test_two_processes_share_one_policy(app: App) -> None:
     assert sum(theirs["seen"].values()) >= 40
     right = next(a for a, r in adaptive.arms.items() if r.configuration["model"] == "scripted/right")
     assert adaptive.state.best(list(adaptive.arms)) == right
+
+
+def test_every_arm_degraded_queues_a_reoptimization_whose_best_becomes_an_arm(app: App) -> None:
+    from dspex.adapt import Reoptimize
+
+    adaptive = app.adapt(
+        "qa-reopt", "qa", space=document(), arms=[WRONG, {**WRONG, "temperature": 0.5}], metric=is_four,
+        lms=lms(), reoptimize=Reoptimize(below=0.5, min_rewards=5, min_score=0.0, n_trials=2, examples=10, add=1),
+    )  # fmt: skip
+    for _ in range(16):
+        adaptive.run({"question": "2 + 2?"})
+    app.flush()
+    adaptive.sync()
+    submitted = adaptive.repository.events("qa-reopt", kinds=("reoptimize",))
+    job_ids = [e.detail["job_id"] for e in submitted if e.detail and "job_id" in e.detail]
+    assert len(job_ids) == 1
+    job = app.jobs.get(job_ids[0])
+    assert job is not None
+    assert (job.kind, job.status, job.payload["program"]) == ("optimize", "queued", "qa")
+    assert job.payload["space"] == document()
+    assert job.payload["dataset"].startswith("adapt-qa-reopt@")
+    examples = app.datasets.examples(app.datasets.resolve("adapt-qa-reopt"))
+    assert examples
+    assert {e.toDict()["answer"] for e in examples} == {"5"}  # recent traffic, outputs as labels
+    adaptive.sync()  # still degraded, but a job is pending: no second one
+    assert len(adaptive.repository.events("qa-reopt", kinds=("reoptimize",))) == len(submitted)
+    # A worker finishes the job: its best configuration becomes an arm at the next catch-up.
+    claimed = app.jobs.claim("w-1", kinds=["optimize"])
+    assert claimed is not None
+    assert app.jobs.complete(claimed.id, "w-1", result={"best": {"configuration": RIGHT}, "pareto": []})
+    adaptive.sync()
+    added = [a for a in adaptive.arms.values() if a.source == "reoptimization"]
+    assert [a.configuration["model"] for a in added] == ["scripted/right"]
+    adopted = adaptive.repository.events("qa-reopt", kinds=("reoptimized",))
+    assert adopted[-1].detail is not None
+    assert adopted[-1].detail["added"] == [added[0].arm]
