@@ -419,6 +419,9 @@ def test_openapi_document_is_complete(live: Live) -> None:
         ("/v1/audit", "get"), ("/v1/pools", "get"), ("/v1/sessions", "get"), ("/v1/sessions", "post"), ("/v1/sessions/{session_id}", "get"), ("/v1/sessions/{session_id}", "delete"), ("/v1/sessions/{session_id}/runs", "post"), ("/health", "get"), ("/metrics", "get"),
         ("/v1/executions/{execution_id}/feedback", "post"), ("/v1/executions/{execution_id}/feedback", "get"),
         ("/v1/signals", "get"), ("/v1/signals/stats", "get"),
+        ("/v1/programs/{name}/adaptive", "post"), ("/v1/programs/{name}/adaptive", "get"),
+        ("/v1/programs/{name}/adaptive/{adaptive}", "get"), ("/v1/programs/{name}/adaptive/{adaptive}/runs", "post"),
+        ("/v1/programs/{name}/adaptive/{adaptive}/{action}", "post"),
     }  # fmt: skip
     assert {(path, method) for path, item in paths.items() for method in item} == expected
     for path, method in expected:

@@ -75,6 +75,56 @@ class AdaptiveFreeze(_Strict):
     arm: str | None = Field(None, max_length=64, description="The arm (id or prefix); default: the best now.")
 
 
+class AdaptiveArmOut(BaseModel):
+    arm: str
+    configuration: JsonObject
+    source: str
+    status: Literal["active", "retired"]
+    retired_reason: str | None
+    added_at: str
+    retired_at: str | None
+    posterior_mean: float | None = Field(description="Posterior mean reward (null before any reward).")
+    interval: list[float] = Field(description="A central 95% interval of the posterior.")
+    effective_n: float = Field(description="Rewards weighed by the discount.")
+    served: int
+    rewarded: int
+    mean_reward: float | None
+    error_rate: float | None
+    resets: int = Field(description="How often the change detector reset the arm.")
+    share: float = Field(description="Share of all runs served by the arm.")
+    reasons: dict[str, int] = Field(
+        description="Runs served per reason: exploit, explore, guardrail, frozen."
+    )
+    best: bool
+
+
+class AdaptiveOut(BaseModel):
+    name: str
+    program: str
+    version_id: str | None
+    status: Literal["active", "frozen", "stopped"]
+    frozen_arm: str | None
+    policy: JsonObject
+    reward: JsonObject
+    features: list[JsonObject]
+    reoptimize: JsonObject | None
+    runs: int
+    explore_share: float
+    best_arm: str | None
+    arms: list[AdaptiveArmOut]
+    reward_over_time: list[JsonObject] = Field(description="Mean reward per bucket of consecutive runs.")
+    events: list[JsonObject] = Field(
+        description="Recent resets, retirements, re-optimizations, status changes."
+    )
+
+
+class AdaptiveListed(BaseModel):
+    name: str
+    status: Literal["active", "frozen", "stopped"]
+    frozen_arm: str | None
+    created_at: str
+
+
 class AdaptiveRunOut(BaseModel):
     execution_id: str
     outputs: JsonObject
@@ -114,6 +164,7 @@ def _check_metric(app: App, metric: str | None) -> None:
 @router.post(
     "/{name}/adaptive",
     status_code=201,
+    response_model=AdaptiveOut,
     responses=errors(401, 403, 404, 422),
     summary="Start an adaptive program",
 )
@@ -167,7 +218,12 @@ async def start(
     return JSONResponse(status, status_code=201 if created else 200)
 
 
-@router.get("/{name}/adaptive", responses=errors(401, 403, 404), summary="List adaptive programs")
+@router.get(
+    "/{name}/adaptive",
+    response_model=list[AdaptiveListed],
+    responses=errors(401, 403, 404),
+    summary="List adaptive programs",
+)
 async def list_adaptive(name: ProgramName, request: Request, _p: Principal = Depends(_read)) -> JSONResponse:
     """The adaptive programs serving program ``name``: name, status, frozen arm."""
     app = dspex_of(request)
@@ -188,7 +244,10 @@ async def list_adaptive(name: ProgramName, request: Request, _p: Principal = Dep
 
 
 @router.get(
-    "/{name}/adaptive/{adaptive}", responses=errors(401, 403, 404), summary="Show an adaptive program"
+    "/{name}/adaptive/{adaptive}",
+    response_model=AdaptiveOut,
+    responses=errors(401, 403, 404),
+    summary="Show an adaptive program",
 )
 async def show(
     name: ProgramName, adaptive: AdaptiveName, request: Request, _p: Principal = Depends(_read)
@@ -223,6 +282,7 @@ async def run(
 
 @router.post(
     "/{name}/adaptive/{adaptive}/{action}",
+    response_model=AdaptiveOut,
     responses=errors(401, 403, 404, 422),
     summary="Freeze, unfreeze, stop",
 )
