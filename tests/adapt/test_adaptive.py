@@ -240,3 +240,12 @@ def test_every_arm_degraded_queues_a_reoptimization_whose_best_becomes_an_arm(ap
     adopted = adaptive.repository.events("qa-reopt", kinds=("reoptimized",))
     assert adopted[-1].detail is not None
     assert adopted[-1].detail["added"] == [added[0].arm]
+
+
+def test_bad_inputs_are_not_held_against_an_arm(app: App) -> None:
+    from dspex.errors import ValidationError
+
+    adaptive = app.adapt("qa-in", "qa", space=document(), arms=[RIGHT, WRONG], metric=is_four, lms=lms())
+    with pytest.raises(ValidationError):
+        adaptive.run({"query": "2 + 2?"})
+    assert all(adaptive.state.view(arm).served == 0 for arm in adaptive.arms)

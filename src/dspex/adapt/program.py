@@ -36,7 +36,7 @@ from dspex.adapt.features import MAX_CONTEXTS, Feature, context_of
 from dspex.adapt.policy import Decision, PolicyConfig, PolicyState
 from dspex.adapt.reoptimize import Reoptimize, Reoptimizer
 from dspex.adapt.reward import QualityMetric, Reward, check_quality
-from dspex.errors import ConfigurationError
+from dspex.errors import ConfigurationError, UserError
 from dspex.store.adapt import AdaptiveRecord, AdaptiveRepository, ArmRecord, EventRecord
 from dspex.variables.binding import Bindings, apply
 from dspex.variables.configuration import Configuration
@@ -512,8 +512,8 @@ class AdaptiveProgram:
     def _learn_failure(self, decision: Decision, exc: BaseException, latency_ms: float) -> None:
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
             return  # the caller's doing, not the arm's
-        if isinstance(exc, ConfigurationError) and getattr(exc, "execution_id", None) is None:
-            return  # nothing ran
+        if isinstance(exc, UserError):
+            return  # bad inputs or settings are the caller's doing: no arm is to blame
         execution_id = getattr(exc, "execution_id", None)
         reward = self.reward.combine(0.0, None, latency_ms) if self.reward.quality > 0 else 0.0
         self._append_serve(
