@@ -36,6 +36,13 @@ __all__ = ["canonical_hash", "dumps", "storable", "to_jsonable"]
 _MAX_DEPTH = 32
 
 
+def _fields(value: Any, to_dict: Any) -> Any:
+    """A ``dspy.Example``'s (or ``Prediction``'s) fields. Its own store when it has one: ``toDict`` would
+    convert every nested value in Python (a pydantic ``isinstance`` each), which the caller does anyway."""
+    store = getattr(value, "_store", None)
+    return store if type(store) is dict else to_dict()
+
+
 def to_jsonable(value: Any, _depth: int = 0) -> Any:
     """A JSON-compatible copy of ``value``.
 
@@ -49,13 +56,14 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if _depth > _MAX_DEPTH:
         return {"__repr__": "<nested too deep>"}
     depth = _depth + 1
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v, depth) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
+    kind = type(value)
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):  # exact types skip the ABC check
+        return {k if type(k) is str else str(k): to_jsonable(v, depth) for k, v in value.items()}
+    if kind is list or isinstance(value, tuple | set | frozenset):
         return [to_jsonable(v, depth) for v in value]
     to_dict = getattr(value, "toDict", None)  # dspy.Prediction, dspy.Example
     if callable(to_dict):
-        return to_jsonable(to_dict(), depth)
+        return to_jsonable(_fields(value, to_dict), depth)
     dump = getattr(value, "model_dump", None)  # pydantic models, incl. dspy.Image / dspy.History
     if callable(dump):
         try:
@@ -123,7 +131,7 @@ def _default(value: Any) -> Any:
     # value in Python first. orjson handles dataclasses, datetimes, enums and UUIDs itself.
     to_dict = getattr(value, "toDict", None)
     if callable(to_dict):
-        return to_dict()
+        return _fields(value, to_dict)
     if isinstance(value, set | frozenset):
         return list(value)
     return to_jsonable(value)

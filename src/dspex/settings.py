@@ -281,6 +281,12 @@ class Settings(BaseSettings):
     retention_traces_only: bool = Field(
         False, description="Retention drops the trace payload and keeps the summary row."
     )
+    trace: Literal["full", "lean", "off"] = Field(
+        "full",
+        description="The span tree each run records: full (modules, LM calls with messages, tools, "
+        "adapter format/parse), lean (no adapter spans) or off (no spans; status, inputs, outputs, "
+        "usage and cost are still recorded).",
+    )
     database_url: str | None = Field(
         None, description="Where runs are recorded; default sqlite:///<home>/dspex.db."
     )

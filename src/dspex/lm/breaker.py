@@ -181,6 +181,19 @@ class _LocalCore:
                 given, retry_after, self.state, self.opened_at, self.opens, calls, failures, now, self.reason
             )
 
+    def count_success(self, spec: BreakerSpec, permit: Permit) -> None:
+        """:meth:`step` ``("success")`` for a non-probe permit, without building the outcome nobody reads."""
+        with self._lock:
+            now = self._clock()
+            if (
+                self.state == "open"
+                and self.opened_at is not None
+                and now >= self.opened_at + spec.cooldown_s
+            ):
+                self.state, self.successes = "half_open", 0
+            if permit.epoch == self.epoch:
+                self._record(spec, now, permit, failed=False)
+
     def _before(self, spec: BreakerSpec, now: float) -> tuple[Permit | None, float | None]:
         if self.state == "closed":
             return Permit(probe=False, epoch=self.epoch), None
@@ -438,7 +451,11 @@ class Breaker:
 
     def success(self, permit: Permit) -> None:
         """The call made under ``permit`` succeeded."""
-        self._core.step("success", self.spec, permit)
+        core = self._core
+        if isinstance(core, _LocalCore) and not permit.probe:
+            core.count_success(self.spec, permit)  # the common case: no state to move, nothing to report
+            return
+        core.step("success", self.spec, permit)
 
     def failure(self, permit: Permit) -> None:
         """The call made under ``permit`` failed in a way that counts against the endpoint."""

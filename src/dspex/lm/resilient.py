@@ -40,7 +40,6 @@ reaches ``dspy.Parallel`` threads too; every wait and attempt respects it, and a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import copy
 import random
@@ -51,7 +50,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import dspy
 from dspy.clients.execution import aexecute, execute, finalize, prepare
@@ -60,7 +59,7 @@ from dspy.utils.callback import with_callbacks
 
 from dspex.errors import ConfigurationError, DeadlineExceeded
 from dspex.lm.deadline import DEADLINE_KEY, check_deadline, deadline, deadline_scope, remaining
-from dspex.telemetry.recorder import current_recorder
+from dspex.telemetry.instrument import active, traced
 
 if TYPE_CHECKING:
     from dspex.lm.breaker import Breaker, Breakers, BreakerSpec
@@ -142,9 +141,11 @@ class RetryBudget:
     def call(self) -> None:
         """Count a first attempt."""
         now = time.monotonic()
+        calls = self._calls
         with self._lock:
-            self._trim(now)
-            self._calls.append(now)
+            while calls and calls[0] < now - self.WINDOW_S:  # retries are trimmed when one is spent
+                calls.popleft()
+            calls.append(now)
 
     def spend(self) -> bool:
         """Take one retry if the budget allows it."""
@@ -477,6 +478,8 @@ def _call_before(when: float, fn: Any, *args: Any) -> Any:
 class _Attempts:
     """What one logical LM call tried, for the span and the error message."""
 
+    __slots__ = ("_served", "last", "tried")
+
     def __init__(self) -> None:
         self.tried: list[dict[str, Any]] = []
         self.last: BaseException | None = None
@@ -494,14 +497,10 @@ class _Attempts:
     def served(self, model: str, position: int) -> None:
         self._served = (model, position)
 
-    @contextlib.contextmanager
-    def annotating(self) -> Iterator[None]:
-        """Put what was tried on the call's LM span when the call ends, served or not."""
-        try:
-            yield
-        finally:
-            model, position = self._served if self._served is not None else (None, None)
-            _annotate(model, self, position)
+    def annotate(self) -> None:
+        """Put what was tried on the call's LM span (when the run records spans), served or not."""
+        model, position = self._served if self._served is not None else (None, None)
+        _annotate(model, self, position)
 
     def summary(self) -> str:
         parts = []
@@ -509,6 +508,10 @@ class _Attempts:
             what = t.get("skipped") or t.get("cause") or t.get("error") or "ok"
             parts.append(f"{t['model']}: {what}")
         return "; ".join(parts)
+
+
+# What applies to one model of a chain: its policy, retry budget, rate limiters and breaker.
+_Link: TypeAlias = "tuple[_ModelPolicy, RetryBudget, list[Limiter], Breaker]"
 
 
 class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
@@ -536,6 +539,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     ) -> ResilientLM:
         wrapped: ResilientLM = copy.copy(lm)  # dspy.LM.__copy__: same settings, shared engine pools
         wrapped.__class__ = cls
+        wrapped.__dict__.pop("_dspex_links", None)
         own = wrapped.__dict__.pop("num_retries", None)
         if not isinstance(getattr(lm, "_dspex_retries", None), int):  # a bare fallback already has it
             wrapped._dspex_retries = own
@@ -558,6 +562,7 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
     def __deepcopy__(self, memo: dict[int, Any]) -> ResilientLM:
         # Programs are deep-copied per run; the copy shares this process's resilience and fallbacks.
         new: ResilientLM = copy.copy(self)
+        new.__dict__.pop("_dspex_links", None)
         new.kwargs = copy.deepcopy(self.kwargs, memo)
         new.history = []
         new.callbacks = list(self.callbacks)
@@ -574,10 +579,18 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         chain = " -> ".join((self.model, *self.fallback_names))
         return f"ResilientLM({chain})"
 
-    def _chain(self) -> Iterator[tuple[int, Any, str, _ModelPolicy]]:
-        """The models to try, in order: this LM, then its fallbacks."""
-        for position, lm in enumerate((self, *self.fallbacks)):
-            yield position, lm, lm.model, self._resilience.policy(lm)
+    def _chain(self) -> Iterator[tuple[int, Any, str, _Link]]:
+        """The models to try, in order: this LM, then its fallbacks, each with what applies to it."""
+        links = self.__dict__.get("_dspex_links")
+        if links is None:  # the same for every call of this LM: worked out once (copies start afresh)
+            links = [self._link(lm) for lm in (self, *self.fallbacks)]
+            self.__dict__["_dspex_links"] = links
+        for position, (lm, link) in enumerate(zip((self, *self.fallbacks), links, strict=True)):
+            yield position, lm, lm.model, link
+
+    def _link(self, lm: Any) -> _Link:
+        policy = self._resilience.policy(lm)
+        return (policy, *self._setup(policy))
 
     def _go_on(self, attempts: _Attempts) -> bool:
         """Whether the last model's failure is one that moves the call to the next model."""
@@ -613,33 +626,38 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         return _NEXT
 
     # -- sync ---------------------------------------------------------------------------------------
+    @traced("lm")  # it overrides BaseLM.__call__, which the instrumentation wraps: its own LM span
     @with_callbacks  # type: ignore[untyped-decorator]
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         attempts = _Attempts()
-        with attempts.annotating():
-            for position, lm, model, policy in self._chain():
-                outcome = self._try_model(lm, model, policy, attempts, prompt, messages, kwargs)
+        try:
+            for position, lm, model, link in self._chain():
+                outcome = self._try_model(lm, model, link, attempts, prompt, messages, kwargs)
                 if outcome is not _NEXT:
                     attempts.served(model, position)
                     return outcome
                 if not self._go_on(attempts):
                     break
             raise _final(attempts)
+        finally:
+            attempts.annotate()
 
     def _try_model(
         self,
         lm: Any,
         model: str,
-        policy: _ModelPolicy,
+        link: _Link,
         attempts: _Attempts,
         prompt: Any,
         messages: Any,
         kwargs: dict[str, Any],
     ) -> Any:
-        budget, limiters, breaker = self._setup(policy)
+        policy, budget, limiters, breaker = link
         attempt = 0
         while True:
-            check_deadline(f"an LM call to {model}")
+            when = deadline()
+            if when is not None:
+                check_deadline(f"an LM call to {model}")
             call = prepare(lm, prompt, messages, kwargs)
             lease = _acquire(limiters, _estimate_tokens(call), model) if limiters else None
             try:
@@ -651,7 +669,6 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
             if attempt == 0:
                 budget.call()
             try:
-                when = deadline()
                 result = execute(lm, call) if when is None else _call_before(when, execute, lm, call)
             except Exception as exc:
                 (breaker.failure if failure_cause(exc) is not None else breaker.success)(permit)
@@ -695,33 +712,38 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         return delay
 
     # -- async --------------------------------------------------------------------------------------
+    @traced("lm")
     @with_callbacks  # type: ignore[untyped-decorator]
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         attempts = _Attempts()
-        with attempts.annotating():
-            for position, lm, model, policy in self._chain():
-                outcome = await self._atry_model(lm, model, policy, attempts, prompt, messages, kwargs)
+        try:
+            for position, lm, model, link in self._chain():
+                outcome = await self._atry_model(lm, model, link, attempts, prompt, messages, kwargs)
                 if outcome is not _NEXT:
                     attempts.served(model, position)
                     return outcome
                 if not self._go_on(attempts):
                     break
             raise _final(attempts)
+        finally:
+            attempts.annotate()
 
     async def _atry_model(
         self,
         lm: Any,
         model: str,
-        policy: _ModelPolicy,
+        link: _Link,
         attempts: _Attempts,
         prompt: Any,
         messages: Any,
         kwargs: dict[str, Any],
     ) -> Any:
-        budget, limiters, breaker = self._setup(policy)
+        policy, budget, limiters, breaker = link
         attempt = 0
         while True:
-            check_deadline(f"an LM call to {model}")
+            when = deadline()
+            if when is not None:
+                check_deadline(f"an LM call to {model}")
             call = prepare(lm, prompt, messages, kwargs, asynchronous=True)
             lease = await _aacquire(limiters, _estimate_tokens(call), model) if limiters else None
             try:
@@ -829,7 +851,7 @@ def _next_in_chain(lm: Any) -> Any:
 
 
 def _parse_failed(lm: Any, nxt: Any, exc: BaseException) -> None:
-    recorder = current_recorder()
+    recorder = active()
     if recorder is not None:
         now = time.perf_counter()
         recorder.add_span(
@@ -898,13 +920,13 @@ def _wait_span(t0: float, reason: str, model: str, **attrs: Any) -> None:
     t1 = time.perf_counter()
     if t1 - t0 < _WAIT_SPAN_S:
         return
-    recorder = current_recorder()
+    recorder = active()
     if recorder is not None:
         recorder.add_span("wait", reason, t0, t1, model=model, reason=reason, **attrs)
 
 
 def _annotate(served_by: str | None, attempts: _Attempts, position: int | None) -> None:
-    recorder = current_recorder()
+    recorder = active()
     if recorder is None:
         return
     info: dict[str, Any] = {"served_by": served_by, "tried": attempts.tried}

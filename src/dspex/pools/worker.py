@@ -107,7 +107,8 @@ class _Worker:
         if message.get("initializer"):  # operator configuration ([pools.NAME] initializer), never a request
             ToolRegistry(allow_import_paths=True).resolve(message["initializer"], what="pool initializer")()
         # The caller records the run and exports its spans (the task's traceparent names the run's span).
-        self.app = App(settings, record=False, telemetry=False)
+        # The caller records and exports the run, from the span tree this worker sends back.
+        self.app = App(settings, record=False, telemetry=False, trace=settings.trace)
         return float(message.get("heartbeat_s") or 0.5)
 
     def program(self, ref: dict[str, Any]) -> tuple[Any, str, str]:

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from dspex.store.jobs import JobRepository
     from dspex.store.keys import ApiKeyRepository
     from dspex.store.optimizations import OptimizationRepository
+    from dspex.telemetry.instrument import TraceLevel
     from dspex.telemetry.monitor import Signals
     from dspex.telemetry.otel import Telemetry
     from dspex.telemetry.signals import Thresholds
@@ -111,8 +112,12 @@ class App:
         record: bool = True,
         tools: ToolRegistry | None = None,
         telemetry: Telemetry | bool | None = None,
+        trace: TraceLevel | None = None,
     ) -> None:
         self.settings = settings or Settings.load()
+        # The span tree each run keeps (dspex.telemetry.instrument); None: the settings' level when
+        # something reads it (the record, telemetry), else none.
+        self._trace = trace
         # OpenTelemetry export (dspex.telemetry.otel): None builds it from the settings on first use.
         self._telemetry: Telemetry | None = telemetry if not isinstance(telemetry, bool) else None
         self._telemetry_ready = telemetry is not None and telemetry is not True
@@ -231,12 +236,24 @@ class App:
         return self._telemetry
 
     @property
+    def trace_level(self) -> TraceLevel:
+        """The span tree runs record: ``full``, ``lean`` or ``off`` (see :mod:`dspex.telemetry.instrument`)."""
+        if self._trace is not None:
+            return self._trace
+        if self.record or self.telemetry is not None:
+            return self.settings.trace
+        return "off"
+
+    @property
     def resilience(self) -> Resilience:
         """Rate limits, circuit breakers, retries and fallbacks of every LM call a run makes
         (``[resilience]``; :mod:`dspex.lm.resilient`); ``status()`` for the breakers and limits."""
-        self.models  # noqa: B018  # builds both
-        assert self._resilience is not None
-        return self._resilience
+        resilience = self._resilience
+        if resilience is None:
+            self.models  # noqa: B018  # builds both
+            resilience = self._resilience
+            assert resilience is not None
+        return resilience
 
     def spec_policy(self, trust: Trust = "untrusted") -> SpecPolicy:
         """What a spec may name: ``untrusted`` (received over the API) names only :attr:`tools` and

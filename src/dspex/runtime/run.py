@@ -2,7 +2,8 @@
 
 :class:`_Run` is what :meth:`App.run`, :meth:`App.arun` and :class:`~dspex.runtime.stream.RunStream` share:
 it submits the ``running`` record, validates the inputs against what the program takes, executes the
-program under ``dspy.context(lm=..., callbacks=[..., recorder])`` and writes the terminal record.
+program under ``dspy.context(lm=..., usage_tracker=recorder, dspex_recorder=recorder)`` (the spans come
+from :mod:`dspex.telemetry.instrument`, not DSPy's callbacks) and writes the terminal record.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import dspy
 
 from dspex.errors import (
     ConfigurationError,
@@ -29,8 +32,10 @@ from dspex.lm.deadline import DEADLINE_KEY, deadline
 from dspex.modules._interface import check_inputs, input_interface
 from dspex.modules._introspect import acall_module
 from dspex.store.executions import ExecutionStatus, current_runner, utcnow
+from dspex.telemetry import instrument
 from dspex.telemetry.context import RunTrace, current_trace, new_span_id
 from dspex.telemetry.recorder import RunRecorder, error_info
+from dspex.variables.binding import FALLBACKS_ATTRIBUTE
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
@@ -92,8 +97,6 @@ class _Run:
         durability: Durability = "async",
         placement: dict[str, Any] | None = None,
     ) -> None:
-        import dspy
-
         self.app = app
         self.durability = durability
         self.program = program
@@ -103,7 +106,9 @@ class _Run:
         # (dspy.context / dspy.configure), else the App's; predictors carrying their own LM use it anyway.
         # A run placed on a pool runs on the worker's LM (its initializer's, else the settings').
         if lm is None and not isinstance(program, str):
-            lm = dspy.settings.lm if dspy.settings.lm is not None else app.default_lm(program)
+            lm = dspy.settings.lm
+            if lm is None:
+                lm = app.default_lm(program)
         self.lm = lm
         self.id = str(uuid.uuid4())
         self.started_at = utcnow()
@@ -113,6 +118,7 @@ class _Run:
             prices=app.prices, parent_tracker=dspy.settings.usage_tracker, _t0=self.t0
         )
         self.t0_monotonic = time.monotonic()
+        self.level = app.trace_level  # the span tree it keeps (dspex.telemetry.instrument)
         # Which trace the run belongs to: exported when telemetry is on; with it off, a caller's trace
         # (traceparent) is still recorded.
         self.telemetry = app.telemetry
@@ -140,7 +146,9 @@ class _Run:
         self.error: dict[str, Any] | None = None
         self.duration_ms = 0.0
         self.too_large: ValidationError | None = None
-        size = len(dumps(self.inputs).encode("utf-8"))
+        text = dumps(self.inputs)
+        # UTF-8 takes at most 4 bytes a character: only text that could be over the limit is encoded.
+        size = len(text) if len(text) * 4 <= app.settings.max_input_bytes else len(text.encode("utf-8"))
         if size > app.settings.max_input_bytes:
             limit = app.settings.max_input_bytes
             self.too_large = ValidationError(
@@ -161,22 +169,25 @@ class _Run:
         self.deadline = self.t0_monotonic + float(timeout)
 
     def _context(self) -> Any:
-        import dspy
-
-        callbacks = [*dspy.settings.callbacks, self.recorder]
         lm = self.lm
         extra: dict[str, Any] = {}
         resilience = self.app.resilience
         if lm is not None:
-            from dspex.variables.binding import FALLBACKS_ATTRIBUTE
-
             # A configured copy may carry its own chain (a fallbacks variable), else the program's settings.
             chain = getattr(self.program, FALLBACKS_ATTRIBUTE, None)
             lm = resilience.wrap(lm, program=self.base["program"], fallbacks=chain)
+        adapter = None
         if resilience.config.enabled and "parse" in resilience.config.fallback_on:
             from dspex.lm.resilient import parse_fallback_adapter
 
-            extra["adapter"] = parse_fallback_adapter(dspy.settings.adapter)
+            adapter = parse_fallback_adapter(dspy.settings.adapter)
+        if self.level != "off":  # spans: the instrumentation finds the recorder in the run's context
+            instrument.install()
+            extra[instrument.RECORDER_KEY] = self.recorder
+            if self.level == "full":
+                adapter = instrument.recording_adapter(adapter or dspy.settings.adapter)
+        if adapter is not None:
+            extra["adapter"] = adapter
         when, outer = self.deadline, deadline()  # a run inside another keeps the earlier deadline
         if outer is not None:
             when = outer if when is None else min(when, outer)
@@ -184,9 +195,7 @@ class _Run:
             extra[DEADLINE_KEY] = when
         # DSPy's per-module and per-LM history grows without bound in a long-lived process; the
         # execution record keeps what it held, so runs leave it off.
-        return dspy.context(
-            lm=lm, callbacks=callbacks, usage_tracker=self.recorder, disable_history=True, **extra
-        )
+        return dspy.context(lm=lm, usage_tracker=self.recorder, disable_history=True, **extra)
 
     def _validated(self) -> dict[str, Any]:
         return check_inputs(_input_interface(self.program), self.inputs)
@@ -247,6 +256,7 @@ class _Run:
         self.status, self.error, self.duration_ms = status, error, duration_ms
         if self.writer is not None:
             recorder, base, ended_at = self.recorder, self.base, utcnow()
+            spans = self.level != "off"
 
             def row() -> dict[str, Any]:  # built on the writer thread, off the caller's path
                 return {
@@ -259,7 +269,7 @@ class _Run:
                     "usage": recorder.usage or None,
                     "total_tokens": recorder.total_tokens,
                     "cost_usd": recorder.cost_usd,
-                    "trace": recorder.trace(),
+                    "trace": recorder.trace() if spans else None,  # trace "off": no span tree
                 }
 
             self.writer.submit(row)
@@ -346,7 +356,7 @@ class _Run:
             "usage": self.recorder.usage or None,
             "total_tokens": self.recorder.total_tokens,
             "cost_usd": self.recorder.cost_usd,
-            "trace": self.recorder.trace(),
+            "trace": self.recorder.trace() if self.level != "off" else None,
             "started_at": self.started_at.isoformat(),  # where the worker's span times start
         }
         if shown is not None:

@@ -1,19 +1,22 @@
-"""One run's trace: DSPy callback events turned into a tree of spans, with usage and cost per LM call.
+"""One run's trace: a tree of spans, with usage and cost per LM call.
 
-A :class:`RunRecorder` is created per run and handed to DSPy twice, through its supported hooks::
+A :class:`RunRecorder` is created per run. :mod:`dspex.telemetry.instrument` finds it in the run's
+``dspy.context`` and calls :meth:`RunRecorder.open` / :meth:`RunRecorder.close` around every module,
+LM call, tool, evaluation (and, at the ``full`` level, adapter format/parse); DSPy also gets it as the
+run's usage tracker::
 
     recorder = RunRecorder(prices=prices)
-    with dspy.context(callbacks=[*callbacks, recorder], usage_tracker=recorder):
+    with dspy.context(usage_tracker=recorder, dspex_recorder=recorder):
         prediction = program(**inputs)
     recorder.trace()      # JSON: {"v": 1, "spans": [...]}
     recorder.usage        # {"openai/gpt-4o-mini": {"prompt_tokens": ..., "calls": 2, ...}}
 
-As a callback it opens a span on every ``on_*_start`` (module, LM call, adapter format/parse, tool,
-evaluate) and closes it on the matching ``on_*_end``; the parent of a span is the span open in the
-same context when it started (a ``ContextVar``, so threads started by ``dspy.Parallel`` and asyncio
-tasks nest correctly). As the usage tracker (DSPy calls ``add_usage(model, usage)`` inside each LM
-call) it attaches token counts and cost to the LM span that is open, and sums them per model. A
-tracker that was active before the run (``dspy.track_usage()``) still receives every entry.
+The parent of a span is the span open in the same context when it started (a ``ContextVar``, so
+asyncio tasks nest correctly; a span started in a ``dspy.Parallel`` worker thread goes under the run's
+root span). As the usage tracker (DSPy calls ``add_usage(model, usage)`` inside each LM call) it
+attaches token counts and cost to the LM span that is open, and sums them per model. A tracker that was
+active before the run (``dspy.track_usage()``) still receives every entry. At the ``off`` trace level
+the run leaves the recorder out of the context under ``dspex_recorder``: it then keeps the usage only.
 
 Payloads (inputs, outputs, messages) are kept by reference and converted to JSON only when
 :meth:`trace` is called, which the background writer does off the caller's path.
@@ -26,8 +29,6 @@ import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from dspy.utils.callback import BaseCallback
 
 from dspex.lm.pricing import Prices
 from dspex.telemetry.usage import UsageTotals
@@ -78,7 +79,22 @@ class Span:
         return data
 
 
+_PLAIN: set[type] = set()  # classes with no ``model`` or ``name`` attribute of their own (only instances')
+
+
 def _name(instance: Any) -> str:
+    """A span's name: the LM's model, else the instance's ``name`` (a tool, a pipeline step), else its class."""
+    own = getattr(instance, "__dict__", None)
+    if own is not None:  # DSPy keeps these on the instance: reading its dict skips Module.__getattribute__
+        value = own.get("model") or own.get("name")
+        if value:
+            return str(value)
+        cls = type(instance)
+        if cls in _PLAIN:
+            return cls.__name__
+        if not hasattr(cls, "model") and not hasattr(cls, "name"):
+            _PLAIN.add(cls)
+            return cls.__name__
     return str(getattr(instance, "model", None) or getattr(instance, "name", None) or type(instance).__name__)
 
 
@@ -94,15 +110,17 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     return info
 
 
+Opened = tuple[int, Token[tuple[int, int] | None]]  # what open() returns and close() takes
+
+
 @dataclass(eq=False)
-class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is untyped
+class RunRecorder:
     """Collects the spans, usage and cost of one run. See the module docstring."""
 
     prices: Prices | None = None
     parent_tracker: Any = None
     spans: list[Span] = field(default_factory=list)
     _usage: UsageTotals = field(init=False)
-    _open: dict[str, tuple[int, Token[tuple[int, int] | None]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _t0: float = field(default_factory=time.perf_counter)
 
@@ -110,24 +128,25 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
         self._usage = UsageTotals(prices=self.prices, parent=self.parent_tracker)
 
     # -- spans -----------------------------------------------------------------------------------
-    def _start(self, call_id: str, kind: SpanKind, instance: Any, inputs: Any) -> None:
+    def open(self, kind: SpanKind, instance: Any, inputs: Any) -> Opened:
+        """Start a span under the innermost open one; hand what this returns to :meth:`close`."""
         current = _open_span.get()
         parent = current[1] if current is not None and current[0] == id(self) else None
         now = (time.perf_counter() - self._t0) * 1000
+        span = Span(0, parent, kind, _name(instance), now, inputs=inputs)
+        if kind == "lm":
+            span.model = getattr(instance, "model", None)
         with self._lock:
             if parent is None and self.spans and self.spans[0].end_ms is None:
                 # Started in a thread our context did not reach (dspy.Parallel copies only DSPy's own
                 # settings into its workers): it still belongs to the run, under its root span.
-                parent = 0
-            index = len(self.spans)
-            self.spans.append(Span(index, parent, kind, _name(instance), now, inputs=inputs))
-        token = _open_span.set((id(self), index))
-        self._open[call_id] = (index, token)
+                span.parent = 0
+            span.index = index = len(self.spans)
+            self.spans.append(span)
+        return index, _open_span.set((id(self), index))
 
-    def _end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
-        opened = self._open.pop(call_id, None)
-        if opened is None:  # an end without a start (callbacks added mid-call): nothing to close
-            return
+    def close(self, opened: Opened, outputs: Any, exception: BaseException | None) -> None:
+        """End the span :meth:`open` started."""
         index, token = opened
         try:
             _open_span.reset(token)
@@ -142,50 +161,6 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
     def _parent_key(self, index: int) -> tuple[int, int] | None:
         parent = self.spans[index].parent
         return None if parent is None else (id(self), parent)
-
-    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._start(call_id, "module", instance, inputs.get("kwargs", inputs))
-
-    def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        self._end(call_id, outputs, exception)
-
-    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        payload = {"messages": inputs.get("messages"), "prompt": inputs.get("prompt")}
-        if inputs.get("kwargs"):
-            payload["kwargs"] = inputs["kwargs"]
-        self._start(call_id, "lm", instance, payload)
-        self.spans[self._open[call_id][0]].model = getattr(instance, "model", None)
-
-    def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        self._end(call_id, outputs, exception)
-
-    def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._start(call_id, "adapter_format", instance, None)
-
-    def on_adapter_format_end(
-        self, call_id: str, outputs: Any, exception: BaseException | None = None
-    ) -> None:
-        self._end(call_id, None, exception)
-
-    def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._start(call_id, "adapter_parse", instance, {"completion": inputs.get("completion")})
-
-    def on_adapter_parse_end(
-        self, call_id: str, outputs: Any, exception: BaseException | None = None
-    ) -> None:
-        self._end(call_id, outputs, exception)
-
-    def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._start(call_id, "tool", instance, inputs)
-
-    def on_tool_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        self._end(call_id, outputs, exception)
-
-    def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._start(call_id, "evaluate", instance, None)
-
-    def on_evaluate_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        self._end(call_id, outputs, exception)
 
     # -- what other layers add (resilience) ------------------------------------------------------------
     def _innermost(self, kind: SpanKind) -> Span | None:
@@ -272,8 +247,7 @@ class RunRecorder(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is
 
 
 def current_recorder() -> RunRecorder | None:
-    """The recorder of the run this code executes in (DSPy's usage tracker there), or None."""
-    import dspy
+    """The recorder of the run this code executes in, when that run records spans; else None."""
+    from dspex.telemetry.instrument import active
 
-    tracker = dspy.settings.usage_tracker
-    return tracker if isinstance(tracker, RunRecorder) else None
+    return active()

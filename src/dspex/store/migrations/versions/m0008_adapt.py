@@ -69,7 +69,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "adaptive_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("adaptive", sa.String(200), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("arm", sa.String(64), nullable=True),
