@@ -31,9 +31,33 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical_hash", "dumps", "storable", "to_jsonable"]
+__all__ = ["EncodedJSON", "canonical_hash", "dumps", "encoded", "storable", "to_jsonable"]
 
 _MAX_DEPTH = 32
+
+
+class EncodedJSON:
+    """JSON text :func:`dumps` already produced, carried as a value: encoded again, it is embedded as is.
+
+    A run's record is encoded when the run ends, so the objects it describes (spans, predictions, LM
+    messages) die with the run instead of surviving, until the background writer gets to them, into the
+    garbage collector's older generations (whose full passes then cost more than the encoding).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"EncodedJSON({self.text[:60]!r})"
+
+
+def encoded(value: Any) -> EncodedJSON | None:
+    """``value`` encoded now (None stays None, an :class:`EncodedJSON` stays as it is)."""
+    if value is None or type(value) is EncodedJSON:
+        return value
+    return EncodedJSON(dumps(value))
 
 
 def _fields(value: Any, to_dict: Any) -> Any:
@@ -57,6 +81,8 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return {"__repr__": "<nested too deep>"}
     depth = _depth + 1
     kind = type(value)
+    if kind is EncodedJSON:
+        return json.loads(value.text)
     if kind is dict or (kind is not list and isinstance(value, Mapping)):  # exact types skip the ABC check
         return {k if type(k) is str else str(k): to_jsonable(v, depth) for k, v in value.items()}
     if kind is list or isinstance(value, tuple | set | frozenset):
@@ -129,6 +155,8 @@ def _repaired(value: Any, *, ints_as_text: bool, _depth: int = 0) -> Any:
 def _default(value: Any) -> Any:
     # One level only: the encoder recurses into what this returns, far faster than converting the whole
     # value in Python first. orjson handles dataclasses, datetimes, enums and UUIDs itself.
+    if type(value) is EncodedJSON:
+        return orjson.Fragment(value.text)
     to_dict = getattr(value, "toDict", None)
     if callable(to_dict):
         return _fields(value, to_dict)

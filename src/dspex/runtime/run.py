@@ -27,7 +27,7 @@ from dspex.errors import (
     ValidationError,
     WorkerError,
 )
-from dspex.jsonable import dumps, to_jsonable
+from dspex.jsonable import EncodedJSON, dumps, encoded, to_jsonable
 from dspex.lm.deadline import DEADLINE_KEY, deadline
 from dspex.modules._interface import check_inputs, input_interface
 from dspex.modules._introspect import acall_module
@@ -158,7 +158,13 @@ class _Run:
             self.base["inputs"] = {"__omitted__": {"reason": "too_large", "bytes": size, "limit": limit}}
         self.writer = app._open().writer if app.record else None
         if self.writer is not None:
-            self.writer.submit({**self.base, "status": "running"})
+            # The inputs and variables encoded once, for both records (see _end); the rest of base may still
+            # change (a session, an adaptive arm) before the run ends.
+            self._encoded = {
+                "inputs": EncodedJSON(text) if self.too_large is None else self.base["inputs"],
+                "variables": encoded(self.base["variables"]),
+            }
+            self.writer.submit({**self.base, **self._encoded, "status": "running"})
 
     def set_timeout(self, timeout: float | None) -> None:
         """End the run ``timeout`` seconds after it started (``DeadlineExceeded`` at the next boundary)."""
@@ -255,24 +261,25 @@ class _Run:
         duration_ms = (time.perf_counter() - self.t0) * 1000
         self.status, self.error, self.duration_ms = status, error, duration_ms
         if self.writer is not None:
-            recorder, base, ended_at = self.recorder, self.base, utcnow()
-            spans = self.level != "off"
-
-            def row() -> dict[str, Any]:  # built on the writer thread, off the caller's path
-                return {
-                    **base,
+            # Encoded now, not on the writer thread: the run's objects (spans, predictions, messages) then
+            # die with the run instead of waiting in the writer's buffer, where they outlive the garbage
+            # collector's young generation and make its full passes slower than this encoding is.
+            recorder = self.recorder
+            self.writer.submit(
+                {
+                    **self.base,
+                    **self._encoded,
                     "status": status,
-                    "outputs": outputs,
+                    "outputs": encoded(outputs),
                     "error": error,
-                    "ended_at": ended_at,
+                    "ended_at": utcnow(),
                     "duration_ms": duration_ms,
-                    "usage": recorder.usage or None,
+                    "usage": encoded(recorder.usage or None),
                     "total_tokens": recorder.total_tokens,
                     "cost_usd": recorder.cost_usd,
-                    "trace": recorder.trace() if spans else None,  # trace "off": no span tree
+                    "trace": encoded(recorder.trace()) if self.level != "off" else None,
                 }
-
-            self.writer.submit(row)
+            )
         if self.telemetry is not None and self.trace is not None:
             self._export(status, error, duration_ms, self.recorder, outputs)
         return duration_ms

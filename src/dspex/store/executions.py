@@ -29,10 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dspex.errors import ConfigurationError
-from dspex.jsonable import storable
+from dspex.jsonable import EncodedJSON, dumps, storable
 from dspex.store._engine import Database
 from dspex.store._time import aware, utcnow
-from dspex.store.schema import executions, recorders
+from dspex.store.schema import JSON, executions, recorders
 
 __all__ = [
     "ExecutionFilter",
@@ -49,6 +49,7 @@ TERMINAL: tuple[ExecutionStatus, ...] = ("succeeded", "failed", "cancelled", "ab
 _COLUMNS = tuple(c.name for c in executions.columns)
 _SUMMARY_COLUMNS = tuple(c for c in executions.columns if c.name != "trace")
 _JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace", "placement", "adaptation")
+_JSON_SET = frozenset(c.name for c in executions.columns if c.type is JSON)  # the columns bound as JSON text
 
 
 _runner: tuple[int, str] | None = None
@@ -166,11 +167,19 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
 
 
+def _bound(name: str, value: Any) -> Any:
+    """A column's value as the upsert binds it: JSON columns as JSON text (None: SQL NULL)."""
+    if value is None or name not in _JSON_SET:
+        return value
+    return value.text if type(value) is EncodedJSON else dumps(value)
+
+
 class ExecutionRepository:
     """Reads and writes the ``executions`` table. Thread-safe (each call takes its own connection)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._upsert: Any = None
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows, or replace the ones whose id exists, in one statement (ids must be distinct).
@@ -179,17 +188,34 @@ class ExecutionRepository:
         """
         if not rows:
             return
-        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        stmt = insert(executions)
-        # A "running" row never replaces an ended one: a start record replayed late (from the spill file,
-        # after a database outage) must not turn a finished run back into a running, then abandoned, one.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["id"],
-            set_={name: stmt.excluded[name] for name in _COLUMNS if name != "id"},
-            where=sa.or_(executions.c.status == "running", stmt.excluded.status != "running"),
-        )
+        # JSON columns are encoded here (or were, when the run ended: EncodedJSON) by the store's encoder:
+        # the statement binds them as text, so SQLAlchemy runs no JSON processor per value of every row.
+        params = [{f"p_{name}": _bound(name, row.get(name)) for name in _COLUMNS} for row in rows]
         with self.db.write() as connection:
-            connection.execute(stmt, [{name: row.get(name) for name in _COLUMNS} for row in rows])
+            connection.execute(self._upsert_statement(), params)
+
+    def _upsert_statement(self) -> Any:
+        """The upsert, built once per repository (statements are immutable and reusable)."""
+        statement = self._upsert
+        if statement is None:
+            pg = self.db.dialect == "postgresql"
+            values: dict[str, Any] = {}
+            for column in executions.columns:
+                if column.name in _JSON_SET:  # JSON text: SQLite stores it as is, PostgreSQL casts it
+                    text = sa.bindparam(f"p_{column.name}", type_=sa.Text)
+                    values[column.name] = sa.cast(text, postgresql.JSONB) if pg else text
+                else:
+                    values[column.name] = sa.bindparam(f"p_{column.name}", type_=column.type)
+            insert = (postgresql.insert if pg else sqlite.insert)(executions).values(values)
+            # A "running" row never replaces an ended one: a start record replayed late (from the spill
+            # file, after a database outage) must not turn a finished run back into a running, then
+            # abandoned, one.
+            statement = self._upsert = insert.on_conflict_do_update(
+                index_elements=["id"],
+                set_={name: insert.excluded[name] for name in _COLUMNS if name != "id"},
+                where=sa.or_(executions.c.status == "running", insert.excluded.status != "running"),
+            )
+        return statement
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
         """One execution with its trace, by its id or a unique prefix of at least 6 characters; or None.

@@ -72,10 +72,17 @@ class Span:
             "inputs": self.inputs,
             "outputs": self.outputs,
         }
-        for key in ("error", "model", "usage", "cost_usd", "attrs"):
-            value = getattr(self, key)
-            if value is not None:
-                data[key] = value
+        # Only what is set, spelled out: this runs for every span of every recorded run.
+        if self.error is not None:
+            data["error"] = self.error
+        if self.model is not None:
+            data["model"] = self.model
+        if self.usage is not None:
+            data["usage"] = self.usage
+        if self.cost_usd is not None:
+            data["cost_usd"] = self.cost_usd
+        if self.attrs is not None:
+            data["attrs"] = self.attrs
         return data
 
 
