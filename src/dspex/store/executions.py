@@ -167,6 +167,11 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
 
 
+# 'running' as a literal, not a bound parameter: the sweep's partial indexes (status = 'running') are
+# usable only when the query's condition visibly implies theirs.
+_RUNNING = sa.literal_column("'running'")
+
+
 def _bound(name: str, value: Any) -> Any:
     """A column's value as the upsert binds it: JSON columns as JSON text (None: SQL NULL)."""
     if value is None or name not in _JSON_SET:
@@ -316,14 +321,14 @@ class ExecutionRepository:
         with self.db.read() as connection:
             legacy = connection.execute(
                 sa.select(c.id, c.runner, c.started_at).where(
-                    c.status == "running", c.recorder_id.is_(None), c.runner.like(f"{host}:%")
+                    c.status == _RUNNING, c.recorder_id.is_(None), c.runner.like(f"{host}:%")
                 )
             ).all()
             leased = connection.execute(
                 sa.select(c.id, c.runner, c.started_at, c.recorder_id)
                 .select_from(executions.outerjoin(recorders, r.id == c.recorder_id))
                 .where(
-                    c.status == "running",
+                    c.status == _RUNNING,
                     c.recorder_id.is_not(None),
                     sa.or_(r.id.is_(None), r.closed_at.is_not(None), r.lease_expires_at <= now),
                 )
