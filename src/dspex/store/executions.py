@@ -169,7 +169,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 # 'running' as a literal, not a bound parameter: the sweep's partial indexes (status = 'running') are
 # usable only when the query's condition visibly implies theirs.
-_RUNNING = sa.literal_column("'running'")
+_RUNNING: sa.ColumnElement[str] = sa.literal_column("'running'")
 
 
 def _bound(name: str, value: Any) -> Any:
