@@ -163,6 +163,7 @@ class _Run:
             self._encoded = {
                 "inputs": EncodedJSON(text) if self.too_large is None else self.base["inputs"],
                 "variables": encoded(self.base["variables"]),
+                "recorder_id": self.writer.recorder_id,  # what the writer would otherwise copy each row for
             }
             self.writer.submit({**self.base, **self._encoded, "status": "running"})
 
