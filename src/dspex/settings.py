@@ -281,6 +281,11 @@ class Settings(BaseSettings):
     retention_traces_only: bool = Field(
         False, description="Retention drops the trace payload and keeps the summary row."
     )
+    signals: dict[str, float] = Field(
+        default_factory=dict,
+        description="[signals]: the live signals' window and detector thresholds by name (window_s, "
+        "latency_z, error_z, quality_min_drop, cost_h...; dspex.telemetry.signals.Thresholds).",
+    )
     trace: Literal["full", "lean", "off"] = Field(
         "full",
         description="The span tree each run records: full (modules, LM calls with messages, tools, "
@@ -365,6 +370,31 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """``database_url``, or the SQLite file under ``home``."""
         return self.database_url or f"sqlite:///{self.home / 'dspex.db'}"
+
+    @pydantic.field_validator("signals")
+    @classmethod
+    def _known_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        from dspex.telemetry.signals import Thresholds
+
+        fields = Thresholds.__dataclass_fields__
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"unknown signal threshold(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
+            )
+        typed: dict[str, float] = {}
+        for name, number in value.items():
+            if fields[name].type in (int, "int"):  # counts: whole numbers
+                if not float(number).is_integer():
+                    raise ValueError(f"signal threshold {name} is a whole number, got {number!r}")
+                typed[name] = int(number)
+            else:
+                typed[name] = number
+        try:
+            Thresholds(**typed)  # type: ignore[arg-type]  # each a finite number > 0
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from exc
+        return typed
 
     @classmethod
     def load(cls, project_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ import math
 import random
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -328,6 +329,25 @@ def test_thresholds_are_checked() -> None:
         Thresholds(latency_z=math.nan)
     with pytest.raises(ConfigurationError, match="trend_buckets"):
         Thresholds(trend_buckets=2)
+
+
+def test_thresholds_come_from_the_signals_table_of_dspex_toml(tmp_path: Path) -> None:
+    project = tmp_path / "dspex.toml"
+    project.write_text("[signals]\nlatency_z = 5.0\nwindow_runs = 200\n")
+    settings = Settings.load(project, home=tmp_path, database_url=f"sqlite:///{tmp_path}/dspex.db")
+    with App(settings, record=False) as app:
+        thresholds = app.signals.thresholds
+    assert thresholds.latency_z == 5.0
+    assert thresholds.window_runs == 200
+    assert thresholds.error_z == Thresholds().error_z  # the rest keep their defaults
+    project.write_text("[signals]\nlatency = 5.0\n")
+    with pytest.raises(
+        ConfigurationError, match=r"unknown signal threshold\(s\) latency; valid: .*latency_z"
+    ):
+        Settings.load(project, home=tmp_path)
+    project.write_text("[signals]\nwindow_runs = 2.5\n")
+    with pytest.raises(ConfigurationError, match="window_runs is a whole number"):
+        Settings.load(project, home=tmp_path)
 
 
 # -- the statistics -------------------------------------------------------------------------------------

@@ -319,8 +319,8 @@ class App:
     @property
     def signals(self) -> Signals:
         """Live signals over this App's records (:mod:`dspex.telemetry.signals`): rolling statistics,
-        trends and anomalies per program, version, model and variable configuration, with the default
-        thresholds. One monitor per App, shared by its users (the service's ``/v1/signals`` and
+        trends and anomalies per program, version, model and variable configuration, with the settings'
+        thresholds (``[signals]``, else the defaults). One monitor per App, shared by its users (the service's ``/v1/signals`` and
         ``/metrics``); ``poll()`` reads what is new. :meth:`open_signals` makes one with other thresholds."""
         if self._signals is None:
             signals = self.open_signals()
@@ -392,7 +392,10 @@ class App:
         """
         from dspex.store.outcomes import OutcomeRepository
         from dspex.telemetry.monitor import Signals
+        from dspex.telemetry.signals import Thresholds
 
+        if thresholds is None:  # the settings' [signals] table over the defaults
+            thresholds = Thresholds(**self.settings.signals)  # type: ignore[arg-type]  # checked at load
         return Signals(OutcomeRepository(self._open().db), thresholds, **options)
 
     @staticmethod
