@@ -101,3 +101,27 @@ def test_a_pooled_run_is_exported_once_by_the_caller_with_the_workers_spans_unde
     assert lm.attributes is not None
     assert lm.attributes["gen_ai.usage.input_tokens"] == result.usage["scripted/worker"]["prompt_tokens"]
     assert run.start_time <= lm.start_time <= lm.end_time <= run.end_time  # type: ignore[operator]
+
+
+def test_a_cache_hit_is_a_run_of_the_callers_trace_and_is_exported(
+    app: App, exporter: InMemorySpanExporter
+) -> None:
+    from dspex.telemetry.context import continue_trace
+
+    app.set_cache("qa", 60)
+    miss = app.run("qa", {"question": "hi"})
+    with continue_trace(TRACEPARENT):
+        hit = app.run("qa", {"question": "hi"})
+    assert (miss.cache_hit, hit.cache_hit) == (False, True)
+    assert hit.trace_id == TRACE_ID
+    app.flush()
+    record = app.executions.get(hit.execution_id)
+    assert record is not None
+    assert record.trace_id == TRACE_ID
+    (span,) = [
+        s for s in exporter.get_finished_spans() if s.attributes.get("dspex.execution_id") == hit.execution_id
+    ]
+    assert span.name == "run qa"
+    assert span.parent is not None
+    assert f"{span.parent.span_id:016x}" == CALLER_SPAN
+    assert span.attributes.get("dspex.cache_hit") is True

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex.errors import DatabaseUnavailable
 from dspex.jsonable import to_jsonable
-from dspex.runtime.run import DURABILITIES, Durability, RunResult, check_durability
+from dspex.runtime.run import DURABILITIES, Durability, RunResult, check_durability, run_trace
 from dspex.store._engine import database_unavailable, describe_error
 from dspex.store.executions import current_runner, utcnow
 from dspex.telemetry.recorder import error_info
@@ -288,17 +288,26 @@ class ProgramCache:
         execution_id = str(uuid.uuid4())
         prediction = dspy.Prediction(**outputs)
         duration_ms = (time.perf_counter() - t0) * 1000
+        # A cache hit is a run like another: in the caller's trace, and exported when telemetry is on.
+        telemetry = self.app.telemetry
+        trace = run_trace(telemetry)
+        base: dict[str, Any] = {
+            "id": execution_id,
+            "program": name,
+            "version_id": version_id,
+            "inputs": dict(inputs or {}),
+            "variables": to_jsonable(dict(variables)) if variables else None,
+            "started_at": started,
+            "runner": current_runner(),
+            "cache_hit": True,
+            "placement": None,
+            "session_id": None,
+            "trace_id": trace.trace_id if trace is not None else None,
+        }
         if self.app.record:
             self.app._open().writer.submit(
                 {
-                    "id": execution_id,
-                    "program": name,
-                    "version_id": version_id,
-                    "inputs": dict(inputs or {}),
-                    "variables": to_jsonable(dict(variables)) if variables else None,
-                    "started_at": started,
-                    "runner": current_runner(),
-                    "cache_hit": True,
+                    **base,
                     "status": "succeeded",
                     "outputs": outputs,
                     "error": None,
@@ -310,6 +319,13 @@ class ProgramCache:
                     "trace": None,
                 }
             )
+        if telemetry is not None and trace is not None:
+            from dspex.telemetry.otel import RunExport
+
+            served = {"trace": None, "usage": None, "cost_usd": 0.0}  # no span of its own: nothing ran
+            telemetry.submit(
+                RunExport(trace, base, "succeeded", None, started, duration_ms, served, outputs, 0.0)
+            )
         return RunResult(
             execution_id=execution_id,
             outputs=outputs,
@@ -318,6 +334,7 @@ class ProgramCache:
             usage={},
             cost_usd=0.0,
             cache_hit=True,
+            trace_id=base["trace_id"],
         )
 
     def store(self, slot: CacheSlot, name: str, version_id: str, result: RunResult) -> None:

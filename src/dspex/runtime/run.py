@@ -73,6 +73,18 @@ class RunResult:
     trace_id: str | None = None  # the OpenTelemetry trace the run belongs to (telemetry on, or a traceparent)
 
 
+def run_trace(telemetry: Any) -> RunTrace | None:
+    """The trace a run starting now belongs to: a new one (or the caller's child) when ``telemetry``
+    exports runs, else the caller's (a traceparent, an enclosing span), else None."""
+    parent = current_trace()
+    if telemetry is not None:
+        trace: RunTrace = telemetry.begin(parent)
+        return trace
+    if parent is not None:
+        return RunTrace(parent.trace_id, new_span_id(), parent.span_id, parent.sampled)
+    return None
+
+
 def _input_interface(program: Any) -> Any:
     """What a run checks ``program``'s inputs against (see :mod:`dspex.modules._interface`)."""
     from dspex.pipeline.steps import Step
@@ -122,12 +134,7 @@ class _Run:
         # Which trace the run belongs to: exported when telemetry is on; with it off, a caller's trace
         # (traceparent) is still recorded.
         self.telemetry = app.telemetry
-        parent = current_trace()
-        self.trace: RunTrace | None = None
-        if self.telemetry is not None:
-            self.trace = self.telemetry.begin(parent)
-        elif parent is not None:
-            self.trace = RunTrace(parent.trace_id, new_span_id(), parent.span_id, parent.sampled)
+        self.trace = run_trace(self.telemetry)
         self.base: dict[str, Any] = {
             "id": self.id,
             "program": program_name or type(program).__name__,
