@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Literal
 
 import dspy
 import pytest
@@ -241,3 +242,22 @@ def test_accuracy_per_model_matches_the_profiles(sim_lm_server: SimServer) -> No
         # 150 Bernoulli draws: 4 standard deviations is at most 0.17; the draws are fixed by the seed
         assert scores[model] == pytest.approx(expected_accuracy(model), abs=0.1)
     assert scores["sim-small"] < scores["sim-medium"] < scores["sim-large"]
+
+
+def test_a_literal_output_is_a_classification_among_its_labels(sim_lm_server: SimServer) -> None:
+    capitals = [e for e in sim_lm_server.task.items if e.kind == "capital"][:20]
+    labels = tuple(sorted({"Paris", "Berlin", "Rome", "Madrid", *(e.answer for e in capitals)}))
+    program = dspy.Predict(
+        dspy.Signature(
+            {"question": (str, dspy.InputField()), "answer": (Literal[labels], dspy.OutputField())}  # type: ignore[valid-type]
+        )
+    )
+    seen: set[bool] = set()
+    with dspy.context(lm=sim_lm_server.lm("sim-small", temperature=1.0)):
+        for item in capitals:
+            pred = program(question=item.question)
+            record = sim_lm_server.requests()[-1]
+            assert pred.answer in labels
+            assert (pred.answer == item.answer) is record.correct
+            seen.add(bool(record.correct))
+    assert seen == {True, False}

@@ -20,6 +20,7 @@ __all__ = [
     "Prompt",
     "PromptFormat",
     "default_value",
+    "literal_options",
     "read_chat_messages",
     "read_prompt",
     "render_answer",
@@ -151,14 +152,21 @@ def read_chat_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[str, list
     return system, turns
 
 
+def literal_options(f: Field) -> list[str]:
+    """The options of a ``Literal[...]`` field as DSPy printed its type (empty for other types)."""
+    if not f.type.startswith("Literal["):
+        return []
+    options = re.findall(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"", f.type)
+    return [a or b for a, b in options]
+
+
 def default_value(f: Field) -> Any:
     """A plausible value of the field's type, for fields a script does not cover."""
     t = f.type
     if f.name == "reasoning":
         return "Let me think step by step."
     if t.startswith("Literal["):
-        options = re.findall(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"", t)
-        values = [a or b for a, b in options]
+        values = literal_options(f)
         # ReAct lists its tools as a Literal; finishing is the safe default for a scripted run.
         return "finish" if "finish" in values else (values[0] if values else "")
     base = t.split("[", 1)[0]

@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from dspex.errors import ConfigurationError, did_you_mean
-from dspex.testing._prompt import Field, Prompt, default_value, render_answer
+from dspex.testing._prompt import Field, Prompt, default_value, literal_options, render_answer
 
 __all__ = [
     "DEFAULT_PROFILES",
@@ -410,6 +410,8 @@ class SimAnswer:
 
 
 def _typed(answer: str, f: Field) -> Any:
+    if f.type.startswith("Literal["):  # a classification: the answer when it is one of the labels
+        return answer if answer in literal_options(f) else default_value(f)
     if f.type in ("int", "float"):
         try:
             return int(answer) if f.type == "int" else float(answer)
