@@ -13,6 +13,7 @@ import pytest
 from dspex.errors import ValidationError
 from dspex.runtime.app import App
 from dspex.settings import Settings
+from dspex.store.executions import ExecutionFilter
 from dspex.store.feedback import FeedbackRepository, UnknownExecution
 from dspex.testing import ScriptedEngine
 
@@ -44,6 +45,18 @@ def test_feedback_is_stored_and_read_back(app: App, execution_id: str) -> None:
     # Committed, not buffered: another connection to the store sees it at once.
     with App(Settings(database_url=app.settings.database_url), record=False) as other:
         assert [f.id for f in other.feedback.list(execution_id)] == [first.id, second.id]
+
+
+def test_retention_deletes_a_runs_feedback_with_the_run(app: App, execution_id: str) -> None:
+    kept = app.run(dspy.Predict("question -> answer"), {"question": "3 + 3?"}, program_name="kept")
+    app.feedback(execution_id, score=0.1)
+    app.feedback(kept.execution_id, score=0.9)
+    assert app.prune(traces_only=True, keep_per_program=0) == 2  # traces only: feedback stays
+    assert len(app.feedback.list(execution_id)) == 1
+    assert app.executions.prune(keep_per_program=1) == 0  # one run per program: nothing past it
+    assert app.executions.prune(keep_per_program=0) == 2
+    assert app.executions.count(ExecutionFilter()) == 0
+    assert FeedbackRepository(app._open().db).count() == 0
 
 
 def test_feedback_on_an_unknown_execution_is_refused(app: App) -> None:

@@ -32,7 +32,7 @@ from dspex.errors import ConfigurationError
 from dspex.jsonable import EncodedJSON, dumps, storable
 from dspex.store._engine import Database
 from dspex.store._time import aware, utcnow
-from dspex.store.schema import JSON, executions, recorders
+from dspex.store.schema import JSON, executions, feedback, recorders
 
 __all__ = [
     "ExecutionFilter",
@@ -416,7 +416,8 @@ class ExecutionRepository:
         keep_per_program: int | None = None,
         traces_only: bool = False,
     ) -> int:
-        """Delete (or, with ``traces_only``, strip the trace of) ended executions past retention.
+        """Delete (or, with ``traces_only``, strip the trace of) ended executions past retention, with
+        the feedback given on the ones deleted.
 
         ``older_than`` selects rows started before that time; ``keep_per_program`` keeps the newest N
         of each program. Running rows are never touched. Returns the number of rows affected.
@@ -453,7 +454,8 @@ class ExecutionRepository:
             with self.db.write() as connection:
                 if traces_only:
                     connection.execute(sa.update(executions).where(c.id.in_(chunk)).values(trace=sa.null()))
-                else:
+                else:  # feedback on a run goes with it: retention leaves no orphans behind
+                    connection.execute(sa.delete(feedback).where(feedback.c.execution_id.in_(chunk)))
                     connection.execute(sa.delete(executions).where(c.id.in_(chunk)))
         return len(doomed)
 
