@@ -59,7 +59,7 @@ from dspy.utils.callback import with_callbacks
 
 from dspex.errors import ConfigurationError, DeadlineExceeded
 from dspex.lm.deadline import DEADLINE_KEY, check_deadline, deadline, deadline_scope, remaining
-from dspex.telemetry.instrument import active, traced
+from dspex.telemetry.instrument import active, traced, with_mixin
 
 if TYPE_CHECKING:
     from dspex.lm.breaker import Breaker, Breakers, BreakerSpec
@@ -884,32 +884,10 @@ class _ParseFallback:
             return await self.acall(nxt, lm_kwargs, signature, demos, inputs)
 
 
-_parse_classes: dict[type, type] = {}
-
-
 def parse_fallback_adapter(adapter: Any) -> Any:
-    """``adapter`` (None: DSPy's default ChatAdapter) with :class:`_ParseFallback` mixed in. The class
-    keeps its name and bases, so DSPy's ``isinstance`` and name checks (streaming) still see it."""
-    if adapter is None:
-        adapter = dspy.ChatAdapter()
-    if isinstance(adapter, _ParseFallback):
-        return adapter
-    cls = type(adapter)
-    mixed = _parse_classes.get(cls)
-    if mixed is None:
-        mixed = type(
-            cls.__name__,
-            (_ParseFallback, cls),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-        # dspy.Adapter.__init_subclass__ wraps format/parse with callbacks again in every subclass: keep
-        # the parent's (already wrapped once), or each would be two spans.
-        mixed.format = cls.format  # type: ignore[attr-defined]
-        mixed.parse = cls.parse  # type: ignore[attr-defined]
-        _parse_classes[cls] = mixed
-    wrapped: Any = object.__new__(mixed)
-    wrapped.__dict__.update(adapter.__dict__)
-    return wrapped
+    """``adapter`` (None: DSPy's default ChatAdapter) with :class:`_ParseFallback` mixed in (its class
+    keeps its name and bases: :func:`dspex.telemetry.instrument.with_mixin`)."""
+    return with_mixin(adapter, _ParseFallback)
 
 
 def _raise(exc: BaseException) -> Any:

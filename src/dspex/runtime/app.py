@@ -358,11 +358,25 @@ class App:
         timeout: float | None,
     ) -> RunResult:
         """One run of a configured program an adaptive program chose, its record tagged ``adaptation``."""
+        run = self._adaptive(program, inputs, program_name, version_id, variables, adaptation, lm, durability)
+        run.set_timeout(timeout)
+        return run.finish(run.execute_sync)
+
+    def _adaptive(
+        self,
+        program: Any,
+        inputs: Mapping[str, Any] | None,
+        program_name: str,
+        version_id: str,
+        variables: Mapping[str, Any],
+        adaptation: Mapping[str, Any],
+        lm: Any,
+        durability: Durability | None,
+    ) -> _Run:
         mode = check_durability(durability) or self.settings.durability
         run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
         run.base["adaptation"] = dict(adaptation)  # the terminal record carries it (run.py spreads base)
-        run.set_timeout(timeout)
-        return run.finish(run.execute_sync)
+        return run
 
     async def _arun_adaptive(
         self,
@@ -378,9 +392,7 @@ class App:
         timeout: float | None,
     ) -> RunResult:
         """Async :meth:`_run_adaptive`."""
-        mode = check_durability(durability) or self.settings.durability
-        run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode)
-        run.base["adaptation"] = dict(adaptation)
+        run = self._adaptive(program, inputs, program_name, version_id, variables, adaptation, lm, durability)
         run.set_timeout(timeout)
         return await run.afinish()
 

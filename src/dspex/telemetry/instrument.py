@@ -38,7 +38,15 @@ from dspy.dsp.utils.settings import thread_local_overrides
 if TYPE_CHECKING:
     from dspex.telemetry.recorder import RunRecorder, SpanKind
 
-__all__ = ["RECORDER_KEY", "TRACE_LEVELS", "TraceLevel", "active", "install", "recording_adapter"]
+__all__ = [
+    "RECORDER_KEY",
+    "TRACE_LEVELS",
+    "TraceLevel",
+    "active",
+    "install",
+    "recording_adapter",
+    "with_mixin",
+]
 
 TraceLevel = Literal["full", "lean", "off"]
 TRACE_LEVELS: tuple[TraceLevel, ...] = ("full", "lean", "off")
@@ -196,31 +204,35 @@ class _RecordingAdapter:
         return outputs
 
 
-_adapter_classes: dict[type, type] = {}
+_adapter_classes: dict[tuple[type, type], type] = {}
 
 
-def recording_adapter(adapter: Any) -> Any:
-    """``adapter`` (None: DSPy's default ChatAdapter) with adapter spans. The class keeps its name and
-    bases, so DSPy's ``isinstance`` and name checks (streaming) still see what it is."""
+def with_mixin(adapter: Any, mixin: type) -> Any:
+    """A copy of ``adapter`` (None: DSPy's default ChatAdapter) whose class has ``mixin`` mixed in. The
+    class keeps its name and bases, so DSPy's ``isinstance`` and name checks (streaming) still see what
+    it is; the mixin's ``format``/``parse``, if any, replace the ones DSPy wrapped with its callbacks
+    (``Adapter.__init_subclass__`` wraps them again in every subclass; the parent's already are, so user
+    callbacks fire once)."""
     import dspy
 
     if adapter is None:
         adapter = dspy.ChatAdapter()
-    if isinstance(adapter, _RecordingAdapter):
+    if isinstance(adapter, mixin):
         return adapter
     cls = type(adapter)
-    mixed = _adapter_classes.get(cls)
+    mixed = _adapter_classes.get((cls, mixin))
     if mixed is None:
         mixed = type(
-            cls.__name__,
-            (_RecordingAdapter, cls),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+            cls.__name__, (mixin, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
         )
-        # dspy.Adapter.__init_subclass__ wrapped this class's format/parse with DSPy's callbacks; the
-        # parent's already are, so put the plain recording methods back: user callbacks fire once.
-        mixed.format = _RecordingAdapter.format  # type: ignore[attr-defined]
-        mixed.parse = _RecordingAdapter.parse  # type: ignore[attr-defined]
-        _adapter_classes[cls] = mixed
+        for name in ("format", "parse"):
+            setattr(mixed, name, mixin.__dict__.get(name, getattr(cls, name)))
+        _adapter_classes[(cls, mixin)] = mixed
     wrapped: Any = object.__new__(mixed)
     wrapped.__dict__.update(adapter.__dict__)
     return wrapped
+
+
+def recording_adapter(adapter: Any) -> Any:
+    """``adapter`` (None: DSPy's default ChatAdapter) recording adapter spans (see :func:`with_mixin`)."""
+    return with_mixin(adapter, _RecordingAdapter)
