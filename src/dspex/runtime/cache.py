@@ -27,12 +27,12 @@ import datetime
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import DatabaseUnavailable
+from dspex.ids import new_id
 from dspex.jsonable import to_jsonable
 from dspex.runtime.run import DURABILITIES, Durability, RunResult, check_durability, run_trace
 from dspex.store._engine import database_unavailable, describe_error
@@ -193,7 +193,7 @@ class ProgramCache:
         if stores is None:
             log.error("run of %r not recorded: %s (this App never opened its store)", name, error)
             return
-        error.execution_id = str(uuid.uuid4())
+        error.execution_id = new_id()
         now = utcnow()
         stores.writer.submit(
             {
@@ -285,7 +285,7 @@ class ProgramCache:
 
         started = utcnow()
         t0 = time.perf_counter()
-        execution_id = str(uuid.uuid4())
+        execution_id = new_id()
         prediction = dspy.Prediction(**outputs)
         duration_ms = (time.perf_counter() - t0) * 1000
         # A cache hit is a run like another: in the caller's trace, and exported when telemetry is on.

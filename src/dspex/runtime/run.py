@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,6 +26,7 @@ from dspex.errors import (
     ValidationError,
     WorkerError,
 )
+from dspex.ids import new_id
 from dspex.jsonable import EncodedJSON, dumps, encoded, to_jsonable
 from dspex.lm.deadline import DEADLINE_KEY, deadline
 from dspex.modules._interface import check_inputs, input_interface
@@ -122,7 +122,7 @@ class _Run:
             if lm is None:
                 lm = app.default_lm(program)
         self.lm = lm
-        self.id = str(uuid.uuid4())
+        self.id = new_id()
         self.started_at = utcnow()
         self.t0 = time.perf_counter()
         # Spans count from the run's own start, so none can end after the run's recorded duration.
