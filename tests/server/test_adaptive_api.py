@@ -75,6 +75,15 @@ def test_start_serve_show_freeze_and_stop(live: Live, admin: httpx.Client, dspex
     assert all("posterior_mean" in a and "interval" in a for a in shown["arms"])
     assert shown["reward_over_time"]
     assert [a["name"] for a in admin.get("/v1/programs/qa/adaptive").json()] == ["qa-live"]
+    metrics = admin.get("/metrics").text
+    for arm in shown["arms"]:
+        assert (
+            f'dspex_adaptive_arm_served{{adaptive="qa-live",arm="{arm["arm"]}"}} {float(arm["served"])}'
+            in metrics
+        )
+        assert f'dspex_adaptive_arm_active{{adaptive="qa-live",arm="{arm["arm"]}"}} 1.0' in metrics
+    assert 'dspex_adaptive_arm_posterior_mean{adaptive="qa-live"' in metrics
+    assert 'dspex_adaptive_explore_share{adaptive="qa-live"}' in metrics
 
     added = admin.post("/v1/programs/qa/adaptive", json={"name": "qa-live", "arms": [{"temperature": 0.5}]})
     assert added.status_code == 200, added.text

@@ -20,6 +20,10 @@
   0..1): the live signals' window per program (:mod:`dspex.telemetry.signals`; ad-hoc runs as
   ``(ad hoc)``); ``dspex_signal_anomalies_total{program, dimension, kind}``: anomalies detected since the
   monitor started, read when scraped.
+- ``dspex_adaptive_arm_share{adaptive, arm}`` (of the runs it served), ``dspex_adaptive_arm_served{adaptive,
+  arm}``, ``dspex_adaptive_arm_posterior_mean{adaptive, arm}`` (the policy's estimate of the arm's reward),
+  ``dspex_adaptive_arm_active{adaptive, arm}`` (0 once retired) and ``dspex_adaptive_explore_share{adaptive}``:
+  every adaptive program's arms (:mod:`dspex.adapt`), read when scraped.
 
 The HTTP metrics come from a plain ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``).
 """
@@ -73,6 +77,7 @@ class Metrics:
         self._pools: list[PoolStatus] = []
         self._lms: dict[str, Any] = {}
         self._signals: SignalReport | None = None
+        self._adaptive: list[dict[str, Any]] = []
         self.registry.register(self)  # a collector: it has collect()
 
     def run(self, program: str, status: str, *, cache_hit: bool = False) -> None:
@@ -87,6 +92,7 @@ class Metrics:
         pools: Sequence[PoolStatus] = (),
         lms: dict[str, Any] | None = None,
         signals: SignalReport | None = None,
+        adaptive: Sequence[dict[str, Any]] = (),
     ) -> bytes:
         for status, count in queue.items():
             self.jobs.labels(status).set(count)
@@ -94,6 +100,7 @@ class Metrics:
         self._pools = list(pools)
         self._lms = dict(lms or {})
         self._signals = signals
+        self._adaptive = list(adaptive)
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
@@ -124,6 +131,33 @@ class Metrics:
         yield from (states, queued, rss, tasks, replaced)
         yield from self._collect_lms()
         yield from self._collect_signals()
+        yield from self._collect_adaptive()
+
+    def _collect_adaptive(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        def arm_gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=["adaptive", "arm"])
+
+        share = arm_gauge("dspex_adaptive_arm_share", "Share of the adaptive program's runs the arm served")
+        served = arm_gauge("dspex_adaptive_arm_served", "Runs the arm served")
+        mean = arm_gauge("dspex_adaptive_arm_posterior_mean", "The policy's estimate of the arm's reward")
+        active = arm_gauge("dspex_adaptive_arm_active", "1 while the arm may serve, 0 once retired")
+        explore = GaugeMetricFamily(
+            "dspex_adaptive_explore_share", "Share of recent runs served to explore", labels=["adaptive"]
+        )
+        for program in self._adaptive:
+            name = str(program["name"])
+            if program.get("explore_share") is not None:
+                explore.add_metric([name], program["explore_share"])
+            for arm in program.get("arms", ()):
+                label = [name, str(arm["arm"])]
+                share.add_metric(label, arm.get("share") or 0.0)
+                served.add_metric(label, arm.get("served") or 0)
+                active.add_metric(label, 1.0 if arm.get("status") == "active" else 0.0)
+                if arm.get("posterior_mean") is not None:
+                    mean.add_metric(label, arm["posterior_mean"])
+        yield from (share, served, mean, active, explore)
 
     def _collect_signals(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -85,13 +85,16 @@ def metrics(request: Request, _principal: Principal = Depends(require("admin")))
     program and status, cache hits, jobs per status, live workers, and per pool: workers by state,
     queued tasks, each worker's RSS, tasks completed and failed, replacements by reason; per LM endpoint:
     its breaker's state and openings, rate-limit usage and retries; per program, the live signals
-    (success rate, latency, cost per run, quality) and the anomalies detected."""
+    (success rate, latency, cost per run, quality) and the anomalies detected; per adaptive program, each
+    arm's traffic share, runs served, posterior mean reward and whether it is active."""
     counts, workers = _queue_and_workers(dspex_of(request), options_of(request).worker_stale_s)
     pools = dspex_of(request).pools.status()
     lms = dspex_of(request).resilience.status()
     signals = dspex_of(request).signals
     signals.poll(fresh_s=options_of(request).events_poll_s / 2)
-    body = metrics_of(request).render(counts, len(workers), pools, lms, signals.report())
+    app = dspex_of(request)
+    adaptive = [app.adapt.get(record.name).status(buckets=1) for record in app.adapt.list()]
+    body = metrics_of(request).render(counts, len(workers), pools, lms, signals.report(), adaptive)
     return Response(body, media_type=CONTENT_TYPE)
 
 
