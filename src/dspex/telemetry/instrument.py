@@ -3,7 +3,7 @@
 DSPy reports module, LM, adapter, tool and evaluation calls to callbacks through ``with_callbacks``,
 which on every event binds the call's arguments (``inspect.getcallargs``), draws a ``uuid4``, runs a
 ``Protocol`` ``isinstance`` check and looks up a handler per callback. A run recorded that way paid
-about 0.75x a bare ChainOfThought call in dispatch alone (``benchmarks/recording_overhead.py``).
+0.5x-0.7x a bare ChainOfThought call in dispatch alone (``benchmarks/recording_overhead.py``).
 
 Here the run's :class:`~dspex.telemetry.recorder.RunRecorder` is put in the run's ``dspy.context``
 under :data:`RECORDER_KEY` (a DSPy setting, so ``dspy.Parallel`` threads and asyncio tasks see it as
