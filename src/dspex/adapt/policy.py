@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from dspex.adapt._settings import from_mapping
 from dspex.errors import ConfigurationError
 from dspex.telemetry.detect import Cusum
 
@@ -102,13 +103,7 @@ class PolicyConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PolicyConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"a policy is a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigurationError(f"unknown policy setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, "policy", "a policy is a mapping of settings")
 
     @property
     def horizon(self) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from dspex.adapt._settings import from_mapping
 from dspex.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -78,13 +79,7 @@ class Reoptimize:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Reoptimize:
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"reoptimize is a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigurationError(f"unknown reoptimize setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, "reoptimize", "reoptimize is a mapping of settings")
 
 
 class Reoptimizer:

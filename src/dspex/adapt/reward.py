@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dspex.adapt._settings import from_mapping
 from dspex.errors import ConfigurationError
 
 __all__ = ["QualityMetric", "Reward"]
@@ -98,15 +99,7 @@ class Reward:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Reward:
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(
-                f"a reward is a mapping of weights and scales, got {type(data).__name__}"
-            )
-        known = {"quality", "cost", "latency", "cost_scale_usd", "latency_scale_ms", "metric"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigurationError(f"unknown reward setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(data))
+        return from_mapping(cls, data, "reward", "a reward is a mapping of weights and scales")
 
 
 def check_quality(value: Any, metric: str) -> float:
