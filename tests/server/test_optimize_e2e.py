@@ -152,6 +152,15 @@ def test_a_dspy_optimizer_through_the_service_with_progress_over_sse(
         assert "'n_trials' belongs to the variable search" in refused.text
         refused = client.post("/v1/optimizations", json={**body, "optimizer": "opro"})
         assert refused.status_code == 422
+        # What a request names is data: a prompt model is a configured one, a metric a registered one.
+        for attack in (
+            {"prompt_model": "http://attacker.example/v1"},
+            {"prompt_model": "openai/gpt-4o"},  # a real model, but not one the operator configured
+            {"metric": "os:system"},
+        ):
+            refused = client.post("/v1/optimizations", json={**body, **attack})
+            assert refused.status_code == 422, (attack, refused.text)
+            assert next(iter(attack)) in refused.text
         refused = client.post("/v1/optimizations", json={"program": "qa", "dataset": "qa-set", "n_trials": 3})
         assert refused.status_code == 422
         assert "the variable search needs 'space'" in refused.text
