@@ -104,29 +104,15 @@ def submit_optimization(
             raise ConfigurationError(did_you_mean(objective, OBJECTIVES, what="objective"))
     _check_metric(metric)
     parsed_space, bindings = space_from_document(space, functions=app.tools)
-    version = app.programs.resolve(program, version_id)
-    pinned = _pinned_dataset(app, dataset, split)
-    import uuid
-
-    job_id = uuid.uuid4().hex
-    payload = {
-        "v": PAYLOAD_VERSION,
-        "program": program,
-        "version_id": version.id,
-        "dataset": pinned,
-        "split": split,
+    fields = {
         "space": space_document(parsed_space, bindings),
         "n_trials": n_trials,
         "metric": metric,
         "objectives": wanted,
         "seed": seed,
         "max_lm_calls": max_lm_calls,
-        "optimization_id": f"opt-{job_id[:16]}",
     }
-    _join_callers_trace(payload)
-    return app.jobs.enqueue(
-        OPTIMIZE, payload, job_id=job_id, created_by=created_by, max_attempts=max_attempts
-    )
+    return _enqueue_optimization(app, program, version_id, dataset, split, fields, created_by, max_attempts)
 
 
 def submit_dspy_optimization(
@@ -162,10 +148,32 @@ def submit_dspy_optimization(
         raise ConfigurationError(f"seed must be an integer >= 0, got {seed!r}")
     if prompt_model is not None and prompt_model not in app.models:
         raise ConfigurationError("prompt_model: " + app.models.unknown(prompt_model))
-    version = app.programs.resolve(program, version_id)
-    pinned = _pinned_dataset(app, dataset, split)
+    fields = {
+        "optimizer": optimizer,
+        "options": checked,
+        "metric": metric,
+        "seed": seed,
+        "prompt_model": prompt_model,
+    }
+    return _enqueue_optimization(app, program, version_id, dataset, split, fields, created_by, max_attempts)
+
+
+def _enqueue_optimization(
+    app: App,
+    program: str,
+    version_id: str | None,
+    dataset: str,
+    split: str | None,
+    fields: Mapping[str, Any],
+    created_by: str | None,
+    max_attempts: int,
+) -> JobRecord:
+    """Queue an ``optimize`` job: the program version and dataset pinned, ``fields`` for its handler, and
+    the optimization id (from the job id) a worker taking the job over resumes."""
     import uuid
 
+    version = app.programs.resolve(program, version_id)
+    pinned = _pinned_dataset(app, dataset, split)
     job_id = uuid.uuid4().hex
     payload = {
         "v": PAYLOAD_VERSION,
@@ -173,11 +181,7 @@ def submit_dspy_optimization(
         "version_id": version.id,
         "dataset": pinned,
         "split": split,
-        "optimizer": optimizer,
-        "options": checked,
-        "metric": metric,
-        "seed": seed,
-        "prompt_model": prompt_model,
+        **fields,
         "optimization_id": f"opt-{job_id[:16]}",
     }
     _join_callers_trace(payload)
