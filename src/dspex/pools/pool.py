@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -128,6 +128,7 @@ class _Task:
     payload: dict[str, Any]
     future: Future[dict[str, Any]]
     worker: int | None = None  # pinned to this slot
+    on_event: Callable[[dict[str, Any]], None] | None = None  # a streamed run's token and step events
     id: int = field(default_factory=lambda: next(_task_ids))
 
 
@@ -242,15 +243,23 @@ class Pool:
         self.close()
 
     # -- tasks -----------------------------------------------------------------------------------------
-    def submit(self, payload: dict[str, Any], *, worker: int | None = None) -> Future[dict[str, Any]]:
+    def submit(
+        self,
+        payload: dict[str, Any],
+        *,
+        worker: int | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Future[dict[str, Any]]:
         """Queue a task (a JSON object the worker understands); ``worker`` pins it to one slot.
 
         The future's result is ``{"outcome": ..., "worker": name, "pid": pid}``; it fails with
-        :class:`~dspex.errors.WorkerError` when the worker could not finish it.
+        :class:`~dspex.errors.WorkerError` when the worker could not finish it. ``on_event`` receives the
+        events a streamed run's worker sends before its outcome (on the pool's thread: hand them on, do
+        not block).
         """
         if worker is not None and not 0 <= worker < self.size:
             raise ConfigurationError(f"pool {self.name!r} has workers 0..{self.size - 1}, not {worker}")
-        task = _Task(payload, Future(), worker)
+        task = _Task(payload, Future(), worker, on_event)
         with self._cv:
             if self._closed:
                 raise ConfigurationError(f"pool {self.name!r} is closed")
@@ -438,7 +447,11 @@ class Pool:
                 slot.state = "busy"
                 slot.task_started = started
                 message = self._read(slot)  # blocks: the monitor thread kills a worker that must go
-                done = message.get("id") if message.get("op") == "done" else None
+                op = message.get("op")
+                if op == "event":
+                    self._event(inflight, message)
+                    continue
+                done = message.get("id") if op == "done" else None
                 task = next((t for t in inflight if t.id == done), None) if done is not None else None
                 if task is not None:  # shards may finish out of order; runs finish in order
                     inflight.remove(task)
@@ -480,6 +493,17 @@ class Pool:
                     self._stop(slot, graceful=False)
                     return
                 self._replace(slot, "error", graceful=False)
+
+    def _event(self, inflight: collections.deque[_Task], message: dict[str, Any]) -> None:
+        """Hand a streamed run's event to its task's ``on_event``; a consumer's failure is logged, and
+        the run goes on (its outcome still ends the record)."""
+        task = next((t for t in inflight if t.id == message.get("id")), None)
+        if task is None or task.on_event is None:
+            return
+        try:
+            task.on_event(message["event"])
+        except Exception:
+            logger.exception("pool %r: the consumer of task %s's events failed", self.name, task.id)
 
     def _send(self, slot: _Slot, message: dict[str, Any]) -> None:
         try:

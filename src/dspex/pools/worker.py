@@ -6,7 +6,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
   ``{"op": "run", "id": ..., "task": {...}}`` per task, and ``{"op": "stop"}``;
 - worker -> pool: ``{"op": "ready", "pid", "rss"}`` or ``{"op": "failed", "error"}`` after start-up,
   ``{"op": "hb", "rss", "busy"}`` every ``heartbeat_s`` from a thread of its own (so a long task still
-  reports its memory), and ``{"op": "done", "id", "result", "rss"}`` per task.
+  reports its memory), ``{"op": "event", "id", "event"}`` for each token or step of a streamed run
+  (a task with ``"stream": true``), and ``{"op": "done", "id", "result", "rss"}`` per task.
 
 A task's ``traceparent`` (W3C) names the caller's run span: the worker's run joins that trace (the
 caller exports its spans, from the outcome). A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database;
@@ -131,22 +132,21 @@ class _Worker:
         with continue_trace(task.get("traceparent")):
             return self._execute(task)
 
-    def _execute(self, task: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, task: dict[str, Any]) -> _Run | dict[str, Any]:
+        """The task's run under the caller's execution id, or the outcome of a program that cannot load."""
         try:
             program, name, version_id = self.program(task["program"])
         except Exception as exc:  # an unknown program or version: the caller gets its message
             run = _Run(self.app, type(exc).__name__, task.get("inputs"), None, None, None, None)
             return run.outcome(None, run.failed(exc))
-        run = _Run(
-            self.app,
-            program,
-            task.get("inputs"),
-            None,
-            name,
-            version_id,
-            task.get("variables"),
-        )
+        run = _Run(self.app, program, task.get("inputs"), None, name, version_id, task.get("variables"))
         run.id = task.get("execution_id") or run.id
+        return run
+
+    def _execute(self, task: dict[str, Any]) -> dict[str, Any]:
+        run = self._run(task)
+        if isinstance(run, dict):
+            return run
         try:
             run.set_timeout(task.get("timeout"))
             result = run.finish(run.execute_sync)
@@ -155,6 +155,46 @@ class _Worker:
                 raise
             return run.outcome(None, shown)
         return run.outcome(result, None)
+
+    def stream(self, task: dict[str, Any], task_id: int) -> dict[str, Any]:
+        """A streamed run (``"stream": true``): each token or step event goes to the pool as an
+        ``{"op": "event"}`` message as it happens, then the outcome, as :meth:`execute` returns it."""
+        import asyncio
+
+        from dspex.telemetry.context import continue_trace
+
+        with continue_trace(task.get("traceparent")):
+            return asyncio.run(self._stream(task, task_id))
+
+    async def _stream(self, task: dict[str, Any], task_id: int) -> dict[str, Any]:
+        from dspex.runtime.stream import RunFailed, RunFinished, RunStream, StepEvent, TokenEvent
+
+        run = self._run(task)
+        if isinstance(run, dict):
+            return run
+        try:
+            run.set_timeout(task.get("timeout"))
+            run._check_size()
+            validated = run._validated()
+        except Exception as exc:
+            return run.outcome(None, run.failed(exc))
+        outcome: dict[str, Any] | None = None
+        async for event in RunStream(run, validated).events():
+            if isinstance(event, TokenEvent):
+                data: dict[str, Any] = {"type": "token", "field": event.field, "chunk": event.chunk}
+                if event.step is not None:
+                    data["step"] = event.step
+                self.send({"op": "event", "id": task_id, "event": data})
+            elif isinstance(event, StepEvent):
+                step = {"type": "step", "kind": event.kind, "data": event.data}
+                self.send({"op": "event", "id": task_id, "event": step})
+            elif isinstance(event, RunFinished):
+                outcome = run.outcome(event.result, None)
+            elif isinstance(event, RunFailed):
+                outcome = run.outcome(None, event.error)
+        if outcome is None:  # events() always ends with RunFinished or RunFailed
+            raise RuntimeError("the streamed run ended without a final event")
+        return outcome
 
     def configured(self, version_id: str, program: Any, configuration: dict[str, Any]) -> Any:
         """``program`` with an optimizer trial's variable values applied (built once per trial)."""
@@ -235,7 +275,7 @@ class _Worker:
                 continue
             self.busy = True
             try:
-                result = self.execute(task)
+                result = self.stream(task, message["id"]) if task.get("stream") else self.execute(task)
             finally:
                 self.busy = False
             self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -82,12 +82,19 @@ class PooledRun:
         """The run's deadline; the worker gets what is left of it when the task is sent."""
         self.run.set_timeout(timeout)
 
-    def _submit(self) -> Future[dict[str, Any]]:
+    def _submit(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> Future[dict[str, Any]]:
         self.run._check_size()
         if self.run.deadline is not None:
             self.task["timeout"] = max(0.001, self.run.deadline - time.monotonic())
         self.placement["attempts"] += 1
-        return self.pool.submit(self.task, worker=self.worker)
+        return self.pool.submit(self.task, worker=self.worker, on_event=on_event)
+
+    def submit_stream(self, on_event: Callable[[dict[str, Any]], None]) -> Future[dict[str, Any]]:
+        """Send the run as a streamed task: the worker streams it (:class:`~dspex.runtime.stream.RunStream`)
+        and ``on_event`` gets each token and step event as JSON, on the pool's thread, before the future's
+        answer. A streamed run is not tried again when its worker dies: its consumer has seen tokens."""
+        self.task["stream"] = True
+        return self._submit(on_event)
 
     def _again(self, exc: BaseException) -> bool:
         return (

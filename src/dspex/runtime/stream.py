@@ -30,17 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dspex.errors import DatabaseUnavailable
+from dspex.modules._interface import check_inputs
 from dspex.modules._introspect import acall_module
 from dspex.runtime.app import App
-from dspex.runtime.run import Durability, RunResult, _Run, check_durability
+from dspex.runtime.run import Durability, RunResult, _input_interface, _Run, check_durability
 
 if TYPE_CHECKING:
     from dspex.pipeline.events import Event as PipelineEvent
+    from dspex.runtime.pooled import PooledRun
 
 __all__ = [
     "RunFailed",
@@ -116,9 +118,10 @@ _DONE = _Done()
 class RunStream:
     """One streamed run: create it with :meth:`open`, consume :meth:`events` once."""
 
-    def __init__(self, run: _Run, inputs: dict[str, Any]) -> None:
+    def __init__(self, run: _Run, inputs: dict[str, Any], pooled: PooledRun | None = None) -> None:
         self._run = run
         self._inputs = inputs
+        self._pooled = pooled  # a run placed on a pool: its worker streams it, this process records it
         self._ended = False
         self._consumed = False
 
@@ -140,6 +143,7 @@ class RunStream:
         variables: Mapping[str, Any] | None = None,
         durability: Durability | None = None,
         timeout: float | None = None,
+        pool: str | None = None,
     ) -> RunStream:
         """Load the program (a name or a module), record the run as started and validate its inputs.
 
@@ -148,8 +152,18 @@ class RunStream:
         ``DatabaseUnavailable`` when the program's version cannot be resolved (both recorded as failed,
         with ``execution_id`` set). ``durability`` as in :meth:`App.run`: with ``sync`` the final event
         is sent once the record is committed. ``timeout`` is the run's deadline, as for :meth:`App.run`.
+        ``pool`` (or, without it, the router's rules) streams a registered program from a pool's worker:
+        the events are the same, and the record is the one a pooled :meth:`App.arun` leaves.
         """
         mode = check_durability(durability)
+        reason = None
+        if pool is None and lm is None and isinstance(program, str) and app.router.active:
+            route = await asyncio.to_thread(app.router.decide, program, version_id)
+            pool, reason = route.pool, route.reason
+        if pool is not None:
+            return await cls._open_pooled(
+                app, program, inputs, lm, program_name, version_id, variables, mode, pool, reason, timeout
+            )
         if isinstance(program, str):
             name = program
             try:
@@ -174,6 +188,51 @@ class RunStream:
             raise shown from exc
         return cls(run, validated)
 
+    @classmethod
+    async def _open_pooled(
+        cls,
+        app: App,
+        name: Any,
+        inputs: Mapping[str, Any] | None,
+        lm: Any,
+        program_name: str | None,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+        mode: Durability | None,
+        pool: str,
+        reason: str | None,
+        timeout: float | None,
+    ) -> RunStream:
+        """:meth:`open` for a run on ``pool``: recorded here, its inputs checked here (so bad inputs are
+        refused before any event), executed and streamed by a worker."""
+        from dspex.runtime.pooled import PooledRun, check_crossing
+
+        def prepare() -> tuple[PooledRun, Any]:
+            check_crossing(pool, name, lm)
+            app._check_program_name(name, program_name)
+            durability = mode or app._cache.policy(name).durability or app.settings.durability
+            pooled = PooledRun(
+                app, pool, name, inputs, lm=lm, version_id=version_id, variables=variables,
+                durability=durability, idempotent=False, reason=reason,
+            )  # fmt: skip
+            return pooled, app.programs.build(app._cache.version(name, pooled.version_id))
+
+        try:
+            pooled, built = await asyncio.to_thread(prepare)
+        except DatabaseUnavailable as exc:
+            app._cache.record_unresolved(exc, name, version_id, inputs, variables)
+            raise
+        run = pooled.run
+        try:
+            run.set_timeout(timeout)
+            run._check_size()
+            validated = check_inputs(_input_interface(built), run.inputs)
+        except BaseException as exc:
+            shown = run.failed(exc)
+            await run.asettle()
+            raise shown from exc
+        return cls(run, validated, pooled)
+
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The run's events, ending with :class:`RunFinished` or :class:`RunFailed`.
 
@@ -185,6 +244,11 @@ class RunStream:
         self._consumed = True
         run = self._run
         yield RunStarted(run.id, str(run.base["program"]), run.base["version_id"])
+        if self._pooled is not None:
+            async with contextlib.aclosing(self._pooled_events(self._pooled)) as pooled_events:
+                async for event in pooled_events:
+                    yield event
+            return
         queue: asyncio.Queue[StreamEvent | _Done] = asyncio.Queue()
         task = asyncio.ensure_future(self._execute(queue.put_nowait))
         task.add_done_callback(lambda _task: queue.put_nowait(_DONE))
@@ -211,6 +275,44 @@ class RunStream:
                 self._ended = True
                 run.failed(asyncio.CancelledError())
 
+    async def _pooled_events(self, pooled: PooledRun) -> AsyncGenerator[StreamEvent, None]:
+        """The events a worker streams, then the run's end as the worker's outcome describes it."""
+        run = self._run
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamEvent | _Done] = asyncio.Queue()
+
+        # Events and the answer both reach the loop through call_soon_threadsafe, in the order the pool's
+        # thread saw them: every event is queued before the end.
+        def on_event(data: dict[str, Any]) -> None:
+            if not loop.is_closed():  # a consumer gone with its loop: the rest of the run is dropped
+                loop.call_soon_threadsafe(queue.put_nowait, _event(data))
+
+        future = pooled.submit_stream(on_event)
+        answer = asyncio.wrap_future(future)
+        answer.add_done_callback(lambda _answer: queue.put_nowait(_DONE))
+        try:
+            while not isinstance(item := await queue.get(), _Done):
+                yield item
+            try:
+                outcome = answer.result()
+            except Exception as exc:  # the worker was lost, or the pool closed: recorded as failed here
+                failed = self._failed(exc)
+                await run.asettle()
+                yield failed
+                return
+            self._ended = True
+            try:
+                end: StreamEvent = RunFinished(pooled._adopt(outcome))
+            except Exception as shown:  # the run failed on the worker: adopt recorded it
+                end = RunFailed(shown)
+            await run.asettle()
+            yield end
+        finally:
+            if not self._ended:  # the consumer stopped: a queued task never runs, a running one is dropped
+                future.cancel()
+                self._ended = True
+                run.failed(asyncio.CancelledError())
+
     def _failed(self, exc: BaseException) -> RunFailed:
         self._ended = True
         return RunFailed(self._run.failed(exc))
@@ -227,6 +329,13 @@ class RunStream:
             if not targets:
                 return await acall_module(program, **inputs)
             return await _stream_module(program, inputs, targets, emit)
+
+
+def _event(data: dict[str, Any]) -> StreamEvent:
+    """A worker's event message (``pools.worker``) as the event a local stream yields."""
+    if data.get("type") == "step":
+        return StepEvent(data["kind"], data["data"])
+    return TokenEvent(data["field"], data["chunk"], data.get("step"))
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -39,6 +39,8 @@ _STREAM_DOC = """Server-sent events, in order:
 - `result`: as the synchronous run's body, or `error`: `{"error": {"code", "message", "execution_id"}}`
 
 The run is recorded like a synchronous one; a client that disconnects cancels it (recorded `cancelled`).
+With `dspex serve --pool NAME` (or routing rules) a pool's worker runs and streams it, as it runs the
+synchronous route's runs.
 Unknown programs (404) and inputs that fail the signature (422) are answered before the stream starts.
 """
 
@@ -125,6 +127,7 @@ async def stream(
                 variables=body.variables,
                 durability=body.durability,
                 timeout=body.timeout,
+                pool=options_of(request).pool,
             )
     except ConfigurationError as exc:
         await _not_found_or(app, name, body.version, exc)
