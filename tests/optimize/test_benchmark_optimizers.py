@@ -15,7 +15,7 @@ METHODS = ("bootstrap", "bootstrap_rs", "ensemble", "copro", "miprov2", "simba",
 def test_the_optimizers_benchmark_runs_at_tiny_sizes(tmp_path: Path) -> None:
     plot = tmp_path / "optimizers.png"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--smoke", "--out", str(plot)],
+        [sys.executable, str(BENCHMARK), "--smoke", "--seeds", "1", "--out", str(plot)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -24,7 +24,7 @@ def test_the_optimizers_benchmark_runs_at_tiny_sizes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
     for task in ("qa", "cls"):
-        section = out.split(f"## task {task}", 1)[1].split("## task", 1)[0]
+        section = out.split(f"## task {task}", 1)[1].split("## task", 1)[0].split("## target 1 across", 1)[0]
         rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
         assert sorted(row.split(" | ")[0].removeprefix("| ") for row in rows) == sorted(METHODS)
         for row in rows:
@@ -33,4 +33,8 @@ def test_the_optimizers_benchmark_runs_at_tiny_sizes(tmp_path: Path) -> None:
             assert 0.0 <= float(cells[3]) <= 1.0
         assert "target 1: holistic within 2% of the best" in section
         assert "target 2 on " + task in section
+    across = out.split("## target 1 across seeds", 1)[1]
+    for task in ("qa", "cls"):
+        seeds = [line for line in across.splitlines() if line.startswith(f"| {task} | ")]
+        assert [line.split(" | ")[1] for line in seeds] == ["0", "1", "median"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
