@@ -165,6 +165,12 @@ class SpecPolicy:
                 self.check_lm_kwargs(value, where)
             elif option.kind == "module" and isinstance(value, Mapping):
                 self.check_module_spec(value, where)
+            elif option.kind == "modules" and isinstance(value, list | tuple):
+                for i, member in enumerate(value):
+                    if isinstance(member, Mapping):
+                        self.check_module_spec(member, _join(where, i))
+            elif option.kind == "validator" and value not in ("critic", "lm") and not isinstance(value, Mapping):
+                self.check_function_ref(value, where, "validator")
 
     # -- building -------------------------------------------------------------------------------------------
     def build_lm(self, lm: Mapping[str, Any], path: str = "lm") -> Any:
