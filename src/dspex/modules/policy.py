@@ -169,7 +169,11 @@ class SpecPolicy:
                 for i, member in enumerate(value):
                     if isinstance(member, Mapping):
                         self.check_module_spec(member, _join(where, i))
-            elif option.kind == "validator" and value not in ("critic", "lm") and not isinstance(value, Mapping):
+            elif (
+                option.kind == "validator"
+                and value not in ("critic", "lm")
+                and not isinstance(value, Mapping)
+            ):
                 self.check_function_ref(value, where, "validator")
 
     # -- building -------------------------------------------------------------------------------------------

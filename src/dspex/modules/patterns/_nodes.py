@@ -61,4 +61,6 @@ def run_parallel(thunks: Sequence[Callable[[], T]], threads: int) -> list[T]:
 def check_minimum(owner: str, name: str, value: Any, minimum: int) -> None:
     """``ConfigurationError`` naming ``owner``'s option ``name`` unless it is an int of at least ``minimum``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"{owner} option {name!r} must be an int of at least {minimum}, got {value!r}")
+        raise ConfigurationError(
+            f"{owner} option {name!r} must be an int of at least {minimum}, got {value!r}"
+        )

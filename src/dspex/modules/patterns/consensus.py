@@ -56,8 +56,11 @@ class Consensus(dspy.Module):
     ) -> None:
         super().__init__()
         sig = _to_signature(signature)
+        self.signature = sig  # what pipelines and App.run read: the inputs and outputs it takes
         if method not in _METHODS:
-            raise ConfigurationError(f"consensus option 'method' is one of {', '.join(_METHODS)}; got {method!r}")
+            raise ConfigurationError(
+                f"consensus option 'method' is one of {', '.join(_METHODS)}; got {method!r}"
+            )
         check_minimum("consensus", "num_threads", num_threads, 1)
         members = list(modules) if modules else [dspy.Predict(sig)]
         if lms:
@@ -96,7 +99,9 @@ class Consensus(dspy.Module):
         keys = [normalise_answer(p.get(self.field)) for p in predictions]
         weights = _check_weights(self.weights, len(self.members))  # a variable may have set them
         tally: dict[str, float] = {}
-        for key, weight in zip(keys, weights if self.method != "majority" else [1.0] * len(keys), strict=True):
+        for key, weight in zip(
+            keys, weights if self.method != "majority" else [1.0] * len(keys), strict=True
+        ):
             tally[key] = tally.get(key, 0.0) + weight
         distinct = list(tally)
         if self.method == "judge":
@@ -136,7 +141,9 @@ def _on_lm(module: dspy.Module, lm: dspy.BaseLM) -> dspy.Module:
 
 def _check_weights(weights: Any, members: int) -> list[float]:
     if not isinstance(weights, list | tuple) or len(weights) != members:
-        raise ConfigurationError(f"consensus option 'weights' is a list of {members} numbers (one per member); got {weights!r}")
+        raise ConfigurationError(
+            f"consensus option 'weights' is a list of {members} numbers (one per member); got {weights!r}"
+        )
     for i, w in enumerate(weights):
         if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
             raise ConfigurationError(f"consensus option 'weights[{i}]' is a number >= 0; got {w!r}")

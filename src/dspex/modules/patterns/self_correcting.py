@@ -80,6 +80,7 @@ class SelfCorrectingCoT(dspy.Module):
         super().__init__()
         check_minimum("self_correcting_cot", "max_corrections", max_corrections, 0)
         sig = _to_signature(signature)
+        self.signature = sig  # what pipelines and App.run read: the inputs and outputs it takes
         self.max_corrections = max_corrections
         self.threshold = float(threshold)
         self.output_names = list(sig.output_fields)
@@ -89,7 +90,9 @@ class SelfCorrectingCoT(dspy.Module):
                 "rejected_attempt", dspy.InputField(desc="an earlier answer that failed validation"), str
             )
             .append("critique", dspy.InputField(desc="why it failed: fix this"), str)
-            .append_instructions("An earlier attempt was rejected; backtrack and correct it using the critique."),
+            .append_instructions(
+                "An earlier attempt was rejected; backtrack and correct it using the critique."
+            ),
             **config,
         )
         self.critic: dspy.Module | None = None

@@ -66,9 +66,15 @@ class TreeOfThoughts(dspy.Module):
         **config: Any,
     ) -> None:
         super().__init__()
-        for name, value in (("breadth", breadth), ("depth", depth), ("beam", beam), ("num_threads", num_threads)):
+        for name, value in (
+            ("breadth", breadth),
+            ("depth", depth),
+            ("beam", beam),
+            ("num_threads", num_threads),
+        ):
             check_minimum("tree_of_thoughts", name, value, 1)
         sig = _to_signature(signature)
+        self.signature = sig  # what pipelines and App.run read: the inputs and outputs it takes
         self.breadth, self.depth, self.beam, self.num_threads = breadth, depth, beam, num_threads
         inputs = ", ".join([*sig.input_fields, "path: list[str]"])
         self.propose = dspy.Predict(
@@ -92,8 +98,9 @@ class TreeOfThoughts(dspy.Module):
                 f"tree_of_thoughts option 'scorer' is 'lm' or a scoring function; got {scorer!r}"
             )
         self.finish = dspy.ChainOfThought(
-            sig.prepend("path", dspy.InputField(desc="the best reasoning path found"), list[str])
-            .append_instructions("Give the outputs that the reasoning path leads to."),
+            sig.prepend(
+                "path", dspy.InputField(desc="the best reasoning path found"), list[str]
+            ).append_instructions("Give the outputs that the reasoning path leads to."),
             **config,
         )
 
@@ -105,7 +112,9 @@ class TreeOfThoughts(dspy.Module):
             assert self.evaluate is not None
             value = self.evaluate(**inputs, path=path).score
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"a tree_of_thoughts scorer returns a number; got {type(value).__name__} {value!r}")
+            raise TypeError(
+                f"a tree_of_thoughts scorer returns a number; got {type(value).__name__} {value!r}"
+            )
         return float(value)
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
@@ -120,7 +129,9 @@ class TreeOfThoughts(dspy.Module):
             def expand(node_id: int, parent: ThoughtNode, k: int, level: int = level) -> ThoughtNode:
                 def run() -> ThoughtNode:
                     # rollout_id keeps the breadth siblings distinct samples, not one cached answer.
-                    thought = str(self.propose(**inputs, path=parent.path, config={"rollout_id": node_id}).thought)
+                    thought = str(
+                        self.propose(**inputs, path=parent.path, config={"rollout_id": node_id}).thought
+                    )
                     path = [*parent.path, thought]
                     node = ThoughtNode(node_id, parent.id, level, thought, path, self.score(inputs, path))
                     annotate(depth=level, parent=parent.id, thought=thought, score=node.score)
