@@ -33,7 +33,8 @@ def test_dspex_patterns_are_dspy_modules_defined_by_dspex() -> None:
     assert patterns == {"consensus", "self_correcting_cot", "tree_of_thoughts"}
     for name in patterns:
         cls = module_entry(name).dspy_class
-        assert issubclass(cls, dspy.Module) and cls.__module__.startswith("dspex.modules.patterns")
+        assert issubclass(cls, dspy.Module)
+        assert cls.__module__.startswith("dspex.modules.patterns")
 
 
 def test_names_are_sorted_snake_case_and_unique() -> None:

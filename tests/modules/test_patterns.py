@@ -124,7 +124,8 @@ def test_every_attempt_is_a_span_and_a_raising_validator_fails_the_run(tmp_path:
         assert app.flush()
         record = app.executions.get(result.execution_id)
         failed = app.executions.get(info.value.execution_id or "")
-    assert record is not None and failed is not None
+    assert record is not None
+    assert failed is not None
     spans = (record.trace or {})["spans"]
     attempts = [s for s in spans if s["name"].startswith("attempt ")]
     assert [(s["name"], s["attrs"]["passed"]) for s in attempts] == [
@@ -133,7 +134,8 @@ def test_every_attempt_is_a_span_and_a_raising_validator_fails_the_run(tmp_path:
     ]
     assert attempts[0]["attrs"]["critique"] == "recount"
     assert all(s["parent"] == 0 for s in attempts)  # under the SelfCorrectingCoT span
-    assert failed.status == "failed" and "validator crashed" in (failed.error or {}).get("message", "")
+    assert failed.status == "failed"
+    assert "validator crashed" in (failed.error or {}).get("message", "")
 
 
 # -- tree of thoughts ------------------------------------------------------------------------------------
@@ -170,7 +172,8 @@ def test_pruning_keeps_the_beam_and_returns_the_best_path() -> None:
     level2 = [n for n in tree if n["depth"] == 2]
     assert {tree[n["parent"]]["thought"] for n in level2} == {"t1", "t2"}  # only kept nodes expanded
     assert sorted(n["thought"] for n in level2 if n["kept"]) == ["t4", "t8"]
-    assert pred.path == ["t2", "t4"] and pred.score == 100.0  # t2 ranked first, so expanded first
+    assert pred.path == ["t2", "t4"]
+    assert pred.score == 100.0
     assert pred.answer == "t2+t4"
     assert engine.calls == 9 + 1  # 9 proposals, one answer
 
@@ -184,10 +187,12 @@ def test_lm_scorer_parallel_nodes_are_spans_under_the_tree(tmp_path: Path) -> No
         result = app.run(tot, {"question": "q"})
         assert app.flush()
         record = app.executions.get(result.execution_id)
-    assert record is not None and result.outputs["answer"] == "done"
+    assert record is not None
+    assert result.outputs["answer"] == "done"
     spans = (record.trace or {})["spans"]
     nodes = [s for s in spans if s["name"].startswith("node ")]
-    assert len(nodes) == 2 + 2 and all(s["parent"] == 0 for s in nodes)
+    assert len(nodes) == 2 + 2
+    assert all(s["parent"] == 0 for s in nodes)
     assert all({"depth", "score", "thought"} <= set(s["attrs"]) for s in nodes)
     lms_under_nodes = [s for s in spans if s["kind"] == "lm" and _ancestor(spans, s, "node ")]
     assert len(lms_under_nodes) == 2 * len(nodes)  # each node: one proposal and one LM score

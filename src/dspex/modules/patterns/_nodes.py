@@ -28,7 +28,7 @@ __all__ = ["Node", "annotate", "check_minimum", "run_parallel"]
 T = TypeVar("T")
 
 
-class Node(dspy.Module):
+class Node(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
     """One step of a pattern (an attempt, a tree node): a span named ``name`` around ``fn()``."""
 
     def __init__(self, name: str, fn: Callable[[], Any]) -> None:

@@ -21,7 +21,8 @@ its error propagates rather than being outvoted silently.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import dspy
@@ -41,7 +42,7 @@ def normalise_answer(value: Any) -> str:
     return " ".join(str(value).split()).casefold()
 
 
-class Consensus(dspy.Module):
+class Consensus(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
     """Several modules or models on one input, combined by majority, weights or an LM judge."""
 
     def __init__(
@@ -95,7 +96,8 @@ class Consensus(dspy.Module):
             )
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        predictions = run_parallel([lambda m=m: m(**inputs) for m in self.members], self.num_threads)
+        calls: list[Callable[[], Any]] = [functools.partial(_call, m, inputs) for m in self.members]
+        predictions = run_parallel(calls, self.num_threads)
         keys = [normalise_answer(p.get(self.field)) for p in predictions]
         weights = _check_weights(self.weights, len(self.members))  # a variable may have set them
         tally: dict[str, float] = {}
@@ -125,12 +127,16 @@ class Consensus(dspy.Module):
         annotate(method=self.method, votes=tally, chosen=chosen, agreement=agreement, tied=tied)
         best = predictions[chosen]
         return dspy.Prediction(
-            **{name: best.get(name) for name in best.keys()},
+            **{name: best.get(name) for name in best},
             agreement=agreement,
             votes=tally,
             chosen=chosen,
             tied=tied,
         )
+
+
+def _call(module: dspy.Module, inputs: dict[str, Any]) -> Any:
+    return module(**inputs)
 
 
 def _on_lm(module: dspy.Module, lm: dspy.BaseLM) -> dspy.Module:

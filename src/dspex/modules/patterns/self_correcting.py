@@ -66,7 +66,7 @@ def _prediction_text(prediction: dspy.Prediction, names: list[str]) -> str:
     return "\n".join(f"{name}: {prediction.get(name)}" for name in names)
 
 
-class SelfCorrectingCoT(dspy.Module):
+class SelfCorrectingCoT(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
     """Chain of thought plus a validator, retried with the critique as feedback (see the module doc)."""
 
     def __init__(
@@ -139,7 +139,9 @@ class SelfCorrectingCoT(dspy.Module):
         for index in range(self.max_corrections + 1):
             previous = attempts[-1] if attempts else None
 
-            def attempt(previous: tuple[dspy.Prediction, Verdict] | None = previous) -> Any:
+            def attempt(
+                previous: tuple[dspy.Prediction, Verdict] | None = previous, index: int = index
+            ) -> Any:
                 if previous is None:
                     prediction = self.solve(**inputs)
                 else:
@@ -158,7 +160,7 @@ class SelfCorrectingCoT(dspy.Module):
         # The last passing attempt, else the best-scored one (the later one on a tie: it saw more feedback).
         best, verdict = max(reversed(attempts), key=lambda pair: (pair[1].passed, pair[1].score))
         return dspy.Prediction(
-            **{name: best.get(name) for name in best.keys()},
+            **{name: best.get(name) for name in best},
             passed=verdict.passed,
             score=verdict.score,
             attempts=len(attempts),
@@ -180,4 +182,5 @@ def _constraint(sig: type[dspy.Signature], validator: Mapping[str, str]) -> type
             f"validator signature names {', '.join(unknown)}, which the module does not output "
             f"({', '.join(sig.output_fields)})"
         )
-    return constraint
+    result: type[dspy.Signature] = constraint
+    return result

@@ -20,6 +20,7 @@ span.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -52,7 +53,7 @@ class ThoughtNode:
         return asdict(self)
 
 
-class TreeOfThoughts(dspy.Module):
+class TreeOfThoughts(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
     """Breadth-by-depth search over partial thoughts with beam pruning (see the module doc)."""
 
     def __init__(
@@ -140,9 +141,10 @@ class TreeOfThoughts(dspy.Module):
                 result: ThoughtNode = Node(f"node {level}.{node_id}", run)()
                 return result
 
-            children = run_parallel(
-                [lambda n=n, p=p, k=k: expand(n, p, k) for n, p, k in numbered], self.num_threads
-            )
+            calls: list[Callable[[], ThoughtNode]] = [
+                functools.partial(expand, n, p, k) for n, p, k in numbered
+            ]
+            children = run_parallel(calls, self.num_threads)
             tree.extend(children)
             ranked = sorted(children, key=lambda node: -node.score)  # stable: ties keep creation order
             frontier = ranked[: self.beam]
@@ -153,7 +155,7 @@ class TreeOfThoughts(dspy.Module):
         nodes = [node.to_json() for node in tree]
         annotate(tree=nodes, best=best.id)
         return dspy.Prediction(
-            **{name: answer.get(name) for name in answer.keys()},
+            **{name: answer.get(name) for name in answer},
             path=best.path,
             score=best.score,
             tree=nodes,
