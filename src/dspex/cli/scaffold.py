@@ -22,7 +22,9 @@ from dspex.cli._render import console, emit_json, open_app, text
 
 def scaffold(
     task: str = typer.Argument(..., help="What the pipeline should do, in words."),
-    tests: Path = typer.Option(..., "--tests", help="Test cases, JSON Lines: {inputs, expected} per line."),
+    tests: Path = typer.Option(  # noqa: B008 - typer declares options as defaults
+        ..., "--tests", help="Test cases, JSON Lines: {inputs, expected} per line."
+    ),
     name: str = typer.Option("scaffolded", "--name", help="The program to register the best spec as."),
     iterations: int = typer.Option(3, "--iterations", help="Proposals at most (1-20)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result and every attempt as JSON."),
