@@ -16,7 +16,7 @@ in :mod:`dspex.modules.patterns`, usable anywhere a module is.
 from dspex.agents.capabilities import Agent, Capabilities, Task
 from dspex.agents.coordinate import ConsensusResult, Ranked, consensus, coordinate, learned_weights
 from dspex.agents.fitness import Fitness, measure_fitness, record_outcome
-from dspex.agents.scaffold import ScaffoldAttempt, ScaffoldResult, TestCase, load_tests, scaffold
+from dspex.agents.scaffold import ScaffoldAttempt, ScaffoldCase, ScaffoldResult, load_tests, scaffold
 
 __all__ = [
     "Agent",
@@ -25,9 +25,9 @@ __all__ = [
     "Fitness",
     "Ranked",
     "ScaffoldAttempt",
+    "ScaffoldCase",
     "ScaffoldResult",
     "Task",
-    "TestCase",
     "consensus",
     "coordinate",
     "learned_weights",

@@ -66,12 +66,14 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class Agent:
-    """A named module with capabilities. ``module`` is a ``dspy.Module`` or a registered program's name
-    (then its fitness is measured from that program's recorded runs)."""
+    """A named module with capabilities. ``module`` is a ``dspy.Module`` or a registered program's name;
+    its fitness is measured from the recorded runs of that program, or of ``record`` (a program name) when
+    the module is given built."""
 
     name: str
     module: Any
     capabilities: Capabilities
+    record: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _TAG.match(self.name):
@@ -88,8 +90,8 @@ class Agent:
 
     @property
     def program(self) -> str | None:
-        """The registered program this agent runs, if it names one."""
-        return self.module if isinstance(self.module, str) else None
+        """The registered program whose record measures this agent, if any."""
+        return self.module if isinstance(self.module, str) else self.record
 
 
 @dataclass(frozen=True, slots=True)

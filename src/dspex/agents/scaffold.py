@@ -2,7 +2,7 @@
 
 ::
 
-    result = scaffold(app, "Answer arithmetic word problems", tests, name="math")   # tests: TestCase list
+    result = scaffold(app, "Answer arithmetic word problems", tests, name="math")   # tests: ScaffoldCase list
     result.program, result.version_id, result.score       # the best spec, registered as a draft version
     dspex scaffold "Answer arithmetic word problems" --tests tests.jsonl --name math
 
@@ -35,14 +35,14 @@ from dspex.errors import ConfigurationError, ExecutionError, RunError, SpecError
 if TYPE_CHECKING:
     from dspex.runtime.app import App
 
-__all__ = ["ScaffoldAttempt", "ScaffoldResult", "TestCase", "load_tests", "scaffold"]
+__all__ = ["ScaffoldAttempt", "ScaffoldCase", "ScaffoldResult", "load_tests", "scaffold"]
 
 MAX_FEEDBACK_CASES = 3
 MAX_ITERATIONS = 20
 
 
 @dataclass(frozen=True, slots=True)
-class TestCase:
+class ScaffoldCase:
     """One test: inputs for the pipeline and the outputs expected from it."""
 
     inputs: dict[str, Any]
@@ -86,7 +86,7 @@ class _Propose(dspy.Signature):  # type: ignore[misc]  # dspy.Signature is untyp
 
     task: str = dspy.InputField()
     catalog: str = dspy.InputField(desc="modules and tools you may use, with their options")
-    fields: str = dspy.InputField(desc="the pipeline's inputs and the outputs it must produce")
+    io_fields: str = dspy.InputField(desc="the pipeline's inputs and the outputs it must produce")
     feedback: str = dspy.InputField(desc="what was wrong with your previous spec; empty on the first try")
     spec: str = dspy.OutputField(desc="the pipeline spec, YAML")
 
@@ -98,7 +98,7 @@ steps:
   - {name: solve, module: chain_of_thought, signature: "question -> answer"}"""
 
 
-def load_tests(path: str | Path) -> list[TestCase]:
+def load_tests(path: str | Path) -> list[ScaffoldCase]:
     """Test cases from a JSON Lines file, one ``{"inputs": {...}, "expected": {...}}`` per line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -118,7 +118,7 @@ def load_tests(path: str | Path) -> list[TestCase]:
     return cases
 
 
-def _case(data: Any, where: str, line: int | None = None) -> TestCase:
+def _case(data: Any, where: str, line: int | None = None) -> ScaffoldCase:
     if not isinstance(data, Mapping) or set(data) != {"inputs", "expected"}:
         raise SpecError(f'a test case ({where}) is {{"inputs": {{...}}, "expected": {{...}}}}', line=line)
     for key in ("inputs", "expected"):
@@ -126,7 +126,7 @@ def _case(data: Any, where: str, line: int | None = None) -> TestCase:
             raise SpecError(
                 f"{key} of the test case at {where} is a non-empty object of fields", path=key, line=line
             )
-    return TestCase(dict(data["inputs"]), dict(data["expected"]))
+    return ScaffoldCase(dict(data["inputs"]), dict(data["expected"]))
 
 
 def _catalog_text(app: App) -> str:
@@ -156,7 +156,7 @@ def _matches(expected: Any, got: Any) -> bool:
 
 
 class _Scaffolder:
-    def __init__(self, app: App, tests: Sequence[TestCase], lm: Any) -> None:
+    def __init__(self, app: App, tests: Sequence[ScaffoldCase], lm: Any) -> None:
         from dspex.modules import ToolRegistry
 
         self.app, self.tests, self.lm = app, tests, lm
@@ -216,7 +216,7 @@ def _feedback(attempt: ScaffoldAttempt) -> str:
 def scaffold(
     app: App,
     task: str,
-    tests: Sequence[TestCase] | str | Path,
+    tests: Sequence[ScaffoldCase] | str | Path,
     *,
     name: str,
     iterations: int = 3,
@@ -238,7 +238,8 @@ def scaffold(
         if isinstance(tests, str | Path)
         else [
             _case(
-                {"inputs": c.inputs, "expected": c.expected} if isinstance(c, TestCase) else c, f"tests[{i}]"
+                {"inputs": c.inputs, "expected": c.expected} if isinstance(c, ScaffoldCase) else c,
+                f"tests[{i}]",
             )
             for i, c in enumerate(tests)
         ]
@@ -256,13 +257,15 @@ def scaffold(
     feedback = ""
     for iteration in range(iterations):
         proposal = app.run(
-            proposer, {"task": task, "catalog": catalog_text, "fields": fields, "feedback": feedback}, lm=lm
+            proposer,
+            {"task": task, "catalog": catalog_text, "io_fields": fields, "feedback": feedback},
+            lm=lm,
         )
         text = _strip_fences(str(proposal.outputs.get("spec") or ""))
         try:
             spec, pipeline = scaffolder.check(text)
         except UserError as exc:  # SpecError, SignatureError, ConfigurationError: the spec is at fault
-            attempt = ScaffoldAttempt(iteration, text, exc.message, None)
+            attempt = ScaffoldAttempt(iteration, text, str(exc), None)
         else:
             score, failures = scaffolder.evaluate(pipeline)
             attempt = ScaffoldAttempt(iteration, text, None, score, failures)
