@@ -332,3 +332,20 @@ steps:
     with dspy.context(lm=engine.lm()):
         out = pipeline(question="2+2?")
     assert (out.answer, out.explanation) == ("4", "because")
+
+
+def test_consensus_weights_are_bound_by_variables() -> None:
+    from dspex.variables.binding import Bindings, apply, bind
+
+    vote = build_module(
+        "consensus",
+        "question -> answer",
+        modules=["predict", "predict"],
+        method="weighted",
+        weights=[1.0, 1.0],
+        num_threads=1,
+    )
+    configured = apply(vote, {"trust_second": 2.5}, Bindings([bind.attribute("trust_second", "weights[1]")]))
+    assert (vote.weights, configured.weights) == ([1.0, 1.0], [1.0, 2.5])  # a configured copy
+    with dspy.context(lm=ScriptedEngine({"answer": ["Paris", "Lyon"]}).lm()):
+        assert configured(question="capital?").answer == "Lyon"
