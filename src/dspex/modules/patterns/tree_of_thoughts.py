@@ -124,10 +124,9 @@ class TreeOfThoughts(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
         tree = [root]
         frontier = [root]
         for level in range(1, self.depth + 1):
-            jobs = [(parent, k) for parent in frontier for k in range(self.breadth)]
-            numbered = [(next(ids), parent, k) for parent, k in jobs]
+            numbered = [(next(ids), parent) for parent in frontier for _ in range(self.breadth)]
 
-            def expand(node_id: int, parent: ThoughtNode, k: int, level: int = level) -> ThoughtNode:
+            def expand(node_id: int, parent: ThoughtNode, level: int = level) -> ThoughtNode:
                 def run() -> ThoughtNode:
                     # rollout_id keeps the breadth siblings distinct samples, not one cached answer.
                     thought = str(
@@ -142,7 +141,7 @@ class TreeOfThoughts(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
                 return result
 
             calls: list[Callable[[], ThoughtNode]] = [
-                functools.partial(expand, n, p, k) for n, p, k in numbered
+                functools.partial(expand, n, p) for n, p in numbered
             ]
             children = run_parallel(calls, self.num_threads)
             tree.extend(children)
