@@ -223,8 +223,45 @@ _PEOPLE = [
 ]
 _FILMS = [
     f"{a} {b}"
-    for a in ("Red", "Silent", "Last", "Blue", "Iron", "Paper", "Quiet", "Wild", "Glass", "Night")
-    for b in ("River", "Harbor", "Summer", "Code", "Letter", "Garden", "Signal", "Tide", "Crown", "Road")
+    for a in (
+        "Red",
+        "Silent",
+        "Last",
+        "Blue",
+        "Iron",
+        "Paper",
+        "Quiet",
+        "Wild",
+        "Glass",
+        "Night",
+        "Cold",
+        "Late",
+        "Golden",
+        "Hidden",
+        "Small",
+    )
+    for b in (
+        "River",
+        "Harbor",
+        "Summer",
+        "Code",
+        "Letter",
+        "Garden",
+        "Signal",
+        "Tide",
+        "Crown",
+        "Road",
+        "Bridge",
+        "Mirror",
+        "Engine",
+        "Winter",
+        "Island",
+        "Ledger",
+        "Orchard",
+        "Lantern",
+        "Falcon",
+        "Gate",
+    )
 ]
 
 

@@ -104,7 +104,7 @@ def interval(a: float, b: float, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=60, help="questions per task (multihop has at most 20)")
+    parser.add_argument("--n", type=int, default=60, help="questions per task (at most 300)")
     parser.add_argument("--p", type=float, default=0.55, help="per-call accuracy of the simulated LM")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -349,3 +349,21 @@ def test_consensus_weights_are_bound_by_variables() -> None:
     assert (vote.weights, configured.weights) == ([1.0, 1.0], [1.0, 2.5])  # a configured copy
     with dspy.context(lm=ScriptedEngine({"answer": ["Paris", "Lyon"]}).lm()):
         assert configured(question="capital?").answer == "Lyon"
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("consensus", {"modules": ["predict", "chain_of_thought"]}),
+        ("self_correcting_cot", {"validator": "critic"}),
+        ("tree_of_thoughts", {"breadth": 2, "depth": 1, "beam": 1}),
+    ],
+)
+def test_patterns_register_as_versioned_programs(tmp_path: Path, name: str, options: dict[str, Any]) -> None:
+    engine = ScriptedEngine({"answer": "4", "thought": "t", "score": 0.5, "ok": True, "critique": ""})
+    with _app(tmp_path, engine) as app:
+        version = app.programs.register(
+            "pattern", {"module": name, "signature": "question -> answer", "options": options}
+        )
+        assert version.status == "draft"
+        assert app.run("pattern", {"question": "2+2"}).outputs["answer"] == "4"
