@@ -141,3 +141,42 @@ def test_registered_programs_run_as_consensus_members(app: App) -> None:
 def test_bad_agent_definitions_name_the_field(build: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         build()  # type: ignore[operator]
+
+
+def test_consensus_of_registered_programs_on_a_worker_pool(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/p.db", pools={"general": {"size": 2}})
+    with App(settings) as app:
+        for name, factory in (("four", "build_four"), ("five", "build_five"), ("four-too", "build_four")):
+            app.programs.register(name, f"agents_pool_programs:{factory}")
+        caps = Capabilities(provides="answer")
+        agents = [Agent(n, n, caps) for n in ("five", "four", "four-too")]
+        result = consensus(
+            agents, {"question": "2+2?"}, signature="question -> answer", app=app, pool="general"
+        )
+        assert (result.answer, result.chosen, result.agreement) == ("4", "four", 2 / 3)
+        weighted = consensus(
+            agents,
+            {"question": "2+2?"},
+            signature="question -> answer",
+            method="weighted",
+            weights=[3.0, 1.0, 1.0],
+            app=app,
+            pool="general",
+        )
+        assert (weighted.answer, weighted.chosen) == ("5", "five")
+        app.flush()
+        members = [app.executions.get(i) for i in result.member_execution_ids]
+        assert [m.program for m in members if m is not None] == ["five", "four", "four-too"]
+        assert all(m is not None and (m.placement or {}).get("target") == "pool" for m in members)
+        with pytest.raises(ConfigurationError, match="'judge' runs in process"):
+            consensus(
+                agents,
+                {"question": "q"},
+                signature="question -> answer",
+                method="judge",
+                app=app,
+                pool="general",
+            )
+        built = [Agent("inline", dspy.Predict("question -> answer"), caps), agents[0]]
+        with pytest.raises(ConfigurationError, match="hold built modules"):
+            consensus(built, {"question": "q"}, signature="question -> answer", app=app, pool="general")

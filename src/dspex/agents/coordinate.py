@@ -102,6 +102,7 @@ class ConsensusResult:
     tied: bool
     weights: list[float]
     execution_id: str | None  # the recorded run, when run through an App
+    member_execution_ids: tuple[str, ...] = ()  # on a pool: each member's own recorded run
 
     @property
     def answer(self) -> Any:
@@ -120,11 +121,14 @@ def consensus(
     app: App | None = None,
     field: str | None = None,
     num_threads: int = 4,
+    pool: str | None = None,
 ) -> ConsensusResult:
     """Run ``agents`` on ``inputs`` in parallel and combine their answers (see the module doc).
 
     With ``method="weighted"`` and no ``weights``, each agent's weight is its recorded fitness on
-    ``kind`` (which then needs ``app`` and ``kind``)."""
+    ``kind`` (which then needs ``app`` and ``kind``). With ``pool``, every agent must name a registered
+    program: each runs on that worker pool (:mod:`dspex.pools`) as its own recorded run, and the votes are
+    combined here (majority or weighted)."""
     from dspex.modules.patterns import Consensus
 
     if method == "weighted" and weights is None:
@@ -133,6 +137,8 @@ def consensus(
                 "consensus method 'weighted' without weights learns them from the record: pass app= and kind="
             )
         weights = learned_weights(app, agents, kind)
+    if pool is not None:
+        return _on_pool(agents, inputs, signature, method, weights, app, field, pool)
     modules = [
         app.programs.load(a.module) if isinstance(a.module, str) and app is not None else a.module
         for a in agents
@@ -158,4 +164,63 @@ def consensus(
         bool(prediction.tied),
         list(module.weights),
         execution_id,
+    )
+
+
+def _on_pool(
+    agents: Sequence[Agent],
+    inputs: Mapping[str, Any],
+    signature: str,
+    method: ConsensusMethod,
+    weights: list[float] | None,
+    app: App | None,
+    field: str | None,
+    pool: str,
+) -> ConsensusResult:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dspex.modules._signature import _to_signature
+    from dspex.modules.patterns.consensus import combine_votes
+
+    if app is None:
+        raise ConfigurationError(
+            f"consensus on pool {pool!r} runs registered programs through an App: pass app="
+        )
+    if method == "judge":
+        raise ConfigurationError(
+            "consensus on a pool combines by 'majority' or 'weighted'; 'judge' runs in process"
+        )
+    unnamed = [a.name for a in agents if not isinstance(a.module, str)]
+    if unnamed:
+        raise ConfigurationError(
+            f"consensus on pool {pool!r} runs registered programs; agents {', '.join(unnamed)} hold built modules"
+        )
+    if len(agents) < 2:
+        raise ConfigurationError(f"consensus needs at least 2 agents; got {len(agents)}")
+    outputs_of = list(_to_signature(signature).output_fields)
+    compared = field if field is not None else outputs_of[-1]
+    if compared not in outputs_of:
+        raise ConfigurationError(f"field names an output of {signature!r}; got {field!r}")
+    chosen_weights = [1.0] * len(agents) if weights is None else [float(w) for w in weights]
+    if len(chosen_weights) != len(agents) or any(w < 0 for w in chosen_weights) or not any(chosen_weights):
+        raise ConfigurationError(
+            f"weights is a list of {len(agents)} numbers >= 0 (one per agent, one at least > 0); got {weights!r}"
+        )
+    # A thread per member only waits on the pool; the work runs in the pool's worker processes.
+    with ThreadPoolExecutor(max_workers=len(agents)) as threads:
+        futures = [threads.submit(app.run, str(a.module), dict(inputs), pool=pool) for a in agents]
+        runs = [f.result() for f in futures]
+    vote = combine_votes(
+        [r.outputs.get(compared) for r in runs], chosen_weights if method == "weighted" else None
+    )
+    best = runs[vote.chosen]
+    return ConsensusResult(
+        {name: best.outputs.get(name) for name in outputs_of},
+        vote.agreement,
+        vote.tally,
+        agents[vote.chosen].name,
+        vote.tied,
+        chosen_weights,
+        None,
+        tuple(r.execution_id for r in runs),
     )

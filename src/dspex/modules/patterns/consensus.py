@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import dspy
@@ -31,7 +32,7 @@ from dspex.errors import ConfigurationError, ExecutionError
 from dspex.modules._signature import _to_signature
 from dspex.modules.patterns._nodes import annotate, check_minimum, run_parallel
 
-__all__ = ["Consensus", "ConsensusMethod", "normalise_answer"]
+__all__ = ["Consensus", "ConsensusMethod", "Vote", "combine_votes", "normalise_answer"]
 
 ConsensusMethod = Literal["majority", "weighted", "judge"]
 _METHODS: tuple[ConsensusMethod, ...] = ("majority", "weighted", "judge")
@@ -40,6 +41,46 @@ _METHODS: tuple[ConsensusMethod, ...] = ("majority", "weighted", "judge")
 def normalise_answer(value: Any) -> str:
     """How answers are compared: the text, trimmed, whitespace-collapsed and case-folded."""
     return " ".join(str(value).split()).casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """How answers combined: the weight behind each (normalised) answer, the winner's index among the
+    answers, the share of weight (or of members) behind it, and whether it won a tie."""
+
+    tally: dict[str, float]
+    chosen: int
+    agreement: float
+    tied: bool
+
+    @classmethod
+    def judged(cls, answers: Sequence[Any], winner: str) -> Vote:
+        keys = [normalise_answer(a) for a in answers]
+        tally = {k: float(keys.count(k)) for k in dict.fromkeys(keys)}
+        return cls(tally, keys.index(winner), keys.count(winner) / len(keys), False)
+
+
+def combine_votes(answers: Sequence[Any], weights: Sequence[float] | None = None) -> Vote:
+    """Majority (``weights=None``) or weighted vote over ``answers``; a tie goes to the first answer given.
+
+    >>> combine_votes(["4", "5", " 4"]).chosen, combine_votes(["4", "5"], [1.0, 2.0]).chosen
+    (0, 1)
+    """
+    if not answers:
+        raise ConfigurationError("a vote needs at least one answer")
+    keys = [normalise_answer(a) for a in answers]
+    counted = [1.0] * len(keys) if weights is None else list(weights)
+    tally: dict[str, float] = {}
+    for key, weight in zip(keys, counted, strict=True):
+        tally[key] = tally.get(key, 0.0) + weight
+    top = max(tally.values())
+    leaders = [k for k in tally if tally[k] == top]  # first-seen order: member order
+    winner = leaders[0]
+    total = sum(tally.values())
+    agreement = (
+        keys.count(winner) / len(keys) if weights is None else (tally[winner] / total if total else 0.0)
+    )
+    return Vote(tally, keys.index(winner), agreement, len(leaders) > 1)
 
 
 class Consensus(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
@@ -98,32 +139,22 @@ class Consensus(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
     def forward(self, **inputs: Any) -> dspy.Prediction:
         calls: list[Callable[[], Any]] = [functools.partial(_call, m, inputs) for m in self.members]
         predictions = run_parallel(calls, self.num_threads)
-        keys = [normalise_answer(p.get(self.field)) for p in predictions]
         weights = _check_weights(self.weights, len(self.members))  # a variable may have set them
-        tally: dict[str, float] = {}
-        for key, weight in zip(
-            keys, weights if self.method != "majority" else [1.0] * len(keys), strict=True
-        ):
-            tally[key] = tally.get(key, 0.0) + weight
-        distinct = list(tally)
+        answers = [p.get(self.field) for p in predictions]
         if self.method == "judge":
             assert self.judge is not None
-            candidates = [str(predictions[keys.index(k)].get(self.field)) for k in distinct]
+            distinct = list(dict.fromkeys(normalise_answer(a) for a in answers))
+            keys = [normalise_answer(a) for a in answers]
+            candidates = [str(answers[keys.index(k)]) for k in distinct]
             choice = self.judge(**inputs, candidates=candidates).choice
             if not isinstance(choice, int) or not 1 <= choice <= len(distinct):
                 raise ExecutionError(
                     f"the consensus judge chose {choice!r}; a choice is a candidate number 1-{len(distinct)}"
                 )
-            winner, tied = distinct[choice - 1], False
+            vote = Vote.judged(answers, distinct[choice - 1])
         else:
-            top = max(tally.values())
-            leaders = [k for k in distinct if tally[k] == top]  # first-seen order: member order
-            winner, tied = leaders[0], len(leaders) > 1
-        if self.method == "weighted":
-            agreement = tally[winner] / sum(tally.values())
-        else:
-            agreement = keys.count(winner) / len(keys)
-        chosen = keys.index(winner)
+            vote = combine_votes(answers, weights if self.method == "weighted" else None)
+        tally, chosen, agreement, tied = vote.tally, vote.chosen, vote.agreement, vote.tied
         annotate(method=self.method, votes=tally, chosen=chosen, agreement=agreement, tied=tied)
         best = predictions[chosen]
         return dspy.Prediction(

@@ -140,9 +140,7 @@ class TreeOfThoughts(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
                 result: ThoughtNode = Node(f"node {level}.{node_id}", run)()
                 return result
 
-            calls: list[Callable[[], ThoughtNode]] = [
-                functools.partial(expand, n, p) for n, p in numbered
-            ]
+            calls: list[Callable[[], ThoughtNode]] = [functools.partial(expand, n, p) for n, p in numbered]
             children = run_parallel(calls, self.num_threads)
             tree.extend(children)
             ranked = sorted(children, key=lambda node: -node.score)  # stable: ties keep creation order
