@@ -15,7 +15,8 @@ record (:mod:`dspex.agents.fitness`); an agent that names no registered program 
 the prior. Ties keep the order the agents were given. :func:`consensus` builds a
 :class:`~dspex.modules.patterns.Consensus` over the agents' modules (registered programs are loaded from
 the registry) and runs it, through ``app.run`` when an App is given, so the consensus is one recorded run
-whose members are spans of it.
+whose members are spans of it. With ``pool=``, registered programs run on that worker pool instead, each
+as its own recorded pooled run (the distributed form), and their votes are combined in this process.
 """
 
 from __future__ import annotations
