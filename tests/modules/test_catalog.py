@@ -23,9 +23,18 @@ def _shipped_module_classes() -> set[str]:
 
 
 def test_catalog_covers_every_module_dspy_ships() -> None:
-    in_catalog = {e.dspy_class.__name__ for e in ENTRIES}
+    in_catalog = {e.dspy_class.__name__ for e in ENTRIES if e.origin == "dspy"}
     assert in_catalog.isdisjoint(NOT_IN_CATALOG)
     assert in_catalog | set(NOT_IN_CATALOG) == _shipped_module_classes()
+
+
+def test_dspex_patterns_are_dspy_modules_defined_by_dspex() -> None:
+    patterns = {e.name for e in ENTRIES if e.origin == "dspex"}
+    assert patterns == {"consensus", "self_correcting_cot", "tree_of_thoughts"}
+    for name in patterns:
+        cls = module_entry(name).dspy_class
+        assert issubclass(cls, dspy.Module)
+        assert cls.__module__.startswith("dspex.modules.patterns")
 
 
 def test_names_are_sorted_snake_case_and_unique() -> None:

@@ -176,7 +176,37 @@ def _run_parallel(registry: ToolRegistry) -> None:
     assert [r.answer for r in results] == ["aa", "bb", "cc"]
 
 
+def _run_consensus(registry: ToolRegistry) -> None:
+    engine = ScriptedEngine({"answer": ["4", "5", "4"]})
+    module = build_module("consensus", "question -> answer", modules=["predict", "predict", "predict"])
+    with dspy.context(lm=engine.lm()):
+        pred = module(question="2+2?")
+    assert (pred.answer, pred.agreement) == ("4", 2 / 3)
+
+
+def _run_self_correcting_cot(registry: ToolRegistry) -> None:
+    engine = ScriptedEngine({"answer": ["5", "4"]})
+    module = build_module(
+        "self_correcting_cot", "question -> answer", validator=lambda i, p: p.answer == "4", temperature=0.1
+    )
+    with dspy.context(lm=engine.lm()):
+        pred = module(question="2+2?")
+    assert (pred.answer, pred.attempts, pred.passed) == ("4", 2, True)
+    assert module.solve.predict.config == {"temperature": 0.1}
+
+
+def _run_tree_of_thoughts(registry: ToolRegistry) -> None:
+    engine = ScriptedEngine({"thought": "add", "score": 0.5, "answer": "4"})
+    module = build_module("tree_of_thoughts", "question -> answer", breadth=2, depth=1, beam=1)
+    with dspy.context(lm=engine.lm()):
+        pred = module(question="2+2?")
+    assert (pred.answer, pred.path, len(pred.tree)) == ("4", ["add"], 3)
+
+
 SCENARIOS: dict[str, Callable[[ToolRegistry], None]] = {
+    "consensus": _run_consensus,
+    "self_correcting_cot": _run_self_correcting_cot,
+    "tree_of_thoughts": _run_tree_of_thoughts,
     "predict": _run_predict,
     "chain_of_thought": _run_chain_of_thought,
     "multi_chain_comparison": _run_multi_chain_comparison,

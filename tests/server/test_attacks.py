@@ -154,6 +154,30 @@ _REACT = {"module": "react", "signature": "question -> answer"}
             {**QA_SPEC, "options": {"config": {"api_base": "http://169.254.169.254/"}}},
             "options.config.api_base",
         ),
+        (
+            {
+                "module": "self_correcting_cot",
+                "signature": "q -> a",
+                "options": {"validator": f"{CANARY}:boom"},
+            },
+            "options.validator",
+        ),
+        (
+            {"module": "tree_of_thoughts", "signature": "q -> a", "options": {"scorer": "os:system"}},
+            "options.scorer",
+        ),
+        (
+            {
+                "module": "consensus",
+                "signature": "q -> a",
+                "options": {"modules": ["predict", _REACT | {"options": {"tools": ["os:system"]}}]},
+            },
+            "options.modules[1].options.tools[0]",
+        ),
+        (
+            {"pipeline": {"steps": [{"name": "x", "function": f"{CANARY}:boom", "outputs": "a"}]}},
+            "pipeline.steps[0].function",
+        ),
     ],
 )
 def test_a_spec_naming_code_is_refused_before_anything_is_imported(

@@ -21,6 +21,7 @@ from dspex.cli import (
     pools,
     programs,
     run,
+    scaffold,
     serve,
     sessions,
     simlm,
@@ -51,6 +52,7 @@ app.add_typer(sessions.app, name="sessions")
 app.add_typer(lms.app, name="lms")
 app.command("feedback")(feedback.feedback)
 app.command("watch")(watch.watch)
+app.command("scaffold")(scaffold.scaffold)
 app.add_typer(adapt.app, name="adapt")
 
 

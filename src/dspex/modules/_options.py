@@ -17,7 +17,9 @@ from typing import Any, Final, Literal
 
 __all__ = ["REQUIRED", "Option", "OptionKind", "describe_value", "matches", "type_name"]
 
-OptionKind = Literal["arg", "lm", "lm_dict", "tools", "interpreter", "module", "function"]
+OptionKind = Literal[
+    "arg", "lm", "lm_dict", "tools", "interpreter", "module", "modules", "function", "validator"
+]
 """How the builder turns an option into constructor arguments.
 
 - ``arg``: passed to the DSPy constructor under the same name, only when given.
@@ -26,7 +28,9 @@ OptionKind = Literal["arg", "lm", "lm_dict", "tools", "interpreter", "module", "
 - ``tools``: tool references resolved through the ``ToolRegistry`` into ``dspy.Tool`` objects.
 - ``interpreter``: ``"sandbox"`` or ``"local"``, turned into DSPy's ``interpreter_factory``.
 - ``module``: the wrapped module: a nested spec, a catalog name, or (Python) a built ``dspy.Module``.
+- ``modules``: a list of ``module`` values (the members of a consensus).
 - ``function``: a callable, registry name or import path (reward functions).
+- ``validator``: ``"critic"``, ``{"signature": "answer: int"}``, or a ``function`` (self-correcting modules).
 """
 
 
@@ -50,6 +54,7 @@ class Option:
     default: Any
     doc: str
     kind: OptionKind = "arg"
+    minimum: int | float | None = None  # the smallest allowed number (breadth, depth, max_corrections...)
 
     @property
     def required(self) -> bool:

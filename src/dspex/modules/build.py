@@ -169,6 +169,8 @@ def _build(
     kwargs = _constructor_kwargs(entry, values, signature, site, registry)
     try:
         return entry.dspy_class(*args, **kwargs)
+    except ConfigurationError as e:  # DSPex's own patterns check combinations and name the option
+        raise site.rewrap(e) from e
     except (ValueError, TypeError, OSError) as e:
         # DSPy validates some combinations itself (reserved field names, tool names, reward source).
         raise site.error(f"dspy.{entry.dspy_class.__name__} rejected the {entry.name} options: {e}") from e
@@ -183,6 +185,10 @@ def _check_options(entry: ModuleEntry, options: Mapping[Any, Any], site: _Site) 
         if not matches(value, option.type):
             raise site.option(key).error(
                 f"{entry.name} option {key!r} expects {option.type_name}, got {describe_value(value)}"
+            )
+        if option.minimum is not None and isinstance(value, int | float) and value < option.minimum:
+            raise site.option(key).error(
+                f"{entry.name} option {key!r} must be at least {option.minimum}, got {value!r}"
             )
     for option in entry.options:
         if option.required and option.name not in options:
@@ -221,8 +227,13 @@ def _constructor_kwargs(
             kwargs["interpreter_factory"] = _interpreter_factory(value)
         elif option.kind == "module":
             kwargs[option.name] = _inner_module(entry, value, signature, site, registry)
+        elif option.kind == "modules":
+            if given:
+                kwargs[option.name] = _inner_modules(entry, value, signature, where, registry)
         elif option.kind == "function":
             kwargs[option.name] = _function(value, where, registry)
+        elif option.kind == "validator":
+            kwargs[option.name] = _validator(value, where, registry)
     kwargs.update(lm_kwargs)
     return kwargs
 
@@ -289,3 +300,32 @@ def _inner_module(entry: ModuleEntry, value: Any, signature: Any, site: _Site, r
             f"{entry.name} wraps a dspy.Module; {type(inner).__name__} is not one"
         )
     return inner
+
+
+def _inner_modules(
+    entry: ModuleEntry, values: Any, signature: Any, site: _Site, registry: ToolRegistry
+) -> list[Any]:
+    """The members of a consensus: each a catalog name, a nested spec or (Python) a built module."""
+    built: list[Any] = []
+    for i, value in enumerate(values):
+        where = site.at(i) if site.path is not None else _Site(f"modules[{i}]")
+        if isinstance(value, dspy.Module):
+            built.append(value)
+            continue
+        if isinstance(value, str):
+            if value not in catalog():
+                raise where.error(did_you_mean(value, module_names(), what="module"))
+            inner = _build(catalog()[value], signature, {}, where, registry)
+        else:
+            inner = _from_mapping(value, where, registry, default_signature=signature)
+        if not isinstance(inner, dspy.Module):
+            raise where.error(f"{entry.name} members are dspy.Modules; {type(inner).__name__} is not one")
+        built.append(inner)
+    return built
+
+
+def _validator(value: Any, site: _Site, registry: ToolRegistry) -> Any:
+    """``"critic"``, ``"lm"`` and ``{"signature": ...}`` pass through (the module builds them); else a function."""
+    if value in ("critic", "lm") or isinstance(value, Mapping):
+        return value
+    return _function(value, site, registry)

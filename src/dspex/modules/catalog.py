@@ -26,6 +26,12 @@ Parallel                   parallel                     no signature: runs (modu
 KNN                        --                           see ``NOT_IN_CATALOG``
 =========================  ===========================  ==================================================
 
+DSPex's own patterns (``origin="dspex"``, in :mod:`dspex.modules.patterns`), for what DSPy has no module for:
+``consensus`` (several modules or models voted by majority, weights or an LM judge), ``self_correcting_cot``
+(chain of thought retried with a validator's critique) and ``tree_of_thoughts`` (beam search over partial
+thoughts). They are ``dspy.Module`` subclasses built from DSPy predictors, so they are recorded, optimized
+and used in pipelines like the rest.
+
 Left out, and why (also in :data:`NOT_IN_CATALOG`, which a test keeps in step with DSPy):
 
 - ``KNN`` is a retriever over a training set, not a module: it has no signature and needs a ``trainset``
@@ -50,6 +56,7 @@ import dspy
 
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.modules._options import REQUIRED, Option
+from dspex.modules.patterns import Consensus, SelfCorrectingCoT, TreeOfThoughts
 
 __all__ = ["NOT_IN_CATALOG", "ModuleEntry", "Stability", "catalog", "module_entry", "module_names"]
 
@@ -78,6 +85,7 @@ class ModuleEntry:
     tools_from_source: bool = False
     stability: Stability = "stable"
     note: str = ""
+    origin: Literal["dspy", "dspex"] = "dspy"  # "dspex": a pattern DSPex adds (dspex.modules.patterns)
 
     def option(self, name: str) -> Option | None:
         """The option called ``name``, or ``None``."""
@@ -291,7 +299,82 @@ _ENTRIES = (
     ),
 )
 
-_CATALOG: Mapping[str, ModuleEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
+_FUNCTION_DOC = "a ToolRegistry name, a 'package.module:function' import path, or (Python) a callable"
+_THREADS = Option("num_threads", int, 4, "Threads running members or tree nodes at once.", minimum=1)
+
+_PATTERNS = (
+    ModuleEntry(
+        "consensus",
+        Consensus,
+        "Runs several modules (or one module on several models) on one input in parallel and combines "
+        "their answers by majority, learned weights or an LM judge; returns the answer and the agreement.",
+        (
+            Option(
+                "modules",
+                list[str | Mapping[str, Any] | dspy.Module],
+                (),
+                "The members: catalog names or nested module specs (using this spec's signature when they "
+                "give none); from Python also built modules. At least 2 unless 'lms' multiplies them.",
+                "modules",
+            ),
+            Option("method", Literal["majority", "weighted", "judge"], "majority", "How answers combine."),
+            Option("weights", list[float] | None, None, "One weight >= 0 per member (method 'weighted')."),
+            Option("field", str | None, None, "The output compared across members (None: the last output)."),
+            Option("lms", list[dspy.BaseLM] | None, None, "(Python only) Models to run each member on."),
+            _THREADS,
+        ),
+        origin="dspex",
+    ),
+    ModuleEntry(
+        "self_correcting_cot",
+        SelfCorrectingCoT,
+        "Chain of thought checked by a validator; a failed attempt is retried with the critique as "
+        "feedback, up to max_corrections times. Every attempt is a span.",
+        (
+            Option(
+                "validator",
+                str | Mapping[str, str] | Callable[..., Any],
+                "critic",
+                "'critic' (an LM critic), {signature: 'answer: int'} (a signature constraint on the outputs), "
+                f"or check(inputs, prediction) -> bool | score | (ok, critique): {_FUNCTION_DOC}.",
+                "validator",
+            ),
+            Option(
+                "max_corrections",
+                int,
+                2,
+                "Corrections after the first attempt (0: validate only).",
+                minimum=0,
+            ),
+            Option("threshold", float, 1.0, "A check returning a score passes at this score or above."),
+            *_LM_OPTIONS,
+        ),
+        origin="dspex",
+    ),
+    ModuleEntry(
+        "tree_of_thoughts",
+        TreeOfThoughts,
+        "Expands partial reasoning paths breadth x depth, each level in parallel, scores them by an LM or "
+        "a metric, keeps the best 'beam' and answers from the best path; the explored tree is in the trace.",
+        (
+            Option("breadth", int, 3, "Children proposed per kept node and level.", minimum=1),
+            Option("depth", int, 2, "Levels of thoughts before answering.", minimum=1),
+            Option("beam", int, 2, "Nodes kept per level.", minimum=1),
+            Option(
+                "scorer",
+                str | Callable[..., Any],
+                "lm",
+                f"'lm' (an LM rates each path 0-1) or scorer(inputs, path: list[str]) -> float: {_FUNCTION_DOC}.",
+                "validator",
+            ),
+            _THREADS,
+            *_LM_OPTIONS,
+        ),
+        origin="dspex",
+    ),
+)
+
+_CATALOG: Mapping[str, ModuleEntry] = MappingProxyType({e.name: e for e in (*_ENTRIES, *_PATTERNS)})
 
 NOT_IN_CATALOG: Mapping[str, str] = MappingProxyType(
     {

@@ -44,6 +44,9 @@ _LM_SPEC_KEYS = ("model", "fallbacks", *SAMPLING_KEYS)
 _GUARDED_ATTRIBUTES = frozenset({"lm", "lms", "kwargs", "config", "callbacks", "adapter", "engine"})
 
 
+_BUILTIN_EXCEPTION = re.compile(r"^[A-Z][A-Za-z]*(Error|Exception|Exit|Interrupt)$")
+
+
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -165,6 +168,55 @@ class SpecPolicy:
                 self.check_lm_kwargs(value, where)
             elif option.kind == "module" and isinstance(value, Mapping):
                 self.check_module_spec(value, where)
+            elif option.kind == "modules" and isinstance(value, list | tuple):
+                for i, member in enumerate(value):
+                    if isinstance(member, Mapping):
+                        self.check_module_spec(member, _join(where, i))
+            elif (
+                option.kind == "validator"
+                and value not in ("critic", "lm")
+                and not isinstance(value, Mapping)
+            ):
+                self.check_function_ref(value, where, "validator")
+
+    def check_pipeline_spec(self, data: Any, path: str = "", *, allow_code: bool = True) -> None:
+        """Everything in a pipeline spec that names code: its functions, merge rules and exception
+        classes (registered names only when untrusted), and its module steps (:meth:`check_module_spec`).
+
+        ``allow_code=False`` also refuses code-executing catalog modules at any trust level: what an LM
+        wrote (``dspex scaffold``) never runs code."""
+        if isinstance(data, list):
+            for i, item in enumerate(data):
+                self.check_pipeline_spec(item, _join(path, i), allow_code=allow_code)
+            return
+        if not isinstance(data, Mapping):
+            return
+        name = data.get("module")
+        if isinstance(name, str):
+            entry = catalog().get(name)
+            if entry is not None and entry.executes_code and not allow_code:
+                raise SpecError(
+                    f"module {name!r} runs generated code, which a generated spec may not use; use a "
+                    "module that does not execute code",
+                    path=_join(path, "module"),
+                )
+            self.check_module_spec(data, path)
+        for key, value in data.items():
+            where = _join(path, str(key))
+            if key == "function" and isinstance(value, str):
+                self.check_function_ref(value, where, "function")
+            elif key == "merge" and isinstance(value, Mapping):
+                for field_name, rule in value.items():
+                    if isinstance(rule, str) and rule not in ("concat", "first", "last"):
+                        self.check_function_ref(rule, _join(where, str(field_name)), "merge rule")
+            elif key == "retry_on" and isinstance(value, list):
+                for i, ref in enumerate(value):
+                    if not (isinstance(ref, str) and _BUILTIN_EXCEPTION.match(ref)):
+                        self.check_function_ref(ref, _join(where, i), "exception class")
+            elif key == "options" and isinstance(name, str):
+                continue  # a module's options: check_module_spec read them
+            elif isinstance(value, Mapping | list):
+                self.check_pipeline_spec(value, where, allow_code=allow_code)
 
     # -- building -------------------------------------------------------------------------------------------
     def build_lm(self, lm: Mapping[str, Any], path: str = "lm") -> Any:
@@ -196,8 +248,11 @@ class SpecPolicy:
         return built
 
     def check_program_spec(self, spec: Any) -> None:
-        """A program spec (a module spec plus ``lm``), received over the API."""
+        """A program spec (a module spec plus ``lm``, or ``{pipeline: ...}``), received over the API."""
         if self.trusted or not isinstance(spec, Mapping):
+            return
+        if "pipeline" in spec:
+            self.check_pipeline_spec(spec["pipeline"], "pipeline")
             return
         self.check_module_spec({k: v for k, v in spec.items() if k != "lm"})
         if "lm" in spec:

@@ -201,6 +201,15 @@ def _module_fields(module: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple
             return None
         return tuple(signature.input_fields), (), tuple(signature.output_fields)
     parameters = forward_parameters(module, forward)
+    declared: Any = getattr(module, "signature", None)
+    if (
+        parameters is not None
+        and parameters.any_keyword
+        and declared is not None
+        and hasattr(declared, "input_fields")
+    ):
+        # A module declaring its signature (DSPex's patterns: forward(**inputs)) reads that signature's inputs.
+        return tuple(declared.input_fields), (), tuple(declared.output_fields)
     if parameters is None or parameters.any_keyword or signature is None:
         return None
     names = tuple(p.name for p in parameters.parameters)

@@ -5,6 +5,7 @@ Stored forms (the ``source`` column and each version's ``state["source"]``)::
     {"v": 1, "kind": "import", "path": "myapp.qa:build"}
     {"v": 1, "kind": "spec", "spec": {"module": "predict", "signature": "q -> a", "options": {...},
                                       "lm": {"model": "openai/gpt-4o-mini", "temperature": 0.2}}}
+    {"v": 1, "kind": "pipeline", "spec": {"name": "qa", "steps": [...]}}   # registered as {"pipeline": {...}}
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ def normalise_source(source: str | Mapping[str, Any]) -> dict[str, Any]:
             "a program source is an import path 'package.module:factory' or a spec mapping, "
             f"got {type(source).__name__}"
         )
+    if "pipeline" in source:
+        if set(source) != {"pipeline"} or not isinstance(source["pipeline"], Mapping):
+            raise SpecError(
+                "a pipeline program is {'pipeline': {name, steps, ...}} (a pipeline spec) and nothing else",
+                path="pipeline",
+            )
+        pipeline: dict[str, Any] = check_json(
+            source["pipeline"], "pipeline", error=lambda message, path: SpecError(message, path=path)
+        )
+        return {"v": _SOURCE_VERSION, "kind": "pipeline", "spec": pipeline}
     for key in source:
         if key not in _PROGRAM_SPEC_KEYS:
             raise SpecError(
@@ -87,7 +98,14 @@ def build_source(
         return _from_import_path(str(source["path"]))
     if kind == "spec":
         return _from_spec(source["spec"], tools, models)
-    raise ConfigurationError(f"unknown program source kind {kind!r}; this dspex knows 'import' and 'spec'")
+    if kind == "pipeline":
+        # Lazily: pipelines sit beside programs, and most programs are not pipelines.
+        from dspex.pipeline.spec import pipeline_from_spec
+
+        return pipeline_from_spec(source["spec"], registry=tools)
+    raise ConfigurationError(
+        f"unknown program source kind {kind!r}; this dspex knows 'import', 'spec' and 'pipeline'"
+    )
 
 
 def _from_spec(

@@ -16,7 +16,7 @@ the quality signals of :mod:`dspex.telemetry.signals`. The table is described in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dspex.store.feedback import FeedbackRecord, FeedbackRepository, UnknownExecution
@@ -80,3 +80,7 @@ class Feedback:
     def list(self, execution_id: str) -> list[FeedbackRecord]:
         """The feedback on one execution (full id or unique prefix), oldest first."""
         return self._repository().for_execution(self.execution(execution_id).id)
+
+    def for_executions(self, execution_ids: Sequence[str]) -> dict[str, Sequence[FeedbackRecord]]:
+        """The feedback on each of these executions (full ids), oldest first; ids without any are absent."""
+        return dict(self._repository().for_executions(execution_ids))
