@@ -299,7 +299,13 @@ class Bench:
             if method.startswith("holistic")
             else False
         )
-        sampler = optuna.samplers.RandomSampler(seed=self.seed) if method == "random" else None
+        # "tpe" is plain Optuna TPE (independent per-parameter); the holistic rows use the optimizer's own
+        # default sampler (multivariate TPE).
+        sampler: optuna.samplers.BaseSampler | None = None
+        if method == "random":
+            sampler = optuna.samplers.RandomSampler(seed=self.seed)
+        elif method == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=self.seed)
         optimizer = HolisticOptimizer(
             task.space, task.bindings, exact_match, n_trials=self.sizes.max_trials, max_lm_calls=budget, seed=self.seed,
             sampler=sampler, pruning=pruning, lms=self.lms, lm=self.base_lm, concurrency=self.sizes.threads,
