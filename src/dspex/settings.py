@@ -99,6 +99,14 @@ class PoolSetting(pydantic.BaseModel):
     hung_after_s: float = Field(
         30.0, gt=0, description="A worker silent this long is hung: killed and replaced."
     )
+    prefetch: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Tasks a worker holds at once: the one it runs and the next ones, waiting in its pipe. "
+        "More keeps workers busy while the pool's process is slow to answer them (a loaded machine); "
+        "fewer keeps a long task from holding others back on its worker.",
+    )
 
 
 class RoutingSetting(pydantic.BaseModel):

@@ -221,6 +221,23 @@ def test_workers_are_recycled_after_max_tasks(make_app: Callable[..., App]) -> N
     assert app.pools.get("general").status().replaced == {"max_tasks": 2}
 
 
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_prefetch_is_how_many_tasks_a_busy_worker_holds(make_app: Callable[..., App], prefetch: int) -> None:
+    app = make_app(size=1, prefetch=prefetch)
+    pool = app.pools.get("general")
+    futures = [
+        pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "q", "seconds": 0.4}})
+        for _ in range(3)
+    ]
+    for _ in range(200):  # until the worker runs the first task
+        if pool.status().workers[0].state == "busy":
+            break
+        time.sleep(0.01)
+    # Sent to the worker (its pipe) or still in the pool's queue, where any worker could take them.
+    assert pool.status().queued == 3 - prefetch
+    assert [f.result(timeout=20)["outcome"]["status"] for f in futures] == ["succeeded"] * 3
+
+
 def test_a_task_over_its_timeout_has_its_worker_replaced(make_app: Callable[..., App]) -> None:
     # 3 s: the replacement's first task (a fresh process loading the program) must fit in it on a loaded
     # machine; with 0.5 s it did not always, and the test saw two timeouts.

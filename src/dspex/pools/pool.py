@@ -47,7 +47,6 @@ WorkerState = Literal["starting", "idle", "busy", "stopping", "dead"]
 START_TIMEOUT_S = 120.0  # a worker that is not ready by then (imports, initializer) is a failed start
 _MB = 1024 * 1024
 MONITOR_S = 0.05  # how often the monitor looks at busy workers (timeouts, hangs, memory)
-PIPELINE = 2  # tasks sent to a worker at once: the running one, and the next waiting in its pipe
 
 
 def _secrets_revealed(value: Any) -> Any:
@@ -405,9 +404,10 @@ class Pool:
             self._cv.notify_all()
 
     def _serve(self, slot: _Slot) -> None:
-        """Feed the slot's worker up to ``PIPELINE`` tasks at a time (the next one waits in its pipe while
+        """Feed the slot's worker up to ``prefetch`` tasks at a time (the next ones wait in its pipe while
         the current one runs, so the worker never idles on this process), and replace it when it must."""
         inflight: collections.deque[_Task] = collections.deque()
+        prefetch = self.setting.prefetch
         started = 0.0  # when the worker began inflight[0]
         draining: str | None = None  # a recycle reason: finish what was sent, then replace the worker
         while True:
@@ -417,7 +417,7 @@ class Pool:
                         return
                     self._replace(slot, "start_failed", graceful=False)
                     continue
-                while draining is None and len(inflight) < PIPELINE and not self._closed:
+                while draining is None and len(inflight) < prefetch and not self._closed:
                     task = self._take(slot, wait=not inflight)
                     if task is None:
                         break
