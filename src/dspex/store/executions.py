@@ -125,6 +125,8 @@ class ExecutionFilter:
     max_cost_usd: float | None = None
     min_duration_ms: float | None = None
     max_duration_ms: float | None = None
+    cache_hit: bool | None = None
+    id_prefix: str | None = None  # executions whose id starts with this (a search box)
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         c = executions.c
@@ -138,6 +140,8 @@ class ExecutionFilter:
             (self.max_cost_usd, lambda v: c.cost_usd <= v),
             (self.min_duration_ms, lambda v: c.duration_ms >= v),
             (self.max_duration_ms, lambda v: c.duration_ms <= v),
+            (self.cache_hit, lambda v: c.cache_hit == v),
+            (self.id_prefix, lambda v: c.id.like(_escape_like(v) + "%", escape="\\")),
         ]
         return [make(value) for value, make in checks if value is not None]
 
@@ -308,6 +312,15 @@ class ExecutionRepository:
         with self.db.read() as connection:
             return int(connection.execute(query).scalar_one())
 
+    def started_since(self, since: dt.datetime, program: str | None = None) -> list[dt.datetime]:
+        """When each run started at or after ``since`` started (one column, for runs-per-minute charts)."""
+        c = executions.c
+        query = sa.select(c.started_at).where(c.started_at >= since)
+        if program is not None:
+            query = query.where(c.program == program)
+        with self.db.read() as connection:
+            return [aware(value) for value in connection.scalars(query)]
+
     def stats(self, where: ExecutionFilter | None = None) -> list[VersionStats]:
         """Per (program, version): counts, error rate, latency percentiles, tokens and cost."""
         c = executions.c
@@ -458,6 +471,10 @@ class ExecutionRepository:
                     connection.execute(sa.delete(feedback).where(feedback.c.execution_id.in_(chunk)))
                     connection.execute(sa.delete(executions).where(c.id.in_(chunk)))
         return len(doomed)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -1,0 +1,133 @@
+// DSPex dashboard: the charts (Chart.js) and the optimization page's live trials (server-sent events).
+// Everything arriving from the server is written with textContent, never as HTML.
+(function () {
+  "use strict";
+
+  function perMinute(canvas) {
+    var values = JSON.parse(canvas.dataset.values);
+    var labels = values.map(function (_, i) { return (i - values.length + 1) + " min"; });
+    new Chart(canvas, {
+      type: "bar",
+      data: { labels: labels, datasets: [{ label: "runs", data: values, backgroundColor: "#4f7cac" }] },
+      options: { animation: false, maintainAspectRatio: false, plugins: { legend: { display: false } } },
+    });
+  }
+
+  function quality(trial, objective) {
+    return trial.scores && typeof trial.scores[objective] === "number" ? trial.scores[objective] : null;
+  }
+
+  function cost(trial) {
+    if (trial.scores && typeof trial.scores.cost === "number") return trial.scores.cost;
+    return typeof trial.cost_usd === "number" ? trial.cost_usd : null;
+  }
+
+  function front(points) {
+    return points.map(function (p) {
+      var beaten = points.some(function (o) {
+        return o.y >= p.y && o.x <= p.x && (o.y > p.y || o.x < p.x);
+      });
+      return { x: p.x, y: p.y, number: p.number, front: !beaten };
+    });
+  }
+
+  function optimization(dataNode) {
+    var data = JSON.parse(dataNode.textContent);
+    var objective = (data.objectives && data.objectives[0]) || "quality";
+    var trials = data.trials.slice();
+    var scoreChart = new Chart(document.getElementById("score-chart"), {
+      type: "scatter",
+      data: { datasets: [
+        { label: objective + " by trial", data: [], backgroundColor: "#4f7cac" },
+        { label: "best so far", data: [], type: "line", borderColor: "#2a9d5c", pointRadius: 0, stepped: true },
+      ] },
+      options: { animation: false, maintainAspectRatio: false,
+        scales: { x: { title: { display: true, text: "trial" } }, y: { title: { display: true, text: objective } } } },
+    });
+    var paretoChart = new Chart(document.getElementById("pareto-chart"), {
+      type: "scatter",
+      data: { datasets: [
+        { label: "trials", data: [], backgroundColor: "#9aa7b4" },
+        { label: "Pareto front", data: [], backgroundColor: "#d1495b", showLine: true, borderColor: "#d1495b" },
+      ] },
+      options: { animation: false, maintainAspectRatio: false,
+        scales: { x: { title: { display: true, text: "cost (USD)" } }, y: { title: { display: true, text: objective } } } },
+    });
+
+    function redraw() {
+      var done = trials.filter(function (t) { return t.state === "complete" && quality(t, objective) !== null; });
+      done.sort(function (a, b) { return a.number - b.number; });
+      var best = -Infinity;
+      scoreChart.data.datasets[0].data = done.map(function (t) { return { x: t.number, y: quality(t, objective) }; });
+      scoreChart.data.datasets[1].data = done.map(function (t) {
+        best = Math.max(best, quality(t, objective));
+        return { x: t.number, y: best };
+      });
+      scoreChart.update();
+      var points = front(done.filter(function (t) { return cost(t) !== null; }).map(function (t) {
+        return { x: cost(t), y: quality(t, objective), number: t.number };
+      }));
+      paretoChart.data.datasets[0].data = points.filter(function (p) { return !p.front; });
+      paretoChart.data.datasets[1].data = points.filter(function (p) { return p.front; }).sort(function (a, b) { return a.x - b.x; });
+      paretoChart.update();
+      document.getElementById("trial-count").textContent = String(trials.length);
+    }
+
+    function cell(row, text) {
+      var td = document.createElement("td");
+      td.textContent = text;
+      row.appendChild(td);
+    }
+
+    function addRow(t) {
+      var row = document.createElement("tr");
+      row.className = "live-trial";
+      cell(row, String(t.number));
+      cell(row, t.state);
+      cell(row, JSON.stringify(t.scores));
+      cell(row, JSON.stringify(t.configuration));
+      cell(row, String(t.lm_calls));
+      cell(row, t.cost_usd === null ? "–" : "$" + t.cost_usd.toFixed(6));
+      cell(row, t.duration_s === null ? "–" : t.duration_s.toFixed(2) + " s");
+      document.querySelector("#trials tbody").appendChild(row);
+    }
+
+    redraw();
+    var live = document.getElementById("opt-live");
+    if (live.dataset.live !== "true") return;
+    var source = new EventSource(live.dataset.url);
+    source.addEventListener("trial", function (event) {
+      var t = JSON.parse(event.data);
+      if (trials.some(function (o) { return o.number === t.number && o.state === t.state; })) return;
+      trials = trials.filter(function (o) { return o.number !== t.number; });
+      trials.push(t);
+      addRow(t);
+      redraw();
+    });
+    source.addEventListener("job", function (event) {
+      var job = JSON.parse(event.data);
+      var status = document.getElementById("opt-status");
+      status.textContent = job.status;
+      status.className = "badge " + job.status;
+      var progress = document.getElementById("opt-progress");
+      if (progress) progress.textContent = JSON.stringify(job.progress || {});
+    });
+    source.addEventListener("end", function (event) {
+      var end = JSON.parse(event.data);
+      var status = document.getElementById("opt-status");
+      status.textContent = end.status;
+      status.className = "badge " + end.status;
+      document.getElementById("best").textContent = JSON.stringify(end.best, null, 2);
+      if (end.result_version_id) document.getElementById("opt-result").textContent = end.result_version_id.slice(0, 12);
+      source.close();
+    });
+    source.addEventListener("timeout", function () { source.close(); });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var canvas = document.querySelector("canvas[data-chart=per-minute]");
+    if (canvas) perMinute(canvas);
+    var dataNode = document.getElementById("opt-data");
+    if (dataNode) optimization(dataNode);
+  });
+})();
