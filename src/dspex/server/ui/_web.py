@@ -128,24 +128,27 @@ def _environment() -> jinja2.Environment:
     env.filters["usd"] = _usd
     env.filters["short"] = lambda value: (value or "")[:12]
     env.filters["pretty"] = _pretty
-    env.filters["num"] = lambda value: "–" if value is None else f"{value:,}"
+    env.filters["num"] = lambda value: _NONE if value is None else f"{value:,}"
     return env
+
+
+_NONE = "\u2013"  # an en dash: what a table shows for no value
 
 
 def _when(value: dt.datetime | str | None) -> str:
     if value is None:
-        return "–"
+        return _NONE
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.1f} ms"
+    return _NONE if value is None else f"{value:,.1f} ms"
 
 
 def _usd(value: float | None) -> str:
-    return "–" if value is None else f"${value:,.6f}"
+    return _NONE if value is None else f"${value:,.6f}"
 
 
 def _pretty(value: Any) -> str:

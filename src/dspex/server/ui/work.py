@@ -47,7 +47,9 @@ def optimizations(request: Request, view: Viewer = Depends(viewer)) -> Response:
 def _as_int(form: dict[str, str], name: str, low: int, high: int) -> int:
     text = form.get(name, "").strip()
     if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
-        raise UiError(422, "Invalid form", f"{name} must be a whole number from {low} to {high}, got {text!r}")
+        raise UiError(
+            422, "Invalid form", f"{name} must be a whole number from {low} to {high}, got {text!r}"
+        )
     return int(text)
 
 
@@ -126,7 +128,9 @@ def _script_json(value: Any) -> str:
 
 
 @router.get("/live/optimizations/{optimization_id}")
-async def live_optimization(optimization_id: str, request: Request, view: Viewer = Depends(viewer)) -> Response:
+async def live_optimization(
+    optimization_id: str, request: Request, view: Viewer = Depends(viewer)
+) -> Response:
     """The optimization's events as JSON (``job``, ``trial``, ``end``): the page's script draws them."""
     app = view.app
     await asyncio.to_thread(_lookup, app, optimization_id, view.principal)
