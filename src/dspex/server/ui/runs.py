@@ -58,7 +58,8 @@ def overview(request: Request, view: Viewer = Depends(viewer)) -> Response:
         row["count"] += stats.count
         row["failed"] += stats.failed
         row["tokens"] += stats.total_tokens
-        row["cost"] += stats.cost_usd or 0.0
+        # Unknown (a model without a price) stays unknown rather than counting as free.
+        row["cost"] = None if row["cost"] is None or stats.cost_usd is None else row["cost"] + stats.cost_usd
         if stats.p95_ms is not None:  # the slowest version's p95 bounds the program's
             row["p95_ms"] = max(row["p95_ms"] or 0.0, stats.p95_ms)
     for row in rows.values():
@@ -175,8 +176,8 @@ async def live_executions(request: Request, view: Viewer = Depends(viewer)) -> E
             since = dataclasses.replace(where, since=max(newest, where.since) if where.since else newest)
             found = await asyncio.to_thread(_newer, view.app, since)
             for record in reversed(found):  # oldest first: each goes on top of the table
-                if record.id in seen:
-                    continue
+                if record.id in seen or (after is not None and record.started_at <= after):
+                    continue  # already on the page
                 seen.add(record.id)
                 newest = max(newest, record.started_at)
                 yield "execution", template.render(record=record, root="/ui")

@@ -122,13 +122,15 @@ def pareto_points(
     trials: Iterable[Mapping[str, Any]], quality: str = "quality", cost: str = "cost_usd"
 ) -> list[dict[str, Any]]:
     """The complete trials as points ``{"number", "quality", "cost", "front"}``: ``front`` marks those no
-    other trial beats on both axes (higher quality and lower cost, one of them strictly)."""
+    other trial beats on both axes (higher quality and lower cost, one of them strictly). ``cost`` names
+    the trial's figure on the second axis: ``cost_usd`` or ``duration_s`` (latency)."""
     points = []
     for trial in trials:
         scores = trial.get("scores") or {}
         if trial.get("state") != "complete" or quality not in scores:
             continue
-        value = scores.get(cost) if cost in scores else trial.get(cost)
+        # A cost objective's score, when the search measured one, else the trial's own figure.
+        value = scores["cost"] if cost == "cost_usd" and "cost" in scores else trial.get(cost)
         if value is None:
             continue
         points.append({"number": trial["number"], "quality": float(scores[quality]), "cost": float(value)})

@@ -107,14 +107,17 @@ def optimization(optimization_id: str, request: Request, view: Viewer = Depends(
     detail = _detail(optimization_id, job, record)
     trials = [t.to_json() for t in app.optimizations.trials(optimization_id)] if record is not None else []
     live = job is not None and not job.done
+    # Quality against cost when the models have prices, else against latency.
+    axis = "cost_usd" if any(t.get("cost_usd") is not None for t in trials) else "duration_s"
     return render(
         request,
         "optimization.html",
         view=view,
         detail=detail,
         trials=trials,
-        pareto=pareto_points(trials),
-        chart=_script_json({"trials": trials, "objectives": detail["objectives"]}),
+        pareto=pareto_points(trials, quality=(detail["objectives"] or ["quality"])[0], cost=axis),
+        axis=axis,
+        chart=_script_json({"trials": trials, "objectives": detail["objectives"], "axis": axis}),
         live=live,
         can_cancel=live and view.can("optimize"),
         job=job,

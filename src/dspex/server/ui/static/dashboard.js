@@ -17,9 +17,9 @@
     return trial.scores && typeof trial.scores[objective] === "number" ? trial.scores[objective] : null;
   }
 
-  function cost(trial) {
-    if (trial.scores && typeof trial.scores.cost === "number") return trial.scores.cost;
-    return typeof trial.cost_usd === "number" ? trial.cost_usd : null;
+  function cost(trial, axis) {
+    if (axis === "cost_usd" && trial.scores && typeof trial.scores.cost === "number") return trial.scores.cost;
+    return typeof trial[axis] === "number" ? trial[axis] : null;
   }
 
   function front(points) {
@@ -35,6 +35,8 @@
     var data = JSON.parse(dataNode.textContent);
     var objective = (data.objectives && data.objectives[0]) || "quality";
     var trials = data.trials.slice();
+    var axis = data.axis;
+    var axisTitle = axis === "cost_usd" ? "cost (USD)" : "latency (s)";
     var scoreChart = new Chart(document.getElementById("score-chart"), {
       type: "scatter",
       data: { datasets: [
@@ -42,7 +44,7 @@
         { label: "best so far", data: [], type: "line", borderColor: "#2a9d5c", pointRadius: 0, stepped: true },
       ] },
       options: { animation: false, maintainAspectRatio: false,
-        scales: { x: { title: { display: true, text: "trial" } }, y: { title: { display: true, text: objective } } } },
+        scales: { x: { ticks: { stepSize: 1 }, title: { display: true, text: "trial" } }, y: { title: { display: true, text: objective } } } },
     });
     var paretoChart = new Chart(document.getElementById("pareto-chart"), {
       type: "scatter",
@@ -51,7 +53,7 @@
         { label: "Pareto front", data: [], backgroundColor: "#d1495b", showLine: true, borderColor: "#d1495b" },
       ] },
       options: { animation: false, maintainAspectRatio: false,
-        scales: { x: { title: { display: true, text: "cost (USD)" } }, y: { title: { display: true, text: objective } } } },
+        scales: { x: { title: { display: true, text: axisTitle } }, y: { title: { display: true, text: objective } } } },
     });
 
     function redraw() {
@@ -64,12 +66,16 @@
         return { x: t.number, y: best };
       });
       scoreChart.update();
-      var points = front(done.filter(function (t) { return cost(t) !== null; }).map(function (t) {
-        return { x: cost(t), y: quality(t, objective), number: t.number };
+      var points = front(done.filter(function (t) { return cost(t, axis) !== null; }).map(function (t) {
+        return { x: cost(t, axis), y: quality(t, objective), number: t.number };
       }));
       paretoChart.data.datasets[0].data = points.filter(function (p) { return !p.front; });
       paretoChart.data.datasets[1].data = points.filter(function (p) { return p.front; }).sort(function (a, b) { return a.x - b.x; });
       paretoChart.update();
+      var onFront = points.filter(function (p) { return p.front; }).map(function (p) {
+        return "trial " + p.number + " (" + objective + " " + p.y.toFixed(3) + ", " + p.x.toPrecision(3) + ")";
+      });
+      document.getElementById("front").textContent = onFront.length ? onFront.join("; ") : "no complete trial yet";
       document.getElementById("trial-count").textContent = String(trials.length);
     }
 
@@ -118,6 +124,8 @@
       status.textContent = end.status;
       status.className = "badge " + end.status;
       document.getElementById("best").textContent = JSON.stringify(end.best, null, 2);
+      var cancel = document.getElementById("opt-cancel");
+      if (cancel) cancel.remove();
       if (end.result_version_id) document.getElementById("opt-result").textContent = end.result_version_id.slice(0, 12);
       source.close();
     });
