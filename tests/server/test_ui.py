@@ -164,7 +164,8 @@ def test_executions_filters_search_paging_and_escaping(
     page = client.get("/ui/executions")
     assert page.status_code == 200
     assert page.text.count('<tr class="status-succeeded">') == 3
-    assert "page 1 of 1" in page.text
+    assert "3 of 3" in page.text
+    assert 'rel="next"' not in page.text  # no older page
     assert "sse-connect" in page.text  # the first page follows new runs live
     one = qa_app.executions.find()[0]
     found = client.get("/ui/executions", params={"q": one.id[:8]})
@@ -179,15 +180,31 @@ def test_executions_filters_search_paging_and_escaping(
     bad_time = client.get("/ui/executions", params={"since": "yesterday"})
     assert bad_time.status_code == 400
     assert "since must be a date-time" in bad_time.text
-    bad_page = client.get("/ui/executions", params={"page": "0"})
+    bad_page = client.get("/ui/executions", params={"before": "last tuesday"})
     assert bad_page.status_code == 400
+    assert "before must be a page cursor" in bad_page.text
     for _ in range(50):
         qa_app.run("qa", {"question": "more"})
     qa_app.flush(10)
-    second = client.get("/ui/executions", params={"page": "2", "program": "qa"})
-    assert "page 2 of 2" in second.text
+    first = client.get("/ui/executions", params={"program": "qa"})
+    assert first.text.count("<tr class=") == 50
+    assert "50 of 53" in first.text
+    older = re.search(r'<a rel="next" href="\?([^"]+)"', first.text)
+    assert older is not None
+    second = client.get("/ui/executions?" + older.group(1).replace("&amp;", "&"))
     assert second.text.count("<tr class=") == 3
-    assert "sse-connect" not in second.text
+    assert "sse-connect" not in second.text  # only the newest page follows live
+    assert 'rel="next"' not in second.text
+    first_ids = set(re.findall(r"/ui/executions/([0-9a-f-]{36})", first.text))
+    second_ids = set(re.findall(r"/ui/executions/([0-9a-f-]{36})", second.text))
+    assert len(first_ids) == 50
+    assert len(second_ids) == 3
+    assert not first_ids & second_ids
+    newer = re.search(r'<a rel="prev" href="\?([^"]+)"', second.text)
+    assert newer is not None
+    back = client.get("/ui/executions?" + newer.group(1).replace("&amp;", "&"))
+    assert set(re.findall(r"/ui/executions/([0-9a-f-]{36})", back.text)) == first_ids
+    assert "sse-connect" in back.text  # back on the newest page
     # What a run carried is shown as text, never as markup.
     evil = next(r for r in qa_app.executions.find(limit=100) if "script" in r.inputs["question"])
     shown = client.get(f"/ui/executions/{evil.id}")

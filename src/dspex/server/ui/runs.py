@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 router = APIRouter(prefix="/ui")
 
 PAGE_SIZE = 50
+COUNT_LIMIT = 1_000
 STATUSES = ("running", "succeeded", "failed", "cancelled", "abandoned")
 _FLUSH_S = 1.0
+_STATISTICS_EVERY_S = 600.0
 
 
 def _program_choice(view: Viewer, program: str | None) -> str | None:
@@ -85,7 +87,7 @@ def overview(request: Request, view: Viewer = Depends(viewer)) -> Response:
 def _filter_of(request: Request, view: Viewer) -> tuple[ExecutionFilter, dict[str, str]]:
     """The executions filter from the query string; a bad value is a 400 naming the field."""
     query = request.query_params
-    given = {name: query[name] for name in query if query[name] and name != "page"}
+    given = {name: query[name] for name in _FILTERS if query.get(name)}
     program = _program_choice(view, given.get("program"))
     if program:
         given["program"] = program
@@ -117,32 +119,72 @@ def _filter_of(request: Request, view: Viewer) -> tuple[ExecutionFilter, dict[st
     return where, given
 
 
+_FILTERS = ("program", "version", "status", "since", "until", "cache", "q")
+
+
+def cursor_of(record: ExecutionRecord) -> str:
+    """A page cursor: the row's start time and id (see ``ExecutionRepository.find``)."""
+    return f"{record.started_at.isoformat()}~{record.id}"
+
+
+def _cursor(request: Request, name: str) -> tuple[dt.datetime, str] | None:
+    text = request.query_params.get(name)
+    if not text:
+        return None
+    when, _, execution_id = text.partition("~")
+    try:
+        started = dt.datetime.fromisoformat(when)
+    except ValueError:
+        started = None
+    if started is None or not execution_id or len(execution_id) > 64:
+        raise UiError(400, "Bad page", f"{name} must be a page cursor from a link of this page, got {text!r}")
+    return (started if started.tzinfo else started.replace(tzinfo=dt.UTC)), execution_id
+
+
+def _refresh_statistics(request: Request, app: App) -> None:
+    """The planner's statistics, refreshed at most every ten minutes by this server: filtered listings
+    stay on the right index as the table grows."""
+    state = request.app.state
+    now = time.monotonic()
+    last: float | None = getattr(state, "ui_statistics_at", None)
+    if last is None or now - last > _STATISTICS_EVERY_S:
+        state.ui_statistics_at = now
+        app.executions.refresh_statistics()
+
+
 @router.get("/executions", response_class=HTMLResponse)
 def executions(request: Request, view: Viewer = Depends(viewer)) -> Response:
-    """Executions newest first, 50 a page; one query for the page and one count, whatever the size."""
+    """Executions newest first, 50 a page, paged by cursor (``before``/``after``: the last row seen), so
+    a page deep in 100,000 rows costs what the first does; one query for the page, one count."""
     where, given = _filter_of(request, view)
-    page_text = request.query_params.get("page", "1")
-    if not page_text.isdigit() or not 1 <= int(page_text) <= 20_000:
-        raise UiError(400, "Bad page", f"page must be a whole number from 1 to 20000, got {page_text!r}")
-    page = int(page_text)
+    before, after = _cursor(request, "before"), _cursor(request, "after")
     app = view.app
     app.flush(_FLUSH_S)
-    records = app.executions.find(where, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-    total = app.executions.count(where)
+    _refresh_statistics(request, app)
+    # One row more than the page, in the direction of travel: whether there is a further page.
+    found = app.executions.find(where, limit=PAGE_SIZE + 1, before=before, after=after)
+    more = len(found) > PAGE_SIZE
+    records = (found[1:] if after is not None else found[:-1]) if more else found
+    # Counted up to a bound: past it the page says "1,000+" (an exact count of an unselective filter
+    # reads every row).
+    total = app.executions.count(where, limit=COUNT_LIMIT + 1)
     programs = [r.name for r in app.programs.list_programs() if view.principal.may_use(r.name)]
-    newest = records[0].started_at.isoformat() if records and page == 1 else None
+    first = before is None and (after is None or not more)
+    older = records and (more if after is None else True)
+    newer = records and not first
+    newest = records[0].started_at.isoformat() if records and first else None
     return render(
         request,
         "executions.html",
         view=view,
         records=records,
-        total=total,
-        page=page,
-        pages=max(1, -(-total // PAGE_SIZE)),
+        total=f"{COUNT_LIMIT:,}+" if total > COUNT_LIMIT else f"{total:,}",
         given=given,
         programs=programs,
         statuses=STATUSES,
-        live_query=_live_query(given, newest) if page == 1 else None,
+        older=cursor_of(records[-1]) if older else None,
+        newer=cursor_of(records[0]) if newer else None,
+        live_query=_live_query(given, newest) if first else None,
     )
 
 
@@ -158,8 +200,8 @@ def _live_query(given: dict[str, str], newest: str | None) -> str:
 @router.get("/live/executions")
 async def live_executions(request: Request, view: Viewer = Depends(viewer)) -> EventStream:
     """New executions matching the page's filters, as table rows (``execution`` events, htmx SSE)."""
-    where, given = _filter_of(request, view)
-    after_text = given.get("after")
+    where, _ = _filter_of(request, view)
+    after_text = request.query_params.get("after")
     try:
         after = dt.datetime.fromisoformat(after_text) if after_text else None
     except ValueError:
