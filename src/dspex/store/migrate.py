@@ -20,7 +20,7 @@ __all__ = ["HEAD", "current_revision", "upgrade"]
 
 HEAD = "0013"
 _MIGRATIONS = Path(__file__).parent / "migrations"
-_ORDER = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
+_ORDER = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0013")
 _PG_LOCK_KEY = 0x64737065  # "dspe": one advisory lock id for dspex migrations
 
 
