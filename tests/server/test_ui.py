@@ -241,6 +241,9 @@ def test_overview_programs_datasets_and_jobs(live: Live, qa_app: App, admin_key:
     assert row is not None
     assert row.group(1) == "3"
     assert 'data-chart="per-minute"' in overview.text
+    policy = overview.headers["content-security-policy"]
+    assert "script-src 'self'" in policy  # nothing from another site, no inline script
+    assert "frame-ancestors 'none'" in policy
     assert "qa-set" in client.get("/ui/datasets").text
     dataset = client.get("/ui/datasets/qa-set")
     assert dataset.status_code == 200

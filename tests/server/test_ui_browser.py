@@ -86,6 +86,11 @@ def _log_in(browser: Any, live: Live, key: str) -> Any:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(20_000)
+    # Any script error or refused load (the pages' content security policy) fails the test at the end.
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.problems = problems
     page.goto(f"{live.url}/ui")
     assert "/ui/login" in page.url
     page.fill("input[name=key]", key)
@@ -191,6 +196,7 @@ def test_the_dashboard_in_chromium(
     page.locator(f"tr[data-version='{result}'] button.promote").click()
     page.wait_for_selector(f"tr[data-version='{result}'] .badge.production")
     assert sim_app.programs.resolve("qa").id == result
+    assert page.locator("#diff").count() == 1
     shots(page, "program")
 
     # Cancel a queued job.
@@ -203,6 +209,7 @@ def test_the_dashboard_in_chromium(
     page.goto(f"{live.url}/ui/datasets/qa-set")
     assert page.locator("#examples tbody tr").count() == 12
     shots(page, "dataset")
+    assert page.problems == []
     page.context.close()
 
     # A read-only key: the same program page has no promote or rollback button.

@@ -63,6 +63,8 @@ def test_version_diff_groups_instructions_demos_variables_and_structure() -> Non
         (line.part for line in lines), key=["instructions", "demos", "variables", "structure"].index
     )
     assert version_diff(left, left, None, None) == []
+    # Empty containers are no values: {} against a missing key, [] against none, show nothing.
+    assert version_diff({"config": {}}, {}, {}, None) == []
 
 
 def test_pareto_front_on_cost_or_latency() -> None:

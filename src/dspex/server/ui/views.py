@@ -74,7 +74,9 @@ class DiffLine:
 
 
 def _flatten(value: Any, path: str, out: dict[str, str]) -> None:
-    if isinstance(value, Mapping) and value:
+    if isinstance(value, Mapping | list) and not value:
+        return  # an empty container holds no value: {} against a missing key is no difference
+    if isinstance(value, Mapping):
         for key in sorted(value, key=str):
             _flatten(value[key], f"{path}.{key}" if path else str(key), out)
     elif isinstance(value, list) and value and not all(isinstance(v, str | int | float) for v in value):
