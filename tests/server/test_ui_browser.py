@@ -148,7 +148,9 @@ def test_the_dashboard_in_chromium(
     assert page.locator("#executions tbody tr").count() == 5
     # A run made now appears at the top without a reload (server-sent events).
     sim_app.run("qa", {"question": rows[5]["question"]})
-    page.wait_for_function("document.querySelectorAll('#executions tbody tr').length === 6")
+    # (Locators, not wait_for_function: the pages' policy forbids evaluating strings as script.)
+    page.locator("#executions tbody tr").nth(5).wait_for()
+    assert page.locator("#executions tbody tr").count() == 6
     shots(page, "executions")
 
     # A pipeline run's waterfall: its steps and LM calls, with the messages behind a click.
@@ -176,15 +178,12 @@ def test_the_dashboard_in_chromium(
     thread = threading.Thread(target=worker.run, kwargs={"stop_when_idle": False}, daemon=True)
     thread.start()
     try:
-        page.wait_for_function(
-            "document.querySelectorAll('#trials tbody tr.live-trial').length === 3", timeout=60_000
-        )
-        page.wait_for_function(
-            "document.getElementById('opt-status').textContent === 'succeeded'", timeout=60_000
-        )
+        page.locator("#trials tbody tr.live-trial").nth(2).wait_for(timeout=60_000)
+        page.locator("#opt-status.succeeded").wait_for(timeout=60_000)
     finally:
         worker.stop()
         thread.join(30)
+    assert page.locator("#trials tbody tr.live-trial").count() == 3
     assert page.locator("#opt-result").inner_text() != "\u2013"  # the result version, not the dash
     shots(page, "optimization")
     optimization_id = page.url.rsplit("/", 1)[1]
