@@ -151,6 +151,9 @@ def test_the_dashboard_in_chromium(
     # (Locators, not wait_for_function: the pages' policy forbids evaluating strings as script.)
     page.locator("#executions tbody tr").nth(5).wait_for()
     assert page.locator("#executions tbody tr").count() == 6
+    newest = page.locator("#executions tbody tr").first
+    assert newest.locator(".badge.succeeded").count() == 1  # swapped in as markup, not as text
+    assert '"' not in page.locator("#executions tbody").inner_text()
     shots(page, "executions")
 
     # A pipeline run's waterfall: its steps and LM calls, with the messages behind a click.

@@ -109,3 +109,12 @@ def test_session_cookies_are_signed_expire_and_carry_a_csrf_seed() -> None:
     assert not signer.check_csrf(session, None)
     assert not signer.check_csrf(signer.issue("abc123def456")[1], token)  # bound to its session
     assert time.time() < session.expires
+
+
+def test_raw_event_data_goes_out_line_by_line() -> None:
+    from dspex.server.sse import RawData, format_event
+
+    assert format_event("row", RawData("<tr>\n<td>1</td>\n</tr>")) == (
+        b"event: row\ndata: <tr>\ndata: <td>1</td>\ndata: </tr>\n\n"
+    )
+    assert format_event("row", "<tr>") == b'event: row\ndata: "<tr>"\n\n'  # other data stays JSON

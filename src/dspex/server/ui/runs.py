@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import HTMLResponse, Response
 
 from dspex.errors import ConfigurationError
-from dspex.server.sse import Event, EventStream
+from dspex.server.sse import Event, EventStream, RawData
 from dspex.server.ui._web import UiError, Viewer, render, viewer
 from dspex.server.ui.views import runs_per_minute, waterfall
 from dspex.store.executions import ExecutionFilter
@@ -211,18 +211,19 @@ async def live_executions(request: Request, view: Viewer = Depends(viewer)) -> E
     template = env.get_template("_execution_row.html")
 
     async def follow() -> AsyncIterator[Event]:
-        newest = after or dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        # A run is sent once it has ended (a running row would stay "running" on the page); the window
+        # is fixed at the page's newest row, so a long run that ends after quicker ones is not missed.
+        start = after or dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        window = dataclasses.replace(where, since=max(start, where.since) if where.since else start)
         seen: set[str] = set()
         deadline = time.monotonic() + options.events_timeout_s
         while time.monotonic() < deadline:
-            since = dataclasses.replace(where, since=max(newest, where.since) if where.since else newest)
-            found = await asyncio.to_thread(_newer, view.app, since)
+            found = await asyncio.to_thread(_newer, view.app, window)
             for record in reversed(found):  # oldest first: each goes on top of the table
-                if record.id in seen or (after is not None and record.started_at <= after):
-                    continue  # already on the page
+                if record.id in seen or record.status == "running" or record.started_at <= start:
+                    continue  # already sent, not ended yet, or already on the page
                 seen.add(record.id)
-                newest = max(newest, record.started_at)
-                yield "execution", template.render(record=record, root="/ui")
+                yield "execution", RawData(template.render(record=record, root="/ui"))
             await asyncio.sleep(options.events_poll_s)
         yield "timeout", {"after_s": options.events_timeout_s}
 
