@@ -188,6 +188,9 @@ def test_the_dashboard_in_chromium(
         thread.join(30)
     assert page.locator("#trials tbody tr.live-trial").count() == 3
     assert page.locator("#opt-result").inner_text() != "\u2013"  # the result version, not the dash
+    page.reload()  # the page as a later visitor sees it: trials from the store, importance computed
+    assert page.locator("#trials tbody tr").count() == 3
+    page.locator("#importance").wait_for()
     shots(page, "optimization")
     optimization_id = page.url.rsplit("/", 1)[1]
     result = sim_app.optimizations.get(optimization_id).result_version_id

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 from dspex.server.ui.session import SessionSigner
-from dspex.server.ui.views import pareto_points, runs_per_minute, version_diff, waterfall
+from dspex.server.ui.views import (
+    parameter_importance,
+    pareto_points,
+    runs_per_minute,
+    version_diff,
+    waterfall,
+)
 
 
 def _span(
@@ -118,3 +125,43 @@ def test_raw_event_data_goes_out_line_by_line() -> None:
         b"event: row\ndata: <tr>\ndata: <td>1</td>\ndata: </tr>\n\n"
     )
     assert format_event("row", "<tr>") == b'event: row\ndata: "<tr>"\n\n'  # other data stays JSON
+
+
+def _trial(number: int, temperature: float, style: str, quality: float | None) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, distribution_to_json
+
+    from dspex.store.optimizations import TrialRecord
+
+    distributions = {
+        "temperature": distribution_to_json(FloatDistribution(0.0, 1.0)),
+        "style": distribution_to_json(CategoricalDistribution(("short", "long"))),
+    }
+    return TrialRecord(
+        optimization_id="opt-x",
+        number=number,
+        state="complete" if quality is not None else "pruned",
+        params={"values": {"temperature": temperature, "style": style}, "distributions": distributions},
+        configuration=None,
+        configuration_id=None,
+        scores={"quality": quality} if quality is not None else None,
+        intermediate={},
+        lm_calls=1,
+        cost_usd=None,
+        duration_s=1.0,
+        error=None,
+        started_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        finished_at=None,
+    )
+
+
+def test_parameter_importance_finds_the_variable_that_matters() -> None:
+    # Quality follows temperature; the style is noise.
+    trials = [
+        _trial(i, temperature=i / 20, style=("short", "long")[i % 2], quality=i / 20 + 0.01 * (i % 2))
+        for i in range(20)
+    ]
+    importance = parameter_importance([*trials, _trial(20, 0.9, "short", None)])
+    assert list(importance) == ["temperature", "style"]
+    assert importance["temperature"] > 0.5
+    assert abs(sum(importance.values()) - 1.0) < 1e-6
+    assert parameter_importance(trials[:1]) == {}

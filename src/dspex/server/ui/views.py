@@ -8,9 +8,20 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Bar", "DiffLine", "pareto_points", "runs_per_minute", "version_diff", "waterfall"]
+if TYPE_CHECKING:
+    from dspex.store.optimizations import TrialRecord
+
+__all__ = [
+    "Bar",
+    "DiffLine",
+    "parameter_importance",
+    "pareto_points",
+    "runs_per_minute",
+    "version_diff",
+    "waterfall",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +165,38 @@ def runs_per_minute(starts: Sequence[dt.datetime], now: dt.datetime, minutes: in
         if 0 <= age < minutes:
             counts[minutes - 1 - age] += 1
     return counts
+
+
+def parameter_importance(trials: Sequence[TrialRecord], objective: str = "quality") -> dict[str, float]:
+    """How much each searched variable explains ``objective`` across the complete trials, summing to 1,
+    largest first (Optuna's PED-ANOVA, which needs no scikit-learn); empty below two complete trials.
+
+    The trials are replayed into an in-memory Optuna study with the distributions they were sampled
+    from (stored with each trial's params by the variable search).
+    """
+    import warnings
+
+    import optuna
+    from optuna.distributions import json_to_distribution
+
+    done = [t for t in trials if t.state == "complete" and t.scores and objective in t.scores]
+    if len(done) < 2:
+        return {}
+    study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
+    for trial in done:
+        stored = trial.params
+        distributions = {k: json_to_distribution(d) for k, d in stored.get("distributions", {}).items()}
+        values = {k: v for k, v in stored.get("values", {}).items() if k in distributions}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=values,
+                distributions=distributions,
+                value=float(trial.scores[objective]),  # type: ignore[index]
+            )
+        )
+    with warnings.catch_warnings():
+        # PED-ANOVA is marked experimental by Optuna; its interface, not its answer, may change.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    return {name: float(value) for name, value in importances.items()}

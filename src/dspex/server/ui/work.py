@@ -15,7 +15,7 @@ from dspex.errors import DSPexError
 from dspex.server.routes.optimizations import _detail, _follow, _lookup
 from dspex.server.sse import EventStream
 from dspex.server.ui._web import UiError, Viewer, form_of, render, viewer
-from dspex.server.ui.views import pareto_points
+from dspex.server.ui.views import parameter_importance, pareto_points
 
 router = APIRouter(prefix="/ui")
 
@@ -105,7 +105,9 @@ def optimization(optimization_id: str, request: Request, view: Viewer = Depends(
     app = view.app
     job, record = _lookup(app, optimization_id, view.principal)
     detail = _detail(optimization_id, job, record)
-    trials = [t.to_json() for t in app.optimizations.trials(optimization_id)] if record is not None else []
+    records = app.optimizations.trials(optimization_id) if record is not None else []
+    trials = [t.to_json() for t in records]
+    objective = (detail["objectives"] or ["quality"])[0]
     live = job is not None and not job.done
     # Quality against cost when the models have prices, else against latency.
     axis = "cost_usd" if any(t.get("cost_usd") is not None for t in trials) else "duration_s"
@@ -115,7 +117,8 @@ def optimization(optimization_id: str, request: Request, view: Viewer = Depends(
         view=view,
         detail=detail,
         trials=trials,
-        pareto=pareto_points(trials, quality=(detail["objectives"] or ["quality"])[0], cost=axis),
+        pareto=pareto_points(trials, quality=objective, cost=axis),
+        importance=parameter_importance(records, objective),
         axis=axis,
         chart=_script_json({"trials": trials, "objectives": detail["objectives"], "axis": axis}),
         live=live,
