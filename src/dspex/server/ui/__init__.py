@@ -25,7 +25,7 @@ def install_ui(api: FastAPI) -> None:
     from starlette.responses import HTMLResponse, RedirectResponse, Response
     from starlette.staticfiles import StaticFiles
 
-    from dspex.server.ui import catalog, login, runs, work
+    from dspex.server.ui import catalog, live_ops, login, runs, work
     from dspex.server.ui._web import LoginRequired, UiError, environment, render
     from dspex.server.ui.session import SessionSigner
 
@@ -33,7 +33,7 @@ def install_ui(api: FastAPI) -> None:
     api.state.ui_templates = environment()
     static = str(files("dspex.server.ui") / "static")
     api.mount("/ui/static", StaticFiles(directory=static), name="ui-static")
-    for module in (login, runs, catalog, work):
+    for module in (login, runs, catalog, work, live_ops):
         api.include_router(module.router, include_in_schema=False)
 
     async def login_required(request: Request, _exc: Exception) -> Response:

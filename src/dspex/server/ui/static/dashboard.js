@@ -132,7 +132,32 @@
     source.addEventListener("timeout", function () { source.close(); });
   }
 
+  function rewardOverTime(dataNode) {
+    var series = JSON.parse(dataNode.textContent).series;
+    var arms = {};
+    series.forEach(function (bucket) { Object.keys(bucket.arms).forEach(function (arm) { arms[arm] = true; }); });
+    var palette = ["#4f7cac", "#e09f3e", "#2a9d5c", "#d1495b", "#8e6bbf", "#3aa6b9"];
+    var shares = Object.keys(arms).map(function (arm, i) {
+      return { label: "share " + arm, yAxisID: "share", type: "bar", stack: "share",
+        backgroundColor: palette[i % palette.length] + "66",
+        data: series.map(function (b) { return (b.arms[arm] || 0) / b.runs; }) };
+    });
+    new Chart(document.getElementById("reward-chart"), {
+      data: {
+        labels: series.map(function (b) { return b.to.slice(11, 19); }),
+        datasets: [{ label: "mean reward", type: "line", yAxisID: "reward", borderColor: "#1d2430",
+          data: series.map(function (b) { return b.mean_reward; }) }].concat(shares),
+      },
+      options: { animation: false, maintainAspectRatio: false, scales: {
+        reward: { position: "left", title: { display: true, text: "mean reward" } },
+        share: { position: "right", min: 0, max: 1, stacked: true, title: { display: true, text: "traffic share" } },
+        x: { stacked: true } } },
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var reward = document.getElementById("reward-data");
+    if (reward) rewardOverTime(reward);
     var canvas = document.querySelector("canvas[data-chart=per-minute]");
     if (canvas) perMinute(canvas);
     var dataNode = document.getElementById("opt-data");
