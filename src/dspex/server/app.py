@@ -103,6 +103,9 @@ def create_app(
     routers = (programs, runs, sessions, executions, feedback, datasets, optimizations, jobs, audit, pools)
     for module in (*routers, adaptive, signals, ops):
         api.include_router(module.router)
+    from dspex.server.ui import install_ui
+
+    install_ui(api)  # the dashboard at /ui, over the same App and keys
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
     # Outermost, so an oversized body is refused before anything reads it.
     api.add_middleware(BodyLimit, max_bytes=dspex_app.settings.max_body_bytes)

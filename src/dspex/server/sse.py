@@ -20,13 +20,23 @@ from fastapi.sse import EventSourceResponse
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["EventStream", "EventStreamDoc", "format_event"]
+__all__ = ["EventStream", "EventStreamDoc", "RawData", "format_event"]
 
 Event = tuple[str, Any]
 
 
+class RawData(str):
+    """Event data sent as it is rather than as JSON (an HTML fragment for htmx to swap in)."""
+
+    __slots__ = ()
+
+
 def format_event(event: str, data: Any) -> bytes:
-    """One SSE message: ``event: <name>`` and ``data: <json>`` (JSON has no raw newlines)."""
+    """One SSE message: ``event: <name>`` and ``data: <json>`` (JSON has no raw newlines); a
+    :class:`RawData` payload as its lines, each on a ``data:`` line."""
+    if isinstance(data, RawData):
+        lines = b"".join(b"data: " + line.encode() + b"\n" for line in data.splitlines() or [""])
+        return b"event: " + event.encode() + b"\n" + lines + b"\n"
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 

@@ -32,7 +32,7 @@ from dspex.errors import ConfigurationError
 from dspex.jsonable import EncodedJSON, dumps, storable
 from dspex.store._engine import Database
 from dspex.store._time import aware, utcnow
-from dspex.store.schema import JSON, executions, feedback, recorders
+from dspex.store.schema import JSON, UNSUCCESSFUL, executions, feedback, recorders
 
 __all__ = [
     "ExecutionFilter",
@@ -125,6 +125,8 @@ class ExecutionFilter:
     max_cost_usd: float | None = None
     min_duration_ms: float | None = None
     max_duration_ms: float | None = None
+    cache_hit: bool | None = None
+    id_prefix: str | None = None  # executions whose id starts with this (a search box)
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         c = executions.c
@@ -138,8 +140,15 @@ class ExecutionFilter:
             (self.max_cost_usd, lambda v: c.cost_usd <= v),
             (self.min_duration_ms, lambda v: c.duration_ms >= v),
             (self.max_duration_ms, lambda v: c.duration_ms <= v),
+            (self.cache_hit, lambda v: c.cache_hit == v),
+            (self.id_prefix, lambda v: c.id.like(_escape_like(v) + "%", escape="\\")),
         ]
-        return [make(value) for value, make in checks if value is not None]
+        conditions = [make(value) for value, make in checks if value is not None]
+        if self.status in ("failed", "cancelled", "abandoned"):
+            # The partial index's own condition, spelled as a literal: planners use a partial index only
+            # when the query visibly implies its condition.
+            conditions.append(sa.literal_column(UNSUCCESSFUL))
+        return conditions
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,25 +297,65 @@ class ExecutionRepository:
         limit: int = 100,
         offset: int = 0,
         with_trace: bool = False,
+        before: tuple[dt.datetime, str] | None = None,
+        after: tuple[dt.datetime, str] | None = None,
     ) -> list[ExecutionRecord]:
-        """Executions matching ``where``, newest first."""
-        columns = list(executions.columns) if with_trace else _SUMMARY_COLUMNS
-        query = (
-            sa.select(*columns)
-            .where(*(where or ExecutionFilter()).where())
-            .order_by(executions.c.started_at.desc(), executions.c.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        with self.db.read() as connection:
-            return [ExecutionRecord.from_row(row._mapping) for row in connection.execute(query)]
+        """Executions matching ``where``, newest first.
 
-    def count(self, where: ExecutionFilter | None = None) -> int:
-        query = (
-            sa.select(sa.func.count()).select_from(executions).where(*(where or ExecutionFilter()).where())
-        )
+        ``before`` / ``after``: a page cursor, the ``(started_at, id)`` of a row: only the rows that come
+        after it (older) or before it (newer) in this order. Unlike ``offset``, the database seeks to
+        the cursor along the ``started_at`` index, so the 2,000th page costs what the first does.
+        """
+        c = executions.c
+        columns = list(executions.columns) if with_trace else _SUMMARY_COLUMNS
+        conditions = list((where or ExecutionFilter()).where())
+        if before is not None:
+            conditions.append(
+                sa.or_(c.started_at < before[0], sa.and_(c.started_at == before[0], c.id > before[1]))
+            )
+        if after is not None:
+            conditions.append(
+                sa.or_(c.started_at > after[0], sa.and_(c.started_at == after[0], c.id < after[1]))
+            )
+        newer_first = (c.started_at.asc(), c.id.desc()) if after is not None else (c.started_at.desc(), c.id)
+        query = sa.select(*columns).where(*conditions).order_by(*newer_first).limit(limit).offset(offset)
+        with self.db.read() as connection:
+            records = [ExecutionRecord.from_row(row._mapping) for row in connection.execute(query)]
+        return records[::-1] if after is not None else records
+
+    def refresh_statistics(self) -> None:
+        """Let SQLite's planner know the table's shape (``ANALYZE``: it reads the indexes, not the rows;
+        about 30 ms per 100,000 runs).
+
+        Without statistics SQLite reads every row of a program to list its newest 50 (it prefers the
+        program index over the time index); with them it walks the time index. PostgreSQL's autovacuum
+        keeps its own statistics: nothing to do there.
+        """
+        if self.db.dialect != "sqlite":
+            return
+        with self.db.write() as connection:
+            connection.exec_driver_sql("ANALYZE executions")
+
+    def count(self, where: ExecutionFilter | None = None, *, limit: int | None = None) -> int:
+        """How many executions match ``where``; with ``limit``, at most that many (the database stops
+        reading there, so a bounded count of an unselective filter stays cheap)."""
+        conditions = (where or ExecutionFilter()).where()
+        if limit is None:
+            query = sa.select(sa.func.count()).select_from(executions).where(*conditions)
+        else:
+            matching = sa.select(sa.literal(1)).select_from(executions).where(*conditions).limit(limit)
+            query = sa.select(sa.func.count()).select_from(matching.subquery())
         with self.db.read() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def started_since(self, since: dt.datetime, program: str | None = None) -> list[dt.datetime]:
+        """When each run started at or after ``since`` started (one column, for runs-per-minute charts)."""
+        c = executions.c
+        query = sa.select(c.started_at).where(c.started_at >= since)
+        if program is not None:
+            query = query.where(c.program == program)
+        with self.db.read() as connection:
+            return [aware(value) for value in connection.scalars(query)]
 
     def stats(self, where: ExecutionFilter | None = None) -> list[VersionStats]:
         """Per (program, version): counts, error rate, latency percentiles, tokens and cost."""
@@ -458,6 +507,10 @@ class ExecutionRepository:
                     connection.execute(sa.delete(feedback).where(feedback.c.execution_id.in_(chunk)))
                     connection.execute(sa.delete(executions).where(c.id.in_(chunk)))
         return len(doomed)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -109,6 +109,9 @@ program_versions = sa.Table(
 )
 
 
+UNSUCCESSFUL = "status IN ('failed', 'cancelled', 'abandoned')"  # the condition of that partial index
+
+
 def _where(condition: str) -> dict[str, Any]:
     """A partial index's condition, on both databases."""
     return {"sqlite_where": sa.text(condition), "postgresql_where": sa.text(condition)}
@@ -152,6 +155,8 @@ executions = sa.Table(
         sa.Index(f"ix_executions_{column}", column, **_where(f"{column} IS NOT NULL"))
         for column in ("session_id", "trace_id")
     ),
+    # Partial (migration 0013): the runs that did not succeed, for "failed runs" listings and counts.
+    sa.Index("ix_executions_unsuccessful_started_at", "status", "started_at", **_where(UNSUCCESSFUL)),
 )
 
 datasets = sa.Table(
