@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
     """The session's local Ray cluster; pools with backend = 'ray' join it instead of starting one."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray

@@ -9,6 +9,7 @@ import typer
 from dspex.cli import (
     adapt,
     audit,
+    batch,
     datasets,
     demo,
     executions,
@@ -52,6 +53,7 @@ app.add_typer(lms.app, name="lms")
 app.command("feedback")(feedback.feedback)
 app.command("watch")(watch.watch)
 app.add_typer(adapt.app, name="adapt")
+app.add_typer(batch.app, name="batch")
 
 
 @app.command("version")

@@ -258,7 +258,7 @@ class RayPool:
             if self._closed:
                 return
             for actor in sorted(self._actors, key=lambda a: len(a.inflight)):
-                if actor.state == "dead":
+                if actor.state in ("dead", "starting"):  # starting: until its new process answers a ping
                     continue
                 while len(actor.inflight) < PIPELINE and (actor.pending or self._pending):
                     task = (actor.pending or self._pending).popleft()
@@ -291,17 +291,16 @@ class RayPool:
         self._dispatch()
 
     def _lost(self, actor: _Actor, task: _Task, exc: BaseException) -> None:
-        """A task whose actor died: a shard goes back to the queue, a run fails with ``worker_lost``."""
+        """A task whose actor died: a shard goes back to the queue, a run fails with ``worker_lost``. The
+        actor takes no task until a ping answers from its new process (which counts the replacement)."""
         ray = self._ray
-        died = isinstance(exc, ray.exceptions.RayActorError)
+        died = isinstance(exc, ray.exceptions.RayActorError)  # dead, restarting or unreachable
         with self._lock:
             if task in actor.inflight:
                 actor.inflight.remove(task)
-            reason = actor.killed_for or ("died" if died else "error")
-            if died and actor.state != "starting":  # one death, however many tasks it took with it
-                self.replaced[reason] += 1
-                actor.state, actor.pid, actor.killed_for = "starting", None, None
-                actor.started = time.monotonic()
+            reason = actor.killed_for or "died"
+            if died and actor.state != "dead":
+                actor.state = "starting"
             again = (
                 died
                 and task.payload.get("kind") == "predict_batch"
@@ -313,21 +312,33 @@ class RayPool:
             else:
                 self.failed += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
-        if not again and not task.future.done():
-            code = "task_timeout" if reason == "task_timeout" else "worker_lost"
-            message = (
-                f"the task ran over the pool's task_timeout_s of {self.setting.task_timeout_s} s; "
-                f"actor {actor.name} was killed and restarted"
-                if code == "task_timeout"
-                else f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}"
+        if again or task.future.done():
+            return
+        if not died:  # Ray could not run the task at all (a bug, or a cluster problem): say what it said
+            task.future.set_exception(
+                WorkerError(
+                    f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}", code="error"
+                )
             )
-            task.future.set_exception(WorkerError(message, code=code))
+        elif reason == "task_timeout":
+            task.future.set_exception(
+                WorkerError(
+                    f"the task ran over the pool's task_timeout_s of {self.setting.task_timeout_s} s; "
+                    f"actor {actor.name} was killed and restarted",
+                    code="task_timeout",
+                )
+            )
+        else:
+            task.future.set_exception(
+                WorkerError(f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}")
+            )
 
     # -- health ----------------------------------------------------------------------------------------
     def _alive(self, actor: _Actor, ping: dict[str, Any]) -> None:
         with self._lock:
-            if actor.pid != ping["pid"] and actor.pid is not None:
-                actor.started = time.monotonic()  # a new process: Ray restarted it
+            if actor.pid != ping["pid"] and actor.pid is not None:  # a new process: Ray restarted it
+                self.replaced[actor.killed_for or "died"] += 1
+                actor.killed_for, actor.started = None, time.monotonic()
             actor.pid, actor.rss, actor.last_heartbeat = ping["pid"], ping["rss"], time.monotonic()
             if not actor.started:
                 actor.started = time.monotonic()
