@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -171,3 +173,39 @@ def test_a_batch_runs_on_the_ray_pool_with_a_record_per_input(app: App) -> None:
         assert record.status == "succeeded"
         workers.add((record.placement or {})["worker"])
     assert workers <= {"cluster-0", "cluster-1"}
+
+
+def test_an_optimization_runs_two_trials_at_once_on_the_ray_actors(
+    ray_cluster: Any, sim_lm_server: Any, tmp_path: Path
+) -> None:
+    from dspex.variables import Variable, VariableSpace, bind
+
+    settings = Settings(
+        home=tmp_path,
+        database_url=f"sqlite:///{tmp_path}/opt.db",
+        lm="openai/sim-large",
+        api_base=sim_lm_server.url,
+        api_key="sim",
+        lm_cache=False,
+        pools={"trials": {"backend": "ray", "size": 2, "actor_cpus": 0.5}},
+    )
+    with App(settings) as app:
+        app.programs.register("qa", {"module": "predict", "signature": "question -> answer"})
+        app.datasets.import_records("qa-set", sim_lm_server.task.dicts()[:12], inputs=["question"])
+        result = app.optimize(
+            "qa",
+            dataset="qa-set",
+            space=VariableSpace([Variable.float("temperature", 0.0, 1.5)]),
+            bindings=[bind.temperature("temperature")],
+            n_trials=6,
+            pruning=False,
+            pool="trials",
+            parallel=2,
+        )
+        assert result.finished == 6
+        trials = app.optimizations.trials(result.id)
+        assert [t.number for t in trials] == list(range(6))
+        assert all(t.state == "complete" for t in trials)
+        assert app.pools.get("trials").status().completed >= 6  # every trial's shards ran on the actors
+        spans = sorted((t.started_at, t.finished_at) for t in trials)
+        assert any(b[0] < a[1] for a, b in itertools.pairwise(spans) if a[1] is not None)  # overlapped
