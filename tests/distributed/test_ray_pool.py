@@ -21,6 +21,19 @@ from dspex.settings import Settings
 from dspex.testing import ScriptedEngine
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray cluster (2 CPUs) for these tests: starting one costs seconds. Pools with
+    backend = 'ray' join it instead of starting their own. (Here, not in a conftest.py: tests/server
+    imports its conftest by name.)"""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     home = tmp_path_factory.mktemp("ray")
@@ -37,7 +50,7 @@ def app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "slow": {
                 "backend": "ray",
                 "size": 1,
-                "actor_cpus": 0.5,
+                "actor_cpus": 0.25,
                 "task_timeout_s": 1.0,
                 "heartbeat_s": 0.1,
             },
@@ -187,7 +200,7 @@ def test_an_optimization_runs_two_trials_at_once_on_the_ray_actors(
         api_base=sim_lm_server.url,
         api_key="sim",
         lm_cache=False,
-        pools={"trials": {"backend": "ray", "size": 2, "actor_cpus": 0.5}},
+        pools={"trials": {"backend": "ray", "size": 2, "actor_cpus": 0.25}},  # the 2-CPU cluster: 1.75 in all
     )
     with App(settings) as app:
         app.programs.register("qa", {"module": "predict", "signature": "question -> answer"})

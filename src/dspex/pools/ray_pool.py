@@ -156,7 +156,15 @@ class RayPool:
                 self._alive(actor, ray.get(ping, timeout=START_TIMEOUT_S))
         except Exception as exc:
             self.close()
-            raise ConfigurationError(f"pool {self.name!r}: a Ray actor could not start: {exc}") from exc
+            hint = ""
+            if isinstance(exc, ray.exceptions.GetTimeoutError):
+                cpus = self.size * self.setting.actor_cpus
+                hint = (
+                    f" (not ready after {START_TIMEOUT_S:.0f} s: the pool asks Ray for {cpus:g} CPUs, size x "
+                    f"actor_cpus; the cluster has {ray.cluster_resources().get('CPU', 0):g} in all: lower "
+                    "actor_cpus or size, or add nodes)"
+                )
+            raise ConfigurationError(f"pool {self.name!r}: a Ray actor could not start: {exc}{hint}") from exc
         self._monitor_thread = threading.Thread(target=self._monitor, name=f"{self.name}-ray", daemon=True)
         self._monitor_thread.start()
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from dspex.server.app import dspex_of, options_of
 from dspex.server.auth import Principal, require
@@ -45,7 +45,29 @@ class BatchRequest(_Strict):
     )
 
 
-@router.post("/{name}/batch", responses=errors(401, 403, 404, 422))
+class BatchLineOut(BaseModel):
+    index: int = Field(description="The input's position in the request's inputs.")
+    key: str = Field(description="The input's resume key: send it in skip to not run the input again.")
+    status: str = Field(description="succeeded or failed.")
+    execution_id: str | None = Field(description="The run's execution record.")
+    outputs: JsonObject | None = Field(None, description="The run's outputs (succeeded).")
+    error: JsonObject | None = Field(None, description="{code, message} (failed).")
+
+
+class BatchReportOut(BaseModel):
+    total: int
+    skipped: int
+    succeeded: int
+    failed: int
+    wall_s: float
+
+
+class BatchOut(BaseModel):
+    report: BatchReportOut
+    lines: list[BatchLineOut]
+
+
+@router.post("/{name}/batch", response_model=BatchOut, responses=errors(401, 403, 404, 422))
 async def batch(
     name: ProgramName, body: BatchRequest, request: Request, _principal: Principal = Depends(_execute)
 ) -> JSONResponse:
