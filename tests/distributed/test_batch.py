@@ -29,10 +29,9 @@ def engine() -> ScriptedEngine:
 
 
 @pytest.fixture
-def app(tmp_path: Path, engine: ScriptedEngine) -> Iterator[App]:
-    with App(
-        Settings(database_url=f"sqlite:///{tmp_path}/b.db", lm_cache=False), lm=engine.lm(cache=False)
-    ) as app:
+def app(database_url: str, engine: ScriptedEngine) -> Iterator[App]:
+    """On SQLite, and on PostgreSQL when DSPEX_TEST_POSTGRES_URL is set."""
+    with App(Settings(database_url=database_url, lm_cache=False), lm=engine.lm(cache=False)) as app:
         app.programs.register("qa", QA)
         yield app
 
