@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +92,57 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(sim: SimServ
 def test_parallel_must_be_a_positive_count(sim: SimServer) -> None:
     with pytest.raises(ConfigurationError, match="parallel must be"):
         _optimizer(sim, 2, parallel=0)
+
+
+WORKER = Path(__file__).with_name("parallel_worker.py")
+
+
+def _start(url: str, n_trials: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, "kill9", str(n_trials), "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+
+
+def test_a_driver_killed_with_sigkill_resumes_to_exactly_the_requested_trials(database_url: str) -> None:
+    n_trials = 10
+    db = open_database(database_url)
+    repo = OptimizationRepository(db)
+    process = _start(database_url, n_trials)
+    try:
+        deadline, finished = time.monotonic() + 40, 0
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                finished = repo.count("kill9")
+            except Exception:  # the run row may not exist yet
+                finished = 0
+            if finished >= 3:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+        assert finished >= 3, "the driver did not finish three trials in time"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+    before = repo.trials("kill9")
+    assert repo.count("kill9") < n_trials
+
+    again = _start(database_url, n_trials)
+    out, err = again.communicate(timeout=90)
+    assert again.returncode == 0, err.decode()[-2000:]
+    assert out.decode().strip() == f"finished {n_trials}"
+    trials = repo.trials("kill9")
+    assert [t.number for t in trials] == list(range(len(trials)))  # no number twice, none skipped
+    assert sum(t.state in ("complete", "pruned") for t in trials) == n_trials
+    assert not [t for t in trials if t.state == "running"]
+    by_number = {t.number: t for t in trials}
+    for t in before:
+        if t.state == "complete":
+            assert by_number[t.number].scores == t.scores  # kept as it was
+        if t.state == "running":  # cut off by the kill: failed, not counted
+            assert by_number[t.number].state == "failed"
+    db.dispose()
