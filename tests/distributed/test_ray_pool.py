@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +48,13 @@ def app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 "size": 2,
                 "actor_cpus": 0.5,
                 "initializer": "dist_programs:scripted",
+            },
+            "frozen": {
+                "backend": "ray",
+                "size": 1,
+                "actor_cpus": 0.25,
+                "heartbeat_s": 0.1,
+                "hung_after_s": 1.0,
             },
             "slow": {
                 "backend": "ray",
@@ -222,3 +231,22 @@ def test_an_optimization_runs_two_trials_at_once_on_the_ray_actors(
         assert app.pools.get("trials").status().completed >= 6  # every trial's shards ran on the actors
         spans = sorted((t.started_at, t.finished_at) for t in trials)
         assert any(b[0] < a[1] for a, b in itertools.pairwise(spans) if a[1] is not None)  # overlapped
+
+
+def test_a_hung_actor_is_killed_and_restarted(app: App) -> None:
+    pool = app.pools.get("frozen")
+    pid = pool.status().workers[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing: not even a ping
+    future = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "x"}})
+    with pytest.raises(WorkerError) as caught:
+        future.result(timeout=30)
+    assert caught.value.code == "worker_lost"
+    deadline = time.monotonic() + 30
+    while not pool.status().healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = pool.status()
+    assert status.replaced == {"hung": 1}
+    assert status.workers[0].pid != pid
+    again = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "y"}}).result(timeout=30)
+    assert again["outcome"]["status"] == "succeeded"

@@ -27,7 +27,8 @@ Health: Ray restarts an actor that dies (``max_restarts=-1``): the tasks it ran 
 ``WorkerError(code="worker_lost")``, except an evaluation's shards (predicting has no side effects),
 which go back to the queue and run again on whichever actor is free (up to ``SHARD_ATTEMPTS``); each
 death is counted in ``status().replaced["died"]``. A ping every ``heartbeat_s`` gives each actor's pid,
-memory and liveness; a task past ``task_timeout_s`` has its actor killed (``replaced["task_timeout"]``).
+memory and liveness; a task past ``task_timeout_s`` has its actor killed (``replaced["task_timeout"]``),
+and so has an actor silent for ``hung_after_s`` (``replaced["hung"]``; its tasks fail with ``worker_lost``).
 Not (yet) on Ray: memory limits and recycling (``max_rss_mb``, ``max_tasks``, ``ttl_s``; Ray's own
 memory monitor applies) and streamed runs.
 """
@@ -366,7 +367,8 @@ class RayPool:
         self._alive(actor, ping)
 
     def _monitor(self) -> None:
-        """Ping each actor every ``heartbeat_s`` and kill one whose task is over ``task_timeout_s``."""
+        """Ping each actor every ``heartbeat_s``; kill one whose task is over ``task_timeout_s``, or that
+        answered nothing for ``hung_after_s`` (Ray restarts it)."""
         every = self.setting.heartbeat_s
         while not self._stop.wait(every):
             now = time.monotonic()
@@ -376,11 +378,13 @@ class RayPool:
                     ref = actor.handle.ping.remote()
                     ref.future().add_done_callback(lambda done, a=actor: self._ping_done(a, done))
                 timeout = self.setting.task_timeout_s
-                with self._lock:  # decided once per death: the verdict is cleared when its task fails
+                with self._lock:  # decided once per death: the verdict is cleared by its new process's ping
                     late = timeout is not None and any(now - t.sent >= timeout for t in actor.inflight[:1])
-                    kill = late and actor.killed_for is None and actor.state != "starting"
+                    silent = now - (actor.last_heartbeat or actor.started)
+                    hung = actor.state in ("idle", "busy") and silent > self.setting.hung_after_s
+                    kill = (late or hung) and actor.killed_for is None and actor.state != "starting"
                     if kill:
-                        actor.killed_for = "task_timeout"
+                        actor.killed_for = "task_timeout" if late else "hung"
                 if kill:
                     with contextlib.suppress(Exception):  # gone already: its tasks fail all the same
                         self._ray.kill(actor.handle, no_restart=False)
