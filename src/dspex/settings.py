@@ -68,6 +68,13 @@ class PoolSetting(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
+    # -- Ray (issue 17): backend = "ray" makes the workers Ray actors (dspex.pools.ray_pool) --
+    backend: Literal["process", "ray"] = Field(
+        "process", description="Worker processes on this machine, or Ray actors (the ray extra)."
+    )
+    actor_cpus: float = Field(
+        1.0, ge=0, le=64, description="CPUs Ray reserves for each actor (backend = 'ray'; 0.5: two per core)."
+    )
     size: int = Field(0, ge=0, le=256, description="Worker processes (0: one per core).")
     max_rss_mb: int | None = Field(
         None,
@@ -98,13 +105,6 @@ class PoolSetting(pydantic.BaseModel):
     heartbeat_s: float = Field(0.5, gt=0, le=60, description="How often a worker reports that it lives.")
     hung_after_s: float = Field(
         30.0, gt=0, description="A worker silent this long is hung: killed and replaced."
-    )
-    # -- Ray (issue 17): backend = "ray" makes the workers Ray actors (dspex.pools.ray_pool) --
-    backend: Literal["process", "ray"] = Field(
-        "process", description="Worker processes on this machine, or Ray actors (the ray extra)."
-    )
-    actor_cpus: float = Field(
-        1.0, ge=0, le=64, description="CPUs Ray reserves for each actor (backend = 'ray'; 0.5: two per core)."
     )
 
 

@@ -14,8 +14,9 @@ replayed on resume, and the run ends with exactly ``n_trials`` finished trials.
 How trials stay contiguous and unique: this process is the only one that asks Optuna (its study is
 replayed from the database) and numbers trials (``start_trial`` under the database's write lock, checked
 against Optuna's number); asks and tells happen under one lock, evaluations outside it. Trials asked
-while others are running see them through TPE's ``constant_liar`` (the parallel-safe setting: a running
-trial counts as a bad result, so the sampler spreads parallel asks instead of repeating one point).
+while others are running see them through multivariate TPE's ``constant_liar`` (the parallel-safe
+setting: a running trial counts as a bad result, so the sampler spreads parallel asks instead of
+repeating one point).
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ class ParallelOptimizer(HolisticOptimizer):
         study = super()._study(repo, run_id)
         if self._sampler is None and len(self.objectives) == 1:
             # As the base class seeds it (past the replayed trials), plus constant_liar for parallel asks.
-            with warnings.catch_warnings():  # constant_liar is "experimental" since Optuna 2.8, and stable
+            # Multivariate TPE over grouped parameters (the serial optimizer's default on main since
+            # 2179fc7), plus constant_liar; Optuna marks all three experimental, the optuna<5 pin holds them.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.sampler = optuna.samplers.TPESampler(
-                    seed=self.seed + len(study.trials), constant_liar=True
+                    seed=self.seed + len(study.trials), multivariate=True, group=True, constant_liar=True
                 )
         return study
 
