@@ -68,6 +68,13 @@ class PoolSetting(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
+    # -- Ray (issue 17): backend = "ray" makes the workers Ray actors (dspex.pools.ray_pool) --
+    backend: Literal["process", "ray"] = Field(
+        "process", description="Worker processes on this machine, or Ray actors (the ray extra)."
+    )
+    actor_cpus: float = Field(
+        1.0, ge=0, le=64, description="CPUs Ray reserves for each actor (backend = 'ray'; 0.5: two per core)."
+    )
     size: int = Field(0, ge=0, le=256, description="Worker processes (0: one per core).")
     max_rss_mb: int | None = Field(
         None,
@@ -330,6 +337,11 @@ class Settings(BaseSettings):
     telemetry: TelemetrySetting = Field(
         default_factory=lambda: TelemetrySetting.model_validate({}),
         description="OpenTelemetry export of runs ([telemetry] table).",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="The Ray cluster of pools with backend = 'ray' (DSPEX_RAY_ADDRESS, e.g. ray://head:10001 "
+        "or auto); unset: the one this process joined, else a local one started on first use.",
     )
     redis_url: str | None = Field(
         None,

@@ -411,7 +411,7 @@ def test_openapi_document_is_complete(live: Live) -> None:
         ("/v1/programs/{name}/versions", "get"), ("/v1/programs/{name}/versions/{version}/promote", "post"),
         ("/v1/programs/{name}/rollback", "post"), ("/v1/programs/{name}/cache", "put"),
         ("/v1/programs/{name}/runs", "post"),
-        ("/v1/programs/{name}/runs/stream", "post"), ("/v1/executions", "get"), ("/v1/executions/stats", "get"),
+        ("/v1/programs/{name}/runs/stream", "post"), ("/v1/programs/{name}/batch", "post"), ("/v1/executions", "get"), ("/v1/executions/stats", "get"),
         ("/v1/executions/{execution_id}", "get"), ("/v1/datasets", "get"), ("/v1/datasets", "post"),
         ("/v1/datasets/{name}", "get"), ("/v1/datasets/{name}/examples", "get"), ("/v1/optimizations", "post"),
         ("/v1/optimizations/{optimization_id}", "get"), ("/v1/optimizations/{optimization_id}/events", "get"),

@@ -9,6 +9,7 @@ import typer
 from dspex.cli import (
     adapt,
     audit,
+    batch,
     datasets,
     demo,
     executions,
@@ -54,6 +55,7 @@ app.command("feedback")(feedback.feedback)
 app.command("watch")(watch.watch)
 app.command("scaffold")(scaffold.scaffold)
 app.add_typer(adapt.app, name="adapt")
+app.add_typer(batch.app, name="batch")
 
 
 @app.command("version")

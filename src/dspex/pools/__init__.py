@@ -22,13 +22,15 @@ While pools run, their status is published under the home directory for ``dspex 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.settings import PoolSetting, Settings
 
 if TYPE_CHECKING:
-    from dspex.pools.pool import Pool, PoolStatus
+    from dspex.pools.base import WorkerPool
+    from dspex.pools.pool import PoolStatus
     from dspex.pools.published import Publisher
 
 __all__ = ["DEFAULT_POOL", "Pools"]
@@ -41,7 +43,7 @@ class Pools:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._pools: dict[str, Pool] = {}
+        self._pools: dict[str, WorkerPool] = {}
         self._lock = threading.Lock()
         self._publisher: Publisher | None = None
 
@@ -56,16 +58,22 @@ class Pools:
             )
         return self.settings.pools.get(name) or PoolSetting.model_validate({})
 
-    def get(self, name: str) -> Pool:
-        """Pool ``name``, started (its workers ready) on first use."""
+    def get(self, name: str) -> WorkerPool:
+        """Pool ``name``, started (its workers ready) on first use: processes, or Ray actors when its
+        ``backend`` is ``"ray"`` (:mod:`dspex.pools.ray_pool`)."""
         from dspex.pools.pool import Pool
 
         setting = self.setting(name)
+        factory: Callable[[str, PoolSetting, Settings], WorkerPool] = Pool
+        if setting.backend == "ray":
+            from dspex.pools.ray_pool import RayPool
+
+            factory = RayPool
         with self._lock:
             pool = self._pools.get(name)
             if pool is not None:
                 return pool
-            pool = Pool(name, setting, self.settings).start()
+            pool = factory(name, setting, self.settings).start()
             self._pools[name] = pool
             publisher = self._publisher
             if publisher is None:
@@ -78,7 +86,7 @@ class Pools:
     def _published(self) -> list[dict[str, Any]]:
         return [status.to_json() for status in self.status()]
 
-    def started(self) -> list[Pool]:
+    def started(self) -> list[WorkerPool]:
         with self._lock:
             return list(self._pools.values())
 

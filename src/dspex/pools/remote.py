@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dspex.jsonable import canonical_hash
 
 if TYPE_CHECKING:
-    from dspex.pools.pool import Pool
+    from dspex.pools.base import WorkerPool
 
 __all__ = ["PooledProgram"]
 
@@ -29,7 +29,7 @@ __all__ = ["PooledProgram"]
 class PooledProgram:
     """Program ``name`` at ``version_id`` on ``pool`` (see the module docstring)."""
 
-    pool: Pool
+    pool: WorkerPool
     name: str
     version_id: str
     # {"space": a space document, "values": a configuration's JSON}: the worker applies it to its copy

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import threading
 import time
@@ -551,6 +552,7 @@ class App:
         on_trial: Callable[[TrialProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
         pool: str | None = None,
+        parallel: int = 1,
     ) -> OptimizationResult:
         """Search ``space`` for the registered program ``program_name`` on dataset ``dataset``; the best
         configured program becomes a new version in ``optimizing`` (``result.version_id``), which
@@ -570,6 +572,8 @@ class App:
         - ``pool``: evaluate the trials' examples on that worker pool; each worker applies a trial's
           configuration (sent with the space as a document) to its own copy of the version. Without
           it, the ``[routing]`` rules place them as they place runs (:meth:`Router.decide`; logged).
+        - ``parallel``: trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`),
+          e.g. across a Ray pool's actors.
         The run, its trials and the result are recorded (:attr:`optimizations`), and a rerun with the
         same inputs resumes it.
         """
@@ -595,7 +599,12 @@ class App:
             # it still prunes. Several objectives: Optuna's pruners do not support them.
             single = len(tuple(objectives)) == 1
             pruning = Pruning(min_examples=max(1, min(10, len(devset) // 4))) if single else False
-        optimizer = HolisticOptimizer(
+        factory: Callable[..., HolisticOptimizer] = HolisticOptimizer
+        if parallel != 1:
+            from dspex.distributed.optimize import ParallelOptimizer
+
+            factory = functools.partial(ParallelOptimizer, parallel=parallel)
+        optimizer = factory(
             space,
             bindings,
             _metric(metric),

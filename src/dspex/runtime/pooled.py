@@ -18,7 +18,7 @@ from dspex.errors import ConfigurationError, WorkerError
 from dspex.runtime.run import Durability, RunResult, _Run
 
 if TYPE_CHECKING:
-    from dspex.pools.pool import Pool
+    from dspex.pools.base import WorkerPool
     from dspex.runtime.app import App
 
 MAX_ATTEMPTS_IDEMPOTENT = 2
@@ -58,7 +58,7 @@ class PooledRun:
         reason: str | None = None,
     ) -> None:
         check_crossing(pool, name, lm)
-        self.pool: Pool = app.pools.get(pool)
+        self.pool: WorkerPool = app.pools.get(pool)
         version = app._cache.version(name, version_id)
         self.name: str = name
         self.version_id: str = version.id

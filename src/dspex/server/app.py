@@ -69,6 +69,7 @@ def create_app(
     from dspex.server.routes import (
         adaptive,
         audit,
+        batches,
         datasets,
         executions,
         feedback,
@@ -101,7 +102,7 @@ def create_app(
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
     routers = (programs, runs, sessions, executions, feedback, datasets, optimizations, jobs, audit, pools)
-    for module in (*routers, adaptive, signals, ops):
+    for module in (*routers, adaptive, signals, ops, batches):
         api.include_router(module.router)
     from dspex.server.ui import install_ui
 

@@ -1,0 +1,396 @@
+"""``RayPool``: a pool whose workers are Ray actors, with the process pool's interface, records and health.
+
+::
+
+    # dspex.toml
+    [pools.cluster]
+    backend = "ray"        # the ray extra: pip install 'dspex[ray]'
+    size = 8               # actors
+    actor_cpus = 1.0       # CPUs Ray reserves for each
+    task_timeout_s = 120   # a task over it has its actor killed (Ray restarts it); the task fails
+
+    app.run("qa", {"question": "?"}, pool="cluster")                 # recorded by this process
+    Evaluator(exact_match, concurrency=64).run(app.pooled("qa", pool="cluster"), devset)
+
+The cluster is ``DSPEX_RAY_ADDRESS`` (``ray_address``) when set, else the one this process already joined
+(``ray.init`` by the caller), else a local one started here (and stopped by :meth:`RayPool.close`).
+
+Why Ray actors rather than Ray tasks: a worker must stay warm (DSPy imported, the program version built
+and cached, the initializer run once), exactly as a process pool's worker; an actor is that, placed by
+Ray on any node. Each actor is a :class:`~dspex.pools.ray_actor.RayWorker` built from the same start
+message as a process worker (settings, the pool's ``env``, ``initializer``); programs reach it by
+reference (name and version id, read from the shared store), tasks and results are JSON-ready dicts, and
+the driver writes every record (with SQLite the store is on the driver's machine; with PostgreSQL any
+machine could, but one writer keeps the recording path the process pool's).
+
+Health: Ray restarts an actor that dies (``max_restarts=-1``): the tasks it ran fail with
+``WorkerError(code="worker_lost")``, except an evaluation's shards (predicting has no side effects),
+which go back to the queue and run again on whichever actor is free (up to ``SHARD_ATTEMPTS``); each
+death is counted in ``status().replaced["died"]``. A ping every ``heartbeat_s`` gives each actor's pid,
+memory and liveness; a task past ``task_timeout_s`` has its actor killed (``replaced["task_timeout"]``),
+and so has an actor silent for ``hung_after_s`` (``replaced["hung"]``; its tasks fail with ``worker_lost``).
+Not (yet) on Ray: memory limits and recycling (``max_rss_mb``, ``max_tasks``, ``ttl_s``; Ray's own
+memory monitor applies) and streamed runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspex.errors import ConfigurationError, WorkerError
+from dspex.pools.pool import PoolStatus, WorkerState, WorkerStatus, _secrets_revealed
+from dspex.settings import PoolSetting, Settings
+
+__all__ = ["SHARD_ATTEMPTS", "RayPool", "import_ray"]
+
+logger = logging.getLogger("dspex.pools.ray")
+
+_MB = 1024 * 1024
+PIPELINE = 2  # tasks an actor holds at once: the running one and the next
+SHARD_ATTEMPTS = 4  # an evaluation shard is run again on actor death up to this many times in all
+START_TIMEOUT_S = 120.0
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a ConfigurationError that says how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"a pool with backend = 'ray' needs the ray extra: pip install 'dspex[ray]' ({exc})"
+        ) from None
+    return ray
+
+
+@dataclass(eq=False)
+class _Task:
+    payload: dict[str, Any]
+    future: Future[dict[str, Any]]
+    worker: int | None
+    attempts: int = 0
+    sent: float = 0.0
+
+
+@dataclass(eq=False)
+class _Actor:
+    index: int
+    name: str
+    handle: Any = None
+    pid: int | None = None
+    state: WorkerState = "starting"
+    rss: int | None = None
+    tasks: int = 0
+    started: float = 0.0
+    last_heartbeat: float | None = None
+    pinging: bool = False
+    killed_for: str | None = None  # why the monitor killed the actor (task_timeout), for its failed tasks
+    pending: collections.deque[_Task] = field(default_factory=collections.deque)
+    inflight: list[_Task] = field(default_factory=list)
+
+
+class RayPool:
+    """A pool of Ray actors; see the module docstring. Thread-safe."""
+
+    def __init__(self, name: str, setting: PoolSetting, settings: Settings) -> None:
+        self.name = name
+        self.setting = setting
+        self.size = setting.size or (os.cpu_count() or 1)
+        self._settings = settings
+        self._ray: Any = None
+        self._owns_ray = False
+        self._lock = threading.Lock()
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._actors = [_Actor(i, f"{name}-{i}") for i in range(self.size)]
+        self._closed = False
+        self._started = False
+        self._stop = threading.Event()
+        self.completed = 0
+        self.failed = 0
+        self.replaced: collections.Counter[str] = collections.Counter()
+        self.last_error: str | None = None
+
+    # -- life ------------------------------------------------------------------------------------------
+    def start(self) -> RayPool:
+        """Join (or start) the cluster and start every actor, waiting until each is ready; an actor that
+        cannot start is a ``ConfigurationError`` with its error (and the pool is closed)."""
+        if self._started:
+            return self
+        self._started = True
+        ray = self._ray = import_ray()
+        if not ray.is_initialized():
+            address = self._settings.ray_address
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+            self._owns_ray = True
+        start = {
+            "op": "start",
+            "settings": _secrets_revealed(self._settings.model_dump()),
+            "env": dict(self.setting.env),
+            "initializer": self.setting.initializer,
+            "heartbeat_s": self.setting.heartbeat_s,
+            "sys_path": [entry for entry in sys.path if entry],
+        }
+        actor_class = ray.remote(_actor_class())
+        try:
+            for actor in self._actors:
+                actor.handle = actor_class.options(
+                    name=None,
+                    num_cpus=self.setting.actor_cpus,
+                    max_concurrency=PIPELINE + 1,  # the tasks it holds, and a ping
+                    max_restarts=-1,  # Ray restarts a dead actor with the same start message
+                    max_task_retries=0,  # its task fails: we decide what runs again
+                ).remote(start)
+            pings = [actor.handle.ping.remote() for actor in self._actors]
+            for actor, ping in zip(self._actors, pings, strict=True):
+                self._alive(actor, ray.get(ping, timeout=START_TIMEOUT_S))
+        except Exception as exc:
+            self.close()
+            hint = ""
+            if isinstance(exc, ray.exceptions.GetTimeoutError):
+                cpus = self.size * self.setting.actor_cpus
+                hint = (
+                    f" (not ready after {START_TIMEOUT_S:.0f} s: the pool asks Ray for {cpus:g} CPUs, size x "
+                    f"actor_cpus; the cluster has {ray.cluster_resources().get('CPU', 0):g} in all: lower "
+                    "actor_cpus or size, or add nodes)"
+                )
+            raise ConfigurationError(f"pool {self.name!r}: a Ray actor could not start: {exc}{hint}") from exc
+        self._monitor_thread = threading.Thread(target=self._monitor, name=f"{self.name}-ray", daemon=True)
+        self._monitor_thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking tasks, fail the queued ones, kill the actors (and stop a cluster started here)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            queued = list(self._pending) + [t for a in self._actors for t in (*a.pending, *a.inflight)]
+            self._pending.clear()
+            for actor in self._actors:
+                actor.pending.clear()
+                actor.inflight.clear()
+        self._stop.set()
+        for task in queued:
+            if not task.future.done():
+                task.future.set_exception(WorkerError(f"pool {self.name!r} closed before the task ran"))
+        ray = self._ray
+        if ray is None:
+            return
+        for actor in self._actors:
+            if actor.handle is not None:
+                with contextlib.suppress(Exception):  # already gone: nothing to kill
+                    ray.kill(actor.handle, no_restart=True)
+            actor.state = "dead"
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayPool:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def actor(self, index: int) -> Any:
+        """Actor ``index``'s Ray handle (for operators' tools and tests: ``ray.kill(pool.actor(0))``)."""
+        return self._actors[index].handle
+
+    # -- tasks -----------------------------------------------------------------------------------------
+    def submit(
+        self,
+        payload: dict[str, Any],
+        *,
+        worker: int | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Future[dict[str, Any]]:
+        """As :meth:`dspex.pools.pool.Pool.submit`: ``{"outcome", "worker", "pid"}`` or a WorkerError."""
+        if on_event is not None or payload.get("stream"):
+            raise ConfigurationError(
+                f"pool {self.name!r} runs on Ray, which does not stream runs yet; stream on a process pool "
+                "(backend = 'process') or run without streaming"
+            )
+        if worker is not None and not 0 <= worker < self.size:
+            raise ConfigurationError(f"pool {self.name!r} has workers 0..{self.size - 1}, not {worker}")
+        task = _Task(payload, Future(), worker)
+        task.future.set_running_or_notify_cancel()
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError(f"pool {self.name!r} is closed")
+            (self._actors[worker].pending if worker is not None else self._pending).append(task)
+        self._dispatch()
+        return task.future
+
+    def status(self) -> PoolStatus:
+        now = time.monotonic()
+        with self._lock:
+            workers = tuple(
+                WorkerStatus(
+                    name=a.name,
+                    pid=a.pid,
+                    state=a.state,
+                    rss_mb=round(a.rss / _MB, 1) if a.rss is not None else None,
+                    tasks=a.tasks,
+                    age_s=now - a.started if a.started else 0.0,
+                    heartbeat_age_s=now - a.last_heartbeat if a.last_heartbeat is not None else None,
+                )
+                for a in self._actors
+            )
+            queued = len(self._pending) + sum(len(a.pending) for a in self._actors)
+        return PoolStatus(
+            name=self.name,
+            size=self.size,
+            workers=workers,
+            queued=queued,
+            completed=self.completed,
+            failed=self.failed,
+            replaced=dict(self.replaced),
+            healthy=not self._closed and all(w.state in ("idle", "busy") for w in workers),
+            last_error=self.last_error,
+        )
+
+    # -- dispatch --------------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Send queued tasks to actors with room (pinned tasks to their actor), least loaded first."""
+        sends: list[tuple[_Actor, _Task]] = []
+        with self._lock:
+            if self._closed:
+                return
+            for actor in sorted(self._actors, key=lambda a: len(a.inflight)):
+                if actor.state in ("dead", "starting"):  # starting: until its new process answers a ping
+                    continue
+                while len(actor.inflight) < PIPELINE and (actor.pending or self._pending):
+                    task = (actor.pending or self._pending).popleft()
+                    task.attempts += 1
+                    task.sent = time.monotonic()
+                    actor.inflight.append(task)
+                    actor.state = "busy"
+                    sends.append((actor, task))
+        for actor, task in sends:
+            ref = actor.handle.run.remote(task.payload)
+            ref.future().add_done_callback(lambda done, a=actor, t=task: self._finished(a, t, done))
+
+    def _finished(self, actor: _Actor, task: _Task, done: Future[Any]) -> None:
+        try:
+            answer = done.result()
+        except BaseException as exc:  # the actor died (or was killed), or Ray could not run the task
+            self._lost(actor, task, exc)
+        else:
+            with self._lock:
+                if task in actor.inflight:
+                    actor.inflight.remove(task)
+                actor.tasks += 1
+                actor.rss, actor.pid, actor.last_heartbeat = answer["rss"], answer["pid"], time.monotonic()
+                actor.state = "busy" if actor.inflight else "idle"
+                self.completed += 1
+            if not task.future.done():
+                task.future.set_result(
+                    {"outcome": answer["result"], "worker": actor.name, "pid": answer["pid"]}
+                )
+        self._dispatch()
+
+    def _lost(self, actor: _Actor, task: _Task, exc: BaseException) -> None:
+        """A task whose actor died: a shard goes back to the queue, a run fails with ``worker_lost``. The
+        actor takes no task until a ping answers from its new process (which counts the replacement)."""
+        ray = self._ray
+        died = isinstance(exc, ray.exceptions.RayActorError)  # dead, restarting or unreachable
+        with self._lock:
+            if task in actor.inflight:
+                actor.inflight.remove(task)
+            reason = actor.killed_for or "died"
+            if died and actor.state != "dead":
+                actor.state = "starting"
+            again = (
+                died
+                and task.payload.get("kind") == "predict_batch"
+                and task.attempts < SHARD_ATTEMPTS
+                and not self._closed
+            )
+            if again:
+                self._pending.appendleft(task)
+            else:
+                self.failed += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        if again or task.future.done():
+            return
+        if not died:  # Ray could not run the task at all (a bug, or a cluster problem): say what it said
+            task.future.set_exception(
+                WorkerError(
+                    f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}", code="error"
+                )
+            )
+        elif reason == "task_timeout":
+            task.future.set_exception(
+                WorkerError(
+                    f"the task ran over the pool's task_timeout_s of {self.setting.task_timeout_s} s; "
+                    f"actor {actor.name} was killed and restarted",
+                    code="task_timeout",
+                )
+            )
+        else:
+            task.future.set_exception(
+                WorkerError(f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}")
+            )
+
+    # -- health ----------------------------------------------------------------------------------------
+    def _alive(self, actor: _Actor, ping: dict[str, Any]) -> None:
+        with self._lock:
+            if actor.pid != ping["pid"] and actor.pid is not None:  # a new process: Ray restarted it
+                self.replaced[actor.killed_for or "died"] += 1
+                actor.killed_for, actor.started = None, time.monotonic()
+            actor.pid, actor.rss, actor.last_heartbeat = ping["pid"], ping["rss"], time.monotonic()
+            if not actor.started:
+                actor.started = time.monotonic()
+            if actor.state in ("starting", "dead"):
+                actor.state = "busy" if actor.inflight else "idle"
+        self._dispatch()
+
+    def _ping_done(self, actor: _Actor, done: Future[Any]) -> None:
+        actor.pinging = False
+        try:
+            ping = done.result()
+        except BaseException:  # dead or restarting: its tasks' own failures say so; it is pinged again
+            with self._lock:
+                if actor.state != "dead":
+                    actor.state = "starting"
+            return
+        self._alive(actor, ping)
+
+    def _monitor(self) -> None:
+        """Ping each actor every ``heartbeat_s``; kill one whose task is over ``task_timeout_s``, or that
+        answered nothing for ``hung_after_s`` (Ray restarts it)."""
+        every = self.setting.heartbeat_s
+        while not self._stop.wait(every):
+            now = time.monotonic()
+            for actor in self._actors:
+                if not actor.pinging and actor.handle is not None:
+                    actor.pinging = True
+                    ref = actor.handle.ping.remote()
+                    ref.future().add_done_callback(lambda done, a=actor: self._ping_done(a, done))
+                timeout = self.setting.task_timeout_s
+                with self._lock:  # decided once per death: the verdict is cleared by its new process's ping
+                    late = timeout is not None and any(now - t.sent >= timeout for t in actor.inflight[:1])
+                    silent = now - (actor.last_heartbeat or actor.started)
+                    hung = actor.state in ("idle", "busy") and silent > self.setting.hung_after_s
+                    kill = (late or hung) and actor.killed_for is None and actor.state != "starting"
+                    if kill:
+                        actor.killed_for = "task_timeout" if late else "hung"
+                if kill:
+                    with contextlib.suppress(Exception):  # gone already: its tasks fail all the same
+                        self._ray.kill(actor.handle, no_restart=False)
+
+
+def _actor_class() -> type:
+    from dspex.pools.ray_actor import RayWorker
+
+    return RayWorker

@@ -1,0 +1,252 @@
+"""A pool of Ray actors: the process pool's interface, records and health, on a local Ray cluster."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+
+from dspex.errors import ConfigurationError, WorkerError
+from dspex.optimize import Evaluator
+from dspex.optimize.metrics import exact_match
+from dspex.pools.ray_pool import RayPool
+from dspex.runtime.app import App
+from dspex.settings import Settings
+from dspex.testing import ScriptedEngine
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray cluster (2 CPUs) for these tests: starting one costs seconds. Pools with
+    backend = 'ray' join it instead of starting their own. (Here, not in a conftest.py: tests/server
+    imports its conftest by name.)"""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    home = tmp_path_factory.mktemp("ray")
+    settings = Settings(
+        home=home,
+        database_url=f"sqlite:///{home}/r.db",
+        pools={
+            "cluster": {
+                "backend": "ray",
+                "size": 2,
+                "actor_cpus": 0.5,
+                "initializer": "dist_programs:scripted",
+            },
+            "frozen": {
+                "backend": "ray",
+                "size": 1,
+                "actor_cpus": 0.25,
+                "heartbeat_s": 0.1,
+                "hung_after_s": 1.0,
+            },
+            "slow": {
+                "backend": "ray",
+                "size": 1,
+                "actor_cpus": 0.25,
+                "task_timeout_s": 1.0,
+                "heartbeat_s": 0.1,
+            },
+        },
+        routing={"programs": {"routed": "cluster"}},
+    )
+    with App(settings) as app:
+        app.programs.register("qa", "dist_programs:build_qa")
+        app.programs.register("routed", "dist_programs:build_qa")
+        app.programs.register("sleepy", "dist_programs:build_sleepy")
+        yield app
+
+
+def _devset(n: int) -> list[dspy.Example]:
+    # Even examples expect what the scripted LM answers, odd ones do not: the score is 0.5.
+    return [
+        dspy.Example(question=f"q{i}", answer=f"answer to q{i}" if i % 2 == 0 else "wrong").with_inputs(
+            "question"
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_run_on_ray_is_recorded_by_the_driver_with_its_placement(app: App) -> None:
+    result = app.run("qa", {"question": "hi"}, pool="cluster")
+    assert result.outputs["answer"] == "answer to hi"
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    assert record.status == "succeeded"
+    placement = record.placement or {}
+    assert placement["target"] == "pool"
+    assert placement["pool"] == "cluster"
+    assert placement["worker"] in ("cluster-0", "cluster-1")
+    assert isinstance(placement["pid"], int)
+    status = app.pools.get("cluster").status()
+    assert isinstance(app.pools.get("cluster"), RayPool)
+    assert status.healthy
+    assert status.size == 2
+    assert all(w.pid for w in status.workers)
+    assert status.completed >= 1
+
+
+def test_the_router_sends_a_program_to_the_ray_pool(app: App) -> None:
+    result = app.run("routed", {"question": "r"})
+    assert result.outputs["answer"] == "answer to r"
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    assert (record.placement or {})["reason"] == "[routing] programs.routed"
+
+
+def test_an_unknown_program_fails_its_run_with_a_terminal_record(app: App) -> None:
+    with pytest.raises(Exception, match="nope"):
+        app.run("nope", {"question": "x"}, pool="cluster")
+
+
+def test_a_distributed_evaluation_scores_as_the_local_one_and_reports_progress(app: App) -> None:
+    devset = _devset(40)
+    seen: list[int] = []
+    on_ray = Evaluator(exact_match, concurrency=4, cache=False, progress=lambda d, t, s: seen.append(d)).run(
+        app.pooled("qa", pool="cluster"), devset
+    )
+    engine = ScriptedEngine({"answer": lambda inputs: f"answer to {inputs.get('question', '')}"})
+    local = Evaluator(exact_match, concurrency=4, cache=False).run(
+        app.programs.load("qa"), devset, lm=engine.lm(cache=False)
+    )
+    assert on_ray.score == local.score == 0.5
+    assert [r.prediction for r in on_ray.records] == [r.prediction for r in local.records]
+    assert [r.score for r in on_ray.records] == [r.score for r in local.records]
+    assert seen == list(range(1, 41))
+
+
+def test_an_actor_killed_mid_evaluation_loses_nothing(app: App, ray_cluster: Any) -> None:
+    pool = app.pools.get("cluster")
+    assert isinstance(pool, RayPool)
+    devset = [
+        dspy.Example(question=f"q{i}", seconds=0.1, answer="slept 0.1").with_inputs("question", "seconds")
+        for i in range(24)
+    ]
+    killed = threading.Event()
+
+    def progress(done: int, total: int, score: float) -> None:
+        if done == 2 and not killed.is_set():  # mid-evaluation: shards are on both actors
+            killed.set()
+            ray_cluster.kill(pool.actor(0), no_restart=False)
+
+    before = pool.status().replaced.get("died", 0)
+    result = Evaluator(exact_match, concurrency=4, cache=False, progress=progress).run(
+        app.pooled("sleepy", pool="cluster"), devset
+    )
+    assert killed.is_set()
+    assert len(result.records) == 24
+    assert result.score == 1.0
+    assert all(r.error is None for r in result.records)
+    deadline = time.monotonic() + 30  # Ray restarts the actor: the pool is whole again
+    while not pool.status().healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.status().healthy
+    assert pool.status().replaced.get("died", 0) == before + 1
+
+
+def test_a_task_over_its_timeout_fails_and_the_actor_is_restarted(app: App) -> None:
+    pool = app.pools.get("slow")
+    future = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "x", "seconds": 30}})
+    with pytest.raises(WorkerError) as caught:
+        future.result(timeout=30)
+    assert caught.value.code == "task_timeout"
+    deadline = time.monotonic() + 30  # Ray restarts the actor; the pool's ping sees the new process
+    while not pool.status().healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.status().replaced.get("task_timeout") == 1
+    again = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "y"}}).result(timeout=30)
+    assert again["outcome"]["status"] == "succeeded"
+
+
+def test_streaming_on_ray_is_refused_with_what_to_do(app: App) -> None:
+    with pytest.raises(ConfigurationError, match="does not stream"):
+        app.pools.get("cluster").submit({"program": {"name": "qa"}, "stream": True})
+
+
+def test_a_batch_runs_on_the_ray_pool_with_a_record_per_input(app: App) -> None:
+    from dspex.distributed.batch import run_batch
+
+    inputs = [{"question": f"b{i}"} for i in range(6)]
+    lines = run_batch(app, "qa", inputs, pool="cluster", concurrency=4)
+    assert [line.outputs["answer"] for line in lines if line.outputs] == [f"answer to b{i}" for i in range(6)]
+    app.flush()
+    workers = set()
+    for line in lines:
+        record = app.executions.get(line.execution_id or "")
+        assert record is not None
+        assert record.status == "succeeded"
+        workers.add((record.placement or {})["worker"])
+    assert workers <= {"cluster-0", "cluster-1"}
+
+
+def test_an_optimization_runs_two_trials_at_once_on_the_ray_actors(
+    ray_cluster: Any, sim_lm_server: Any, tmp_path: Path
+) -> None:
+    from dspex.variables import Variable, VariableSpace, bind
+
+    settings = Settings(
+        home=tmp_path,
+        database_url=f"sqlite:///{tmp_path}/opt.db",
+        lm="openai/sim-large",
+        api_base=sim_lm_server.url,
+        api_key="sim",
+        lm_cache=False,
+        pools={"trials": {"backend": "ray", "size": 2, "actor_cpus": 0.25}},  # the 2-CPU cluster: 1.75 in all
+    )
+    with App(settings) as app:
+        app.programs.register("qa", {"module": "predict", "signature": "question -> answer"})
+        app.datasets.import_records("qa-set", sim_lm_server.task.dicts()[:12], inputs=["question"])
+        result = app.optimize(
+            "qa",
+            dataset="qa-set",
+            space=VariableSpace([Variable.float("temperature", 0.0, 1.5)]),
+            bindings=[bind.temperature("temperature")],
+            n_trials=6,
+            pruning=False,
+            pool="trials",
+            parallel=2,
+        )
+        assert result.finished == 6
+        trials = app.optimizations.trials(result.id)
+        assert [t.number for t in trials] == list(range(6))
+        assert all(t.state == "complete" for t in trials)
+        assert app.pools.get("trials").status().completed >= 6  # every trial's shards ran on the actors
+        spans = sorted((t.started_at, t.finished_at) for t in trials)
+        assert any(b[0] < a[1] for a, b in itertools.pairwise(spans) if a[1] is not None)  # overlapped
+
+
+def test_a_hung_actor_is_killed_and_restarted(app: App) -> None:
+    pool = app.pools.get("frozen")
+    pid = pool.status().workers[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing: not even a ping
+    future = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "x"}})
+    with pytest.raises(WorkerError) as caught:
+        future.result(timeout=30)
+    assert caught.value.code == "worker_lost"
+    deadline = time.monotonic() + 30
+    while not pool.status().healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = pool.status()
+    assert status.replaced == {"hung": 1}
+    assert status.workers[0].pid != pid
+    again = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "y"}}).result(timeout=30)
+    assert again["outcome"]["status"] == "succeeded"
