@@ -181,6 +181,20 @@ def test_streaming_on_ray_is_refused_with_what_to_do(app: App) -> None:
         app.pools.get("cluster").submit({"program": {"name": "qa"}, "stream": True})
 
 
+async def test_a_stream_placed_on_ray_ends_failed_with_a_terminal_record(app: App) -> None:
+    from dspex.runtime.stream import RunFailed, RunStarted, RunStream
+
+    stream = await RunStream.open(app, "qa", {"question": "streamed?"}, pool="cluster")
+    events = [event async for event in stream.events()]
+    assert isinstance(events[0], RunStarted)
+    assert isinstance(events[-1], RunFailed)
+    assert "does not stream" in str(events[-1].error)
+    app.flush()
+    record = app.executions.get(events[0].execution_id)
+    assert record is not None
+    assert record.status == "failed"
+
+
 def test_a_batch_runs_on_the_ray_pool_with_a_record_per_input(app: App) -> None:
     from dspex.distributed.batch import run_batch
 

@@ -287,7 +287,13 @@ class RunStream:
             if not loop.is_closed():  # a consumer gone with its loop: the rest of the run is dropped
                 loop.call_soon_threadsafe(queue.put_nowait, _event(data))
 
-        future = pooled.submit_stream(on_event)
+        try:
+            future = pooled.submit_stream(on_event)
+        except Exception as exc:  # the pool closed, or cannot stream (Ray): the run ends failed, recorded
+            failed = self._failed(exc)
+            await run.asettle()
+            yield failed
+            return
         answer = asyncio.wrap_future(future)
         answer.add_done_callback(lambda _answer: queue.put_nowait(_DONE))
         try:
