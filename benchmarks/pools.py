@@ -82,8 +82,10 @@ def dispatch(home: Path, runs: int) -> None:
 CALLERS = (4, 8)  # threads feeding the 2-worker pool in the cpu throughput row, one figure each
 
 
-def throughput(home: Path, runs: int, rounds: int, callers: tuple[int, ...] = CALLERS) -> None:
-    with _app(home, size=2) as app:
+def throughput(
+    home: Path, runs: int, rounds: int, callers: tuple[int, ...] = CALLERS, prefetch: int | None = None
+) -> None:
+    with _app(home, size=2, **({} if prefetch is None else {"prefetch": prefetch})) as app:
         _register(app)
         for _ in range(4):
             app.run("cot", {"question": "warm"}, pool="general")
@@ -232,6 +234,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the cpu throughput row")
     parser.add_argument(
+        "--prefetch", type=int, default=None, help="the pools' prefetch (default: the setting's)"
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=ROWS,
@@ -245,7 +250,7 @@ def main() -> None:
         if "dispatch" in rows:
             dispatch(Path(tmp), args.runs)
         if "throughput" in rows:
-            throughput(Path(tmp), args.runs, args.rounds)
+            throughput(Path(tmp), args.runs, args.rounds, prefetch=args.prefetch)
         if "rest" in rows:
             rest(args.rest_seconds)
         if "evaluation" in rows:
