@@ -41,11 +41,12 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON, without a progress bar."),
 ) -> None:
     """Run PROGRAM on each input line, writing one result line per input; exit 1 if any failed."""
-    from dspex.distributed.batch import run_batch_file
+    from dspex.distributed.batch import BatchProgress, BatchReport, run_batch_file
 
     with open_app() as dspex_app:
-        if as_json:
-            report = run_batch_file(
+
+        def run(progress: BatchProgress | None) -> BatchReport:
+            return run_batch_file(
                 dspex_app,
                 program,
                 input_path,
@@ -53,7 +54,11 @@ def run(
                 version_id=version,
                 pool=pool,
                 concurrency=concurrency,
+                progress=progress,
             )
+
+        if as_json:
+            report = run(None)
             emit_json(report.to_json())
         else:
             columns = (
@@ -68,16 +73,7 @@ def run(
                 def progress(done: int, to_run: int) -> None:
                     bar.update(task, completed=done, total=to_run if to_run >= 0 else None)
 
-                report = run_batch_file(
-                    dspex_app,
-                    program,
-                    input_path,
-                    output_path,
-                    version_id=version,
-                    pool=pool,
-                    concurrency=concurrency,
-                    progress=progress,
-                )
+                report = run(progress)
             console().print(
                 f"{report.succeeded} succeeded, {report.failed} failed, {report.skipped} skipped as done "
                 f"(of {report.total}) in {report.wall_s:.1f} s -> {output_path}"

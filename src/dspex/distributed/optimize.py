@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -33,11 +32,7 @@ from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState as OptunaState
 
 from dspex.errors import ConfigurationError
-from dspex.optimize.search import (
-    HolisticOptimizer,
-    TrialProgress,
-    _best_by_quality,
-)
+from dspex.optimize.search import HolisticOptimizer, TrialProgress, _best_by_quality, _tpe
 from dspex.store.optimizations import OptimizationRepository, TrialRecord, TrialState
 
 __all__ = ["ParallelOptimizer"]
@@ -55,14 +50,9 @@ class ParallelOptimizer(HolisticOptimizer):
     def _study(self, repo: OptimizationRepository, run_id: str) -> optuna.Study:
         study = super()._study(repo, run_id)
         if self._sampler is None and len(self.objectives) == 1:
-            # As the base class seeds it (past the replayed trials), plus constant_liar for parallel asks.
-            # Multivariate TPE over grouped parameters (the serial optimizer's default on main since
-            # 2179fc7), plus constant_liar; Optuna marks all three experimental, the optuna<5 pin holds them.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.sampler = optuna.samplers.TPESampler(
-                    seed=self.seed + len(study.trials), multivariate=True, group=True, constant_liar=True
-                )
+            # The serial optimizer's sampler, seeded as it seeds it (past the replayed trials), plus
+            # constant_liar: trials asked while others run are steered away from them.
+            study.sampler = _tpe(self.seed + len(study.trials), constant_liar=True)
         return study
 
     def _search(

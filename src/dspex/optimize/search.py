@@ -177,15 +177,18 @@ def _best_by_quality(best: TrialRecord | None, trial: TrialRecord) -> TrialRecor
     return best
 
 
-def _tpe(seed: int) -> optuna.samplers.TPESampler:
+def _tpe(seed: int, *, constant_liar: bool = False) -> optuna.samplers.TPESampler:
     """Multivariate TPE over groups of parameters that appear together: it models how variables
     interact (a model with its temperature, a module type with its demo count) and handles the
     conditional parts of a space, where independent per-variable TPE samples each one alone.
     ``benchmarks/optimizers.py`` measures it against plain TPE. Optuna still marks ``multivariate``
-    and ``group`` experimental (since 2.2); the ``optuna<5`` pin and this module's tests hold them."""
+    and ``group`` experimental (since 2.2); the ``optuna<5`` pin and this module's tests hold them.
+    ``constant_liar``: for trials asked in parallel (:mod:`dspex.distributed.optimize`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=constant_liar
+        )
 
 
 def _distribution(leaf: Leaf) -> optuna.distributions.BaseDistribution:

@@ -119,6 +119,19 @@ class PoolStatus:
         return data
 
 
+def worker_status(worker: Any, now: float) -> WorkerStatus:
+    """The status of one worker of a pool: a process pool's slot, a Ray pool's actor (the same fields)."""
+    return WorkerStatus(
+        name=worker.name,
+        pid=worker.pid,
+        state=worker.state,
+        rss_mb=round(worker.rss / _MB, 1) if worker.rss is not None else None,
+        tasks=worker.tasks,
+        age_s=now - worker.started if worker.started else 0.0,
+        heartbeat_age_s=now - worker.last_heartbeat if worker.last_heartbeat is not None else None,
+    )
+
+
 _task_ids = itertools.count(1)  # next() on a count is atomic under the GIL
 
 
@@ -272,18 +285,7 @@ class Pool:
 
     def status(self) -> PoolStatus:
         now = time.monotonic()
-        workers = tuple(
-            WorkerStatus(
-                name=s.name,
-                pid=s.pid,
-                state=s.state,
-                rss_mb=round(s.rss / _MB, 1) if s.rss is not None else None,
-                tasks=s.tasks,
-                age_s=now - s.started if s.started else 0.0,
-                heartbeat_age_s=now - s.last_heartbeat if s.last_heartbeat is not None else None,
-            )
-            for s in self._slots
-        )
+        workers = tuple(worker_status(s, now) for s in self._slots)
         with self._cv:
             queued = len(self._pending) + sum(len(s.pending) for s in self._slots)
         healthy = not self._closed and all(w.state in ("idle", "busy") for w in workers)

@@ -48,14 +48,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspex.errors import ConfigurationError, WorkerError
-from dspex.pools.pool import PoolStatus, WorkerState, WorkerStatus, _secrets_revealed
+from dspex.pools.pool import PoolStatus, WorkerState, _secrets_revealed, worker_status
 from dspex.settings import PoolSetting, Settings
 
 __all__ = ["SHARD_ATTEMPTS", "RayPool", "import_ray"]
 
 logger = logging.getLogger("dspex.pools.ray")
 
-_MB = 1024 * 1024
 PIPELINE = 2  # tasks an actor holds at once: the running one and the next
 SHARD_ATTEMPTS = 4  # an evaluation shard is run again on actor death up to this many times in all
 START_TIMEOUT_S = 120.0
@@ -234,18 +233,7 @@ class RayPool:
     def status(self) -> PoolStatus:
         now = time.monotonic()
         with self._lock:
-            workers = tuple(
-                WorkerStatus(
-                    name=a.name,
-                    pid=a.pid,
-                    state=a.state,
-                    rss_mb=round(a.rss / _MB, 1) if a.rss is not None else None,
-                    tasks=a.tasks,
-                    age_s=now - a.started if a.started else 0.0,
-                    heartbeat_age_s=now - a.last_heartbeat if a.last_heartbeat is not None else None,
-                )
-                for a in self._actors
-            )
+            workers = tuple(worker_status(a, now) for a in self._actors)
             queued = len(self._pending) + sum(len(a.pending) for a in self._actors)
         return PoolStatus(
             name=self.name,
