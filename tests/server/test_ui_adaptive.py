@@ -136,3 +136,24 @@ def test_pools_page_is_for_admin_keys_only(
     page = admin.get("/ui/pools")
     assert page.status_code == 200
     assert 'id="no-pools"' in page.text
+
+
+def test_breakers_and_limits_page_is_for_admin_keys_and_shows_each_breaker(
+    dspex_app: App, admin_key: str, browser_of: Callable[[str], httpx.Client]
+) -> None:
+    _, reader = dspex_app.keys.create("reader", ["programs:read"])
+    reading = browser_of(reader)
+    assert "/ui/lms" not in reading.get("/ui").text
+    assert reading.get("/ui/lms").status_code == 403
+    admin = browser_of(admin_key)
+    empty = admin.get("/ui/lms")
+    assert empty.status_code == 200
+    assert 'id="no-breakers"' in empty.text
+    dspex_app.run("qa", {"question": "2+2?"})  # one LM call through the resilience layer: its breaker
+    breakers = dspex_app.resilience.status()["breakers"]
+    assert breakers
+    page = admin.get("/ui/lms")
+    assert 'id="no-breakers"' not in page.text
+    for breaker in breakers:
+        assert f"<code>{breaker['endpoint']}</code>" in page.text
+    assert ">closed<" in page.text

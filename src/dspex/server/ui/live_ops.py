@@ -1,7 +1,10 @@
-"""Pages of what runs the runs: adaptive programs (arms, traffic shares, reward over time, events) and
-this server's worker pools (workers, memory, tasks; ``admin`` only, as in the REST API)."""
+"""Pages of what runs the runs: adaptive programs (arms, traffic shares, reward over time, events),
+this server's worker pools (workers, memory, tasks) and its LM resilience (circuit breakers, rate limits,
+retry budgets); pools and resilience are ``admin`` only, as operational detail."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import HTMLResponse, Response
@@ -45,3 +48,16 @@ def adaptive(name: str, request: Request, view: Viewer = Depends(viewer)) -> Res
 def pools(request: Request, view: Viewer = Depends(viewer)) -> Response:
     view.require("admin")  # pids and memory are operational detail, as in GET /v1/pools
     return render(request, "pools.html", view=view, pools=[s.to_json() for s in view.app.pools.status()])
+
+
+@router.get("/lms", response_class=HTMLResponse)
+def lms(request: Request, view: Viewer = Depends(viewer)) -> Response:
+    """Circuit breakers (state, calls, failures, when they opened), rate limits and their use in the last
+    minute, and retry budgets: what ``dspex lms status`` and ``/health`` report, shared through Redis when
+    the limits are."""
+    view.require("admin")
+    status = view.app.resilience.status()
+    for breaker in status["breakers"]:  # seconds since the epoch, as the breakers keep it
+        opened = breaker["opened_at"]
+        breaker["opened_at"] = None if opened is None else dt.datetime.fromtimestamp(opened, dt.UTC)
+    return render(request, "lms.html", view=view, status=status)
