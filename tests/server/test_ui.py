@@ -174,6 +174,12 @@ def test_executions_filters_search_paging_and_escaping(
     assert "No executions match" in none.text
     cached = client.get("/ui/executions", params={"cache": "hit"})
     assert "No executions match" in cached.text
+    models = list(one.usage or {})
+    assert models  # the run called its LM: usage is by model
+    by_model = client.get("/ui/executions", params={"model": models[0]})
+    assert by_model.text.count('<tr class="status-succeeded">') == 3
+    other_model = client.get("/ui/executions", params={"model": "openai/not-called"})
+    assert "No executions match" in other_model.text
     bad = client.get("/ui/executions", params={"status": "exploded"})
     assert bad.status_code == 400
     assert "status must be one of" in bad.text

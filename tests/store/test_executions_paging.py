@@ -88,3 +88,29 @@ def test_unsuccessful_runs_are_read_through_their_partial_index(repo: ExecutionR
     assert "ix_executions_unsuccessful_started_at" in plan
     assert stats > 0
     assert repo.count(ExecutionFilter(status="failed")) == len(range(0, 35, 4))
+
+
+def test_the_model_filter_finds_the_runs_that_called_a_model(database_url: str) -> None:
+    db = open_database(database_url)
+    repository = ExecutionRepository(db)
+    usage = {
+        "m0": {"openai/gpt-4o-mini": {"prompt_tokens": 3, "completion_tokens": 1}},
+        "m1": {"openai/gpt-4o": {"prompt_tokens": 3}, "local/llama_3": {"prompt_tokens": 2}},
+        "m2": {"local/llama_3": {"prompt_tokens": 5}},
+        "m3": None,
+        "m4": {"openai/gpt-4o-mini-2": {"prompt_tokens": 1}},  # a longer name that starts the same
+    }
+    repository.upsert(
+        [{**_row(i), "id": key, "usage": value} for i, (key, value) in enumerate(usage.items())]
+    )
+
+    def called(model: str) -> list[str]:
+        return sorted(r.id for r in repository.find(ExecutionFilter(model=model), limit=10))
+
+    assert called("openai/gpt-4o-mini") == ["m0"]
+    assert called("openai/gpt-4o") == ["m1"]
+    assert called("local/llama_3") == ["m1", "m2"]
+    assert called("local/llama%3") == []  # LIKE's wildcards are the model's own characters
+    assert called("prompt_tokens") == []  # a token count's name is not a model
+    assert repository.count(ExecutionFilter(model="local/llama_3")) == 2
+    db.dispose()

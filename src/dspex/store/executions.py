@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -112,6 +113,19 @@ class ExecutionRecord:
         return data
 
 
+def _called(model: str) -> sa.ColumnElement[bool]:
+    """The runs whose usage has ``model`` as a key. Usage is ``{model: {tokens...}}``: in its text a model
+    is its JSON string followed by an object, ``"m":{`` as SQLite keeps the encoder's compact JSON and
+    ``"m": {`` as PostgreSQL prints JSONB, where a token count's name is followed by a number. A text
+    match works on both databases without one dialect's JSON functions (it reads every row it filters)."""
+    key = _escape_like(orjson.dumps(model).decode())
+    text = sa.cast(executions.c.usage, sa.Text)
+    return sa.or_(
+        text.like(f"%{key}:{{%", escape="\\"),
+        text.like(f"%{key}: {{%", escape="\\"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutionFilter:
     """Which executions to list; every field is optional and they combine with AND."""
@@ -127,6 +141,7 @@ class ExecutionFilter:
     max_duration_ms: float | None = None
     cache_hit: bool | None = None
     id_prefix: str | None = None  # executions whose id starts with this (a search box)
+    model: str | None = None  # executions that called this model (a key of their usage)
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         c = executions.c
@@ -142,6 +157,7 @@ class ExecutionFilter:
             (self.max_duration_ms, lambda v: c.duration_ms <= v),
             (self.cache_hit, lambda v: c.cache_hit == v),
             (self.id_prefix, lambda v: c.id.like(_escape_like(v) + "%", escape="\\")),
+            (self.model, _called),
         ]
         conditions = [make(value) for value, make in checks if value is not None]
         if self.status in ("failed", "cancelled", "abandoned"):

@@ -91,6 +91,8 @@ def _filter_of(request: Request, view: Viewer) -> tuple[ExecutionFilter, dict[st
     program = _program_choice(view, given.get("program"))
     if program:
         given["program"] = program
+    if len(given.get("model", "")) > 300:
+        raise UiError(400, "Bad filter", "model is a model name of at most 300 characters")
     status = given.get("status")
     if status is not None and status not in STATUSES:
         raise UiError(400, "Bad filter", f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -115,11 +117,12 @@ def _filter_of(request: Request, view: Viewer) -> tuple[ExecutionFilter, dict[st
         until=times["until"],
         cache_hit=None if cache is None else cache == "hit",
         id_prefix=given.get("q") or None,
+        model=given.get("model") or None,
     )
     return where, given
 
 
-_FILTERS = ("program", "version", "status", "since", "until", "cache", "q")
+_FILTERS = ("program", "version", "status", "since", "until", "cache", "model", "q")
 
 
 def cursor_of(record: ExecutionRecord) -> str:
@@ -191,7 +194,7 @@ def executions(request: Request, view: Viewer = Depends(viewer)) -> Response:
 def _live_query(given: dict[str, str], newest: str | None) -> str:
     from urllib.parse import urlencode
 
-    params = {k: v for k, v in given.items() if k in ("program", "version", "status", "cache", "q")}
+    params = {k: v for k, v in given.items() if k in ("program", "version", "status", "cache", "model", "q")}
     if newest is not None:
         params["after"] = newest
     return urlencode(params)
