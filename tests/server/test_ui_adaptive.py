@@ -87,11 +87,15 @@ def test_adaptive_program_page_shows_arms_shares_and_reward(
     assert data is not None
     assert '"mean_reward": 1.0' in data.group(1)
     assert client.get("/ui/adaptive/nope").status_code == 404
-    _draw_in_chromium(live_url=str(client.base_url).rstrip("/"), key=admin_key)
+    _draw_in_chromium(
+        str(client.base_url).rstrip("/"), admin_key, "/ui/adaptive/qa-live", "#arms", "adaptive.png"
+    )
 
 
-def _draw_in_chromium(live_url: str, key: str) -> None:
-    """The page in Chromium: the reward chart draws, no script error (skipped only without chromium)."""
+def _draw_in_chromium(live_url: str, key: str, path: str, ready: str, screenshot: str) -> None:
+    """The page at ``path`` in Chromium once ``ready`` shows, with no script error (skipped only without
+    chromium); an adaptive page's reward chart must draw. With ``DSPEX_UI_SCREENSHOTS=DIR`` it is saved
+    there as ``screenshot``."""
     import os
 
     from test_ui_browser import ARGS, CHROMIUM
@@ -109,16 +113,17 @@ def _draw_in_chromium(live_url: str, key: str) -> None:
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(str(error)))
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.goto(f"{live_url}/ui/login?next=/ui/adaptive/qa-live")
+            page.goto(f"{live_url}/ui/login?next={path}")
             page.fill("input[name=key]", key)
             page.click("button[type=submit]")
-            page.wait_for_url("**/ui/adaptive/qa-live")
-            page.locator("#arms").wait_for()
+            page.wait_for_url(f"**{path}")
+            page.locator(ready).wait_for()
             keep = os.environ.get("DSPEX_UI_SCREENSHOTS")
             if keep:
-                page.screenshot(path=os.path.join(keep, "adaptive.png"), full_page=True)
-            drawn = page.locator("#reward-chart").get_attribute("height")
-            assert drawn is not None  # Chart.js sized the canvas: the chart was built
+                page.screenshot(path=os.path.join(keep, screenshot), full_page=True)
+            if path.startswith("/ui/adaptive/"):
+                drawn = page.locator("#reward-chart").get_attribute("height")
+                assert drawn is not None  # Chart.js sized the canvas: the chart was built
             assert problems == []
         finally:
             browser.close()
@@ -157,3 +162,5 @@ def test_breakers_and_limits_page_is_for_admin_keys_and_shows_each_breaker(
     for breaker in breakers:
         assert f"<code>{breaker['endpoint']}</code>" in page.text
     assert ">closed<" in page.text
+    live_url = str(admin.base_url).rstrip("/")
+    _draw_in_chromium(live_url, admin_key, "/ui/lms", "table.breakers", "breakers.png")
