@@ -177,6 +177,7 @@ def test_the_dashboard_in_chromium(
     page.wait_for_url("**/ui/optimizations/opt-*")
     assert page.locator("#opt-live").get_attribute("data-live") == "true"
     assert page.locator("#trials tbody tr").count() == 0
+    assert page.locator("#importance-box").get_attribute("hx-get") is not None  # polled while it runs
     worker = Worker(sim_app, lease_s=10, poll_s=0.05)
     thread = threading.Thread(target=worker.run, kwargs={"stop_when_idle": False}, daemon=True)
     thread.start()
@@ -193,6 +194,11 @@ def test_the_dashboard_in_chromium(
     page.locator("#importance").wait_for()
     shots(page, "optimization")
     optimization_id = page.url.rsplit("/", 1)[1]
+    assert page.locator("#importance-box").get_attribute("hx-get") is None  # ended: no more polling
+    fragment = page.request.get(f"{live.url}/ui/optimizations/{optimization_id}/importance")
+    assert fragment.ok
+    assert 'id="importance-box"' in fragment.text()
+    assert "hx-get" not in fragment.text()
     result = sim_app.optimizations.get(optimization_id).result_version_id
     assert result is not None
 

@@ -119,11 +119,33 @@ def optimization(optimization_id: str, request: Request, view: Viewer = Depends(
         trials=trials,
         pareto=pareto_points(trials, quality=objective, cost=axis),
         importance=parameter_importance(records, objective),
+        complete=sum(t.state == "complete" for t in records),
         axis=axis,
         chart=_script_json({"trials": trials, "objectives": detail["objectives"], "axis": axis}),
         live=live,
         can_cancel=live and view.can("optimize"),
         job=job,
+    )
+
+
+@router.get("/optimizations/{optimization_id}/importance", response_class=HTMLResponse)
+def importance(optimization_id: str, request: Request, view: Viewer = Depends(viewer)) -> Response:
+    """The parameter importance fragment, recomputed from the trials so far: the page polls it while the
+    optimization runs, and the fragment stops polling once it has ended."""
+    if len(optimization_id) > 200:
+        raise UiError(400, "Bad id", "an optimization id has at most 200 characters")
+    app = view.app
+    job, record = _lookup(app, optimization_id, view.principal)
+    detail = _detail(optimization_id, job, record)
+    records = app.optimizations.trials(optimization_id) if record is not None else []
+    return render(
+        request,
+        "_importance.html",
+        view=view,
+        detail=detail,
+        importance=parameter_importance(records, (detail["objectives"] or ["quality"])[0]),
+        complete=sum(t.state == "complete" for t in records),
+        live=job is not None and not job.done,
     )
 
 
