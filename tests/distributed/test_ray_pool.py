@@ -23,10 +23,11 @@ from dspex.settings import Settings
 from dspex.testing import ScriptedEngine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     """One local Ray cluster (2 CPUs) for these tests: starting one costs seconds. Pools with
-    backend = 'ray' join it instead of starting their own. (Here, not in a conftest.py: tests/server
+    backend = 'ray' join it instead of starting their own. Stopped after this module: its processes
+    would otherwise take CPU from the rest of the suite. (Here, not in a conftest.py: tests/server
     imports its conftest by name.)"""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
