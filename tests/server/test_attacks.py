@@ -322,6 +322,47 @@ def test_a_space_naming_code_or_models_is_refused_before_anything_is_imported(
     assert live.app.jobs.list() == []
 
 
+@pytest.mark.parametrize(
+    "space",
+    [
+        {
+            "variables": {**_SPACE_VARIABLES, "constraints": [{"name": "c", "predicate": f"{CANARY}:boom"}]},
+            "bindings": _TEMPERATURE,
+        },
+        {
+            "variables": _SPACE_VARIABLES,
+            "bindings": {
+                "version": 1,
+                "bindings": [{"variable": "t", "target": "lm_setting", "setting": "api_base"}],
+            },
+        },
+    ],
+)
+def test_the_dashboards_optimization_form_refuses_a_space_naming_code_or_hosts(
+    live: Live, canary_module: Path, space: dict[str, Any]
+) -> None:
+    import json
+    import re
+
+    live.app.programs.register("qa", QA_SPEC)
+    live.app.datasets.import_records("d", [{"question": "q", "answer": "a"}], inputs=["question"])
+    key = _key(live.app, "programs:read", "optimize")
+    with live.client() as client:
+        login = client.get("/ui/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', login.text)
+        assert token is not None
+        assert client.post("/ui/login", data={"csrf": token.group(1), "key": key}).status_code == 303
+        form = client.get("/ui/optimizations")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        fields = {"csrf": csrf.group(1), "program": "qa", "dataset": "d", "space": json.dumps(space)}
+        response = client.post("/ui/optimizations", data={**fields, "n_trials": "2", "seed": "0"})
+    assert response.status_code == 422, response.text
+    assert "Invalid form" in response.text
+    assert ("predicate" in response.text) or ("api_base" in response.text)  # the field that was refused
+    assert live.app.jobs.list() == []
+
+
 def test_a_space_names_registered_functions_and_configured_models(operator_app: App) -> None:
     space = {
         "variables": {
