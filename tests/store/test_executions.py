@@ -173,6 +173,24 @@ def test_eight_processes_record_into_one_database(database_url: str, tmp_path: P
     db.dispose()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_records_its_own_runner() -> None:
+    parent = current_runner()  # read once and kept: the child must not inherit it
+    assert parent.endswith(f":{os.getpid()}")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its runner and leave at once
+        os.close(read)
+        os.write(write, f"{current_runner()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child, child_pid = pipe.read().split()
+    os.waitpid(pid, 0)
+    assert child == f"{parent.rsplit(':', 1)[0]}:{child_pid}"
+    assert current_runner() == parent
+
+
 def test_app_marks_dead_runs_abandoned_when_it_opens(database_url: str, tmp_path: Path) -> None:
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -240,3 +240,24 @@ def test_a_failing_module_closes_its_span_with_the_error(tmp_path: Path) -> None
     (span,) = _spans(record)
     assert span["error"]["type"] == "RuntimeError"
     assert span["end_ms"] is not None
+
+
+def test_each_run_uses_the_adapter_configured_around_it(tmp_path: Path) -> None:
+    """The run's adapter (resilience's parse fallback and the adapter spans mixed in) is built once per
+    configured adapter and reused: a run under another adapter still gets its own."""
+    lm = ScriptedEngine({"answer": "HI"}).lm("adapters")
+    program = dspy.Predict("question -> answer")
+    json_adapter = dspy.JSONAdapter()
+    with _app(tmp_path, lm=lm) as app:
+        ids = [app.run(program, {"question": "hi"}).execution_id]
+        with dspy.context(adapter=json_adapter):
+            ids += [app.run(program, {"question": "hi"}).execution_id for _ in range(2)]
+        ids.append(app.run(program, {"question": "hi"}).execution_id)
+        app.flush()
+        records = [app.executions.get(i) for i in ids]
+    names = []
+    for record in records:
+        assert record is not None and record.status == "succeeded"
+        names.append(next(s["name"] for s in _spans(record) if s["kind"] == "adapter_format"))
+    assert names == ["ChatAdapter", "JSONAdapter", "JSONAdapter", "ChatAdapter"]
+    assert json_adapter.__class__ is dspy.JSONAdapter  # the configured adapter itself is left as it was

@@ -21,6 +21,7 @@ import pydantic
 
 from dspex.errors import FieldIssue, ValidationError
 from dspex.modules._introspect import single_signature
+from dspex.signatures._validate import validate_inputs
 
 __all__ = ["ForwardParameters", "input_interface", "own_forward"]
 
@@ -179,6 +180,4 @@ def check_inputs(interface: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return dict(inputs)
     if isinstance(interface, ForwardParameters):
         return interface.check(inputs)
-    from dspex.signatures import validate_inputs
-
     return validate_inputs(interface, inputs)

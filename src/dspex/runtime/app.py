@@ -459,12 +459,15 @@ class App:
         A program version saved with an LM per predictor runs on those LMs without any LM configured;
         otherwise a missing LM is the ConfigurationError of :meth:`lm`, saying what to set.
         """
-        if self._lm is None and not self.settings.lm:
-            predictors = program.named_predictors() if hasattr(program, "named_predictors") else []
-            # No predictor (a pipeline of functions), or one LM each: nothing would use a default LM.
-            if all(predictor.lm is not None for _, predictor in predictors):
-                return None
-        return self.resilience.wrap(self.lm())
+        lm = self._lm
+        if lm is None:
+            if not self.settings.lm:
+                predictors = program.named_predictors() if hasattr(program, "named_predictors") else []
+                # No predictor (a pipeline of functions), or one LM each: nothing would use a default LM.
+                if all(predictor.lm is not None for _, predictor in predictors):
+                    return None
+            lm = self.lm()
+        return self.resilience.wrap(lm)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written (and exported, telemetry on)."""

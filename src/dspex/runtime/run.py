@@ -85,13 +85,50 @@ def run_trace(telemetry: Any) -> RunTrace | None:
     return None
 
 
+_step_class: type | None = None  # dspex.pipeline.steps.Step, imported on first use (it imports this module)
+
+
 def _input_interface(program: Any) -> Any:
     """What a run checks ``program``'s inputs against (see :mod:`dspex.modules._interface`)."""
-    from dspex.pipeline.steps import Step
+    global _step_class
+    step = _step_class
+    if step is None:
+        from dspex.pipeline.steps import Step
 
-    if isinstance(program, Step):  # a pipeline checks its own inputs, which need not be any predictor's
+        step = _step_class = Step
+    if isinstance(program, step):  # a pipeline checks its own inputs, which need not be any predictor's
         return None
     return input_interface(program)
+
+
+_ADAPTERS: dict[tuple[int, bool, bool], tuple[Any, Any]] = {}  # see _run_adapter
+
+
+def _run_adapter(source: Any, parse_fallback: bool, spans: bool) -> Any:
+    """The adapter a run uses, or None for DSPy's own choice: ``source`` (``dspy.settings.adapter``;
+    None: DSPy's ChatAdapter) with resilience's parse fallback and the adapter spans mixed in.
+
+    Built once per source adapter and reused by every run (a bounded dict, keyed by identity and holding
+    the source, so an id cannot be reused while cached): DSPy's adapters keep no per-call state (they are
+    configured once and shared by every thread the same way), and building the copy cost 2-3 us a run.
+    """
+    if not parse_fallback and not spans:
+        return None
+    key = (id(source), parse_fallback, spans)
+    hit = _ADAPTERS.get(key)
+    if hit is not None and hit[0] is source:
+        return hit[1]
+    adapter = source
+    if parse_fallback:
+        from dspex.lm.resilient import parse_fallback_adapter
+
+        adapter = parse_fallback_adapter(adapter)
+    if spans:
+        adapter = instrument.recording_adapter(adapter)
+    if len(_ADAPTERS) >= 256:
+        _ADAPTERS.clear()
+    _ADAPTERS[key] = (source, adapter)
+    return adapter
 
 
 class _Run:
@@ -152,6 +189,8 @@ class _Run:
         self.status: ExecutionStatus = "running"
         self.error: dict[str, Any] | None = None
         self.duration_ms = 0.0
+        self.usage: dict[str, dict[str, Any]] = {}  # per model, and the cost: read when the run ends
+        self.cost_usd: float | None = None
         self.too_large: ValidationError | None = None
         text = dumps(self.inputs)
         # UTF-8 takes at most 4 bytes a character: only text that could be over the limit is encoded.
@@ -190,16 +229,12 @@ class _Run:
             # A configured copy may carry its own chain (a fallbacks variable), else the program's settings.
             chain = getattr(self.program, FALLBACKS_ATTRIBUTE, None)
             lm = resilience.wrap(lm, program=self.base["program"], fallbacks=chain)
-        adapter = None
-        if resilience.config.enabled and "parse" in resilience.config.fallback_on:
-            from dspex.lm.resilient import parse_fallback_adapter
-
-            adapter = parse_fallback_adapter(dspy.settings.adapter)
+        config = resilience.config
+        spans = self.level == "full"
         if self.level != "off":  # spans: the instrumentation finds the recorder in the run's context
             instrument.install()
             extra[instrument.RECORDER_KEY] = self.recorder
-            if self.level == "full":
-                adapter = instrument.recording_adapter(adapter or dspy.settings.adapter)
+        adapter = _run_adapter(dspy.settings.adapter, config.enabled and "parse" in config.fallback_on, spans)
         if adapter is not None:
             extra["adapter"] = adapter
         when, outer = self.deadline, deadline()  # a run inside another keeps the earlier deadline
@@ -268,11 +303,12 @@ class _Run:
     ) -> float:
         duration_ms = (time.perf_counter() - self.t0) * 1000
         self.status, self.error, self.duration_ms = status, error, duration_ms
+        recorder = self.recorder
+        self.usage, total_tokens, self.cost_usd = recorder.summary()
         if self.writer is not None:
             # Encoded now, not on the writer thread: the run's objects (spans, predictions, messages) then
             # die with the run instead of waiting in the writer's buffer, where they outlive the garbage
             # collector's young generation and make its full passes slower than this encoding is.
-            recorder = self.recorder
             self.writer.submit(
                 {
                     **self.base,
@@ -282,9 +318,9 @@ class _Run:
                     "error": error,
                     "ended_at": utcnow(),
                     "duration_ms": duration_ms,
-                    "usage": encoded(recorder.usage or None),
-                    "total_tokens": recorder.total_tokens,
-                    "cost_usd": recorder.cost_usd,
+                    "usage": encoded(self.usage or None),
+                    "total_tokens": total_tokens,
+                    "cost_usd": self.cost_usd,
                     "trace": encoded(recorder.trace()) if self.level != "off" else None,
                 }
             )
@@ -320,8 +356,8 @@ class _Run:
             outputs=outputs if isinstance(outputs, dict) else {"output": outputs},
             prediction=prediction,
             duration_ms=duration_ms,
-            usage=self.recorder.usage,
-            cost_usd=self.recorder.cost_usd,
+            usage=self.usage,
+            cost_usd=self.cost_usd,
             trace_id=self.base["trace_id"],
         )
 
@@ -363,14 +399,15 @@ class _Run:
     # -- runs on a pool: the worker executes, the caller's process records ------------------------------
     def outcome(self, result: RunResult | None, shown: BaseException | None) -> dict[str, Any]:
         """What a pool worker sends back (JSON): the terminal record's fields and the error to raise."""
+        usage, total_tokens, cost_usd = self.recorder.summary()
         data: dict[str, Any] = {
             "status": self.status,
             "outputs": result.outputs if result is not None else None,
             "error": self.error,
             "duration_ms": self.duration_ms,
-            "usage": self.recorder.usage or None,
-            "total_tokens": self.recorder.total_tokens,
-            "cost_usd": self.recorder.cost_usd,
+            "usage": usage or None,
+            "total_tokens": total_tokens,
+            "cost_usd": cost_usd,
             "trace": self.recorder.trace() if self.level != "off" else None,
             "started_at": self.started_at.isoformat(),  # where the worker's span times start
         }

@@ -53,16 +53,28 @@ _JSON_COLUMNS = ("inputs", "outputs", "error", "usage", "variables", "trace", "p
 _JSON_SET = frozenset(c.name for c in executions.columns if c.type is JSON)  # the columns bound as JSON text
 
 
-_runner: tuple[int, str] | None = None
+_runner: str | None = None
 
 
 def current_runner() -> str:
-    """This process as recorded in ``runner``: ``host:pid`` (recomputed after a fork)."""
+    """This process as recorded in ``runner``: ``host:pid`` (recomputed in a forked child).
+
+    Read once per process, not per run: ``os.getpid`` is a system call on every call (glibc no longer
+    caches it), which cost 4-5 us per recorded run where system calls are slow (sandboxed kernels).
+    """
     global _runner
-    pid = os.getpid()
-    if _runner is None or _runner[0] != pid:
-        _runner = (pid, f"{socket.gethostname()}:{pid}")
-    return _runner[1]
+    runner = _runner
+    if runner is None:
+        runner = _runner = f"{socket.gethostname()}:{os.getpid()}"
+    return runner
+
+
+def _forget_runner() -> None:
+    global _runner
+    _runner = None
+
+
+os.register_at_fork(after_in_child=_forget_runner)
 
 
 @dataclass(frozen=True, slots=True)

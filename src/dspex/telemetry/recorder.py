@@ -233,6 +233,10 @@ class RunRecorder:
         """Token usage per model: calls, prompt, completion and total tokens, and cost (None if unknown)."""
         return self._usage.snapshot()
 
+    def summary(self) -> tuple[dict[str, dict[str, Any]], int, float | None]:
+        """:attr:`usage`, :attr:`total_tokens` and :attr:`cost_usd` at once (see ``UsageTotals.summary``)."""
+        return self._usage.summary()
+
     @property
     def total_tokens(self) -> int:
         return self._usage.total_tokens

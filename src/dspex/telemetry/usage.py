@@ -85,6 +85,25 @@ class UsageTotals:
                 for model, t in self._totals.items()
             }
 
+    def summary(self) -> tuple[dict[str, dict[str, Any]], int, float | None]:
+        """:meth:`snapshot`, :attr:`total_tokens` and :attr:`cost_usd` read together (one lock, one pass:
+        what a run's end reads)."""
+        usage: dict[str, dict[str, Any]] = {}
+        total = 0
+        cost: float | None = 0.0
+        with self._lock:
+            for model, t in self._totals.items():
+                usage[model] = {
+                    "calls": t.calls,
+                    "prompt_tokens": t.prompt_tokens,
+                    "completion_tokens": t.completion_tokens,
+                    "total_tokens": t.total_tokens,
+                    "cost_usd": t.cost_usd,
+                }
+                total += t.total_tokens
+                cost = None if cost is None or t.cost_usd is None else cost + t.cost_usd
+        return usage, total, (None if cost is None else float(cost))
+
     @property
     def calls(self) -> int:
         with self._lock:
