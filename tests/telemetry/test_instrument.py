@@ -257,7 +257,8 @@ def test_each_run_uses_the_adapter_configured_around_it(tmp_path: Path) -> None:
         records = [app.executions.get(i) for i in ids]
     names = []
     for record in records:
-        assert record is not None and record.status == "succeeded"
+        assert record is not None
+        assert record.status == "succeeded"
         names.append(next(s["name"] for s in _spans(record) if s["kind"] == "adapter_format"))
     assert names == ["ChatAdapter", "JSONAdapter", "JSONAdapter", "ChatAdapter"]
     assert json_adapter.__class__ is dspy.JSONAdapter  # the configured adapter itself is left as it was

@@ -144,6 +144,9 @@ class App:
     # -- resources -----------------------------------------------------------------------------------
     def _open(self) -> _Stores:
         """The database and everything on it, opened (and migrated) on first use."""
+        stores = self._stores
+        if stores is not None:  # every run asks: no lock once open (close() sets it back to None)
+            return stores
         with self._lock:
             if self._stores is None:
                 from dspex.programs import ProgramRegistry

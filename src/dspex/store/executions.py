@@ -18,10 +18,11 @@ sweep), whatever now runs under that host and pid. Rows written before recorders
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import os
 import socket
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -219,13 +220,62 @@ def _bound(name: str, value: Any, process: Any = None) -> Any:
     return value if process is None else process(value)
 
 
+class _SqlitePlan:
+    """The SQLite upsert compiled once, and a row's positional parameters built from it.
+
+    Per positional parameter: the column it takes (JSON columns bound as JSON text, others through their
+    type's bind processor: SQLAlchemy's datetime format) or the literal it binds ('running' in the
+    statement's WHERE). The row's values are read in one C-level pass (``operator.itemgetter`` over the
+    row laid on the columns' defaults, None); only the JSON columns and those with a bind processor are
+    then converted. Per column in Python, this was the writer thread's largest cost, and the writer holds
+    the GIL the runs' threads wait for.
+    """
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        names: list[str] = []
+        self._json: list[int] = []  # positions bound as JSON text
+        self._processed: list[tuple[int, Any]] = []  # positions bound through their type's processor
+        self._defaults: dict[str, Any] = {}
+        for position, param in enumerate(compiled.positiontup or ()):
+            if param.startswith("p_"):
+                column = executions.c[param[2:]]
+                names.append(column.name)
+                self._defaults[column.name] = None
+                if column.name in _JSON_SET:
+                    self._json.append(position)
+                else:
+                    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+                    if process is not None:
+                        self._processed.append((position, process))
+            else:  # a literal of the statement itself: read from the defaults under a name no row has
+                key = f"\0{param}"
+                names.append(key)
+                self._defaults[key] = compiled.params[param]
+        self._get = operator.itemgetter(*names)
+
+    def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """``row``'s positional parameters: missing columns bind NULL."""
+        values = list(self._get({**self._defaults, **row}))
+        for position in self._json:
+            value = values[position]
+            if value is not None:
+                values[position] = value.text if type(value) is EncodedJSON else dumps(value)
+        for position, process in self._processed:
+            value = values[position]
+            if value is not None:
+                values[position] = process(value)
+        return tuple(values)
+
+
 class ExecutionRepository:
     """Reads and writes the ``executions`` table. Thread-safe (each call takes its own connection)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._upsert: Any = None
-        self._sqlite: tuple[str, list[tuple[str | None, Any, Any]]] | None = None
+        self._sqlite: _SqlitePlan | None = None
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows, or replace the ones whose id exists, in one statement (ids must be distinct).
@@ -239,39 +289,20 @@ class ExecutionRepository:
         if self.db.dialect == "sqlite":
             # SQLite: the same statement, compiled once, executed by the driver with plain tuples. Per
             # row, SQLAlchemy's parameter handling cost more than SQLite's own insert.
-            sql, slots = self._sqlite_upsert()
-            values = [
-                tuple(
-                    fixed if name is None else _bound(name, row.get(name), process)
-                    for name, process, fixed in slots
-                )
-                for row in rows
-            ]
+            plan = self._sqlite_upsert()
+            values = [plan.values(row) for row in rows]
             with self.db.write() as connection:
-                connection.exec_driver_sql(sql, values)
+                connection.exec_driver_sql(plan.sql, values)
             return
         params = [{f"p_{name}": _bound(name, row.get(name)) for name in _COLUMNS} for row in rows]
         with self.db.write() as connection:
             connection.execute(self._upsert_statement(), params)
 
-    def _sqlite_upsert(self) -> tuple[str, list[tuple[str | None, Any, Any]]]:
-        """The upsert's SQL for SQLite and, per positional parameter, the column it takes (with the
-        type's own bind processor: SQLAlchemy's datetime format) or the fixed value it binds."""
+    def _sqlite_upsert(self) -> _SqlitePlan:
+        """The upsert's SQL for SQLite and how a row becomes its positional parameters."""
         found = self._sqlite
         if found is None:
-            dialect = self.db.engine.dialect
-            compiled = self._upsert_statement().compile(dialect=dialect)
-            slots: list[tuple[str | None, Any, Any]] = []
-            for param in compiled.positiontup or ():
-                if param.startswith("p_"):
-                    column = executions.c[param[2:]]
-                    process = None
-                    if column.name not in _JSON_SET:
-                        process = column.type.dialect_impl(dialect).bind_processor(dialect)
-                    slots.append((column.name, process, None))
-                else:  # a literal of the statement itself ('running' in its WHERE)
-                    slots.append((None, None, compiled.params[param]))
-            found = self._sqlite = (str(compiled), slots)
+            found = self._sqlite = _SqlitePlan(self._upsert_statement(), self.db.engine.dialect)
         return found
 
     def _upsert_statement(self) -> Any:
