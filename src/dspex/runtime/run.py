@@ -408,7 +408,9 @@ class _Run:
             "usage": usage or None,
             "total_tokens": total_tokens,
             "cost_usd": cost_usd,
-            "trace": self.recorder.trace() if self.level != "off" else None,
+            # The span tree as JSON text inside the message: the caller stores it as it is, instead of
+            # decoding a nested tree only to encode it again for its record.
+            "trace_json": dumps(self.recorder.trace()) if self.level != "off" else None,
             "started_at": self.started_at.isoformat(),  # where the worker's span times start
         }
         if shown is not None:
@@ -443,7 +445,7 @@ class _Run:
                     "usage": outcome.get("usage"),
                     "total_tokens": outcome.get("total_tokens"),
                     "cost_usd": outcome.get("cost_usd"),
-                    "trace": outcome.get("trace"),
+                    "trace": _trace_json(outcome),
                 }
             )
         if self.telemetry is not None and self.trace is not None:
@@ -467,6 +469,12 @@ class _Run:
                 trace_id=self.base["trace_id"],
             )
         raise _rebuilt(outcome.get("shown") or {}, self.id)
+
+
+def _trace_json(outcome: Mapping[str, Any]) -> EncodedJSON | None:
+    """A worker's span tree, as the JSON text it sent (see :meth:`_Run.outcome`)."""
+    text = outcome.get("trace_json")
+    return EncodedJSON(text) if isinstance(text, str) else None
 
 
 def _offset(run: _Run, outcome: Mapping[str, Any]) -> float:

@@ -55,6 +55,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from dspex.errors import ConfigurationError
 from dspex.telemetry.context import RunTrace, TraceContext, caller_trace, new_span_id
 
@@ -286,7 +288,8 @@ class Telemetry:
         if isinstance(source, RunRecorder):
             recorded, usage, cost = source.trace().get("spans", []), source.usage, source.cost_usd
         else:
-            trace = source.get("trace") or {}
+            text = source.get("trace_json")  # a pool worker's span tree, as JSON text
+            trace = orjson.loads(text) if isinstance(text, str) else {}
             recorded, usage, cost = trace.get("spans", []), source.get("usage") or {}, source.get("cost_usd")
         flags = TraceFlags(TraceFlags.SAMPLED)
         trace_id = int(item.trace.trace_id, 16)
