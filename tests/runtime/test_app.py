@@ -268,3 +268,46 @@ def test_a_configuration_is_stored_with_the_execution(app: App) -> None:
     assert record is not None
     assert record.variables == config.to_json()
     assert canonical_hash(record.variables) == config.id  # the stored JSON identifies the configuration
+
+
+def test_runs_of_a_registered_version_share_its_loaded_instance_and_build_gives_a_copy(
+    app: App, engine: ScriptedEngine
+) -> None:
+    """A version is loaded once; its runs call that instance from any thread (as dspy.Parallel and
+    dspy.Evaluate share one module). A build() copy is the caller's own: changing it changes no run."""
+    import threading
+
+    version = app.programs.register(
+        "shared", {"module": "chain_of_thought", "signature": "question -> answer"}
+    )
+    shared = app.programs.runnable(version)
+    assert app.programs.runnable(version) is shared
+    copy = app.programs.build(version)
+    assert copy is not shared
+    copy.predict.signature = copy.predict.signature.with_instructions("Answer in French.")
+    copy.predict.demos = [dspy.Example(question="q", reasoning="r", answer="a")]
+    assert shared.predict.demos == []
+    assert "French" not in shared.predict.signature.instructions
+
+    failures: list[str] = []
+
+    def runs(worker: int) -> None:
+        for i in range(15):
+            question = f"w{worker} q{i}"
+            result = app.run("shared", {"question": question})
+            if result.outputs["answer"] != question.upper():
+                failures.append(f"{question!r} got {result.outputs['answer']!r}")
+
+    threads = [threading.Thread(target=runs, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert app.flush()
+    records = app.executions.find(limit=200)
+    assert sum(1 for r in records if r.program == "shared" and r.status == "succeeded") == 90
+    # What was changed on the copy never reached a run: no prompt the LM saw had its demos or instructions.
+    seen = list(engine.history)[-90:]
+    assert len(seen) == 90
+    assert all(call.prompt.demos == 0 and "French" not in call.prompt.instructions for call in seen)

@@ -113,7 +113,8 @@ class _Worker:
         return float(message.get("heartbeat_s") or 0.5)
 
     def program(self, ref: dict[str, Any]) -> tuple[Any, str, str]:
-        """The registered program ``ref`` names (a fresh copy), its name and version id."""
+        """The registered program ``ref`` names (the version's shared instance: runs call it, a trial's
+        configuration is applied to a copy), its name and version id."""
         name, version_id = str(ref["name"]), ref.get("version_id")
         # A version id is a content hash: what it names never changes, so it is read once.
         version = self.versions.get(version_id) if version_id else None
@@ -123,7 +124,7 @@ class _Worker:
                 if len(self.versions) >= 1000:
                     self.versions.clear()
                 self.versions[version_id] = version
-        return self.app.programs.build(version), name, version.id
+        return self.app.programs.runnable(version), name, version.id
 
     def execute(self, task: dict[str, Any]) -> dict[str, Any]:
         from dspex.telemetry.context import continue_trace

@@ -425,7 +425,7 @@ class App:
         """The module and version id to run for a registered program name."""
         self._check_program_name(name, program_name)
         version = self._cache.version(name, version_id)
-        return self.programs.build(version), version.id
+        return self.programs.runnable(version), version.id
 
     def lm(self) -> Any:
         """The LM runs use when none is given: the one passed in, else one built from settings."""
