@@ -19,6 +19,7 @@ caller's process writes the record from the outcome it sends back. A task of ``"
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -45,8 +46,8 @@ def rss_bytes() -> int:
     parses the file on every call, 17 us, and every task reports its RSS); elsewhere psutil.
     """
     global _process, _statm
-    pid = os.getpid()
-    if _statm is None or _statm[0] != pid:
+    if _statm is None:  # a forked child starts with None (_forget_statm): no getpid system call per task
+        pid = os.getpid()
         try:
             _statm = (pid, os.open(f"/proc/{pid}/statm", os.O_RDONLY))
         except OSError:  # no procfs (macOS): psutil knows the platform's way
@@ -56,6 +57,18 @@ def rss_bytes() -> int:
                 _process = psutil.Process()
             return int(_process.memory_info().rss)
     return int(os.pread(_statm[1], 128, 0).split()[1]) * _PAGE
+
+
+def _forget_statm() -> None:
+    """In a forked child: the inherited descriptor reads the parent's memory; the child opens its own."""
+    global _process, _statm
+    if _statm is not None:
+        with contextlib.suppress(OSError):
+            os.close(_statm[1])
+    _process, _statm = None, None
+
+
+os.register_at_fork(after_in_child=_forget_statm)
 
 
 class _Calls:
