@@ -217,3 +217,35 @@ def test_submit_a_dspy_optimizer_job(dspex: Invoke, project: Path) -> None:
     assert job["status"] == "succeeded"
     assert job["result"]["version_id"]
     assert job["progress"]["optimizer"] == "bootstrap"
+
+
+# -- trials at once -----------------------------------------------------------------------------------------
+
+
+def test_optimize_with_parallel_trials(dspex: Invoke, project: Path) -> None:
+    args = ("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "4", "--seed", "5")
+    data = as_json(dspex(*args, "--parallel", "2", "--json"))
+    numbers = [t["number"] for t in data["trials"]]
+    assert numbers == list(range(len(numbers)))  # contiguous from 0, none twice
+    assert sum(t["state"] in ("complete", "pruned") for t in data["trials"]) == 4
+    assert data["version_id"]
+    for bad in ("0", "65"):
+        assert "--parallel" in dspex(*args, "--parallel", bad, code=2).stderr
+    err = dspex(
+        "optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap", "--parallel", "2", code=2
+    ).stderr
+    assert "--parallel belongs to the variable search" in err
+
+
+def test_submit_a_parallel_optimization_job_and_run_it(dspex: Invoke, project: Path) -> None:
+    submit = ("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--space", str(project))
+    queued = as_json(dspex(*submit, "--budget", "4", "--parallel", "2", "--json"))
+    assert queued["payload"]["parallel"] == 2
+    assert "--parallel" in dspex(*submit, "--budget", "4", "--parallel", "0", code=2).stderr
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05").stdout
+    job = as_json(dspex("jobs", "show", queued["id"], "--json"))
+    assert job["status"] == "succeeded"
+    assert (job["result"]["finished"], job["result"]["parallel"]) == (4, 2)
+    detail = as_json(dspex("optimizations", "show", queued["payload"]["optimization_id"], "--json"))
+    numbers = [t["number"] for t in detail["trials"]]
+    assert numbers == list(range(len(numbers)))

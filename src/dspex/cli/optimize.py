@@ -3,6 +3,7 @@
     dspex optimize qa --dataset qa-set --space space.yaml --budget 30
     dspex optimize qa --dataset qa-set --split dev --metric f1 --space space.yaml --budget 40 \\
         --objectives quality,cost --json
+    dspex optimize qa --dataset qa-set --space space.yaml --budget 40 --parallel 4   # 4 trials at once
     dspex optimize qa --dataset qa-set --optimizer miprov2 -o auto=light     # one of DSPy's optimizers
     dspex optimizations list --program qa
     dspex optimizations show opt-3fa1c09e2b7d4a11          # trials, best, Pareto front, score chart
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from dspex.cli import _optimizers
 from dspex.cli._render import console, emit_json, fmt_time, open_app, short, text
+from dspex.distributed._parallel import MAX_PARALLEL
 from dspex.errors import ConfigurationError, SpecError
 
 if TYPE_CHECKING:
@@ -97,6 +99,22 @@ SEED = typer.Option(0, "--seed", help="Sampler seed; the same inputs resume the 
 VERSION = typer.Option(
     None, "--version", help="Program version to start from (default: production, else newest draft)."
 )
+PARALLEL = typer.Option(
+    1,
+    "--parallel",
+    min=1,
+    max=MAX_PARALLEL,
+    help=f"Trials evaluated at once (1 to {MAX_PARALLEL}); where their examples run is the routing's "
+    "(or the worker's --pool). Not with --optimizer.",
+)
+
+
+def check_parallel_search(parallel: int, optimizer: str | None) -> None:
+    """``--parallel`` belongs to the variable search (DSPy's optimizers take their threads with -o)."""
+    if optimizer is not None and parallel != 1:
+        raise ConfigurationError(
+            "--parallel belongs to the variable search; --optimizer takes its threads with -o num_threads=N"
+        )
 
 
 def optimize(
@@ -113,6 +131,7 @@ def optimize(
     objectives: str = OBJECTIVES,
     seed: int = SEED,
     version: str | None = VERSION,
+    parallel: int = PARALLEL,
     optimizer: str | None = _optimizers.OPTIMIZER,
     option: list[str] | None = _optimizers.OPTION,
     options: str | None = _optimizers.OPTIONS,
@@ -137,6 +156,7 @@ def optimize(
     if optimizer is not None:
         with open_app() as dspex_app:
             _optimizers.check_no_search_options(space_file, budget, objectives)
+            check_parallel_search(parallel, optimizer)
             kwargs: dict[str, Any] = {
                 "dataset": dataset,
                 "options": _optimizers.parse_options(options, option),
@@ -162,7 +182,18 @@ def optimize(
         out = console()
         if as_json:
             result = _run(
-                dspex_app, program, dataset, space, bindings, budget, split, metric, wanted, seed, version
+                dspex_app,
+                program,
+                dataset,
+                space,
+                bindings,
+                budget,
+                split,
+                metric,
+                wanted,
+                seed,
+                version,
+                parallel=parallel,
             )
         else:
             with Progress(
@@ -200,6 +231,7 @@ def optimize(
                     seed,
                     version,
                     update,
+                    parallel=parallel,
                 )
     if as_json:
         emit_json(_result_json(program, result))
@@ -232,6 +264,8 @@ def _run(
     seed: int,
     version: str | None,
     on_trial: Any = None,
+    *,
+    parallel: int = 1,
 ) -> OptimizationResult:
     result: OptimizationResult = dspex_app.optimize(
         program,
@@ -245,6 +279,7 @@ def _run(
         seed=seed,
         version_id=version,
         on_trial=on_trial,
+        parallel=parallel,
     )
     return result
 

@@ -31,19 +31,19 @@ import optuna
 from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState as OptunaState
 
+from dspex.distributed._parallel import MAX_PARALLEL, check_parallel
 from dspex.errors import ConfigurationError
 from dspex.optimize.search import HolisticOptimizer, TrialProgress, _best_by_quality, _tpe
 from dspex.store.optimizations import OptimizationRepository, TrialRecord, TrialState
 
-__all__ = ["ParallelOptimizer"]
+__all__ = ["MAX_PARALLEL", "ParallelOptimizer", "check_parallel"]
 
 
 class ParallelOptimizer(HolisticOptimizer):
     """:class:`HolisticOptimizer` with ``parallel`` trials at once (see the module docstring)."""
 
     def __init__(self, *args: Any, parallel: int = 2, **kwargs: Any) -> None:
-        if not isinstance(parallel, int) or parallel < 1:
-            raise ConfigurationError(f"parallel must be an int >= 1 (trials at once), got {parallel!r}")
+        check_parallel(parallel)
         super().__init__(*args, **kwargs)
         self.parallel = parallel
 

@@ -10,7 +10,9 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   space. The optimization id comes from the payload, so a job taken up again by another worker (its first
   worker died, or stopped) resumes the same run with its finished trials. It stops at the end of the
   trial in progress when the job is cancelled (the run is recorded ``cancelled``), or when the lease is
-  lost or the worker stops (the run stays ``running`` for the next worker).
+  lost or the worker stops (the run stays ``running`` for the next worker). The payload's ``parallel``
+  (default 1) is the trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`);
+  the trials in flight when it stops finish and are recorded first.
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
@@ -147,6 +149,7 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
 def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str, Any]:
     """Run (or resume) the job's optimization; the result names the run, its best trial and the saved
     program version. A payload naming an ``optimizer`` goes to :func:`run_dspy_optimization`."""
+    from dspex.distributed._parallel import check_parallel
     from dspex.optimize.search import OptimizationStopped
     from dspex.variables.spacefile import space_from_document
 
@@ -158,6 +161,8 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
     optimization_id = _field(job, "optimization_id", str)
     objectives = _field(job, "objectives", list)
     max_lm_calls = _optional(job, "max_lm_calls", int)
+    # Trials at once (a payload queued before `parallel` existed has none: one at a time).
+    parallel = check_parallel(_optional(job, "parallel", int) or 1, f"job {job.id}: payload field 'parallel'")
     context.check()
     # A job taken up again resumes: its progress starts from the trials the run already finished.
     context.report(
@@ -208,6 +213,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
             on_trial=on_trial,
             should_stop=should_stop,
             pool=route.pool,
+            parallel=parallel,
         )
     except OptimizationStopped as exc:
         done = {"optimization_id": optimization_id, "finished": app.optimizations.count(optimization_id)}
@@ -223,6 +229,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
         "lm_calls": result.lm_calls,
         "finished": result.finished,
         "n_trials": n_trials,
+        "parallel": parallel,
         "placement": route.placement(),
     }
 

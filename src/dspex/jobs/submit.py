@@ -83,12 +83,15 @@ def submit_optimization(
     seed: int = 0,
     version_id: str | None = None,
     max_lm_calls: int | None = None,
+    parallel: int = 1,
     created_by: str | None = None,
     max_attempts: int = 3,
 ) -> JobRecord:
     """Queue an optimization of ``program`` (see :meth:`dspex.App.optimize`); ``space`` is a space
     document (``dspex.variables.spacefile``). The job's payload carries the optimization id, so a job
-    taken up again after its worker died resumes the same run with its completed trials."""
+    taken up again after its worker died resumes the same run with its completed trials. ``parallel``:
+    trials the worker evaluates at once (1 to :data:`~dspex.distributed.optimize.MAX_PARALLEL`)."""
+    from dspex.distributed._parallel import check_parallel
     from dspex.optimize.search import OBJECTIVES
     from dspex.variables.spacefile import space_document, space_from_document
 
@@ -96,6 +99,7 @@ def submit_optimization(
         raise ConfigurationError(f"n_trials must be an integer >= 1, got {n_trials!r}")
     if max_lm_calls is not None and max_lm_calls < 1:
         raise ConfigurationError(f"max_lm_calls must be >= 1, got {max_lm_calls!r}")
+    check_parallel(parallel)
     wanted = list(dict.fromkeys(objectives))
     if not wanted or wanted[0] != "quality":
         raise ConfigurationError(f"objectives start with 'quality', then any of cost, latency; got {wanted}")
@@ -111,6 +115,7 @@ def submit_optimization(
         "objectives": wanted,
         "seed": seed,
         "max_lm_calls": max_lm_calls,
+        "parallel": parallel,
     }
     return _enqueue_optimization(app, program, version_id, dataset, split, fields, created_by, max_attempts)
 
