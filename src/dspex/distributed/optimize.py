@@ -74,7 +74,7 @@ from dspex.variables.configuration import Configuration
 __all__ = ["MAX_PARALLEL", "ParallelOptimizer", "check_parallel"]
 
 logger = logging.getLogger("dspex.distributed")
-_GONE = "the driver running this trial stopped (its process ended or its lease passed) before it finished"
+_GONE = "the process running this trial stopped before it finished (it ended, or its lease passed)"
 _STATES = {"complete": OptunaState.COMPLETE, "pruned": OptunaState.PRUNED}
 
 
