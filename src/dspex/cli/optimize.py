@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from dspex.store.optimizations import OptimizationRecord, TrialRecord
     from dspex.variables import Bindings, VariableSpace
 
-app = typer.Typer(help="Inspect optimization runs and their trials; join a running one.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect optimization runs and their trials; join a running one.", no_args_is_help=True
+)
 
 _JSON = typer.Option(False, "--json", help="Print JSON on stdout instead of tables.")
 _SPACE_HELP = """\
