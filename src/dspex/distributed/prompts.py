@@ -197,9 +197,13 @@ class PooledMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
         cls, app: App, name: str, *, pool: str, metric: Any, version_id: str | None = None, **options: Any
     ) -> PooledMIPROv2:
         """For the registered program ``name`` (``version_id``, else production, else the newest draft)
-        on the configured pool ``pool``."""
+        on the configured pool ``pool``; ``task_model`` and ``prompt_model`` default to the App's LM."""
         version = app.programs.resolve(name, version_id)
         base = app.programs.build(version)
+        if options.get("task_model") is None or options.get("prompt_model") is None:
+            lm = app.default_lm(base)
+            options = {**options, "task_model": options.get("task_model") or lm}
+            options["prompt_model"] = options.get("prompt_model") or lm
         return cls(metric, pool=app.pools.get(pool), name=name, version_id=version.id, base=base, **options)
 
     def compile(self, student: Any, **kwargs: Any) -> Any:
