@@ -246,9 +246,12 @@ def test_optimize_with_parallel_trials(dspex: Invoke, project: Path) -> None:
 
 def test_submit_a_parallel_optimization_job_and_run_it(dspex: Invoke, project: Path) -> None:
     submit = ("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--space", str(project))
-    queued = as_json(dspex(*submit, "--budget", "4", "--parallel", "2", "--json"))
-    assert queued["payload"]["parallel"] == 2
+    queued = as_json(dspex(*submit, "--budget", "4", "--parallel", "2", "--drivers", "2", "--json"))
+    assert (queued["payload"]["parallel"], queued["payload"]["drivers"]) == (2, 2)
     assert "--parallel" in dspex(*submit, "--budget", "4", "--parallel", "0", code=2).stderr
+    assert "--drivers" in dspex(*submit, "--budget", "4", "--drivers", "17", code=2).stderr
+    jobs = as_json(dspex("jobs", "list", "--json"))
+    assert len(jobs) == 2  # the owner and one joining job
     assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05").stdout
     job = as_json(dspex("jobs", "show", queued["id"], "--json"))
     assert job["status"] == "succeeded"

@@ -231,17 +231,27 @@ def test_a_parallel_optimization_through_the_service_gives_contiguous_unique_tri
         refused = client.post("/v1/optimizations", json=dspy_body)
         assert refused.status_code == 422
         assert "'parallel' belongs to the variable search" in refused.text
+        for bad in (0, 17, "2"):
+            refused = client.post("/v1/optimizations", json={**body, "drivers": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+            assert "drivers" in refused.text
+        refused = client.post("/v1/optimizations", json={**dspy_body, "parallel": None, "drivers": 2})
+        assert refused.status_code == 422
+        assert "'drivers' belongs to the variable search" in refused.text
         assert sim_app.jobs.list() == []
         with live.client(reader) as other:
             assert other.post("/v1/optimizations", json={**body, "parallel": 2}).status_code == 403
         assert sim_app.jobs.list() == []
 
-        started = client.post("/v1/optimizations", json={**body, "parallel": 2})
+        started = client.post("/v1/optimizations", json={**body, "parallel": 2, "drivers": 2})
         assert started.status_code == 202, started.text
         optimization_id = started.json()["optimization_id"]
         assert started.json()["job"]["payload"]["parallel"] == 2
+        assert started.json()["job"]["payload"]["drivers"] == 2
+        assert len(sim_app.jobs.list()) == 2  # the owner and one joining job
 
-        assert Worker(sim_app, lease_s=10, poll_s=0.05).run(stop_when_idle=True) == 1
+        # One worker: the owner job first; the joining job then finds the run ended.
+        assert Worker(sim_app, lease_s=10, poll_s=0.05).run(stop_when_idle=True) == 2
         detail = client.get(f"/v1/optimizations/{optimization_id}").json()
     assert detail["status"] == "succeeded", detail
     numbers = [t["number"] for t in detail["trials"]]

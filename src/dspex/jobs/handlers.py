@@ -12,7 +12,8 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   trial in progress when the job is cancelled (the run is recorded ``cancelled``), or when the lease is
   lost or the worker stops (the run stays ``running`` for the next worker). The payload's ``parallel``
   (default 1) is the trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`);
-  the trials in flight when it stops finish and are recorded first.
+  the trials in flight when it stops finish and are recorded first. A payload with ``"join": true``
+  (``submit_optimization(drivers=N)``) is one more driver of the owner job's run (:func:`_run_joined`).
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
@@ -220,6 +221,8 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
             raise OptimizationStopped(f"job {job.id}: {reason}", cancelled=reason == "cancel")
 
     route = app.router.batch(_field(job, "program", str), arguments["version_id"], pool=context.pool)
+    if _optional(job, "join", bool):
+        return _run_joined(app, job, context, arguments, parallel, route, on_trial, should_stop)
     try:
         result = app.optimize(
             _field(job, "program", str),
@@ -243,6 +246,69 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
         "lm_calls": result.lm_calls,
         "finished": result.finished,
         "n_trials": n_trials,
+        "parallel": parallel,
+        "placement": route.placement(),
+    }
+
+
+def _run_joined(
+    app: App,
+    job: JobRecord,
+    context: JobContext,
+    arguments: dict[str, Any],
+    parallel: int,
+    route: Any,
+    on_trial: Callable[[TrialProgress], None],
+    should_stop: Callable[[], None],
+) -> dict[str, Any]:
+    """A joining job (``submit_optimization(drivers=N)``): one more driver of the owner job's run. It waits
+    for the run to start (given back to the queue while the owner job is queued, so that a worker takes the
+    owner first), adds trials until the budget is spent, and is cancelled when the run ends cancelled or
+    failed. A run that already ended, or an owner job that ended before starting it, leaves nothing to do."""
+    import threading
+
+    from dspex.jobs.submit import optimization_job
+    from dspex.optimize.search import OptimizationStopped
+
+    optimization_id = arguments["optimization_id"]
+    done = {"v": RESULT_VERSION, "optimization_id": optimization_id, "program": job.payload["program"]}
+    pause = threading.Event()
+    while True:
+        context.check()
+        runs = [r for r in app.optimizations.runs(_field(job, "program", str)) if r.id == optimization_id]
+        if runs and runs[0].status != "running":
+            return {**done, "joined": False, "reason": f"the run is {runs[0].status}"}
+        if runs:
+            break
+        owner = optimization_job(app, optimization_id)
+        if owner is None or owner.done:
+            status = owner.status if owner is not None else "gone"
+            return {**done, "joined": False, "reason": f"its owner job is {status} and never started the run"}
+        if owner.status == "queued":
+            raise JobInterrupted("release", f"optimization {optimization_id}: its owner job is still queued")
+        pause.wait(0.1)  # the owner job is running: its run appears within moments
+    try:
+        result = app.optimize(
+            _field(job, "program", str),
+            **arguments,
+            on_trial=on_trial,
+            should_stop=should_stop,
+            pool=route.pool,
+            parallel=parallel,
+            join=True,
+        )
+    except OptimizationStopped as exc:
+        if context.stop_reason is not None:  # this job was cancelled, lost its lease, or its worker stops
+            raise JobInterrupted(context.stop_reason, str(exc), result={**done, "joined": True}) from exc
+        status = app.optimizations.get(optimization_id).status
+        raise JobInterrupted(
+            "cancel", f"optimization {optimization_id} ended {status}", result={**done, "joined": True}
+        ) from exc
+    return {
+        **done,
+        "joined": True,
+        "finished": result.finished,
+        "n_trials": arguments["n_trials"],
         "parallel": parallel,
         "placement": route.placement(),
     }

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dspex.distributed._parallel import MAX_PARALLEL
+from dspex.distributed._parallel import MAX_DRIVERS, MAX_PARALLEL
 
 __all__ = [
     "DatasetOut",
@@ -387,6 +387,13 @@ class OptimizationStart(_Strict):
         le=MAX_PARALLEL,
         description="The variable search's trials evaluated at once by the worker that runs it (default 1); "
         "where they run is the worker's pool or the server's routing rules, never the request's.",
+    )
+    drivers: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DRIVERS,
+        description="Worker processes driving the variable search (default 1): the job that owns the run, "
+        "and drivers - 1 more jobs any worker may claim, which add their trials to it.",
     )
 
 

@@ -143,6 +143,7 @@ def start(
                 version_id=body.version,
                 max_lm_calls=body.max_lm_calls,
                 parallel=body.parallel or 1,
+                drivers=body.drivers or 1,
                 created_by=f"key:{principal.key_id}" if principal.key_id else "local",
             )
     except DSPexError:
@@ -161,7 +162,9 @@ def _start_dspy(app: App, body: OptimizationStart, request: Request, principal: 
     from dspex.telemetry.context import continue_trace
 
     given = [
-        name for name in ("space", "n_trials", "max_lm_calls", "parallel") if getattr(body, name) is not None
+        name
+        for name in ("space", "n_trials", "max_lm_calls", "parallel", "drivers")
+        if getattr(body, name) is not None
     ]
     if given or body.objectives != ["quality"]:
         field = given[0] if given else "objectives"

@@ -30,7 +30,7 @@ def optimizations(request: Request, view: Viewer = Depends(viewer)) -> Response:
     queued = [
         j
         for j in app.jobs.list(status="queued", kind="optimize", limit=JOBS_SHOWN)
-        if view.principal.may_use(j.payload.get("program"))
+        if view.principal.may_use(j.payload.get("program")) and not j.payload.get("join")  # its owner shows
     ]
     programs = [r.name for r in app.programs.list_programs() if view.principal.may_use(r.name)]
     return render(
