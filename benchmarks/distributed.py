@@ -12,6 +12,9 @@ job queue's claim rate on PostgreSQL, in one run (issue 17).
 3. Job queue: claim + complete rate with 8 concurrent workers (processes) on PostgreSQL
    (DSPEX_TEST_POSTGRES_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/test; in a schema of
    its own, dropped afterwards).
+4. Drivers: one optimization driven by 2 processes (an owner and a joiner, 1 trial at once each, sharing
+   the run through its trial rows) against 1 process, equal trials, on SQLite. (No target in the issue;
+   the ideal is 2x.)
 
 Figures are ratios against a baseline measured in the same process; the load average is printed.
 """
@@ -127,6 +130,85 @@ def optimization(n_trials: int) -> dict[str, float]:
     return {"one_s": times[1], "two_s": times[2], "speedup": speedup}
 
 
+def _driver(url: str, run_id: str, n_trials: int, join: bool, ready: Any, go: Any, out: Any) -> None:
+    """One driver process of :func:`drivers`: built and warm before the clock starts."""
+    from dspex.distributed.optimize import ParallelOptimizer
+    from dspex.errors import ConfigurationError
+    from dspex.store import open_database
+    from dspex.store.optimizations import OptimizationRepository
+    from dspex.testing.server import SimServer
+    from dspex.variables import Variable, VariableSpace, bind
+
+    with SimServer(latency_scale=1.0, task_size=60) as sim:
+        optimizer = ParallelOptimizer(
+            VariableSpace([Variable.float("temperature", 0.0, 1.5)]),
+            [bind.temperature("temperature")],
+            exact_match,
+            n_trials=n_trials,
+            pruning=False,
+            lm=sim.lm("sim-large"),
+            concurrency=4,
+            parallel=1,
+            join=join,
+            cache=False,
+            poll_s=0.05,
+        )
+        devset = sim.task.examples()[:16]
+        ready.put(os.getpid())
+        go.wait()
+        if join:  # the owner creates the run; a joiner starts once it exists
+            db = open_database(url)
+            repo = OptimizationRepository(db)
+            while True:
+                try:
+                    repo.get(run_id)
+                    break
+                except ConfigurationError:
+                    time.sleep(0.005)
+            db.dispose()
+        result = optimizer.optimize(
+            dspy.Predict("question -> answer"), devset, db=url, optimization_id=run_id
+        )
+        mine = sum(1 for t in result.trials if t.driver and f"/{os.getpid()}/" in t.driver)
+    out.put((time.time(), result.finished, mine))
+
+
+def drivers(n_trials: int) -> dict[str, float]:
+    context = multiprocessing.get_context("spawn")
+    walls: dict[int, float] = {}
+    shares: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (1, 2):
+            url = f"sqlite:///{tmp}/drivers{count}.db"
+            from dspex.store import open_database
+
+            open_database(url).dispose()  # migrated before the clock starts
+            ready, out, go = context.Queue(), context.Queue(), context.Event()
+            processes = [
+                context.Process(target=_driver, args=(url, "bench", n_trials, i > 0, ready, go, out))
+                for i in range(count)
+            ]
+            for process in processes:
+                process.start()
+            for _ in processes:
+                ready.get(timeout=120)
+            started = time.time()
+            go.set()
+            finished = [out.get(timeout=300) for _ in processes]
+            for process in processes:
+                process.join()
+            walls[count] = max(t for t, _, _ in finished) - started
+            assert all(n == n_trials for _, n, _ in finished), finished
+            if count == 2:
+                shares = [m for _, _, m in finished]
+    speedup = walls[1] / walls[2]
+    print(
+        f"drivers: {n_trials} trials x 16 examples, 40 ms LM, one trial at a time per process: 1 process "
+        f"{walls[1]:.2f} s, 2 processes {walls[2]:.2f} s (trials per process {shares}): {speedup:.2f}x faster"
+    )
+    return {"one_s": walls[1], "two_s": walls[2], "speedup": speedup}
+
+
 def _claimer(url: str, ready: Any, go: Any, out: Any) -> None:
     from dspex.store._engine import Database
     from dspex.store.jobs import JobRepository
@@ -195,11 +277,25 @@ def claim_rate(jobs: int, workers: int = 8) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (development)")
+    parser.add_argument(
+        "--only", choices=["evaluation", "optimization", "claims", "drivers"], help="one part"
+    )
+    parser.add_argument("--trials", type=int, help="trials of the drivers part (default 8, 4 with --quick)")
     args = parser.parse_args()
+    if args.only is not None:
+        parts = {
+            "evaluation": lambda: evaluation(100 if args.quick else 400, 1 if args.quick else 3),
+            "optimization": lambda: optimization(4 if args.quick else 8),
+            "claims": lambda: claim_rate(200 if args.quick else 2000),
+            "drivers": lambda: drivers(args.trials or (4 if args.quick else 8)),
+        }
+        parts[args.only]()
+        return
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     evaluation(100 if args.quick else 400, 1 if args.quick else 3)
     optimization(4 if args.quick else 8)
     claim_rate(200 if args.quick else 2000)
+    drivers(args.trials or (4 if args.quick else 8))
     print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import Invoke, as_json
 
+from dspex.runtime import App
+from dspex.settings import Settings
+from dspex.store.optimizations import TrialRecord
 from dspex.testing.server import SimServer
 
 SPACE = """\
@@ -217,3 +224,138 @@ def test_submit_a_dspy_optimizer_job(dspex: Invoke, project: Path) -> None:
     assert job["status"] == "succeeded"
     assert job["result"]["version_id"]
     assert job["progress"]["optimizer"] == "bootstrap"
+
+
+# -- trials at once -----------------------------------------------------------------------------------------
+
+
+def test_optimize_with_parallel_trials(dspex: Invoke, project: Path) -> None:
+    args = ("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "4", "--seed", "5")
+    data = as_json(dspex(*args, "--parallel", "2", "--json"))
+    numbers = [t["number"] for t in data["trials"]]
+    assert numbers == list(range(len(numbers)))  # contiguous from 0, none twice
+    assert sum(t["state"] in ("complete", "pruned") for t in data["trials"]) == 4
+    assert data["version_id"]
+    for bad in ("0", "65"):
+        assert "--parallel" in dspex(*args, "--parallel", bad, code=2).stderr
+    err = dspex(
+        "optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap", "--parallel", "2", code=2
+    ).stderr
+    assert "--parallel belongs to the variable search" in err
+
+
+def test_submit_a_parallel_optimization_job_and_run_it(dspex: Invoke, project: Path) -> None:
+    submit = ("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--space", str(project))
+    queued = as_json(dspex(*submit, "--budget", "4", "--parallel", "2", "--drivers", "2", "--json"))
+    assert (queued["payload"]["parallel"], queued["payload"]["drivers"]) == (2, 2)
+    assert "--parallel" in dspex(*submit, "--budget", "4", "--parallel", "0", code=2).stderr
+    assert "--drivers" in dspex(*submit, "--budget", "4", "--drivers", "17", code=2).stderr
+    jobs = as_json(dspex("jobs", "list", "--json"))
+    assert len(jobs) == 2  # the owner and one joining job
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05").stdout
+    job = as_json(dspex("jobs", "show", queued["id"], "--json"))
+    assert job["status"] == "succeeded"
+    assert (job["result"]["finished"], job["result"]["parallel"]) == (4, 2)
+    detail = as_json(dspex("optimizations", "show", queued["payload"]["optimization_id"], "--json"))
+    numbers = [t["number"] for t in detail["trials"]]
+    assert numbers == list(range(len(numbers)))
+
+
+# -- several drivers of one run ------------------------------------------------------------------------------
+
+
+def _wait_until(condition: Callable[[], bool], thread: threading.Thread, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert thread.is_alive(), f"the owner ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def _drivers(trials: list[TrialRecord]) -> set[str]:
+    return {t.driver for t in trials if t.driver}
+
+
+@pytest.mark.sim_lm(latency=0.1)
+def test_optimize_join_adds_a_driver_to_the_run_of_the_same_command(dspex: Invoke, project: Path) -> None:
+    from dspex.cli.optimize import load_space_file
+
+    space, bindings = load_space_file(project)
+    outcome: list[Any] = []
+    with App(Settings.load()) as app:
+        # The owner: what `dspex optimize qa --dataset qa-set --space ... --budget 8` runs, in a thread.
+        owner = threading.Thread(
+            target=lambda: outcome.append(
+                app.optimize("qa", dataset="qa-set", space=space, bindings=bindings, n_trials=8)
+            ),
+            daemon=True,
+        )
+        owner.start()
+        _wait_until(lambda: bool(app.optimizations.runs()), owner, "the run exists")
+        args = ("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "8")
+        joined = as_json(dspex(*args, "--join", "--json"))
+        owner.join(60)
+        assert not owner.is_alive()
+        (result,) = outcome
+        trials = app.optimizations.trials(result.id)
+        run = app.optimizations.get(result.id)
+        optimizing = [v for v in app.programs.versions("qa") if v.status == "optimizing"]
+    assert [t["number"] for t in joined["trials"]] == list(range(len(joined["trials"])))
+    assert sum(t["state"] in ("complete", "pruned") for t in joined["trials"]) == 8
+    assert [t.number for t in trials] == list(range(len(trials)))  # contiguous, none twice
+    assert sum(t.state in ("complete", "pruned") for t in trials) == 8
+    assert len(_drivers(trials)) == 2  # the owner's and the joiner's trials
+    assert (run.status, run.result_version_id) == ("succeeded", result.version_id)
+    assert result.version_id is not None
+    assert [v.id for v in optimizing] == [result.version_id]  # the owner saved it; the joiner saved nothing
+    # Joining needs a running run of the same inputs.
+    err = dspex(*args, "--join", code=2).stderr
+    assert "is succeeded; there is nothing to join" in err
+    err = dspex(*args[:-1], "9", "--join", code=2).stderr
+    assert "was started with another budget; join it with the same inputs" in err
+    err = dspex(*args, "--seed", "9", "--join", code=2).stderr  # another seed: another run, not started
+    assert "no optimization" in err
+    assert "to join; start it first" in err
+    err = dspex("optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap", "--join", code=2).stderr
+    assert "--join belongs to the variable search" in err
+
+
+@pytest.mark.sim_lm(latency=0.1)
+def test_optimizations_join_adds_a_driver_to_a_running_job(dspex: Invoke, project: Path) -> None:
+    from dspex.jobs.worker import Worker
+
+    submit = ("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--space", str(project))
+    queued = as_json(dspex(*submit, "--budget", "8", "--json"))
+    run_id = queued["payload"]["optimization_id"]
+    err = dspex("optimizations", "join", run_id, code=2).stderr
+    assert f"the job of optimization {run_id!r} is queued; join it once a worker runs it" in err
+    assert "no optimization job 'opt-nope'" in dspex("optimizations", "join", "opt-nope", code=2).stderr
+    with App(Settings.load()) as app:
+        worker = Worker(app, lease_s=10, poll_s=0.05)
+        thread = threading.Thread(target=worker.run, kwargs={"stop_when_idle": True}, daemon=True)
+        thread.start()
+        _wait_until(lambda: bool(app.optimizations.runs()), thread, "the worker started the run")
+        joined = as_json(dspex("optimizations", "join", run_id, "--parallel", "2", "--json"))
+        thread.join(60)
+        assert not thread.is_alive()
+        job = app.jobs.get(queued["id"])
+        trials = app.optimizations.trials(run_id)
+    assert job is not None
+    assert job.status == "succeeded", job.error
+    assert job.result is not None
+    assert job.result["finished"] == 8
+    assert [t.number for t in trials] == list(range(len(trials)))  # contiguous, none twice
+    assert sum(t.state in ("complete", "pruned") for t in trials) == 8
+    assert len(_drivers(trials)) == 2  # the job's worker and the joiner
+    assert sum(t["state"] in ("complete", "pruned") for t in joined["trials"]) == 8
+    assert joined["version_id"] in (None, job.result["version_id"])  # only the job's worker saves one
+    # Finished now; and a DSPy optimizer's run has one driver.
+    err = dspex("optimizations", "join", run_id, code=2).stderr
+    assert f"the job of optimization {run_id!r} is succeeded" in err
+    dspy_job = as_json(
+        dspex(
+            "jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap", "--json"
+        )
+    )
+    err = dspex("optimizations", "join", dspy_job["payload"]["optimization_id"], code=2).stderr
+    assert "only a variable search can be joined" in err

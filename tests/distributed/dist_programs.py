@@ -31,3 +31,35 @@ def build_qa() -> Any:
 
 def build_sleepy() -> Sleepy:
     return Sleepy()
+
+
+def prompt_aware_engine() -> Any:
+    """A scripted engine whose answers depend on the prompt (as ``tests/pools/pool_programs.PromptAware``):
+    the answer to ``q<i>`` is right with demos and ``i % 3``, or with "carefully" in the instructions and
+    an even ``i``; proposed instructions say "carefully" or not by a hash of the proposer's inputs."""
+    import zlib
+
+    from dspex.testing import ScriptedEngine
+
+    class Engine(ScriptedEngine):
+        def _value(self, name: str, prompt: Any) -> Any:
+            if name == "answer":
+                question = str(prompt.inputs.get("question", ""))
+                i = int(question[1:]) if question[1:].isdigit() else 0
+                right = (prompt.demos > 0 and i % 3 != 0) or (
+                    "carefully" in prompt.instructions.lower() and i % 2 == 0
+                )
+                return f"answer to {question}" if right else "wrong"
+            if name == "proposed_instruction":
+                seed = zlib.crc32(repr(sorted(prompt.inputs.items())).encode())
+                return "Answer carefully." if seed % 2 else "Answer the question."
+            return super()._value(name, prompt)
+
+    return Engine({})
+
+
+def prompt_aware() -> None:
+    """An actor initializer: the actor's LM is :func:`prompt_aware_engine`."""
+    dspy.configure(
+        lm=prompt_aware_engine().lm(cache=False)
+    )  # process start-up: the one place configure belongs

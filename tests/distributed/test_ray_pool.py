@@ -64,6 +64,12 @@ def app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 "task_timeout_s": 1.0,
                 "heartbeat_s": 0.1,
             },
+            "prompted": {
+                "backend": "ray",
+                "size": 2,
+                "actor_cpus": 0.25,
+                "initializer": "dist_programs:prompt_aware",
+            },
         },
         routing={"programs": {"routed": "cluster"}},
     )
@@ -265,3 +271,54 @@ def test_a_hung_actor_is_killed_and_restarted(app: App) -> None:
     assert status.workers[0].pid != pid
     again = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "y"}}).result(timeout=30)
     assert again["outcome"]["status"] == "succeeded"
+
+
+def test_mipro_on_ray_actors_matches_mipro_in_process(app: App) -> None:
+    from dist_programs import prompt_aware_engine
+
+    from dspex.distributed.prompts import PooledMIPROv2
+
+    def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+        return bool(example.answer == prediction.answer)
+
+    def examples(start: int, n: int) -> list[dspy.Example]:
+        return [
+            dspy.Example(question=f"q{i}", answer=f"answer to q{i}").with_inputs("question")
+            for i in range(start, start + n)
+        ]
+
+    options: dict[str, Any] = {
+        "auto": None,
+        "num_candidates": 3,
+        "num_threads": 4,
+        "max_bootstrapped_demos": 1,
+        "max_labeled_demos": 1,
+        "verbose": False,
+    }
+    run: dict[str, Any] = {
+        "trainset": examples(0, 8),
+        "valset": examples(100, 10),
+        "num_trials": 6,
+        "minibatch_size": 4,
+        "minibatch_full_eval_steps": 2,
+        "seed": 7,
+    }
+    lm = prompt_aware_engine().lm(cache=False)
+    with dspy.context(lm=lm):
+        local = dspy.MIPROv2(metric, prompt_model=lm, task_model=lm, **options).compile(
+            app.programs.load("qa"), **run
+        )
+        on_ray = PooledMIPROv2.from_app(
+            app, "qa", pool="prompted", metric=metric, prompt_model=lm, task_model=lm, **options
+        ).compile(app.programs.load("qa"), **run)
+
+    def summary(program: Any) -> Any:
+        trials = {
+            k: {name: value for name, value in v.items() if isinstance(value, int | float | str | bool)}
+            for k, v in program.trial_logs.items()
+        }
+        return program.score, [c["score"] for c in program.candidate_programs], trials, program.dump_state()
+
+    assert summary(on_ray) == summary(local)
+    assert len(set(summary(local)[1])) > 1  # the candidates scored apart
+    assert app.pools.get("prompted").status().completed > 0  # evaluated on the actors

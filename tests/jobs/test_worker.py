@@ -378,3 +378,41 @@ def test_worker_options_are_checked(app: App) -> None:
     assert worker.worker_id.count(":") == 2
     worker.stop()
     assert worker.run() == 0  # a stopped worker claims nothing
+
+
+def test_a_parallel_optimization_job_finishes_with_contiguous_unique_trials(app: App) -> None:
+    job = submit_optimization(
+        app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=6, seed=4, parallel=3
+    )
+    assert job.payload["parallel"] == 3  # stored with the job's spec
+    assert _worker(app).run(stop_when_idle=True) == 1
+    done = _job(app, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.result is not None
+    assert (done.result["finished"], done.result["parallel"]) == (6, 3)
+    trials = app.optimizations.trials(job.payload["optimization_id"])
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert sum(t.state in ("complete", "pruned") for t in trials) == 6
+    assert not [t for t in trials if t.state == "running"]
+
+
+@pytest.mark.parametrize("parallel", [0, 65, True, 2.0])
+def test_parallel_is_a_bounded_count(app: App, parallel: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"parallel must be a whole number from 1 to 64"):
+        submit_optimization(
+            app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=2, parallel=parallel
+        )
+    assert app.jobs.list() == []
+
+
+def test_a_payload_with_a_bad_parallel_fails_the_job_without_retry(app: App) -> None:
+    job = submit_optimization(app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=2)
+    with app.jobs.db.write() as connection:  # a payload written by something other than submit_optimization
+        connection.execute(
+            sa.update(jobs).where(jobs.c.id == job.id).values(payload={**job.payload, "parallel": 500})
+        )
+    assert _worker(app).run(stop_when_idle=True) == 1
+    done = _job(app, job.id)
+    assert (done.status, done.attempts) == ("failed", 1)
+    assert done.error is not None
+    assert "payload field 'parallel' must be a whole number from 1 to 64" in str(done.error)

@@ -83,3 +83,39 @@ def build_pot() -> Any:
     with warnings.catch_warnings():  # deprecated in DSPy 3.4, still what users run code with
         warnings.simplefilter("ignore", DeprecationWarning)
         return dspy.ProgramOfThought("question -> answer")
+
+
+class PromptAware:
+    """Rules for a scripted engine whose answers depend on the prompt, so that MIPROv2's candidates score
+    differently: ``PromptAware.engine()``. The answer to ``q<i>`` is right when the prompt has demos and
+    ``i % 3``, or when the instructions say "carefully" and ``i`` is even; proposed instructions say
+    "carefully" or not by a hash of what the proposer was given (deterministic, varied)."""
+
+    @staticmethod
+    def engine() -> Any:
+        import zlib
+
+        from dspex.testing import ScriptedEngine
+
+        class Engine(ScriptedEngine):
+            def _value(self, name: str, prompt: Any) -> Any:
+                if name == "answer":
+                    question = str(prompt.inputs.get("question", ""))
+                    i = int(question[1:]) if question[1:].isdigit() else 0
+                    right = (prompt.demos > 0 and i % 3 != 0) or (
+                        "carefully" in prompt.instructions.lower() and i % 2 == 0
+                    )
+                    return f"answer to {question}" if right else "wrong"
+                if name == "proposed_instruction":
+                    seed = zlib.crc32(repr(sorted(prompt.inputs.items())).encode())
+                    return "Answer carefully." if seed % 2 else "Answer the question."
+                return super()._value(name, prompt)
+
+        return Engine({})
+
+
+def prompt_aware() -> None:
+    """A pool initializer: the worker's LM is :class:`PromptAware`'s engine."""
+    dspy.configure(
+        lm=PromptAware.engine().lm(cache=False)
+    )  # process start-up: the one place configure belongs

@@ -200,3 +200,63 @@ def test_a_dspy_optimizer_through_the_service_with_progress_over_sse(
         versions = {v["id"]: v["status"] for v in client.get("/v1/programs/qa/versions").json()}
         assert versions[version] == "optimizing"
         assert version != base["id"]
+
+
+def test_a_parallel_optimization_through_the_service_gives_contiguous_unique_trials(
+    sim_app: App, settings_sim: SimServer, serve: Callable[..., Live]
+) -> None:
+    live = serve(sim_app)
+    _, key = sim_app.keys.create("e2e", ["programs:read", "programs:write", "optimize"])
+    _, reader = sim_app.keys.create("reader", ["programs:read"])
+    with live.client(key) as client:
+        spec = {"module": "predict", "signature": "question -> answer"}
+        client.post("/v1/programs", json={"name": "qa", "spec": spec})
+        rows = [
+            {**row, "part": "train" if i < 4 else "dev"}
+            for i, row in enumerate(settings_sim.task.dicts()[:12])
+        ]
+        client.post(
+            "/v1/datasets", json={"name": "qa-set", "records": rows, "inputs": ["question"], "split": "part"}
+        )
+        body = {"program": "qa", "dataset": "qa-set", "space": SPACE, "n_trials": 5, "seed": 2}
+
+        # A request chooses a number, bounded; nothing else about where or how the trials run.
+        for bad in (0, 65, -1, "two", 2.5, True):
+            refused = client.post("/v1/optimizations", json={**body, "parallel": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+            assert "parallel" in refused.text
+        refused = client.post("/v1/optimizations", json={**body, "parallel": 2, "pool": "cluster"})
+        assert refused.status_code == 422  # no such field: the pool is the worker's or the routing's
+        dspy_body = {"program": "qa", "dataset": "qa-set", "optimizer": "bootstrap_rs", "parallel": 2}
+        refused = client.post("/v1/optimizations", json=dspy_body)
+        assert refused.status_code == 422
+        assert "'parallel' belongs to the variable search" in refused.text
+        for bad in (0, 17, "2"):
+            refused = client.post("/v1/optimizations", json={**body, "drivers": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+            assert "drivers" in refused.text
+        refused = client.post("/v1/optimizations", json={**dspy_body, "parallel": None, "drivers": 2})
+        assert refused.status_code == 422
+        assert "'drivers' belongs to the variable search" in refused.text
+        assert sim_app.jobs.list() == []
+        with live.client(reader) as other:
+            assert other.post("/v1/optimizations", json={**body, "parallel": 2}).status_code == 403
+        assert sim_app.jobs.list() == []
+
+        started = client.post("/v1/optimizations", json={**body, "parallel": 2, "drivers": 2})
+        assert started.status_code == 202, started.text
+        optimization_id = started.json()["optimization_id"]
+        assert started.json()["job"]["payload"]["parallel"] == 2
+        assert started.json()["job"]["payload"]["drivers"] == 2
+        assert len(sim_app.jobs.list()) == 2  # the owner and one joining job
+
+        # One worker: the owner job first; the joining job then finds the run ended.
+        assert Worker(sim_app, lease_s=10, poll_s=0.05).run(stop_when_idle=True) == 2
+        detail = client.get(f"/v1/optimizations/{optimization_id}").json()
+    assert detail["status"] == "succeeded", detail
+    numbers = [t["number"] for t in detail["trials"]]
+    assert numbers == list(range(len(numbers)))  # contiguous from 0, none twice
+    assert sum(t["state"] in ("complete", "pruned") for t in detail["trials"]) == 5
+    assert not [t for t in detail["trials"] if t["state"] == "running"]
+    result = detail["job"]["result"]
+    assert (result["finished"], result["n_trials"], result["parallel"]) == (5, 5, 2)

@@ -293,3 +293,36 @@ def test_without_auth_the_dashboard_is_the_local_administrator(dspex_app: App, s
         assert forged.status_code == 403  # forms are still CSRF-checked
         done = client.post(f"/ui/jobs/{job.id}/cancel", data={"csrf": _csrf(page.text)})
         assert done.status_code == 303
+
+
+def test_the_optimization_form_queues_trials_at_once_within_bounds(
+    live: Live, qa_app: App, admin_key: str, login: Login
+) -> None:
+    import json
+
+    qa_app.datasets.import_records("qa-set", [{"question": "q", "answer": "a"}] * 3, inputs=["question"])
+    space = {
+        "variables": {"v": 1, "variables": [{"name": "t", "kind": "float", "low": 0.0, "high": 1.0}]},
+        "bindings": {
+            "version": 1,
+            "bindings": [
+                {"variable": "t", "target": "lm_setting", "setting": "temperature", "predictors": "*"}
+            ],
+        },
+    }
+    client = login(live, admin_key)
+    page = client.get("/ui/optimizations")
+    assert 'name="parallel" value="1" min="1" max="64"' in page.text
+    fields = {"csrf": _csrf(page.text), "program": "qa", "dataset": "qa-set", "space": json.dumps(space)}
+    for bad in ("0", "65", "two", "1.5"):
+        refused = client.post(
+            "/ui/optimizations", data={**fields, "n_trials": "4", "seed": "0", "parallel": bad}
+        )
+        assert refused.status_code == 422, bad
+        assert "parallel must be a whole number from 1 to 64" in refused.text
+    assert qa_app.jobs.list() == []
+    started = client.post("/ui/optimizations", data={**fields, "n_trials": "4", "seed": "0", "parallel": "3"})
+    assert started.status_code == 303, started.text
+    (job,) = qa_app.jobs.list()
+    assert (job.payload["parallel"], job.payload["n_trials"]) == (3, 4)
+    assert started.headers["location"] == f"/ui/optimizations/{job.payload['optimization_id']}"

@@ -1,6 +1,7 @@
 """``dspex worker`` and ``dspex jobs``: run background jobs, submit them, follow and cancel them.
 
-    dspex jobs submit-optimization qa --dataset qa-set --space space.yaml --budget 40
+    dspex jobs submit-optimization qa --dataset qa-set --space space.yaml --budget 40 --parallel 2
+    dspex jobs submit-optimization qa --dataset qa-set --space space.yaml --budget 40 --drivers 3   # 3 workers
     dspex jobs submit-optimization qa --dataset qa-set --optimizer miprov2 -o auto=light
     dspex jobs submit-evaluation qa --dataset qa-set --split test --metric f1
     dspex worker                                   # as many as you like, on any machine sharing the DB
@@ -31,7 +32,18 @@ from rich.table import Table
 
 from dspex.cli import _optimizers
 from dspex.cli._render import console, emit_json, fmt_time, json_object, open_app, parse_names, text
-from dspex.cli.optimize import DATASET, METRIC, OBJECTIVES, PROGRAM, SEED, SPLIT, VERSION
+from dspex.cli.optimize import (
+    DATASET,
+    METRIC,
+    OBJECTIVES,
+    PARALLEL,
+    PROGRAM,
+    SEED,
+    SPLIT,
+    VERSION,
+    check_parallel_search,
+)
+from dspex.distributed._parallel import MAX_DRIVERS
 from dspex.errors import ConfigurationError, did_you_mean
 
 if TYPE_CHECKING:
@@ -304,6 +316,15 @@ def submit_optimization(
     max_lm_calls: int | None = typer.Option(
         None, "--max-lm-calls", min=1, help="Stop starting trials past this."
     ),
+    parallel: int = PARALLEL,
+    drivers: int = typer.Option(
+        1,
+        "--drivers",
+        min=1,
+        max=MAX_DRIVERS,
+        help=f"Worker processes driving the search (1 to {MAX_DRIVERS}): this job owns the run and "
+        "DRIVERS - 1 more jobs add trials to it from whichever workers claim them. Not with --optimizer.",
+    ),
     optimizer: str | None = _optimizers.OPTIMIZER,
     option: list[str] | None = _optimizers.OPTION,
     options: str | None = _optimizers.OPTIONS,
@@ -323,6 +344,11 @@ def submit_optimization(
     if optimizer is not None:
         with open_app() as dspex_app:
             _optimizers.check_no_search_options(space_file, budget, objectives)
+            check_parallel_search(parallel, optimizer)
+            if drivers != 1:
+                raise ConfigurationError(
+                    "--drivers belongs to the variable search; a DSPy optimizer runs in one process"
+                )
             if max_lm_calls is not None:
                 raise ConfigurationError("--max-lm-calls belongs to the variable search, not to --optimizer")
             job = submit_dspy_optimization(
@@ -357,9 +383,15 @@ def submit_optimization(
             seed=seed,
             version_id=version,
             max_lm_calls=max_lm_calls,
+            parallel=parallel,
+            drivers=drivers,
             max_attempts=max_attempts,
         )
-    _queued(job, as_json, f"optimization {job.payload['optimization_id']} of {program} ({budget} trials)")
+    at_once = f", {parallel} at once" if parallel != 1 else ""
+    at_once += f", {drivers} drivers" if drivers != 1 else ""
+    _queued(
+        job, as_json, f"optimization {job.payload['optimization_id']} of {program} ({budget} trials{at_once})"
+    )
 
 
 @app.command("submit-evaluation")

@@ -3,9 +3,11 @@
     dspex optimize qa --dataset qa-set --space space.yaml --budget 30
     dspex optimize qa --dataset qa-set --split dev --metric f1 --space space.yaml --budget 40 \\
         --objectives quality,cost --json
+    dspex optimize qa --dataset qa-set --space space.yaml --budget 40 --parallel 4   # 4 trials at once
     dspex optimize qa --dataset qa-set --optimizer miprov2 -o auto=light     # one of DSPy's optimizers
     dspex optimizations list --program qa
     dspex optimizations show opt-3fa1c09e2b7d4a11          # trials, best, Pareto front, score chart
+    dspex optimizations join opt-3fa1c09e2b7d4a11 --parallel 2   # one more driver of a running job's run
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,7 @@ from rich.table import Table
 
 from dspex.cli import _optimizers
 from dspex.cli._render import console, emit_json, fmt_time, open_app, short, text
+from dspex.distributed._parallel import MAX_PARALLEL
 from dspex.errors import ConfigurationError, SpecError
 
 if TYPE_CHECKING:
@@ -29,7 +33,9 @@ if TYPE_CHECKING:
     from dspex.store.optimizations import OptimizationRecord, TrialRecord
     from dspex.variables import Bindings, VariableSpace
 
-app = typer.Typer(help="Inspect optimization runs and their trials.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect optimization runs and their trials; join a running one.", no_args_is_help=True
+)
 
 _JSON = typer.Option(False, "--json", help="Print JSON on stdout instead of tables.")
 _SPACE_HELP = """\
@@ -97,6 +103,22 @@ SEED = typer.Option(0, "--seed", help="Sampler seed; the same inputs resume the 
 VERSION = typer.Option(
     None, "--version", help="Program version to start from (default: production, else newest draft)."
 )
+PARALLEL = typer.Option(
+    1,
+    "--parallel",
+    min=1,
+    max=MAX_PARALLEL,
+    help=f"Trials evaluated at once (1 to {MAX_PARALLEL}); where their examples run is the routing's "
+    "(or the worker's --pool). Not with --optimizer.",
+)
+
+
+def check_parallel_search(parallel: int, optimizer: str | None) -> None:
+    """``--parallel`` belongs to the variable search (DSPy's optimizers take their threads with -o)."""
+    if optimizer is not None and parallel != 1:
+        raise ConfigurationError(
+            "--parallel belongs to the variable search; --optimizer takes its threads with -o num_threads=N"
+        )
 
 
 def optimize(
@@ -113,6 +135,13 @@ def optimize(
     objectives: str = OBJECTIVES,
     seed: int = SEED,
     version: str | None = VERSION,
+    parallel: int = PARALLEL,
+    join: bool = typer.Option(
+        False,
+        "--join",
+        help="Add this process's trials to the run the same command started elsewhere (any machine sharing "
+        "the database); that one ends the run and saves the version. Not with --optimizer.",
+    ),
     optimizer: str | None = _optimizers.OPTIMIZER,
     option: list[str] | None = _optimizers.OPTION,
     options: str | None = _optimizers.OPTIONS,
@@ -137,6 +166,11 @@ def optimize(
     if optimizer is not None:
         with open_app() as dspex_app:
             _optimizers.check_no_search_options(space_file, budget, objectives)
+            check_parallel_search(parallel, optimizer)
+            if join:
+                raise ConfigurationError(
+                    "--join belongs to the variable search; a DSPy optimizer runs in one process"
+                )
             kwargs: dict[str, Any] = {
                 "dataset": dataset,
                 "options": _optimizers.parse_options(options, option),
@@ -160,47 +194,30 @@ def optimize(
         assert budget is not None
         space, bindings = load_space_file(space_file)
         out = console()
-        if as_json:
-            result = _run(
-                dspex_app, program, dataset, space, bindings, budget, split, metric, wanted, seed, version
+
+        def run(on_trial: Any) -> OptimizationResult:
+            return _run(
+                dspex_app,
+                program,
+                dataset,
+                space,
+                bindings,
+                budget,
+                split,
+                metric,
+                wanted,
+                seed,
+                version,
+                on_trial,
+                parallel=parallel,
+                join=join,
             )
-        else:
-            with Progress(
-                TextColumn("[bold]optimizing[/] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                console=out,
-            ) as progress:
-                task = progress.add_task(text(program), total=budget, info="")
 
-                def update(p: TrialProgress) -> None:
-                    best = p.best.scores["quality"] if p.best is not None and p.best.scores else None
-                    last = _trial_score(p.trial)
-                    progress.update(
-                        task,
-                        completed=min(p.finished, p.n_trials),
-                        info=f"trial {p.trial.number} {p.trial.state}"
-                        + (f" {last:.3f}" if last is not None else "")
-                        + (f"  best {best:.3f}" if best is not None else "")
-                        + f"  {p.lm_calls} LM calls",
-                    )
+        result = run(None) if as_json else with_progress(out, program, budget, run)
+    _print_result(out, program, result, as_json, joined=join)
 
-                result = _run(
-                    dspex_app,
-                    program,
-                    dataset,
-                    space,
-                    bindings,
-                    budget,
-                    split,
-                    metric,
-                    wanted,
-                    seed,
-                    version,
-                    update,
-                )
+
+def _print_result(out: Any, program: str, result: OptimizationResult, as_json: bool, *, joined: bool) -> None:
     if as_json:
         emit_json(_result_json(program, result))
         return
@@ -214,9 +231,41 @@ def optimize(
         out.print(f"Pareto front: trials {', '.join(str(t.number) for t in result.pareto)}")
     if result.version_id:
         out.print(
-            f"new version {short(result.version_id)} in optimizing; promote with "
+            f"{'its' if joined else 'new'} version {short(result.version_id)} in optimizing; promote with "
             f"`dspex programs promote {text(program)} {short(result.version_id)}`"
         )
+    elif joined:
+        out.print(f"the budget of run {result.id} is spent; the driver that owns it saves the version")
+
+
+def with_progress(
+    out: Any, program: str, budget: int, run: Callable[[Callable[[TrialProgress], None]], OptimizationResult]
+) -> OptimizationResult:
+    """``run(on_trial)`` under a live bar: finished trials of the run (every driver's), the last trial,
+    the best score and the LM calls."""
+    with Progress(
+        TextColumn("[bold]optimizing[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=out,
+    ) as progress:
+        task = progress.add_task(text(program), total=budget, info="")
+
+        def update(p: TrialProgress) -> None:
+            best = p.best.scores["quality"] if p.best is not None and p.best.scores else None
+            last = _trial_score(p.trial)
+            progress.update(
+                task,
+                completed=min(p.finished, p.n_trials),
+                info=f"trial {p.trial.number} {p.trial.state}"
+                + (f" {last:.3f}" if last is not None else "")
+                + (f"  best {best:.3f}" if best is not None else "")
+                + f"  {p.lm_calls} LM calls",
+            )
+
+        return run(update)
 
 
 def _run(
@@ -232,6 +281,9 @@ def _run(
     seed: int,
     version: str | None,
     on_trial: Any = None,
+    *,
+    parallel: int = 1,
+    join: bool = False,
 ) -> OptimizationResult:
     result: OptimizationResult = dspex_app.optimize(
         program,
@@ -245,6 +297,8 @@ def _run(
         seed=seed,
         version_id=version,
         on_trial=on_trial,
+        parallel=parallel,
+        join=join,
     )
     return result
 
@@ -260,6 +314,56 @@ def _result_json(program: str, result: OptimizationResult) -> dict[str, Any]:
         "lm_calls": result.lm_calls,
         "version_id": result.version_id,
     }
+
+
+# -- optimizations join ----------------------------------------------------------------------------------
+
+
+@app.command("join")
+def join_run(
+    optimization_id: str = typer.Argument(..., help="The id of a running optimization job's run (opt-...)."),
+    parallel: int = PARALLEL,
+    pool: str | None = typer.Option(
+        None, "--pool", help="A configured pool for this driver's trials (default: the routing rules)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),
+) -> None:
+    """Add this process's trials to a running optimization job (its inputs come from the job), until its
+    budget is spent; start it on as many machines as share the database. Trials stay contiguous and
+    unique; a driver that dies has its running trials redone by the others. The job's worker ends the run
+    and saves the version. Exit codes: 0 done, 1 the run failed, 2 no such running variable search."""
+    import logging
+
+    import optuna
+
+    from dspex.jobs.handlers import join_optimization
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    with open_app() as dspex_app:
+        job = _job_of(dspex_app, optimization_id)
+        program = str(job.payload.get("program", "?"))
+        budget = int(job.payload.get("n_trials") or 1)
+        out = console()
+
+        def run(on_trial: Any) -> OptimizationResult:
+            return join_optimization(
+                dspex_app, job.payload["optimization_id"], parallel=parallel, pool=pool, on_trial=on_trial
+            )
+
+        result = run(None) if as_json else with_progress(out, program, budget, run)
+    _print_result(out, program, result, as_json, joined=True)
+
+
+def _job_of(dspex_app: Any, optimization_id: str) -> Any:
+    from dspex.jobs.submit import optimization_job
+
+    job = optimization_job(dspex_app, optimization_id)
+    if job is None:
+        raise ConfigurationError(
+            f"no optimization job {optimization_id!r} (`dspex jobs list` shows them); a run started by "
+            "`dspex optimize` is joined by the same command with --join"
+        )
+    return job
 
 
 # -- optimizations list / show ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Parallel trials for the holistic optimizer: ``parallel`` trials in flight at once, each evaluated
-where its program runs (threads here, or a pool's workers / Ray actors with ``remote=``).
+"""Parallel trials for the holistic optimizer: ``parallel`` trials in flight at once in each driver, and
+any number of driver processes sharing one optimization.
 
 ::
 
@@ -7,53 +7,222 @@ where its program runs (threads here, or a pool's workers / Ray actors with ``re
                                   remote=lambda config: app.router.evaluation("qa", pool="cluster", ...).program)
     result = optimizer.optimize(program, devset, db=app.db, registry=app.programs, program_name="qa")
 
-Everything else is :class:`~dspex.optimize.search.HolisticOptimizer`'s: the run and its trials are rows
-of the project database, a killed driver's ``running`` trials are marked failed and the finished ones
-replayed on resume, and the run ends with exactly ``n_trials`` finished trials.
+    # on another machine sharing the database: one more driver of the same run
+    ParallelOptimizer(space, bindings, exact_match, n_trials=40, parallel=4, join=True).optimize(
+        program, devset, db=url, optimization_id=result_id)
 
-How trials stay contiguous and unique: this process is the only one that asks Optuna (its study is
-replayed from the database) and numbers trials (``start_trial`` under the database's write lock, checked
-against Optuna's number); asks and tells happen under one lock, evaluations outside it. Trials asked
-while others are running see them through multivariate TPE's ``constant_liar`` (the parallel-safe
-setting: a running trial counts as a bad result, so the sampler spreads parallel asks instead of
-repeating one point).
+Everything else is :class:`~dspex.optimize.search.HolisticOptimizer`'s: the run and its trials are rows
+of the project database, and the run ends with exactly ``n_trials`` finished trials.
+
+How drivers share a run (Optuna's own ``RDBStorage`` cannot live in the project database: it stamps
+Alembic's ``alembic_version`` table). The trial rows are the shared study. Each driver keeps a replica
+of it in memory and takes each trial with
+:meth:`~dspex.store.optimizations.OptimizationRepository.claim_trial`: one write transaction under the
+run's lock (SQLite's write lock; ``SELECT ... FOR UPDATE`` of the run's row on PostgreSQL) in which it
+marks failed the running trials of drivers that are gone, copies into its replica the rows that are new
+or finished since it last looked (other drivers' running trials as ``RUNNING``), checks that the budget
+has room (finished + running < ``n_trials``; the LM-call budget), asks Optuna, and inserts the next
+number, which is always the replica's own. Asked while others run, multivariate TPE's ``constant_liar``
+counts them as bad results, so parallel asks spread instead of repeating one point. When a trial ends the
+driver tells its replica and writes the row; the others read it at their next claim.
+
+Crashes. A driver renews the lease of its running trials (``lease_s``, on a heartbeat thread); its
+trials are marked failed, and so redone under new numbers, when the lease passes or, on the same machine,
+as soon as its process is gone (:mod:`dspex.distributed.drivers`). A driver started again therefore
+resumes at once, as a single driver always did. Failed trials do not count, so exactly ``n_trials`` finish.
+
+Owner and joiners. The driver started without ``join`` owns the run: it creates or resumes it, and when
+the budget is spent it saves the best version and records the result. A driver with ``join=True`` adds
+trials to an existing running run and returns the result without saving anything; it never changes the
+run's status (a joiner that fails or is stopped leaves the run to its owner), and it stops when the owner
+ends the run ``failed`` or ``cancelled``. Two owners running at once would each save a version: start
+the second with ``join=True``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.distributions import distribution_to_json
+from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState as OptunaState
 
+from dspex.distributed._parallel import MAX_PARALLEL, check_parallel
+from dspex.distributed.drivers import Driver, Heartbeat, gone, this_driver
 from dspex.errors import ConfigurationError
-from dspex.optimize.search import HolisticOptimizer, TrialProgress, _best_by_quality, _tpe
-from dspex.store.optimizations import OptimizationRepository, TrialRecord, TrialState
+from dspex.optimize.search import (
+    OBJECTIVES,
+    HolisticOptimizer,
+    OptimizationResult,
+    OptimizationStopped,
+    TrialProgress,
+    _best_by_quality,
+    _dominates,
+    _tpe,
+)
+from dspex.store.optimizations import OptimizationRepository, TrialBoard, TrialRecord, TrialState
+from dspex.variables.binding import apply
+from dspex.variables.configuration import Configuration
 
-__all__ = ["ParallelOptimizer"]
+__all__ = ["MAX_PARALLEL", "ParallelOptimizer", "check_parallel"]
+
+logger = logging.getLogger("dspex.distributed")
+_GONE = "the process running this trial stopped before it finished (it ended, or its lease passed)"
+_STATES = {"complete": OptunaState.COMPLETE, "pruned": OptunaState.PRUNED}
+
+
+@dataclass(slots=True)
+class _Replica:
+    """This driver's copy of the run's study: Optuna in memory, rows ``0..known-1`` copied in; ``watch``
+    holds other drivers' trials copied while running, to be brought up to date when they end."""
+
+    study: optuna.Study
+    storage: optuna.storages.InMemoryStorage
+    objectives: tuple[str, ...]
+    known: int = 0
+    watch: set[int] = field(default_factory=set)
+
+    def sync(self, rows: tuple[TrialRecord, ...], mine: set[int]) -> None:
+        for row in rows:
+            if row.number < self.known:
+                if row.number in self.watch and row.state != "running":
+                    self._ended(row)
+                    self.watch.discard(row.number)
+                continue
+            if row.number != self.known:
+                raise ConfigurationError(
+                    f"trial {row.number} of optimization {row.optimization_id!r} follows trial "
+                    f"{self.known - 1}: trial numbers are not contiguous; was a trial row deleted?"
+                )
+            self.study.add_trial(self._frozen(row))
+            if row.state == "running" and row.number not in mine:
+                self.watch.add(row.number)
+            self.known += 1
+
+    def _frozen(self, row: TrialRecord) -> optuna.trial.FrozenTrial:
+        stored = row.params
+        values = None
+        if row.state == "complete":
+            assert row.scores is not None
+            values = [float(row.scores[o]) for o in self.objectives]
+        return optuna.trial.create_trial(
+            state=OptunaState.RUNNING if row.state == "running" else _STATES.get(row.state, OptunaState.FAIL),
+            values=values,
+            params=stored.get("values", {}),
+            distributions={k: json_to_distribution(d) for k, d in stored.get("distributions", {}).items()},
+            system_attrs=stored.get("system_attrs", {}),
+            intermediate_values=row.intermediate,
+        )
+
+    def _ended(self, row: TrialRecord) -> None:
+        """Another driver's trial, copied while it ran, ended: its result goes into the replica."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, row.number)
+        for step, value in row.intermediate.items():
+            self.storage.set_trial_intermediate_value(trial_id, step, value)
+        for key, value in row.params.get("system_attrs", {}).items():
+            self.storage.set_trial_system_attr(trial_id, key, value)
+        values = None
+        if row.state == "complete":
+            assert row.scores is not None
+            values = [float(row.scores[o]) for o in self.objectives]
+        self.storage.set_trial_state_values(trial_id, _STATES.get(row.state, OptunaState.FAIL), values)
 
 
 class ParallelOptimizer(HolisticOptimizer):
-    """:class:`HolisticOptimizer` with ``parallel`` trials at once (see the module docstring)."""
+    """:class:`HolisticOptimizer` with ``parallel`` trials at once, sharing the run with any other driver
+    of it (see the module docstring). ``join``: add trials to another driver's run instead of owning it;
+    ``lease_s``: how long a silent driver's trials stay running before another driver redoes them;
+    ``poll_s``: how often a driver with no room re-reads the run while other drivers' trials hold it."""
 
-    def __init__(self, *args: Any, parallel: int = 2, **kwargs: Any) -> None:
-        if not isinstance(parallel, int) or parallel < 1:
-            raise ConfigurationError(f"parallel must be an int >= 1 (trials at once), got {parallel!r}")
+    def __init__(
+        self,
+        *args: Any,
+        parallel: int = 2,
+        join: bool = False,
+        lease_s: float = 30.0,
+        poll_s: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        check_parallel(parallel)
+        for name, value in (("lease_s", lease_s), ("poll_s", poll_s)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
         super().__init__(*args, **kwargs)
         self.parallel = parallel
+        self.join = join
+        self.lease_s = float(lease_s)
+        self.poll_s = float(poll_s)
 
-    def _study(self, repo: OptimizationRepository, run_id: str) -> optuna.Study:
-        study = super()._study(repo, run_id)
-        if self._sampler is None and len(self.objectives) == 1:
-            # The serial optimizer's sampler, seeded as it seeds it (past the replayed trials), plus
-            # constant_liar: trials asked while others run are steered away from them.
-            study.sampler = _tpe(self.seed + len(study.trials), constant_liar=True)
-        return study
+    # -- the run ---------------------------------------------------------------------------------------
+    def _start(
+        self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
+    ) -> None:
+        if not self.join:
+            super()._start(repo, run_id, program_name, settings)
+            return
+        try:
+            stored = repo.get(run_id)
+        except ConfigurationError:
+            raise ConfigurationError(
+                f"no optimization {run_id!r} to join; start it first (its owner creates it), then join it"
+            ) from None
+        budget = {"n_trials": self.n_trials, "max_lm_calls": self.max_lm_calls}
+        mismatch = [
+            name
+            for name, mine, theirs in (
+                ("space", json.loads(json.dumps(self.space.describe())), stored.space),
+                ("objectives", list(self.objectives), stored.objectives),
+                (
+                    "program, devset, seed, pruning or bindings",
+                    json.loads(json.dumps(settings)),
+                    stored.settings,
+                ),
+                ("budget", budget, stored.budget),
+            )
+            if mine != theirs
+        ]
+        if mismatch:
+            raise ConfigurationError(
+                f"optimization {run_id!r} was started with another {mismatch[0]}; join it with the same inputs"
+            )
+        if stored.status != "running":
+            raise ConfigurationError(f"optimization {run_id!r} is {stored.status}; there is nothing to join")
+
+    def _ended(self, repo: OptimizationRepository, run_id: str, status: str, error: str) -> None:
+        if not self.join:  # a joiner's failure or stop is its own; the run stays its owner's
+            super()._ended(repo, run_id, status, error)
+
+    def _replica(self, run_id: str, driver: Driver, replayed: int) -> _Replica:
+        sampler = self._sampler
+        directions = [OBJECTIVES[o] for o in self.objectives]
+        if sampler is None:
+            # Seeded as the serial optimizer seeds it (past the trials already in the run); a joiner
+            # also by its own id, so that drivers starting together do not draw the same start-up points.
+            seed = self.seed + replayed + (zlib.crc32(driver.nonce.encode()) if self.join else 0)
+            if len(directions) == 1:
+                sampler = _tpe(seed, constant_liar=True)
+            else:
+                sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+        pruner: optuna.pruners.BasePruner = (
+            optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=self.pruning.min_examples, reduction_factor=self.pruning.growth
+            )
+            if self.pruning is not None
+            else optuna.pruners.NopPruner()
+        )
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(
+            storage=storage, directions=directions, sampler=sampler, pruner=pruner, study_name=run_id
+        )
+        return _Replica(study, storage, self.objectives)
 
     def _search(
         self,
@@ -65,71 +234,119 @@ class ParallelOptimizer(HolisticOptimizer):
         on_trial: Callable[[TrialProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
     ) -> None:
-        study = self._study(repo, run_id)
-        previous = repo.trials(run_id)
-        totals = {"lm_calls": sum(t.lm_calls for t in previous), "failures": 0}
-        best: list[TrialRecord | None] = [None]
-        for t in previous:
-            best[0] = _best_by_quality(best[0], t)
-        lock = threading.Lock()
+        driver = this_driver()
+        lock = threading.Lock()  # the replica: asks and tells here, reports from the trial threads
+        replica: list[_Replica] = []
         running: dict[
             Future[tuple[TrialState, dict[str, Any]]], tuple[Any, int, dict[str, Any], dict[str, Any]]
         ] = {}
+        asked: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
+        failures = [0]
+        best: list[TrialRecord | None] = [None]
 
-        def room() -> bool:
-            if self.max_lm_calls is not None and totals["lm_calls"] >= self.max_lm_calls:
+        def room(board: TrialBoard) -> bool:
+            if self.max_lm_calls is not None and board.lm_calls >= self.max_lm_calls:
                 return False
-            return repo.count(run_id) + len(running) < self.n_trials
+            return board.finished + board.running < self.n_trials
 
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix="dspex-trial") as executor:
+        def decide(board: TrialBoard) -> Mapping[str, Any] | None:
+            with lock:
+                if not replica:
+                    replica.append(self._replica(run_id, driver, len(board.rows)))
+                    for row in board.rows:
+                        best[0] = _best_by_quality(best[0], row)
+                mine = {number for _, number, _, _ in running.values()}
+                replica[0].sync(board.rows, mine)
+                if board.status != "running" or not room(board):
+                    return None
+                trial = replica[0].study.ask()
+                replica[0].known += 1  # this trial's row is the one claim_trial inserts now
+                params, distributions = self._suggest(trial)
+            asked.append((trial, params, distributions))
+            return {
+                "values": params,
+                "distributions": {k: distribution_to_json(d) for k, d in distributions.items()},
+            }
+
+        def claim() -> tuple[int | None, TrialBoard]:
+            asked.clear()
+            return repo.claim_trial(
+                run_id,
+                driver=driver.id,
+                lease_s=self.lease_s,
+                since=replica[0].known if replica else 0,
+                watch=set(replica[0].watch) if replica else set(),
+                gone=lambda other: gone(other, me=driver),
+                decide=decide,
+                reason=_GONE,
+            )
+
+        beat = Heartbeat(
+            lambda: repo.renew_trials(run_id, driver.id, self.lease_s),
+            self.lease_s / 3,
+            name=f"dspex-lease-{run_id}",
+        )
+        with beat, ThreadPoolExecutor(self.parallel, thread_name_prefix="dspex-trial") as executor:
             try:
                 while True:
-                    while len(running) < self.parallel and room():
+                    board: TrialBoard | None = None
+                    while len(running) < self.parallel:
                         if should_stop is not None:
                             should_stop()  # raises OptimizationStopped before a trial is started
-                        with lock:
-                            trial = study.ask()
-                            params, distributions = self._suggest(trial)
-                            number = repo.start_trial(
-                                run_id,
-                                {
-                                    "values": params,
-                                    "distributions": {
-                                        k: distribution_to_json(d) for k, d in distributions.items()
-                                    },
-                                },
+                        number, board = claim()
+                        if self.join and board.status in ("failed", "cancelled"):
+                            raise OptimizationStopped(
+                                f"optimization {run_id!r} ended {board.status}; this joined driver stops",
+                                cancelled=False,
                             )
+                        if number is None:
+                            break
+                        trial, params, distributions = asked[0]
                         if number != trial.number:
                             raise ConfigurationError(
-                                f"optimization {run_id!r} got trial number {number} but expected {trial.number}: "
-                                "another process is running it; run one driver per optimization"
+                                f"optimization {run_id!r} got trial number {number} but its study expected "
+                                f"{trial.number}: a driver outside this protocol (a serial HolisticOptimizer?) "
+                                "is numbering its trials; run every driver of a shared run as ParallelOptimizer"
                             )
                         future = executor.submit(self._run_trial, trial, params, program, devset, base)
                         running[future] = (trial, number, params, distributions)
                     if not running:
-                        return
-                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                        if board is not None and board.running == 0:
+                            return  # the budget is spent and no driver has a trial in flight
+                        # Other drivers' trials hold the rest of the budget: one may fail and free room.
+                        threading.Event().wait(self.poll_s)
+                        continue
+                    # Below `parallel` for lack of room: wake up now and then to look for it again.
+                    timeout = None if len(running) >= self.parallel else self.poll_s
+                    done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
                     for future in done:
                         trial, number, params, distributions = running.pop(future)
                         state, outcome = (
                             future.result()
                         )  # a bug in a trial (not a failed trial) stops the run
-                        self._record(
-                            repo, run_id, study, lock, trial, number, params, distributions, state, outcome
+                        recorded = self._record(
+                            repo,
+                            run_id,
+                            replica[0],
+                            lock,
+                            trial,
+                            number,
+                            params,
+                            distributions,
+                            state,
+                            outcome,
                         )
-                        totals["lm_calls"] += outcome.get("lm_calls", 0)
-                        totals["failures"] = totals["failures"] + 1 if state == "failed" else 0
-                        if on_trial is not None:
+                        failures[0] = failures[0] + 1 if state == "failed" else 0
+                        if recorded and on_trial is not None:
                             stored = repo.trials(run_id)
                             record = next(t for t in stored if t.number == number)
                             best[0] = _best_by_quality(best[0], record)
                             finished = sum(t.state in ("complete", "pruned") for t in stored)
-                            on_trial(
-                                TrialProgress(record, finished, self.n_trials, totals["lm_calls"], best[0])
-                            )
-                        if totals["failures"] >= self.max_failures:
+                            lm_calls = sum(t.lm_calls for t in stored)
+                            on_trial(TrialProgress(record, finished, self.n_trials, lm_calls, best[0]))
+                        if failures[0] >= self.max_failures:
                             raise ConfigurationError(
-                                f"{totals['failures']} trials in a row failed (last: {outcome.get('error')}); "
+                                f"{failures[0]} trials in a row failed (last: {outcome.get('error')}); "
                                 "loosen the constraints or fix the program"
                             )
             finally:
@@ -141,14 +358,14 @@ class ParallelOptimizer(HolisticOptimizer):
                     except Exception as exc:  # recorded as the trial's failure; the first error is raised
                         state, outcome = "failed", {"error": f"{type(exc).__name__}: {exc}"}
                     self._record(
-                        repo, run_id, study, lock, trial, number, params, distributions, state, outcome
+                        repo, run_id, replica[0], lock, trial, number, params, distributions, state, outcome
                     )
 
     def _record(
         self,
         repo: OptimizationRepository,
         run_id: str,
-        study: optuna.Study,
+        replica: _Replica,
         lock: threading.Lock,
         trial: Any,
         number: int,
@@ -156,19 +373,73 @@ class ParallelOptimizer(HolisticOptimizer):
         distributions: dict[str, Any],
         state: TrialState,
         outcome: dict[str, Any],
-    ) -> None:
-        """Tell Optuna and finish the trial's row (with the sampler/pruner attributes a resume replays)."""
+    ) -> bool:
+        """Tell the replica and finish the trial's row (with the sampler/pruner attributes other drivers
+        and a resume copy); False when another driver had already marked it failed (this driver's lease
+        passed while it ran): the row keeps that, and the trial is redone under a new number."""
         outcome = dict(outcome)
         values = outcome.pop("values", None)
         with lock:
             if state == "complete":
-                study.tell(trial, values)
+                replica.study.tell(trial, values)
             else:
-                study.tell(trial, state=OptunaState.PRUNED if state == "pruned" else OptunaState.FAIL)
-            system_attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
+                replica.study.tell(trial, state=OptunaState.PRUNED if state == "pruned" else OptunaState.FAIL)
+            system_attrs = replica.study.get_trials(deepcopy=False)[trial.number].system_attrs
         stored = {
             "values": params,
             "distributions": {k: distribution_to_json(d) for k, d in distributions.items()},
             "system_attrs": json.loads(json.dumps(system_attrs)),
         }
-        repo.finish_trial(run_id, number, state=state, params=stored, **outcome)
+        if not repo.finish_trial(run_id, number, state=state, params=stored, if_running=True, **outcome):
+            logger.warning(
+                "optimization %s: trial %d was marked failed by another driver (this driver's lease of "
+                "%.0f s passed while it ran); its %s result is dropped and the trial redone",
+                run_id,
+                number,
+                self.lease_s,
+                state,
+            )
+            return False
+        return True
+
+    # -- the result ------------------------------------------------------------------------------------
+    def _finish(
+        self,
+        repo: OptimizationRepository,
+        run_id: str,
+        program: Any,
+        devset: list[Any],
+        trainset: Any,
+        registry: Any,
+        program_name: str | None,
+    ) -> OptimizationResult:
+        if not self.join:
+            return super()._finish(repo, run_id, program, devset, trainset, registry, program_name)
+        # A joiner reports what the run found and saves nothing: the owner saves the version.
+        trials = repo.trials(run_id)
+        complete = [t for t in trials if t.state == "complete" and t.scores is not None]
+        if not complete:
+            raise ConfigurationError(
+                f"optimization {run_id!r} has no complete trial (budget too small, or every trial pruned "
+                "or failed); raise n_trials or max_lm_calls"
+            )
+        directions = [OBJECTIVES[o] for o in self.objectives]
+
+        def vector(t: TrialRecord) -> list[float]:
+            assert t.scores is not None
+            return [float(t.scores[o]) for o in self.objectives]
+
+        pareto = [
+            t for t in complete if not any(_dominates(vector(o), vector(t), directions) for o in complete)
+        ]
+        best = max(pareto, key=lambda t: (vector(t)[0], -t.number))
+        return OptimizationResult(
+            id=run_id,
+            objectives=self.objectives,
+            best=best,
+            pareto=tuple(pareto) if len(self.objectives) > 1 else (best,),
+            trials=tuple(trials),
+            lm_calls=sum(t.lm_calls for t in trials),
+            program=apply(program, Configuration(best.configuration or {}), self.bindings, lms=self.lms),
+            version_id=repo.get(run_id).result_version_id,
+        )

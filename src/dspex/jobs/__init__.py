@@ -24,12 +24,13 @@ from dspex.jobs.submit import (
 )
 
 if _typing.TYPE_CHECKING:
-    from dspex.jobs.handlers import HANDLERS, Handler
+    from dspex.jobs.handlers import HANDLERS, Handler, join_optimization
     from dspex.jobs.worker import Outcome, Worker, WorkerEvent
 
 _LAZY = {
     "HANDLERS": "dspex.jobs.handlers",
     "Handler": "dspex.jobs.handlers",
+    "join_optimization": "dspex.jobs.handlers",
     "Outcome": "dspex.jobs.worker",
     "Worker": "dspex.jobs.worker",
     "WorkerEvent": "dspex.jobs.worker",
@@ -46,6 +47,7 @@ __all__ = [
     "StopReason",
     "Worker",
     "WorkerEvent",
+    "join_optimization",
     "submit_dspy_optimization",
     "submit_evaluation",
     "submit_optimization",

@@ -10,7 +10,10 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   space. The optimization id comes from the payload, so a job taken up again by another worker (its first
   worker died, or stopped) resumes the same run with its finished trials. It stops at the end of the
   trial in progress when the job is cancelled (the run is recorded ``cancelled``), or when the lease is
-  lost or the worker stops (the run stays ``running`` for the next worker).
+  lost or the worker stops (the run stays ``running`` for the next worker). The payload's ``parallel``
+  (default 1) is the trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`);
+  the trials in flight when it stops finish and are recorded first. A payload with ``"join": true``
+  (``submit_optimization(drivers=N)``) is one more driver of the owner job's run (:func:`_run_joined`).
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
@@ -36,11 +39,18 @@ from dspex.jobs.submit import EVALUATE, METRICS, OPTIMIZE, PAYLOAD_VERSION
 
 if TYPE_CHECKING:
     from dspex.optimize.dspy_run import DSPyProgress
-    from dspex.optimize.search import TrialProgress
+    from dspex.optimize.search import OptimizationResult, TrialProgress
     from dspex.runtime.app import App
     from dspex.store.jobs import JobRecord
 
-__all__ = ["HANDLERS", "Handler", "run_dspy_optimization", "run_evaluation", "run_optimization"]
+__all__ = [
+    "HANDLERS",
+    "Handler",
+    "join_optimization",
+    "run_dspy_optimization",
+    "run_evaluation",
+    "run_optimization",
+]
 
 Handler = Callable[["App", "JobRecord", JobContext], dict[str, Any]]
 RESULT_VERSION = 1
@@ -144,20 +154,40 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
     }
 
 
+def _search_arguments(app: App, job: JobRecord) -> dict[str, Any]:
+    """:meth:`dspex.App.optimize`'s arguments from a variable-search job's payload (all but its callbacks,
+    placement and parallelism)."""
+    from dspex.variables.spacefile import space_from_document
+
+    space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
+    return {
+        "dataset": _field(job, "dataset", str),
+        "space": space,
+        "bindings": bindings,
+        "n_trials": _field(job, "n_trials", int),
+        "split": _optional(job, "split", str),
+        "metric": _metric(job),
+        "objectives": [str(o) for o in _field(job, "objectives", list)],
+        "seed": _field(job, "seed", int),
+        "version_id": _field(job, "version_id", str),
+        "max_lm_calls": _optional(job, "max_lm_calls", int),
+        "optimization_id": _field(job, "optimization_id", str),
+    }
+
+
 def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str, Any]:
     """Run (or resume) the job's optimization; the result names the run, its best trial and the saved
     program version. A payload naming an ``optimizer`` goes to :func:`run_dspy_optimization`."""
+    from dspex.distributed._parallel import check_parallel
     from dspex.optimize.search import OptimizationStopped
-    from dspex.variables.spacefile import space_from_document
 
     if _optional(job, "optimizer", str) is not None:
         return run_dspy_optimization(app, job, context)
 
-    space, bindings = space_from_document(_field(job, "space", dict), functions=app.tools)
-    n_trials = _field(job, "n_trials", int)
-    optimization_id = _field(job, "optimization_id", str)
-    objectives = _field(job, "objectives", list)
-    max_lm_calls = _optional(job, "max_lm_calls", int)
+    arguments = _search_arguments(app, job)
+    n_trials, optimization_id = arguments["n_trials"], arguments["optimization_id"]
+    # Trials at once (a payload queued before `parallel` existed has none: one at a time).
+    parallel = check_parallel(_optional(job, "parallel", int) or 1, f"job {job.id}: payload field 'parallel'")
     context.check()
     # A job taken up again resumes: its progress starts from the trials the run already finished.
     context.report(
@@ -190,24 +220,17 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
         if reason is not None:
             raise OptimizationStopped(f"job {job.id}: {reason}", cancelled=reason == "cancel")
 
-    route = app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
+    route = app.router.batch(_field(job, "program", str), arguments["version_id"], pool=context.pool)
+    if _optional(job, "join", bool):
+        return _run_joined(app, job, context, arguments, parallel, route, on_trial, should_stop)
     try:
         result = app.optimize(
             _field(job, "program", str),
-            dataset=_field(job, "dataset", str),
-            space=space,
-            bindings=bindings,
-            n_trials=n_trials,
-            split=_optional(job, "split", str),
-            metric=_metric(job),
-            objectives=[str(o) for o in objectives],
-            seed=_field(job, "seed", int),
-            version_id=_field(job, "version_id", str),
-            max_lm_calls=max_lm_calls,
-            optimization_id=optimization_id,
+            **arguments,
             on_trial=on_trial,
             should_stop=should_stop,
             pool=route.pool,
+            parallel=parallel,
         )
     except OptimizationStopped as exc:
         done = {"optimization_id": optimization_id, "finished": app.optimizations.count(optimization_id)}
@@ -223,8 +246,113 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
         "lm_calls": result.lm_calls,
         "finished": result.finished,
         "n_trials": n_trials,
+        "parallel": parallel,
         "placement": route.placement(),
     }
+
+
+def _run_joined(
+    app: App,
+    job: JobRecord,
+    context: JobContext,
+    arguments: dict[str, Any],
+    parallel: int,
+    route: Any,
+    on_trial: Callable[[TrialProgress], None],
+    should_stop: Callable[[], None],
+) -> dict[str, Any]:
+    """A joining job (``submit_optimization(drivers=N)``): one more driver of the owner job's run. It waits
+    for the run to start (given back to the queue while the owner job is queued, so that a worker takes the
+    owner first), adds trials until the budget is spent, and is cancelled when the run ends cancelled or
+    failed. A run that already ended, or an owner job that ended before starting it, leaves nothing to do."""
+    import threading
+
+    from dspex.jobs.submit import optimization_job
+    from dspex.optimize.search import OptimizationStopped
+
+    optimization_id = arguments["optimization_id"]
+    done = {"v": RESULT_VERSION, "optimization_id": optimization_id, "program": job.payload["program"]}
+    pause = threading.Event()
+    while True:
+        context.check()
+        runs = [r for r in app.optimizations.runs(_field(job, "program", str)) if r.id == optimization_id]
+        if runs and runs[0].status != "running":
+            return {**done, "joined": False, "reason": f"the run is {runs[0].status}"}
+        if runs:
+            break
+        owner = optimization_job(app, optimization_id)
+        if owner is None or owner.done:
+            status = owner.status if owner is not None else "gone"
+            return {**done, "joined": False, "reason": f"its owner job is {status} and never started the run"}
+        if owner.status == "queued":
+            raise JobInterrupted("release", f"optimization {optimization_id}: its owner job is still queued")
+        pause.wait(0.1)  # the owner job is running: its run appears within moments
+    try:
+        result = app.optimize(
+            _field(job, "program", str),
+            **arguments,
+            on_trial=on_trial,
+            should_stop=should_stop,
+            pool=route.pool,
+            parallel=parallel,
+            join=True,
+        )
+    except OptimizationStopped as exc:
+        if context.stop_reason is not None:  # this job was cancelled, lost its lease, or its worker stops
+            raise JobInterrupted(context.stop_reason, str(exc), result={**done, "joined": True}) from exc
+        status = app.optimizations.get(optimization_id).status
+        raise JobInterrupted(
+            "cancel", f"optimization {optimization_id} ended {status}", result={**done, "joined": True}
+        ) from exc
+    return {
+        **done,
+        "joined": True,
+        "finished": result.finished,
+        "n_trials": arguments["n_trials"],
+        "parallel": parallel,
+        "placement": route.placement(),
+    }
+
+
+def join_optimization(
+    app: App,
+    optimization_id: str,
+    *,
+    parallel: int = 1,
+    pool: str | None = None,
+    on_trial: Callable[[TrialProgress], None] | None = None,
+) -> OptimizationResult:
+    """Add this process's trials to the running optimization job ``optimization_id`` (another driver of
+    its run, :class:`~dspex.distributed.optimize.ParallelOptimizer` ``join=True``), with the inputs pinned
+    in the job's payload, until its budget is spent; the job's worker ends the run and saves the version.
+    ``pool``: a configured pool for this driver's trials (default: the routing rules). ::
+
+        result = join_optimization(app, "opt-3fa1c09e2b7d4a11", parallel=2)   # `dspex optimizations join`
+    """
+    from dspex.jobs.submit import optimization_job
+
+    job = optimization_job(app, optimization_id)
+    if job is None:
+        raise ConfigurationError(
+            f"no optimization job {optimization_id!r} (`dspex jobs list` shows them); a run started by "
+            "`dspex optimize` is joined by the same command with --join"
+        )
+    if _optional(job, "optimizer", str) is not None:
+        raise ConfigurationError(
+            f"optimization {optimization_id!r} runs DSPy's {job.payload['optimizer']}, which one process "
+            "drives; only a variable search can be joined"
+        )
+    if job.status != "running":
+        hint = "; join it once a worker runs it (`dspex worker`)" if job.status == "queued" else ""
+        raise ConfigurationError(f"the job of optimization {optimization_id!r} is {job.status}{hint}")
+    return app.optimize(
+        _field(job, "program", str),
+        **_search_arguments(app, job),
+        on_trial=on_trial,
+        pool=pool,
+        parallel=parallel,
+        join=True,
+    )
 
 
 # -- evaluate ---------------------------------------------------------------------------------------------

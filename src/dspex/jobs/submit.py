@@ -65,7 +65,7 @@ def optimization_job(app: App, optimization_id: str) -> JobRecord | None:
     if not optimization_id.startswith("opt-"):
         return None
     for job in app.jobs.with_prefix(optimization_id[4:], kind=OPTIMIZE):
-        if job.payload.get("optimization_id") == optimization_id:
+        if job.payload.get("optimization_id") == optimization_id and not job.payload.get("join"):
             return job
     return None
 
@@ -83,12 +83,20 @@ def submit_optimization(
     seed: int = 0,
     version_id: str | None = None,
     max_lm_calls: int | None = None,
+    parallel: int = 1,
+    drivers: int = 1,
     created_by: str | None = None,
     max_attempts: int = 3,
 ) -> JobRecord:
     """Queue an optimization of ``program`` (see :meth:`dspex.App.optimize`); ``space`` is a space
     document (``dspex.variables.spacefile``). The job's payload carries the optimization id, so a job
-    taken up again after its worker died resumes the same run with its completed trials."""
+    taken up again after its worker died resumes the same run with its completed trials. ``parallel``:
+    trials the worker evaluates at once (1 to :data:`~dspex.distributed.optimize.MAX_PARALLEL`).
+    ``drivers``: worker processes driving it (1 to 16): the returned job owns the run, and ``drivers - 1``
+    more jobs (``"join": true`` in their payload) add their trials to it from whichever workers claim
+    them; each joining job waits for the run to start and ends when its budget is spent, or cancelled
+    when the run ends cancelled or failed."""
+    from dspex.distributed._parallel import check_drivers, check_parallel
     from dspex.optimize.search import OBJECTIVES
     from dspex.variables.spacefile import space_document, space_from_document
 
@@ -96,6 +104,8 @@ def submit_optimization(
         raise ConfigurationError(f"n_trials must be an integer >= 1, got {n_trials!r}")
     if max_lm_calls is not None and max_lm_calls < 1:
         raise ConfigurationError(f"max_lm_calls must be >= 1, got {max_lm_calls!r}")
+    check_parallel(parallel)
+    check_drivers(drivers)
     wanted = list(dict.fromkeys(objectives))
     if not wanted or wanted[0] != "quality":
         raise ConfigurationError(f"objectives start with 'quality', then any of cost, latency; got {wanted}")
@@ -111,8 +121,15 @@ def submit_optimization(
         "objectives": wanted,
         "seed": seed,
         "max_lm_calls": max_lm_calls,
+        "parallel": parallel,
+        "drivers": drivers,
     }
-    return _enqueue_optimization(app, program, version_id, dataset, split, fields, created_by, max_attempts)
+    owner = _enqueue_optimization(app, program, version_id, dataset, split, fields, created_by, max_attempts)
+    for _ in range(drivers - 1):  # ids of their own: optimization_job() finds the owner by its id's prefix
+        app.jobs.enqueue(
+            OPTIMIZE, {**owner.payload, "join": True}, created_by=created_by, max_attempts=max_attempts
+        )
+    return owner
 
 
 def submit_dspy_optimization(

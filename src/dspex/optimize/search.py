@@ -374,16 +374,20 @@ class HolisticOptimizer:
                     return self._finish(repo, run_id, program, devset, trainset, registry, program_name)
                 except OptimizationStopped as exc:
                     if exc.cancelled:
-                        repo.update(run_id, status="cancelled", error=f"cancelled: {exc}")
+                        self._ended(repo, run_id, "cancelled", f"cancelled: {exc}")
                     raise
                 except Exception as exc:
-                    repo.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+                    self._ended(repo, run_id, "failed", f"{type(exc).__name__}: {exc}")
                     raise
             finally:
                 if not isinstance(db, Database):
                     database.dispose()
 
     # -- the run -----------------------------------------------------------------------------------
+    def _ended(self, repo: OptimizationRepository, run_id: str, status: str, error: str) -> None:
+        """Record a run that ended early (a driver that joined another's run leaves that to it)."""
+        repo.update(run_id, status=status, error=error)
+
     def _start(
         self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
     ) -> None:

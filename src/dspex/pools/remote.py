@@ -34,6 +34,8 @@ class PooledProgram:
     version_id: str
     # {"space": a space document, "values": a configuration's JSON}: the worker applies it to its copy
     configuration: dict[str, Any] | None = None
+    # a DSPy optimizer's candidate: its ``dump_state()`` JSON without LMs, loaded into the worker's copy
+    state: dict[str, Any] | None = None
 
     @property
     def workers(self) -> int:
@@ -43,7 +45,8 @@ class PooledProgram:
     def fingerprint(self) -> str:
         """The evaluation cache's configuration id: the version is a content hash of the program."""
         configured = f":{canonical_hash(self.configuration)}" if self.configuration is not None else ""
-        return f"pooled:{self.name}@{self.version_id}{configured}"
+        stated = f":state:{canonical_hash(self.state)}" if self.state is not None else ""
+        return f"pooled:{self.name}@{self.version_id}{configured}{stated}"
 
     def predict_batch(self, inputs: list[dict[str, Any]], threads: int) -> Future[dict[str, Any]]:
         """Queue a shard; the future's ``["outcome"]["results"]`` has one ``{"prediction"}`` or
@@ -55,5 +58,6 @@ class PooledProgram:
                 "examples": inputs,
                 "threads": threads,
                 "configuration": self.configuration,
+                "state": self.state,
             }
         )

@@ -231,6 +231,27 @@ class _Worker:
             self.configurations[key] = built
         return built
 
+    def with_state(self, version_id: str, program: Any, state: dict[str, Any]) -> Any:
+        """``program`` with a DSPy optimizer's candidate state loaded (its predictors' instructions and
+        demos, as ``dump_state`` JSON; built once per candidate). The state carries no LM (the caller
+        strips it): each predictor keeps the LM this worker gave it."""
+        from dspex.jsonable import canonical_hash
+
+        key = f"{version_id}:state:{canonical_hash(state)}"
+        with self.lock_batch:
+            cached = self.configurations.get(key)
+        if cached is not None:
+            return cached
+        lms = {name: predictor.lm for name, predictor in program.named_predictors()}
+        program.load_state(state)
+        for name, predictor in program.named_predictors():
+            predictor.lm = lms[name]
+        with self.lock_batch:
+            if len(self.configurations) >= 64:
+                self.configurations.clear()
+            self.configurations[key] = program
+        return program
+
     def predict_batch(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run the program on each example's inputs with ``threads`` threads (an evaluation's shard):
         predictions as JSON, or the error of each example; nothing is recorded."""
@@ -242,6 +263,8 @@ class _Worker:
         program, _, version_id = self.program(task["program"])
         if task.get("configuration") is not None:
             program = self.configured(version_id, program, task["configuration"])
+        if task.get("state") is not None:
+            program = self.with_state(version_id, program, task["state"])
         lm = dspy.settings.lm if dspy.settings.lm is not None else self.app.default_lm(program)
 
         def one(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import logging
 import threading
 import time
@@ -559,6 +558,7 @@ class App:
         should_stop: Callable[[], None] | None = None,
         pool: str | None = None,
         parallel: int = 1,
+        join: bool = False,
     ) -> OptimizationResult:
         """Search ``space`` for the registered program ``program_name`` on dataset ``dataset``; the best
         configured program becomes a new version in ``optimizing`` (``result.version_id``), which
@@ -580,10 +580,14 @@ class App:
           it, the ``[routing]`` rules place them as they place runs (:meth:`Router.decide`; logged).
         - ``parallel``: trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`),
           e.g. across a Ray pool's actors.
+        - ``join``: add this process's trials to the run ``optimization_id`` that another process owns
+          (started with the same inputs); the owner saves the version, so ``result.version_id`` is None
+          unless the owner had already ended the run. Any number of processes may join one run.
         The run, its trials and the result are recorded (:attr:`optimizations`), and a rerun with the
         same inputs resumes it.
         """
-        from dspex.optimize.search import HolisticOptimizer, Pruning
+        from dspex.distributed.optimize import ParallelOptimizer
+        from dspex.optimize.search import Pruning
 
         resolved = self.programs.resolve(program_name, version_id)
         program = self.programs.build(resolved)
@@ -605,12 +609,9 @@ class App:
             # it still prunes. Several objectives: Optuna's pruners do not support them.
             single = len(tuple(objectives)) == 1
             pruning = Pruning(min_examples=max(1, min(10, len(devset) // 4))) if single else False
-        factory: Callable[..., HolisticOptimizer] = HolisticOptimizer
-        if parallel != 1:
-            from dspex.distributed.optimize import ParallelOptimizer
-
-            factory = functools.partial(ParallelOptimizer, parallel=parallel)
-        optimizer = factory(
+        # Always the driver that shares its run: another process may join it (``join=True``), a job's
+        # next worker resumes it, and with parallel=1 it asks and numbers trials as the serial one does.
+        optimizer = ParallelOptimizer(
             space,
             bindings,
             _metric(metric),
@@ -624,6 +625,8 @@ class App:
             prices=self.prices,
             concurrency=concurrency,
             remote=remote,
+            parallel=parallel,
+            join=join,
         )
         return optimizer.optimize(
             program,

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dspex.distributed._parallel import MAX_DRIVERS, MAX_PARALLEL
+
 __all__ = [
     "DatasetOut",
     "DatasetUpload",
@@ -379,6 +381,20 @@ class OptimizationStart(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     version: str | None = Field(None, max_length=64)
     max_lm_calls: int | None = Field(None, ge=1)
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_PARALLEL,
+        description="The variable search's trials evaluated at once by the worker that runs it (default 1); "
+        "where they run is the worker's pool or the server's routing rules, never the request's.",
+    )
+    drivers: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DRIVERS,
+        description="Worker processes driving the variable search (default 1): the job that owns the run, "
+        "and drivers - 1 more jobs any worker may claim, which add their trials to it.",
+    )
 
 
 class JobOut(BaseModel):

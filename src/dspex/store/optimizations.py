@@ -11,7 +11,15 @@ is taken in the same write transaction that inserts the row (``max + 1``), so nu
 trial is written ``running`` before it is evaluated and finished as ``complete``, ``pruned`` or
 ``failed``; a process killed mid-trial leaves a ``running`` row, which the next start marks ``failed``
 (:meth:`OptimizationRepository.abandon_running`). ``params`` holds the sampled leaf values with their
-Optuna distributions, so a resumed search replays the history into its sampler. ::
+Optuna distributions, so a resumed search replays the history into its sampler.
+
+Several drivers per run (:mod:`dspex.distributed.optimize`): a trial row also names its ``driver`` and
+the ``lease_expires_at`` that driver renews while it runs (:meth:`~OptimizationRepository.renew_trials`).
+A driver takes its next trial with :meth:`~OptimizationRepository.claim_trial`, one write transaction
+under the run's lock (the write lock on SQLite, ``SELECT ... FOR UPDATE`` of the run's row on
+PostgreSQL): it marks ``failed`` the running trials of drivers that are gone, reads the rows that changed
+since it last looked, asks its sampler and inserts the next number, so numbers stay contiguous and unique
+however many processes share the run. ::
 
     repo = OptimizationRepository(db)
     repo.create(OptimizationRecord(id="qa-search", program="qa", space=..., objectives=["quality"], ...))
@@ -23,7 +31,7 @@ Optuna distributions, so a resumed search replays the history into its sampler. 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +42,7 @@ from dspex.store._engine import Database
 from dspex.store._time import aware, utcnow
 from dspex.store.schema import optimization_trials, optimizations
 
-__all__ = ["OptimizationRecord", "OptimizationRepository", "TrialRecord", "TrialState"]
+__all__ = ["OptimizationRecord", "OptimizationRepository", "TrialBoard", "TrialRecord", "TrialState"]
 
 TrialState = Literal["running", "complete", "pruned", "failed"]
 OptimizationStatus = Literal["running", "succeeded", "failed", "cancelled"]
@@ -97,6 +105,7 @@ class TrialRecord:
     error: str | None
     started_at: dt.datetime
     finished_at: dt.datetime | None
+    driver: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> TrialRecord:
@@ -115,6 +124,7 @@ class TrialRecord:
             error=row["error"],
             started_at=aware(row["started_at"]),
             finished_at=aware(row["finished_at"]),
+            driver=row["driver"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -130,6 +140,20 @@ class TrialRecord:
             "duration_s": self.duration_s,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBoard:
+    """What a driver sees when it claims a trial (:meth:`OptimizationRepository.claim_trial`): the run's
+    status; the trials numbered ``since`` or later and those it asked to ``watch`` (by number); counts over
+    all trials, after the gone drivers' ones were marked failed (``reaped``), and their LM calls."""
+
+    status: str
+    rows: tuple[TrialRecord, ...]
+    finished: int
+    running: int
+    lm_calls: int
+    reaped: tuple[int, ...]
 
 
 class OptimizationRepository:
@@ -228,6 +252,107 @@ class OptimizationRepository:
             )
         return number
 
+    def claim_trial(
+        self,
+        optimization_id: str,
+        *,
+        driver: str,
+        lease_s: float,
+        since: int,
+        watch: Collection[int],
+        gone: Callable[[str], bool],
+        decide: Callable[[TrialBoard], Mapping[str, Any] | None],
+        reason: str,
+    ) -> tuple[int | None, TrialBoard]:
+        """In one write transaction under the run's lock: mark ``failed`` (with ``reason``) the running
+        trials whose driver is gone (no driver, its lease passed, or ``gone(driver)``), build the
+        :class:`TrialBoard`, and call ``decide`` with it; when it returns params, insert them as the next
+        trial, ``running`` for ``driver`` with a lease of ``lease_s``. Returns (the number or None, the
+        board). ``decide`` runs under the lock: it must be quick (a sampler's ask) and touch no database."""
+        now = utcnow()
+        trials = optimization_trials
+        with self.db.write() as connection:
+            query = sa.select(optimizations.c.status).where(optimizations.c.id == optimization_id)
+            if self.db.dialect == "postgresql":  # serialise claims per run across processes
+                query = query.with_for_update()
+            status = connection.execute(query).scalar_one_or_none()
+            if status is None:
+                raise ConfigurationError(f"no optimization {optimization_id!r}")
+            of_run = trials.c.optimization_id == optimization_id
+            running = connection.execute(
+                sa.select(trials.c.number, trials.c.driver, trials.c.lease_expires_at).where(
+                    of_run, trials.c.state == "running"
+                )
+            ).all()
+            reaped = sorted(
+                r.number
+                for r in running
+                if r.driver != driver
+                and (
+                    r.driver is None
+                    or (r.lease_expires_at is not None and aware(r.lease_expires_at) < now)
+                    or gone(r.driver)
+                )
+            )
+            if reaped:
+                connection.execute(
+                    trials.update()
+                    .where(of_run, trials.c.number.in_(reaped), trials.c.state == "running")
+                    .values(state="failed", error=reason, finished_at=now)
+                )
+            counts = {
+                state: (int(n), int(calls or 0))
+                for state, n, calls in connection.execute(
+                    sa.select(trials.c.state, sa.func.count(), sa.func.sum(trials.c.lm_calls))
+                    .where(of_run)
+                    .group_by(trials.c.state)
+                ).all()
+            }
+            changed = sa.or_(trials.c.number >= since, trials.c.number.in_(sorted(watch)))
+            rows = connection.execute(
+                sa.select(trials).where(of_run, changed).order_by(trials.c.number)
+            ).mappings()
+            board = TrialBoard(
+                status=str(status),
+                rows=tuple(TrialRecord.from_row(r) for r in rows),
+                finished=sum(counts.get(s, (0, 0))[0] for s in ("complete", "pruned")),
+                running=counts.get("running", (0, 0))[0],
+                lm_calls=sum(calls for _, calls in counts.values()),
+                reaped=tuple(reaped),
+            )
+            params = decide(board)
+            if params is None:
+                return None, board
+            number = sum(n for n, _ in counts.values())  # numbers are contiguous from 0
+            connection.execute(
+                trials.insert().values(
+                    optimization_id=optimization_id,
+                    number=number,
+                    state="running",
+                    params=dict(params),
+                    intermediate={},
+                    lm_calls=0,
+                    started_at=now,
+                    driver=driver,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                )
+            )
+        return number, board
+
+    def renew_trials(self, optimization_id: str, driver: str, lease_s: float) -> int:
+        """Extend the lease of ``driver``'s running trials by ``lease_s`` from now; returns how many."""
+        with self.db.write() as connection:
+            result = connection.execute(
+                optimization_trials.update()
+                .where(
+                    optimization_trials.c.optimization_id == optimization_id,
+                    optimization_trials.c.driver == driver,
+                    optimization_trials.c.state == "running",
+                )
+                .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+            )
+            return int(result.rowcount)
+
     def finish_trial(
         self,
         optimization_id: str,
@@ -243,9 +368,11 @@ class OptimizationRepository:
         cost_usd: float | None = None,
         duration_s: float | None = None,
         error: str | None = None,
-    ) -> None:
+        if_running: bool = False,
+    ) -> bool:
         """Record how a running trial ended (``params`` replaces the stored ones when given). Only a
-        ``running`` row changes, so a trial ends once."""
+        ``running`` row changes, so a trial ends once: a trial that is no longer running (another driver
+        marked it failed when its lease passed) is an error, or, with ``if_running``, returns False."""
         if state == "running":
             raise ConfigurationError("a finished trial is complete, pruned or failed")
         extra = {"params": dict(params)} if params is not None else {}
@@ -272,10 +399,13 @@ class OptimizationRepository:
                 )
             )
             if result.rowcount != 1:
+                if if_running:
+                    return False
                 raise ConfigurationError(
                     f"trial {number} of optimization {optimization_id!r} is not running; "
                     "another process may have marked it failed"
                 )
+        return True
 
     def abandon_running(self, optimization_id: str, reason: str) -> int:
         """Mark the run's ``running`` trials ``failed`` (their process died); returns how many."""

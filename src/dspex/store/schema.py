@@ -254,6 +254,9 @@ optimization_trials = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     _when("started_at"),
     _when("finished_at", nullable=True),
+    # Migration 0014: the driver process running the trial and its lease (several drivers per run).
+    sa.Column("driver", sa.String(200), nullable=True),
+    _when("lease_expires_at", nullable=True),
     sa.CheckConstraint(_in("state", TRIAL_STATES), name="state"),
 )
 

@@ -142,6 +142,8 @@ def start(
                 seed=body.seed,
                 version_id=body.version,
                 max_lm_calls=body.max_lm_calls,
+                parallel=body.parallel or 1,
+                drivers=body.drivers or 1,
                 created_by=f"key:{principal.key_id}" if principal.key_id else "local",
             )
     except DSPexError:
@@ -159,7 +161,11 @@ def _start_dspy(app: App, body: OptimizationStart, request: Request, principal: 
     from dspex.jobs.submit import submit_dspy_optimization
     from dspex.telemetry.context import continue_trace
 
-    given = [name for name in ("space", "n_trials", "max_lm_calls") if getattr(body, name) is not None]
+    given = [
+        name
+        for name in ("space", "n_trials", "max_lm_calls", "parallel", "drivers")
+        if getattr(body, name) is not None
+    ]
     if given or body.objectives != ["quality"]:
         field = given[0] if given else "objectives"
         raise SpecError(

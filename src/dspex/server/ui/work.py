@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from dspex.distributed._parallel import MAX_PARALLEL
 from dspex.errors import DSPexError
 from dspex.server.routes.optimizations import _detail, _follow, _lookup
 from dspex.server.sse import EventStream
@@ -29,7 +30,7 @@ def optimizations(request: Request, view: Viewer = Depends(viewer)) -> Response:
     queued = [
         j
         for j in app.jobs.list(status="queued", kind="optimize", limit=JOBS_SHOWN)
-        if view.principal.may_use(j.payload.get("program"))
+        if view.principal.may_use(j.payload.get("program")) and not j.payload.get("join")  # its owner shows
     ]
     programs = [r.name for r in app.programs.list_programs() if view.principal.may_use(r.name)]
     return render(
@@ -41,6 +42,7 @@ def optimizations(request: Request, view: Viewer = Depends(viewer)) -> Response:
         programs=programs,
         datasets=[d.name for d in app.datasets.list()],
         can_start=view.can("optimize"),
+        max_parallel=MAX_PARALLEL,
     )
 
 
@@ -55,7 +57,8 @@ def _as_int(form: dict[str, str], name: str, low: int, high: int) -> int:
 
 @router.post("/optimizations")
 async def start_optimization(request: Request, view: Viewer = Depends(viewer)) -> Response:
-    """Queue a variable search from the form (program, dataset, space as JSON, trials, seed), with the
+    """Queue a variable search from the form (program, dataset, space as JSON, trials, trials at once,
+    seed), with the
     checks of ``POST /v1/optimizations``: the space is data, checked before anything in it is imported."""
     from dspex.jobs.submit import submit_optimization
     from dspex.server.limits import check_document
@@ -76,6 +79,8 @@ async def start_optimization(request: Request, view: Viewer = Depends(viewer)) -
         raise UiError(422, "Invalid form", "space must be a JSON object with 'variables' (and 'bindings')")
     n_trials = _as_int(form, "n_trials", 1, 1000)
     seed = _as_int(form, "seed", 0, 2**31 - 1)
+    # A form from before the field existed (or a script posting the old fields) means one at a time.
+    parallel = _as_int(form, "parallel", 1, MAX_PARALLEL) if form.get("parallel", "").strip() else 1
     settings = app.settings
     try:
         check_document(space, "space", max_depth=settings.max_spec_depth, max_bytes=settings.max_spec_bytes)
@@ -87,6 +92,7 @@ async def start_optimization(request: Request, view: Viewer = Depends(viewer)) -
             space=space,
             n_trials=n_trials,
             seed=seed,
+            parallel=parallel,
             created_by=f"key:{view.principal.key_id}" if view.principal.key_id else "local",
         )
     except DSPexError as exc:

@@ -1,0 +1,176 @@
+"""One optimization job driven by several workers (``submit_optimization(drivers=N)``): two real ``dspex
+worker`` processes on SQLite and PostgreSQL share its run with contiguous, unique trials; one worker alone
+runs the owner first and the joining job finds nothing left; a cancelled owner calls its joiners off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jobs_support import SPACE_DOCUMENT, wait_for
+
+from dspex import Settings
+from dspex.distributed.drivers import Driver
+from dspex.errors import ConfigurationError
+from dspex.jobs import Worker, submit_optimization
+from dspex.runtime import App
+from dspex.store.jobs import JobRecord
+from dspex.testing.server import SimServer
+
+N_TRIALS = 10
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    # About 0.1 s per LM call: a trial (growing minibatches, 8 at a time) takes a few tenths of a second.
+    with SimServer(latency=0.1, latency_scale=0.0, task_size=40) as server:
+        yield server
+
+
+def _env(home: Path, database_url: str, sim: SimServer) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DSPEX_HOME": str(home),
+        "DSPEX_DATABASE_URL": database_url,
+        "DSPEX_LM": "openai/sim-large",
+        "DSPEX_API_BASE": sim.url,
+        "DSPEX_API_KEY": "sim",
+        "DSPEX_LM_CACHE": "false",
+        "DSPEX_NUM_RETRIES": "0",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+
+
+def _app(home: Path, database_url: str, sim: SimServer) -> App:
+    app = App(Settings.load(home=home, database_url=database_url))
+    app.programs.register("qa", {"module": "predict", "signature": "question -> answer"})
+    app.datasets.import_records("qa-set", sim.task.dicts()[:10], inputs=["question"])
+    return app
+
+
+def _joiners(app: App, owner: JobRecord) -> list[JobRecord]:
+    return [
+        j
+        for j in app.jobs.list(kind="optimize")
+        if j.payload.get("join") and j.payload["optimization_id"] == owner.payload["optimization_id"]
+    ]
+
+
+def test_two_worker_processes_drive_one_optimization_job(
+    database_url: str, sim: SimServer, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    with _app(home, database_url, sim) as app:
+        owner = submit_optimization(
+            app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=N_TRIALS, drivers=2
+        )
+        (joiner,) = _joiners(app, owner)
+        assert joiner.id[:16] != owner.id[:16]
+        assert app.jobs.get(owner.id) is not None
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dspex.cli",
+                    "worker",
+                    "--until-idle",
+                    "--poll",
+                    "0.05",
+                    "--lease",
+                    "5",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=_env(home, database_url, sim),
+            )
+            for _ in range(2)
+        ]
+        try:
+            logs = [w.communicate(timeout=180)[0].decode() for w in workers]
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                    w.communicate(timeout=30)
+        assert [w.returncode for w in workers] == [0, 0], logs
+        done_owner, done_joiner = app.jobs.get(owner.id), app.jobs.get(joiner.id)
+        assert done_owner is not None
+        assert done_joiner is not None
+        assert (done_owner.status, done_joiner.status) == ("succeeded", "succeeded"), logs
+        trials = app.optimizations.trials(owner.payload["optimization_id"])
+        run = app.optimizations.get(owner.payload["optimization_id"])
+    assert [t.number for t in trials] == list(range(len(trials)))  # contiguous, none twice
+    assert sum(t.state in ("complete", "pruned") for t in trials) == N_TRIALS
+    assert not [t for t in trials if t.state == "running"]
+    pids = {Driver.parse(t.driver).pid for t in trials if t.driver and Driver.parse(t.driver)}  # type: ignore[union-attr]
+    assert pids == {w.pid for w in workers}  # both worker processes ran trials
+    assert done_owner.result is not None
+    assert done_joiner.result is not None
+    assert done_joiner.result["joined"] is True
+    assert done_joiner.result["finished"] == N_TRIALS
+    assert (run.status, run.result_version_id) == ("succeeded", done_owner.result["version_id"])
+
+
+def test_one_worker_runs_the_owner_first_and_the_joiner_finds_nothing_left(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/one.db"
+    with _app(tmp_path / "home", url, sim) as app:
+        owner = submit_optimization(
+            app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=2, drivers=3
+        )
+        joiners = _joiners(app, owner)
+        assert len(joiners) == 2
+        assert Worker(app, lease_s=5, poll_s=0.05).run(stop_when_idle=True) == 3
+        assert app.jobs.get(owner.id).status == "succeeded"  # type: ignore[union-attr]
+        for joiner in joiners:
+            done = app.jobs.get(joiner.id)
+            assert done is not None
+            assert done.status == "succeeded"
+            assert done.result is not None
+            assert (done.result["joined"], done.result["reason"]) == (False, "the run is succeeded")
+        with pytest.raises(ConfigurationError, match="drivers must be a whole number from 1 to 16"):
+            submit_optimization(
+                app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=2, drivers=17
+            )
+
+
+def test_a_cancelled_owner_calls_its_joiners_off(sim: SimServer, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cancel.db"
+    with _app(tmp_path / "home", url, sim) as app:
+        owner = submit_optimization(
+            app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=200, drivers=2
+        )
+        (joiner,) = _joiners(app, owner)
+        workers = [Worker(app, lease_s=5, poll_s=0.05) for _ in range(2)]
+        threads = [
+            threading.Thread(target=w.run, kwargs={"stop_when_idle": True}, daemon=True) for w in workers
+        ]
+        for thread in threads:
+            thread.start()
+        run_id = owner.payload["optimization_id"]
+        # Both drivers are at work once each has a trial of its own in the run.
+        wait_for(
+            lambda: len({t.driver for t in app.optimizations.trials(run_id) if t.driver}) == 2,
+            timeout=60,
+            what="both drivers to run trials",
+        )
+        app.jobs.cancel(owner.id)
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads)
+        done_owner, done_joiner = app.jobs.get(owner.id), app.jobs.get(joiner.id)
+        assert done_owner is not None
+        assert done_joiner is not None
+        assert (done_owner.status, done_joiner.status) == ("cancelled", "cancelled")
+        assert app.optimizations.get(run_id).status == "cancelled"
+        trials = app.optimizations.trials(run_id)
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert not [t for t in trials if t.state == "running"]  # every trial in flight was recorded
+    assert sum(t.state in ("complete", "pruned") for t in trials) < 200
