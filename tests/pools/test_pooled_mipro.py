@@ -98,6 +98,14 @@ def test_a_pooled_evaluation_returns_what_dspy_evaluate_returns(app: App) -> Non
     assert [(e.question, p.answer, s) for e, p, s in remote.results] == [
         (e.question, p.answer, s) for e, p, s in local.results
     ]
+    # The candidate's state went into a copy: the workers' own instance of the version is unchanged.
+    with dspy.context(lm=lm):
+        plain = dspy.Evaluate(devset=devset, metric=_metric, num_threads=4)(app.programs.load("qa"))
+    again = PooledEvaluate(
+        pool=app.pools.get("general"), name="qa", version_id=version, base=base, devset=devset, metric=_metric
+    )(app.programs.load("qa"))
+    assert plain.score != local.score
+    assert [p.answer for _, p, _ in again.results] == [p.answer for _, p, _ in plain.results]
 
 
 def test_what_cannot_cross_is_refused(app: App) -> None:

@@ -242,6 +242,10 @@ class _Worker:
             cached = self.configurations.get(key)
         if cached is not None:
             return cached
+        from dspex.variables._paths import copy_program
+
+        # A copy: ``program`` is the version's shared instance (or a trial's configured copy, cached too).
+        program = copy_program(program)
         lms = {name: predictor.lm for name, predictor in program.named_predictors()}
         program.load_state(state)
         for name, predictor in program.named_predictors():
