@@ -142,6 +142,114 @@ def test_options_are_checked_at_submission(app: App) -> None:
     assert app.jobs.list() == []
 
 
+# -- a hard cap on LM calls ----------------------------------------------------------------------------------
+
+# Options whose own budgets would spend well over the cap below.
+UNCAPPED: dict[str, dict[str, Any]] = {
+    "miprov2": {**SMALL["miprov2"], "num_candidates": 4, "num_trials": 12},
+    "gepa": {"max_metric_calls": 400, "reflection_minibatch_size": 2, "num_threads": 2},
+    "bootstrap_rs": {"num_candidate_programs": 8, "max_bootstrapped_demos": 2, "num_threads": 2},
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(UNCAPPED))
+def test_max_lm_calls_stops_the_optimizer_and_keeps_the_best_candidate_so_far(
+    app: App, settings_sim: SimServer, optimizer: str
+) -> None:
+    cap = 40
+    job = submit_dspy_optimization(
+        app,
+        program="qa",
+        dataset="qa-set",
+        optimizer=optimizer,
+        options=UNCAPPED[optimizer],
+        max_lm_calls=cap,
+    )
+    assert job.payload["max_lm_calls"] == cap
+    before = settings_sim.stats().total_requests
+    assert Worker(app, lease_s=5.0, poll_s=0.05).run(stop_when_idle=True) == 1
+    sent = settings_sim.stats().total_requests - before
+    done = app.jobs.get(job.id)
+    assert done is not None
+    assert done.status == "succeeded", done.error
+    result = done.result
+    assert result is not None
+    # No call starts once the calls made and in flight reach the cap: the server saw at most the cap.
+    assert result["lm_calls"] == sent <= cap
+    assert result["stopped"].startswith(f"max_lm_calls={cap} reached")
+    assert "best candidate so far" in result["stopped"]
+    assert result["scored_on"] >= 1
+    assert 0.0 <= result["score"] <= 1.0
+    assert f"({sent} LM calls made)" in result["stopped"]
+    version = app.programs.version(result["version_id"])
+    if result["unchanged"]:  # the best so far is the program as it was: the version it started from
+        assert version.id == job.payload["version_id"]
+    else:
+        assert (version.status, version.parent_id) == ("optimizing", job.payload["version_id"])
+        assert f"stopped at max_lm_calls={cap}" in (version.note or "")
+    assert app.run("qa", {"question": "What is 2 + 2?"}, version_id=version.id).outputs["answer"]
+    run = app.optimizations.get(result["optimization_id"])
+    assert run.status == "succeeded"
+    assert run.budget["max_lm_calls"] == cap
+    assert run.budget["lm_calls"] == sent
+    assert run.best is not None
+    assert run.best["stopped"] == result["stopped"]
+
+
+def test_max_lm_calls_counts_what_an_interrupted_attempt_spent(app: App, settings_sim: SimServer) -> None:
+    from dspex.optimize.search import OptimizationStopped
+
+    cap, calls = 60, [0]
+
+    def stop_after_20_program_calls() -> None:
+        calls[0] += 1
+        if calls[0] > 20:
+            raise OptimizationStopped("worker released", cancelled=False)
+
+    options = UNCAPPED["bootstrap_rs"]
+    before = settings_sim.stats().total_requests
+    with pytest.raises(OptimizationStopped):
+        app.optimize_with(
+            "qa", "bootstrap_rs", dataset="qa-set", options=options, max_lm_calls=cap,
+            optimization_id="capped", should_stop=stop_after_20_program_calls,
+        )  # fmt: skip
+    first = settings_sim.stats().total_requests - before
+    run = app.optimizations.get("capped")
+    assert run.status == "running"
+    assert run.budget["lm_calls"] == first > 0
+    # The next attempt (a worker taking the job over) has only what is left of the cap.
+    result = app.optimize_with(
+        "qa", "bootstrap_rs", dataset="qa-set", options=options, max_lm_calls=cap, optimization_id="capped"
+    )
+    total = settings_sim.stats().total_requests - before
+    assert total <= cap
+    assert result.stopped is not None
+    assert f"({total} LM calls made)" in result.stopped
+    assert app.optimizations.get("capped").budget["lm_calls"] == total
+
+
+def test_max_lm_calls_below_what_the_first_candidate_needs_fails_the_job_saying_so(
+    app: App, settings_sim: SimServer
+) -> None:
+    job = submit_dspy_optimization(
+        app, program="qa", dataset="qa-set", optimizer="miprov2", options=UNCAPPED["miprov2"], max_lm_calls=3
+    )
+    before = settings_sim.stats().total_requests
+    Worker(app, lease_s=5.0, poll_s=0.05).run(stop_when_idle=True)
+    assert settings_sim.stats().total_requests - before <= 3
+    done = app.jobs.get(job.id)
+    assert done is not None
+    assert done.status == "failed"
+    assert done.error is not None
+    assert "max_lm_calls=3 reached" in str(done.error)
+    assert "raise max_lm_calls" in str(done.error)
+    run = app.optimizations.get(job.payload["optimization_id"])
+    assert run.status == "failed"
+    assert "raise max_lm_calls" in (run.error or "")
+    with pytest.raises(ConfigurationError, match="max_lm_calls must be an integer >= 1, got 0"):
+        submit_dspy_optimization(app, program="qa", dataset="qa-set", optimizer="copro", max_lm_calls=0)
+
+
 # -- a killed MIPROv2 worker -------------------------------------------------------------------------------
 
 MIPRO = {

@@ -644,6 +644,7 @@ class App:
         version_id: str | None = None,
         prompt_model: str | None = None,
         num_threads: int = 4,
+        max_lm_calls: int | None = None,
         optimization_id: str | None = None,
         on_progress: Callable[[DSPyProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
@@ -659,6 +660,9 @@ class App:
           (``split``, else dev/val/validation, else all) is the valset and scores the result.
         - ``prompt_model``: a configured model (``[models]``) proposing instructions / reflecting; default
           the App's LM.
+        - ``max_lm_calls``: a hard cap on the run's LM calls (every attempt of it, the optimizer's own
+          proposals included); the optimizer is stopped there and the best candidate so far is the result
+          (``result.stopped`` says so).
         Evaluations are kept in :attr:`evaluation_cache`, and the run in :attr:`optimizations` under
         ``optimization_id`` (default derived from the inputs): a rerun, or the job's next worker after a
         crash, resumes it without paying again for the evaluations already made.
@@ -692,6 +696,7 @@ class App:
             on_progress=on_progress,
             should_stop=should_stop,
             prices=self.prices,
+            max_lm_calls=max_lm_calls,
         )
 
     def _remote_trials(
