@@ -217,3 +217,28 @@ def test_submit_a_dspy_optimizer_job(dspex: Invoke, project: Path) -> None:
     assert job["status"] == "succeeded"
     assert job["result"]["version_id"]
     assert job["progress"]["optimizer"] == "bootstrap"
+
+
+def test_max_lm_calls_caps_a_dspy_optimizer_in_the_foreground_and_as_a_job(
+    dspex: Invoke, project: Path, settings_sim: SimServer
+) -> None:
+    args = ("optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap_rs")
+    options = ("-o", "num_candidate_programs=8", "-o", "max_bootstrapped_demos=2", "-o", "num_threads=2")
+    before = settings_sim.stats().total_requests
+    result = as_json(dspex(*args, *options, "--max-lm-calls", "30", "--json"))
+    sent = settings_sim.stats().total_requests - before
+    assert result["lm_calls"] == sent <= 30
+    assert result["stopped"].startswith("max_lm_calls=30 reached")
+    assert result["version_id"]
+    err = dspex(*args, "--max-lm-calls", "0", code=2).stderr
+    assert "--max-lm-calls" in err
+    queued = as_json(
+        dspex("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap_rs",
+              *options, "--max-lm-calls", "25", "--json")
+    )  # fmt: skip
+    assert queued["payload"]["max_lm_calls"] == 25
+    before = settings_sim.stats().total_requests
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05").stdout
+    assert settings_sim.stats().total_requests - before <= 25
+    job = as_json(dspex("jobs", "show", queued["id"], "--json"))
+    assert job["result"]["stopped"].startswith("max_lm_calls=25 reached")

@@ -117,6 +117,13 @@ def optimize(
     option: list[str] | None = _optimizers.OPTION,
     options: str | None = _optimizers.OPTIONS,
     prompt_model: str | None = _optimizers.PROMPT_MODEL,
+    max_lm_calls: int | None = typer.Option(
+        None,
+        "--max-lm-calls",
+        min=1,
+        help="The variable search starts no trial past this many LM calls; a DSPy optimizer is stopped "
+        "at it (a hard cap) and the best candidate so far is kept.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),
 ) -> None:
     """Search the program's variables on a dataset (--space, --budget), or run one of DSPy's optimizers
@@ -145,6 +152,7 @@ def optimize(
                 "seed": seed,
                 "version_id": version,
                 "prompt_model": prompt_model,
+                "max_lm_calls": max_lm_calls,
             }
             if as_json:
                 # DSPy's optimizers print (and draw tqdm bars) on stdout; --json keeps stdout for the JSON.
@@ -162,8 +170,9 @@ def optimize(
         out = console()
         if as_json:
             result = _run(
-                dspex_app, program, dataset, space, bindings, budget, split, metric, wanted, seed, version
-            )
+                dspex_app, program, dataset, space, bindings, budget, split, metric, wanted, seed, version,
+                max_lm_calls=max_lm_calls,
+            )  # fmt: skip
         else:
             with Progress(
                 TextColumn("[bold]optimizing[/] {task.description}"),
@@ -200,6 +209,7 @@ def optimize(
                     seed,
                     version,
                     update,
+                    max_lm_calls=max_lm_calls,
                 )
     if as_json:
         emit_json(_result_json(program, result))
@@ -232,6 +242,8 @@ def _run(
     seed: int,
     version: str | None,
     on_trial: Any = None,
+    *,
+    max_lm_calls: int | None = None,
 ) -> OptimizationResult:
     result: OptimizationResult = dspex_app.optimize(
         program,
@@ -245,6 +257,7 @@ def _run(
         seed=seed,
         version_id=version,
         on_trial=on_trial,
+        max_lm_calls=max_lm_calls,
     )
     return result
 
