@@ -28,14 +28,16 @@ are given, never their internals:
 
 What a resumed run repeats: DSPy optimizers keep no checkpoint, so a resumed run replays the optimizer
 from the start with the same seed. Every call of the *program* the first run finished (bootstrapping
-traces, minibatch and full evaluations of candidates) is served from the store at no LM cost. Calls
-that are not program calls are made again: for MIPROv2, the proposer's (the dataset summary, the
-program description and one instruction proposal per candidate and predictor), for COPRO its
-instruction proposals, for GEPA its reflection calls, for SIMBA its rule proposals. With a
-deterministic LM (or DSPy's own LM cache on the same machine) they return what they returned before,
-so the replay walks the same candidates; an LM sampling differently proposes other instructions,
-whose evaluations are then new. The Optuna study inside MIPROv2 is replayed too (same seed, same
-scores, same suggestions), in milliseconds.
+traces, minibatch and full evaluations of candidates) is served from the store at no LM cost. So are
+the optimizer's own calls, made through the prompt LM it is given (a
+:class:`~dspex.optimize._dspy_lm.StoredLM` over the same store): for MIPROv2, the proposer's (the
+dataset summary, the program description and one instruction proposal per candidate and predictor,
+each with a rollout id drawn from the seed), for COPRO its instruction proposals, for GEPA its
+reflection calls, for SIMBA its rule proposals. Replayed with the same seed, they ask the same
+requests, get the same answers and so walk the same candidates, whatever the LM would sample now.
+What is repeated: the calls in flight when the worker died, and calls whose answer is not plain JSON.
+The Optuna study inside MIPROv2 is replayed too (same seed, same scores, same suggestions), in
+milliseconds.
 
 The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
 optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
@@ -54,11 +56,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
-from dspy.utils.callback import BaseCallback
-from dspy.utils.callback_context import ACTIVE_CALL_ID
 
 from dspex.errors import ConfigurationError
 from dspex.jsonable import canonical_hash, to_jsonable
+from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import CachedResult, EvalCache, MemoryCache, example_hash
 from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options
@@ -71,83 +72,6 @@ __all__ = ["CandidateCache", "DSPyOptimizationResult", "DSPyProgress", "optimize
 Phase = Literal["compile", "evaluate", "save"]
 _REPORT_EVERY_S = 0.25
 _CACHE_PREFIX = "dspy:"
-_DRAIN_S = 120.0  # longest wait for LM calls in flight after the cap stopped a run
-
-
-class _Stop(BaseException):
-    """Carries an ``OptimizationStopped`` through DSPy, whose executors catch ``Exception`` per call
-    (a stop must end the compile, not count as one failed example)."""
-
-    def __init__(self, stopped: BaseException) -> None:
-        super().__init__(str(stopped))
-        self.stopped = stopped
-
-
-class _CapReached(Exception):
-    """The run's ``max_lm_calls`` is spent: no LM call may start (carried through DSPy by ``_Stop``)."""
-
-
-class _CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is untyped
-    """Keeps a run's LM calls within ``limit``: an LM call starts only while the calls already made
-    (``spent`` by earlier processes of the run, plus this process's usage tracker) and the calls in
-    flight are fewer than the limit; otherwise it raises before the request is sent, and the run stops.
-    So the run never makes more than ``limit`` calls. A call made inside a counted call (an LM wrapping
-    another) is not counted twice; a call answered from DSPy's LM cache is counted while in flight only.
-
-    The total is also written to the run's record (``budget.lm_calls``, at most every 0.25 s and at the
-    end), so a worker that takes the job over counts what the earlier ones spent."""
-
-    def __init__(
-        self, limit: int, usage: UsageTotals, spent: int, save: Callable[[int], None] | None
-    ) -> None:
-        self.limit = limit
-        self.usage = usage
-        self.spent = spent
-        self.reached = False
-        self._save = save
-        self._saved_at = 0.0
-        self._open: set[str] = set()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _CallCap:
-        return self
-
-    def total(self) -> int:
-        """LM calls the run has made, this process's and the earlier ones'."""
-        return self.spent + self.usage.calls
-
-    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        with self._lock:
-            if ACTIVE_CALL_ID.get() in self._open:
-                return  # inside a call already counted
-            if self.total() + len(self._open) >= self.limit:
-                self.reached = True
-                raise _Stop(_CapReached(f"max_lm_calls={self.limit} reached"))
-            self._open.add(call_id)
-
-    def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        with self._lock:
-            self._open.discard(call_id)
-            if not self._open:
-                self._idle.notify_all()
-        self.save()
-
-    def drain(self, timeout: float = _DRAIN_S) -> None:
-        """Wait for the calls in flight when the cap stopped the run (DSPy's executors do not wait for
-        their threads), so that what they cost is counted before the run is recorded."""
-        with self._idle:
-            self._idle.wait_for(lambda: not self._open, timeout=timeout)
-
-    def save(self, *, force: bool = False) -> None:
-        if self._save is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if not force and now - self._saved_at < _REPORT_EVERY_S:
-                return
-            self._saved_at = now
-        self._save(self.total())
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +131,7 @@ class DSPyOptimizationResult:
     # candidate so far and ``score`` its mean over ``scored_on`` examples, not a full valset evaluation.
     stopped: str | None = None
     scored_on: int | None = None
+    lm_cached: int = 0  # the optimizer's own LM calls (proposals, reflections) answered from the store
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -226,6 +151,7 @@ class DSPyOptimizationResult:
             "unchanged": self.unchanged,
             "stopped": self.stopped,
             "scored_on": self.scored_on,
+            "lm_cached": self.lm_cached,
         }
 
 
@@ -264,7 +190,7 @@ class _Tracker:
         try:
             self.should_stop()
         except Exception as exc:  # OptimizationStopped (or the caller's own error): end the compile
-            raise _Stop(exc) from exc
+            raise Stop(exc) from exc
 
     def called(self, *, cached: bool) -> None:
         with self._lock:
@@ -572,18 +498,22 @@ def optimize_with_dspy(
             if repo is not None:
                 repo.update(run_id, budget={**budget, "lm_calls": total})
 
-        cap = _CallCap(max_lm_calls, usage, spent, save if repo is not None else None)
+        cap = CallCap(max_lm_calls, usage, spent, save if repo is not None else None)
     tracker = _Tracker(
         optimizer, cache if cache is not None else MemoryCache(), usage, on_progress, should_stop
     )
     wrapped_metric = _Metric(scorer, tracker, feedback=optimizer == "gepa")
     student = CandidateCache(program.deepcopy(), tracker)
+    # The optimizer's own LM (proposals, reflections) behind the same store as the program's calls.
+    proposer = None
+    if prompt_lm is not None or lm is not None:
+        proposer = StoredLM(prompt_lm if prompt_lm is not None else lm, tracker.cache)
     context: dict[str, Any] = {"usage_tracker": usage}
     if lm is not None:
         context["lm"] = lm
     if cap is not None:
         context["callbacks"] = [*dspy.settings.get("callbacks", []), cap]
-    capped: _CapReached | None = None
+    capped: CapReached | None = None
     stopped_score, scored_on = 0.0, 0
     compiled: Any = None
     members: list[Any] = []
@@ -595,7 +525,7 @@ def optimize_with_dspy(
                 checked,
                 wrapped_metric,
                 trainset=trainset,
-                prompt_lm=prompt_lm if prompt_lm is not None else lm,
+                prompt_lm=proposer,
                 lm=lm,
                 seed=seed,
                 num_threads=num_threads,
@@ -604,8 +534,8 @@ def optimize_with_dspy(
                 compile_kwargs["valset"] = valset
             try:
                 compiled = teleprompter.compile(student, trainset=trainset, **compile_kwargs)
-            except _Stop as stop:
-                if not isinstance(stop.stopped, _CapReached):
+            except Stop as stop:
+                if not isinstance(stop.stopped, CapReached):
                     raise stop.stopped from None
                 capped = stop.stopped
             if capped is None:
@@ -622,8 +552,8 @@ def optimize_with_dspy(
                     evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
                         final, valset
                     )
-                except _Stop as stop:
-                    if not isinstance(stop.stopped, _CapReached):
+                except Stop as stop:
+                    if not isinstance(stop.stopped, CapReached):
                         raise stop.stopped from None
                     capped = stop.stopped
             if capped is not None:  # inside the context: a candidate's fingerprint covers its LM
@@ -690,6 +620,7 @@ def optimize_with_dspy(
         else f"{capped} ({usage.calls + spent} LM calls made): {OPTIMIZERS[optimizer].dspy_class} was "
         f"stopped and the best candidate so far (mean {stopped_score:.3f} on {scored_on} examples) kept",
         scored_on=len(valset) if capped is None else scored_on,
+        lm_cached=proposer.served if proposer is not None else 0,
     )
     if repo is not None:
         best = {
@@ -707,7 +638,7 @@ def optimize_with_dspy(
 
 
 def _best_so_far(
-    optimizer: str, program: Any, tracker: _Tracker, capped: _CapReached, compiled: Any
+    optimizer: str, program: Any, tracker: _Tracker, capped: CapReached, compiled: Any
 ) -> tuple[Any, list[Any], float, int]:
     """After the cap stopped the run: the program to keep (wrapped as the optimizer's results are),
     no ensemble members, and its score over how many examples. The optimizer's own result when it had
