@@ -13,7 +13,7 @@ import pytest
 from dspex import ConfigurationError
 from dspex.lm.pricing import Price, Prices
 from dspex.optimize import exact_match
-from dspex.optimize.search import HolisticOptimizer, Pruning
+from dspex.optimize.search import HolisticOptimizer, OptimizationStopped, Pruning, TrialProgress
 from dspex.programs.registry import ProgramRegistry
 from dspex.store import open_database
 from dspex.store.optimizations import OptimizationRepository
@@ -231,6 +231,43 @@ def test_start_up_trials_are_scored_side_by_side_before_any_is_judged(
     assert [(t.params["values"], t.state, t.intermediate, t.lm_calls) for t in again.trials] == [
         (t.params["values"], t.state, t.intermediate, t.lm_calls) for t in result.trials
     ]
+
+
+def test_a_stop_inside_the_start_up_bracket_leaves_no_trial_running_and_resumes_exactly(
+    sim: SimServer, lms: dict[str, Any], tmp_path: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'dspex.db'}"
+    space = VariableSpace(
+        [Variable.model("model", MODELS), Variable.float("temperature", 0.0, 1.5, step=0.1)]
+    )
+    bindings = [bind.model("model"), bind.temperature("temperature")]
+
+    def optimizer() -> HolisticOptimizer:
+        return HolisticOptimizer(
+            space, bindings, exact_match, n_trials=6, lms=lms, pruning=Pruning(min_examples=5, growth=2)
+        )
+
+    def stop_after_the_first(progress: TrialProgress) -> None:
+        raise OptimizationStopped("worker released", cancelled=False)
+
+    with pytest.raises(OptimizationStopped):
+        optimizer().optimize(
+            _program(sim), _devset(sim, 20), db=url, optimization_id="bracket", on_trial=stop_after_the_first
+        )
+    db = open_database(url)
+    repo = OptimizationRepository(db)
+    trials = repo.trials("bracket")
+    assert len(trials) == 4  # the bracket was open: one ended and stopped the run, three were cut off
+    assert not [t for t in trials if t.state == "running"]
+    cut = [t for t in trials if t.state == "failed"]
+    assert len(cut) == 3
+    assert all("stopped while this trial was open" in (t.error or "") for t in cut)
+    assert all(t.lm_calls > 0 and 5 in t.intermediate for t in cut)  # scored on the first minibatch
+    assert repo.get("bracket").status == "running"
+    resumed = optimizer().optimize(_program(sim), _devset(sim, 20), db=url, optimization_id="bracket")
+    assert resumed.finished == 6
+    assert [t.number for t in resumed.trials] == list(range(len(resumed.trials)))
+    db.dispose()
 
 
 def test_final_stage_and_new_version_in_optimizing(sim: SimServer, tmp_path: Any) -> None:

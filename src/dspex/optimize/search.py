@@ -85,6 +85,7 @@ __all__ = [
 Objective = Literal["quality", "cost", "latency"]
 OBJECTIVES: Mapping[str, str] = {"quality": "maximize", "cost": "minimize", "latency": "minimize"}
 _ABANDONED = "the process running this trial stopped before it finished"
+_STOPPED = "the run stopped while this trial was open (evaluated side by side with others); not counted"
 
 
 class OptimizationStopped(Exception):
@@ -210,6 +211,7 @@ class _OpenTrial:
     spent: float = 0.0
     fresh: int = 0
     seconds: float = 0.0
+    closed: bool = False
 
     def ended(self) -> dict[str, Any]:
         """What to record: the outcome so far and the time spent on this trial."""
@@ -543,11 +545,19 @@ class HolisticOptimizer:
             if should_stop is not None:
                 should_stop()  # raises OptimizationStopped before a trial is started
             size = self._bracket_size(search.study, len(devset), self.n_trials - count)
-            opened = [self._open(search, program, base) for _ in range(size)]
-            if size == 1:
-                self._close(search, opened[0], *self._evaluate(opened[0], devset))
-            else:
-                self._bracket(search, opened, devset)
+            opened: list[_OpenTrial] = []
+            try:
+                for _ in range(size):
+                    opened.append(self._open(search, program, base))
+                if size == 1:
+                    self._close(search, opened[0], *self._evaluate(opened[0], devset))
+                else:
+                    self._bracket(search, opened, devset)
+            except BaseException:
+                # Stopped (on_trial raised OptimizationStopped after a bracket trial ended) or failed:
+                # the trials still open end as failed, with what they spent, so none is left running.
+                self._abandon(search, [run for run in opened if not run.closed])
+                raise
 
     def _bracket_size(self, study: optuna.Study, total: int, remaining: int) -> int:
         """How many trials to open together: a start-up bracket while no trial has completed (with
@@ -612,10 +622,30 @@ class HolisticOptimizer:
                 else:
                     live.append(run)
 
+    def _abandon(self, search: _Search, runs: list[_OpenTrial]) -> None:
+        """End trials cut off by a stop or an error as ``failed`` (they do not count toward
+        ``n_trials``), keeping their minibatch scores and LM calls."""
+        for run in runs:
+            run.closed = True
+            search.study.tell(run.trial, state=OptunaState.FAIL)
+            outcome = {k: v for k, v in run.ended().items() if k not in ("values", "scores")}
+            outcome["error"] = _STOPPED
+            search.repo.finish_trial(
+                search.run_id,
+                run.number,
+                state="failed",
+                params={
+                    "values": run.params,
+                    "distributions": {k: distribution_to_json(d) for k, d in run.distributions.items()},
+                },
+                **outcome,
+            )
+
     def _close(self, search: _Search, run: _OpenTrial, state: TrialState, outcome: dict[str, Any]) -> None:
         """Tell Optuna how the trial ended, finish its row, report progress."""
         study, repo, run_id, on_trial = search.study, search.repo, search.run_id, search.on_trial
         trial, number, params = run.trial, run.number, run.params
+        run.closed = True
         search.lm_calls += outcome.get("lm_calls", 0)
         search.failures = search.failures + 1 if state == "failed" else 0
         values = outcome.pop("values", None)
