@@ -32,7 +32,9 @@ temperature for DSPy's optimizers, which tune prompts, not models) and a fresh e
 Counted: every LM call a method makes (its own evaluations, bootstraps, proposals, reflections and final
 stage); not counted: the held-out test evaluation that measures it. Quality is exact match on a held-out
 test split no method sees. The searches' curves (best configuration so far against calls so far) come
-from their trial records; a run capped at a smaller rung is a prefix of the same run (same seed).
+from their trial records, in the order trials ended, counting every trial started by then in full (the
+holistic optimizer's start-up bracket keeps several open at once); a run capped at a smaller rung is a
+prefix of the same run (same seed).
 """
 
 from __future__ import annotations
