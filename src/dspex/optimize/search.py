@@ -19,8 +19,12 @@ multivariate TPE (seeded, :func:`_tpe`); several use NSGA-II and the result is t
 
 Pruning (single objective only; Optuna's pruners do not support several): the devset is shuffled once
 (seeded) and evaluated on growing prefixes ``min_examples``, ``min_examples * growth``... then all of
-it; after each prefix the score is reported and Optuna's ``SuccessiveHalvingPruner`` (reduction factor
-``growth``) stops the trials outside the top ``1/growth`` of their rung.
+it; after each prefix the score is reported and successive halving (:class:`SuccessiveHalving`, Optuna's
+rule judged against every trial that reported the same prefix) stops the trials outside the top
+``1/growth`` of their rung. Until a first trial completes, trials run as a start-up bracket
+(:meth:`HolisticOptimizer._bracket_size`): ``growth ** 2`` of them are scored side by side on each prefix
+before any is judged, so the first trial is not evaluated in full for want of anything to compare it
+with. A stop or an error while bracket trials are open ends them ``failed`` (not counted).
 
 Storage and resume: the run and every trial are rows of ``optimizations`` / ``optimization_trials``
 (:mod:`dspex.store.optimizations`). Optuna's own ``RDBStorage`` cannot share the project database: it
@@ -43,7 +47,6 @@ finished so far are kept either way, and no trial is left running.
 from __future__ import annotations
 
 import json
-import math
 import random
 import tempfile
 import time
@@ -60,6 +63,7 @@ from optuna.trial import TrialState as OptunaState
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.jsonable import canonical_hash
 from dspex.lm.pricing import Prices
+from dspex.optimize._halving import OpenTrial, SearchPass, SuccessiveHalving
 from dspex.optimize._run import Metrics, configuration_fingerprint
 from dspex.optimize.cache import EvalCache, example_hash
 from dspex.optimize.evaluate import Evaluator
@@ -177,79 +181,6 @@ def _best_by_quality(best: TrialRecord | None, trial: TrialRecord) -> TrialRecor
     if best is None or best.scores is None or float(trial.scores["quality"]) > float(best.scores["quality"]):
         return trial
     return best
-
-
-@dataclass(slots=True)
-class _Search:
-    """One process's pass over a run: its study, where its trials are written, and progress so far."""
-
-    study: optuna.Study
-    repo: OptimizationRepository
-    run_id: str
-    on_trial: Callable[[TrialProgress], None] | None
-    lm_calls: int = 0
-    failures: int = 0
-    best: TrialRecord | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _OpenTrial:
-    """A trial between its ``running`` row and its end: its configured program (or why it has none) and
-    what its minibatches gave so far, so that it can be evaluated one minibatch at a time."""
-
-    trial: optuna.Trial
-    number: int
-    params: dict[str, Any]
-    distributions: dict[str, Any]
-    config: Configuration | None = None
-    configured: Any = None
-    key: str = ""
-    error: str | None = None
-    outcome: dict[str, Any] = field(default_factory=dict)
-    intermediate: dict[int, float] = field(default_factory=dict)
-    lm_calls: int = 0
-    spent: float = 0.0
-    fresh: int = 0
-    seconds: float = 0.0
-    closed: bool = False
-
-    def ended(self) -> dict[str, Any]:
-        """What to record: the outcome so far and the time spent on this trial."""
-        return {**self.outcome, "duration_s": self.seconds}
-
-    def failure(self) -> dict[str, Any]:
-        """What to record for a trial whose params violate a constraint."""
-        return {"error": self.error, "duration_s": self.seconds}
-
-
-class _SuccessiveHalving(optuna.pruners.BasePruner):
-    """Successive halving on the minibatch ladder, judged against every trial that reported a score at
-    the same minibatch size, the open ones included.
-
-    Optuna's ``SuccessiveHalvingPruner`` ranks a trial only among the trials judged at that rung before
-    it, so trials scored side by side (the start-up bracket, :meth:`HolisticOptimizer._bracket_size`)
-    would be judged one at a time, the first against nothing. Here a trial goes on when its score is in
-    the top ``1/growth`` of the rung's scores (at least the best one: Optuna's own rule). It needs only
-    the trials' intermediate scores, which the trial rows store, so a resumed run judges the same way.
-    Trials evaluated one by one are judged exactly as Optuna's pruner judges them."""
-
-    def __init__(self, growth: int) -> None:
-        self.growth = growth
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None:
-            return False
-        value = trial.intermediate_values[step]
-        if math.isnan(value):
-            return True
-        competing = [value]
-        for other in study.get_trials(deepcopy=False):
-            score = other.intermediate_values.get(step)
-            if other.number != trial.number and score is not None and not math.isnan(score):
-                competing.append(score)
-        competing.sort(reverse=True)
-        return value < competing[max(0, len(competing) // self.growth - 1)]
 
 
 def _tpe(seed: int, *, constant_liar: bool = False) -> optuna.samplers.TPESampler:
@@ -498,9 +429,7 @@ class HolisticOptimizer:
             else:
                 sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
         pruner: optuna.pruners.BasePruner = (
-            _SuccessiveHalving(self.pruning.growth)
-            if self.pruning is not None
-            else optuna.pruners.NopPruner()
+            SuccessiveHalving(self.pruning.growth) if self.pruning is not None else optuna.pruners.NopPruner()
         )
         study = optuna.create_study(directions=directions, sampler=sampler, pruner=pruner, study_name=run_id)
         for t in replayed:
@@ -535,7 +464,7 @@ class HolisticOptimizer:
         should_stop: Callable[[], None] | None = None,
     ) -> None:
         previous = repo.trials(run_id)
-        search = _Search(self._study(repo, run_id), repo, run_id, on_trial)
+        search = SearchPass(self._study(repo, run_id), repo, run_id, on_trial)
         search.lm_calls = sum(t.lm_calls for t in previous)
         for t in previous:
             search.best = _best_by_quality(search.best, t)
@@ -545,7 +474,7 @@ class HolisticOptimizer:
             if should_stop is not None:
                 should_stop()  # raises OptimizationStopped before a trial is started
             size = self._bracket_size(search.study, len(devset), self.n_trials - count)
-            opened: list[_OpenTrial] = []
+            opened: list[OpenTrial] = []
             try:
                 for _ in range(size):
                     opened.append(self._open(search, program, base))
@@ -579,7 +508,7 @@ class HolisticOptimizer:
         rungs = len(self.pruning.steps(total)) - 1
         return max(1, min(int(self.pruning.growth ** min(2, rungs)), remaining))
 
-    def _open(self, search: _Search, program: Any, base: str) -> _OpenTrial:
+    def _open(self, search: SearchPass, program: Any, base: str) -> OpenTrial:
         """Ask Optuna for a trial, write its ``running`` row and build its configured program."""
         trial = search.study.ask()
         params, distributions = self._suggest(trial)
@@ -598,17 +527,17 @@ class HolisticOptimizer:
             )
         return self._prepare(trial, params, program, base, number=number, distributions=distributions)
 
-    def _bracket(self, search: _Search, opened: list[_OpenTrial], devset: list[Any]) -> None:
+    def _bracket(self, search: SearchPass, opened: list[OpenTrial], devset: list[Any]) -> None:
         """Successive halving over ``opened``, rung by rung: every open trial is scored on the rung's
         minibatch before any of them is judged, so each is compared with all the others."""
-        live: list[_OpenTrial] = []
+        live: list[OpenTrial] = []
         for run in opened:
             if run.error is not None:
                 self._close(search, run, "failed", run.failure())
             else:
                 live.append(run)
         while live:
-            waiting: list[_OpenTrial] = []
+            waiting: list[OpenTrial] = []
             for run in live:
                 ended = self._step(run, devset)
                 if ended is None:
@@ -622,7 +551,7 @@ class HolisticOptimizer:
                 else:
                     live.append(run)
 
-    def _abandon(self, search: _Search, runs: list[_OpenTrial]) -> None:
+    def _abandon(self, search: SearchPass, runs: list[OpenTrial]) -> None:
         """End trials cut off by a stop or an error as ``failed`` (they do not count toward
         ``n_trials``), keeping their minibatch scores and LM calls."""
         for run in runs:
@@ -641,7 +570,7 @@ class HolisticOptimizer:
                 **outcome,
             )
 
-    def _close(self, search: _Search, run: _OpenTrial, state: TrialState, outcome: dict[str, Any]) -> None:
+    def _close(self, search: SearchPass, run: OpenTrial, state: TrialState, outcome: dict[str, Any]) -> None:
         """Tell Optuna how the trial ended, finish its row, report progress."""
         study, repo, run_id, on_trial = search.study, search.repo, search.run_id, search.on_trial
         trial, number, params = run.trial, run.number, run.params
@@ -712,9 +641,9 @@ class HolisticOptimizer:
         *,
         number: int | None = None,
         distributions: dict[str, Any] | None = None,
-    ) -> _OpenTrial:
+    ) -> OpenTrial:
         """The trial's configured program, or its error when the params violate a constraint."""
-        run = _OpenTrial(
+        run = OpenTrial(
             trial=trial,
             number=trial.number if number is None else number,
             params=params,
@@ -738,7 +667,7 @@ class HolisticOptimizer:
         run.seconds = time.perf_counter() - started
         return run
 
-    def _step(self, run: _OpenTrial, devset: list[Any]) -> tuple[TrialState, dict[str, Any]] | None:
+    def _step(self, run: OpenTrial, devset: list[Any]) -> tuple[TrialState, dict[str, Any]] | None:
         """Evaluate the trial's next minibatch. None: it has more to go (its score was reported to
         Optuna for the pruner); otherwise how it ended, ``complete`` or ``failed`` (an aborted
         evaluation)."""
@@ -780,7 +709,7 @@ class HolisticOptimizer:
         run.outcome.update(scores=scores, values=[scores[o] for o in self.objectives])
         return "complete", run.ended()
 
-    def _evaluate(self, run: _OpenTrial, devset: list[Any]) -> tuple[TrialState, dict[str, Any]]:
+    def _evaluate(self, run: OpenTrial, devset: list[Any]) -> tuple[TrialState, dict[str, Any]]:
         """Run one trial to its end: minibatch after minibatch until the pruner stops it or it completes."""
         if run.error is not None:
             return "failed", run.failure()
