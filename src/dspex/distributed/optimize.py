@@ -17,6 +17,10 @@ against Optuna's number); asks and tells happen under one lock, evaluations outs
 while others are running see them through multivariate TPE's ``constant_liar`` (the parallel-safe
 setting: a running trial counts as a bad result, so the sampler spreads parallel asks instead of
 repeating one point).
+
+Pruning: the serial optimizer's successive halving, which judges a trial against every trial that
+reported the same minibatch, trials still in flight included. Its start-up bracket (trials scored side
+by side before any is judged) is not used here: trials in flight are judged as they report.
 """
 
 from __future__ import annotations
