@@ -90,6 +90,13 @@ def test_optimize_json(dspex: Invoke, project: Path) -> None:
     assert set(data["best"]["configuration"]) == {"model", "temperature"}
     assert data["version_id"]
     assert data["lm_calls"] > 0
+    # --max-lm-calls: the variable search starts no trial once its trials made that many calls.
+    capped = as_json(
+        dspex("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "50",
+              "--seed", "4", "--max-lm-calls", "1", "--json")
+    )  # fmt: skip
+    assert len([t for t in capped["trials"] if t["state"] != "failed"]) < 50
+    assert capped["lm_calls"] >= 1
 
 
 @pytest.mark.parametrize(

@@ -234,8 +234,9 @@ class HolisticOptimizer:
 
     - ``metric``: what :class:`Evaluator` takes; its primary score is the ``quality`` objective.
     - ``objectives``: ``("quality",)`` (default) or with ``"cost"`` and/or ``"latency"``.
-    - ``n_trials``: finished (complete + pruned) trials to reach; ``max_lm_calls``: no new trial starts
-      once the run's trials made this many LM calls (a running trial finishes, so it may overshoot).
+    - ``n_trials``: finished (complete + pruned) trials to reach; ``max_lm_calls``: no new trial (nor
+      start-up bracket) starts once the run's trials made this many LM calls (the trials already open
+      finish, so it may overshoot; for a hard cap, the DSPy optimizer jobs' ``max_lm_calls``).
     - ``sampler``: an Optuna sampler (default multivariate TPE, or NSGA-II for several objectives, seeded
       by ``seed``).
     - ``pruning``: a :class:`Pruning`, ``None`` for the default (on for one objective), ``False`` for off.
