@@ -15,7 +15,6 @@ and the stored LM that keeps the optimizer's own calls (instruction proposals, r
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,6 @@ from dspex.telemetry.usage import UsageTotals
 
 __all__ = ["CallCap", "CapReached", "Stop", "StoredLM"]
 
-_SAVE_EVERY_S = 0.25
 _DRAIN_S = 120.0  # longest wait for LM calls in flight after the cap stopped a run
 LM_PREFIX = "lm:"
 _NOT_PART_OF_THE_REQUEST = ("api_key", "api_base", "base_url")
@@ -55,8 +53,9 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
     So the run never makes more than ``limit`` calls. A call made inside a counted call (an LM wrapping
     another) is not counted twice; a call answered from DSPy's LM cache is counted while in flight only.
 
-    The total is also written to the run's record (``budget.lm_calls``, at most every 0.25 s and at the
-    end), so a worker that takes the job over counts what the earlier ones spent."""
+    The total is also written to the run's record (``budget.lm_calls``) as each call ends, so a worker
+    that takes the job over counts what the earlier ones spent; a worker killed mid-call loses the count
+    of the calls it had in flight, no more."""
 
     def __init__(
         self, limit: int, usage: UsageTotals, spent: int, save: Callable[[int], None] | None
@@ -64,9 +63,9 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         self.limit = limit
         self.usage = usage
         self.spent = spent
-        self.reached = False
         self._save = save
-        self._saved_at = 0.0
+        self._saved = spent
+        self._save_lock = threading.Lock()  # totals are written in order, never a smaller one last
         self._open: set[str] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -83,7 +82,6 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
             if ACTIVE_CALL_ID.get() in self._open:
                 return  # inside a call already counted
             if self.total() + len(self._open) >= self.limit:
-                self.reached = True
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             self._open.add(call_id)
 
@@ -100,15 +98,15 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         with self._idle:
             self._idle.wait_for(lambda: not self._open, timeout=timeout)
 
-    def save(self, *, force: bool = False) -> None:
+    def save(self) -> None:
+        """Write the run's total to its record when it changed."""
         if self._save is None:
             return
-        now = time.monotonic()
-        with self._lock:
-            if not force and now - self._saved_at < _SAVE_EVERY_S:
-                return
-            self._saved_at = now
-        self._save(self.total())
+        with self._save_lock:
+            total = self.total()
+            if total != self._saved:
+                self._save(total)
+                self._saved = total
 
 
 class StoredLM(dspy.BaseLM):  # type: ignore[misc]  # dspy.BaseLM is untyped

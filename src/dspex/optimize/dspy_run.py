@@ -573,7 +573,7 @@ def optimize_with_dspy(
     finally:
         if cap is not None:  # however the run ended, what its calls in flight cost is counted
             cap.drain()
-            cap.save(force=True)
+            cap.save()
     tracker.phase = "save"
     tracker.report(force=True)
     result_program = _unwrap(compiled) if not members else _unwrap(members[0])
@@ -677,7 +677,9 @@ def _start(
 
     repo = OptimizationRepository(db)
     described = {"optimizer": optimizer, "options": options}
-    budget = {**described, "max_lm_calls": max_lm_calls} if max_lm_calls is not None else described
+    budget = (
+        {**described, "max_lm_calls": max_lm_calls, "lm_calls": 0} if max_lm_calls is not None else described
+    )
     record = OptimizationRecord(
         id=run_id,
         program=program_name,
