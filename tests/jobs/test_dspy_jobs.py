@@ -402,3 +402,61 @@ def test_killed_miprov2_job_resumes_with_fewer_lm_calls_than_a_fresh_run(
             assert rows.count("dspy:") == program_calls
             assert app.optimizations.get(resumed["optimization_id"]).status == "succeeded"
             assert app.programs.build(app.programs.version(resumed["version_id"])) is not None
+
+
+def test_a_capped_job_killed_mid_run_stays_within_its_cap_across_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The MIPROv2 job above makes 51 LM calls; capped at 40, killed after about 20 of them.
+    cap = 40
+    with SimServer(latency=0.02, latency_scale=0.0, task_size=40) as sim:
+        for key, value in _env(tmp_path / "unused", "sqlite://", sim).items():
+            if key.startswith(("DSPEX_LM", "DSPEX_API", "DSPEX_NUM")):
+                monkeypatch.setenv(key, value)
+        database_url = f"sqlite:///{tmp_path / 'dspex.db'}"
+        home = tmp_path / "home"
+        with _setup(home, database_url, sim) as app:
+            job = submit_dspy_optimization(
+                app, program="qa", dataset="qa-set", optimizer="miprov2", options=MIPRO, max_lm_calls=cap
+            )
+            optimization_id = job.payload["optimization_id"]
+            log = tmp_path / "worker.log"
+            before = sim.stats().total_requests
+            with log.open("ab") as out:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "dspex.cli", "worker", "--lease", "2", "--poll", "0.1",
+                     "--max-jobs", "1"],
+                    stdout=out, stderr=subprocess.STDOUT, env=_env(home, database_url, sim),
+                )  # fmt: skip
+            try:
+
+                def counted_20_or_exited() -> bool:
+                    if worker.poll() is not None:
+                        return True
+                    try:
+                        budget = app.optimizations.get(optimization_id).budget
+                    except ConfigurationError:  # the worker has not created the run yet
+                        return False
+                    return int(budget.get("lm_calls") or 0) >= 20
+
+                wait_for(counted_20_or_exited, timeout=120, what="20 counted LM calls", every=0.02)
+                assert worker.poll() is None, log.read_text()[-3000:]
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(timeout=10)
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                worker.wait(timeout=10)
+            killed = sim.stats().total_requests - before
+            counted = app.optimizations.get(optimization_id).budget["lm_calls"]
+            assert counted <= killed <= counted + 1  # one thread: at most one call in flight uncounted
+
+            assert Worker(app, lease_s=5.0, poll_s=0.05).run(max_jobs=1) == 1
+            done = app.jobs.get(job.id)
+            assert done is not None
+            assert done.result is not None, done.error
+            assert (done.status, done.attempts) == ("succeeded", 2)
+            total = sim.stats().total_requests - before
+            assert total <= cap + 1
+            assert done.result["stopped"].startswith(f"max_lm_calls={cap} reached")
+            assert app.optimizations.get(optimization_id).budget["lm_calls"] <= cap
