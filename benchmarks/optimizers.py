@@ -32,7 +32,9 @@ temperature for DSPy's optimizers, which tune prompts, not models) and a fresh e
 Counted: every LM call a method makes (its own evaluations, bootstraps, proposals, reflections and final
 stage); not counted: the held-out test evaluation that measures it. Quality is exact match on a held-out
 test split no method sees. The searches' curves (best configuration so far against calls so far) come
-from their trial records; a run capped at a smaller rung is a prefix of the same run (same seed).
+from their trial records, in the order trials ended, counting every trial started by then in full (the
+holistic optimizer's start-up bracket keeps several open at once); a run capped at a smaller rung is a
+prefix of the same run (same seed).
 """
 
 from __future__ import annotations
@@ -319,13 +321,21 @@ class Bench:
             )
         return result, usage, time.perf_counter() - started
 
-    def curve(self, result: Any, task: Task) -> list[tuple[int, float | None]]:
-        """After each trial: calls so far, and the held-out quality of the best complete trial by dev score
-        so far (None before the first complete one)."""
-        points: list[tuple[int, float | None]] = []
-        calls, best = 0, None
-        for trial in result.trials:
-            calls += trial.lm_calls
+    def curve(self, result: Any, task: Task) -> list[tuple[int, float | None, float]]:
+        """After each trial, in the order trials ended: calls so far, the held-out quality of the best
+        complete trial by dev score so far (None before the first complete one), and cost so far.
+
+        Trials can be open side by side (the holistic optimizer's start-up bracket scores several on a
+        minibatch before judging them), so "calls so far" at a trial's end counts every trial that had
+        started by then in full: exact when trials run one at a time, an overcount otherwise, never an
+        undercount."""
+        trials = sorted(result.trials, key=lambda t: (t.finished_at, t.number))
+        points: list[tuple[int, float | None, float]] = []
+        best = None
+        for trial in trials:
+            begun = [t for t in trials if t.started_at <= trial.finished_at]
+            calls = sum(t.lm_calls for t in begun)
+            cost = sum(t.cost_usd or 0.0 for t in begun)
             better = best is None or (trial.scores or {}).get("quality", -1.0) > best.scores["quality"]
             if trial.state == "complete" and trial.scores is not None and better:
                 best = trial
@@ -334,7 +344,7 @@ class Bench:
                 program = apply(task.seeded(task.program(), task.train), Configuration(best.configuration),
                                 task.bindings, lms=self.lms)  # fmt: skip
                 quality = self.held_out(program, task)
-            points.append((calls, quality))
+            points.append((calls, quality, cost))
         return points
 
     def run_search(self, method: str, task: Task, ladder: Sequence[int]) -> tuple[list[Point], Curve]:
@@ -358,13 +368,12 @@ class Bench:
             return points, Curve()
         result, usage, seconds = self.search(method, max(ladder), task)
         after = self.curve(result, task)
-        curve = Curve([c for c, q in after if q is not None], [q for _, q in after if q is not None])
+        curve = Curve([c for c, q, _ in after if q is not None], [q for _, q, _ in after if q is not None])
         points = []
         for rung in ladder:
             # The run capped at ``rung`` is this run's prefix: the trials started while under the cap.
-            used = next((i + 1 for i, (c, _) in enumerate(after) if c >= rung), len(after))
-            spent, quality = after[used - 1]
-            cost = sum(t.cost_usd or 0.0 for t in result.trials[:used])
+            used = next((i + 1 for i, (c, _, _) in enumerate(after) if c >= rung), len(after))
+            spent, quality, cost = after[used - 1]
             share = seconds * spent / max(1, usage.calls)
             points.append(
                 Point(task.name, method, rung, spent, cost, share, quality or 0.0, f"{used} trials")

@@ -97,6 +97,13 @@ def test_optimize_json(dspex: Invoke, project: Path) -> None:
     assert set(data["best"]["configuration"]) == {"model", "temperature"}
     assert data["version_id"]
     assert data["lm_calls"] > 0
+    # --max-lm-calls: the variable search starts no trial once its trials made that many calls.
+    capped = as_json(
+        dspex("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "50",
+              "--seed", "4", "--max-lm-calls", "1", "--json")
+    )  # fmt: skip
+    assert len([t for t in capped["trials"] if t["state"] != "failed"]) < 50
+    assert capped["lm_calls"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -283,10 +290,10 @@ def test_optimize_join_adds_a_driver_to_the_run_of_the_same_command(dspex: Invok
     space, bindings = load_space_file(project)
     outcome: list[Any] = []
     with App(Settings.load()) as app:
-        # The owner: what `dspex optimize qa --dataset qa-set --space ... --budget 8` runs, in a thread.
+        # The owner: what `dspex optimize qa --dataset qa-set --space ... --budget 8 --shared` runs, in a thread.
         owner = threading.Thread(
             target=lambda: outcome.append(
-                app.optimize("qa", dataset="qa-set", space=space, bindings=bindings, n_trials=8)
+                app.optimize("qa", dataset="qa-set", space=space, bindings=bindings, n_trials=8, shared=True)
             ),
             daemon=True,
         )
@@ -318,6 +325,21 @@ def test_optimize_join_adds_a_driver_to_the_run_of_the_same_command(dspex: Invok
     assert "to join; start it first" in err
     err = dspex("optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap", "--join", code=2).stderr
     assert "--join belongs to the variable search" in err
+    # A run started without --shared (nor --parallel N) has one driver: it cannot be joined.
+    with App(Settings.load()) as app:
+        alone = threading.Thread(
+            target=lambda: app.optimize(
+                "qa", dataset="qa-set", space=space, bindings=bindings, n_trials=2, seed=5
+            ),
+            daemon=True,
+        )
+        alone.start()
+        _wait_until(lambda: len(app.optimizations.runs()) == 2, alone, "the second run exists")
+        err = dspex(*args[:-1], "2", "--seed", "5", "--join", code=2).stderr
+        alone.join(60)
+        assert not alone.is_alive()
+    assert "is driven by one process" in err
+    assert "--shared" in err
 
 
 @pytest.mark.sim_lm(latency=0.1)
@@ -325,7 +347,7 @@ def test_optimizations_join_adds_a_driver_to_a_running_job(dspex: Invoke, projec
     from dspex.jobs.worker import Worker
 
     submit = ("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--space", str(project))
-    queued = as_json(dspex(*submit, "--budget", "8", "--json"))
+    queued = as_json(dspex(*submit, "--budget", "8", "--parallel", "2", "--json"))  # parallel: shared
     run_id = queued["payload"]["optimization_id"]
     err = dspex("optimizations", "join", run_id, code=2).stderr
     assert f"the job of optimization {run_id!r} is queued; join it once a worker runs it" in err
@@ -359,3 +381,28 @@ def test_optimizations_join_adds_a_driver_to_a_running_job(dspex: Invoke, projec
     )
     err = dspex("optimizations", "join", dspy_job["payload"]["optimization_id"], code=2).stderr
     assert "only a variable search can be joined" in err
+
+
+def test_max_lm_calls_caps_a_dspy_optimizer_in_the_foreground_and_as_a_job(
+    dspex: Invoke, project: Path, settings_sim: SimServer
+) -> None:
+    args = ("optimize", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap_rs")
+    options = ("-o", "num_candidate_programs=8", "-o", "max_bootstrapped_demos=2", "-o", "num_threads=2")
+    before = settings_sim.stats().total_requests
+    result = as_json(dspex(*args, *options, "--max-lm-calls", "30", "--json"))
+    sent = settings_sim.stats().total_requests - before
+    assert result["lm_calls"] == sent <= 30
+    assert result["stopped"].startswith("max_lm_calls=30 reached")
+    assert result["version_id"]
+    err = dspex(*args, "--max-lm-calls", "0", code=2).stderr
+    assert "--max-lm-calls" in err
+    queued = as_json(
+        dspex("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--optimizer", "bootstrap_rs",
+              *options, "--max-lm-calls", "25", "--json")
+    )  # fmt: skip
+    assert queued["payload"]["max_lm_calls"] == 25
+    before = settings_sim.stats().total_requests
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05").stdout
+    assert settings_sim.stats().total_requests - before <= 25
+    job = as_json(dspex("jobs", "show", queued["id"], "--json"))
+    assert job["result"]["stopped"].startswith("max_lm_calls=25 reached")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dspex.store import open_database
 from dspex.store.optimizations import OptimizationRepository
 
@@ -16,19 +18,22 @@ WORKER = Path(__file__).with_name("resume_worker.py")
 N_TRIALS = 12
 
 
-def _start(url: str) -> subprocess.Popen[bytes]:
+def _start(url: str, mode: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), url, "crash", str(N_TRIALS)],
+        [sys.executable, str(WORKER), url, "crash", str(N_TRIALS), mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
     )
 
 
-def test_killed_run_resumes_to_exactly_the_requested_trials(database_url: str) -> None:
+@pytest.mark.parametrize("mode", ["plain", "pruned"])
+def test_killed_run_resumes_to_exactly_the_requested_trials(database_url: str, mode: str) -> None:
+    # "pruned": the run opens with a bracket of four trials scored side by side; the kill usually lands
+    # inside it (two trials pruned, two still open), and the resume must still end at exactly N_TRIALS.
     db = open_database(database_url)
     repo = OptimizationRepository(db)
-    process = _start(database_url)
+    process = _start(database_url, mode)
     try:
         deadline = time.monotonic() + 40
         finished = 0
@@ -51,7 +56,7 @@ def test_killed_run_resumes_to_exactly_the_requested_trials(database_url: str) -
     assert repo.count("crash") < N_TRIALS
     assert repo.get("crash").status == "running"
 
-    again = _start(database_url)
+    again = _start(database_url, mode)
     out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err.decode()[-2000:]
     assert out.decode().strip() == f"finished {N_TRIALS}"

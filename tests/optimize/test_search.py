@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from dspex import ConfigurationError
 from dspex.lm.pricing import Price, Prices
 from dspex.optimize import exact_match
-from dspex.optimize.search import HolisticOptimizer, Pruning
+from dspex.optimize.search import HolisticOptimizer, OptimizationStopped, Pruning, TrialProgress
 from dspex.programs.registry import ProgramRegistry
 from dspex.store import open_database
 from dspex.store.optimizations import OptimizationRepository
@@ -175,6 +176,98 @@ def test_pruning_stops_weak_trials_on_growing_minibatches(sim: SimServer, lms: d
             assert set(t.intermediate) == {5, 10, 20, 40}
     assert result.lm_calls < result.finished * len(devset)
     assert Pruning(min_examples=5, growth=2).steps(40) == [5, 10, 20, 40]
+
+
+def test_start_up_trials_are_scored_side_by_side_before_any_is_judged(
+    sim: SimServer, lms: dict[str, Any]
+) -> None:
+    space = VariableSpace(
+        [
+            Variable.model("model", MODELS),
+            Variable.module_type("module", ["predict", "chain_of_thought"]),
+            Variable.float("temperature", 0.0, 1.5, step=0.1),
+        ]
+    )
+    devset = _devset(sim, 40)
+
+    def run() -> Any:
+        optimizer = HolisticOptimizer(
+            space,
+            [*BINDINGS, bind.temperature("temperature")],
+            exact_match,
+            n_trials=8,
+            lms=lms,
+            pruning=Pruning(min_examples=5, growth=2),
+        )
+        return optimizer.optimize(_program(sim), devset)
+
+    result = run()
+    assert result.finished == 8
+    # Nothing had completed, so the first growth ** 2 trials form one bracket: all four were open
+    # together, and none was judged before every one of them had its first-minibatch score.
+    bracket = result.trials[:4]
+    assert max(t.started_at for t in bracket) < min(t.finished_at for t in bracket if t.finished_at)
+    assert all(5 in t.intermediate for t in bracket)
+    # Rung by rung (5, 10, 20 examples), the top half of the scores go on (ties included, at least the
+    # best one: Optuna's rule); what passes the last rung is evaluated on all 40.
+    alive = list(bracket)
+    for size, following in ((5, 10), (10, 20), (20, 40)):
+        scores = sorted((t.intermediate[size] for t in alive), reverse=True)
+        cut = scores[max(0, len(scores) // 2 - 1)]
+        passed = [t for t in alive if t.intermediate[size] >= cut]
+        assert {t.number for t in bracket if following in t.intermediate} == {t.number for t in passed}
+        alive = passed
+    complete = [t for t in bracket if t.state == "complete"]
+    assert complete
+    assert complete == alive
+    assert all(t.state == "pruned" for t in bracket if t not in complete)
+    # After the first complete trial, trials run one at a time again.
+    later = result.trials[4:]
+    for a, b in itertools.pairwise(later):
+        assert a.finished_at is not None
+        assert a.finished_at <= b.started_at
+    # Same seed, same run.
+    again = run()
+    assert [(t.params["values"], t.state, t.intermediate, t.lm_calls) for t in again.trials] == [
+        (t.params["values"], t.state, t.intermediate, t.lm_calls) for t in result.trials
+    ]
+
+
+def test_a_stop_inside_the_start_up_bracket_leaves_no_trial_running_and_resumes_exactly(
+    sim: SimServer, lms: dict[str, Any], tmp_path: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'dspex.db'}"
+    space = VariableSpace(
+        [Variable.model("model", MODELS), Variable.float("temperature", 0.0, 1.5, step=0.1)]
+    )
+    bindings = [bind.model("model"), bind.temperature("temperature")]
+
+    def optimizer() -> HolisticOptimizer:
+        return HolisticOptimizer(
+            space, bindings, exact_match, n_trials=6, lms=lms, pruning=Pruning(min_examples=5, growth=2)
+        )
+
+    def stop_after_the_first(progress: TrialProgress) -> None:
+        raise OptimizationStopped("worker released", cancelled=False)
+
+    with pytest.raises(OptimizationStopped):
+        optimizer().optimize(
+            _program(sim), _devset(sim, 20), db=url, optimization_id="bracket", on_trial=stop_after_the_first
+        )
+    db = open_database(url)
+    repo = OptimizationRepository(db)
+    trials = repo.trials("bracket")
+    assert len(trials) == 4  # the bracket was open: one ended and stopped the run, three were cut off
+    assert not [t for t in trials if t.state == "running"]
+    cut = [t for t in trials if t.state == "failed"]
+    assert len(cut) == 3
+    assert all("stopped while this trial was open" in (t.error or "") for t in cut)
+    assert all(t.lm_calls > 0 and 5 in t.intermediate for t in cut)  # scored on the first minibatch
+    assert repo.get("bracket").status == "running"
+    resumed = optimizer().optimize(_program(sim), _devset(sim, 20), db=url, optimization_id="bracket")
+    assert resumed.finished == 6
+    assert [t.number for t in resumed.trials] == list(range(len(resumed.trials)))
+    db.dispose()
 
 
 def test_final_stage_and_new_version_in_optimizing(sim: SimServer, tmp_path: Any) -> None:

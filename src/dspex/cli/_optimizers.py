@@ -108,11 +108,14 @@ def print_result(program: str, result: DSPyOptimizationResult, as_json: bool) ->
         return
     out = console()
     cost = f", ${result.cost_usd:.4f}" if result.cost_usd else ""
+    scored = "on the devset" if not result.stopped else f"on the {result.scored_on} examples it was scored on"
     out.print(
-        f"{result.optimizer}: score {result.score:.3f} on the devset; {result.candidates} candidates, "
+        f"{result.optimizer}: score {result.score:.3f} {scored}; {result.candidates} candidates, "
         f"{result.evaluations} evaluations, {result.lm_calls} LM calls{cost}, {result.cached} program calls "
         f"from the evaluation cache ({result.duration_s:.1f} s, run {result.id})"
     )
+    if result.stopped:
+        out.print(f"[yellow]{text(result.stopped)}[/]")
     if result.unchanged:
         out.print(f"the optimizer kept the program as it was (version {short(result.version_id)})")
     elif result.version_id:

@@ -314,7 +314,11 @@ def submit_optimization(
     seed: int = SEED,
     version: str | None = VERSION,
     max_lm_calls: int | None = typer.Option(
-        None, "--max-lm-calls", min=1, help="Stop starting trials past this."
+        None,
+        "--max-lm-calls",
+        min=1,
+        help="The variable search starts no trial past this many LM calls; a DSPy optimizer is stopped "
+        "at it (a hard cap over all the job's attempts) and the best candidate so far is kept.",
     ),
     parallel: int = PARALLEL,
     drivers: int = typer.Option(
@@ -349,8 +353,6 @@ def submit_optimization(
                 raise ConfigurationError(
                     "--drivers belongs to the variable search; a DSPy optimizer runs in one process"
                 )
-            if max_lm_calls is not None:
-                raise ConfigurationError("--max-lm-calls belongs to the variable search, not to --optimizer")
             job = submit_dspy_optimization(
                 dspex_app,
                 program=program,
@@ -362,6 +364,7 @@ def submit_optimization(
                 seed=seed,
                 version_id=version,
                 prompt_model=prompt_model,
+                max_lm_calls=max_lm_calls,
                 max_attempts=max_attempts,
             )
         _queued(job, as_json, f"optimization {job.payload['optimization_id']} of {program} ({optimizer})")

@@ -139,13 +139,27 @@ def optimize(
     join: bool = typer.Option(
         False,
         "--join",
-        help="Add this process's trials to the run the same command started elsewhere (any machine sharing "
-        "the database); that one ends the run and saves the version. Not with --optimizer.",
+        help="Add this process's trials to the run the same command started elsewhere with --shared or "
+        "--parallel N (any machine sharing the database); that one ends the run and saves the version. "
+        "Not with --optimizer.",
+    ),
+    shared: bool = typer.Option(
+        False,
+        "--shared",
+        help="Let other processes join this run (--join). Without it (and with --parallel 1) this process "
+        "drives the run alone, with the serial optimizer's start-up bracket. Not with --optimizer.",
     ),
     optimizer: str | None = _optimizers.OPTIMIZER,
     option: list[str] | None = _optimizers.OPTION,
     options: str | None = _optimizers.OPTIONS,
     prompt_model: str | None = _optimizers.PROMPT_MODEL,
+    max_lm_calls: int | None = typer.Option(
+        None,
+        "--max-lm-calls",
+        min=1,
+        help="The variable search starts no trial past this many LM calls; a DSPy optimizer is stopped "
+        "at it (a hard cap) and the best candidate so far is kept.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),
 ) -> None:
     """Search the program's variables on a dataset (--space, --budget), or run one of DSPy's optimizers
@@ -167,9 +181,10 @@ def optimize(
         with open_app() as dspex_app:
             _optimizers.check_no_search_options(space_file, budget, objectives)
             check_parallel_search(parallel, optimizer)
-            if join:
+            if join or shared:
                 raise ConfigurationError(
-                    "--join belongs to the variable search; a DSPy optimizer runs in one process"
+                    f"{'--join' if join else '--shared'} belongs to the variable search; a DSPy optimizer "
+                    "runs in one process"
                 )
             kwargs: dict[str, Any] = {
                 "dataset": dataset,
@@ -179,6 +194,7 @@ def optimize(
                 "seed": seed,
                 "version_id": version,
                 "prompt_model": prompt_model,
+                "max_lm_calls": max_lm_calls,
             }
             if as_json:
                 # DSPy's optimizers print (and draw tqdm bars) on stdout; --json keeps stdout for the JSON.
@@ -211,6 +227,8 @@ def optimize(
                 on_trial,
                 parallel=parallel,
                 join=join,
+                shared=shared,
+                max_lm_calls=max_lm_calls,
             )
 
         result = run(None) if as_json else with_progress(out, program, budget, run)
@@ -284,6 +302,8 @@ def _run(
     *,
     parallel: int = 1,
     join: bool = False,
+    shared: bool = False,
+    max_lm_calls: int | None = None,
 ) -> OptimizationResult:
     result: OptimizationResult = dspex_app.optimize(
         program,
@@ -299,6 +319,8 @@ def _run(
         on_trial=on_trial,
         parallel=parallel,
         join=join,
+        shared=shared,
+        max_lm_calls=max_lm_calls,
     )
     return result
 

@@ -37,6 +37,10 @@ trials to an existing running run and returns the result without saving anything
 run's status (a joiner that fails or is stopped leaves the run to its owner), and it stops when the owner
 ends the run ``failed`` or ``cancelled``. Two owners running at once would each save a version: start
 the second with ``join=True``.
+
+Pruning: the serial optimizer's successive halving, which judges a trial against every trial that
+reported the same minibatch, trials still in flight included. Its start-up bracket (trials scored side
+by side before any is judged) is not used here: trials in flight are judged as they report.
 """
 
 from __future__ import annotations
@@ -174,7 +178,13 @@ class ParallelOptimizer(HolisticOptimizer):
             raise ConfigurationError(
                 f"no optimization {run_id!r} to join; start it first (its owner creates it), then join it"
             ) from None
-        budget = {"n_trials": self.n_trials, "max_lm_calls": self.max_lm_calls}
+        budget = self._budget()
+        if stored.budget.get("shared") is not True:
+            raise ConfigurationError(
+                f"optimization {run_id!r} is driven by one process: it was started (or last resumed) "
+                "without shared=True or parallel > 1 (`dspex optimize --shared`, `--parallel N`, jobs with "
+                "drivers=N or parallel=N), so it cannot be joined"
+            )
         mismatch = [
             name
             for name, mine, theirs in (
@@ -195,6 +205,11 @@ class ParallelOptimizer(HolisticOptimizer):
             )
         if stored.status != "running":
             raise ConfigurationError(f"optimization {run_id!r} is {stored.status}; there is nothing to join")
+
+    def _budget(self) -> dict[str, Any]:
+        # Marks the run as shared: a joiner refuses a run whose owner drives it alone (the serial
+        # optimizer rewrites the budget without it when it resumes the run).
+        return {**super()._budget(), "shared": True}
 
     def _ended(self, repo: OptimizationRepository, run_id: str, status: str, error: str) -> None:
         if not self.join:  # a joiner's failure or stop is its own; the run stays its owner's

@@ -138,6 +138,7 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
             seed=_field(job, "seed", int),
             version_id=_field(job, "version_id", str),
             prompt_model=_optional(job, "prompt_model", str),
+            max_lm_calls=_optional(job, "max_lm_calls", int),
             optimization_id=optimization_id,
             on_progress=on_progress,
             should_stop=should_stop,
@@ -231,6 +232,7 @@ def run_optimization(app: App, job: JobRecord, context: JobContext) -> dict[str,
             should_stop=should_stop,
             pool=route.pool,
             parallel=parallel,
+            shared=(_optional(job, "drivers", int) or 1) > 1,  # its joining jobs add their trials
         )
     except OptimizationStopped as exc:
         done = {"optimization_id": optimization_id, "finished": app.optimizations.count(optimization_id)}

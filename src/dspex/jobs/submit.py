@@ -144,18 +144,21 @@ def submit_dspy_optimization(
     seed: int = 0,
     version_id: str | None = None,
     prompt_model: str | None = None,
+    max_lm_calls: int | None = None,
     created_by: str | None = None,
     max_attempts: int = 3,
 ) -> JobRecord:
     """Queue an optimization of ``program`` by one of DSPy's optimizers (see :meth:`dspex.App.optimize_with`):
-    ``optimizer`` is ``miprov2``, ``gepa``, ``simba``, ``copro``, ``bootstrap``, ``bootstrap_rs`` or
-    ``ensemble`` and ``options`` its options as plain JSON, checked now (an unknown one is refused with
-    the valid ones listed). ``prompt_model`` names a configured model (``[models]``). The job's kind is
-    ``optimize``; its payload carries the optimization id, so the worker that takes the job over after a
-    crash resumes the run, its finished evaluations served from the evaluation cache. ::
+        ``optimizer`` is ``miprov2``, ``gepa``, ``simba``, ``copro``, ``bootstrap``, ``bootstrap_rs`` or
+        ``ensemble`` and ``options`` its options as plain JSON, checked now (an unknown one is refused with
+        the valid ones listed). ``prompt_model`` names a configured model (``[models]``). ``max_lm_calls`` caps
+    the LM calls of the job, all its attempts together (the optimizers' own budgets are in their own units):
+    the optimizer is stopped there and the best candidate so far kept. The job's kind is
+        ``optimize``; its payload carries the optimization id, so the worker that takes the job over after a
+        crash resumes the run, its finished evaluations served from the evaluation cache. ::
 
-        job = submit_dspy_optimization(app, program="qa", dataset="qa-set", optimizer="miprov2",
-                                       options={"auto": "light"})
+            job = submit_dspy_optimization(app, program="qa", dataset="qa-set", optimizer="miprov2",
+                                           options={"auto": "light"})
     """
     from dspex.optimize.dspy_optimizers import check_options
 
@@ -165,12 +168,17 @@ def submit_dspy_optimization(
         raise ConfigurationError(f"seed must be an integer >= 0, got {seed!r}")
     if prompt_model is not None and prompt_model not in app.models:
         raise ConfigurationError("prompt_model: " + app.models.unknown(prompt_model))
+    if max_lm_calls is not None and (
+        not isinstance(max_lm_calls, int) or isinstance(max_lm_calls, bool) or max_lm_calls < 1
+    ):
+        raise ConfigurationError(f"max_lm_calls must be an integer >= 1, got {max_lm_calls!r}")
     fields = {
         "optimizer": optimizer,
         "options": checked,
         "metric": metric,
         "seed": seed,
         "prompt_model": prompt_model,
+        "max_lm_calls": max_lm_calls,
     }
     return _enqueue_optimization(app, program, version_id, dataset, split, fields, created_by, max_attempts)
 

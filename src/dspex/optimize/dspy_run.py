@@ -28,14 +28,16 @@ are given, never their internals:
 
 What a resumed run repeats: DSPy optimizers keep no checkpoint, so a resumed run replays the optimizer
 from the start with the same seed. Every call of the *program* the first run finished (bootstrapping
-traces, minibatch and full evaluations of candidates) is served from the store at no LM cost. Calls
-that are not program calls are made again: for MIPROv2, the proposer's (the dataset summary, the
-program description and one instruction proposal per candidate and predictor), for COPRO its
-instruction proposals, for GEPA its reflection calls, for SIMBA its rule proposals. With a
-deterministic LM (or DSPy's own LM cache on the same machine) they return what they returned before,
-so the replay walks the same candidates; an LM sampling differently proposes other instructions,
-whose evaluations are then new. The Optuna study inside MIPROv2 is replayed too (same seed, same
-scores, same suggestions), in milliseconds.
+traces, minibatch and full evaluations of candidates) is served from the store at no LM cost. So are
+the optimizer's own calls, made through the prompt LM it is given (a
+:class:`~dspex.optimize._dspy_lm.StoredLM` over the same store): for MIPROv2, the proposer's (the
+dataset summary, the program description and one instruction proposal per candidate and predictor,
+each with a rollout id drawn from the seed), for COPRO its instruction proposals, for GEPA its
+reflection calls, for SIMBA its rule proposals. Replayed with the same seed, they ask the same
+requests, get the same answers and so walk the same candidates, whatever the LM would sample now.
+What is repeated: the calls in flight when the worker died, and calls whose answer is not plain JSON.
+The Optuna study inside MIPROv2 is replayed too (same seed, same scores, same suggestions), in
+milliseconds.
 
 The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
 optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
@@ -57,6 +59,7 @@ import dspy
 
 from dspex.errors import ConfigurationError
 from dspex.jsonable import canonical_hash, to_jsonable
+from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import CachedResult, EvalCache, MemoryCache, example_hash
 from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options
@@ -69,15 +72,6 @@ __all__ = ["CandidateCache", "DSPyOptimizationResult", "DSPyProgress", "optimize
 Phase = Literal["compile", "evaluate", "save"]
 _REPORT_EVERY_S = 0.25
 _CACHE_PREFIX = "dspy:"
-
-
-class _Stop(BaseException):
-    """Carries an ``OptimizationStopped`` through DSPy, whose executors catch ``Exception`` per call
-    (a stop must end the compile, not count as one failed example)."""
-
-    def __init__(self, stopped: BaseException) -> None:
-        super().__init__(str(stopped))
-        self.stopped = stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +127,11 @@ class DSPyOptimizationResult:
     version_id: str | None = None
     members: tuple[str, ...] = ()
     unchanged: bool = False  # the optimizer kept the program as it was: version_id is the one it started from
+    # Why the run ended before its optimizer did (max_lm_calls reached): then ``program`` is the best
+    # candidate so far and ``score`` its mean over ``scored_on`` examples, not a full valset evaluation.
+    stopped: str | None = None
+    scored_on: int | None = None
+    lm_cached: int = 0  # the optimizer's own LM calls (proposals, reflections) answered from the store
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +149,9 @@ class DSPyOptimizationResult:
             "version_id": self.version_id,
             "members": list(self.members),
             "unchanged": self.unchanged,
+            "stopped": self.stopped,
+            "scored_on": self.scored_on,
+            "lm_cached": self.lm_cached,
         }
 
 
@@ -173,6 +175,7 @@ class _Tracker:
         self.phase: Phase = "compile"
         self._lock = threading.Lock()
         self._scores: dict[str, dict[str, float]] = {}
+        self._states: dict[str, dict[str, Any]] = {}
         self.cached = 0
         self.calls = 0
         self._reported = 0.0
@@ -187,13 +190,42 @@ class _Tracker:
         try:
             self.should_stop()
         except Exception as exc:  # OptimizationStopped (or the caller's own error): end the compile
-            raise _Stop(exc) from exc
+            raise Stop(exc) from exc
 
     def called(self, *, cached: bool) -> None:
         with self._lock:
             self.calls += 1
             self.cached += cached
         self.report()
+
+    def remember(self, candidate: str, program: Any) -> None:
+        """Keep the saved state of a candidate the first time it is called, so that the best one so far
+        can be rebuilt when the run stops at its LM-call cap."""
+        with self._lock:
+            if candidate in self._states:
+                return
+        state = program.dump_state()
+        with self._lock:
+            self._states.setdefault(candidate, state)
+
+    def best(self) -> tuple[dict[str, Any], float, int] | None:
+        """The best candidate so far as progress ranks it (best mean over the most examples any
+        candidate was scored on): its saved state, that mean and that number of examples."""
+        with self._lock:
+            scores = {k: dict(v) for k, v in self._scores.items() if k in self._states}
+            states = dict(self._states)
+        most = max((len(v) for v in scores.values()), default=0)
+        ranked = [(sum(v.values()) / len(v), k) for k, v in scores.items() if len(v) == most and v]
+        if not ranked:
+            return None
+        score, key = max(ranked)
+        return states[key], score, most
+
+    def score_of(self, candidate: str) -> tuple[float, int]:
+        """A candidate's mean score and the number of examples it was scored on (0: never scored)."""
+        with self._lock:
+            values = list(self._scores.get(candidate, {}).values())
+        return (sum(values) / len(values), len(values)) if values else (0.0, 0)
 
     def scored(self, candidate: str, example: str, value: float) -> None:
         with self._lock:
@@ -242,6 +274,7 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
         tracker = self._tracker
         tracker.check()
         candidate = configuration_fingerprint(self.inner, dspy.settings.lm)
+        tracker.remember(candidate, self.inner)
         key = (_CACHE_PREFIX + candidate, canonical_hash(to_jsonable(inputs)))
         hit = tracker.cache.get_many([key]).get(key)
         if hit is not None and hit.trace is not None:
@@ -412,6 +445,7 @@ def optimize_with_dspy(
     on_progress: Callable[[DSPyProgress], None] | None = None,
     should_stop: Callable[[], None] | None = None,
     prices: Any = None,
+    max_lm_calls: int | None = None,
 ) -> DSPyOptimizationResult:
     """Run DSPy's ``optimizer`` (a name of :data:`~dspex.optimize.dspy_optimizers.OPTIMIZERS`) on
     ``program`` (see the module docstring).
@@ -426,11 +460,20 @@ def optimize_with_dspy(
       ``optimization_id`` (default derived from the inputs, so the same call resumes it).
     - ``registry`` + ``program_name``: save the result as a version in ``optimizing``.
     - ``should_stop``: called before each program call; raises ``OptimizationStopped`` to stop there.
+    - ``max_lm_calls``: a hard cap on the LM calls of the run (every process that runs it, the
+      optimizer's own proposals and reflections and the final evaluation included). No call starts once
+      it would exceed the cap; the optimizer is stopped there and the best candidate scored so far is
+      the result (``result.stopped`` says so; ``score`` is its mean over ``scored_on`` examples). A
+      run stopped before any candidate was scored is an error saying to raise the cap.
     """
     from dspex.optimize.search import OptimizationStopped
 
     started = time.perf_counter()
     checked = check_options(optimizer, options)
+    if max_lm_calls is not None and (
+        not isinstance(max_lm_calls, int) or isinstance(max_lm_calls, bool) or max_lm_calls < 1
+    ):
+        raise ConfigurationError(f"max_lm_calls must be an integer >= 1 or null, got {max_lm_calls!r}")
     trainset, valset = list(trainset), list(valset)
     if not trainset or not valset:
         raise ConfigurationError(f"{optimizer} needs a trainset and a valset with at least one example each")
@@ -445,16 +488,36 @@ def optimize_with_dspy(
         **({"identity": dict(identity)} if identity is not None else {}),
     }
     run_id = optimization_id or f"dspy-{optimizer}-{canonical_hash(to_jsonable(settings))[:16]}"
-    repo = _start(db, run_id, program_name, optimizer, checked, settings)
+    repo, spent = _start(db, run_id, program_name, optimizer, checked, settings, max_lm_calls)
     usage = UsageTotals(prices=prices)
+    cap = None
+    if max_lm_calls is not None:
+        budget = {"optimizer": optimizer, "options": checked, "max_lm_calls": max_lm_calls}
+
+        def save(total: int) -> None:
+            if repo is not None:
+                repo.update(run_id, budget={**budget, "lm_calls": total})
+
+        cap = CallCap(max_lm_calls, usage, spent, save if repo is not None else None)
     tracker = _Tracker(
         optimizer, cache if cache is not None else MemoryCache(), usage, on_progress, should_stop
     )
     wrapped_metric = _Metric(scorer, tracker, feedback=optimizer == "gepa")
     student = CandidateCache(program.deepcopy(), tracker)
+    # The optimizer's own LM (proposals, reflections) behind the same store as the program's calls.
+    proposer = None
+    if prompt_lm is not None or lm is not None:
+        proposer = StoredLM(prompt_lm if prompt_lm is not None else lm, tracker.cache)
     context: dict[str, Any] = {"usage_tracker": usage}
     if lm is not None:
         context["lm"] = lm
+    if cap is not None:
+        context["callbacks"] = [*dspy.settings.get("callbacks", []), cap]
+    capped: CapReached | None = None
+    stopped_score, scored_on = 0.0, 0
+    compiled: Any = None
+    members: list[Any] = []
+    evaluation = None
     try:
         with dspy.context(**context):
             teleprompter, compile_kwargs = _build(
@@ -462,7 +525,7 @@ def optimize_with_dspy(
                 checked,
                 wrapped_metric,
                 trainset=trainset,
-                prompt_lm=prompt_lm if prompt_lm is not None else lm,
+                prompt_lm=proposer,
                 lm=lm,
                 seed=seed,
                 num_threads=num_threads,
@@ -471,19 +534,34 @@ def optimize_with_dspy(
                 compile_kwargs["valset"] = valset
             try:
                 compiled = teleprompter.compile(student, trainset=trainset, **compile_kwargs)
-            except _Stop as stop:
-                raise stop.stopped from None
-            tracker.phase = "evaluate"
-            tracker.report(force=True)
-            members: list[Any] = []
-            if optimizer == "ensemble":
-                ranked = getattr(compiled, "candidate_programs", None) or [{"program": compiled}]
-                size = int(OPTIMIZERS["ensemble"].dspex_options(checked)["size"])
-                members = [entry["program"] for entry in ranked[:size]]
-                final: Any = dspy.Ensemble(reduce_fn=dspy.majority).compile(members)
-            else:
-                final = compiled
-            evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(final, valset)
+            except Stop as stop:
+                if not isinstance(stop.stopped, CapReached):
+                    raise stop.stopped from None
+                capped = stop.stopped
+            if capped is None:
+                tracker.phase = "evaluate"
+                tracker.report(force=True)
+                if optimizer == "ensemble":
+                    ranked = getattr(compiled, "candidate_programs", None) or [{"program": compiled}]
+                    size = int(OPTIMIZERS["ensemble"].dspex_options(checked)["size"])
+                    members = [entry["program"] for entry in ranked[:size]]
+                    final: Any = dspy.Ensemble(reduce_fn=dspy.majority).compile(members)
+                else:
+                    final = compiled
+                try:
+                    evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
+                        final, valset
+                    )
+                except Stop as stop:
+                    if not isinstance(stop.stopped, CapReached):
+                        raise stop.stopped from None
+                    capped = stop.stopped
+            if capped is not None:  # inside the context: a candidate's fingerprint covers its LM
+                assert cap is not None
+                cap.drain()
+                compiled, members, stopped_score, scored_on = _best_so_far(
+                    optimizer, program, tracker, capped, compiled
+                )
     except OptimizationStopped as exc:
         if repo is not None and exc.cancelled:
             repo.update(run_id, status="cancelled", error=f"cancelled: {exc}")
@@ -492,13 +570,19 @@ def optimize_with_dspy(
         if repo is not None:
             repo.update(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if cap is not None:  # however the run ended, what its calls in flight cost is counted
+            cap.drain()
+            cap.save()
     tracker.phase = "save"
     tracker.report(force=True)
-    result_program = _unwrap(compiled) if optimizer != "ensemble" else _unwrap(members[0])
+    result_program = _unwrap(compiled) if not members else _unwrap(members[0])
     member_versions: list[str] = []
     version_id = None
     if registry is not None and program_name is not None:
         note = f"{OPTIMIZERS[optimizer].dspy_class} ({run_id})"
+        if capped is not None:
+            note += f", stopped at max_lm_calls={max_lm_calls}: the best candidate so far"
         for rank, member in enumerate(members):
             saved = registry.save_version(
                 program_name,
@@ -519,8 +603,8 @@ def optimize_with_dspy(
         id=run_id,
         optimizer=optimizer,
         options=checked,
-        program=result_program if optimizer != "ensemble" else final,
-        score=evaluation.score,
+        program=result_program if not members else final,
+        score=evaluation.score if evaluation is not None else stopped_score,
         candidates=progress.candidates,
         evaluations=progress.evaluations,
         cached=progress.cached,
@@ -531,10 +615,16 @@ def optimize_with_dspy(
         version_id=version_id,
         members=tuple(member_versions),
         unchanged=version_id is not None and version_id == parent_id,
+        stopped=None
+        if capped is None
+        else f"{capped} ({usage.calls + spent} LM calls made): {OPTIMIZERS[optimizer].dspy_class} was "
+        f"stopped and the best candidate so far (mean {stopped_score:.3f} on {scored_on} examples) kept",
+        scored_on=len(valset) if capped is None else scored_on,
+        lm_cached=proposer.served if proposer is not None else 0,
     )
     if repo is not None:
         best = {
-            "scores": {"quality": evaluation.score},
+            "scores": {"quality": result.score},
             **{k: v for k, v in result.to_json().items() if k != "usage"},
         }
         repo.update(
@@ -547,6 +637,28 @@ def optimize_with_dspy(
     return result
 
 
+def _best_so_far(
+    optimizer: str, program: Any, tracker: _Tracker, capped: CapReached, compiled: Any
+) -> tuple[Any, list[Any], float, int]:
+    """After the cap stopped the run: the program to keep (wrapped as the optimizer's results are),
+    no ensemble members, and its score over how many examples. The optimizer's own result when it had
+    finished (the cap hit its final evaluation), else the best candidate the metric scored."""
+    if isinstance(compiled, CandidateCache):
+        mean, examples = tracker.score_of(configuration_fingerprint(compiled.inner, dspy.settings.lm))
+        if examples:
+            return compiled, [], mean, examples
+    best = tracker.best()
+    if best is None:
+        raise ConfigurationError(
+            f"{capped} before {OPTIMIZERS[optimizer].dspy_class} scored any candidate (bootstrapping and "
+            "proposing come first); raise max_lm_calls"
+        )
+    state, score, examples = best
+    kept = program.deepcopy()
+    kept.load_state(state)
+    return CandidateCache(kept, tracker), [], score, examples
+
+
 def _start(
     db: Any,
     run_id: str,
@@ -554,29 +666,41 @@ def _start(
     optimizer: str,
     options: dict[str, Any],
     settings: dict[str, Any],
-) -> Any:
-    """Create the run's record, or take up the one a previous process left (same inputs required)."""
+    max_lm_calls: int | None = None,
+) -> tuple[Any, int]:
+    """Create the run's record, or take up the one a previous process left (same inputs required).
+    Returns the repository (None without ``db``) and the LM calls earlier processes of the run spent
+    (0 for a new run, or a rerun of one that succeeded: a new request)."""
     if db is None:
-        return None
+        return None, 0
     from dspex.store.optimizations import OptimizationRecord, OptimizationRepository
 
     repo = OptimizationRepository(db)
     described = {"optimizer": optimizer, "options": options}
+    budget = (
+        {**described, "max_lm_calls": max_lm_calls, "lm_calls": 0} if max_lm_calls is not None else described
+    )
     record = OptimizationRecord(
         id=run_id,
         program=program_name,
         space=described,
         objectives=["quality"],
-        budget=described,
+        budget=budget,
         settings=json.loads(json.dumps(to_jsonable(settings))),
     )
     stored, created = repo.create(record)
     if created:
-        return repo
+        return repo, 0
     if stored.settings != record.settings:
         raise ConfigurationError(
             f"optimization {run_id!r} exists with another optimizer, options, seed, program or dataset; "
             "resume it with the same ones or pick another optimization_id"
         )
-    repo.update(run_id, status="running", error=None)
-    return repo
+    if max_lm_calls is None:
+        repo.update(run_id, status="running", error=None)
+        return repo, 0
+    spent = 0
+    if stored.status != "succeeded":
+        spent = int((stored.budget or {}).get("lm_calls") or 0)
+    repo.update(run_id, status="running", error=None, budget={**budget, "lm_calls": spent})
+    return repo, spent

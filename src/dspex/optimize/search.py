@@ -19,8 +19,12 @@ multivariate TPE (seeded, :func:`_tpe`); several use NSGA-II and the result is t
 
 Pruning (single objective only; Optuna's pruners do not support several): the devset is shuffled once
 (seeded) and evaluated on growing prefixes ``min_examples``, ``min_examples * growth``... then all of
-it; after each prefix the score is reported and Optuna's ``SuccessiveHalvingPruner`` (reduction factor
-``growth``) stops the trials outside the top ``1/growth`` of their rung.
+it; after each prefix the score is reported and successive halving (:class:`SuccessiveHalving`, Optuna's
+rule judged against every trial that reported the same prefix) stops the trials outside the top
+``1/growth`` of their rung. Until a first trial completes, trials run as a start-up bracket
+(:meth:`HolisticOptimizer._bracket_size`): ``growth ** 2`` of them are scored side by side on each prefix
+before any is judged, so the first trial is not evaluated in full for want of anything to compare it
+with. A stop or an error while bracket trials are open ends them ``failed`` (not counted).
 
 Storage and resume: the run and every trial are rows of ``optimizations`` / ``optimization_trials``
 (:mod:`dspex.store.optimizations`). Optuna's own ``RDBStorage`` cannot share the project database: it
@@ -59,10 +63,11 @@ from optuna.trial import TrialState as OptunaState
 from dspex.errors import ConfigurationError, did_you_mean
 from dspex.jsonable import canonical_hash
 from dspex.lm.pricing import Prices
+from dspex.optimize._halving import OpenTrial, SearchPass, SuccessiveHalving
 from dspex.optimize._run import Metrics, configuration_fingerprint
 from dspex.optimize.cache import EvalCache, example_hash
 from dspex.optimize.evaluate import Evaluator
-from dspex.optimize.result import EvaluationAborted, EvaluationResult
+from dspex.optimize.result import EvaluationAborted
 from dspex.store import open_database
 from dspex.store._engine import Database
 from dspex.store.optimizations import OptimizationRecord, OptimizationRepository, TrialRecord, TrialState
@@ -84,6 +89,7 @@ __all__ = [
 Objective = Literal["quality", "cost", "latency"]
 OBJECTIVES: Mapping[str, str] = {"quality": "maximize", "cost": "minimize", "latency": "minimize"}
 _ABANDONED = "the process running this trial stopped before it finished"
+_STOPPED = "the run stopped while this trial was open (evaluated side by side with others); not counted"
 
 
 class OptimizationStopped(Exception):
@@ -228,8 +234,9 @@ class HolisticOptimizer:
 
     - ``metric``: what :class:`Evaluator` takes; its primary score is the ``quality`` objective.
     - ``objectives``: ``("quality",)`` (default) or with ``"cost"`` and/or ``"latency"``.
-    - ``n_trials``: finished (complete + pruned) trials to reach; ``max_lm_calls``: no new trial starts
-      once the run's trials made this many LM calls (a running trial finishes, so it may overshoot).
+    - ``n_trials``: finished (complete + pruned) trials to reach; ``max_lm_calls``: no new trial (nor
+      start-up bracket) starts once the run's trials made this many LM calls (the trials already open
+      finish, so it may overshoot; for a hard cap, the DSPy optimizer jobs' ``max_lm_calls``).
     - ``sampler``: an Optuna sampler (default multivariate TPE, or NSGA-II for several objectives, seeded
       by ``seed``).
     - ``pruning``: a :class:`Pruning`, ``None`` for the default (on for one objective), ``False`` for off.
@@ -396,7 +403,7 @@ class HolisticOptimizer:
             program=program_name,
             space=self.space.describe(),
             objectives=list(self.objectives),
-            budget={"n_trials": self.n_trials, "max_lm_calls": self.max_lm_calls},
+            budget=self._budget(),
             settings=settings,
         )
         stored, created = repo.create(record)
@@ -413,6 +420,10 @@ class HolisticOptimizer:
             )
         repo.update(run_id, status="running", error=None, budget=record.budget)
 
+    def _budget(self) -> dict[str, Any]:
+        """The run's budget as recorded (and compared by a driver that joins it)."""
+        return {"n_trials": self.n_trials, "max_lm_calls": self.max_lm_calls}
+
     def _study(self, repo: OptimizationRepository, run_id: str) -> optuna.Study:
         directions = [OBJECTIVES[o] for o in self.objectives]
         repo.abandon_running(run_id, _ABANDONED)
@@ -427,11 +438,7 @@ class HolisticOptimizer:
             else:
                 sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
         pruner: optuna.pruners.BasePruner = (
-            optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=self.pruning.min_examples, reduction_factor=self.pruning.growth
-            )
-            if self.pruning is not None
-            else optuna.pruners.NopPruner()
+            SuccessiveHalving(self.pruning.growth) if self.pruning is not None else optuna.pruners.NopPruner()
         )
         study = optuna.create_study(directions=directions, sampler=sampler, pruner=pruner, study_name=run_id)
         for t in replayed:
@@ -465,59 +472,144 @@ class HolisticOptimizer:
         on_trial: Callable[[TrialProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
     ) -> None:
-        study = self._study(repo, run_id)
         previous = repo.trials(run_id)
-        lm_calls = sum(t.lm_calls for t in previous)
-        best: TrialRecord | None = None
+        search = SearchPass(self._study(repo, run_id), repo, run_id, on_trial)
+        search.lm_calls = sum(t.lm_calls for t in previous)
         for t in previous:
-            best = _best_by_quality(best, t)
-        failures = 0
-        while repo.count(run_id) < self.n_trials:
-            if self.max_lm_calls is not None and lm_calls >= self.max_lm_calls:
+            search.best = _best_by_quality(search.best, t)
+        while (count := repo.count(run_id)) < self.n_trials:
+            if self.max_lm_calls is not None and search.lm_calls >= self.max_lm_calls:
                 break
             if should_stop is not None:
                 should_stop()  # raises OptimizationStopped before a trial is started
-            trial = study.ask()
-            params, distributions = self._suggest(trial)
-            number = repo.start_trial(
-                run_id,
-                {
-                    "values": params,
-                    "distributions": {k: distribution_to_json(d) for k, d in distributions.items()},
-                },
-            )
-            if number != trial.number:
-                raise ConfigurationError(
-                    f"optimization {run_id!r} got trial number {number} but expected {trial.number}: "
-                    "another process is running it; run one process per optimization"
-                )
-            state, outcome = self._run_trial(trial, params, program, devset, base)
-            lm_calls += outcome.get("lm_calls", 0)
-            failures = failures + 1 if state == "failed" else 0
-            values = outcome.pop("values", None)
-            if state == "complete":
-                study.tell(trial, values)
-            else:
-                study.tell(trial, state=OptunaState.PRUNED if state == "pruned" else OptunaState.FAIL)
-            # The pruner and NSGA-II keep state in system attrs; stored so that a resumed study has it.
-            system_attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
-            stored_params = {
+            size = self._bracket_size(search.study, len(devset), self.n_trials - count)
+            opened: list[OpenTrial] = []
+            try:
+                for _ in range(size):
+                    opened.append(self._open(search, program, base))
+                if size == 1:
+                    self._close(search, opened[0], *self._evaluate(opened[0], devset))
+                else:
+                    self._bracket(search, opened, devset)
+            except BaseException:
+                # Stopped (on_trial raised OptimizationStopped after a bracket trial ended) or failed:
+                # the trials still open end as failed, with what they spent, so none is left running.
+                self._abandon(search, [run for run in opened if not run.closed])
+                raise
+
+    def _bracket_size(self, study: optuna.Study, total: int, remaining: int) -> int:
+        """How many trials to open together: a start-up bracket while no trial has completed (with
+        pruning on), otherwise one.
+
+        Successive halving (Optuna's, asynchronous) promotes a trial that has nothing to compare with:
+        the run's first trial is evaluated on the whole devset, whatever it scores on its first
+        minibatch, and so are the later ones that happen to beat the few scores already seen. Until the
+        first trial completes, trials are therefore run as one synchronous bracket, the way Hyperband
+        runs its brackets: all of them on the first minibatch, then the top ``1/growth`` of them on the
+        next, and so on; one survivor reaches the whole devset. Its size is ``growth ** 2`` (4 with the
+        default growth), fewer when the minibatch ladder has fewer rungs (``growth ** (rungs - 1)``
+        trials halve down to one) or when fewer trials remain. The default sampler draws these trials at
+        random (they are within multivariate TPE's random start-up), as it would one by one."""
+        if self.pruning is None or any(
+            t.state == OptunaState.COMPLETE for t in study.get_trials(deepcopy=False)
+        ):
+            return 1
+        rungs = len(self.pruning.steps(total)) - 1
+        return max(1, min(int(self.pruning.growth ** min(2, rungs)), remaining))
+
+    def _open(self, search: SearchPass, program: Any, base: str) -> OpenTrial:
+        """Ask Optuna for a trial, write its ``running`` row and build its configured program."""
+        trial = search.study.ask()
+        params, distributions = self._suggest(trial)
+        run_id = search.run_id
+        number = search.repo.start_trial(
+            run_id,
+            {
                 "values": params,
                 "distributions": {k: distribution_to_json(d) for k, d in distributions.items()},
-                "system_attrs": json.loads(json.dumps(system_attrs)),
-            }
-            repo.finish_trial(run_id, number, state=state, params=stored_params, **outcome)
-            if on_trial is not None:
-                stored = repo.trials(run_id)
-                record = next(t for t in stored if t.number == number)
-                best = _best_by_quality(best, record)
-                finished = sum(t.state in ("complete", "pruned") for t in stored)
-                on_trial(TrialProgress(record, finished, self.n_trials, lm_calls, best))
-            if failures >= self.max_failures:
-                raise ConfigurationError(
-                    f"{failures} trials in a row failed (last: {outcome.get('error')}); "
-                    "loosen the constraints or fix the program"
-                )
+            },
+        )
+        if number != trial.number:
+            raise ConfigurationError(
+                f"optimization {run_id!r} got trial number {number} but expected {trial.number}: "
+                "another process is running it; run one process per optimization"
+            )
+        return self._prepare(trial, params, program, base, number=number, distributions=distributions)
+
+    def _bracket(self, search: SearchPass, opened: list[OpenTrial], devset: list[Any]) -> None:
+        """Successive halving over ``opened``, rung by rung: every open trial is scored on the rung's
+        minibatch before any of them is judged, so each is compared with all the others."""
+        live: list[OpenTrial] = []
+        for run in opened:
+            if run.error is not None:
+                self._close(search, run, "failed", run.failure())
+            else:
+                live.append(run)
+        while live:
+            waiting: list[OpenTrial] = []
+            for run in live:
+                ended = self._step(run, devset)
+                if ended is None:
+                    waiting.append(run)
+                else:
+                    self._close(search, run, *ended)
+            live = []
+            for run in waiting:
+                if run.trial.should_prune():
+                    self._close(search, run, "pruned", run.ended())
+                else:
+                    live.append(run)
+
+    def _abandon(self, search: SearchPass, runs: list[OpenTrial]) -> None:
+        """End trials cut off by a stop or an error as ``failed`` (they do not count toward
+        ``n_trials``), keeping their minibatch scores and LM calls."""
+        for run in runs:
+            run.closed = True
+            search.study.tell(run.trial, state=OptunaState.FAIL)
+            outcome = {k: v for k, v in run.ended().items() if k not in ("values", "scores")}
+            outcome["error"] = _STOPPED
+            search.repo.finish_trial(
+                search.run_id,
+                run.number,
+                state="failed",
+                params={
+                    "values": run.params,
+                    "distributions": {k: distribution_to_json(d) for k, d in run.distributions.items()},
+                },
+                **outcome,
+            )
+
+    def _close(self, search: SearchPass, run: OpenTrial, state: TrialState, outcome: dict[str, Any]) -> None:
+        """Tell Optuna how the trial ended, finish its row, report progress."""
+        study, repo, run_id, on_trial = search.study, search.repo, search.run_id, search.on_trial
+        trial, number, params = run.trial, run.number, run.params
+        run.closed = True
+        search.lm_calls += outcome.get("lm_calls", 0)
+        search.failures = search.failures + 1 if state == "failed" else 0
+        values = outcome.pop("values", None)
+        if state == "complete":
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=OptunaState.PRUNED if state == "pruned" else OptunaState.FAIL)
+        # The pruner and NSGA-II keep state in system attrs; stored so that a resumed study has it.
+        system_attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
+        stored_params = {
+            "values": params,
+            "distributions": {k: distribution_to_json(d) for k, d in run.distributions.items()},
+            "system_attrs": json.loads(json.dumps(system_attrs)),
+        }
+        repo.finish_trial(run_id, number, state=state, params=stored_params, **outcome)
+        if on_trial is not None:
+            stored = repo.trials(run_id)
+            record = next(t for t in stored if t.number == number)
+            search.best = _best_by_quality(search.best, record)
+            finished = sum(t.state in ("complete", "pruned") for t in stored)
+            on_trial(TrialProgress(record, finished, self.n_trials, search.lm_calls, search.best))
+        if search.failures >= self.max_failures:
+            raise ConfigurationError(
+                f"{search.failures} trials in a row failed (last: {outcome.get('error')}); "
+                "loosen the constraints or fix the program"
+            )
 
     def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
         params: dict[str, Any] = {}
@@ -549,59 +641,97 @@ class HolisticOptimizer:
             distributions[leaf.path] = distribution
         return params, distributions
 
-    def _run_trial(
-        self, trial: optuna.Trial, params: dict[str, Any], program: Any, devset: list[Any], base: str
-    ) -> tuple[TrialState, dict[str, Any]]:
+    def _prepare(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        program: Any,
+        base: str,
+        *,
+        number: int | None = None,
+        distributions: dict[str, Any] | None = None,
+    ) -> OpenTrial:
+        """The trial's configured program, or its error when the params violate a constraint."""
+        run = OpenTrial(
+            trial=trial,
+            number=trial.number if number is None else number,
+            params=params,
+            distributions=distributions or {},
+        )
         started = time.perf_counter()
         try:
             config = self.space.from_flat(params)
         except ConfigurationError as exc:
-            return "failed", {"error": exc.message, "duration_s": time.perf_counter() - started}
-        configured = (
+            run.error = exc.message
+            run.seconds = time.perf_counter() - started
+            return run
+        run.config = config
+        run.configured = (
             self.remote(config)
             if self.remote is not None
             else apply(program, config, self.bindings, lms=self.lms)
         )
-        config_key = f"{base}:{config.id}"
+        run.key = f"{base}:{config.id}"
+        run.outcome = {"configuration": config.to_json(), "configuration_id": config.id}
+        run.seconds = time.perf_counter() - started
+        return run
+
+    def _step(self, run: OpenTrial, devset: list[Any]) -> tuple[TrialState, dict[str, Any]] | None:
+        """Evaluate the trial's next minibatch. None: it has more to go (its score was reported to
+        Optuna for the pruner); otherwise how it ended, ``complete`` or ``failed`` (an aborted
+        evaluation)."""
         steps = self.pruning.steps(len(devset)) if self.pruning is not None else [len(devset)]
-        intermediate: dict[int, float] = {}
-        lm_calls, spent, fresh = 0, 0.0, 0
-        outcome: dict[str, Any] = {"configuration": config.to_json(), "configuration_id": config.id}
-        result: EvaluationResult | None = None
-        for size in steps:
-            try:
-                result = self.evaluator.run(
-                    configured,
-                    devset[:size],
-                    configuration_id=config_key,
-                    lm=self.lm if self.remote is None else None,
-                )
-            except EvaluationAborted as exc:
-                outcome.update(error=str(exc), lm_calls=lm_calls, duration_s=time.perf_counter() - started)
-                return "failed", outcome
-            lm_calls += result.lm_calls
-            fresh += result.n - result.cached
-            spent += self._cost(result.usage)
-            intermediate[size] = result.score
-            outcome.update(intermediate=intermediate, lm_calls=lm_calls, cost_usd=spent if spent else None)
-            if self.pruning is not None and size < len(devset):
-                trial.report(result.score, size)
-                if trial.should_prune():
-                    outcome["duration_s"] = time.perf_counter() - started
-                    return "pruned", outcome
-        assert result is not None
+        size = steps[len(run.intermediate)]
+        assert run.config is not None
+        resumed = time.perf_counter()
+        try:
+            result = self.evaluator.run(
+                run.configured,
+                devset[:size],
+                configuration_id=run.key,
+                lm=self.lm if self.remote is None else None,
+            )
+        except EvaluationAborted as exc:
+            run.seconds += time.perf_counter() - resumed
+            run.outcome.update(error=str(exc), lm_calls=run.lm_calls)
+            return "failed", run.ended()
+        run.seconds += time.perf_counter() - resumed
+        run.lm_calls += result.lm_calls
+        run.fresh += result.n - result.cached
+        run.spent += self._cost(result.usage)
+        run.intermediate[size] = result.score
+        run.outcome.update(
+            intermediate=run.intermediate, lm_calls=run.lm_calls, cost_usd=run.spent if run.spent else None
+        )
+        if size < len(devset):
+            run.trial.report(result.score, size)
+            return None
         scores = {"quality": result.score}
         if "cost" in self.objectives:
-            if fresh:
-                self._cost_per_example[config.id] = spent / fresh
-            scores["cost"] = self._cost_per_example.get(config.id, 0.0)
+            if run.fresh:
+                self._cost_per_example[run.config.id] = run.spent / run.fresh
+            scores["cost"] = self._cost_per_example.get(run.config.id, 0.0)
         if "latency" in self.objectives:
             scores["latency"] = (
                 sum(r.duration_ms for r in result.records) / 1000 / max(1, len(result.records))
             )
-        outcome.update(scores=scores, values=[scores[o] for o in self.objectives])
-        outcome["duration_s"] = time.perf_counter() - started
-        return "complete", outcome
+        run.outcome.update(scores=scores, values=[scores[o] for o in self.objectives])
+        return "complete", run.ended()
+
+    def _evaluate(self, run: OpenTrial, devset: list[Any]) -> tuple[TrialState, dict[str, Any]]:
+        """Run one trial to its end: minibatch after minibatch until the pruner stops it or it completes."""
+        if run.error is not None:
+            return "failed", run.failure()
+        while (ended := self._step(run, devset)) is None:
+            if run.trial.should_prune():
+                return "pruned", run.ended()
+        return ended
+
+    def _run_trial(
+        self, trial: optuna.Trial, params: dict[str, Any], program: Any, devset: list[Any], base: str
+    ) -> tuple[TrialState, dict[str, Any]]:
+        """One trial from its params to how it ended (the parallel optimizer runs these on threads)."""
+        return self._evaluate(self._prepare(trial, params, program, base), devset)
 
     def _cost(self, usage: Mapping[str, Mapping[str, int]]) -> float:
         total = 0.0

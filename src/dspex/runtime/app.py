@@ -559,6 +559,7 @@ class App:
         pool: str | None = None,
         parallel: int = 1,
         join: bool = False,
+        shared: bool = False,
     ) -> OptimizationResult:
         """Search ``space`` for the registered program ``program_name`` on dataset ``dataset``; the best
         configured program becomes a new version in ``optimizing`` (``result.version_id``), which
@@ -581,13 +582,17 @@ class App:
         - ``parallel``: trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`),
           e.g. across a Ray pool's actors.
         - ``join``: add this process's trials to the run ``optimization_id`` that another process owns
-          (started with the same inputs); the owner saves the version, so ``result.version_id`` is None
-          unless the owner had already ended the run. Any number of processes may join one run.
+          (started with the same inputs, shared); the owner saves the version, so ``result.version_id``
+          is None unless the owner had already ended the run. Any number of processes may join one run.
+        - ``shared``: let other processes join this run. A run started with ``parallel`` > 1 is shared
+          too. A run that is neither is driven by this process alone, with the serial optimizer's
+          start-up bracket (:class:`~dspex.optimize.search.HolisticOptimizer`), which trials in flight
+          across drivers cannot use; resume a shared run shared (or with ``parallel`` > 1).
         The run, its trials and the result are recorded (:attr:`optimizations`), and a rerun with the
         same inputs resumes it.
         """
         from dspex.distributed.optimize import ParallelOptimizer
-        from dspex.optimize.search import Pruning
+        from dspex.optimize.search import HolisticOptimizer, Pruning
 
         resolved = self.programs.resolve(program_name, version_id)
         program = self.programs.build(resolved)
@@ -609,25 +614,25 @@ class App:
             # it still prunes. Several objectives: Optuna's pruners do not support them.
             single = len(tuple(objectives)) == 1
             pruning = Pruning(min_examples=max(1, min(10, len(devset) // 4))) if single else False
-        # Always the driver that shares its run: another process may join it (``join=True``), a job's
-        # next worker resumes it, and with parallel=1 it asks and numbers trials as the serial one does.
-        optimizer = ParallelOptimizer(
-            space,
-            bindings,
-            _metric(metric),
-            objectives=objectives,
-            n_trials=n_trials,
-            max_lm_calls=max_lm_calls,
-            seed=seed,
-            pruning=pruning,
-            lms=lms,
-            lm=lm,
-            prices=self.prices,
-            concurrency=concurrency,
-            remote=remote,
-            parallel=parallel,
-            join=join,
-        )
+        common: dict[str, Any] = {
+            "objectives": objectives,
+            "n_trials": n_trials,
+            "max_lm_calls": max_lm_calls,
+            "seed": seed,
+            "pruning": pruning,
+            "lms": lms,
+            "lm": lm,
+            "prices": self.prices,
+            "concurrency": concurrency,
+            "remote": remote,
+        }
+        optimizer: HolisticOptimizer
+        if parallel > 1 or join or shared:  # a run other drivers may share (or this one joins)
+            optimizer = ParallelOptimizer(
+                space, bindings, _metric(metric), parallel=parallel, join=join, **common
+            )
+        else:  # one driver: the serial optimizer and its start-up bracket
+            optimizer = HolisticOptimizer(space, bindings, _metric(metric), **common)
         return optimizer.optimize(
             program,
             devset,
@@ -653,6 +658,7 @@ class App:
         version_id: str | None = None,
         prompt_model: str | None = None,
         num_threads: int = 4,
+        max_lm_calls: int | None = None,
         optimization_id: str | None = None,
         on_progress: Callable[[DSPyProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
@@ -668,6 +674,9 @@ class App:
           (``split``, else dev/val/validation, else all) is the valset and scores the result.
         - ``prompt_model``: a configured model (``[models]``) proposing instructions / reflecting; default
           the App's LM.
+        - ``max_lm_calls``: a hard cap on the run's LM calls (every attempt of it, the optimizer's own
+          proposals included); the optimizer is stopped there and the best candidate so far is the result
+          (``result.stopped`` says so).
         Evaluations are kept in :attr:`evaluation_cache`, and the run in :attr:`optimizations` under
         ``optimization_id`` (default derived from the inputs): a rerun, or the job's next worker after a
         crash, resumes it without paying again for the evaluations already made.
@@ -701,6 +710,7 @@ class App:
             on_progress=on_progress,
             should_stop=should_stop,
             prices=self.prices,
+            max_lm_calls=max_lm_calls,
         )
 
     def _remote_trials(

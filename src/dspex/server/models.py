@@ -380,7 +380,13 @@ class OptimizationStart(_Strict):
     objectives: list[Literal["quality", "cost", "latency"]] = Field(default=["quality"], min_length=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     version: str | None = Field(None, max_length=64)
-    max_lm_calls: int | None = Field(None, ge=1)
+    max_lm_calls: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="The variable search starts no trial past this many LM calls; a DSPy optimizer is "
+        "stopped at it (a hard cap over all the job's attempts) and the best candidate so far is kept.",
+    )
     parallel: int | None = Field(
         None,
         ge=1,

@@ -76,7 +76,11 @@ def _detail(optimization_id: str, job: JobRecord | None, record: OptimizationRec
         "objectives": list(record.objectives) if record is not None else list(payload.get("objectives", [])),
         "budget": record.budget
         if record is not None
-        else {"optimizer": payload["optimizer"], "options": payload.get("options")}
+        else {
+            "optimizer": payload["optimizer"],
+            "options": payload.get("options"),
+            **({"max_lm_calls": payload["max_lm_calls"]} if payload.get("max_lm_calls") else {}),
+        }
         if payload.get("optimizer")
         else {"n_trials": payload.get("n_trials")},
         "best": record.best if record is not None else None,
@@ -161,11 +165,7 @@ def _start_dspy(app: App, body: OptimizationStart, request: Request, principal: 
     from dspex.jobs.submit import submit_dspy_optimization
     from dspex.telemetry.context import continue_trace
 
-    given = [
-        name
-        for name in ("space", "n_trials", "max_lm_calls", "parallel", "drivers")
-        if getattr(body, name) is not None
-    ]
+    given = [name for name in ("space", "n_trials", "parallel", "drivers") if getattr(body, name) is not None]
     if given or body.objectives != ["quality"]:
         field = given[0] if given else "objectives"
         raise SpecError(
@@ -187,6 +187,7 @@ def _start_dspy(app: App, body: OptimizationStart, request: Request, principal: 
             seed=body.seed,
             version_id=body.version,
             prompt_model=body.prompt_model,
+            max_lm_calls=body.max_lm_calls,
             created_by=f"key:{principal.key_id}" if principal.key_id else "local",
         )
     return JSONResponse(
