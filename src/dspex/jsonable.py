@@ -34,6 +34,7 @@ import orjson
 __all__ = ["EncodedJSON", "canonical_hash", "dumps", "encoded", "storable", "to_jsonable"]
 
 _MAX_DEPTH = 32
+_AS_IS = frozenset({str, int, bool, type(None)})  # exact types that are already JSON (not float: NaN)
 
 
 class EncodedJSON:
@@ -84,7 +85,11 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if kind is EncodedJSON:
         return json.loads(value.text)
     if kind is dict or (kind is not list and isinstance(value, Mapping)):  # exact types skip the ABC check
-        return {k if type(k) is str else str(k): to_jsonable(v, depth) for k, v in value.items()}
+        # Text, integers, booleans and None are their own JSON: kept without a call each.
+        return {
+            k if type(k) is str else str(k): v if type(v) in _AS_IS else to_jsonable(v, depth)
+            for k, v in value.items()
+        }
     if kind is list or isinstance(value, tuple | set | frozenset):
         return [to_jsonable(v, depth) for v in value]
     to_dict = getattr(value, "toDict", None)  # dspy.Prediction, dspy.Example
