@@ -68,7 +68,6 @@ from dspex.optimize.search import (
     OptimizationStopped,
     TrialProgress,
     _best_by_quality,
-    _dominates,
     _tpe,
 )
 from dspex.store.optimizations import OptimizationRepository, TrialBoard, TrialRecord, TrialState
@@ -431,28 +430,12 @@ class ParallelOptimizer(HolisticOptimizer):
         if not self.join:
             return super()._finish(repo, run_id, program, devset, trainset, registry, program_name)
         # A joiner reports what the run found and saves nothing: the owner saves the version.
-        trials = repo.trials(run_id)
-        complete = [t for t in trials if t.state == "complete" and t.scores is not None]
-        if not complete:
-            raise ConfigurationError(
-                f"optimization {run_id!r} has no complete trial (budget too small, or every trial pruned "
-                "or failed); raise n_trials or max_lm_calls"
-            )
-        directions = [OBJECTIVES[o] for o in self.objectives]
-
-        def vector(t: TrialRecord) -> list[float]:
-            assert t.scores is not None
-            return [float(t.scores[o]) for o in self.objectives]
-
-        pareto = [
-            t for t in complete if not any(_dominates(vector(o), vector(t), directions) for o in complete)
-        ]
-        best = max(pareto, key=lambda t: (vector(t)[0], -t.number))
+        trials, best, pareto = self._front(repo, run_id)
         return OptimizationResult(
             id=run_id,
             objectives=self.objectives,
             best=best,
-            pareto=tuple(pareto) if len(self.objectives) > 1 else (best,),
+            pareto=tuple(pareto),
             trials=tuple(trials),
             lm_calls=sum(t.lm_calls for t in trials),
             program=apply(program, Configuration(best.configuration or {}), self.bindings, lms=self.lms),

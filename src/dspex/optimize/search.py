@@ -747,16 +747,11 @@ class HolisticOptimizer:
         return total
 
     # -- the result --------------------------------------------------------------------------------
-    def _finish(
-        self,
-        repo: OptimizationRepository,
-        run_id: str,
-        program: Any,
-        devset: list[Any],
-        trainset: Sequence[Any] | None,
-        registry: Any,
-        program_name: str | None,
-    ) -> OptimizationResult:
+    def _front(
+        self, repo: OptimizationRepository, run_id: str
+    ) -> tuple[list[TrialRecord], TrialRecord, list[TrialRecord]]:
+        """The run's trials, its best complete trial (by quality, the earlier on a tie) and its Pareto
+        front (the best alone with one objective); ``ConfigurationError`` when no trial completed."""
         trials = repo.trials(run_id)
         complete = [t for t in trials if t.state == "complete" and t.scores is not None]
         if not complete:
@@ -774,8 +769,19 @@ class HolisticOptimizer:
             t for t in complete if not any(_dominates(vector(o), vector(t), directions) for o in complete)
         ]
         best = max(pareto, key=lambda t: (vector(t)[0], -t.number))
-        if len(self.objectives) == 1:
-            pareto = [best]
+        return trials, best, pareto if len(self.objectives) > 1 else [best]
+
+    def _finish(
+        self,
+        repo: OptimizationRepository,
+        run_id: str,
+        program: Any,
+        devset: list[Any],
+        trainset: Sequence[Any] | None,
+        registry: Any,
+        program_name: str | None,
+    ) -> OptimizationResult:
+        trials, best, pareto = self._front(repo, run_id)
         configured = apply(program, Configuration(best.configuration or {}), self.bindings, lms=self.lms)
         final_score, final_calls = None, 0
         if self.final_stage is not None:
