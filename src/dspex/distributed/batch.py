@@ -8,7 +8,8 @@
     lines = run_batch(app, "qa", [{"question": "a"}, {"question": "b"}], concurrency=8)   # in memory
 
 Each input runs as :meth:`App.arun` runs it (on ``pool``, else where the router sends the program,
-else inline), so each leaves its own execution record. Each result is one JSON line::
+else inline), so each leaves its own execution record. On a process pool the inputs travel in shards
+(:meth:`App.arun_many`: several runs per message to a worker, one record each). Each result is one JSON line::
 
     {"index": 0, "key": "0:9f2c...", "status": "succeeded", "execution_id": "...", "outputs": {...}}
     {"index": 1, "key": "1:07ab...", "status": "failed", "execution_id": "...", "error": {"code", "message"}}
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from dspex.pipeline._sync import run_coroutine
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
+    from dspex.runtime.run import RunResult
 
 __all__ = [
     "BatchLine",
@@ -167,8 +171,13 @@ async def arun_batch(
     on_line: Callable[[BatchLine], None] | None = None,
     progress: BatchProgress | None = None,
     total: int | None = None,
+    shard_size: int | None = None,
 ) -> BatchReport:
     """Run registered ``program`` on each input, ``concurrency`` at a time; see the module docstring.
+
+    On a process pool, inputs go to the workers in shards of ``shard_size`` runs (default
+    :data:`SHARD_SIZE`; 1 sends each run alone), with at least two shards per worker in flight
+    (``concurrency`` runs, when that is more).
 
     ``skip``: keys already done; ``on_line`` receives each result as it finishes (in finishing order;
     ``index`` tells the input); ``progress(done, to_run)`` after each (``to_run`` is ``total`` minus the
@@ -191,25 +200,41 @@ async def arun_batch(
 
     async def one(index: int, key: str, values: Mapping[str, Any]) -> BatchLine:
         try:
-            result = await app.arun(program, dict(values), version_id=version_id, pool=pool)
-        except DSPexError as exc:  # the run's record says why; the batch goes on
-            if isinstance(exc, ConfigurationError) and not getattr(exc, "execution_id", None):
-                raise  # misuse that no record took (a pool that cannot start): stop the batch
-            return BatchLine(index, key, "failed", getattr(exc, "execution_id", None), error=_error(exc))
-        outputs = to_jsonable(result.outputs)
-        return BatchLine(index, key, "succeeded", result.execution_id, outputs=outputs)
+            result: RunResult | BaseException = await app.arun(
+                program, dict(values), version_id=version_id, pool=pool
+            )
+        except DSPexError as exc:
+            result = exc
+        return _line(index, key, result)
 
     async def worker() -> None:
         for index, key, values in pending:  # one shared iterator: inputs start in file order
-            line = await one(index, key, values)
-            counts[line.status] += 1
-            if on_line is not None:
-                on_line(line)
-            if progress is not None:
-                to_run = -1 if total is None else total - counts["skipped"]
-                progress(counts["succeeded"] + counts["failed"], to_run)
+            finish(await one(index, key, values))
 
-    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    shard = _shard_size(app, pool, shard_size)
+
+    async def shards(pool: str) -> None:  # a process pool: ``shard`` runs per message to a worker
+        while chunk := list(itertools.islice(pending, shard)):
+            values = [dict(v) for _, _, v in chunk]
+            results = await app.arun_many(program, values, version_id=version_id, pool=pool)
+            for (index, key, _), result in zip(chunk, results, strict=True):
+                finish(_line(index, key, result))
+
+    def finish(line: BatchLine) -> None:
+        counts[line.status] += 1
+        if on_line is not None:
+            on_line(line)
+        if progress is not None:
+            to_run = -1 if total is None else total - counts["skipped"]
+            progress(counts["succeeded"] + counts["failed"], to_run)
+
+    if shard > 1 and pool is not None:
+        # Enough shards in flight to keep every worker fed (a worker holds its next shard in its pipe).
+        size = app.pools.setting(pool).size or (os.cpu_count() or 1)
+        in_flight = max(2 * size, -(-concurrency // shard))
+        workers = [asyncio.create_task(shards(pool)) for _ in range(in_flight)]
+    else:
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     try:
         await asyncio.gather(*workers)
     finally:  # a worker that raised (misuse, a failing callback) takes the others down with it
@@ -223,6 +248,29 @@ async def arun_batch(
         counts["failed"],
         time.perf_counter() - started,
     )
+
+
+def _line(index: int, key: str, result: RunResult | BaseException) -> BatchLine:
+    """An input's line: its run's outputs, or its error (the run's record says why; the batch goes on)."""
+    if isinstance(result, BaseException):
+        if not isinstance(result, DSPexError):
+            raise result
+        if isinstance(result, ConfigurationError) and not getattr(result, "execution_id", None):
+            raise result  # misuse that no record took (a pool that cannot start): stop the batch
+        return BatchLine(index, key, "failed", getattr(result, "execution_id", None), error=_error(result))
+    return BatchLine(index, key, "succeeded", result.execution_id, outputs=to_jsonable(result.outputs))
+
+
+SHARD_SIZE = 8  # runs per message to a process pool's worker in a batch (see arun_batch)
+
+
+def _shard_size(app: App, pool: str | None, shard_size: int | None) -> int:
+    """Runs per shard: ``shard_size`` (or SHARD_SIZE) on a process pool; 1 (one run a task) elsewhere."""
+    if shard_size is not None and shard_size < 1:
+        raise ConfigurationError(f"shard_size must be >= 1, got {shard_size}")
+    if pool is None or app.pools.setting(pool).backend != "process":  # Ray actors take runs one by one
+        return 1
+    return SHARD_SIZE if shard_size is None else shard_size
 
 
 def _pending(
@@ -251,6 +299,7 @@ def run_batch(
     concurrency: int = 8,
     skip: Collection[str] = (),
     progress: BatchProgress | None = None,
+    shard_size: int | None = None,
 ) -> list[BatchLine]:
     """:func:`arun_batch` from synchronous code, collecting the lines (in input order)."""
     lines: list[BatchLine] = []
@@ -265,6 +314,7 @@ def run_batch(
             skip=skip,
             on_line=lines.append,
             progress=progress,
+            shard_size=shard_size,
         )
     )
     return sorted(lines, key=lambda line: line.index)
@@ -280,6 +330,7 @@ def run_batch_file(
     pool: str | None = None,
     concurrency: int = 8,
     progress: BatchProgress | None = None,
+    shard_size: int | None = None,
 ) -> BatchReport:
     """Run ``program`` on each line of ``input_path``, appending result lines to ``output_path`` and
     skipping the inputs it already holds as succeeded (see the module docstring)."""
@@ -312,5 +363,6 @@ def run_batch_file(
                 on_line=write,
                 progress=progress,
                 total=total,
+                shard_size=shard_size,
             )
         )

@@ -457,8 +457,9 @@ class Pool:
                 task = next((t for t in inflight if t.id == done), None) if done is not None else None
                 if task is not None:  # shards may finish out of order; runs finish in order
                     inflight.remove(task)
-                    slot.tasks += 1
-                    self.completed += 1
+                    runs = message.get("runs", 1)  # a shard of runs counts each of them
+                    slot.tasks += runs
+                    self.completed += runs
                     task.future.set_result(
                         {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
                     )

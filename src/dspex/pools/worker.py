@@ -7,7 +7,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
 - worker -> pool: ``{"op": "ready", "pid", "rss"}`` or ``{"op": "failed", "error"}`` after start-up,
   ``{"op": "hb", "rss", "busy"}`` every ``heartbeat_s`` from a thread of its own (so a long task still
   reports its memory), ``{"op": "event", "id", "event"}`` for each token or step of a streamed run
-  (a task with ``"stream": true``), and ``{"op": "done", "id", "result", "rss"}`` per task.
+  (a task with ``"stream": true``), and ``{"op": "done", "id", "result", "rss", "runs"}`` per task (``runs``:
+  how many runs it held, for the pool's counts and ``max_tasks``).
 
 A task's ``traceparent`` (W3C) names the caller's run span: the worker's run joins that trace (the
 caller exports its spans, from the outcome). A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database;
@@ -15,6 +16,9 @@ a version id is a content hash, so each is read once per worker). The run execut
 as :meth:`App.run` executes it, with a recorder, under ``dspy.context``; the worker records nothing: the
 caller's process writes the record from the outcome it sends back. A task of ``"kind": "predict_batch"``
 (an evaluation's shard) runs the program on many examples' inputs on threads and returns predictions.
+A task of ``"kind": "runs"`` (a shard of a batch: ``{"runs": [task, ...]}``) executes each run as a
+single run task executes, one after the other, and returns ``{"outcomes": [...]}`` in the same order:
+one message each way for the whole shard.
 """
 
 from __future__ import annotations
@@ -170,6 +174,11 @@ class _Worker:
             return run.outcome(None, shown)
         return run.outcome(result, None)
 
+    def runs(self, task: dict[str, Any]) -> dict[str, Any]:
+        """A shard of runs (``"kind": "runs"``): each executed as :meth:`execute` executes one (its own
+        execution id, trace and timeout, counted from when it starts here), outcomes in order."""
+        return {"outcomes": [self.execute(run) for run in task["runs"]]}
+
     def stream(self, task: dict[str, Any], task_id: int) -> dict[str, Any]:
         """A streamed run (``"stream": true``): each token or step event goes to the pool as an
         ``{"op": "event"}`` message as it happens, then the outcome, as :meth:`execute` returns it."""
@@ -315,11 +324,20 @@ class _Worker:
                 threading.Thread(target=self.batch, args=(message,), name="dspex-shard", daemon=True).start()
                 continue
             self.busy = True
+            count = 1
             try:
-                result = self.stream(task, message["id"]) if task.get("stream") else self.execute(task)
+                if task.get("kind") == "runs":
+                    result = self.runs(task)
+                    count = len(task["runs"])
+                elif task.get("stream"):
+                    result = self.stream(task, message["id"])
+                else:
+                    result = self.execute(task)
             finally:
                 self.busy = False
-            self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
+            self.send(
+                {"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": count}
+            )
 
     def batch(self, message: dict[str, Any]) -> None:
         try:

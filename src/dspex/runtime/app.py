@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dspex.errors import ConfigurationError, DatabaseUnavailable
 from dspex.lm.pricing import Prices
 from dspex.runtime.cache import CacheSlot, ProgramCache
-from dspex.runtime.pooled import PooledRun, check_crossing
+from dspex.runtime.pooled import PooledRun, PooledShard, check_crossing
 from dspex.runtime.run import (
     SYNC_TIMEOUT_S,
     Durability,
@@ -975,6 +975,103 @@ class App:
         if isinstance(cached, CacheSlot):
             await asyncio.to_thread(self._cache.store, cached, pooled.name, pooled.version_id, result)
         return result
+
+    def run_many(
+        self,
+        program: str,
+        inputs: Sequence[Mapping[str, Any] | None],
+        /,
+        *,
+        pool: str,
+        version_id: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+        durability: Durability | None = None,
+        idempotent: bool = False,
+        timeout: float | None = None,
+    ) -> list[RunResult | BaseException]:
+        """Run registered ``program`` on each of ``inputs`` on process pool ``pool``, sent to one worker
+        as one shard (:class:`~dspex.runtime.pooled.PooledShard`): one message each way instead of one
+        per run. Each run is recorded as :meth:`run` records it (its duration is the worker's). Results
+        come in the inputs' order: a :class:`RunResult`, or the exception the run would have raised
+        (already recorded); misuse (an unknown program or pool) raises. Batch runs on a process pool use
+        it (:func:`dspex.distributed.batch.arun_batch`)."""
+        entries, shard = self._prepare_shard(
+            program, inputs, pool, version_id, variables, durability, idempotent, timeout
+        )
+        return self._shard_results(entries, shard.execute() if shard is not None else [])
+
+    async def arun_many(
+        self,
+        program: str,
+        inputs: Sequence[Mapping[str, Any] | None],
+        /,
+        *,
+        pool: str,
+        version_id: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+        durability: Durability | None = None,
+        idempotent: bool = False,
+        timeout: float | None = None,
+    ) -> list[RunResult | BaseException]:
+        """Async :meth:`run_many`: the worker is awaited without blocking the event loop."""
+        entries, shard = await asyncio.to_thread(
+            self._prepare_shard, program, inputs, pool, version_id, variables, durability, idempotent, timeout
+        )
+        results = await shard.aexecute() if shard is not None else []
+        return await asyncio.to_thread(self._shard_results, entries, results)
+
+    def _prepare_shard(
+        self,
+        program: str,
+        inputs: Sequence[Mapping[str, Any] | None],
+        pool: str,
+        version_id: str | None,
+        variables: Mapping[str, Any] | None,
+        durability: Durability | None,
+        idempotent: bool,
+        timeout: float | None,
+    ) -> tuple[list[RunResult | tuple[CacheSlot | None, PooledRun]], PooledShard | None]:
+        """Each input's cache hit, or its cache slot and PooledRun; the shard of the runs to make."""
+        backend = self.pools.setting(pool).backend  # an unknown pool: ConfigurationError listing them
+        if backend != "process":
+            raise ConfigurationError(
+                f"pool {pool!r} has backend = {backend!r}: shards of runs go to process pools; run each "
+                "input with app.run(..., pool=...) instead"
+            )
+        mode = check_durability(durability)
+        entries: list[RunResult | tuple[CacheSlot | None, PooledRun]] = []
+        for values in inputs:
+            cached, pooled = self._prepare_pooled(
+                program, values, None, None, version_id, variables, mode, pool, idempotent, None
+            )
+            if pooled is None:
+                assert isinstance(cached, RunResult)
+                entries.append(cached)
+                continue
+            pooled.set_timeout(timeout)
+            entries.append((cached if isinstance(cached, CacheSlot) else None, pooled))
+        runs = [entry[1] for entry in entries if isinstance(entry, tuple)]
+        return entries, PooledShard(runs) if runs else None
+
+    def _shard_results(
+        self,
+        entries: list[RunResult | tuple[CacheSlot | None, PooledRun]],
+        results: list[RunResult | BaseException],
+    ) -> list[RunResult | BaseException]:
+        """The shard's results in the inputs' order, cache hits in their places; results stored in the
+        program cache where a slot waits for them."""
+        made = iter(results)
+        merged: list[RunResult | BaseException] = []
+        for entry in entries:
+            if isinstance(entry, RunResult):
+                merged.append(entry)
+                continue
+            slot, pooled = entry
+            result = next(made)
+            if slot is not None and isinstance(result, RunResult):
+                self._cache.store(slot, pooled.name, pooled.version_id, result)
+            merged.append(result)
+        return merged
 
     def set_cache(self, name: str, ttl_s: int | None) -> None:
         """Serve ``name``'s results from the program-level cache for ``ttl_s`` seconds (None: off).

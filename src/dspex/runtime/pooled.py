@@ -4,6 +4,10 @@ The record is the one an inline run leaves (the worker's span tree, usage, cost 
 plus ``placement``: ``{"target": "pool", "pool", "worker", "pid", "attempts"}``. A worker lost mid-run
 leaves the run ``failed`` with code ``worker_lost``; an ``idempotent`` run is then tried once more, on
 whichever worker is free next (a new process, since the lost one is gone), under the same record.
+
+A :class:`PooledShard` sends many runs of one program to one worker as one task (a batch's shard): one
+message each way for all of them instead of one per run, and no thread hand-off per run. Each run keeps
+its own record, as above.
 """
 
 from __future__ import annotations
@@ -104,9 +108,9 @@ class PooledRun:
             and self.placement["attempts"] < MAX_ATTEMPTS_IDEMPOTENT
         )
 
-    def _adopt(self, answer: dict[str, Any]) -> RunResult:
+    def _adopt(self, answer: dict[str, Any], *, worker_duration: bool = False) -> RunResult:
         self.placement.update(worker=answer["worker"], pid=answer["pid"])
-        return self.run.adopt(answer["outcome"])
+        return self.run.adopt(answer["outcome"], worker_duration=worker_duration)
 
     def execute(self) -> RunResult:
         """Run on the pool, waiting in this thread."""
@@ -139,3 +143,116 @@ class PooledRun:
                 return self._adopt(answer)
         finally:
             await self.run.asettle()
+
+
+class PooledShard:
+    """Runs of registered programs sent to one worker of a process pool as one task (``"kind": "runs"``).
+
+    Each run is a :class:`PooledRun` and leaves the record it would leave alone, except its duration: the
+    worker's measure of the run, since the run waited behind the shard's earlier ones. The worker sends
+    the outcomes together, so a worker lost mid-shard fails every run of it (``worker_lost``); the
+    idempotent ones are sent once more, as a shard of their own. A run's ``timeout`` counts from when
+    the worker starts it. Results come back in the runs' order: a :class:`RunResult`, or the exception
+    the run would have raised (already recorded).
+    """
+
+    def __init__(self, runs: list[PooledRun]) -> None:
+        if not runs:
+            raise ConfigurationError("a shard holds at least one run")
+        self.runs = runs
+        self.pool = runs[0].pool
+        self.results: list[RunResult | BaseException | None] = [None] * len(runs)
+
+    def _ready(self, todo: list[int]) -> list[int]:
+        """The runs that can go (timeouts set); a run over the input size limit fails here."""
+        ready = []
+        for i in todo:
+            run = self.runs[i]
+            try:
+                run.run._check_size()
+            except Exception as exc:
+                self.results[i] = run.run.failed(exc)
+                continue
+            if run.run.deadline is not None:
+                run.task["timeout"] = max(0.001, run.run.deadline - time.monotonic())
+            run.placement["attempts"] += 1
+            ready.append(i)
+        return ready
+
+    def _submit(self, todo: list[int]) -> Future[dict[str, Any]]:
+        return self.pool.submit({"kind": "runs", "runs": [self.runs[i].task for i in todo]})
+
+    def _lost(self, todo: list[int], exc: BaseException) -> list[int]:
+        """The shard failed as a whole: record each run's failure, except those to send again."""
+        again = []
+        for i in todo:
+            run = self.runs[i]
+            if isinstance(exc, Exception) and run._again(exc):
+                again.append(i)
+            else:
+                self.results[i] = run.run.failed(exc)
+        return again
+
+    def _adopt(self, todo: list[int], answer: dict[str, Any]) -> None:
+        outcomes = answer["outcome"].get("outcomes") if isinstance(answer.get("outcome"), dict) else None
+        if not isinstance(outcomes, list) or len(outcomes) != len(todo):
+            broken = WorkerError(
+                f"pool {self.pool.name!r}: worker {answer.get('worker')} answered a shard of {len(todo)} runs "
+                f"with {len(outcomes) if isinstance(outcomes, list) else 'no'} outcomes"
+            )
+            for i in todo:
+                self.results[i] = self.runs[i].run.failed(broken)
+            return
+        for i, outcome in zip(todo, outcomes, strict=True):
+            try:
+                self.results[i] = self.runs[i]._adopt(
+                    {"outcome": outcome, "worker": answer["worker"], "pid": answer["pid"]},
+                    worker_duration=True,
+                )
+            except Exception as exc:  # the run's own failure, recorded by adopt: its result
+                self.results[i] = exc
+
+    def _finished(self) -> list[RunResult | BaseException]:
+        results = [r for r in self.results if r is not None]
+        assert len(results) == len(self.runs), "every run of a shard ends with a result or its error"
+        return results
+
+    def execute(self) -> list[RunResult | BaseException]:
+        """Run the shard on the pool, waiting in this thread."""
+        todo = list(range(len(self.runs)))
+        try:
+            while todo := self._ready(todo):
+                try:
+                    answer = self._submit(todo).result()
+                except BaseException as exc:
+                    todo = self._lost(todo, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._adopt(todo, answer)
+                break
+        finally:
+            self.runs[0].run.settle()  # one wait covers every record of the shard
+        return self._finished()
+
+    async def aexecute(self) -> list[RunResult | BaseException]:
+        """Run the shard on the pool, awaiting the worker without blocking the event loop."""
+        todo = list(range(len(self.runs)))
+        try:
+            while todo := self._ready(todo):
+                future = None
+                try:
+                    future = self._submit(todo)
+                    answer = await asyncio.wrap_future(future)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError) and future is not None:
+                        future.cancel()  # queued: it never runs; running: its answer is dropped
+                    todo = self._lost(todo, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._adopt(todo, answer)
+                break
+        finally:
+            await self.runs[0].run.asettle()
+        return self._finished()

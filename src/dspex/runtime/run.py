@@ -426,11 +426,16 @@ class _Run:
             }
         return data
 
-    def adopt(self, outcome: Mapping[str, Any]) -> RunResult:
-        """Write the terminal record a worker's outcome describes; return its result or raise its error."""
+    def adopt(self, outcome: Mapping[str, Any], *, worker_duration: bool = False) -> RunResult:
+        """Write the terminal record a worker's outcome describes; return its result or raise its error.
+
+        ``worker_duration``: the run lasted what the worker measured (a run of a shard, which waited
+        behind the shard's earlier runs: that wait is not its own), not the time since it was created."""
         import dspy
 
         duration_ms = (time.perf_counter() - self.t0) * 1000
+        if worker_duration and isinstance(outcome.get("duration_ms"), int | float):
+            duration_ms = float(outcome["duration_ms"])
         status = outcome["status"]
         self.status, self.error, self.duration_ms = status, outcome.get("error"), duration_ms
         if self.writer is not None:
