@@ -102,6 +102,7 @@ def _input_interface(program: Any) -> Any:
 
 
 _ADAPTERS: dict[tuple[int, bool, bool], tuple[Any, Any]] = {}  # see _run_adapter
+_NO_ATTRIBUTES: dict[str, Any] = {}
 
 
 def _run_adapter(source: Any, parse_fallback: bool, spans: bool) -> Any:
@@ -227,7 +228,9 @@ class _Run:
         resilience = self.app.resilience
         if lm is not None:
             # A configured copy may carry its own chain (a fallbacks variable), else the program's settings.
-            chain = getattr(self.program, FALLBACKS_ATTRIBUTE, None)
+            # Set on the instance (variables.binding.apply); read from its __dict__, since a miss through
+            # getattr builds an AttributeError in dspy.Module's lookup on every run.
+            chain = getattr(self.program, "__dict__", _NO_ATTRIBUTES).get(FALLBACKS_ATTRIBUTE)
             lm = resilience.wrap(lm, program=self.base["program"], fallbacks=chain)
         config = resilience.config
         spans = self.level == "full"
