@@ -77,6 +77,40 @@ def test_upsert_replaces_a_running_row(repo: ExecutionRepository) -> None:
     assert repo.count() == 1
 
 
+def test_an_upsert_of_many_rows_keeps_each_row_and_ended_rows_win(repo: ExecutionRepository) -> None:
+    # More rows than one SQLite statement takes (they go in several), with rows of every shape.
+    repo.upsert([_row(i, status="succeeded") for i in range(5)])
+    batch = [_row(i, status="running", outputs=None, ended_at=None) for i in range(450)]
+    batch[7] = _row(7, status="failed", error={"type": "X", "message": "m"}, variables={"t": 0.5})
+    repo.upsert(batch)
+    assert repo.count() == 450
+    for i in range(5):  # a running row never replaces an ended one, whichever statement carries it
+        record = repo.get(f"e{i:04d}")
+        assert record is not None
+        assert record.status == "succeeded"
+        assert record.outputs == {"answer": "a"}
+    late = repo.get("e0449")
+    assert late is not None
+    assert late.status == "running"
+    assert late.inputs == {"question": "q449"}
+    failed = repo.get("e0007")
+    assert failed is not None
+    assert failed.status == "failed"
+    assert failed.error == {"type": "X", "message": "m"}
+    assert failed.variables == {"t": 0.5}
+    assert failed.started_at == dt.datetime(2026, 1, 1, 0, 7, tzinfo=dt.UTC)
+
+
+def test_a_new_sqlite_database_has_pages_an_execution_row_fits_in(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path}/new.db")
+    try:
+        with db.read() as connection:
+            assert connection.exec_driver_sql("PRAGMA page_size").scalar() == 16384
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        db.dispose()
+
+
 def test_stats_per_program_version(repo: ExecutionRepository) -> None:
     repo.upsert([_row(i, program="qa") for i in range(10)])
     (stats,) = repo.stats(ExecutionFilter(program="qa"))

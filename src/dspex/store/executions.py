@@ -220,6 +220,9 @@ def _bound(name: str, value: Any, process: Any = None) -> Any:
     return value if process is None else process(value)
 
 
+_SQLITE_ROWS = 200  # rows per SQLite upsert statement: 22 parameters each, well under SQLite's 32,766
+
+
 class _SqlitePlan:
     """The SQLite upsert compiled once, and a row's positional parameters built from it.
 
@@ -255,8 +258,20 @@ class _SqlitePlan:
                 self._defaults[key] = compiled.params[param]
         self._get = operator.itemgetter(*names)
 
-    def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        """``row``'s positional parameters: missing columns bind NULL."""
+        # Many rows in one statement (``VALUES (...), (...)``): one sqlite3_step, so the writer gives up
+        # the GIL once per statement instead of once per row and takes it back once. Per row, taking it
+        # back meant waiting for the runs' threads to give it up (up to the 5 ms switch interval), so
+        # the inserts queued behind the runs instead of running beside them.
+        self._width = sum(1 for name in names if not name.startswith("\0"))  # a row's parameters
+        self._row_sql = "(" + ", ".join("?" * self._width) + ")"
+        if self.sql.count(self._row_sql) != 1 or any(n.startswith("\0") for n in names[: self._width]):
+            raise RuntimeError(
+                "the executions upsert is not INSERT ... VALUES (one row) ...: cannot batch it"
+            )
+        self._many_sql: dict[int, str] = {1: self.sql}
+
+    def values(self, row: Mapping[str, Any]) -> list[Any]:
+        """``row``'s positional parameters (the statement's literals last): missing columns bind NULL."""
         values = list(self._get({**self._defaults, **row}))
         for position in self._json:
             value = values[position]
@@ -266,7 +281,22 @@ class _SqlitePlan:
             value = values[position]
             if value is not None:
                 values[position] = process(value)
-        return tuple(values)
+        return values
+
+    def many(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+        """One statement upserting every row of ``rows`` (distinct ids), and its parameters."""
+        sql = self._many_sql.get(len(rows))
+        if sql is None:
+            sql = self.sql.replace(self._row_sql, ", ".join([self._row_sql] * len(rows)), 1)
+            if len(self._many_sql) < 256:
+                self._many_sql[len(rows)] = sql
+        params: list[Any] = []
+        width = self._width
+        for row in rows:
+            values = self.values(row)
+            params += values[:width]
+        params += values[width:]  # the statement's own literals, once
+        return sql, params
 
 
 class ExecutionRepository:
@@ -290,9 +320,10 @@ class ExecutionRepository:
             # SQLite: the same statement, compiled once, executed by the driver with plain tuples. Per
             # row, SQLAlchemy's parameter handling cost more than SQLite's own insert.
             plan = self._sqlite_upsert()
-            values = [plan.values(row) for row in rows]
+            statements = [plan.many(rows[i : i + _SQLITE_ROWS]) for i in range(0, len(rows), _SQLITE_ROWS)]
             with self.db.write() as connection:
-                connection.exec_driver_sql(plan.sql, values)
+                for sql, params in statements:
+                    connection.exec_driver_sql(sql, tuple(params))
             return
         params = [{f"p_{name}": _bound(name, row.get(name)) for name in _COLUMNS} for row in rows]
         with self.db.write() as connection:
