@@ -149,6 +149,17 @@ def forward_parameters(program: Any, forward: Any) -> ForwardParameters | None:
 # program -> what it takes. Inspecting a program on every run would be O(its size), and programs are
 # long-lived, so it is looked up once. Weak: programs come and go.
 _interfaces: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# The programs of the latest runs, by id (each entry holds its program, so an id cannot be reused while
+# cached; few, so a process that makes a program per run keeps at most _RECENT of them alive): a plain
+# dict lookup instead of the weak dictionary's, which builds a weakref per run.
+_RECENT = 32
+_recent: dict[int, tuple[Any, Any]] = {}
+
+
+def _remember(program: Any, interface: Any) -> None:
+    if len(_recent) >= _RECENT:
+        _recent.clear()
+    _recent[id(program)] = (program, interface)
 _by_class: weakref.WeakKeyDictionary[type, ForwardParameters | None] = weakref.WeakKeyDictionary()
 
 
@@ -156,21 +167,29 @@ def input_interface(program: Any) -> Any:
     """What ``program``'s inputs are checked against: :class:`ForwardParameters` for a user module with its
     own ``forward``, a signature class for DSPy's modules (or a module with one predictor and no forward of
     its own), or None when there is nothing unambiguous to check."""
+    hit = _recent.get(id(program))
+    if hit is not None and hit[0] is program:  # the same program as a recent run: no weakref made
+        return hit[1]
     try:
-        return _interfaces[program]
+        interface = _interfaces[program]
     except (KeyError, TypeError):
         pass
+    else:
+        _remember(program, interface)
+        return interface
     cls = type(program)
     forward = own_forward(cls)
     if forward is not None:  # a class's forward is the same for every instance (and copy) of it
         try:
-            return _by_class[cls]
+            interface = _by_class[cls]
         except KeyError:
             interface = _by_class[cls] = forward_parameters(program, forward)
-            return interface
+        _remember(program, interface)
+        return interface
     interface = single_signature(program)
     with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is just not cached
         _interfaces[program] = interface
+        _remember(program, interface)
     return interface
 
 

@@ -125,12 +125,16 @@ def _problem(value: Any, exc: pydantic.ValidationError) -> str:
 
 
 def _field_checks(sig: type[Any], side: Side) -> dict[str, _FieldCheck]:
+    hit = _recent.get(id(sig))
+    if hit is not None and hit[0] is sig:  # a signature of a recent run: no lock, no weakref
+        return hit[1][side]
     try:
         with _lock:
             cached = _checks.get(sig)
     except TypeError:  # not weak-referenceable, so not a class: reported below
         cached = None
     if cached is not None:
+        _remember(sig, cached)
         return cached[side]
     fields_in = getattr(sig, "input_fields", None)
     fields_out = getattr(sig, "output_fields", None)
@@ -143,7 +147,19 @@ def _field_checks(sig: type[Any], side: Side) -> dict[str, _FieldCheck]:
     with _lock:
         # Two threads may build at once; the first stored wins so every caller shares one set.
         cached = _checks.setdefault(sig, built)
+    _remember(sig, cached)
     return cached[side]
+
+
+# The signatures of the latest runs, by id (each entry holds its class, so an id cannot be reused while
+# cached; bounded, since signatures may be made per call).
+_recent: dict[int, tuple[type[Any], dict[Side, dict[str, _FieldCheck]]]] = {}
+
+
+def _remember(sig: type[Any], checks: dict[Side, dict[str, _FieldCheck]]) -> None:
+    if len(_recent) >= 64:
+        _recent.clear()
+    _recent[id(sig)] = (sig, checks)
 
 
 def _check(field: FieldInfo) -> _FieldCheck:
