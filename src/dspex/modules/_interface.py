@@ -160,6 +160,8 @@ def _remember(program: Any, interface: Any) -> None:
     if len(_recent) >= _RECENT:
         _recent.clear()
     _recent[id(program)] = (program, interface)
+
+
 _by_class: weakref.WeakKeyDictionary[type, ForwardParameters | None] = weakref.WeakKeyDictionary()
 
 
