@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from dspex.errors import ConfigurationError, did_you_mean
 
-__all__ = ["OPTIMIZERS", "OptimizerName", "OptimizerSpec", "Option", "check_options"]
+__all__ = ["OPTIMIZERS", "OptimizerName", "OptimizerSpec", "Option", "check_options", "check_pooled"]
 
 OptimizerName = Literal["miprov2", "gepa", "simba", "copro", "bootstrap", "bootstrap_rs", "ensemble"]
 Where = Literal["init", "compile", "dspex"]
@@ -115,6 +115,8 @@ class OptimizerSpec:
     uses_valset: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
+    # Its candidate evaluations may run on a worker pool (``pool=``): they need predictions, not traces.
+    pooled: bool = False
 
     def init_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in {**self.defaults, **options}.items() if self.options[k].where == "init"}
@@ -187,6 +189,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
                 "fewshot_aware_proposer": Option("bool", "compile"),
             },
             summary="instructions and demos proposed, then searched with Optuna TPE on minibatches",
+            pooled=True,
         ),
         "simba": OptimizerSpec(
             "simba",
@@ -260,6 +263,22 @@ def check_options(optimizer: str, options: Mapping[str, Any] | None) -> dict[str
                 "max_metric_calls"
             )
     return checked
+
+
+def check_pooled(optimizer: str) -> None:
+    """ConfigurationError unless ``optimizer``'s candidate evaluations can run on a worker pool.
+
+    >>> check_pooled("miprov2")
+    """
+    spec = OPTIMIZERS.get(optimizer)
+    if spec is None:
+        raise ConfigurationError(did_you_mean(optimizer, OPTIMIZERS, what="optimizer"))
+    if not spec.pooled:
+        pooled = ", ".join(name for name, entry in OPTIMIZERS.items() if entry.pooled)
+        raise ConfigurationError(
+            f"{optimizer} cannot evaluate its candidates on a pool (its evaluations need DSPy traces, or "
+            f"it has no separate evaluation step); pools serve {pooled}: run {optimizer} without a pool"
+        )
 
 
 def _check_miprov2(checked: dict[str, Any]) -> None:

@@ -60,11 +60,13 @@ import dspy
 from dspex.errors import ConfigurationError
 from dspex.jsonable import canonical_hash, to_jsonable
 from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
+from dspex.optimize._remote_dspy import RemoteEvaluate, RemoteMIPROv2
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import CachedResult, EvalCache, MemoryCache, example_hash
-from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options
+from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options, check_pooled
 from dspex.optimize.evaluate import Evaluator
 from dspex.optimize.metrics import Metric, MetricLike, as_metric
+from dspex.optimize.result import EvaluationResult
 from dspex.telemetry.usage import UsageTotals
 
 __all__ = ["CandidateCache", "DSPyOptimizationResult", "DSPyProgress", "optimize_with_dspy"]
@@ -327,6 +329,54 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
         return steps
 
 
+class _TrackedEvaluate(RemoteEvaluate):
+    """The trial evaluations of an optimizer run whose candidates are evaluated remotely (``remote=``):
+    a :class:`~dspex.optimize._remote_dspy.RemoteEvaluate` given the candidate inside its
+    :class:`CandidateCache`, which counts what it evaluated into the run's progress as the wrapped
+    program does, and checks the stop and the LM-call cap before each evaluation (a remote worker's
+    calls cannot be stopped one by one)."""
+
+    def __init__(
+        self,
+        local: Any,
+        *,
+        remote: Callable[[Any], Any],
+        tracker: _Tracker,
+        scorer: Metric,
+        cap: CallCap | None,
+    ) -> None:
+        super().__init__(
+            remote=remote,
+            devset=local.devset,
+            metric=scorer,
+            num_threads=local.num_threads,
+            max_errors=local.max_errors,
+            failure_score=local.failure_score,
+            provide_traceback=local.provide_traceback,
+            cache=tracker.cache,
+        )
+        self.tracker = tracker
+        self.cap = cap
+
+    def _remote_program(self, program: Any) -> Any:
+        inner = program.inner if isinstance(program, CandidateCache) else program
+        self.tracker.check()
+        if self.cap is not None:
+            self.cap.before_remote()
+        self.tracker.remember(configuration_fingerprint(inner, dspy.settings.lm), inner)
+        return self.remote(inner)
+
+    def _evaluated(self, program: Any, result: EvaluationResult) -> None:
+        inner = program.inner if isinstance(program, CandidateCache) else program
+        candidate = configuration_fingerprint(inner, dspy.settings.lm)
+        for record in result.records:
+            self.tracker.called(cached=record.cached)
+            if record.error is None:
+                self.tracker.scored(candidate, record.example_hash, record.score)
+        if self.cap is not None:
+            self.cap.save()
+
+
 def _unwrap(program: Any) -> Any:
     if isinstance(program, CandidateCache):
         return program.inner
@@ -386,8 +436,10 @@ def _build(
     lm: Any,
     seed: int,
     num_threads: int,
+    evaluate_with: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The DSPy optimizer object and the keyword arguments of its ``compile``."""
+    """The DSPy optimizer object and the keyword arguments of its ``compile``; ``evaluate_with`` (for
+    an optimizer whose spec is ``pooled``) swaps its trial evaluations for remote ones."""
     spec = OPTIMIZERS[optimizer]
     init = spec.init_options(options)
     compile_kwargs = spec.compile_options(options)
@@ -404,6 +456,11 @@ def _build(
         return dspy.COPRO(metric=metric, prompt_model=prompt_lm, **init), compile_kwargs
     if optimizer == "miprov2":
         init.setdefault("seed", seed)
+        if evaluate_with is not None:
+            remote = RemoteMIPROv2(
+                metric, evaluate_with=evaluate_with, prompt_model=prompt_lm, task_model=lm, **init
+            )
+            return remote, compile_kwargs
         return dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, task_model=lm, **init), compile_kwargs
     if optimizer == "simba":
         init.setdefault("bsize", min(32, len(trainset)))
@@ -446,6 +503,7 @@ def optimize_with_dspy(
     should_stop: Callable[[], None] | None = None,
     prices: Any = None,
     max_lm_calls: int | None = None,
+    remote: Callable[[Any], Any] | None = None,
 ) -> DSPyOptimizationResult:
     """Run DSPy's ``optimizer`` (a name of :data:`~dspex.optimize.dspy_optimizers.OPTIMIZERS`) on
     ``program`` (see the module docstring).
@@ -465,6 +523,14 @@ def optimize_with_dspy(
       it would exceed the cap; the optimizer is stopped there and the best candidate scored so far is
       the result (``result.stopped`` says so; ``score`` is its mean over ``scored_on`` examples). A
       run stopped before any candidate was scored is an error saying to raise the cap.
+    - ``remote``: candidate -> a :class:`~dspex.optimize.evaluate.RemoteProgram` (``App.optimize_with``
+      gives the registered version on a pool with the candidate's state): the optimizer's trial
+      evaluations and the final evaluation run there, in shards, and the metric here. Only for an
+      optimizer whose evaluations need no traces (``OPTIMIZERS[name].pooled``: ``miprov2``);
+      bootstrapping and the proposer stay in this process. Progress, the evaluation cache (keyed by the
+      remote program's fingerprint) and ``max_lm_calls`` still hold, with two differences: a stop request
+      and the cap are checked before each evaluation rather than each program call, so the run may pass
+      ``max_lm_calls`` by the LM calls of the evaluation in flight.
     """
     from dspex.optimize.search import OptimizationStopped
 
@@ -474,6 +540,8 @@ def optimize_with_dspy(
         not isinstance(max_lm_calls, int) or isinstance(max_lm_calls, bool) or max_lm_calls < 1
     ):
         raise ConfigurationError(f"max_lm_calls must be an integer >= 1 or null, got {max_lm_calls!r}")
+    if remote is not None:
+        check_pooled(optimizer)
     trainset, valset = list(trainset), list(valset)
     if not trainset or not valset:
         raise ConfigurationError(f"{optimizer} needs a trainset and a valset with at least one example each")
@@ -529,6 +597,11 @@ def optimize_with_dspy(
                 lm=lm,
                 seed=seed,
                 num_threads=num_threads,
+                evaluate_with=None
+                if remote is None
+                else lambda local: _TrackedEvaluate(
+                    local, remote=remote, tracker=tracker, scorer=scorer, cap=cap
+                ),
             )
             if OPTIMIZERS[optimizer].uses_valset:
                 compile_kwargs["valset"] = valset
@@ -549,8 +622,13 @@ def optimize_with_dspy(
                 else:
                     final = compiled
                 try:
+                    scored = final
+                    if remote is not None:  # on the pool too: the best candidate's full evaluation is cached
+                        if cap is not None:
+                            cap.before_remote()
+                        scored = remote(_unwrap(final))
                     evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
-                        final, valset
+                        scored, valset
                     )
                 except Stop as stop:
                     if not isinstance(stop.stopped, CapReached):

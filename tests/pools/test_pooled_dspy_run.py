@@ -1,0 +1,137 @@
+"""``App.optimize_with("qa", "miprov2", pool=...)``: MIPROv2's candidate evaluations on a process pool,
+through the normal DSPex run (evaluation cache, progress, record, saved version): the same score, chosen
+program, candidates and LM calls as the run in process, on an LM whose answers depend on the
+instructions and demos; most of the LM calls run on the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pool_programs import PromptAware
+
+from dspex.errors import ConfigurationError
+from dspex.optimize.dspy_run import DSPyOptimizationResult, DSPyProgress
+from dspex.runtime.app import App
+from dspex.settings import Settings
+
+OPTIONS: dict[str, Any] = {
+    "num_candidates": 3,
+    "num_trials": 6,
+    "minibatch_size": 4,
+    "minibatch_full_eval_steps": 2,
+    "max_bootstrapped_demos": 1,
+    "max_labeled_demos": 1,
+    "num_threads": 4,
+}
+
+
+def _app(path: Path, engine: Any) -> App:
+    settings = Settings(
+        database_url=f"sqlite:///{path}/m.db",
+        home=path / "home",
+        pools={"general": {"size": 2, "initializer": "pool_programs:prompt_aware"}},
+    )
+    app = App(settings, lm=engine.lm(cache=False))
+    app.programs.register("qa", "pool_programs:build_qa")
+    rows = [
+        {"question": f"q{i}", "answer": f"answer to q{i}", "part": "train" if i < 8 else "dev"}
+        for i in range(18)
+    ]
+    app.datasets.import_records("qa-set", rows, inputs=["question"], split="part")
+    return app
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Iterator[tuple[App, App, Any]]:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    engine = PromptAware.engine()
+    with _app(tmp_path / "a", PromptAware.engine()) as local, _app(tmp_path / "b", engine) as pooled:
+        yield local, pooled, engine
+
+
+def _summary(app: App, result: DSPyOptimizationResult) -> dict[str, Any]:
+    assert result.version_id is not None
+    state = app.programs.build(app.programs.resolve("qa", result.version_id)).dump_state()
+    return {
+        "score": result.score,
+        "candidates": result.candidates,
+        "evaluations": result.evaluations,
+        "lm_calls": result.lm_calls,
+        "state": {name: {k: v for k, v in part.items() if k != "lm"} for name, part in state.items()},
+    }
+
+
+def test_miprov2_on_a_pool_through_optimize_with_matches_the_run_in_process(
+    apps: tuple[App, App, Any],
+) -> None:
+    local, pooled, engine = apps
+    in_process = local.optimize_with("qa", "miprov2", dataset="qa-set", options=OPTIONS, seed=3)
+    seen: list[DSPyProgress] = []
+    on_pool = pooled.optimize_with(
+        "qa", "miprov2", dataset="qa-set", options=OPTIONS, seed=3, pool="general", on_progress=seen.append
+    )
+    expected, got = _summary(local, in_process), _summary(pooled, on_pool)
+    assert 0 < expected["score"] < 1  # candidates really score apart on this LM
+    assert got == expected
+    status = pooled.pools.get("general").status()
+    assert status.completed > 0  # shards ran on the workers
+    # The calls this process made itself (bootstrapping, proposals); the rest ran on the workers.
+    assert 0 < engine.calls < on_pool.lm_calls
+    assert seen[-1].phase == "save"
+    assert seen[-1].candidates == on_pool.candidates > 1
+    record = pooled.optimizations.get(on_pool.id)
+    assert record is not None
+    assert record.status == "succeeded"
+
+    # Again: the same run, every evaluation from the evaluation cache, no LM call anywhere.
+    before = engine.calls
+    again = pooled.optimize_with("qa", "miprov2", dataset="qa-set", options=OPTIONS, seed=3, pool="general")
+    assert again.lm_calls == 0
+    assert engine.calls == before
+    assert again.score == on_pool.score
+    assert again.cached > 0
+
+
+def test_a_pool_the_optimizer_cannot_use_or_that_does_not_exist_is_refused(
+    apps: tuple[App, App, Any],
+) -> None:
+    _, pooled, _ = apps
+    with pytest.raises(
+        ConfigurationError, match=r"unknown pool 'genral'; did you mean 'general'\? valid: general"
+    ):
+        pooled.optimize_with("qa", "miprov2", dataset="qa-set", options=OPTIONS, pool="genral")
+    with pytest.raises(
+        ConfigurationError, match=r"gepa cannot evaluate its candidates on a pool.*serve miprov2"
+    ):
+        pooled.optimize_with("qa", "gepa", dataset="qa-set", pool="general")
+    assert pooled._pools is None or not pooled._pools._pools  # nothing was started for a refused run
+
+
+def test_max_lm_calls_stops_a_pooled_run_with_the_best_candidate_so_far(apps: tuple[App, App, Any]) -> None:
+    _, pooled, _ = apps
+    cap = 30
+    capped = pooled.optimize_with(
+        "qa",
+        "miprov2",
+        dataset="qa-set",
+        options=OPTIONS,
+        seed=5,
+        pool="general",
+        max_lm_calls=cap,
+    )
+    assert capped.stopped is not None
+    assert "max_lm_calls" in capped.stopped
+    # Checked before each evaluation: past the cap by at most the evaluation in flight (10 examples, one
+    # LM call each), and the run's record counts the workers' calls.
+    assert cap <= capped.lm_calls <= cap + 10
+    record = pooled.optimizations.get(capped.id)
+    assert record is not None
+    assert record.budget is not None
+    assert record.budget["lm_calls"] == capped.lm_calls
+    assert capped.scored_on is not None
+    assert capped.scored_on > 0
+    assert capped.version_id is not None
