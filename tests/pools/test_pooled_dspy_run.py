@@ -96,6 +96,31 @@ def test_miprov2_on_a_pool_through_optimize_with_matches_the_run_in_process(
     assert again.cached > 0
 
 
+GEPA: dict[str, Any] = {"max_metric_calls": 60, "reflection_minibatch_size": 3, "num_threads": 4}
+
+
+def test_gepa_on_a_pool_matches_the_run_in_process_with_its_valset_calls_on_the_workers(
+    apps: tuple[App, App, Any],
+) -> None:
+    local, pooled, engine = apps
+    in_process = local.optimize_with("qa", "gepa", dataset="qa-set", options=GEPA, seed=3)
+    on_pool = pooled.optimize_with("qa", "gepa", dataset="qa-set", options=GEPA, seed=3, pool="general")
+    expected, got = _summary(local, in_process), _summary(pooled, on_pool)
+    assert (
+        expected["state"]["predict"]["signature"]["instructions"] == "Answer carefully."
+    )  # GEPA improved it
+    assert in_process.candidates > 1
+    # Not lm_calls: in process too, GEPA's runs differ by a call now and then (two threads calling the
+    # same candidate on the same example, both before either is in the evaluation cache).
+    expected.pop("lm_calls")
+    got.pop("lm_calls")
+    assert got == expected
+    # The valset evaluations (the seed's and each new candidate's, 10 examples each) ran on the workers,
+    # one task per example; the trainset minibatches whose traces GEPA reads, and its reflections, here.
+    assert pooled.pools.get("general").status().completed == 20
+    assert engine.calls == on_pool.lm_calls - 20
+
+
 def test_a_pool_the_optimizer_cannot_use_or_that_does_not_exist_is_refused(
     apps: tuple[App, App, Any],
 ) -> None:
@@ -105,9 +130,9 @@ def test_a_pool_the_optimizer_cannot_use_or_that_does_not_exist_is_refused(
     ):
         pooled.optimize_with("qa", "miprov2", dataset="qa-set", options=OPTIONS, pool="genral")
     with pytest.raises(
-        ConfigurationError, match=r"gepa cannot evaluate its candidates on a pool.*serve miprov2"
+        ConfigurationError, match=r"simba cannot evaluate its candidates on a pool.*serve miprov2, gepa"
     ):
-        pooled.optimize_with("qa", "gepa", dataset="qa-set", pool="general")
+        pooled.optimize_with("qa", "simba", dataset="qa-set", pool="general")
     assert pooled._pools is None or not pooled._pools._pools  # nothing was started for a refused run
 
 
@@ -135,3 +160,17 @@ def test_max_lm_calls_stops_a_pooled_run_with_the_best_candidate_so_far(apps: tu
     assert capped.scored_on is not None
     assert capped.scored_on > 0
     assert capped.version_id is not None
+
+
+def test_max_lm_calls_stops_a_pooled_gepa_run_counting_the_workers_calls(apps: tuple[App, App, Any]) -> None:
+    _, pooled, engine = apps
+    cap = 25  # past the seed's valset evaluation on the workers (10 calls), within the minibatches
+    capped = pooled.optimize_with(
+        "qa", "gepa", dataset="qa-set", options=GEPA, seed=3, pool="general", max_lm_calls=cap
+    )
+    assert capped.stopped is not None
+    assert capped.stopped.startswith("max_lm_calls=25 reached")
+    # Checked before each call, here and on the pool: past the cap by at most the calls in flight (4 threads).
+    assert cap <= capped.lm_calls <= cap + 4
+    assert pooled.pools.get("general").status().completed >= 10
+    assert engine.calls == capped.lm_calls - pooled.pools.get("general").status().completed

@@ -29,8 +29,10 @@ process). With a deterministic LM the trials, their scores and the chosen progra
 ``dspy.MIPROv2`` in process (tested with the scripted LM). Evaluations of one candidate on examples it
 already saw are served from an in-memory cache (``cache=False`` turns it off).
 
-Not done: GEPA and SIMBA. GEPA's candidate evaluations capture traces for its reflective dataset, and
-SIMBA samples trajectories from the program's calls; both need the traces back from the workers.
+GEPA's valset evaluations run on a pool through the DSPex run (``App.optimize_with("qa", "gepa",
+pool=...)``, :mod:`dspex.optimize.dspy_run`); its reflective minibatches need their traces and stay in
+process. SIMBA does not run on a pool: every evaluation of it collects traces, with per-predictor
+sampling LMs a worker would not have.
 """
 
 from __future__ import annotations

@@ -25,14 +25,14 @@ from typing import Any
 
 import dspy
 from dspy.evaluate.evaluate import EvaluationResult
-from dspy.utils.callback import with_callbacks
+from dspy.utils.callback import BaseCallback, with_callbacks
 
 from dspex.errors import ConfigurationError
 from dspex.optimize.cache import EvalCache
 from dspex.optimize.evaluate import Evaluator, RemoteProgram
 from dspex.optimize.result import EvaluationResult as DSPexEvaluation
 
-__all__ = ["RemoteEvaluate", "RemoteMIPROv2"]
+__all__ = ["RemoteEvaluate", "RemoteMIPROv2", "TraceFreeEvaluations", "predict_remotely"]
 
 
 class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
@@ -148,3 +148,65 @@ class RemoteMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
             *args,
             **kwargs,
         )
+
+
+def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any]) -> dict[str, Any]:
+    """One program call on ``remote`` (a one-example shard): the prediction as JSON, the worker's LM calls
+    replayed into the usage tracker in context (so a run's LM calls and its cap count them). A failed
+    call raises :class:`~dspex.errors.ExecutionError` with the worker's error, as a local failure would
+    raise; a shard whose worker died is sent once more (predicting has no side effects to repeat)."""
+    from dspex.errors import ExecutionError, WorkerError
+    from dspex.jsonable import to_jsonable
+
+    payload = [to_jsonable(inputs)]
+    try:
+        outcome = remote.predict_batch(payload, 1).result()
+    except WorkerError:
+        outcome = remote.predict_batch(payload, 1).result()
+    result = outcome["outcome"]["results"][0]
+    tracker = dspy.settings.usage_tracker
+    if tracker is not None:
+        for lm, usage in result.get("usage", ()):
+            tracker.add_usage(lm, usage)
+    if "error" in result:
+        error = result["error"]
+        raise ExecutionError(f"{error['type']}: {error['message']}")
+    prediction: dict[str, Any] = dict(result["prediction"])
+    return prediction
+
+
+class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is untyped
+    """A DSPy callback that marks the program of each ``dspy.Evaluate`` call whose traces nobody reads, so
+    that its program calls may run remotely (``mark`` set to True on that evaluation's own copy of the
+    program, an instance of ``kind``). Made for GEPA, whose ``DspyAdapter`` evaluates in two ways:
+
+    - ``evaluate(..., capture_traces=False)`` (the seed candidate's valset evaluation, merge
+      subsamples): a ``dspy.Evaluate`` with ``metric`` as its own metric, called with the program alone;
+    - through ``bootstrap_trace_data`` (``capture_traces=True``), which passes a metric of its own and
+      patches the program's ``forward`` to collect traces. GEPA reads those traces for its reflective
+      dataset, built from trainset minibatches only; its valset evaluations of new candidates go the same
+      way but keep only outputs and scores. So such an evaluation is marked only when every example of
+      it is in ``trace_free`` (the valset's examples that are not in the trainset, by
+      :func:`~dspex.optimize.cache.example_hash`); its traces then come back empty.
+    """
+
+    def __init__(self, metric: Any, kind: type, mark: str, trace_free: frozenset[str]) -> None:
+        self.metric = metric
+        self.kind = kind
+        self.mark = mark
+        self.trace_free = trace_free
+
+    def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        from dspex.optimize.cache import example_hash
+
+        program = inputs.get("program")
+        if not isinstance(program, self.kind):
+            return
+        plain = (
+            inputs.get("metric") is None
+            and getattr(instance, "metric", None) is self.metric
+            and "forward" not in vars(program)
+        )
+        devset = inputs.get("devset") or getattr(instance, "devset", None) or []
+        if plain or (devset and all(example_hash(e) in self.trace_free for e in devset)):
+            setattr(program, self.mark, True)

@@ -115,7 +115,7 @@ class OptimizerSpec:
     uses_valset: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
-    # Its candidate evaluations may run on a worker pool (``pool=``): they need predictions, not traces.
+    # Its candidate evaluations (those that need predictions, not traces) may run on a worker pool.
     pooled: bool = False
 
     def init_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,6 +227,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
                 "seed": Option("int", low=0, high=2**31 - 1, nullable=True),
             },
             summary="reflective prompt evolution: an LM reads traces and feedback and rewrites instructions",
+            pooled=True,
         ),
     }
 )

@@ -39,6 +39,14 @@ What is repeated: the calls in flight when the worker died, and calls whose answ
 The Optuna study inside MIPROv2 is replayed too (same seed, same scores, same suggestions), in
 milliseconds.
 
+**On a pool** (``remote=``, ``App.optimize_with(..., pool=...)``): the candidate evaluations whose
+traces nobody reads run on the pool's workers, each worker loading the candidate's ``dump_state()`` JSON
+(no LMs) into its own copy of the registered version: MIPROv2's trial evaluations
+(:class:`~dspex.optimize._remote_dspy.RemoteMIPROv2`) and GEPA's valset evaluations; what needs traces
+(bootstrapping, GEPA's reflective minibatches, SIMBA's trajectories) stays in this process. SIMBA and
+the others refuse a pool: SIMBA runs every candidate through ``wrap_program``, which collects traces,
+and samples with per-predictor LM copies (temperatures) that a worker's LM would not have.
+
 The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
 optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
 version is the best member and the job result names all of them). An optimizer that keeps the program
@@ -60,7 +68,7 @@ import dspy
 from dspex.errors import ConfigurationError
 from dspex.jsonable import canonical_hash, to_jsonable
 from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
-from dspex.optimize._remote_dspy import RemoteEvaluate, RemoteMIPROv2
+from dspex.optimize._remote_dspy import RemoteEvaluate, RemoteMIPROv2, TraceFreeEvaluations, predict_remotely
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import CachedResult, EvalCache, MemoryCache, example_hash
 from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options, check_pooled
@@ -74,6 +82,8 @@ __all__ = ["CandidateCache", "DSPyOptimizationResult", "DSPyProgress", "optimize
 Phase = Literal["compile", "evaluate", "save"]
 _REPORT_EVERY_S = 0.25
 _CACHE_PREFIX = "dspy:"
+_REMOTE_PREFIX = "dspy-remote:"
+_TRACE_FREE = "_dspex_trace_free"  # set by TraceFreeEvaluations on an evaluation's copy of the program
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +191,21 @@ class _Tracker:
         self.cached = 0
         self.calls = 0
         self._reported = 0.0
+        # Trace-free program calls on a pool (GEPA's valset evaluations): candidate -> remote program.
+        self.remote: Callable[[Any], Any] | None = None
+        self.cap: CallCap | None = None
+        self._remotes: dict[str, Any] = {}
+
+    def remote_program(self, candidate: str, program: Any) -> Any:
+        """The remote program of ``candidate`` (``program``), made once per candidate."""
+        assert self.remote is not None
+        with self._lock:
+            made = self._remotes.get(candidate)
+        if made is None:
+            made = self.remote(program)
+            with self._lock:
+                self._remotes[candidate] = made
+        return made
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Tracker:
         return self
@@ -277,6 +302,8 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
         tracker.check()
         candidate = configuration_fingerprint(self.inner, dspy.settings.lm)
         tracker.remember(candidate, self.inner)
+        if getattr(self, _TRACE_FREE, False) and tracker.remote is not None:
+            return self._remote_call(candidate, inputs)
         key = (_CACHE_PREFIX + candidate, canonical_hash(to_jsonable(inputs)))
         hit = tracker.cache.get_many([key]).get(key)
         if hit is not None and hit.trace is not None:
@@ -302,6 +329,29 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
         if isinstance(prediction, dspy.Prediction):
             prediction._dspex_candidate = candidate
         tracker.called(cached=False)
+        return prediction
+
+    def _remote_call(self, candidate: str, inputs: dict[str, Any]) -> Any:
+        """A call no trace is wanted from (see :class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations`),
+        on the pool: cached under its own key (it has no trace to replay to a call that wants one)."""
+        tracker = self._tracker
+        key = (_REMOTE_PREFIX + candidate, canonical_hash(to_jsonable(inputs)))
+        hit = tracker.cache.get_many([key]).get(key)
+        if hit is not None:
+            data = dict(hit.prediction)
+            tracker.called(cached=True)
+        else:
+            if tracker.cap is not None:
+                tracker.cap.before_remote()
+            try:
+                data = predict_remotely(tracker.remote_program(candidate, self.inner), inputs)
+            finally:
+                if tracker.cap is not None:
+                    tracker.cap.save()
+            tracker.cache.put_many({key: CachedResult(data, {})})
+            tracker.called(cached=False)
+        prediction = dspy.Prediction(**data)
+        prediction._dspex_candidate = candidate
         return prediction
 
     def _trace_json(self, trace: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
@@ -524,13 +574,18 @@ def optimize_with_dspy(
       the result (``result.stopped`` says so; ``score`` is its mean over ``scored_on`` examples). A
       run stopped before any candidate was scored is an error saying to raise the cap.
     - ``remote``: candidate -> a :class:`~dspex.optimize.evaluate.RemoteProgram` (``App.optimize_with``
-      gives the registered version on a pool with the candidate's state): the optimizer's trial
-      evaluations and the final evaluation run there, in shards, and the metric here. Only for an
-      optimizer whose evaluations need no traces (``OPTIMIZERS[name].pooled``: ``miprov2``);
-      bootstrapping and the proposer stay in this process. Progress, the evaluation cache (keyed by the
-      remote program's fingerprint) and ``max_lm_calls`` still hold, with two differences: a stop request
-      and the cap are checked before each evaluation rather than each program call, so the run may pass
-      ``max_lm_calls`` by the LM calls of the evaluation in flight.
+      gives the registered version on a pool with the candidate's state): the candidate evaluations
+      whose traces nobody reads run there, the metric here (``OPTIMIZERS[name].pooled``; others are
+      refused). ``miprov2``: every trial evaluation (minibatches, full valset) and the final one, in
+      shards; bootstrapping and the proposer stay here. ``gepa``: its valset evaluations (the seed's
+      and each new candidate's) and the final one, one example per task
+      (:class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` says how they are told apart); its
+      trainset minibatches, whose traces make its reflective dataset, and its reflections stay here.
+      Progress, the evaluation cache and ``max_lm_calls`` still hold; the differences: a remote call is
+      cached under its own key (it has no trace to replay), and for ``miprov2`` a stop request and the
+      cap are checked before each evaluation rather than each program call, so the run may pass
+      ``max_lm_calls`` by the LM calls of the evaluation in flight (for ``gepa``, by the calls in flight
+      on its threads).
     """
     from dspex.optimize.search import OptimizationStopped
 
@@ -579,8 +634,15 @@ def optimize_with_dspy(
     context: dict[str, Any] = {"usage_tracker": usage}
     if lm is not None:
         context["lm"] = lm
+    callbacks: list[Any] = []
     if cap is not None:
-        context["callbacks"] = [*dspy.settings.get("callbacks", []), cap]
+        callbacks.append(cap)
+    if remote is not None and optimizer == "gepa":  # its trace-free evaluations' calls go to the pool
+        tracker.remote, tracker.cap = remote, cap
+        trace_free = frozenset(example_hash(e) for e in valset) - {example_hash(e) for e in trainset}
+        callbacks.append(TraceFreeEvaluations(wrapped_metric, CandidateCache, _TRACE_FREE, trace_free))
+    if callbacks:
+        context["callbacks"] = [*dspy.settings.get("callbacks", []), *callbacks]
     capped: CapReached | None = None
     stopped_score, scored_on = 0.0, 0
     compiled: Any = None
@@ -626,7 +688,10 @@ def optimize_with_dspy(
                     if remote is not None:  # on the pool too: the best candidate's full evaluation is cached
                         if cap is not None:
                             cap.before_remote()
-                        scored = remote(_unwrap(final))
+                        if tracker.remote is not None:  # GEPA: call by call, under the valset's cache keys
+                            setattr(final, _TRACE_FREE, True)
+                        else:
+                            scored = remote(_unwrap(final))
                     evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
                         scored, valset
                     )
