@@ -465,3 +465,31 @@ def test_a_miprov2_job_evaluates_on_the_worker_s_pool(dspex: Invoke, project: Pa
     placement = as_json(dspex("jobs", "show", queued["id"], "--json"))["result"]["placement"]
     assert placement["target"] == "inline"
     assert "bootstrap evaluates its candidates in process" in placement["reason"]
+
+
+def test_gepa_on_a_pool_ends_with_the_program_and_score_of_the_run_in_process(
+    dspex: Invoke, project: Path, settings_sim: SimServer
+) -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 2\n", encoding="utf-8")
+    args = ("optimize", "qa", "--dataset", "qa-set", "--optimizer", "gepa", "-o", "max_metric_calls=40",
+            "-o", "reflection_minibatch_size=2", "-o", "num_threads=2", "--seed", "3")  # fmt: skip
+    in_process = as_json(dspex(*args, "--json"))
+    # Again on the pool: the minibatches (traces) and reflections come from the store, the valset
+    # evaluations (14 dev examples, the seed's at least) are the workers' own.
+    before = settings_sim.stats().total_requests
+    pooled = as_json(dspex(*args, "--pool", "general", "--json"))
+    assert pooled["lm_calls"] == settings_sim.stats().total_requests - before
+    assert pooled["lm_calls"] >= 14
+    assert pooled["lm_calls"] % 14 == 0  # whole valset evaluations only
+    same = ("score", "version_id", "candidates", "evaluations")
+    assert {k: pooled[k] for k in same} == {k: in_process[k] for k in same}
+
+
+def test_the_variable_search_takes_a_pool_by_name(dspex: Invoke, project: Path) -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 1\n", encoding="utf-8")
+    args = ("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "2", "--seed", "8")
+    err = dspex(*args, "--pool", "genral", code=2).stderr
+    assert "unknown pool 'genral'; did you mean 'general'? valid: general" in err
+    data = as_json(dspex(*args, "--pool", "general", "--json"))
+    assert sum(t["state"] in ("complete", "pruned") for t in data["trials"]) == 2
+    assert data["lm_calls"] > 0
