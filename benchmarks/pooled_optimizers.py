@@ -2,7 +2,7 @@
 against the same run in process: the result must be the same; the figure is the share of the run's LM
 calls that the pool's workers made.
 
-    python benchmarks/pooled_optimizers.py            # MIPROv2 and GEPA, 20 train / 30 dev examples
+    python benchmarks/pooled_optimizers.py            # MIPROv2, GEPA, COPRO, bootstrap_rs: 20 train / 30 dev
     python benchmarks/pooled_optimizers.py --quick    # 8 / 10
 
 On the simulated LM server (``sim-medium``, its latency model scaled by ``--latency``), a registered
@@ -40,6 +40,8 @@ RUNS: dict[str, dict[str, Any]] = {
         "num_threads": 4,
     },
     "gepa": {"max_metric_calls": 200, "reflection_minibatch_size": 3, "num_threads": 4},
+    "copro": {"breadth": 4, "depth": 2, "num_threads": 4},
+    "bootstrap_rs": {"num_candidate_programs": 6, "max_bootstrapped_demos": 2, "num_threads": 4},
 }
 
 
@@ -99,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 train / 10 dev examples")
     parser.add_argument("--latency", type=float, default=0.0, help="scale of the simulated LM's latency")
-    parser.add_argument("--optimizers", default="miprov2,gepa")
+    parser.add_argument("--optimizers", default=",".join(RUNS))
     args = parser.parse_args()
     train, dev = (8, 10) if args.quick else (20, 30)
     from dspex.testing.server import SimServer

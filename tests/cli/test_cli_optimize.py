@@ -439,7 +439,7 @@ def test_miprov2_on_a_pool_ends_with_the_program_and_scores_of_the_run_in_proces
         "optimize", "qa", "--dataset", "qa-set", "--optimizer", "simba", "--pool", "general", code=2
     ).stderr
     assert "simba cannot evaluate its candidates on a pool" in err
-    assert "pools serve miprov2" in err
+    assert "pools serve bootstrap_rs, ensemble, copro, miprov2, gepa" in err
 
 
 def test_a_miprov2_job_evaluates_on_the_worker_s_pool(dspex: Invoke, project: Path) -> None:

@@ -121,6 +121,32 @@ def test_gepa_on_a_pool_matches_the_run_in_process_with_its_valset_calls_on_the_
     assert engine.calls == on_pool.lm_calls - 20
 
 
+OTHERS: dict[str, dict[str, Any]] = {
+    "copro": {"breadth": 3, "depth": 2, "num_threads": 4},
+    "bootstrap_rs": {"num_candidate_programs": 4, "max_bootstrapped_demos": 1, "max_labeled_demos": 1},
+    "ensemble": {"num_candidate_programs": 4, "max_bootstrapped_demos": 1, "max_labeled_demos": 1, "size": 2},
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OTHERS))
+def test_copro_and_random_search_score_their_candidates_on_a_pool_as_in_process(
+    apps: tuple[App, App, Any], optimizer: str
+) -> None:
+    local, pooled, engine = apps
+    in_process = local.optimize_with("qa", optimizer, dataset="qa-set", options=OTHERS[optimizer], seed=3)
+    on_pool = pooled.optimize_with(
+        "qa", optimizer, dataset="qa-set", options=OTHERS[optimizer], seed=3, pool="general"
+    )
+    expected, got = _summary(local, in_process), _summary(pooled, on_pool)
+    assert in_process.candidates > 1
+    assert got == expected  # LM calls included
+    # Every (candidate, example) scored came from a worker (one task, one LM call each; COPRO's final
+    # evaluation on the valset adds its own); bootstrapping demos (traces) and proposing ran here.
+    tasks = pooled.pools.get("general").status().completed
+    assert tasks >= on_pool.evaluations > 0
+    assert 0 < engine.calls < tasks
+
+
 def test_a_pool_the_optimizer_cannot_use_or_that_does_not_exist_is_refused(
     apps: tuple[App, App, Any],
 ) -> None:
@@ -130,7 +156,8 @@ def test_a_pool_the_optimizer_cannot_use_or_that_does_not_exist_is_refused(
     ):
         pooled.optimize_with("qa", "miprov2", dataset="qa-set", options=OPTIONS, pool="genral")
     with pytest.raises(
-        ConfigurationError, match=r"simba cannot evaluate its candidates on a pool.*serve miprov2, gepa"
+        ConfigurationError,
+        match=r"simba cannot evaluate its candidates on a pool.*serve bootstrap_rs, ensemble, copro, miprov2, gepa",
     ):
         pooled.optimize_with("qa", "simba", dataset="qa-set", pool="general")
     assert pooled._pools is None or not pooled._pools._pools  # nothing was started for a refused run

@@ -165,8 +165,8 @@ def optimize(
         None,
         "--pool",
         help="A configured pool ([pools.NAME]) whose workers evaluate the examples: the variable search's "
-        "trials, or the candidates of --optimizer miprov2 or gepa (GEPA's valset evaluations; the calls whose "
-        "traces it reads stay here). Other optimizers refuse it. "
+        "trials, or an --optimizer's candidate evaluations whose traces nobody reads (miprov2, gepa's valset "
+        "evaluations, copro, bootstrap_rs, ensemble; simba and bootstrap refuse it). "
         "Default: the routing rules for the variable search, this process for --optimizer.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),

@@ -17,10 +17,11 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
-  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats). A ``miprov2`` or
-  ``gepa`` job evaluates its candidates where a variable search evaluates its trials (below; for GEPA,
-  its valset evaluations); the other optimizers evaluate in the worker's process (their evaluations
-  need DSPy traces), and the result's ``placement`` says so. The payload never names a pool.
+  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats). A job of an
+  optimizer that can (``miprov2``, ``gepa``, ``copro``, ``bootstrap_rs``, ``ensemble``) evaluates its
+  candidates where a variable search evaluates its trials (below; only the evaluations whose traces
+  nobody reads); ``simba`` and ``bootstrap`` evaluate in the worker's process, and the result's
+  ``placement`` says so. The payload never names a pool.
 - ``evaluate``: the pinned program version, configured with the payload's variables through the space's
   bindings when given, scored by :class:`~dspex.optimize.Evaluator` on the dataset's split; it stops at
   the next finished example when asked to.
@@ -165,15 +166,14 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
 def _dspy_route(app: App, job: JobRecord, optimizer: str, context: JobContext) -> Route:
     """Where a DSPy optimizer job's candidate evaluations run: the worker's own pool, else the routing
     rules (:meth:`~dspex.runtime.router.Router.batch`), for an optimizer that can evaluate on a pool
-    (``miprov2``, ``gepa``); the others evaluate in the worker's process, and the placement says why."""
+    (``OPTIMIZERS[name].pooled``); the others evaluate in the worker's process, and the placement says why."""
     from dspex.optimize.dspy_optimizers import OPTIMIZERS
     from dspex.runtime.router import Route
 
-    route = app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
     spec = OPTIMIZERS.get(optimizer)
-    if route.pool is not None and (spec is None or not spec.pooled):
-        return Route(None, f"{route.reason}; {optimizer} evaluates its candidates in process (traces)")
-    return route
+    if spec is None or not spec.pooled:  # no pool is started (nor routed to) for it
+        return Route(None, f"{optimizer} evaluates its candidates in process (its evaluations need traces)")
+    return app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
 
 
 def _search_arguments(app: App, job: JobRecord) -> dict[str, Any]:

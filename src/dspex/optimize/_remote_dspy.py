@@ -20,6 +20,7 @@ worker pool are :mod:`dspex.distributed.prompts`; the DSPex run of an optimizer 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,17 +178,20 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any]) -> dict[str,
 
 class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is untyped
     """A DSPy callback that marks the program of each ``dspy.Evaluate`` call whose traces nobody reads, so
-    that its program calls may run remotely (``mark`` set to True on that evaluation's own copy of the
-    program, an instance of ``kind``). Made for GEPA, whose ``DspyAdapter`` evaluates in two ways:
+    that its program calls may run remotely (``mark`` set to True on the program, an instance of
+    ``kind``, from the evaluation's start to its end). Two kinds of evaluation are marked:
 
-    - ``evaluate(..., capture_traces=False)`` (the seed candidate's valset evaluation, merge
-      subsamples): a ``dspy.Evaluate`` with ``metric`` as its own metric, called with the program alone;
-    - through ``bootstrap_trace_data`` (``capture_traces=True``), which passes a metric of its own and
-      patches the program's ``forward`` to collect traces. GEPA reads those traces for its reflective
-      dataset, built from trainset minibatches only; its valset evaluations of new candidates go the same
-      way but keep only outputs and scores. So such an evaluation is marked only when every example of
-      it is in ``trace_free`` (the valset's examples that are not in the trainset, by
-      :func:`~dspex.optimize.cache.example_hash`); its traces then come back empty.
+    - a plain one: ``dspy.Evaluate`` with ``metric`` as its own metric, called without a metric of the
+      call's own and on a program whose ``forward`` is its class's. That is how COPRO scores its
+      candidates, BootstrapFewShotWithRandomSearch (and so ``ensemble``) its candidate programs, and
+      GEPA's ``DspyAdapter.evaluate(..., capture_traces=False)`` the seed candidate on the valset and
+      merge subsamples. An evaluation that collects traces goes through ``bootstrap_trace_data``
+      instead, which passes a metric of its own and patches the program's ``forward``.
+    - for GEPA, one whose every example is in ``trace_free`` (the valset's examples that are not in the
+      trainset, by :func:`~dspex.optimize.cache.example_hash`; empty for the other optimizers). GEPA
+      reads the traces of its trainset minibatches for its reflective dataset; its valset evaluations of
+      new candidates also go through ``bootstrap_trace_data`` but keep only outputs and scores, so their
+      traces come back empty.
     """
 
     def __init__(self, metric: Any, kind: type, mark: str, trace_free: frozenset[str]) -> None:
@@ -195,6 +199,8 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
         self.kind = kind
         self.mark = mark
         self.trace_free = trace_free
+        self._marked: dict[str, Any] = {}  # call id -> the program marked for that evaluation
+        self._lock = threading.Lock()
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         from dspex.optimize.cache import example_hash
@@ -210,3 +216,13 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
         devset = inputs.get("devset") or getattr(instance, "devset", None) or []
         if plain or (devset and all(example_hash(e) in self.trace_free for e in devset)):
             setattr(program, self.mark, True)
+            with self._lock:
+                self._marked[call_id] = program
+
+    def on_evaluate_end(
+        self, call_id: str, outputs: Any | None, exception: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            program = self._marked.pop(call_id, None)
+        if program is not None:  # a copy the optimizer keeps (its best candidate) must not stay marked
+            setattr(program, self.mark, False)

@@ -142,6 +142,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             "BootstrapFewShotWithRandomSearch",
             _RANDOM_SEARCH,
             summary="BootstrapFewShot over random demo sets, the best on the valset kept",
+            pooled=True,
         ),
         "ensemble": OptimizerSpec(
             "ensemble",
@@ -152,6 +153,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             },
             defaults={"size": 3},
             summary="majority vote of the best bootstrap_rs candidates (dspy.Ensemble)",
+            pooled=True,
         ),
         "copro": OptimizerSpec(
             "copro",
@@ -164,6 +166,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             },
             uses_valset=False,
             summary="coordinate ascent over instructions proposed by the LM",
+            pooled=True,
         ),
         "miprov2": OptimizerSpec(
             "miprov2",

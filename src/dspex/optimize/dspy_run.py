@@ -42,10 +42,12 @@ milliseconds.
 **On a pool** (``remote=``, ``App.optimize_with(..., pool=...)``): the candidate evaluations whose
 traces nobody reads run on the pool's workers, each worker loading the candidate's ``dump_state()`` JSON
 (no LMs) into its own copy of the registered version: MIPROv2's trial evaluations
-(:class:`~dspex.optimize._remote_dspy.RemoteMIPROv2`) and GEPA's valset evaluations; what needs traces
-(bootstrapping, GEPA's reflective minibatches, SIMBA's trajectories) stays in this process. SIMBA and
-the others refuse a pool: SIMBA runs every candidate through ``wrap_program``, which collects traces,
-and samples with per-predictor LM copies (temperatures) that a worker's LM would not have.
+(:class:`~dspex.optimize._remote_dspy.RemoteMIPROv2`), GEPA's valset evaluations, COPRO's and
+BootstrapFewShotWithRandomSearch's (``bootstrap_rs``, ``ensemble``) candidate scoring; what needs traces
+(bootstrapping, GEPA's reflective minibatches, SIMBA's trajectories) and the proposers stay in this
+process. SIMBA and ``bootstrap`` refuse a pool: SIMBA runs every candidate through ``wrap_program``,
+which collects traces, and samples with per-predictor LM copies (temperatures) that a worker's LM would
+not have; BootstrapFewShot only bootstraps.
 
 The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
 optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
@@ -275,15 +277,16 @@ def optimize_with_dspy(
       gives the registered version on a pool with the candidate's state): the candidate evaluations
       whose traces nobody reads run there, the metric here (``OPTIMIZERS[name].pooled``; others are
       refused). ``miprov2``: every trial evaluation (minibatches, full valset) and the final one, in
-      shards; bootstrapping and the proposer stay here. ``gepa``: its valset evaluations (the seed's
-      and each new candidate's) and the final one, one example per task
-      (:class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` says how they are told apart); its
-      trainset minibatches, whose traces make its reflective dataset, and its reflections stay here.
-      Progress, the evaluation cache and ``max_lm_calls`` still hold; the differences: a remote call is
-      cached under its own key (it has no trace to replay), and for ``miprov2`` a stop request and the
-      cap are checked before each evaluation rather than each program call, so the run may pass
-      ``max_lm_calls`` by the LM calls of the evaluation in flight (for ``gepa``, by the calls in flight
-      on its threads).
+      shards; bootstrapping and the proposer stay here. The others, one example per task, for the
+      evaluations :class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` marks: ``gepa``'s valset
+      evaluations (the seed's and each new candidate's; its trainset minibatches, whose traces make its
+      reflective dataset, and its reflections stay here), ``copro``'s and ``bootstrap_rs``'s /
+      ``ensemble``'s candidate scoring (their proposals and bootstrapping stay here), and the final
+      evaluation. Progress, the evaluation cache and ``max_lm_calls`` still hold; the differences: a
+      remote call is cached under its own key (it has no trace to replay), and for ``miprov2`` a stop
+      request and the cap are checked before each evaluation rather than each program call, so the run
+      may pass ``max_lm_calls`` by the LM calls of the evaluation in flight (for the others, by the calls
+      in flight on their threads).
     """
     from dspex.optimize.search import OptimizationStopped
 
@@ -335,9 +338,12 @@ def optimize_with_dspy(
     callbacks: list[Any] = []
     if cap is not None:
         callbacks.append(cap)
-    if remote is not None and optimizer == "gepa":  # its trace-free evaluations' calls go to the pool
+    if remote is not None and optimizer != "miprov2":  # calls of trace-free evaluations go to the pool
         tracker.remote, tracker.cap = remote, cap
-        trace_free = frozenset(example_hash(e) for e in valset) - {example_hash(e) for e in trainset}
+        # GEPA reads no trace of its valset evaluations (only of trainset minibatches): those go too.
+        trace_free: frozenset[str] = frozenset()
+        if optimizer == "gepa":
+            trace_free = frozenset(example_hash(e) for e in valset) - {example_hash(e) for e in trainset}
         callbacks.append(TraceFreeEvaluations(wrapped_metric, CandidateCache, TRACE_FREE, trace_free))
     if callbacks:
         context["callbacks"] = [*dspy.settings.get("callbacks", []), *callbacks]
@@ -386,8 +392,9 @@ def optimize_with_dspy(
                     if remote is not None:  # on the pool too: the best candidate's full evaluation is cached
                         if cap is not None:
                             cap.before_remote()
-                        if tracker.remote is not None:  # GEPA: call by call, under the valset's cache keys
-                            setattr(final, TRACE_FREE, True)
+                        if tracker.remote is not None:  # call by call, under the evaluations' cache keys
+                            for program in members or [final]:
+                                setattr(program, TRACE_FREE, True)
                         else:
                             scored = remote(unwrap(final))
                     evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(

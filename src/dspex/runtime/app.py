@@ -680,8 +680,9 @@ class App:
           (``result.stopped`` says so).
         - ``pool``: a configured pool (``[pools.NAME]``) on whose workers the candidates' evaluations
           that need predictions, not traces, run: ``miprov2``'s trial evaluations, ``gepa``'s valset
-          evaluations, and the final one (bootstrapping, proposals, GEPA's reflective minibatches stay
-          here; other optimizers refuse a pool). Each worker loads a candidate's instructions and
+          evaluations, ``copro``'s, ``bootstrap_rs``'s and ``ensemble``'s candidate scoring, and the
+          final one (bootstrapping, proposals, GEPA's reflective minibatches stay here; ``simba`` and
+          ``bootstrap`` refuse a pool). Each worker loads a candidate's instructions and
           demos (``dump_state()`` JSON without LMs) into its own copy of the version and calls its own
           LM, which should be the task model. The trials, scores and chosen program are those of the run
           in process; a stop and ``max_lm_calls`` are checked before each evaluation
