@@ -201,3 +201,34 @@ def test_max_lm_calls_stops_a_pooled_gepa_run_counting_the_workers_calls(apps: t
     assert cap <= capped.lm_calls <= cap + 4
     assert pooled.pools.get("general").status().completed >= 10
     assert engine.calls == capped.lm_calls - pooled.pools.get("general").status().completed
+
+
+@pytest.mark.parametrize("optimizer", ["miprov2", "copro"])
+def test_a_candidate_that_cannot_cross_to_the_pool_ends_the_run_with_that_error(
+    apps: tuple[App, App, Any], optimizer: str
+) -> None:
+    """Not a failed example, nor a candidate scoring 0: DSPy would swallow the error in either."""
+    import dspy
+
+    from dspex.optimize import exact_match
+    from dspex.optimize.dspy_run import optimize_with_dspy
+
+    def refuse(candidate: Any) -> Any:
+        raise ConfigurationError("the candidate's state is not JSON (a test's refusal)")
+
+    examples = [
+        dspy.Example(question=f"q{i}", answer=f"answer to q{i}").with_inputs("question") for i in range(12)
+    ]
+    options = {**OPTIONS, "num_threads": 2} if optimizer == "miprov2" else {"breadth": 2, "depth": 1}
+    program = dspy.ChainOfThought("question -> answer")
+    with pytest.raises(ConfigurationError, match="a test's refusal"):
+        optimize_with_dspy(
+            optimizer,
+            program,
+            examples[:6],
+            examples[6:],
+            metric=exact_match,
+            lm=apps[1].default_lm(program),  # the App's LM, as App.optimize_with passes it
+            options=options,
+            remote=refuse,
+        )

@@ -71,6 +71,17 @@ class DSPyProgress:
         }
 
 
+def crossing(remote: Callable[[Any], Any], program: Any) -> Any:
+    """``remote(program)``; a candidate that cannot cross to the pool (its state is not JSON, its
+    predictors are not the version's) ends the run with that error, carried through DSPy by
+    :class:`~dspex.optimize._dspy_lm.Stop`: DSPy's evaluations would count it as a failed example, and
+    MIPROv2 as a candidate scoring 0."""
+    try:
+        return remote(program)
+    except ConfigurationError as exc:
+        raise Stop(exc) from exc
+
+
 class Tracker:
     """The run's shared state: the cache, counters, scores per candidate, the stop check. Thread-safe;
     shared (not copied) by every copy DSPy makes of the wrapped program."""
@@ -106,7 +117,7 @@ class Tracker:
         with self._lock:
             made = self._remotes.get(candidate)
         if made is None:
-            made = self.remote(program)
+            made = crossing(self.remote, program)
             with self._lock:
                 self._remotes[candidate] = made
         return made
@@ -318,7 +329,7 @@ class TrackedEvaluate(RemoteEvaluate):
         if self.cap is not None:
             self.cap.before_remote()
         self.tracker.remember(configuration_fingerprint(inner, dspy.settings.lm), inner)
-        return self.remote(inner)
+        return crossing(self.remote, inner)
 
     def _evaluated(self, program: Any, result: EvaluationResult) -> None:
         inner = program.inner if isinstance(program, CandidateCache) else program
