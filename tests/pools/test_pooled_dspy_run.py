@@ -232,3 +232,33 @@ def test_a_candidate_that_cannot_cross_to_the_pool_ends_the_run_with_that_error(
             options=options,
             remote=refuse,
         )
+
+
+@pytest.mark.parametrize("optimizer", ["miprov2", "gepa"])
+def test_a_stop_request_ends_a_pooled_run_at_the_next_evaluation(
+    apps: tuple[App, App, Any], optimizer: str
+) -> None:
+    from dspex.optimize.search import OptimizationStopped
+
+    _, pooled, _ = apps
+    pool = pooled.pools.get("general")
+
+    def should_stop() -> None:
+        if pool.status().completed > 0:  # once the first evaluation ran on the workers
+            raise OptimizationStopped("cancelled by the test", cancelled=True)
+
+    options = OPTIONS if optimizer == "miprov2" else GEPA
+    with pytest.raises(OptimizationStopped, match="cancelled by the test"):
+        pooled.optimize_with(
+            "qa",
+            optimizer,
+            dataset="qa-set",
+            options=options,
+            seed=3,
+            pool="general",
+            should_stop=should_stop,
+        )
+    # MIPROv2: its first evaluation (the program as given: 10 examples in 5 shards); GEPA: the calls in
+    # flight on its 4 threads when the first came back. A full run sends 16 (MIPROv2) or 20 tasks.
+    assert 0 < pool.status().completed <= (5 if optimizer == "miprov2" else 4)
+    assert [r.status for r in pooled.optimizations.runs("qa")] == ["cancelled"]
