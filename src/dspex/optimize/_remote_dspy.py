@@ -16,6 +16,12 @@ trajectories. :class:`RemoteMIPROv2` is ``dspy.MIPROv2`` with the ``dspy.Evaluat
 builds for its trials swapped for the one ``evaluate_with`` makes. The pooled versions bound to a
 worker pool are :mod:`dspex.distributed.prompts`; the DSPex run of an optimizer uses these from
 :func:`~dspex.optimize.dspy_run.optimize_with_dspy` (``remote=``).
+
+Optimizers that build their ``dspy.Evaluate`` where nothing can swap it (GEPA's ``DspyAdapter``, COPRO,
+BootstrapFewShotWithRandomSearch) are reached through DSPy's callbacks instead:
+:class:`TraceFreeEvaluations` marks the program of each evaluation whose traces nobody reads, and the
+DSPex run's program wrapper sends each call of a marked program to the pool with
+:func:`predict_remotely` (one example per task).
 """
 
 from __future__ import annotations
