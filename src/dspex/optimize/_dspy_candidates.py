@@ -109,6 +109,7 @@ class Tracker:
         # Trace-free program calls on a pool (GEPA's valset evaluations): candidate -> remote program.
         self.remote: Callable[[Any], Any] | None = None
         self.cap: CallCap | None = None
+        self.concurrency = 1  # the optimizer's threads: each worker runs its share of them at once
         self._remotes: dict[str, Any] = {}
 
     def remote_program(self, candidate: str, program: Any) -> Any:
@@ -259,7 +260,9 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
             if tracker.cap is not None:
                 tracker.cap.before_remote()
             try:
-                data = predict_remotely(tracker.remote_program(candidate, self.inner), inputs)
+                remote = tracker.remote_program(candidate, self.inner)
+                threads = max(1, -(-tracker.concurrency // max(1, int(remote.workers))))
+                data = predict_remotely(remote, inputs, threads)
             finally:
                 if tracker.cap is not None:
                     tracker.cap.save()

@@ -157,8 +157,9 @@ class RemoteMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
         )
 
 
-def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any]) -> dict[str, Any]:
-    """One program call on ``remote`` (a one-example shard): the prediction as JSON, the worker's LM calls
+def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """One program call on ``remote`` (a one-example shard; ``threads``: how many such calls a worker runs
+    at once, for the caller's concurrency spread over the workers): the prediction as JSON, the worker's LM calls
     replayed into the usage tracker in context (so a run's LM calls and its cap count them). A failed
     call raises :class:`~dspex.errors.ExecutionError` with the worker's error, as a local failure would
     raise; a shard whose worker died is sent once more (predicting has no side effects to repeat)."""
@@ -167,9 +168,9 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any]) -> dict[str,
 
     payload = [to_jsonable(inputs)]
     try:
-        outcome = remote.predict_batch(payload, 1).result()
+        outcome = remote.predict_batch(payload, threads).result()
     except WorkerError:
-        outcome = remote.predict_batch(payload, 1).result()
+        outcome = remote.predict_batch(payload, threads).result()
     result = outcome["outcome"]["results"][0]
     tracker = dspy.settings.usage_tracker
     if tracker is not None:

@@ -340,6 +340,7 @@ def optimize_with_dspy(
         callbacks.append(cap)
     if remote is not None and optimizer != "miprov2":  # calls of trace-free evaluations go to the pool
         tracker.remote, tracker.cap = remote, cap
+        tracker.concurrency = int(checked.get("num_threads") or num_threads)
         # GEPA reads no trace of its valset evaluations (only of trainset minibatches): those go too.
         trace_free: frozenset[str] = frozenset()
         if optimizer == "gepa":
