@@ -28,11 +28,12 @@ OPTIONS: dict[str, Any] = {
 }
 
 
-def _app(path: Path, engine: Any) -> App:
+def _app(path: Path, engine: Any, routing: dict[str, Any] | None = None) -> App:
     settings = Settings(
         database_url=f"sqlite:///{path}/m.db",
         home=path / "home",
         pools={"general": {"size": 2, "initializer": "pool_programs:prompt_aware"}},
+        **({"routing": routing} if routing is not None else {}),
     )
     app = App(settings, lm=engine.lm(cache=False))
     app.programs.register("qa", "pool_programs:build_qa")
@@ -262,3 +263,31 @@ def test_a_stop_request_ends_a_pooled_run_at_the_next_evaluation(
     # flight on its 4 threads when the first came back. A full run sends 16 (MIPROv2) or 20 tasks.
     assert 0 < pool.status().completed <= (5 if optimizer == "miprov2" else 4)
     assert [r.status for r in pooled.optimizations.runs("qa")] == ["cancelled"]
+
+
+def test_optimizer_jobs_follow_the_routing_rules_when_they_can(tmp_path: Path) -> None:
+    from dspex.jobs import Worker, submit_dspy_optimization
+
+    with _app(tmp_path, PromptAware.engine(), routing={"programs": {"qa": "general"}}) as app:
+        gepa = submit_dspy_optimization(app, program="qa", dataset="qa-set", optimizer="gepa", options=GEPA)
+        simba = submit_dspy_optimization(
+            app, program="qa", dataset="qa-set", optimizer="simba", options={"bsize": 4, "max_steps": 1}
+        )
+        assert Worker(app, lease_s=5.0, poll_s=0.05).run(stop_when_idle=True) == 2
+        results = []
+        for job in (gepa, simba):
+            done = app.jobs.get(job.id)
+            assert done is not None
+            assert done.status == "succeeded", done.error
+            assert done.result is not None
+            results.append(done.result)
+        gepa_result, simba_result = results
+        assert gepa_result["placement"] == {
+            "target": "pool",
+            "pool": "general",
+            "reason": "[routing] programs.qa",
+        }
+        assert simba_result["placement"]["target"] == "inline"
+        assert "simba evaluates its candidates in process" in simba_result["placement"]["reason"]
+        # GEPA's valset evaluations ran there (the seed's at least: 10 examples).
+        assert app.pools.get("general").status().completed >= 10
