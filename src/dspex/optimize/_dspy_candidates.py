@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import dspy
 
-from dspex.errors import ConfigurationError
+from dspex.errors import ConfigurationError, ExecutionError
 from dspex.jsonable import canonical_hash, to_jsonable
 from dspex.optimize._dspy_lm import CallCap, Stop
-from dspex.optimize._remote_dspy import RemoteEvaluate, predict_remotely
+from dspex.optimize._remote_dspy import Prefetch, RemoteEvaluate, predict_remotely, worker_prediction
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import CachedResult, EvalCache
 from dspex.optimize.metrics import Metric
@@ -35,6 +35,7 @@ Phase = Literal["compile", "evaluate", "save"]
 _REPORT_EVERY_S = 0.25
 _CACHE_PREFIX = "dspy:"
 _REMOTE_PREFIX = "dspy-remote:"
+_PREFETCH = "_dspex_prefetch"  # a Prefetch: the marked evaluation's examples sent ahead
 TRACE_FREE = "_dspex_trace_free"  # set by TraceFreeEvaluations on an evaluation's copy of the program
 
 
@@ -257,12 +258,16 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
             data = dict(hit.prediction)
             tracker.called(cached=True)
         else:
-            if tracker.cap is not None:
+            ahead = getattr(self, _PREFETCH, None)
+            result = ahead.take(key[1]) if isinstance(ahead, Prefetch) else None
+            if result is None and tracker.cap is not None:
                 tracker.cap.before_remote()
             try:
-                remote = tracker.remote_program(candidate, self.inner)
-                threads = max(1, -(-tracker.concurrency // max(1, int(remote.workers))))
-                data = predict_remotely(remote, inputs, threads)
+                if result is not None:
+                    data = worker_prediction(result)
+                else:
+                    remote = tracker.remote_program(candidate, self.inner)
+                    data = predict_remotely(remote, inputs, self._threads(remote))
             finally:
                 if tracker.cap is not None:
                     tracker.cap.save()
@@ -271,6 +276,54 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
         prediction = dspy.Prediction(**data)
         prediction._dspex_candidate = candidate
         return prediction
+
+    def _threads(self, remote: Any) -> int:
+        """Examples a worker runs at once: the optimizer's threads spread over the workers."""
+        return max(1, -(-self._tracker.concurrency // max(1, int(remote.workers))))
+
+    def prefetch(self, devset: Sequence[Any]) -> None:
+        """When a trace-free evaluation of this copy starts: its examples not in the cache go to the pool
+        at once, in shards (:class:`~dspex.optimize._remote_dspy.Prefetch`); the calls then take their
+        results. The LM-call cap is checked once for them all, here."""
+        tracker = self._tracker
+        if tracker.remote is None:
+            return
+        candidate = configuration_fingerprint(self.inner, dspy.settings.lm)
+        inputs = {}
+        for example in devset:
+            values = dict(example.inputs().toDict())
+            inputs[canonical_hash(to_jsonable(values))] = values
+        keys = [(_REMOTE_PREFIX + candidate, digest) for digest in inputs]
+        hits = tracker.cache.get_many(keys)
+        missing = {
+            digest: values
+            for digest, values in inputs.items()
+            if (_REMOTE_PREFIX + candidate, digest) not in hits
+        }
+        if not missing:
+            return
+        if tracker.cap is not None:
+            tracker.cap.before_remote()
+        remote = tracker.remote_program(candidate, self.inner)
+        setattr(self, _PREFETCH, Prefetch.send(remote, missing, self._threads(remote)))
+
+    def settle(self) -> None:
+        """When the evaluation ends: the results its calls did not take (it stopped early) are counted
+        (their LM calls) and cached; then the copy forgets them."""
+        ahead = getattr(self, _PREFETCH, None)
+        if not isinstance(ahead, Prefetch):
+            return
+        setattr(self, _PREFETCH, None)
+        tracker = self._tracker
+        candidate = configuration_fingerprint(self.inner, dspy.settings.lm)
+        for digest, result in ahead.settle():
+            try:
+                data = worker_prediction(result)
+            except ExecutionError:  # its LM calls are counted; a failure is not cached
+                continue
+            tracker.cache.put_many({(_REMOTE_PREFIX + candidate, digest): CachedResult(data, {})})
+        if tracker.cap is not None:
+            tracker.cap.save()
 
     def _trace_json(self, trace: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
         """The trace as JSON, by predictor name; None when a step's predictor is not one of ``inner``'s

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import dspy
@@ -39,7 +40,14 @@ from dspex.optimize.cache import EvalCache
 from dspex.optimize.evaluate import Evaluator, RemoteProgram
 from dspex.optimize.result import EvaluationResult as DSPexEvaluation
 
-__all__ = ["RemoteEvaluate", "RemoteMIPROv2", "TraceFreeEvaluations", "predict_remotely"]
+__all__ = [
+    "Prefetch",
+    "RemoteEvaluate",
+    "RemoteMIPROv2",
+    "TraceFreeEvaluations",
+    "predict_remotely",
+    "worker_prediction",
+]
 
 
 class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
@@ -163,7 +171,7 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any], threads: int
     replayed into the usage tracker in context (so a run's LM calls and its cap count them). A failed
     call raises :class:`~dspex.errors.ExecutionError` with the worker's error, as a local failure would
     raise; a shard whose worker died is sent once more (predicting has no side effects to repeat)."""
-    from dspex.errors import ExecutionError, WorkerError
+    from dspex.errors import WorkerError
     from dspex.jsonable import to_jsonable
 
     payload = [to_jsonable(inputs)]
@@ -171,7 +179,14 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any], threads: int
         outcome = remote.predict_batch(payload, threads).result()
     except WorkerError:
         outcome = remote.predict_batch(payload, threads).result()
-    result = outcome["outcome"]["results"][0]
+    return worker_prediction(outcome["outcome"]["results"][0])
+
+
+def worker_prediction(result: dict[str, Any]) -> dict[str, Any]:
+    """One example's result from a worker's shard: its LM calls replayed into the usage tracker in
+    context, then its prediction as JSON, or its error raised as :class:`~dspex.errors.ExecutionError`."""
+    from dspex.errors import ExecutionError
+
     tracker = dspy.settings.usage_tracker
     if tracker is not None:
         for lm, usage in result.get("usage", ()):
@@ -181,6 +196,63 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any], threads: int
         raise ExecutionError(f"{error['type']}: {error['message']}")
     prediction: dict[str, Any] = dict(result["prediction"])
     return prediction
+
+
+class Prefetch:
+    """A marked evaluation's examples sent to the pool ahead, in shards (as an
+    :class:`~dspex.optimize.Evaluator` sends them), when the evaluation starts: each program call then
+    :meth:`take` s its example's result instead of sending a task of its own. What no call took (the
+    evaluation stopped early) is :meth:`settle` d when it ends, so that its LM calls are counted."""
+
+    def __init__(self, slots: dict[str, tuple[Future[Any], int]]) -> None:
+        self._slots = slots  # input digest -> (its shard's future, its index in the shard)
+        self._taken: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def send(cls, remote: RemoteProgram, inputs: dict[str, dict[str, Any]], threads: int) -> Prefetch:
+        """``inputs`` (digest -> an example's inputs) in about two shards per worker."""
+        from dspex.jsonable import to_jsonable
+
+        digests = list(inputs)
+        size = max(threads, -(-len(digests) // (max(1, int(remote.workers)) * 2)))
+        slots: dict[str, tuple[Future[Any], int]] = {}
+        for start in range(0, len(digests), size):
+            shard = digests[start : start + size]
+            future = remote.predict_batch([to_jsonable(inputs[d]) for d in shard], threads)
+            slots.update({digest: (future, index) for index, digest in enumerate(shard)})
+        return cls(slots)
+
+    def take(self, digest: str) -> dict[str, Any] | None:
+        """The worker's result for the example (waiting for its shard), once; None when it was not sent
+        ahead, was taken already, or its worker died (the caller then sends it alone)."""
+        from dspex.errors import WorkerError
+
+        with self._lock:
+            if digest not in self._slots or digest in self._taken:
+                return None
+            self._taken.add(digest)
+            future, index = self._slots[digest]
+        try:
+            result: dict[str, Any] = future.result()["outcome"]["results"][index]
+        except WorkerError:
+            return None
+        return result
+
+    def settle(self) -> list[tuple[str, dict[str, Any]]]:
+        """Wait for every shard; the results no call took, by digest."""
+        from dspex.errors import WorkerError
+
+        with self._lock:
+            left = [(d, slot) for d, slot in self._slots.items() if d not in self._taken]
+            self._taken.update(d for d, _ in left)
+        results = []
+        for digest, (future, index) in left:
+            try:
+                results.append((digest, future.result()["outcome"]["results"][index]))
+            except WorkerError:  # a lost shard made no call anyone can count
+                continue
+        return results
 
 
 class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is untyped
@@ -201,11 +273,22 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
       traces come back empty.
     """
 
-    def __init__(self, metric: Any, kind: type, mark: str, trace_free: frozenset[str]) -> None:
+    def __init__(
+        self,
+        metric: Any,
+        kind: type,
+        mark: str,
+        trace_free: frozenset[str],
+        *,
+        on_mark: Callable[[Any, list[Any]], None] | None = None,
+        on_unmark: Callable[[Any], None] | None = None,
+    ) -> None:
         self.metric = metric
         self.kind = kind
         self.mark = mark
         self.trace_free = trace_free
+        self.on_mark = on_mark  # (program, devset) once marked: send the examples ahead
+        self.on_unmark = on_unmark  # (program) when its evaluation ends
         self._marked: dict[str, Any] = {}  # call id -> the program marked for that evaluation
         self._lock = threading.Lock()
 
@@ -225,6 +308,8 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
             setattr(program, self.mark, True)
             with self._lock:
                 self._marked[call_id] = program
+            if self.on_mark is not None:
+                self.on_mark(program, list(devset))
 
     def on_evaluate_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -233,3 +318,5 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
             program = self._marked.pop(call_id, None)
         if program is not None:  # a copy the optimizer keeps (its best candidate) must not stay marked
             setattr(program, self.mark, False)
+            if self.on_unmark is not None:
+                self.on_unmark(program)

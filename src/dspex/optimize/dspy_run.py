@@ -345,7 +345,16 @@ def optimize_with_dspy(
         trace_free: frozenset[str] = frozenset()
         if optimizer == "gepa":
             trace_free = frozenset(example_hash(e) for e in valset) - {example_hash(e) for e in trainset}
-        callbacks.append(TraceFreeEvaluations(wrapped_metric, CandidateCache, TRACE_FREE, trace_free))
+        callbacks.append(
+            TraceFreeEvaluations(
+                wrapped_metric,
+                CandidateCache,
+                TRACE_FREE,
+                trace_free,
+                on_mark=lambda program, devset: program.prefetch(devset),
+                on_unmark=lambda program: program.settle(),
+            )
+        )
     if callbacks:
         context["callbacks"] = [*dspy.settings.get("callbacks", []), *callbacks]
     capped: CapReached | None = None
