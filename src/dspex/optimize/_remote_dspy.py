@@ -20,8 +20,9 @@ worker pool are :mod:`dspex.distributed.prompts`; the DSPex run of an optimizer 
 Optimizers that build their ``dspy.Evaluate`` where nothing can swap it (GEPA's ``DspyAdapter``, COPRO,
 BootstrapFewShotWithRandomSearch) are reached through DSPy's callbacks instead:
 :class:`TraceFreeEvaluations` marks the program of each evaluation whose traces nobody reads, and the
-DSPex run's program wrapper sends each call of a marked program to the pool with
-:func:`predict_remotely` (one example per task).
+DSPex run's program wrapper sends the evaluation's examples to the pool in shards when it starts
+(:class:`Prefetch`) and each call of the marked program takes its example's result (or, not sent ahead,
+goes alone with :func:`predict_remotely`).
 """
 
 from __future__ import annotations

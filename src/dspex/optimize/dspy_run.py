@@ -277,16 +277,16 @@ def optimize_with_dspy(
       gives the registered version on a pool with the candidate's state): the candidate evaluations
       whose traces nobody reads run there, the metric here (``OPTIMIZERS[name].pooled``; others are
       refused). ``miprov2``: every trial evaluation (minibatches, full valset) and the final one, in
-      shards; bootstrapping and the proposer stay here. The others, one example per task, for the
-      evaluations :class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` marks: ``gepa``'s valset
+      shards; bootstrapping and the proposer stay here. The others, in shards sent when the evaluation
+      starts, for the evaluations :class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` marks: ``gepa``'s valset
       evaluations (the seed's and each new candidate's; its trainset minibatches, whose traces make its
       reflective dataset, and its reflections stay here), ``copro``'s and ``bootstrap_rs``'s /
       ``ensemble``'s candidate scoring (their proposals and bootstrapping stay here), and the final
       evaluation. Progress, the evaluation cache and ``max_lm_calls`` still hold; the differences: a
-      remote call is cached under its own key (it has no trace to replay), and for ``miprov2`` a stop
-      request and the cap are checked before each evaluation rather than each program call, so the run
-      may pass ``max_lm_calls`` by the LM calls of the evaluation in flight (for the others, by the calls
-      in flight on their threads).
+      remote call is cached under its own key (it has no trace to replay), and the cap is checked before
+      each evaluation is sent rather than each LM call, so the run may pass ``max_lm_calls`` by the LM
+      calls of the evaluation in flight (a stop request: at MIPROv2's next evaluation, or the next
+      program call).
     """
     from dspex.optimize.search import OptimizationStopped
 
