@@ -3,8 +3,10 @@ around it, the run's shared state (counters, scores per candidate, the stop chec
 the remote evaluations of a run on a pool.
 
 - :class:`CandidateCache`: ``inner`` behind the evaluation cache, keyed by candidate fingerprint and
-  inputs, with the predictor trace stored and replayed; a call of a GEPA evaluation whose traces nobody
-  reads (marked :data:`TRACE_FREE`) runs on the pool instead, cached under its own key.
+  inputs, with the predictor trace stored and replayed; a call of an evaluation whose traces nobody
+  reads (marked :data:`TRACE_FREE`: GEPA's valset evaluations, COPRO's and the random search's
+  scoring) runs on the pool instead, its evaluation's examples sent ahead in shards
+  (:meth:`CandidateCache.prefetch`), cached under its own key.
 - :class:`Tracker`: shared (not copied) by every copy DSPy makes of the wrapped program.
 - :class:`TrackedEvaluate`: MIPROv2's trial evaluations on a pool, counted into the run's progress.
 """
