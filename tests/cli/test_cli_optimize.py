@@ -406,3 +406,90 @@ def test_max_lm_calls_caps_a_dspy_optimizer_in_the_foreground_and_as_a_job(
     assert settings_sim.stats().total_requests - before <= 25
     job = as_json(dspex("jobs", "show", queued["id"], "--json"))
     assert job["result"]["stopped"].startswith("max_lm_calls=25 reached")
+
+
+# -- MIPROv2's candidates on a worker pool ---------------------------------------------------------------
+
+
+MIPRO = ("-o", "num_candidates=2", "-o", "num_trials=4", "-o", "minibatch_size=4", "-o", "num_threads=2",
+         "-o", "max_bootstrapped_demos=1", "-o", "max_labeled_demos=1", "--seed", "3")  # fmt: skip
+
+
+def test_miprov2_on_a_pool_ends_with_the_program_and_scores_of_the_run_in_process(
+    dspex: Invoke, project: Path, settings_sim: SimServer
+) -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 2\n", encoding="utf-8")
+    args = ("optimize", "qa", "--dataset", "qa-set", "--optimizer", "miprov2", *MIPRO)
+    in_process = as_json(dspex(*args, "--json"))
+    # The same run again on the pool: bootstrapping and proposals come from the store (they ran here), the
+    # candidates' evaluations are the pool's own (another cache key), made again by its workers.
+    before = settings_sim.stats().total_requests
+    pooled = as_json(dspex(*args, "--pool", "general", "--json"))
+    assert pooled["lm_calls"] == settings_sim.stats().total_requests - before > 0
+    assert pooled["lm_cached"] > 0  # the proposer's calls, served from the store
+    same = ("score", "version_id", "candidates", "evaluations")
+    assert {k: pooled[k] for k in same} == {k: in_process[k] for k in same}
+    assert 0 < pooled["score"] < 1
+    # Again on the pool: every evaluation from the store, no LM call.
+    assert as_json(dspex(*args, "--pool", "general", "--json"))["lm_calls"] == 0
+
+    err = dspex(*args, "--pool", "genral", code=2).stderr
+    assert "unknown pool 'genral'; did you mean 'general'? valid: general" in err
+    err = dspex(
+        "optimize", "qa", "--dataset", "qa-set", "--optimizer", "simba", "--pool", "general", code=2
+    ).stderr
+    assert "simba cannot evaluate its candidates on a pool" in err
+    assert "pools serve bootstrap_rs, ensemble, copro, miprov2, gepa" in err
+
+
+def test_a_miprov2_job_evaluates_on_the_worker_s_pool(dspex: Invoke, project: Path) -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 2\n", encoding="utf-8")
+    args = ("--dataset", "qa-set", "--optimizer", "miprov2", *MIPRO)
+    foreground = as_json(dspex("optimize", "qa", *args, "--json"))
+    queued = as_json(dspex("jobs", "submit-optimization", "qa", *args, "--json"))
+    assert "pool" not in queued["payload"]
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05", "--pool", "general").stdout
+    job = as_json(dspex("jobs", "show", queued["id"], "--json"))
+    assert job["result"]["placement"] == {
+        "target": "pool",
+        "pool": "general",
+        "reason": "the worker's own pool (dspex worker --pool)",
+    }
+    assert job["result"]["version_id"] == foreground["version_id"]
+    assert job["result"]["score"] == foreground["score"]
+    assert job["result"]["lm_calls"] > 0  # the pool's evaluations are its own (not the foreground's cache)
+    # Another optimizer on that worker evaluates in its process, and says so.
+    queued = as_json(dspex("jobs", "submit-optimization", "qa", "--dataset", "qa-set", "--optimizer",
+                           "bootstrap", "-o", "max_bootstrapped_demos=1", "--json"))  # fmt: skip
+    assert "succeeded" in dspex("worker", "--until-idle", "--poll", "0.05", "--pool", "general").stdout
+    placement = as_json(dspex("jobs", "show", queued["id"], "--json"))["result"]["placement"]
+    assert placement["target"] == "inline"
+    assert "bootstrap evaluates its candidates in process" in placement["reason"]
+
+
+def test_gepa_on_a_pool_ends_with_the_program_and_score_of_the_run_in_process(
+    dspex: Invoke, project: Path, settings_sim: SimServer
+) -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 2\n", encoding="utf-8")
+    args = ("optimize", "qa", "--dataset", "qa-set", "--optimizer", "gepa", "-o", "max_metric_calls=40",
+            "-o", "reflection_minibatch_size=2", "-o", "num_threads=2", "--seed", "3")  # fmt: skip
+    in_process = as_json(dspex(*args, "--json"))
+    # Again on the pool: the minibatches (traces) and reflections come from the store, the valset
+    # evaluations (14 dev examples, the seed's at least) are the workers' own.
+    before = settings_sim.stats().total_requests
+    pooled = as_json(dspex(*args, "--pool", "general", "--json"))
+    assert pooled["lm_calls"] == settings_sim.stats().total_requests - before
+    assert pooled["lm_calls"] >= 14
+    assert pooled["lm_calls"] % 14 == 0  # whole valset evaluations only
+    same = ("score", "version_id", "candidates", "evaluations")
+    assert {k: pooled[k] for k in same} == {k: in_process[k] for k in same}
+
+
+def test_the_variable_search_takes_a_pool_by_name(dspex: Invoke, project: Path) -> None:
+    Path("dspex.toml").write_text("[pools.general]\nsize = 1\n", encoding="utf-8")
+    args = ("optimize", "qa", "--dataset", "qa-set", "--space", str(project), "--budget", "2", "--seed", "8")
+    err = dspex(*args, "--pool", "genral", code=2).stderr
+    assert "unknown pool 'genral'; did you mean 'general'? valid: general" in err
+    data = as_json(dspex(*args, "--pool", "general", "--json"))
+    assert sum(t["state"] in ("complete", "pruned") for t in data["trials"]) == 2
+    assert data["lm_calls"] > 0

@@ -106,7 +106,11 @@ class PromptAware:
                         "carefully" in prompt.instructions.lower() and i % 2 == 0
                     )
                     return f"answer to {question}" if right else "wrong"
-                if name == "proposed_instruction":
+                if name in (
+                    "proposed_instruction",
+                    "new_instruction",
+                    "improved_instruction",
+                ):  # proposers, GEPA
                     seed = zlib.crc32(repr(sorted(prompt.inputs.items())).encode())
                     return "Answer carefully." if seed % 2 else "Answer the question."
                 return super()._value(name, prompt)

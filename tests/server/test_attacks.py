@@ -424,3 +424,21 @@ def test_production_changes_need_the_promote_scope_and_are_audited(live: Live) -
     assert [e["action"] for e in listed] == ["rollback", "promote", "replace", "promote", "register"]
     with live.client(writer) as client:
         _refused(client.get("/v1/audit"), 403)
+
+
+def test_a_dspy_optimization_request_cannot_name_a_pool(live: Live) -> None:
+    """Where a DSPy optimizer's candidates are evaluated is the worker's (its --pool, the routing rules),
+    never the request's."""
+    live.app.programs.register("qa", QA_SPEC)
+    key = _key(live.app, "optimize")
+    body = {
+        "program": "qa",
+        "dataset": "d",
+        "optimizer": "miprov2",
+        "options": {"auto": "light"},
+        "pool": "general",
+    }
+    with live.client(key) as client:
+        error = _refused(client.post("/v1/optimizations", json=body), 422)
+    assert error["field"] == "pool"
+    assert live.app.jobs.list() == []

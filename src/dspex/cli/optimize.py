@@ -5,6 +5,7 @@
         --objectives quality,cost --json
     dspex optimize qa --dataset qa-set --space space.yaml --budget 40 --parallel 4   # 4 trials at once
     dspex optimize qa --dataset qa-set --optimizer miprov2 -o auto=light     # one of DSPy's optimizers
+    dspex optimize qa --dataset qa-set --optimizer miprov2 -o auto=light --pool general  # candidates on a pool
     dspex optimizations list --program qa
     dspex optimizations show opt-3fa1c09e2b7d4a11          # trials, best, Pareto front, score chart
     dspex optimizations join opt-3fa1c09e2b7d4a11 --parallel 2   # one more driver of a running job's run
@@ -160,6 +161,14 @@ def optimize(
         help="The variable search starts no trial past this many LM calls; a DSPy optimizer is stopped "
         "at it (a hard cap) and the best candidate so far is kept.",
     ),
+    pool: str | None = typer.Option(
+        None,
+        "--pool",
+        help="A configured pool ([pools.NAME]) whose workers evaluate the examples: the variable search's "
+        "trials, or an --optimizer's candidate evaluations whose traces nobody reads (miprov2, gepa's valset "
+        "evaluations, copro, bootstrap_rs, ensemble; simba and bootstrap refuse it). "
+        "Default: the routing rules for the variable search, this process for --optimizer.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),
 ) -> None:
     """Search the program's variables on a dataset (--space, --budget), or run one of DSPy's optimizers
@@ -195,6 +204,7 @@ def optimize(
                 "version_id": version,
                 "prompt_model": prompt_model,
                 "max_lm_calls": max_lm_calls,
+                "pool": pool,
             }
             if as_json:
                 # DSPy's optimizers print (and draw tqdm bars) on stdout; --json keeps stdout for the JSON.
@@ -229,6 +239,7 @@ def optimize(
                 join=join,
                 shared=shared,
                 max_lm_calls=max_lm_calls,
+                pool=pool,
             )
 
         result = run(None) if as_json else with_progress(out, program, budget, run)
@@ -304,6 +315,7 @@ def _run(
     join: bool = False,
     shared: bool = False,
     max_lm_calls: int | None = None,
+    pool: str | None = None,
 ) -> OptimizationResult:
     result: OptimizationResult = dspex_app.optimize(
         program,
@@ -321,6 +333,7 @@ def _run(
         join=join,
         shared=shared,
         max_lm_calls=max_lm_calls,
+        pool=pool,
     )
     return result
 

@@ -29,31 +29,31 @@ process). With a deterministic LM the trials, their scores and the chosen progra
 ``dspy.MIPROv2`` in process (tested with the scripted LM). Evaluations of one candidate on examples it
 already saw are served from an in-memory cache (``cache=False`` turns it off).
 
-Not done: GEPA and SIMBA. GEPA's candidate evaluations capture traces for its reflective dataset, and
-SIMBA samples trajectories from the program's calls; both need the traces back from the workers.
+GEPA's valset evaluations run on a pool through the DSPex run (``App.optimize_with("qa", "gepa",
+pool=...)``, :mod:`dspex.optimize.dspy_run`); its reflective minibatches need their traces and stay in
+process. SIMBA does not run on a pool: every evaluation of it collects traces, with per-predictor
+sampling LMs a worker would not have.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dspy
-from dspy.evaluate.evaluate import EvaluationResult
-from dspy.utils.callback import with_callbacks
 
 from dspex.errors import ConfigurationError
 from dspex.jsonable import to_jsonable
+from dspex.optimize._remote_dspy import RemoteEvaluate, RemoteMIPROv2
 from dspex.optimize.cache import EvalCache
-from dspex.optimize.evaluate import Evaluator
 from dspex.pools.remote import PooledProgram
 
 if TYPE_CHECKING:
     from dspex.pools.base import WorkerPool
     from dspex.runtime.app import App
 
-__all__ = ["PooledEvaluate", "PooledMIPROv2", "candidate_state"]
+__all__ = ["PooledEvaluate", "PooledMIPROv2", "candidate_on", "candidate_state"]
 
 
 def _structure(program: Any) -> list[tuple[str, str]]:
@@ -85,7 +85,17 @@ def candidate_state(program: Any, base: Any) -> dict[str, Any]:
     return jsonable
 
 
-class PooledEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
+def candidate_on(pool: WorkerPool, name: str, version_id: str, base: Any) -> Callable[[Any], PooledProgram]:
+    """Candidate -> the registered ``name`` at ``version_id`` on ``pool`` with the candidate's state
+    (:func:`candidate_state` against ``base``, the program as built from that version)."""
+
+    def remote(candidate: Any) -> PooledProgram:
+        return PooledProgram(pool, name, version_id, state=candidate_state(candidate, base))
+
+    return remote
+
+
+class PooledEvaluate(RemoteEvaluate):
     """``dspy.Evaluate`` whose program calls run on ``pool`` (see the module docstring): the program it is
     called with must be a copy of ``base``, the registered ``name`` at ``version_id``, differing only in
     instructions and demos."""
@@ -106,70 +116,22 @@ class PooledEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
         cache: bool | EvalCache = True,
     ) -> None:
         super().__init__(
-            devset=list(devset),
+            remote=candidate_on(pool, name, version_id, base),
+            devset=devset,
             metric=metric,
             num_threads=num_threads,
-            display_progress=False,
-            display_table=False,
             max_errors=max_errors,
             failure_score=failure_score,
             provide_traceback=provide_traceback,
+            cache=cache,
         )
         self.pool = pool
         self.name = name
         self.version_id = version_id
         self.base = base
-        self.cache = cache
-
-    @with_callbacks  # type: ignore[untyped-decorator]  # dspy's callbacks decorator is untyped
-    def __call__(
-        self,
-        program: Any,
-        metric: Any = None,
-        devset: list[Any] | None = None,
-        num_threads: int | None = None,
-        display_progress: bool | None = None,
-        display_table: bool | int | None = None,
-        callback_metadata: dict[str, Any] | None = None,
-        save_as_csv: str | None = None,
-        save_as_json: str | None = None,
-    ) -> EvaluationResult:
-        if display_table or save_as_csv or save_as_json:
-            raise ConfigurationError(
-                "a pooled evaluation returns its results; it does not draw tables or write files "
-                "(display_table, save_as_csv, save_as_json)"
-            )
-        metric = metric if metric is not None else self.metric
-        devset = list(devset if devset is not None else self.devset)
-        if not devset:
-            raise ValueError("devset must contain at least one example, got an empty devset.")
-        threads = num_threads or self.num_threads or dspy.settings.num_threads or 1
-        max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
-        remote = PooledProgram(
-            self.pool, self.name, self.version_id, state=candidate_state(program, self.base)
-        )
-        # dspy stops once failures reach max_errors; the Evaluator once they pass it.
-        evaluator = Evaluator(
-            metric,
-            concurrency=max(1, int(threads)),
-            cache=self.cache,
-            max_errors=None if max_errors is None else max(0, int(max_errors) - 1),
-            failure_score=float(self.failure_score),
-        )
-        result = evaluator.run(remote, devset)
-        by_index = {r.index: r for r in result.records}
-        results = []
-        for index, example in enumerate(devset):
-            record = by_index[index]
-            prediction = (
-                dspy.Prediction(**record.prediction) if record.prediction is not None else dspy.Prediction()
-            )
-            results.append((example, prediction, record.score))
-        ncorrect = sum(score for *_, score in results)
-        return EvaluationResult(score=round(100 * ncorrect / len(devset), 2), results=results)
 
 
-class PooledMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
+class PooledMIPROv2(RemoteMIPROv2):
     """``dspy.MIPROv2`` whose candidate evaluations run on ``pool`` (see the module docstring); the
     student must be the registered ``name`` at ``version_id`` (``base``, as built from it). Every other
     argument is MIPROv2's own."""
@@ -185,7 +147,7 @@ class PooledMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
         cache: bool | EvalCache = True,
         **options: Any,
     ) -> None:
-        super().__init__(metric, **options)
+        super().__init__(metric, evaluate_with=self._pooled, **options)
         self.pool = pool
         self.program_name = name
         self.version_id = version_id
@@ -214,17 +176,8 @@ class PooledMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
             )
         return super().compile(student, **kwargs)
 
-    def _optimize_prompt_parameters(
-        self,
-        program: Any,
-        instruction_candidates: dict[int, list[str]],
-        demo_candidates: list[Any] | None,
-        evaluate: dspy.Evaluate,
-        valset: list[Any],
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
-        pooled = PooledEvaluate(
+    def _pooled(self, evaluate: dspy.Evaluate) -> PooledEvaluate:
+        return PooledEvaluate(
             pool=self.pool,
             name=self.program_name,
             version_id=self.version_id,
@@ -236,7 +189,4 @@ class PooledMIPROv2(dspy.MIPROv2):  # type: ignore[misc]  # dspy is untyped
             failure_score=evaluate.failure_score,
             provide_traceback=evaluate.provide_traceback,
             cache=self.cache,
-        )
-        return super()._optimize_prompt_parameters(
-            program, instruction_candidates, demo_candidates, pooled, valset, *args, **kwargs
         )

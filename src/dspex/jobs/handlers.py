@@ -17,7 +17,11 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
-  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats).
+  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats). A job of an
+  optimizer that can (``miprov2``, ``gepa``, ``copro``, ``bootstrap_rs``, ``ensemble``) evaluates its
+  candidates where a variable search evaluates its trials (below; only the evaluations whose traces
+  nobody reads); ``simba`` and ``bootstrap`` evaluate in the worker's process, and the result's
+  ``placement`` says so. The payload never names a pool.
 - ``evaluate``: the pinned program version, configured with the payload's variables through the space's
   bindings when given, scored by :class:`~dspex.optimize.Evaluator` on the dataset's split; it stops at
   the next finished example when asked to.
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from dspex.optimize.dspy_run import DSPyProgress
     from dspex.optimize.search import OptimizationResult, TrialProgress
     from dspex.runtime.app import App
+    from dspex.runtime.router import Route
     from dspex.store.jobs import JobRecord
 
 __all__ = [
@@ -127,6 +132,7 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
         if reason is not None:
             raise OptimizationStopped(f"job {job.id}: {reason}", cancelled=reason == "cancel")
 
+    route = _dspy_route(app, job, optimizer, context)
     try:
         result = app.optimize_with(
             _field(job, "program", str),
@@ -142,6 +148,7 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
             optimization_id=optimization_id,
             on_progress=on_progress,
             should_stop=should_stop,
+            pool=route.pool,
         )
     except OptimizationStopped as exc:
         reason = context.stop_reason or ("cancel" if exc.cancelled else "release")
@@ -152,7 +159,21 @@ def run_dspy_optimization(app: App, job: JobRecord, context: JobContext) -> dict
         "program": job.payload["program"],
         **result.to_json(),
         "best": {"scores": {"quality": result.score}},
+        "placement": route.placement(),
     }
+
+
+def _dspy_route(app: App, job: JobRecord, optimizer: str, context: JobContext) -> Route:
+    """Where a DSPy optimizer job's candidate evaluations run: the worker's own pool, else the routing
+    rules (:meth:`~dspex.runtime.router.Router.batch`), for an optimizer that can evaluate on a pool
+    (``OPTIMIZERS[name].pooled``); the others evaluate in the worker's process, and the placement says why."""
+    from dspex.optimize.dspy_optimizers import OPTIMIZERS
+    from dspex.runtime.router import Route
+
+    spec = OPTIMIZERS.get(optimizer)
+    if spec is None or not spec.pooled:  # no pool is started (nor routed to) for it
+        return Route(None, f"{optimizer} evaluates its candidates in process (its evaluations need traces)")
+    return app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
 
 
 def _search_arguments(app: App, job: JobRecord) -> dict[str, Any]:

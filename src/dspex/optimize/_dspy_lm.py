@@ -85,6 +85,14 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             self._open.add(call_id)
 
+    def before_remote(self) -> None:
+        """Before an evaluation whose LM calls run on a pool's workers (counted here once each shard
+        comes back): it starts only while the run is under its cap. The workers' calls cannot be
+        stopped one by one, so the run may pass the cap by the calls of the evaluations in flight."""
+        with self._lock:
+            if self.total() + len(self._open) >= self.limit:
+                raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
+
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         with self._lock:
             self._open.discard(call_id)

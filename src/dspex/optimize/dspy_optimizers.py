@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from dspex.errors import ConfigurationError, did_you_mean
 
-__all__ = ["OPTIMIZERS", "OptimizerName", "OptimizerSpec", "Option", "check_options"]
+__all__ = ["OPTIMIZERS", "OptimizerName", "OptimizerSpec", "Option", "check_options", "check_pooled"]
 
 OptimizerName = Literal["miprov2", "gepa", "simba", "copro", "bootstrap", "bootstrap_rs", "ensemble"]
 Where = Literal["init", "compile", "dspex"]
@@ -115,6 +115,8 @@ class OptimizerSpec:
     uses_valset: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
+    # Its candidate evaluations (those that need predictions, not traces) may run on a worker pool.
+    pooled: bool = False
 
     def init_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in {**self.defaults, **options}.items() if self.options[k].where == "init"}
@@ -140,6 +142,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             "BootstrapFewShotWithRandomSearch",
             _RANDOM_SEARCH,
             summary="BootstrapFewShot over random demo sets, the best on the valset kept",
+            pooled=True,
         ),
         "ensemble": OptimizerSpec(
             "ensemble",
@@ -150,6 +153,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             },
             defaults={"size": 3},
             summary="majority vote of the best bootstrap_rs candidates (dspy.Ensemble)",
+            pooled=True,
         ),
         "copro": OptimizerSpec(
             "copro",
@@ -162,6 +166,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             },
             uses_valset=False,
             summary="coordinate ascent over instructions proposed by the LM",
+            pooled=True,
         ),
         "miprov2": OptimizerSpec(
             "miprov2",
@@ -187,6 +192,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
                 "fewshot_aware_proposer": Option("bool", "compile"),
             },
             summary="instructions and demos proposed, then searched with Optuna TPE on minibatches",
+            pooled=True,
         ),
         "simba": OptimizerSpec(
             "simba",
@@ -224,6 +230,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
                 "seed": Option("int", low=0, high=2**31 - 1, nullable=True),
             },
             summary="reflective prompt evolution: an LM reads traces and feedback and rewrites instructions",
+            pooled=True,
         ),
     }
 )
@@ -260,6 +267,22 @@ def check_options(optimizer: str, options: Mapping[str, Any] | None) -> dict[str
                 "max_metric_calls"
             )
     return checked
+
+
+def check_pooled(optimizer: str) -> None:
+    """ConfigurationError unless ``optimizer``'s candidate evaluations can run on a worker pool.
+
+    >>> check_pooled("miprov2")
+    """
+    spec = OPTIMIZERS.get(optimizer)
+    if spec is None:
+        raise ConfigurationError(did_you_mean(optimizer, OPTIMIZERS, what="optimizer"))
+    if not spec.pooled:
+        pooled = ", ".join(name for name, entry in OPTIMIZERS.items() if entry.pooled)
+        raise ConfigurationError(
+            f"{optimizer} cannot evaluate its candidates on a pool (its evaluations need DSPy traces, or "
+            f"it has no separate evaluation step); pools serve {pooled}: run {optimizer} without a pool"
+        )
 
 
 def _check_miprov2(checked: dict[str, Any]) -> None:

@@ -39,6 +39,16 @@ What is repeated: the calls in flight when the worker died, and calls whose answ
 The Optuna study inside MIPROv2 is replayed too (same seed, same scores, same suggestions), in
 milliseconds.
 
+**On a pool** (``remote=``, ``App.optimize_with(..., pool=...)``): the candidate evaluations whose
+traces nobody reads run on the pool's workers, each worker loading the candidate's ``dump_state()`` JSON
+(no LMs) into its own copy of the registered version: MIPROv2's trial evaluations
+(:class:`~dspex.optimize._remote_dspy.RemoteMIPROv2`), GEPA's valset evaluations, COPRO's and
+BootstrapFewShotWithRandomSearch's (``bootstrap_rs``, ``ensemble``) candidate scoring; what needs traces
+(bootstrapping, GEPA's reflective minibatches, SIMBA's trajectories) and the proposers stay in this
+process. SIMBA and ``bootstrap`` refuse a pool: SIMBA runs every candidate through ``wrap_program``,
+which collects traces, and samples with per-predictor LM copies (temperatures) that a worker's LM would
+not have; BootstrapFewShot only bootstraps.
+
 The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
 optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
 version is the best member and the job result names all of them). An optimizer that keeps the program
@@ -49,62 +59,33 @@ as it was (GEPA finding no better instruction) gives back the version it started
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dspy
 
 from dspex.errors import ConfigurationError
 from dspex.jsonable import canonical_hash, to_jsonable
+from dspex.optimize._dspy_candidates import (
+    TRACE_FREE,
+    CandidateCache,
+    DSPyProgress,
+    TrackedEvaluate,
+    Tracker,
+    unwrap,
+)
 from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
+from dspex.optimize._remote_dspy import RemoteMIPROv2, TraceFreeEvaluations
 from dspex.optimize._run import configuration_fingerprint
-from dspex.optimize.cache import CachedResult, EvalCache, MemoryCache, example_hash
-from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options
+from dspex.optimize.cache import EvalCache, MemoryCache, example_hash
+from dspex.optimize.dspy_optimizers import OPTIMIZERS, check_options, check_pooled
 from dspex.optimize.evaluate import Evaluator
 from dspex.optimize.metrics import Metric, MetricLike, as_metric
 from dspex.telemetry.usage import UsageTotals
 
 __all__ = ["CandidateCache", "DSPyOptimizationResult", "DSPyProgress", "optimize_with_dspy"]
-
-Phase = Literal["compile", "evaluate", "save"]
-_REPORT_EVERY_S = 0.25
-_CACHE_PREFIX = "dspy:"
-
-
-@dataclass(frozen=True, slots=True)
-class DSPyProgress:
-    """What ``on_progress`` receives (at most every 0.25 s, and at each phase change).
-
-    ``candidates``: distinct candidate programs the metric scored outside bootstrapping; ``evaluations``:
-    (candidate, example) scores; ``cached``: program calls served from the evaluation cache;
-    ``best_score``: the best mean of a candidate over the most examples any candidate was scored on
-    (``best_examples``), so a lucky minibatch does not outrank a full evaluation."""
-
-    optimizer: str
-    phase: Phase
-    candidates: int
-    evaluations: int
-    cached: int
-    program_calls: int
-    lm_calls: int
-    best_score: float | None
-    best_examples: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer,
-            "phase": self.phase,
-            "candidates": self.candidates,
-            "evaluations": self.evaluations,
-            "cached": self.cached,
-            "program_calls": self.program_calls,
-            "lm_calls": self.lm_calls,
-            "best_score": self.best_score,
-            "best_examples": self.best_examples,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,187 +136,6 @@ class DSPyOptimizationResult:
         }
 
 
-class _Tracker:
-    """The run's shared state: the cache, counters, scores per candidate, the stop check. Thread-safe;
-    shared (not copied) by every copy DSPy makes of the wrapped program."""
-
-    def __init__(
-        self,
-        optimizer: str,
-        cache: EvalCache,
-        usage: UsageTotals,
-        on_progress: Callable[[DSPyProgress], None] | None,
-        should_stop: Callable[[], None] | None,
-    ) -> None:
-        self.optimizer = optimizer
-        self.cache = cache
-        self.usage = usage
-        self.on_progress = on_progress
-        self.should_stop = should_stop
-        self.phase: Phase = "compile"
-        self._lock = threading.Lock()
-        self._scores: dict[str, dict[str, float]] = {}
-        self._states: dict[str, dict[str, Any]] = {}
-        self.cached = 0
-        self.calls = 0
-        self._reported = 0.0
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Tracker:
-        return self
-
-    def check(self) -> None:
-        # Only while compiling: the final evaluation is short, and a stop there would cut it silently.
-        if self.should_stop is None or self.phase != "compile":
-            return
-        try:
-            self.should_stop()
-        except Exception as exc:  # OptimizationStopped (or the caller's own error): end the compile
-            raise Stop(exc) from exc
-
-    def called(self, *, cached: bool) -> None:
-        with self._lock:
-            self.calls += 1
-            self.cached += cached
-        self.report()
-
-    def remember(self, candidate: str, program: Any) -> None:
-        """Keep the saved state of a candidate the first time it is called, so that the best one so far
-        can be rebuilt when the run stops at its LM-call cap."""
-        with self._lock:
-            if candidate in self._states:
-                return
-        state = program.dump_state()
-        with self._lock:
-            self._states.setdefault(candidate, state)
-
-    def best(self) -> tuple[dict[str, Any], float, int] | None:
-        """The best candidate so far as progress ranks it (best mean over the most examples any
-        candidate was scored on): its saved state, that mean and that number of examples."""
-        with self._lock:
-            scores = {k: dict(v) for k, v in self._scores.items() if k in self._states}
-            states = dict(self._states)
-        most = max((len(v) for v in scores.values()), default=0)
-        ranked = [(sum(v.values()) / len(v), k) for k, v in scores.items() if len(v) == most and v]
-        if not ranked:
-            return None
-        score, key = max(ranked)
-        return states[key], score, most
-
-    def score_of(self, candidate: str) -> tuple[float, int]:
-        """A candidate's mean score and the number of examples it was scored on (0: never scored)."""
-        with self._lock:
-            values = list(self._scores.get(candidate, {}).values())
-        return (sum(values) / len(values), len(values)) if values else (0.0, 0)
-
-    def scored(self, candidate: str, example: str, value: float) -> None:
-        with self._lock:
-            self._scores.setdefault(candidate, {})[example] = value
-        self.report()
-
-    def progress(self) -> DSPyProgress:
-        with self._lock:
-            scores = {k: dict(v) for k, v in self._scores.items()}
-            calls, cached = self.calls, self.cached
-        most = max((len(v) for v in scores.values()), default=0)
-        full = [sum(v.values()) / len(v) for v in scores.values() if len(v) == most and v]
-        return DSPyProgress(
-            optimizer=self.optimizer,
-            phase=self.phase,
-            candidates=len(scores),
-            evaluations=sum(len(v) for v in scores.values()),
-            cached=cached,
-            program_calls=calls,
-            lm_calls=self.usage.calls,
-            best_score=max(full) if full else None,
-            best_examples=most,
-        )
-
-    def report(self, *, force: bool = False) -> None:
-        if self.on_progress is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if not force and now - self._reported < _REPORT_EVERY_S:
-                return
-            self._reported = now
-        self.on_progress(self.progress())
-
-
-class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyped
-    """The program an optimizer sees: ``inner`` behind the evaluation cache (see the module docstring).
-    DSPy's copies of it (``deepcopy``, ``reset_copy``) copy ``inner`` and share the tracker."""
-
-    def __init__(self, inner: Any, tracker: _Tracker) -> None:
-        super().__init__()
-        self.inner = inner
-        self._tracker = tracker
-
-    def forward(self, **inputs: Any) -> Any:
-        tracker = self._tracker
-        tracker.check()
-        candidate = configuration_fingerprint(self.inner, dspy.settings.lm)
-        tracker.remember(candidate, self.inner)
-        key = (_CACHE_PREFIX + candidate, canonical_hash(to_jsonable(inputs)))
-        hit = tracker.cache.get_many([key]).get(key)
-        if hit is not None and hit.trace is not None:
-            replayed = self._replay(hit.trace)
-            if replayed is not None:
-                outer = dspy.settings.trace
-                if outer is not None:
-                    outer.extend(replayed)
-                prediction = dspy.Prediction(**hit.prediction)
-                prediction._dspex_candidate = candidate
-                tracker.called(cached=True)
-                return prediction
-        with dspy.context(trace=[]):
-            prediction = self.inner(**inputs)
-            trace = list(dspy.settings.trace)
-        outer = dspy.settings.trace
-        if outer is not None:
-            outer.extend(trace)
-        stored = self._trace_json(trace)
-        data = to_jsonable(prediction)
-        if stored is not None and isinstance(data, dict):
-            tracker.cache.put_many({key: CachedResult(data, {}, trace=stored)})
-        if isinstance(prediction, dspy.Prediction):
-            prediction._dspex_candidate = candidate
-        tracker.called(cached=False)
-        return prediction
-
-    def _trace_json(self, trace: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
-        """The trace as JSON, by predictor name; None when a step's predictor is not one of ``inner``'s
-        (it could not be replayed, so the call is not cached)."""
-        names = {id(p): n for n, p in self.inner.named_predictors()}
-        steps = []
-        for predictor, step_inputs, outputs in trace:
-            name = names.get(id(predictor))
-            if name is None:
-                return None
-            steps.append(
-                {"predictor": name, "inputs": to_jsonable(step_inputs), "outputs": to_jsonable(outputs)}
-            )
-        return tuple(steps)
-
-    def _replay(self, trace: Sequence[Mapping[str, Any]]) -> list[tuple[Any, dict[str, Any], Any]] | None:
-        predictors = dict(self.inner.named_predictors())
-        steps = []
-        for step in trace:
-            predictor = predictors.get(step["predictor"])
-            if predictor is None:
-                return None
-            steps.append((predictor, dict(step["inputs"]), dspy.Prediction(**step["outputs"])))
-        return steps
-
-
-def _unwrap(program: Any) -> Any:
-    if isinstance(program, CandidateCache):
-        return program.inner
-    raise ConfigurationError(
-        f"the optimizer returned a {type(program).__name__}, not the program it was given; "
-        "this optimizer cannot run as a DSPex job"
-    )
-
-
 def _feedback(example: Any, prediction: Any, value: float) -> str:
     """GEPA's textual feedback from a plain metric: what was expected where the prediction differs."""
     inputs = set(example.inputs().keys())
@@ -354,7 +154,7 @@ class _Metric:
     """A DSPy metric from a DSPex one: ``(example, prediction, trace=None, pred_name=None,
     pred_trace=None)``, the five arguments GEPA asks for; scores of candidates go to the tracker."""
 
-    def __init__(self, metric: Metric, tracker: _Tracker, *, feedback: bool) -> None:
+    def __init__(self, metric: Metric, tracker: Tracker, *, feedback: bool) -> None:
         self.metric = metric
         self.tracker = tracker
         self.feedback = feedback
@@ -386,8 +186,10 @@ def _build(
     lm: Any,
     seed: int,
     num_threads: int,
+    evaluate_with: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The DSPy optimizer object and the keyword arguments of its ``compile``."""
+    """The DSPy optimizer object and the keyword arguments of its ``compile``; ``evaluate_with`` (for
+    an optimizer whose spec is ``pooled``) swaps its trial evaluations for remote ones."""
     spec = OPTIMIZERS[optimizer]
     init = spec.init_options(options)
     compile_kwargs = spec.compile_options(options)
@@ -404,6 +206,11 @@ def _build(
         return dspy.COPRO(metric=metric, prompt_model=prompt_lm, **init), compile_kwargs
     if optimizer == "miprov2":
         init.setdefault("seed", seed)
+        if evaluate_with is not None:
+            remote = RemoteMIPROv2(
+                metric, evaluate_with=evaluate_with, prompt_model=prompt_lm, task_model=lm, **init
+            )
+            return remote, compile_kwargs
         return dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, task_model=lm, **init), compile_kwargs
     if optimizer == "simba":
         init.setdefault("bsize", min(32, len(trainset)))
@@ -446,6 +253,7 @@ def optimize_with_dspy(
     should_stop: Callable[[], None] | None = None,
     prices: Any = None,
     max_lm_calls: int | None = None,
+    remote: Callable[[Any], Any] | None = None,
 ) -> DSPyOptimizationResult:
     """Run DSPy's ``optimizer`` (a name of :data:`~dspex.optimize.dspy_optimizers.OPTIMIZERS`) on
     ``program`` (see the module docstring).
@@ -465,6 +273,20 @@ def optimize_with_dspy(
       it would exceed the cap; the optimizer is stopped there and the best candidate scored so far is
       the result (``result.stopped`` says so; ``score`` is its mean over ``scored_on`` examples). A
       run stopped before any candidate was scored is an error saying to raise the cap.
+    - ``remote``: candidate -> a :class:`~dspex.optimize.evaluate.RemoteProgram` (``App.optimize_with``
+      gives the registered version on a pool with the candidate's state): the candidate evaluations
+      whose traces nobody reads run there, the metric here (``OPTIMIZERS[name].pooled``; others are
+      refused). ``miprov2``: every trial evaluation (minibatches, full valset) and the final one, in
+      shards; bootstrapping and the proposer stay here. The others, in shards sent when the evaluation
+      starts, for the evaluations :class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` marks: ``gepa``'s valset
+      evaluations (the seed's and each new candidate's; its trainset minibatches, whose traces make its
+      reflective dataset, and its reflections stay here), ``copro``'s and ``bootstrap_rs``'s /
+      ``ensemble``'s candidate scoring (their proposals and bootstrapping stay here), and the final
+      evaluation. Progress, the evaluation cache and ``max_lm_calls`` still hold; the differences: a
+      remote call is cached under its own key (it has no trace to replay), and the cap is checked before
+      each evaluation is sent rather than each LM call, so the run may pass ``max_lm_calls`` by the LM
+      calls of the evaluation in flight (a stop request: at MIPROv2's next evaluation, or the next
+      program call).
     """
     from dspex.optimize.search import OptimizationStopped
 
@@ -474,6 +296,8 @@ def optimize_with_dspy(
         not isinstance(max_lm_calls, int) or isinstance(max_lm_calls, bool) or max_lm_calls < 1
     ):
         raise ConfigurationError(f"max_lm_calls must be an integer >= 1 or null, got {max_lm_calls!r}")
+    if remote is not None:
+        check_pooled(optimizer)
     trainset, valset = list(trainset), list(valset)
     if not trainset or not valset:
         raise ConfigurationError(f"{optimizer} needs a trainset and a valset with at least one example each")
@@ -499,7 +323,7 @@ def optimize_with_dspy(
                 repo.update(run_id, budget={**budget, "lm_calls": total})
 
         cap = CallCap(max_lm_calls, usage, spent, save if repo is not None else None)
-    tracker = _Tracker(
+    tracker = Tracker(
         optimizer, cache if cache is not None else MemoryCache(), usage, on_progress, should_stop
     )
     wrapped_metric = _Metric(scorer, tracker, feedback=optimizer == "gepa")
@@ -511,8 +335,28 @@ def optimize_with_dspy(
     context: dict[str, Any] = {"usage_tracker": usage}
     if lm is not None:
         context["lm"] = lm
+    callbacks: list[Any] = []
     if cap is not None:
-        context["callbacks"] = [*dspy.settings.get("callbacks", []), cap]
+        callbacks.append(cap)
+    if remote is not None and optimizer != "miprov2":  # calls of trace-free evaluations go to the pool
+        tracker.remote, tracker.cap = remote, cap
+        tracker.concurrency = int(checked.get("num_threads") or num_threads)
+        # GEPA reads no trace of its valset evaluations (only of trainset minibatches): those go too.
+        trace_free: frozenset[str] = frozenset()
+        if optimizer == "gepa":
+            trace_free = frozenset(example_hash(e) for e in valset) - {example_hash(e) for e in trainset}
+        callbacks.append(
+            TraceFreeEvaluations(
+                wrapped_metric,
+                CandidateCache,
+                TRACE_FREE,
+                trace_free,
+                on_mark=lambda program, devset: program.prefetch(devset),
+                on_unmark=lambda program: program.settle(),
+            )
+        )
+    if callbacks:
+        context["callbacks"] = [*dspy.settings.get("callbacks", []), *callbacks]
     capped: CapReached | None = None
     stopped_score, scored_on = 0.0, 0
     compiled: Any = None
@@ -529,6 +373,11 @@ def optimize_with_dspy(
                 lm=lm,
                 seed=seed,
                 num_threads=num_threads,
+                evaluate_with=None
+                if remote is None
+                else lambda local: TrackedEvaluate(
+                    local, remote=remote, tracker=tracker, scorer=scorer, cap=cap
+                ),
             )
             if OPTIMIZERS[optimizer].uses_valset:
                 compile_kwargs["valset"] = valset
@@ -549,8 +398,17 @@ def optimize_with_dspy(
                 else:
                     final = compiled
                 try:
+                    scored = final
+                    if remote is not None:  # on the pool too: the best candidate's full evaluation is cached
+                        if cap is not None:
+                            cap.before_remote()
+                        if tracker.remote is not None:  # call by call, under the evaluations' cache keys
+                            for program in members or [final]:
+                                setattr(program, TRACE_FREE, True)
+                        else:
+                            scored = remote(unwrap(final))
                     evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
-                        final, valset
+                        scored, valset
                     )
                 except Stop as stop:
                     if not isinstance(stop.stopped, CapReached):
@@ -576,7 +434,7 @@ def optimize_with_dspy(
             cap.save()
     tracker.phase = "save"
     tracker.report(force=True)
-    result_program = _unwrap(compiled) if not members else _unwrap(members[0])
+    result_program = unwrap(compiled) if not members else unwrap(members[0])
     member_versions: list[str] = []
     version_id = None
     if registry is not None and program_name is not None:
@@ -586,7 +444,7 @@ def optimize_with_dspy(
         for rank, member in enumerate(members):
             saved = registry.save_version(
                 program_name,
-                _unwrap(member),
+                unwrap(member),
                 status="optimizing",
                 note=f"{note}, ensemble member {rank}",
                 parent_id=parent_id,
@@ -638,7 +496,7 @@ def optimize_with_dspy(
 
 
 def _best_so_far(
-    optimizer: str, program: Any, tracker: _Tracker, capped: CapReached, compiled: Any
+    optimizer: str, program: Any, tracker: Tracker, capped: CapReached, compiled: Any
 ) -> tuple[Any, list[Any], float, int]:
     """After the cap stopped the run: the program to keep (wrapped as the optimizer's results are),
     no ensemble members, and its score over how many examples. The optimizer's own result when it had

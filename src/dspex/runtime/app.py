@@ -662,6 +662,7 @@ class App:
         optimization_id: str | None = None,
         on_progress: Callable[[DSPyProgress], None] | None = None,
         should_stop: Callable[[], None] | None = None,
+        pool: str | None = None,
     ) -> DSPyOptimizationResult:
         """Optimize the registered program ``program_name`` with one of DSPy's optimizers (``miprov2``,
         ``gepa``, ``simba``, ``copro``, ``bootstrap``, ``bootstrap_rs``, ``ensemble``; see
@@ -677,18 +678,37 @@ class App:
         - ``max_lm_calls``: a hard cap on the run's LM calls (every attempt of it, the optimizer's own
           proposals included); the optimizer is stopped there and the best candidate so far is the result
           (``result.stopped`` says so).
+        - ``pool``: a configured pool (``[pools.NAME]``) on whose workers the candidates' evaluations
+          that need predictions, not traces, run: ``miprov2``'s trial evaluations, ``gepa``'s valset
+          evaluations, ``copro``'s, ``bootstrap_rs``'s and ``ensemble``'s candidate scoring, and the
+          final one (bootstrapping, proposals, GEPA's reflective minibatches stay here; ``simba`` and
+          ``bootstrap`` refuse a pool). Each worker loads a candidate's instructions and
+          demos (``dump_state()`` JSON without LMs) into its own copy of the version and calls its own
+          LM, which should be the task model. The trials, scores and chosen program are those of the run
+          in process; a stop and ``max_lm_calls`` are checked before each evaluation
+          (:func:`~dspex.optimize.dspy_run.optimize_with_dspy`). The routing rules are not consulted
+          here: a job's worker passes its own pool or the routed one.
         Evaluations are kept in :attr:`evaluation_cache`, and the run in :attr:`optimizations` under
         ``optimization_id`` (default derived from the inputs): a rerun, or the job's next worker after a
         crash, resumes it without paying again for the evaluations already made.
         """
         from dspex.optimize.cache import StoredCache
+        from dspex.optimize.dspy_optimizers import check_pooled
         from dspex.optimize.dspy_run import optimize_with_dspy
 
+        if pool is not None:  # before anything starts: a pool this optimizer cannot use, or no such pool
+            check_pooled(optimizer)
+            self.pools.setting(pool)
         resolved = self.programs.resolve(program_name, version_id)
         program = self.programs.build(resolved)
         trainset, devset = self.examples(dataset, split)
         lm = self.default_lm(program)
         prompt_lm = self.models.build(prompt_model) if prompt_model is not None else None
+        remote = None
+        if pool is not None:
+            from dspex.distributed.prompts import candidate_on
+
+            remote = candidate_on(self.pools.get(pool), program_name, resolved.id, program)
         return optimize_with_dspy(
             optimizer,
             program,
@@ -711,6 +731,7 @@ class App:
             should_stop=should_stop,
             prices=self.prices,
             max_lm_calls=max_lm_calls,
+            remote=remote,
         )
 
     def _remote_trials(
