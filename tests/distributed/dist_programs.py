@@ -30,8 +30,9 @@ class Sleepy(dspy.Module):
 class Hog(dspy.Module):
     """Keeps ``mb`` more megabytes alive on every call (a leak), answering with its process's pid."""
 
-    def forward(self, mb: int) -> dspy.Prediction:
+    def forward(self, mb: int, hold_s: float = 0.0) -> dspy.Prediction:
         _HOG.append(os.urandom(mb * 1024 * 1024))
+        time.sleep(hold_s)
         return dspy.Prediction(held_mb=len(_HOG) * mb, pid=os.getpid())
 
 

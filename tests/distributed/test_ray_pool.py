@@ -302,6 +302,21 @@ def test_a_leaking_program_on_ray_is_recycled_and_its_memory_stays_bounded(app: 
         assert status.size == 1
 
 
+def test_a_task_over_kill_rss_mb_fails_with_memory_limit_and_its_actor_is_restarted(app: App) -> None:
+    with _recycling_pool(app, "probe") as probe:  # an actor's own size, before any leak
+        _pid(probe, "sleepy", {"question": "q"})
+        base = probe.status().workers[0].rss_mb or 0.0
+    limit = int(base) + 100
+    with _recycling_pool(app, "capped", kill_rss_mb=limit) as pool:
+        first = _pid(pool, "sleepy", {"question": "q"})
+        future = pool.submit({"program": {"name": "hog"}, "inputs": {"mb": 300, "hold_s": 5.0}})
+        with pytest.raises(WorkerError, match=rf"over the pool's memory limit of {limit} MB") as caught:
+            future.result(timeout=60)
+        assert caught.value.code == "memory_limit"
+        assert _pid(pool, "sleepy", {"question": "q"}) != first  # Ray restarted it; the pool waited for it
+        assert pool.status().replaced == {"memory_limit": 1}
+
+
 def test_an_idle_actor_past_its_ttl_is_recycled(app: App) -> None:
     with _recycling_pool(app, "aging", ttl_s=1.0) as pool:
         first = _pid(pool, "sleepy", {"question": "q"})
