@@ -283,7 +283,7 @@ def test_gone_knows_only_its_own_machine() -> None:
 # -- joining ---------------------------------------------------------------------------------------------
 
 
-def _scripted(n_trials: int, *, join: bool) -> ParallelOptimizer:
+def _scripted(n_trials: int, *, join: bool, lease_s: float = 30.0) -> ParallelOptimizer:
     engine = ScriptedEngine({"answer": lambda inputs: inputs["question"].upper()})
     return ParallelOptimizer(
         VariableSpace([Variable.float("temperature", 0.0, 1.5)]),
@@ -295,6 +295,8 @@ def _scripted(n_trials: int, *, join: bool) -> ParallelOptimizer:
         concurrency=2,
         parallel=2,
         join=join,
+        lease_s=lease_s,
+        poll_s=0.05,
     )
 
 
@@ -313,5 +315,44 @@ def test_joining_needs_a_running_run_with_the_same_inputs(tmp_path: Path) -> Non
     db = open_database(url)
     try:
         assert OptimizationRepository(db).get("r").status == "succeeded"  # the joiners changed nothing
+    finally:
+        db.dispose()
+
+
+def test_an_owner_waits_one_lease_for_an_owner_on_another_machine(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    program = dspy.Predict("question -> answer")
+    devset = [dspy.Example(question=q, answer=q.upper()).with_inputs("question") for q in ("a", "b", "c")]
+    assert _scripted(3, join=False).optimize(program, devset, db=url, optimization_id="r").finished == 3
+    db = open_database(url)
+    elsewhere = "other-host/4242/feedfacecafe/0badc0de"  # its death cannot be seen from here: its lease tells
+
+    def owned_elsewhere(for_s: float) -> None:
+        with db.write() as connection:
+            connection.execute(
+                sa.update(optimizations)
+                .where(optimizations.c.id == "r")
+                .values(
+                    owner=elsewhere,
+                    owner_lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=for_s),
+                )
+            )
+
+    try:
+        # Its worker died (a job retried on another machine): its lease lapses while this owner waits.
+        owned_elsewhere(1.0)
+        started = time.monotonic()
+        assert (
+            _scripted(3, join=False, lease_s=5.0)
+            .optimize(program, devset, db=url, optimization_id="r")
+            .finished
+            == 3
+        )
+        assert time.monotonic() - started > 0.5
+        # Alive (its lease holds): refused after one lease of waiting, the run untouched.
+        owned_elsewhere(600)
+        with pytest.raises(ConfigurationError, match=f"already has an owner, driver {elsewhere}"):
+            _scripted(3, join=False, lease_s=0.5).optimize(program, devset, db=url, optimization_id="r")
+        assert OptimizationRepository(db).get("r").status == "succeeded"
     finally:
         db.dispose()

@@ -38,7 +38,8 @@ run's status (a joiner that fails or is stopped leaves the run to its owner), an
 ends the run ``failed`` or ``cancelled``. Ownership is exclusive in the store (``optimizations.owner``,
 with a lease the owner renews every third of ``lease_s`` and clears when it ends): a second owner of a run
 whose owner is alive is refused with a ConfigurationError that says to join instead; one whose owner is
-gone (its process ended on this machine, or its lease passed) takes the run over and resumes it.
+gone (its process ended on this machine, or its lease passed: a new owner waits up to one ``lease_s`` for
+that when the holder ran on another machine) takes the run over and resumes it.
 
 Pruning: the serial optimizer's successive halving, which judges a trial against every trial that
 reported the same minibatch, trials still in flight included. Its start-up bracket (trials scored side
@@ -50,6 +51,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -222,10 +224,22 @@ class ParallelOptimizer(HolisticOptimizer):
             raise ConfigurationError(f"optimization {run_id!r} is {stored.status}; there is nothing to join")
 
     def _own(self, repo: OptimizationRepository, run_id: str, owner: Driver) -> None:
-        """Take the run's ownership (one owner per run, in the store), or say who holds it and what to do."""
-        holder = repo.claim_owner(
-            run_id, driver=owner.id, lease_s=self.lease_s, gone=lambda other: gone(other, me=owner)
-        )
+        """Take the run's ownership (one owner per run, in the store), or say who holds it and what to do.
+        A holder on this machine is alive (a gone one is taken over at once): refused at once. One on
+        another machine is given one lease to lapse: an owner job retried elsewhere after its worker died
+        takes the run over then, while a live holder, renewing its lease, is still there and this owner is
+        refused."""
+        deadline = time.monotonic() + self.lease_s + self.poll_s
+        while True:
+            holder = repo.claim_owner(
+                run_id, driver=owner.id, lease_s=self.lease_s, gone=lambda other: gone(other, me=owner)
+            )
+            if holder is None or time.monotonic() >= deadline:
+                break
+            held_by = Driver.parse(holder)
+            if held_by is not None and held_by.place == owner.place:  # its pid exists: it is alive
+                break
+            time.sleep(self.poll_s)
         if holder is not None:
             raise ConfigurationError(
                 f"optimization {run_id!r} already has an owner, driver {holder}, which saves its version; "
