@@ -294,10 +294,14 @@ def test_a_leaking_program_on_ray_is_recycled_and_its_memory_stays_bounded(app: 
         for _ in range(12):  # 40 MB more per task: without recycling the actor would reach base + 480 MB
             pids.add(_pid(pool, "hog", {"mb": 40}))
             peak = max(peak, pool.status().workers[0].rss_mb or 0.0)
+        deadline = time.monotonic() + 60  # a recycle the last task started: until its new process answers
+        while not pool.status().healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
         status = pool.status()
         assert status.replaced.get("max_rss", 0) >= 2
         assert set(status.replaced) == {"max_rss"}
-        assert len(pids) == status.replaced["max_rss"] + 1  # each recycle is a new process, none lost
+        # each recycle is a new process, none lost (the last one may have run no task yet)
+        assert len(pids) in (status.replaced["max_rss"], status.replaced["max_rss"] + 1)
         assert peak < limit + 40 + 20  # at most one task's leak over the limit before it is recycled
         assert status.size == 1
 
