@@ -226,6 +226,40 @@ async def test_a_stream_on_ray_sends_the_tokens_and_leaves_the_record_of_an_inli
     ]
 
 
+async def test_the_service_streams_from_a_ray_actor(app: App) -> None:
+    import json
+
+    import httpx
+
+    from dspex.server import ServiceOptions, create_app
+
+    runner = app.keys.create("ray-ci", ["runs:execute"])[1]
+    api = create_app(app, options=ServiceOptions(pool="cluster"))
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dspex.test") as client:
+        response = await client.post(
+            "/v1/programs/qa/runs/stream",
+            json={"inputs": {"question": "over http?"}},
+            headers={"Authorization": f"Bearer {runner}"},
+        )
+    assert response.status_code == 200, response.text
+    events = []  # (event, data) of each server-sent event
+    for block in response.text.strip().split("\n\n"):
+        lines = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        if "data" in lines:
+            events.append((lines.get("event", "message").strip(), json.loads(lines["data"])))
+    assert events[0][0] == "start"
+    assert events[-1][0] == "result"
+    chunks = [data["chunk"] for kind, data in events if kind == "token" and data["field"] == "answer"]
+    assert len(chunks) > 1
+    assert "".join(chunks) == "answer to over http?"
+    app.flush()
+    record = app.executions.get(events[-1][1]["execution_id"])
+    assert record is not None
+    assert record.status == "succeeded"
+    assert (record.placement or {})["pool"] == "cluster"
+
+
 async def test_a_stream_whose_actor_dies_ends_failed_with_a_terminal_record(
     app: App, ray_cluster: Any
 ) -> None:
