@@ -8,6 +8,8 @@ from typing import Any
 
 import dspy
 
+_HOG: list[bytes] = []
+
 
 def scripted() -> None:
     """An actor initializer: its LM is a scripted engine answering ``answer to <question>``."""
@@ -23,6 +25,19 @@ class Sleepy(dspy.Module):
     def forward(self, question: str, seconds: float = 0.0) -> dspy.Prediction:
         time.sleep(seconds)
         return dspy.Prediction(answer=f"slept {seconds}", pid=os.getpid())
+
+
+class Hog(dspy.Module):
+    """Keeps ``mb`` more megabytes alive on every call (a leak), answering with its process's pid."""
+
+    def forward(self, mb: int, hold_s: float = 0.0) -> dspy.Prediction:
+        _HOG.append(os.urandom(mb * 1024 * 1024))
+        time.sleep(hold_s)
+        return dspy.Prediction(held_mb=len(_HOG) * mb, pid=os.getpid())
+
+
+def build_hog() -> Hog:
+    return Hog()
 
 
 def build_qa() -> Any:

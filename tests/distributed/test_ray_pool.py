@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -14,7 +15,7 @@ from typing import Any
 import dspy
 import pytest
 
-from dspex.errors import ConfigurationError, WorkerError
+from dspex.errors import WorkerError
 from dspex.optimize import Evaluator
 from dspex.optimize.metrics import exact_match
 from dspex.pools.ray_pool import RayPool
@@ -77,6 +78,7 @@ def app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         app.programs.register("qa", "dist_programs:build_qa")
         app.programs.register("routed", "dist_programs:build_qa")
         app.programs.register("sleepy", "dist_programs:build_sleepy")
+        app.programs.register("hog", "dist_programs:build_hog")
         yield app
 
 
@@ -183,23 +185,184 @@ def test_a_task_over_its_timeout_fails_and_the_actor_is_restarted(app: App) -> N
     assert again["outcome"]["status"] == "succeeded"
 
 
-def test_streaming_on_ray_is_refused_with_what_to_do(app: App) -> None:
-    with pytest.raises(ConfigurationError, match="does not stream"):
-        app.pools.get("cluster").submit({"program": {"name": "qa"}, "stream": True})
+async def test_a_stream_on_ray_sends_the_tokens_and_leaves_the_record_of_an_inline_stream(app: App) -> None:
+    from dspex.runtime.stream import RunFinished, RunStarted, RunStream, StreamEvent, TokenEvent
+
+    async def events(stream: RunStream) -> list[StreamEvent]:
+        return [event async for event in stream.events()]
+
+    def tokens(events: list[StreamEvent], field: str) -> list[str]:
+        return [e.chunk for e in events if isinstance(e, TokenEvent) and e.field == field]
+
+    on_ray = await events(await RunStream.open(app, "qa", {"question": "streamed?"}, pool="cluster"))
+    engine = ScriptedEngine({"answer": lambda inputs: f"answer to {inputs.get('question', '')}"})
+    inline = await events(
+        await RunStream.open(app, "qa", {"question": "streamed?"}, lm=engine.lm(cache=False))
+    )
+    assert isinstance(on_ray[0], RunStarted)
+    assert isinstance(on_ray[-1], RunFinished)
+    assert isinstance(inline[-1], RunFinished)
+    assert len(tokens(on_ray, "answer")) > 1  # chunks as the actor's LM wrote them, not one piece at the end
+    assert tokens(on_ray, "answer") == tokens(inline, "answer")
+    assert tokens(on_ray, "reasoning") == tokens(inline, "reasoning")
+    assert on_ray[-1].result.outputs == inline[-1].result.outputs
+    assert on_ray[-1].result.outputs["answer"] == "answer to streamed?"
+    app.flush()
+    record = app.executions.get(on_ray[0].execution_id)
+    here = app.executions.get(inline[0].execution_id)
+    assert record is not None
+    assert here is not None
+    assert record.status == here.status == "succeeded"
+    assert record.outputs == here.outputs
+    assert record.total_tokens == here.total_tokens > 0
+    placement = record.placement or {}
+    assert placement["pool"] == "cluster"
+    assert placement["worker"] in ("cluster-0", "cluster-1")
+    assert placement["pid"] != os.getpid()
+    assert record.trace is not None
+    assert here.trace is not None
+    assert [(s["kind"], s["name"]) for s in record.trace["spans"]] == [
+        (s["kind"], s["name"]) for s in here.trace["spans"]
+    ]
 
 
-async def test_a_stream_placed_on_ray_ends_failed_with_a_terminal_record(app: App) -> None:
+async def test_the_service_streams_from_a_ray_actor(app: App) -> None:
+    import json
+
+    import httpx
+
+    from dspex.server import ServiceOptions, create_app
+
+    runner = app.keys.create("ray-ci", ["runs:execute"])[1]
+    api = create_app(app, options=ServiceOptions(pool="cluster"))
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dspex.test") as client:
+        response = await client.post(
+            "/v1/programs/qa/runs/stream",
+            json={"inputs": {"question": "over http?"}},
+            headers={"Authorization": f"Bearer {runner}"},
+        )
+    assert response.status_code == 200, response.text
+    events = []  # (event, data) of each server-sent event
+    for block in response.text.strip().split("\n\n"):
+        lines = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        if "data" in lines:
+            events.append((lines.get("event", "message").strip(), json.loads(lines["data"])))
+    assert events[0][0] == "start"
+    assert events[-1][0] == "result"
+    chunks = [data["chunk"] for kind, data in events if kind == "token" and data["field"] == "answer"]
+    assert len(chunks) > 1
+    assert "".join(chunks) == "answer to over http?"
+    app.flush()
+    record = app.executions.get(events[-1][1]["execution_id"])
+    assert record is not None
+    assert record.status == "succeeded"
+    assert (record.placement or {})["pool"] == "cluster"
+
+
+async def test_a_stream_whose_actor_dies_ends_failed_with_a_terminal_record(
+    app: App, ray_cluster: Any
+) -> None:
     from dspex.runtime.stream import RunFailed, RunStarted, RunStream
 
-    stream = await RunStream.open(app, "qa", {"question": "streamed?"}, pool="cluster")
-    events = [event async for event in stream.events()]
-    assert isinstance(events[0], RunStarted)
-    assert isinstance(events[-1], RunFailed)
-    assert "does not stream" in str(events[-1].error)
+    pool = app.pools.get("cluster")
+    assert isinstance(pool, RayPool)
+    stream = await RunStream.open(app, "sleepy", {"question": "?", "seconds": 30}, pool="cluster")
+    events = stream.events()
+    started = await anext(events)
+    assert isinstance(started, RunStarted)
+    end = asyncio.ensure_future(anext(events))
+    for _ in range(500):  # until an actor holds the task
+        busy = [i for i, w in enumerate(pool.status().workers) if w.state == "busy"]
+        if busy:
+            break
+        await asyncio.sleep(0.02)
+    assert busy
+    before = pool.status().replaced.get("died", 0)
+    ray_cluster.kill(pool.actor(busy[0]), no_restart=False)
+    failed = await asyncio.wait_for(end, 30)
+    assert isinstance(failed, RunFailed)
+    assert getattr(failed.error, "code", None) == "worker_lost"
+    await events.aclose()
     app.flush()
-    record = app.executions.get(events[0].execution_id)
+    record = app.executions.get(started.execution_id)
     assert record is not None
     assert record.status == "failed"
+    assert (record.error or {})["code"] == "worker_lost"
+    deadline = time.monotonic() + 30  # Ray restarts the actor: the pool is whole again
+    while not pool.status().healthy and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert pool.status().replaced.get("died", 0) == before + 1
+
+
+def _recycling_pool(app: App, name: str, **setting: Any) -> RayPool:
+    from dspex.settings import PoolSetting
+
+    # actor_cpus=0: the module's pools hold the cluster's 2 CPUs between them
+    options = {"backend": "ray", "size": 1, "actor_cpus": 0, "heartbeat_s": 0.1, **setting}
+    return RayPool(name, PoolSetting.model_validate(options), app.settings).start()
+
+
+def _pid(pool: RayPool, program: str, inputs: dict[str, Any]) -> int:
+    outcome = pool.submit({"program": {"name": program}, "inputs": inputs}).result(timeout=60)["outcome"]
+    assert outcome["status"] == "succeeded", outcome
+    return int(outcome["outputs"]["pid"])
+
+
+def test_actors_are_recycled_after_max_tasks(app: App) -> None:
+    with _recycling_pool(app, "counted", max_tasks=3) as pool:
+        pids = [_pid(pool, "sleepy", {"question": "q"}) for _ in range(7)]
+        assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
+        assert pool.status().replaced == {"max_tasks": 2}
+        assert pool.status().workers[0].tasks == 1  # counted per process
+
+
+def test_a_leaking_program_on_ray_is_recycled_and_its_memory_stays_bounded(app: App) -> None:
+    with _recycling_pool(app, "probe") as probe:  # an actor's own size, before any leak
+        _pid(probe, "sleepy", {"question": "q"})
+        base = probe.status().workers[0].rss_mb or 0.0
+    assert base > 0
+    limit = int(base) + 150
+    with _recycling_pool(app, "leaky", max_rss_mb=limit) as pool:
+        peak, pids = 0.0, set()
+        for _ in range(12):  # 40 MB more per task: without recycling the actor would reach base + 480 MB
+            pids.add(_pid(pool, "hog", {"mb": 40}))
+            peak = max(peak, pool.status().workers[0].rss_mb or 0.0)
+        deadline = time.monotonic() + 60  # a recycle the last task started: until its new process answers
+        while not pool.status().healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = pool.status()
+        assert status.replaced.get("max_rss", 0) >= 2
+        assert set(status.replaced) == {"max_rss"}
+        # each recycle is a new process, none lost (the last one may have run no task yet)
+        assert len(pids) in (status.replaced["max_rss"], status.replaced["max_rss"] + 1)
+        assert peak < limit + 40 + 20  # at most one task's leak over the limit before it is recycled
+        assert status.size == 1
+
+
+def test_a_task_over_kill_rss_mb_fails_with_memory_limit_and_its_actor_is_restarted(app: App) -> None:
+    with _recycling_pool(app, "probe") as probe:  # an actor's own size, before any leak
+        _pid(probe, "sleepy", {"question": "q"})
+        base = probe.status().workers[0].rss_mb or 0.0
+    limit = int(base) + 100
+    with _recycling_pool(app, "capped", kill_rss_mb=limit) as pool:
+        first = _pid(pool, "sleepy", {"question": "q"})
+        future = pool.submit({"program": {"name": "hog"}, "inputs": {"mb": 300, "hold_s": 5.0}})
+        with pytest.raises(WorkerError, match=rf"over the pool's memory limit of {limit} MB") as caught:
+            future.result(timeout=60)
+        assert caught.value.code == "memory_limit"
+        assert _pid(pool, "sleepy", {"question": "q"}) != first  # Ray restarted it; the pool waited for it
+        assert pool.status().replaced == {"memory_limit": 1}
+
+
+def test_an_idle_actor_past_its_ttl_is_recycled(app: App) -> None:
+    with _recycling_pool(app, "aging", ttl_s=1.0) as pool:
+        first = _pid(pool, "sleepy", {"question": "q"})
+        deadline = time.monotonic() + 60
+        while pool.status().replaced.get("ttl", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.status().replaced.get("ttl", 0) >= 1
+        assert _pid(pool, "sleepy", {"question": "q"}) != first
 
 
 def test_a_batch_runs_on_the_ray_pool_with_a_record_per_input(app: App) -> None:

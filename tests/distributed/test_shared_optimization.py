@@ -24,7 +24,7 @@ from dspex.optimize import exact_match
 from dspex.store import open_database
 from dspex.store._engine import Database
 from dspex.store.optimizations import OptimizationRecord, OptimizationRepository, TrialRecord
-from dspex.store.schema import optimization_trials
+from dspex.store.schema import optimization_trials, optimizations
 from dspex.testing import ScriptedEngine
 from dspex.variables import Variable, VariableSpace, bind
 
@@ -32,10 +32,10 @@ WORKER = Path(__file__).with_name("parallel_worker.py")
 N_TRIALS = 16
 
 
-def _start(url: str, run: str, role: str) -> subprocess.Popen[bytes]:
-    # 80 ms an LM call, 10 examples two at a time: about 0.4 s a trial, two at once in each driver.
+def _start(url: str, run: str, role: str, scale: float = 2.0) -> subprocess.Popen[bytes]:
+    # 80 ms an LM call (scale 2), 10 examples two at a time: about 0.4 s a trial, two at once per driver.
     return subprocess.Popen(
-        [sys.executable, str(WORKER), url, run, str(N_TRIALS), "2", role, "2.0"],
+        [sys.executable, str(WORKER), url, run, str(N_TRIALS), "2", role, str(scale)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
@@ -164,6 +164,66 @@ def _running_trial(db: Database, run: str, driver: str | None, lease: dt.datetim
     return number
 
 
+def test_of_two_owners_started_at_once_one_owns_the_run_and_the_other_is_told_to_join(
+    database_url: str,
+) -> None:
+    # Slower trials (about 0.8 s): the first owner is still running when the second one asks for the run.
+    first, second = _start(database_url, "owned", "own", 4.0), _start(database_url, "owned", "own", 4.0)
+    results = {first.pid: _end(first), second.pid: _end(second)}
+    winners = [pid for pid, (code, _, _) in results.items() if code == 0]
+    assert len(winners) == 1, results
+    (loser,) = set(results) - set(winners)
+    assert results[winners[0]][1].strip() == f"finished {N_TRIALS}"
+    assert "already has an owner" in results[loser][2]
+    assert "join=True" in results[loser][2]
+    db = open_database(database_url)
+    try:
+        repo = OptimizationRepository(db)
+        trials, run = repo.trials("owned"), repo.get("owned")
+        with db.read() as connection:
+            owner = connection.execute(
+                sa.select(optimizations.c.owner).where(optimizations.c.id == "owned")
+            ).scalar_one()
+    finally:
+        db.dispose()
+    _check_ledger(trials)
+    assert {_pid(t) for t in trials} == set(winners)  # the refused owner ran no trial
+    assert run.status == "succeeded"
+    assert owner is None  # released when the owner ended
+
+
+def test_ownership_is_one_live_driver_at_a_time(database_url: str) -> None:
+    db = open_database(database_url)
+    try:
+        repo = OptimizationRepository(db)
+        me = this_driver()
+        assert repo.claim_owner("o", driver=me.id, lease_s=30, gone=lambda o: False) is None  # no run yet
+        repo.create(OptimizationRecord("o", None, {}, ["quality"], {"n_trials": 9}, {}))
+        elsewhere = "other-host/4242/feedfacecafe/0badc0de"
+        assert repo.claim_owner("o", driver=elsewhere, lease_s=30, gone=lambda o: gone(o, me=me)) is None
+        # A live owner elsewhere: refused, and it stays the owner.
+        assert repo.claim_owner("o", driver=me.id, lease_s=30, gone=lambda o: gone(o, me=me)) == elsewhere
+        assert repo.renew_owner("o", elsewhere, 30)
+        assert not repo.renew_owner("o", me.id, 30)
+        # Its lease passes: taken over.
+        with db.write() as connection:
+            connection.execute(
+                sa.update(optimizations)
+                .where(optimizations.c.id == "o")
+                .values(owner_lease_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+            )
+        assert repo.claim_owner("o", driver=me.id, lease_s=30, gone=lambda o: gone(o, me=me)) is None
+        # A dead owner on this machine: taken over at once, whatever its lease.
+        dead = Driver(me.host, 2**22 + 7, me.place, "deadbeef").id
+        repo.release_owner("o", me.id)
+        assert repo.claim_owner("o", driver=dead, lease_s=300, gone=lambda o: False) is None
+        assert repo.claim_owner("o", driver=me.id, lease_s=30, gone=lambda o: gone(o, me=me)) is None
+        repo.release_owner("o", dead)  # not the owner any more: a no-op
+        assert repo.claim_owner("o", driver=elsewhere, lease_s=30, gone=lambda o: False) == me.id
+    finally:
+        db.dispose()
+
+
 def test_a_claim_marks_failed_only_the_trials_of_gone_drivers(database_url: str) -> None:
     db = open_database(database_url)
     try:
@@ -223,7 +283,7 @@ def test_gone_knows_only_its_own_machine() -> None:
 # -- joining ---------------------------------------------------------------------------------------------
 
 
-def _scripted(n_trials: int, *, join: bool) -> ParallelOptimizer:
+def _scripted(n_trials: int, *, join: bool, lease_s: float = 30.0) -> ParallelOptimizer:
     engine = ScriptedEngine({"answer": lambda inputs: inputs["question"].upper()})
     return ParallelOptimizer(
         VariableSpace([Variable.float("temperature", 0.0, 1.5)]),
@@ -235,6 +295,8 @@ def _scripted(n_trials: int, *, join: bool) -> ParallelOptimizer:
         concurrency=2,
         parallel=2,
         join=join,
+        lease_s=lease_s,
+        poll_s=0.05,
     )
 
 
@@ -253,5 +315,44 @@ def test_joining_needs_a_running_run_with_the_same_inputs(tmp_path: Path) -> Non
     db = open_database(url)
     try:
         assert OptimizationRepository(db).get("r").status == "succeeded"  # the joiners changed nothing
+    finally:
+        db.dispose()
+
+
+def test_an_owner_waits_one_lease_for_an_owner_on_another_machine(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    program = dspy.Predict("question -> answer")
+    devset = [dspy.Example(question=q, answer=q.upper()).with_inputs("question") for q in ("a", "b", "c")]
+    assert _scripted(3, join=False).optimize(program, devset, db=url, optimization_id="r").finished == 3
+    db = open_database(url)
+    elsewhere = "other-host/4242/feedfacecafe/0badc0de"  # its death cannot be seen from here: its lease tells
+
+    def owned_elsewhere(for_s: float) -> None:
+        with db.write() as connection:
+            connection.execute(
+                sa.update(optimizations)
+                .where(optimizations.c.id == "r")
+                .values(
+                    owner=elsewhere,
+                    owner_lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=for_s),
+                )
+            )
+
+    try:
+        # Its worker died (a job retried on another machine): its lease lapses while this owner waits.
+        owned_elsewhere(1.0)
+        started = time.monotonic()
+        assert (
+            _scripted(3, join=False, lease_s=5.0)
+            .optimize(program, devset, db=url, optimization_id="r")
+            .finished
+            == 3
+        )
+        assert time.monotonic() - started > 0.5
+        # Alive (its lease holds): refused after one lease of waiting, the run untouched.
+        owned_elsewhere(600)
+        with pytest.raises(ConfigurationError, match=f"already has an owner, driver {elsewhere}"):
+            _scripted(3, join=False, lease_s=0.5).optimize(program, devset, db=url, optimization_id="r")
+        assert OptimizationRepository(db).get("r").status == "succeeded"
     finally:
         db.dispose()

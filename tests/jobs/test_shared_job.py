@@ -4,12 +4,14 @@ runs the owner first and the joining job finds nothing left; a cancelled owner c
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jobs_support import SPACE_DOCUMENT, wait_for
@@ -17,8 +19,9 @@ from jobs_support import SPACE_DOCUMENT, wait_for
 from dspex import Settings
 from dspex.distributed.drivers import Driver
 from dspex.errors import ConfigurationError
-from dspex.jobs import Worker, submit_optimization
+from dspex.jobs import JobContext, Worker, submit_optimization
 from dspex.runtime import App
+from dspex.store._time import utcnow
 from dspex.store.jobs import JobRecord
 from dspex.testing.server import SimServer
 
@@ -174,3 +177,62 @@ def test_a_cancelled_owner_calls_its_joiners_off(sim: SimServer, tmp_path: Path)
     assert [t.number for t in trials] == list(range(len(trials)))
     assert not [t for t in trials if t.state == "running"]  # every trial in flight was recorded
     assert sum(t.state in ("complete", "pruned") for t in trials) < 200
+
+
+def test_a_retried_owner_job_resumes_its_run_with_its_joiners(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/retry.db"
+    with _app(tmp_path / "home", url, sim) as app:
+        owner = submit_optimization(
+            app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=24, drivers=2, max_attempts=2
+        )
+        (joiner,) = _joiners(app, owner)
+        run_id = owner.payload["optimization_id"]
+        failed_at: list[dt.datetime] = []
+        report = JobContext.report
+
+        def failing_once(context: JobContext, progress: Any) -> None:
+            # The owner's first attempt fails mid-run (a fault of its own process, e.g. its store writes):
+            # its optimize() records the run failed and the job is retried after its backoff.
+            drivers = {t.driver for t in app.optimizations.trials(run_id) if t.driver}
+            if context.job.id == owner.id and not failed_at and len(drivers) == 2:
+                failed_at.append(utcnow())
+                raise RuntimeError("the owner's attempt fails here (injected by the test)")
+            report(context, progress)
+
+        monkeypatch.setattr(JobContext, "report", failing_once)
+        workers = [Worker(app, lease_s=5, poll_s=0.05) for _ in range(2)]
+        threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(
+                lambda: all((j := app.jobs.get(job.id)) is not None and j.done for job in (owner, joiner)),
+                timeout=120,
+                what="the owner and its joiner to end",
+            )
+        finally:
+            for w in workers:
+                w.stop()
+            for thread in threads:
+                thread.join(60)
+        done_owner, done_joiner = app.jobs.get(owner.id), app.jobs.get(joiner.id)
+        assert done_owner is not None
+        assert done_joiner is not None
+        assert failed_at  # the fault happened, with both drivers at work
+        assert (done_owner.status, done_owner.attempts) == ("succeeded", 2)
+        assert done_joiner.status == "succeeded"  # not cancelled when the first attempt failed
+        assert done_joiner.result is not None
+        assert done_joiner.result["joined"] is True
+        run = app.optimizations.get(run_id)
+        trials = app.optimizations.trials(run_id)
+    assert run.status == "succeeded"
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert sum(t.state in ("complete", "pruned") for t in trials) == 24
+    # After the failure two new drivers resumed the run: the retried owner and the joiner that came back
+    # (the first joiner may still have claimed a trial before it saw the run fail: it is not new).
+    first: dict[str | None, dt.datetime] = {}
+    for t in trials:
+        first[t.driver] = min(first.get(t.driver, t.started_at), t.started_at)
+    assert len({d for d, at in first.items() if at > failed_at[0]}) == 2

@@ -13,7 +13,9 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   lost or the worker stops (the run stays ``running`` for the next worker). The payload's ``parallel``
   (default 1) is the trials evaluated at once (:class:`~dspex.distributed.optimize.ParallelOptimizer`);
   the trials in flight when it stops finish and are recorded first. A payload with ``"join": true``
-  (``submit_optimization(drivers=N)``) is one more driver of the owner job's run (:func:`_run_joined`).
+  (``submit_optimization(drivers=N)``) is one more driver of the owner job's run (:func:`_run_joined`);
+  when the owner's attempt fails and the owner job is retried, its joining jobs go back to the queue and
+  join the resumed run.
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
@@ -34,6 +36,7 @@ own copy. The result's ``placement`` says where and why (``{"target", "pool"?, "
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -286,9 +289,10 @@ def _run_joined(
 ) -> dict[str, Any]:
     """A joining job (``submit_optimization(drivers=N)``): one more driver of the owner job's run. It waits
     for the run to start (given back to the queue while the owner job is queued, so that a worker takes the
-    owner first), adds trials until the budget is spent, and is cancelled when the run ends cancelled or
-    failed. A run that already ended, or an owner job that ended before starting it, leaves nothing to do."""
-    import threading
+    owner first), adds trials until the budget is spent, and is cancelled when the run ends cancelled, or
+    failed for good; a run that failed while its owner job has attempts left sends this job back to the
+    queue, to join the run its owner resumes. A run that already ended (its owner job done), or an owner
+    job that ended before starting it, leaves nothing to do."""
 
     from dspex.jobs.submit import optimization_job
     from dspex.optimize.search import OptimizationStopped
@@ -299,17 +303,18 @@ def _run_joined(
     while True:
         context.check()
         runs = [r for r in app.optimizations.runs(_field(job, "program", str)) if r.id == optimization_id]
-        if runs and runs[0].status != "running":
-            return {**done, "joined": False, "reason": f"the run is {runs[0].status}"}
-        if runs:
+        if runs and runs[0].status == "running":
             break
         owner = optimization_job(app, optimization_id)
         if owner is None or owner.done:
+            if runs:  # ended, and no attempt of its owner job is left to start it again
+                return {**done, "joined": False, "reason": f"the run is {runs[0].status}"}
             status = owner.status if owner is not None else "gone"
             return {**done, "joined": False, "reason": f"its owner job is {status} and never started the run"}
-        if owner.status == "queued":
-            raise JobInterrupted("release", f"optimization {optimization_id}: its owner job is still queued")
-        pause.wait(0.1)  # the owner job is running: its run appears within moments
+        if owner.status == "queued":  # not started yet, or to be retried after a failed attempt
+            raise JobInterrupted("release", f"optimization {optimization_id}: its owner job is queued")
+        # The owner job is running: its run appears (or starts again, or ends) within moments.
+        pause.wait(0.1)
     try:
         result = app.optimize(
             _field(job, "program", str),
@@ -324,6 +329,15 @@ def _run_joined(
         if context.stop_reason is not None:  # this job was cancelled, lost its lease, or its worker stops
             raise JobInterrupted(context.stop_reason, str(exc), result={**done, "joined": True}) from exc
         status = app.optimizations.get(optimization_id).status
+        if status == "failed" and _owner_runs_again(app, optimization_id, context, pause):
+            # The owner job's attempt failed and it will resume the run: this job waits in the queue
+            # (its attempt not counted) and joins the resumed run, instead of leaving the owner alone.
+            raise JobInterrupted(
+                "release",
+                f"optimization {optimization_id} failed and its owner job runs it again; this joining job "
+                "goes back to the queue to join it",
+                result={**done, "joined": True},
+            ) from exc
         raise JobInterrupted(
             "cancel", f"optimization {optimization_id} ended {status}", result={**done, "joined": True}
         ) from exc
@@ -335,6 +349,21 @@ def _run_joined(
         "parallel": parallel,
         "placement": route.placement(),
     }
+
+
+def _owner_runs_again(app: App, optimization_id: str, context: JobContext, pause: threading.Event) -> bool:
+    """Whether the owner job of a run that ended failed will run it again: it is queued for another
+    attempt, or already resumed it. Waits while its failing attempt is being recorded."""
+    from dspex.jobs.submit import optimization_job
+
+    while True:
+        context.check()
+        owner = optimization_job(app, optimization_id)
+        if owner is None or owner.done:
+            return False
+        if owner.status == "queued" or app.optimizations.get(optimization_id).status == "running":
+            return True
+        pause.wait(0.1)
 
 
 def join_optimization(

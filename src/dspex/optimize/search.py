@@ -386,11 +386,16 @@ class HolisticOptimizer:
                 except Exception as exc:
                     self._ended(repo, run_id, "failed", f"{type(exc).__name__}: {exc}")
                     raise
+                finally:
+                    self._left(repo, run_id)
             finally:
                 if not isinstance(db, Database):
                     database.dispose()
 
     # -- the run -----------------------------------------------------------------------------------
+    def _left(self, repo: OptimizationRepository, run_id: str) -> None:
+        """This call is done with the run, however it ended (a shared run's owner lets go of it here)."""
+
     def _ended(self, repo: OptimizationRepository, run_id: str, status: str, error: str) -> None:
         """Record a run that ended early (a driver that joined another's run leaves that to it)."""
         repo.update(run_id, status=status, error=error)

@@ -5,13 +5,20 @@ Ray makes it an actor (``ray.remote(RayWorker)``) in :mod:`dspex.pools.ray_pool`
 module needs no Ray. Messages are the process pool's, as JSON-ready dicts: the constructor takes the
 ``start`` message (so a restarted actor starts again alike), :meth:`run` a task and returns
 ``{"result", "rss", "pid"}``. The actor records nothing: the driver writes the run's record.
+
+A streamed run (``"stream": true``) goes to :meth:`stream`, a Ray streaming generator
+(``num_returns="streaming"``): it yields each token or step event as the JSON text of the process
+worker's ``{"op": "event"}`` message, as it happens, then ``{"op": "done", "result", "rss", "pid"}``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["RayWorker"]
@@ -28,10 +35,13 @@ class RayWorker:
                 sys.path.append(entry)
         from dspex.pools.worker import _Worker
 
-        self._worker = _Worker(None)  # no pipe: results go back as the methods' return values
-        self._worker.start(start)
         self._busy = 0
         self._lock = threading.Lock()
+        self._streams: dict[int, queue.SimpleQueue[str | None]] = {}  # a streamed run's id -> its messages
+        self._ids = itertools.count(1)
+        # No pipe: results go back as the methods' return values, a stream's events through _route.
+        self._worker = _Worker(None, route=self._route)
+        self._worker.start(start)
 
     def ping(self) -> dict[str, Any]:
         """The actor's heartbeat: its pid, memory and tasks under way."""
@@ -58,3 +68,49 @@ class RayWorker:
             with self._lock:
                 self._busy -= 1
         return {"result": result, "rss": rss_bytes(), "pid": os.getpid()}
+
+    def stream(self, task: dict[str, Any]) -> Iterator[str]:
+        """Run a streamed task (a Ray streaming generator): each event's message as JSON text, as the
+        worker emits it, then the ``done`` message with the outcome (see the module docstring)."""
+        from dspex.jsonable import dumps
+        from dspex.pools.worker import rss_bytes
+
+        task_id = next(self._ids)
+        messages: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        outcome: list[dict[str, Any]] = []
+        failure: list[BaseException] = []
+
+        def work() -> None:  # the worker's stream runs its own event loop: on a thread, so we can yield
+            try:
+                outcome.append(self._worker.stream(task, task_id))
+            except BaseException as exc:  # handed to the generator, which raises it to the driver
+                failure.append(exc)
+            finally:
+                messages.put(None)
+
+        with self._lock:
+            self._busy += 1
+            self._streams[task_id] = messages
+        try:
+            thread = threading.Thread(target=work, name=f"dspex-stream-{task_id}", daemon=True)
+            thread.start()
+            while (message := messages.get()) is not None:
+                yield message
+            thread.join()
+            if failure:
+                raise failure[0]
+            yield dumps({"op": "done", "result": outcome[0], "rss": rss_bytes(), "pid": os.getpid()})
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._streams.pop(task_id, None)
+
+    def _route(self, message: dict[str, Any]) -> None:
+        """A message of the worker's (a streamed run's event) to the stream of the task it belongs to."""
+        from dspex.jsonable import dumps
+
+        with self._lock:
+            messages = self._streams.get(message.get("id", -1))
+        if messages is None:
+            raise RuntimeError(f"a worker message for no stream under way: {message.get('op')!r}")
+        messages.put(dumps(message))

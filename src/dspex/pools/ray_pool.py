@@ -29,8 +29,18 @@ which go back to the queue and run again on whichever actor is free (up to ``SHA
 death is counted in ``status().replaced["died"]``. A ping every ``heartbeat_s`` gives each actor's pid,
 memory and liveness; a task past ``task_timeout_s`` has its actor killed (``replaced["task_timeout"]``),
 and so has an actor silent for ``hung_after_s`` (``replaced["hung"]``; its tasks fail with ``worker_lost``).
-Not (yet) on Ray: memory limits and recycling (``max_rss_mb``, ``max_tasks``, ``ttl_s``; Ray's own
-memory monitor applies) and streamed runs.
+
+Recycling, as the process pool's: each actor measures its own RSS (with every result and ping). An actor
+over ``max_rss_mb`` (or close enough that its last task's growth would take it over), past ``max_tasks``
+tasks or older than ``ttl_s`` takes no new task, finishes the ones it holds, and is then killed between
+tasks; Ray restarts it from the same start message and its new process's first ping counts the recycle
+in ``status().replaced`` (``max_rss``, ``max_tasks``, ``ttl``): the pool never shrinks silently. A task that
+takes its actor over ``kill_rss_mb`` (default 1.5 x ``max_rss_mb``, seen by a ping) has the actor killed
+and fails with ``memory_limit``.
+
+Streamed runs: the actor's :meth:`~dspex.pools.ray_actor.RayWorker.stream` is a Ray streaming generator;
+a thread of the pool reads it and hands each event to the task's ``on_event`` before its outcome, as a
+process pool's slot does, so a stream on Ray yields the same events and leaves the same record.
 """
 
 from __future__ import annotations
@@ -47,8 +57,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from dspex.errors import ConfigurationError, WorkerError
-from dspex.pools.pool import PoolStatus, WorkerState, _secrets_revealed, worker_status
+from dspex.pools.pool import _MB, PoolStatus, WorkerState, _secrets_revealed, worker_status
 from dspex.settings import PoolSetting, Settings
 
 __all__ = ["SHARD_ATTEMPTS", "RayPool", "import_ray"]
@@ -76,6 +88,7 @@ class _Task:
     payload: dict[str, Any]
     future: Future[dict[str, Any]]
     worker: int | None
+    on_event: Callable[[dict[str, Any]], None] | None = None  # a streamed run's token and step events
     attempts: int = 0
     sent: float = 0.0
 
@@ -88,7 +101,9 @@ class _Actor:
     pid: int | None = None
     state: WorkerState = "starting"
     rss: int | None = None
+    rss_before: int | None = None  # after the task before the last: the last task's growth is rss - this
     tasks: int = 0
+    draining: str | None = None  # a recycle reason: finish the tasks it holds, take no more, then go
     started: float = 0.0
     last_heartbeat: float | None = None
     pinging: bool = False
@@ -104,6 +119,9 @@ class RayPool:
         self.name = name
         self.setting = setting
         self.size = setting.size or (os.cpu_count() or 1)
+        self.kill_rss_mb = setting.kill_rss_mb or (
+            int(setting.max_rss_mb * 1.5) if setting.max_rss_mb is not None else None
+        )
         self._settings = settings
         self._ray: Any = None
         self._owns_ray = False
@@ -213,15 +231,11 @@ class RayPool:
         worker: int | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> Future[dict[str, Any]]:
-        """As :meth:`dspex.pools.pool.Pool.submit`: ``{"outcome", "worker", "pid"}`` or a WorkerError."""
-        if on_event is not None or payload.get("stream"):
-            raise ConfigurationError(
-                f"pool {self.name!r} runs on Ray, which does not stream runs yet; stream on a process pool "
-                "(backend = 'process') or run without streaming"
-            )
+        """As :meth:`dspex.pools.pool.Pool.submit`: ``{"outcome", "worker", "pid"}`` or a WorkerError; a
+        task with ``"stream": true`` sends its events to ``on_event`` (on a thread of the pool's) first."""
         if worker is not None and not 0 <= worker < self.size:
             raise ConfigurationError(f"pool {self.name!r} has workers 0..{self.size - 1}, not {worker}")
-        task = _Task(payload, Future(), worker)
+        task = _Task(payload, Future(), worker, on_event)
         task.future.set_running_or_notify_cancel()
         with self._lock:
             if self._closed:
@@ -255,7 +269,8 @@ class RayPool:
             if self._closed:
                 return
             for actor in sorted(self._actors, key=lambda a: len(a.inflight)):
-                if actor.state in ("dead", "starting"):  # starting: until its new process answers a ping
+                # starting: until its new process answers a ping; draining: to be recycled once idle
+                if actor.state in ("dead", "starting") or actor.draining is not None:
                     continue
                 while len(actor.inflight) < PIPELINE and (actor.pending or self._pending):
                     task = (actor.pending or self._pending).popleft()
@@ -265,6 +280,15 @@ class RayPool:
                     actor.state = "busy"
                     sends.append((actor, task))
         for actor, task in sends:
+            if task.payload.get("stream"):
+                stream = actor.handle.stream.options(num_returns="streaming").remote(task.payload)
+                threading.Thread(
+                    target=self._read_stream,
+                    args=(actor, task, stream),
+                    name=f"{actor.name}-stream",
+                    daemon=True,
+                ).start()
+                continue
             ref = actor.handle.run.remote(task.payload)
             ref.future().add_done_callback(lambda done, a=actor, t=task: self._finished(a, t, done))
 
@@ -274,18 +298,86 @@ class RayPool:
         except BaseException as exc:  # the actor died (or was killed), or Ray could not run the task
             self._lost(actor, task, exc)
         else:
-            with self._lock:
-                if task in actor.inflight:
-                    actor.inflight.remove(task)
-                actor.tasks += 1
-                actor.rss, actor.pid, actor.last_heartbeat = answer["rss"], answer["pid"], time.monotonic()
-                actor.state = "busy" if actor.inflight else "idle"
-                self.completed += 1
-            if not task.future.done():
-                task.future.set_result(
-                    {"outcome": answer["result"], "worker": actor.name, "pid": answer["pid"]}
-                )
+            self._succeeded(actor, task, answer)
         self._dispatch()
+
+    def _read_stream(self, actor: _Actor, task: _Task, stream: Any) -> None:
+        """A streamed task's messages, read as the actor yields them: events to ``on_event``, then the
+        outcome (a consumer's failure is logged and the run goes on, as on a process pool)."""
+        answer: dict[str, Any] | None = None
+        try:
+            for ref in stream:
+                message = orjson.loads(self._ray.get(ref))
+                if message["op"] == "done":
+                    answer = message
+                elif task.on_event is not None:
+                    try:
+                        task.on_event(message["event"])
+                    except Exception:
+                        logger.exception(
+                            "pool %r: the consumer of a streamed task's events failed", self.name
+                        )
+            if answer is None:
+                raise RuntimeError(f"actor {actor.name}'s stream ended without the run's outcome")
+        except BaseException as exc:  # the actor died (or was killed), or the stream failed
+            self._lost(actor, task, exc)
+        else:
+            self._succeeded(actor, task, answer)
+        self._dispatch()
+
+    def _succeeded(self, actor: _Actor, task: _Task, answer: dict[str, Any]) -> None:
+        recycle = False
+        with self._lock:
+            if task in actor.inflight:
+                actor.inflight.remove(task)
+            actor.tasks += 1
+            actor.rss, actor.pid, actor.last_heartbeat = answer["rss"], answer["pid"], time.monotonic()
+            actor.state = "busy" if actor.inflight else "idle"
+            self.completed += 1
+            if actor.draining is None:
+                actor.draining = self._recycle_reason(actor)
+            recycle = self._recycle_now(actor)
+        if not task.future.done():
+            task.future.set_result({"outcome": answer["result"], "worker": actor.name, "pid": answer["pid"]})
+        if recycle:
+            self._kill(actor)
+
+    # -- recycling -------------------------------------------------------------------------------------
+    def _recycle_reason(self, actor: _Actor) -> str | None:
+        """Why the actor should be recycled once its tasks are done (or None), as the process pool decides:
+        too many tasks, too old, or too big: over ``max_rss_mb``, or close enough that its last task's
+        growth would take it over. Called under the lock."""
+        setting = self.setting
+        if setting.max_tasks is not None and actor.tasks >= setting.max_tasks:
+            return "max_tasks"
+        if setting.ttl_s is not None and actor.started and time.monotonic() - actor.started > setting.ttl_s:
+            return "ttl"
+        if setting.max_rss_mb is not None and actor.rss is not None:
+            growth = max(0, actor.rss - actor.rss_before) if actor.rss_before is not None else 0
+            actor.rss_before = actor.rss
+            if actor.rss + growth > setting.max_rss_mb * _MB:
+                return "max_rss"
+        return None
+
+    def _recycle_now(self, actor: _Actor) -> bool:
+        """Whether a draining actor holds no task any more: then it is marked for killing (its new process's
+        ping counts the recycle under its reason). Called under the lock."""
+        if actor.draining is None or actor.inflight or actor.killed_for is not None or self._closed:
+            return False
+        if actor.state in ("dead", "starting"):
+            return False
+        actor.killed_for, actor.state = actor.draining, "stopping"
+        return True
+
+    def _kill(self, actor: _Actor) -> None:
+        """Kill the actor's process; Ray starts it again from its start message (``max_restarts=-1``). On a
+        thread of its own: ``ray.kill`` called from a result's callback (Ray's thread) never returns."""
+
+        def kill() -> None:
+            with contextlib.suppress(Exception):  # gone already: Ray restarts it all the same
+                self._ray.kill(actor.handle, no_restart=False)
+
+        threading.Thread(target=kill, name=f"{actor.name}-recycle", daemon=True).start()
 
     def _lost(self, actor: _Actor, task: _Task, exc: BaseException) -> None:
         """A task whose actor died: a shard goes back to the queue, a run fails with ``worker_lost``. The
@@ -317,6 +409,14 @@ class RayPool:
                     f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}", code="error"
                 )
             )
+        elif reason == "memory_limit":
+            task.future.set_exception(
+                WorkerError(
+                    f"the task took actor {actor.name} over the pool's memory limit of {self.kill_rss_mb} MB "
+                    "(kill_rss_mb); the actor was killed and restarted",
+                    code="memory_limit",
+                )
+            )
         elif reason == "task_timeout":
             task.future.set_exception(
                 WorkerError(
@@ -336,10 +436,14 @@ class RayPool:
             if actor.pid != ping["pid"] and actor.pid is not None:  # a new process: Ray restarted it
                 self.replaced[actor.killed_for or "died"] += 1
                 actor.killed_for, actor.started = None, time.monotonic()
+                actor.tasks, actor.rss_before, actor.draining = 0, None, None
+            elif actor.killed_for is not None:  # the answer of the process being killed: not alive for long
+                actor.last_heartbeat = time.monotonic()
+                return
             actor.pid, actor.rss, actor.last_heartbeat = ping["pid"], ping["rss"], time.monotonic()
             if not actor.started:
                 actor.started = time.monotonic()
-            if actor.state in ("starting", "dead"):
+            if actor.state in ("starting", "dead", "stopping"):
                 actor.state = "busy" if actor.inflight else "idle"
         self._dispatch()
 
@@ -365,17 +469,20 @@ class RayPool:
                     actor.pinging = True
                     ref = actor.handle.ping.remote()
                     ref.future().add_done_callback(lambda done, a=actor: self._ping_done(a, done))
-                timeout = self.setting.task_timeout_s
+                timeout, limit = self.setting.task_timeout_s, self.kill_rss_mb
                 with self._lock:  # decided once per death: the verdict is cleared by its new process's ping
                     late = timeout is not None and any(now - t.sent >= timeout for t in actor.inflight[:1])
                     silent = now - (actor.last_heartbeat or actor.started)
                     hung = actor.state in ("idle", "busy") and silent > self.setting.hung_after_s
-                    kill = (late or hung) and actor.killed_for is None and actor.state != "starting"
+                    big = bool(actor.inflight) and limit is not None and (actor.rss or 0) > limit * _MB
+                    kill = (late or hung or big) and actor.killed_for is None and actor.state != "starting"
                     if kill:
-                        actor.killed_for = "task_timeout" if late else "hung"
+                        actor.killed_for = "task_timeout" if late else "memory_limit" if big else "hung"
+                    elif not actor.inflight and actor.state == "idle" and actor.draining is None:
+                        actor.draining = self._recycle_reason(actor)  # too old, or grown while idle
+                    kill = kill or self._recycle_now(actor)
                 if kill:
-                    with contextlib.suppress(Exception):  # gone already: its tasks fail all the same
-                        self._ray.kill(actor.handle, no_restart=False)
+                    self._kill(actor)  # its tasks (if any) fail; Ray restarts it
 
 
 def _actor_class() -> type:

@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import dspy  # imported at start-up (and by the forkserver), so tasks never pay for it
@@ -88,8 +89,11 @@ class _Calls:
 
 
 class _Worker:
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, route: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.conn = conn
+        # Without a pipe (a Ray actor's worker), messages go to ``route``: a streamed run's events to the
+        # stream that carries them back (``dspex.pools.ray_actor``).
+        self.route = route
         self.lock = threading.Lock()
         self.busy = False
         self.stopping = threading.Event()
@@ -103,6 +107,11 @@ class _Worker:
     def send(self, message: dict[str, Any]) -> None:
         from dspex.jsonable import dumps
 
+        if self.conn is None:
+            if self.route is None:
+                raise RuntimeError("a worker without a pipe needs a route for its messages")
+            self.route(message)
+            return
         data = dumps(message).encode()
         with self.lock:
             self.conn.send_bytes(data)

@@ -289,7 +289,7 @@ class RunStream:
 
         try:
             future = pooled.submit_stream(on_event)
-        except Exception as exc:  # the pool closed, or cannot stream (Ray): the run ends failed, recorded
+        except Exception as exc:  # the pool closed (or the run is too big): the run ends failed, recorded
             failed = self._failed(exc)
             await run.asettle()
             yield failed

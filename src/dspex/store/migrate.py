@@ -18,9 +18,23 @@ from dspex.store._engine import Database
 
 __all__ = ["HEAD", "current_revision", "upgrade"]
 
-HEAD = "0014"
+HEAD = "0015"
 _MIGRATIONS = Path(__file__).parent / "migrations"
-_ORDER = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0013", "0014")
+_ORDER = (
+    "0001",
+    "0002",
+    "0003",
+    "0004",
+    "0005",
+    "0006",
+    "0007",
+    "0008",
+    "0009",
+    "0010",
+    "0013",
+    "0014",
+    "0015",
+)
 _PG_LOCK_KEY = 0x64737065  # "dspe": one advisory lock id for dspex migrations
 
 

@@ -19,7 +19,9 @@ A driver takes its next trial with :meth:`~OptimizationRepository.claim_trial`, 
 under the run's lock (the write lock on SQLite, ``SELECT ... FOR UPDATE`` of the run's row on
 PostgreSQL): it marks ``failed`` the running trials of drivers that are gone, reads the rows that changed
 since it last looked, asks its sampler and inserts the next number, so numbers stay contiguous and unique
-however many processes share the run. ::
+however many processes share the run. One of them owns the run (``owner``, with a lease it renews, taken
+by :meth:`~OptimizationRepository.claim_owner` under the same lock): a second owner is refused while the
+first lives. ::
 
     repo = OptimizationRepository(db)
     repo.create(OptimizationRecord(id="qa-search", program="qa", space=..., objectives=["quality"], ...))
@@ -165,6 +167,22 @@ class OptimizationRepository:
     # -- runs --------------------------------------------------------------------------------------
     def create(self, record: OptimizationRecord) -> tuple[OptimizationRecord, bool]:
         """Insert ``record`` unless a run with its id exists; returns (the stored run, created?)."""
+        try:
+            return self._create(record)
+        except sa.exc.IntegrityError:
+            # PostgreSQL: another process inserted the run between this one's read and insert (reads
+            # take no write lock there). The run exists: it is returned as found; another error is raised.
+            with self.db.read() as connection:
+                row = (
+                    connection.execute(sa.select(optimizations).where(optimizations.c.id == record.id))
+                    .mappings()
+                    .first()
+                )
+            if row is None:
+                raise
+            return OptimizationRecord.from_row(row), False
+
+    def _create(self, record: OptimizationRecord) -> tuple[OptimizationRecord, bool]:
         with self.db.write() as connection:
             row = (
                 connection.execute(sa.select(optimizations).where(optimizations.c.id == record.id))
@@ -221,6 +239,58 @@ class OptimizationRepository:
                 optimizations.update()
                 .where(optimizations.c.id == optimization_id)
                 .values(**values, updated_at=utcnow())
+            )
+
+    # -- the owner of a shared run -----------------------------------------------------------------
+    def claim_owner(
+        self, optimization_id: str, *, driver: str, lease_s: float, gone: Callable[[str], bool]
+    ) -> str | None:
+        """Make ``driver`` the run's owner for ``lease_s``, in one write transaction under the run's lock,
+        unless another owner holds it: one whose lease has not passed and that ``gone`` does not know to
+        have ended. Returns None when ``driver`` owns the run (or there is no run yet), else the holder."""
+        now = utcnow()
+        with self.db.write() as connection:
+            query = sa.select(optimizations.c.owner, optimizations.c.owner_lease_expires_at).where(
+                optimizations.c.id == optimization_id
+            )
+            if self.db.dialect == "postgresql":  # serialise claims per run across processes
+                query = query.with_for_update()
+            row = connection.execute(query).first()
+            if row is None:
+                return None
+            holder, expires = row.owner, row.owner_lease_expires_at
+            if (
+                holder is not None
+                and holder != driver
+                and expires is not None
+                and aware(expires) >= now
+                and not gone(holder)
+            ):
+                return str(holder)
+            connection.execute(
+                optimizations.update()
+                .where(optimizations.c.id == optimization_id)
+                .values(owner=driver, owner_lease_expires_at=now + dt.timedelta(seconds=lease_s))
+            )
+        return None
+
+    def renew_owner(self, optimization_id: str, driver: str, lease_s: float) -> bool:
+        """Extend ``driver``'s ownership of the run by ``lease_s`` from now; False if it is not the owner."""
+        with self.db.write() as connection:
+            result = connection.execute(
+                optimizations.update()
+                .where(optimizations.c.id == optimization_id, optimizations.c.owner == driver)
+                .values(owner_lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+            )
+        return bool(result.rowcount)
+
+    def release_owner(self, optimization_id: str, driver: str) -> None:
+        """``driver`` no longer owns the run (it ended); a no-op if another owner took it meanwhile."""
+        with self.db.write() as connection:
+            connection.execute(
+                optimizations.update()
+                .where(optimizations.c.id == optimization_id, optimizations.c.owner == driver)
+                .values(owner=None, owner_lease_expires_at=None)
             )
 
     # -- trials ------------------------------------------------------------------------------------

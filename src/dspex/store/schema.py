@@ -229,6 +229,9 @@ optimizations = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     _when("created_at"),
     _when("updated_at"),
+    # Migration 0015: the driver that owns a shared run and its lease (one owner per run).
+    sa.Column("owner", sa.String(200), nullable=True),
+    _when("owner_lease_expires_at", nullable=True),
     sa.CheckConstraint(_in("status", OPTIMIZATION_STATUSES), name="status"),
 )
 
