@@ -12,7 +12,7 @@ Every row runs the same ``dspy.ChainOfThought("question -> answer")`` on the scr
   span tree at the default ``full`` trace level (modules, LM calls with their messages, adapter
   format/parse), taken by :mod:`dspex.telemetry.instrument`, not DSPy's callbacks. The timed span ends
   after the final flush, so the background writer's work (JSON, SQL) is charged to DSPex.
-Rounds alternate the rows; medians are reported as wall time and as process CPU time (all threads).
+Rounds alternate the rows, each row timed after a full garbage collection; medians are reported as wall time and as process CPU time (all threads).
 With ``--latency 0`` the LM costs nothing and the ratios are pure overhead; CPU time is then the steady
 measure, since other processes on the machine do not disturb it. ``--latency`` adds a simulated LM
 delay (seconds) to compare at something closer to a real provider.
@@ -21,6 +21,7 @@ delay (seconds) to compare at something closer to a real provider.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -44,6 +45,9 @@ class NoOp(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is untype
 
 
 def timed(fn: Callable[[], None], calls: int) -> tuple[float, float]:
+    # Each row starts with no garbage of the row before (a full record leaves more than bare DSPy): the
+    # collector's passes during a row are then paid for that row's own objects.
+    gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls

@@ -322,10 +322,14 @@ class ExecutionRepository:
             # SQLite: the same statement, compiled once, executed by the driver with plain tuples. Per
             # row, SQLAlchemy's parameter handling cost more than SQLite's own insert.
             plan = self._sqlite_upsert()
-            statements = [plan.many(rows[i : i + _SQLITE_ROWS]) for i in range(0, len(rows), _SQLITE_ROWS)]
+            whole = len(rows) - len(rows) % _SQLITE_ROWS
+            chunks = [plan.many(rows[i : i + _SQLITE_ROWS]) for i in range(0, whole, _SQLITE_ROWS)]
+            rest = plan.many(rows[whole:]) if whole < len(rows) else None
             with self.db.write() as connection:
-                for sql, params in statements:
-                    connection.exec_driver_sql(sql, tuple(params))
+                if chunks:  # one driver call for every full chunk (one statement text)
+                    connection.exec_driver_sql(chunks[0][0], [tuple(params) for _, params in chunks])
+                if rest is not None:
+                    connection.exec_driver_sql(rest[0], tuple(rest[1]))
             return
         params = [{f"p_{name}": _bound(name, row.get(name)) for name in _COLUMNS} for row in rows]
         with self.db.write() as connection:
