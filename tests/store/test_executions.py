@@ -101,16 +101,6 @@ def test_an_upsert_of_many_rows_keeps_each_row_and_ended_rows_win(repo: Executio
     assert failed.started_at == dt.datetime(2026, 1, 1, 0, 7, tzinfo=dt.UTC)
 
 
-def test_a_new_sqlite_database_has_pages_an_execution_row_fits_in(tmp_path: Path) -> None:
-    db = open_database(f"sqlite:///{tmp_path}/new.db")
-    try:
-        with db.read() as connection:
-            assert connection.exec_driver_sql("PRAGMA page_size").scalar() == 16384
-            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    finally:
-        db.dispose()
-
-
 def test_stats_per_program_version(repo: ExecutionRepository) -> None:
     repo.upsert([_row(i, program="qa") for i in range(10)])
     (stats,) = repo.stats(ExecutionFilter(program="qa"))

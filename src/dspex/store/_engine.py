@@ -32,7 +32,6 @@ from dspex.jsonable import dumps
 __all__ = ["Database", "database_unavailable", "describe_error", "private_dir", "private_file"]
 
 _BUSY_TIMEOUT_MS = 30_000
-_PAGE_SIZE = 16384  # new databases: an execution row (JSON, often 3-10 KB) fits in a page, where 4 KB pages spill it over overflow pages (3-4 times the writes)
 _WRITE = "dspex_write"
 
 
@@ -97,7 +96,6 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        cursor.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # applies to a new database only (before WAL)
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
