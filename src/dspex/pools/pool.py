@@ -39,7 +39,7 @@ from dspex.errors import ConfigurationError, WorkerError
 from dspex.jsonable import dumps
 from dspex.settings import PoolSetting, Settings
 
-__all__ = ["Pool", "PoolStatus", "WorkerStatus"]
+__all__ = ["Pool", "PoolStatus", "WorkerStatus", "recycle_reason", "worker_status"]
 
 logger = logging.getLogger("dspex.pools")
 
@@ -130,6 +130,23 @@ def worker_status(worker: Any, now: float) -> WorkerStatus:
         age_s=now - worker.started if worker.started else 0.0,
         heartbeat_age_s=now - worker.last_heartbeat if worker.last_heartbeat is not None else None,
     )
+
+
+def recycle_reason(setting: PoolSetting, worker: Any) -> str | None:
+    """Why a worker (a process pool's slot, a Ray pool's actor: ``tasks``, ``started``, ``rss``,
+    ``rss_before``) should be replaced once its tasks are done, or None: too many tasks, too old, or too
+    big: over ``max_rss_mb``, or close enough that its last task's growth would take it over. Updates
+    ``rss_before`` (the reading the next growth counts from)."""
+    if setting.max_tasks is not None and worker.tasks >= setting.max_tasks:
+        return "max_tasks"
+    if setting.ttl_s is not None and worker.started and time.monotonic() - worker.started > setting.ttl_s:
+        return "ttl"
+    if setting.max_rss_mb is not None and worker.rss is not None:
+        growth = max(0, worker.rss - worker.rss_before) if worker.rss_before is not None else 0
+        worker.rss_before = worker.rss
+        if worker.rss + growth > setting.max_rss_mb * _MB:
+            return "max_rss"
+    return None
 
 
 _task_ids = itertools.count(1)  # next() on a count is atomic under the GIL
@@ -601,16 +618,4 @@ class Pool:
             )
 
     def _recycle_reason(self, slot: _Slot) -> str | None:
-        """Why the worker should be replaced once its tasks are done (or None): too many tasks, too old, or
-        too big: over ``max_rss_mb``, or close enough that the last task's growth would take it over."""
-        setting = self.setting
-        if setting.max_tasks is not None and slot.tasks >= setting.max_tasks:
-            return "max_tasks"
-        if setting.ttl_s is not None and time.monotonic() - slot.started > setting.ttl_s:
-            return "ttl"
-        if setting.max_rss_mb is not None and slot.rss is not None:
-            growth = max(0, slot.rss - slot.rss_before) if slot.rss_before is not None else 0
-            slot.rss_before = slot.rss
-            if slot.rss + growth > setting.max_rss_mb * _MB:
-                return "max_rss"
-        return None
+        return recycle_reason(self.setting, slot)

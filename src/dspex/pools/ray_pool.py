@@ -60,7 +60,7 @@ from typing import Any
 import orjson
 
 from dspex.errors import ConfigurationError, WorkerError
-from dspex.pools.pool import _MB, PoolStatus, WorkerState, _secrets_revealed, worker_status
+from dspex.pools.pool import _MB, PoolStatus, WorkerState, _secrets_revealed, recycle_reason, worker_status
 from dspex.settings import PoolSetting, Settings
 
 __all__ = ["SHARD_ATTEMPTS", "RayPool", "import_ray"]
@@ -344,20 +344,9 @@ class RayPool:
 
     # -- recycling -------------------------------------------------------------------------------------
     def _recycle_reason(self, actor: _Actor) -> str | None:
-        """Why the actor should be recycled once its tasks are done (or None), as the process pool decides:
-        too many tasks, too old, or too big: over ``max_rss_mb``, or close enough that its last task's
-        growth would take it over. Called under the lock."""
-        setting = self.setting
-        if setting.max_tasks is not None and actor.tasks >= setting.max_tasks:
-            return "max_tasks"
-        if setting.ttl_s is not None and actor.started and time.monotonic() - actor.started > setting.ttl_s:
-            return "ttl"
-        if setting.max_rss_mb is not None and actor.rss is not None:
-            growth = max(0, actor.rss - actor.rss_before) if actor.rss_before is not None else 0
-            actor.rss_before = actor.rss
-            if actor.rss + growth > setting.max_rss_mb * _MB:
-                return "max_rss"
-        return None
+        """Why the actor should be recycled once its tasks are done (or None), as the process pool decides
+        (:func:`~dspex.pools.pool.recycle_reason`). Called under the lock."""
+        return recycle_reason(self.setting, actor)
 
     def _recycle_now(self, actor: _Actor) -> bool:
         """Whether a draining actor holds no task any more: then it is marked for killing (its new process's
