@@ -118,7 +118,7 @@ def ray_head() -> Iterator[_Head]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)  # the session it leads: ray start and its children
         try:
-            process.wait(20)
+            process.wait(3)  # `ray start --block` may sit out SIGTERM: killed below, with the rest
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
