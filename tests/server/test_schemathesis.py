@@ -38,7 +38,7 @@ def fuzzed(tmp_path: Path, serve: Callable[..., Live]) -> Iterator[tuple[Live, s
         app.datasets.import_records("qa-set", [{"question": "q", "answer": "a"}], inputs=["question"])
         _, key = app.keys.create("fuzzer", ["admin"])
         # Streams that follow the store (/v1/signals) end after events_timeout_s: keep it short.
-        yield serve(app, options=ServiceOptions(events_poll_s=0.05, ping_s=5.0, events_timeout_s=1.0)), key
+        yield serve(app, options=ServiceOptions(events_poll_s=0.05, ping_s=5.0, events_timeout_s=0.2)), key
 
 
 @pytest.fixture
