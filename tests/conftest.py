@@ -67,3 +67,14 @@ def settings_sim(sim_lm_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("DSPEX_LM_CACHE", "false")
     monkeypatch.setenv("DSPEX_NUM_RETRIES", "0")
     return sim_lm_server
+
+
+# Fixtures that start a Ray cluster: their tests run on one pytest-xdist worker (``--dist loadgroup``), so
+# that two local clusters never share the machine's two cores.
+_RAY_FIXTURES = frozenset({"ray_cluster", "ray_head"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("ray"))
