@@ -227,6 +227,35 @@ def _bound(name: str, value: Any, process: Any = None) -> Any:
 _SQLITE_ROWS = 16
 
 
+_THREE_DIGITS = tuple(f"{i:03d}" for i in range(1000))
+
+
+def _sqlite_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLAlchemy's SQLite datetime bind processor, with a ``datetime`` formatted at a quarter of its
+    cost: SQLAlchemy's storage format (``YYYY-MM-DD HH:MM:SS.ffffff``) is built from the text of the
+    value's second, cached (the rows of a batch start and end within a few seconds), and its microseconds
+    from a table. Formatting a datetime with ``%`` (SQLAlchemy) or ``isoformat`` costs 14-19K instructions
+    (callgrind), and an execution row has two. Anything else (a ``date``, a subclass) goes to SQLAlchemy's
+    processor. A UTC offset is dropped, as SQLAlchemy drops it."""
+    datetime_type = dt.datetime
+    seconds: dict[tuple[int, ...], str] = {}
+    digits = _THREE_DIGITS
+
+    def fast(value: Any) -> Any:
+        if type(value) is not datetime_type:
+            return process(value)
+        second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
+        text = seconds.get(second)
+        if text is None:
+            if len(seconds) >= 4096:
+                seconds.clear()
+            text = seconds[second] = value.isoformat(" ", "seconds")[:19] + "."
+        micro = value.microsecond
+        return text + digits[micro // 1000] + digits[micro % 1000]
+
+    return fast
+
+
 class _SqlitePlan:
     """The SQLite upsert compiled once, and a row's positional parameters built from it.
 
@@ -254,6 +283,8 @@ class _SqlitePlan:
                     self._json.append(position)
                 else:
                     process = column.type.dialect_impl(dialect).bind_processor(dialect)
+                    if process is not None and isinstance(column.type, sa.DateTime):
+                        process = _sqlite_datetime(process)
                     if process is not None:
                         self._processed.append((position, process))
             else:  # a literal of the statement itself: read from the defaults under a name no row has
