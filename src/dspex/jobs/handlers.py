@@ -175,7 +175,7 @@ def _dspy_route(app: App, job: JobRecord, optimizer: str, context: JobContext) -
 
     spec = OPTIMIZERS.get(optimizer)
     if spec is None or not spec.pooled:  # no pool is started (nor routed to) for it
-        return Route(None, f"{optimizer} evaluates its candidates in process (its evaluations need traces)")
+        return Route(None, f"{optimizer} runs its program calls in process (it cannot use a pool)")
     return app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
 
 
