@@ -208,6 +208,14 @@ def test_simba_on_a_pool_matches_the_run_in_process_sampling_with_the_workers_lm
         assert on_workers >= on_pool.evaluations > 0
         assert engine.calls == on_pool.lm_calls - on_workers
 
+        # The traced calls were cached as calls in process are (and the final evaluation by the
+        # evaluator, whose key does not depend on where it ran): the same run in process, without the
+        # pool, replays them all and makes no LM call.
+        again = pooled.optimize_with("qa", "simba", dataset="qa-set", options=SIMBA, seed=3)
+        assert _summary(pooled, again) | {"lm_calls": 0} == expected | {"lm_calls": 0}
+        assert (again.lm_calls, engine.calls) == (0, 0)
+        assert again.cached > 0
+
 
 def test_bootstrap_on_a_pool_matches_the_run_in_process(apps: tuple[App, App, Any]) -> None:
     local, pooled, engine = apps
