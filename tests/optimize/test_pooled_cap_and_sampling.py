@@ -9,8 +9,9 @@ import threading
 import dspy
 import pytest
 
-from dspex.optimize._dspy_candidates import Tracker, lm_sampling
+from dspex.optimize._dspy_candidates import Tracker
 from dspex.optimize._dspy_lm import CallCap, CapReached, Stop
+from dspex.optimize._dspy_pool import lm_sampling
 from dspex.optimize.cache import MemoryCache
 from dspex.telemetry.usage import UsageTotals
 from dspex.testing import ScriptedEngine

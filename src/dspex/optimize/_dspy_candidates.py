@@ -9,7 +9,7 @@ the remote evaluations of a run on a pool.
   (:meth:`CandidateCache.prefetch`), cached under its own key. On a pool, any other call runs there
   too, traced (:meth:`CandidateCache._traced_call`): the worker's trace is replayed and cached as a
   call here would be, when its LMs are the run's task LM or copies of it differing in sampling settings
-  only (:meth:`Tracker.sampling`, :func:`lm_sampling`).
+  only (:meth:`Tracker.sampling`, :func:`~dspex.optimize._dspy_pool.lm_sampling`).
 - :class:`Tracker`: shared (not copied) by every copy DSPy makes of the wrapped program.
 - :class:`TrackedEvaluate`: MIPROv2's trial evaluations on a pool, counted into the run's progress.
 """
@@ -28,6 +28,7 @@ from dspy.utils.exceptions import AdapterParseError
 from dspex.errors import ConfigurationError, ExecutionError
 from dspex.jsonable import canonical_hash, to_jsonable
 from dspex.optimize._dspy_lm import CallCap, Stop
+from dspex.optimize._dspy_pool import admit, lm_sampling
 from dspex.optimize._remote_dspy import (
     Prefetch,
     RemoteEvaluate,
@@ -49,7 +50,6 @@ __all__ = [
     "Phase",
     "TrackedEvaluate",
     "Tracker",
-    "lm_sampling",
     "unwrap",
 ]
 
@@ -103,40 +103,6 @@ def crossing(remote: Callable[[Any], Any], program: Any) -> Any:
         return remote(program)
     except ConfigurationError as exc:
         raise Stop(exc) from exc
-
-
-_LM_RUNTIME = frozenset({"kwargs", "history", "callbacks"})  # what ``lm.copy`` makes anew
-
-
-def lm_sampling(lm: Any, task: Any) -> dict[str, Any] | None:
-    """``lm``'s sampling settings where they differ from ``task``'s (``{}``: the same), when ``lm`` is
-    ``task`` or a copy of it (``task.copy(temperature=..., rollout_id=...)``: same class, same model and
-    every other attribute the same object) whose keyword arguments differ only in numbers of
-    :data:`~dspex.pools.remote.SAMPLING_KWARGS`; None otherwise (another model, an endpoint, a key, a
-    callback, any other setting)."""
-    import math
-
-    from dspex.pools.remote import SAMPLING_KWARGS
-
-    if lm is task:
-        return {}
-    if lm is None or type(lm) is not type(task):
-        return None
-    mine, theirs = vars(lm), vars(task)
-    if set(mine) != set(theirs):
-        return None
-    for name, value in theirs.items():
-        if name not in _LM_RUNTIME and mine[name] is not value:
-            return None
-    kwargs, base = dict(lm.kwargs), dict(task.kwargs)
-    if set(base) - set(kwargs):
-        return None
-    changed = {k: v for k, v in kwargs.items() if k not in base or base[k] != v}
-    for key, value in changed.items():
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if key not in SAMPLING_KWARGS or not numeric or not math.isfinite(value):
-            return None
-    return changed
 
 
 class Tracker:
@@ -522,8 +488,9 @@ class TrackedEvaluate(RemoteEvaluate):
     """The trial evaluations of an optimizer run whose candidates are evaluated remotely (``remote=``):
     a :class:`~dspex.optimize._remote_dspy.RemoteEvaluate` given the candidate inside its
     :class:`CandidateCache`, which counts what it evaluated into the run's progress as the wrapped
-    program does, and checks the stop and the LM-call cap before each evaluation (a remote worker's
-    calls cannot be stopped one by one)."""
+    program does, checks the stop before each evaluation, and sends only as many examples as the
+    LM-call cap has calls left (:func:`~dspex.optimize._dspy_pool.admit`: a remote worker's calls
+    cannot be stopped one by one)."""
 
     def __init__(
         self,
@@ -550,10 +517,15 @@ class TrackedEvaluate(RemoteEvaluate):
     def _remote_program(self, program: Any) -> Any:
         inner = program.inner if isinstance(program, CandidateCache) else program
         self.tracker.check()
-        if self.cap is not None:
-            self.cap.before_remote()
         self.tracker.remember(configuration_fingerprint(inner, dspy.settings.lm), inner)
         return crossing(self.remote, inner)
+
+    def _admit(self, remote: Any, devset: list[Any]) -> tuple[list[Any], Callable[[bool], None]]:
+        """Under ``max_lm_calls``: the examples not in the cache reserve one LM call each
+        (:meth:`~dspex.optimize._dspy_lm.CallCap.reserve`); when fewer are left, only that many go (with
+        the cached ones), and the run stops once they are counted, as a run in process stops at the
+        call past its cap."""
+        return admit(self.cap, self.cache, remote, devset)
 
     def _evaluated(self, program: Any, result: EvaluationResult) -> None:
         inner = program.inner if isinstance(program, CandidateCache) else program

@@ -86,19 +86,11 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             self._open.add(call_id)
 
-    def before_remote(self) -> None:
-        """Before an evaluation whose LM calls run on a pool's workers (counted here once each shard
-        comes back): it starts only while the run is under its cap. The workers' calls cannot be
-        stopped one by one, so the run may pass the cap by the calls of the evaluations in flight
-        (MIPROv2's trial evaluations; the program calls of the other optimizers :meth:`reserve`)."""
-        with self._lock:
-            if self.total() + len(self._open) + self._reserved >= self.limit:
-                raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
-
     def reserve(self, examples: int) -> int:
-        """Before program calls sent to a pool's workers: how many of ``examples`` may go (one LM call
-        each is reserved until :meth:`release`, once their results' calls are counted); Stop when none
-        may. A program making more than one LM call per example (a parse failure's retry, a multi-step
+        """Before program calls sent to a pool's workers (counted here once their results come back):
+        how many of ``examples`` may go (one LM call each is reserved until :meth:`release`, once their
+        results' calls are counted); Stop when none may. The workers' calls cannot be stopped one by
+        one, so this is how the cap holds on a pool. A program making more than one LM call per example (a parse failure's retry, a multi-step
         module) may pass the cap by its extra calls in flight."""
         with self._lock:
             room = self.limit - self.total() - len(self._open) - self._reserved

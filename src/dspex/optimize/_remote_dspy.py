@@ -90,6 +90,11 @@ class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
     def _evaluated(self, program: Any, result: DSPexEvaluation) -> None:
         """Called with each finished evaluation (its records: cached or not, score, error)."""
 
+    def _admit(self, remote: RemoteProgram, devset: list[Any]) -> tuple[list[Any], Callable[[bool], None]]:
+        """The examples to send (all of them; a subclass under a budget may send fewer) and what to call
+        once the evaluation ended (with whether it finished)."""
+        return devset, lambda finished: None
+
     @with_callbacks  # type: ignore[untyped-decorator]  # dspy's callbacks decorator is untyped
     def __call__(
         self,
@@ -115,6 +120,7 @@ class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
         threads = num_threads or self.num_threads or dspy.settings.num_threads or 1
         max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
         remote = self._remote_program(program)
+        devset, done = self._admit(remote, devset)
         # dspy stops once failures reach max_errors; the Evaluator once they pass it.
         evaluator = Evaluator(
             metric,
@@ -123,8 +129,13 @@ class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
             max_errors=None if max_errors is None else max(0, int(max_errors) - 1),
             failure_score=float(self.failure_score),
         )
-        result = evaluator.run(remote, devset)
-        self._evaluated(program, result)
+        finished = False
+        try:
+            result = evaluator.run(remote, devset)
+            self._evaluated(program, result)
+            finished = True
+        finally:
+            done(finished)
         by_index = {r.index: r for r in result.records}
         results = []
         for index, example in enumerate(devset):

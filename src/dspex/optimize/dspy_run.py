@@ -88,6 +88,7 @@ from dspex.optimize._dspy_candidates import (
     unwrap,
 )
 from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
+from dspex.optimize._dspy_pool import admit
 from dspex.optimize._remote_dspy import RemoteMIPROv2, TraceFreeEvaluations
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import EvalCache, MemoryCache, example_hash
@@ -294,8 +295,8 @@ def optimize_with_dspy(
       ``dspy.Parallel``, bootstrapping) one by one. Progress, the evaluation cache and ``max_lm_calls``
       still hold: each example sent reserves one LM call of the cap until its result is counted, so the
       cap holds for a program making one LM call per example (one making more, such as a parse failure's
-      retry, may pass it by its extra calls in flight); MIPROv2's trial evaluations are checked before
-      each is sent, and may pass it by the calls of the evaluation in flight. A stop request: at
+      retry, may pass it by its extra calls in flight); an evaluation with fewer calls left than
+      examples not cached sends that many and then stops the run. A stop request: at
       MIPROv2's next evaluation, or the next program call.
     """
     from dspex.optimize.search import OptimizationStopped
@@ -416,12 +417,19 @@ def optimize_with_dspy(
                             for program in members or [final]:
                                 setattr(program, TRACE_FREE, True)
                         else:
-                            if cap is not None:
-                                cap.before_remote()
                             scored = remote(unwrap(final))
-                    evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
-                        scored, valset
-                    )
+                    admitted, done = valset, None
+                    if remote is not None and optimizer == "miprov2":
+                        admitted, done = admit(cap, tracker.cache, scored, valset)
+                    finished = False
+                    try:
+                        evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
+                            scored, admitted
+                        )
+                        finished = True
+                    finally:
+                        if done is not None:
+                            done(finished)
                 except Stop as stop:
                     if not isinstance(stop.stopped, CapReached):
                         raise stop.stopped from None
