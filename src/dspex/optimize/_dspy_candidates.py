@@ -129,7 +129,7 @@ class Tracker:
         self.cached = 0
         self.calls = 0
         self._reported = 0.0
-        # Trace-free program calls on a pool (GEPA's valset evaluations): candidate -> remote program.
+        # Program calls on a pool (traced or not): candidate -> remote program.
         self.remote: Callable[[Any], Any] | None = None
         self.cap: CallCap | None = None
         self.concurrency = 1  # the optimizer's threads: each worker runs its share of them at once
