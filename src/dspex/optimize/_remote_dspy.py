@@ -216,7 +216,7 @@ def traced_prediction(
 
     parse = result.get("error", {}).get("parse")
     if isinstance(parse, dict) and parse.get("predictor") in predictors:
-        worker_prediction({"usage": result.get("usage", ()), "prediction": {}})  # its LM calls
+        _count_usage(result)
         raise AdapterParseError(
             adapter_name=str(parse.get("adapter")),
             signature=predictors[parse["predictor"]].signature,
@@ -233,15 +233,20 @@ def worker_prediction(result: dict[str, Any]) -> dict[str, Any]:
     context, then its prediction as JSON, or its error raised as :class:`~dspex.errors.ExecutionError`."""
     from dspex.errors import ExecutionError
 
-    tracker = dspy.settings.usage_tracker
-    if tracker is not None:
-        for lm, usage in result.get("usage", ()):
-            tracker.add_usage(lm, usage)
+    _count_usage(result)
     if "error" in result:
         error = result["error"]
         raise ExecutionError(f"{error['type']}: {error['message']}")
     prediction: dict[str, Any] = dict(result["prediction"])
     return prediction
+
+
+def _count_usage(result: dict[str, Any]) -> None:
+    """An example's LM calls on a worker, replayed into the usage tracker in context."""
+    tracker = dspy.settings.usage_tracker
+    if tracker is not None:
+        for lm, usage in result.get("usage", ()):
+            tracker.add_usage(lm, usage)
 
 
 class Prefetch:
