@@ -1,8 +1,10 @@
-"""DSPy optimizers with their candidate evaluations on a process pool (``App.optimize_with(..., pool=)``)
+"""DSPy optimizers with their program calls on a process pool (``App.optimize_with(..., pool=)``)
 against the same run in process: the result must be the same; the figure is the share of the run's LM
-calls that the pool's workers made.
+calls that the pool's workers made (candidate evaluations, and the traced calls: bootstrapping, GEPA's
+reflective minibatches, SIMBA's trajectories; proposals and reflections stay here).
 
-    python benchmarks/pooled_optimizers.py            # MIPROv2, GEPA, COPRO, bootstrap_rs: 20 train / 30 dev
+    python benchmarks/pooled_optimizers.py            # MIPROv2, GEPA, COPRO, bootstrap_rs, SIMBA,
+                                                      # bootstrap: 20 train / 30 dev
     python benchmarks/pooled_optimizers.py --quick    # 8 / 10
 
 On the simulated LM server (``sim-medium``, its latency model scaled by ``--latency``), a registered
@@ -42,6 +44,8 @@ RUNS: dict[str, dict[str, Any]] = {
     "gepa": {"max_metric_calls": 200, "reflection_minibatch_size": 3, "num_threads": 4},
     "copro": {"breadth": 4, "depth": 2, "num_threads": 4},
     "bootstrap_rs": {"num_candidate_programs": 6, "max_bootstrapped_demos": 2, "num_threads": 4},
+    "simba": {"bsize": 8, "max_steps": 3, "num_candidates": 4, "num_threads": 4},
+    "bootstrap": {"max_bootstrapped_demos": 4, "max_labeled_demos": 2, "max_rounds": 2},
 }
 
 

@@ -1,5 +1,5 @@
-"""``App.optimize_with(..., pool=)`` on a pool of Ray actors: MIPROv2 and GEPA end with the program and
-score of the run in process, with their candidate evaluations on the actors."""
+"""``App.optimize_with(..., pool=)`` on a pool of Ray actors: MIPROv2, GEPA and SIMBA end with the
+program and score of the run in process, with their program calls (traced ones too) on the actors."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "num_threads": 4,
     },
     "gepa": {"max_metric_calls": 60, "reflection_minibatch_size": 3, "num_threads": 4},
+    # SIMBA's every call is traced: the actors send the traces back (short: Ray is heavy on 2 cores).
+    "simba": {"bsize": 4, "max_steps": 1, "num_candidates": 2, "num_threads": 1},
 }
 
 
@@ -67,7 +69,7 @@ def on_ray(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield app
 
 
-@pytest.mark.parametrize("optimizer", ["miprov2", "gepa"])
+@pytest.mark.parametrize("optimizer", ["miprov2", "gepa", "simba"])
 def test_a_dspy_optimizer_on_ray_actors_ends_as_in_process(
     on_ray: App, optimizer: str, tmp_path: Path
 ) -> None:

@@ -92,12 +92,30 @@ class PromptAware:
     "carefully" or not by a hash of what the proposer was given (deterministic, varied)."""
 
     @staticmethod
-    def engine() -> Any:
+    def engine(*, sampling: bool = False, garbled: bool = False) -> Any:
+        """``sampling``: also right on odd questions when sampled at temperature 1.0 (SIMBA's trajectory
+        LMs), so SIMBA finds good and bad trajectories. ``garbled``: the answer to ``q5`` is text no
+        adapter parses unless the instructions say "carefully" (a parse failure GEPA reflects on)."""
+        import threading
         import zlib
 
         from dspex.testing import ScriptedEngine
+        from dspex.testing.engine import ScriptedCall
 
         class Engine(ScriptedEngine):
+            local = threading.local()
+
+            def answer(self, request: Any) -> Any:
+                self.local.temperature = request.config.temperature
+                call = super().answer(request)
+                if (
+                    garbled
+                    and call.outputs.get("answer") == "wrong"
+                    and call.prompt.inputs.get("question") == "q5"
+                ):
+                    return ScriptedCall(call.prompt, call.outputs, "no fields here, garbled", call.usage)
+                return call
+
             def _value(self, name: str, prompt: Any) -> Any:
                 if name == "answer":
                     question = str(prompt.inputs.get("question", ""))
@@ -105,6 +123,8 @@ class PromptAware:
                     right = (prompt.demos > 0 and i % 3 != 0) or (
                         "carefully" in prompt.instructions.lower() and i % 2 == 0
                     )
+                    hot = getattr(self.local, "temperature", None) == 1.0
+                    right = right or (sampling and hot and i % 2 == 1)
                     return f"answer to {question}" if right else "wrong"
                 if name in (
                     "proposed_instruction",
@@ -123,3 +143,13 @@ def prompt_aware() -> None:
     dspy.configure(
         lm=PromptAware.engine().lm(cache=False)
     )  # process start-up: the one place configure belongs
+
+
+def prompt_aware_sampling() -> None:
+    """A pool initializer: :class:`PromptAware`'s engine with ``sampling``."""
+    dspy.configure(lm=PromptAware.engine(sampling=True).lm(cache=False))  # process start-up
+
+
+def prompt_aware_garbled() -> None:
+    """A pool initializer: :class:`PromptAware`'s engine with ``garbled``."""
+    dspy.configure(lm=PromptAware.engine(garbled=True).lm(cache=False))  # process start-up

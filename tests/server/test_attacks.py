@@ -426,6 +426,28 @@ def test_production_changes_need_the_promote_scope_and_are_audited(live: Live) -
         _refused(client.get("/v1/audit"), 403)
 
 
+@pytest.mark.parametrize(
+    ("extra", "options"),
+    [
+        ({"lms": {"context": {"api_base": "http://attacker.example"}}}, {"bsize": 2}),
+        ({"trace": True}, {"bsize": 2}),
+        ({}, {"bsize": 2, "lms": {"predictors": {"predict": {"model": "hosted_vllm/evil"}}}}),
+        ({}, {"bsize": 2, "teacher_settings": {"lm": "hosted_vllm/evil"}}),
+    ],
+)
+def test_a_dspy_optimization_request_cannot_set_the_workers_lm_settings(
+    live: Live, extra: dict[str, Any], options: dict[str, Any]
+) -> None:
+    """The LM settings a pool's worker applies to a candidate (SIMBA's sampling temperatures) are read
+    from DSPy's objects in the driver; a request can carry none of them, nor ask for traces."""
+    live.app.programs.register("qa", QA_SPEC)
+    key = _key(live.app, "optimize")
+    body = {"program": "qa", "dataset": "d", "optimizer": "simba", "options": options, **extra}
+    with live.client(key) as client:
+        _refused(client.post("/v1/optimizations", json=body), 422)
+    assert live.app.jobs.list() == []
+
+
 def test_a_dspy_optimization_request_cannot_name_a_pool(live: Live) -> None:
     """Where a DSPy optimizer's candidates are evaluated is the worker's (its --pool, the routing rules),
     never the request's."""

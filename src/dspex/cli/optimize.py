@@ -165,8 +165,8 @@ def optimize(
         None,
         "--pool",
         help="A configured pool ([pools.NAME]) whose workers evaluate the examples: the variable search's "
-        "trials, or an --optimizer's candidate evaluations whose traces nobody reads (miprov2, gepa's valset "
-        "evaluations, copro, bootstrap_rs, ensemble; simba and bootstrap refuse it). "
+        "trials, or an --optimizer's program calls (candidate evaluations, and traced calls: bootstrapping, "
+        "gepa's reflective minibatches, simba's trajectories; proposals and reflections stay here). "
         "Default: the routing rules for the variable search, this process for --optimizer.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress display)."),

@@ -29,10 +29,10 @@ process). With a deterministic LM the trials, their scores and the chosen progra
 ``dspy.MIPROv2`` in process (tested with the scripted LM). Evaluations of one candidate on examples it
 already saw are served from an in-memory cache (``cache=False`` turns it off).
 
-GEPA's valset evaluations run on a pool through the DSPex run (``App.optimize_with("qa", "gepa",
-pool=...)``, :mod:`dspex.optimize.dspy_run`); its reflective minibatches need their traces and stay in
-process. SIMBA does not run on a pool: every evaluation of it collects traces, with per-predictor
-sampling LMs a worker would not have.
+GEPA, SIMBA and the other optimizers run on a pool through the DSPex run (``App.optimize_with("qa",
+"simba", pool=...)``, :mod:`dspex.optimize.dspy_run`), which also sends the program calls whose traces
+the optimizer reads (GEPA's reflective minibatches, SIMBA's trajectories, bootstrapping) and replays
+the traces the workers send back.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import dspy
 from dspex.errors import ConfigurationError
 from dspex.jsonable import to_jsonable
 from dspex.optimize._remote_dspy import RemoteEvaluate, RemoteMIPROv2
+from dspex.optimize._run import program_state
 from dspex.optimize.cache import EvalCache
 from dspex.pools.remote import PooledProgram
 
@@ -71,7 +72,7 @@ def candidate_state(program: Any, base: Any) -> dict[str, Any]:
         )
     state = {
         name: {**part, "lm": None} if isinstance(part, dict) and "lm" in part else part
-        for name, part in program.dump_state().items()
+        for name, part in program_state(program, describe_lms=False).items()
     }
     jsonable = to_jsonable(state)
     try:

@@ -19,11 +19,10 @@ exception when the job failed (the worker classifies it: a ``UserError`` is not 
   A payload with an ``optimizer`` (``submit_dspy_optimization``) runs that DSPy optimizer instead
   (:meth:`dspex.App.optimize_with`): its progress is the candidates evaluated, the best score so far and
   the LM calls; it stops at the next program call when asked to; taken up again, it resumes from the
-  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats). A job of an
-  optimizer that can (``miprov2``, ``gepa``, ``copro``, ``bootstrap_rs``, ``ensemble``) evaluates its
-  candidates where a variable search evaluates its trials (below; only the evaluations whose traces
-  nobody reads); ``simba`` and ``bootstrap`` evaluate in the worker's process, and the result's
-  ``placement`` says so. The payload never names a pool.
+  evaluation cache (:mod:`dspex.optimize.dspy_run` says what a resumed run repeats). Its program calls
+  (candidate evaluations, and the traced calls of bootstrapping, GEPA's minibatches and SIMBA) run where a
+  variable search evaluates its trials (below), and the result's ``placement`` says where. The payload
+  never names a pool, nor any LM setting of the workers.
 - ``evaluate``: the pinned program version, configured with the payload's variables through the space's
   bindings when given, scored by :class:`~dspex.optimize.Evaluator` on the dataset's split; it stops at
   the next finished example when asked to.
@@ -175,7 +174,7 @@ def _dspy_route(app: App, job: JobRecord, optimizer: str, context: JobContext) -
 
     spec = OPTIMIZERS.get(optimizer)
     if spec is None or not spec.pooled:  # no pool is started (nor routed to) for it
-        return Route(None, f"{optimizer} evaluates its candidates in process (its evaluations need traces)")
+        return Route(None, f"{optimizer} runs its program calls in process (it cannot use a pool)")
     return app.router.batch(_field(job, "program", str), _field(job, "version_id", str), pool=context.pool)
 
 

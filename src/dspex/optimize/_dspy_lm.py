@@ -67,6 +67,7 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         self._saved = spent
         self._save_lock = threading.Lock()  # totals are written in order, never a smaller one last
         self._open: set[str] = set()
+        self._reserved = 0  # calls of examples sent to a pool's workers whose results are not counted yet
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
@@ -81,30 +82,47 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         with self._lock:
             if ACTIVE_CALL_ID.get() in self._open:
                 return  # inside a call already counted
-            if self.total() + len(self._open) >= self.limit:
+            if self.total() + len(self._open) + self._reserved >= self.limit:
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             self._open.add(call_id)
 
-    def before_remote(self) -> None:
-        """Before an evaluation whose LM calls run on a pool's workers (counted here once each shard
-        comes back): it starts only while the run is under its cap. The workers' calls cannot be
-        stopped one by one, so the run may pass the cap by the calls of the evaluations in flight."""
+    def reserve(self, examples: int) -> int:
+        """Before program calls sent to a pool's workers (counted here once their results come back):
+        how many of ``examples`` may go (one LM call each is reserved until :meth:`release`, once their
+        results' calls are counted); Stop when none may. The workers' calls cannot be stopped one by
+        one, so this is how the cap holds on a pool. A program making more than one LM call per example (a parse failure's retry, a multi-step
+        module) may pass the cap by its extra calls in flight."""
         with self._lock:
-            if self.total() + len(self._open) >= self.limit:
+            room = self.limit - self.total() - len(self._open) - self._reserved
+            if room <= 0:
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
+            granted = min(examples, room)
+            self._reserved += granted
+            return granted
+
+    def release(self, examples: int) -> None:
+        """``examples`` reserved by :meth:`reserve` came back (their LM calls are counted) or were lost."""
+        if examples <= 0:
+            return
+        with self._lock:
+            self._reserved = max(0, self._reserved - examples)
+            if not self._open and not self._reserved:
+                self._idle.notify_all()
+        self.save()
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         with self._lock:
             self._open.discard(call_id)
-            if not self._open:
+            if not self._open and not self._reserved:
                 self._idle.notify_all()
         self.save()
 
     def drain(self, timeout: float = _DRAIN_S) -> None:
         """Wait for the calls in flight when the cap stopped the run (DSPy's executors do not wait for
-        their threads), so that what they cost is counted before the run is recorded."""
+        their threads), here or on a pool's workers, so that what they cost is counted before the run is
+        recorded."""
         with self._idle:
-            self._idle.wait_for(lambda: not self._open, timeout=timeout)
+            self._idle.wait_for(lambda: not self._open and not self._reserved, timeout=timeout)
 
     def save(self) -> None:
         """Write the run's total to its record when it changed."""

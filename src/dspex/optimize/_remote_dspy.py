@@ -11,8 +11,9 @@ but it sends the candidate to ``remote`` (a function giving the candidate as a
 :class:`~dspex.optimize.evaluate.RemoteProgram`: a registered version on a pool with the candidate's
 state) and runs the examples there in shards through :class:`~dspex.optimize.Evaluator`; the metric runs
 here. Traces do not come back: it is for evaluations that only need each example's prediction (MIPROv2's
-minibatch and full evaluations), never for bootstrapping, GEPA's reflective minibatches or SIMBA's
-trajectories. :class:`RemoteMIPROv2` is ``dspy.MIPROv2`` with the ``dspy.Evaluate`` that ``compile``
+minibatch and full evaluations); the calls whose traces are read (bootstrapping, GEPA's reflective
+minibatches, SIMBA's trajectories) go one by one, or in shards sent ahead, through the DSPex run's program
+wrapper (:func:`send_one`, :class:`Prefetch` with ``traced``, :func:`traced_prediction`). :class:`RemoteMIPROv2` is ``dspy.MIPROv2`` with the ``dspy.Evaluate`` that ``compile``
 builds for its trials swapped for the one ``evaluate_with`` makes. The pooled versions bound to a
 worker pool are :mod:`dspex.distributed.prompts`; the DSPex run of an optimizer uses these from
 :func:`~dspex.optimize.dspy_run.optimize_with_dspy` (``remote=``).
@@ -47,6 +48,8 @@ __all__ = [
     "RemoteMIPROv2",
     "TraceFreeEvaluations",
     "predict_remotely",
+    "send_one",
+    "traced_prediction",
     "worker_prediction",
 ]
 
@@ -87,6 +90,11 @@ class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
     def _evaluated(self, program: Any, result: DSPexEvaluation) -> None:
         """Called with each finished evaluation (its records: cached or not, score, error)."""
 
+    def _admit(self, remote: RemoteProgram, devset: list[Any]) -> tuple[list[Any], Callable[[bool], None]]:
+        """The examples to send (all of them; a subclass under a budget may send fewer) and what to call
+        once the evaluation ended (with whether it finished)."""
+        return devset, lambda finished: None
+
     @with_callbacks  # type: ignore[untyped-decorator]  # dspy's callbacks decorator is untyped
     def __call__(
         self,
@@ -112,6 +120,7 @@ class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
         threads = num_threads or self.num_threads or dspy.settings.num_threads or 1
         max_errors = self.max_errors if self.max_errors is not None else dspy.settings.max_errors
         remote = self._remote_program(program)
+        devset, done = self._admit(remote, devset)
         # dspy stops once failures reach max_errors; the Evaluator once they pass it.
         evaluator = Evaluator(
             metric,
@@ -120,8 +129,13 @@ class RemoteEvaluate(dspy.Evaluate):  # type: ignore[misc]  # dspy is untyped
             max_errors=None if max_errors is None else max(0, int(max_errors) - 1),
             failure_score=float(self.failure_score),
         )
-        result = evaluator.run(remote, devset)
-        self._evaluated(program, result)
+        finished = False
+        try:
+            result = evaluator.run(remote, devset)
+            self._evaluated(program, result)
+            finished = True
+        finally:
+            done(finished)
         by_index = {r.index: r for r in result.records}
         results = []
         for index, example in enumerate(devset):
@@ -172,6 +186,12 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any], threads: int
     replayed into the usage tracker in context (so a run's LM calls and its cap count them). A failed
     call raises :class:`~dspex.errors.ExecutionError` with the worker's error, as a local failure would
     raise; a shard whose worker died is sent once more (predicting has no side effects to repeat)."""
+    return worker_prediction(send_one(remote, inputs, threads))
+
+
+def send_one(remote: RemoteProgram, inputs: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """One program call on ``remote`` (a one-example shard): the worker's result as it sent it. A shard
+    whose worker died is sent once more (predicting has no side effects to repeat)."""
     from dspex.errors import WorkerError
     from dspex.jsonable import to_jsonable
 
@@ -180,7 +200,32 @@ def predict_remotely(remote: RemoteProgram, inputs: dict[str, Any], threads: int
         outcome = remote.predict_batch(payload, threads).result()
     except WorkerError:
         outcome = remote.predict_batch(payload, threads).result()
-    return worker_prediction(outcome["outcome"]["results"][0])
+    result: dict[str, Any] = outcome["outcome"]["results"][0]
+    return result
+
+
+def traced_prediction(
+    result: dict[str, Any], predictors: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """A traced example's result from a worker (see :func:`worker_prediction`): its prediction and its
+    trace as JSON steps by predictor name (None: a step's predictor was not one of the program's). A
+    parse failure is raised as DSPy's ``AdapterParseError`` with the signature of the failing predictor
+    of ``predictors`` (name -> this process's predictor), as the call in process would raise it, so that
+    GEPA's ``bootstrap_trace_data`` records the same ``FailedPrediction``."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    parse = result.get("error", {}).get("parse")
+    if isinstance(parse, dict) and parse.get("predictor") in predictors:
+        _count_usage(result)
+        raise AdapterParseError(
+            adapter_name=str(parse.get("adapter")),
+            signature=predictors[parse["predictor"]].signature,
+            lm_response=parse.get("lm_response"),
+            parsed_result=parse.get("parsed_result"),
+        )
+    prediction = worker_prediction(result)
+    steps = result.get("trace")
+    return prediction, (list(steps) if isinstance(steps, list) else None)
 
 
 def worker_prediction(result: dict[str, Any]) -> dict[str, Any]:
@@ -188,15 +233,20 @@ def worker_prediction(result: dict[str, Any]) -> dict[str, Any]:
     context, then its prediction as JSON, or its error raised as :class:`~dspex.errors.ExecutionError`."""
     from dspex.errors import ExecutionError
 
-    tracker = dspy.settings.usage_tracker
-    if tracker is not None:
-        for lm, usage in result.get("usage", ()):
-            tracker.add_usage(lm, usage)
+    _count_usage(result)
     if "error" in result:
         error = result["error"]
         raise ExecutionError(f"{error['type']}: {error['message']}")
     prediction: dict[str, Any] = dict(result["prediction"])
     return prediction
+
+
+def _count_usage(result: dict[str, Any]) -> None:
+    """An example's LM calls on a worker, replayed into the usage tracker in context."""
+    tracker = dspy.settings.usage_tracker
+    if tracker is not None:
+        for lm, usage in result.get("usage", ()):
+            tracker.add_usage(lm, usage)
 
 
 class Prefetch:
@@ -205,13 +255,30 @@ class Prefetch:
     :meth:`take` s its example's result instead of sending a task of its own. What no call took (the
     evaluation stopped early) is :meth:`settle` d when it ends, so that its LM calls are counted."""
 
-    def __init__(self, slots: dict[str, tuple[Future[Any], int]]) -> None:
+    def __init__(
+        self,
+        slots: dict[str, tuple[Future[Any], int]],
+        *,
+        traced: bool = False,
+        lost: Callable[[int], None] | None = None,
+    ) -> None:
         self._slots = slots  # input digest -> (its shard's future, its index in the shard)
         self._taken: set[str] = set()
         self._lock = threading.Lock()
+        self.traced = traced  # the results carry traces (a traced evaluation's calls take them)
+        self.lms: dict[str, Any] | None = None  # traced: the LM settings they were made with
+        self._lost = lost  # told of results a dead worker lost (the LM-call cap releases them)
 
     @classmethod
-    def send(cls, remote: RemoteProgram, inputs: dict[str, dict[str, Any]], threads: int) -> Prefetch:
+    def send(
+        cls,
+        remote: RemoteProgram,
+        inputs: dict[str, dict[str, Any]],
+        threads: int,
+        *,
+        traced: bool = False,
+        lost: Callable[[int], None] | None = None,
+    ) -> Prefetch:
         """``inputs`` (digest -> an example's inputs) in about two shards per worker."""
         from dspex.jsonable import to_jsonable
 
@@ -222,7 +289,7 @@ class Prefetch:
             shard = digests[start : start + size]
             future = remote.predict_batch([to_jsonable(inputs[d]) for d in shard], threads)
             slots.update({digest: (future, index) for index, digest in enumerate(shard)})
-        return cls(slots)
+        return cls(slots, traced=traced, lost=lost)
 
     def take(self, digest: str) -> dict[str, Any] | None:
         """The worker's result for the example (waiting for its shard), once; None when it was not sent
@@ -237,6 +304,8 @@ class Prefetch:
         try:
             result: dict[str, Any] = future.result()["outcome"]["results"][index]
         except WorkerError:
+            if self._lost is not None:
+                self._lost(1)
             return None
         return result
 
@@ -252,6 +321,8 @@ class Prefetch:
             try:
                 results.append((digest, future.result()["outcome"]["results"][index]))
             except WorkerError:  # a lost shard made no call anyone can count
+                if self._lost is not None:
+                    self._lost(1)
                 continue
         return results
 
@@ -272,6 +343,10 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
       reads the traces of its trainset minibatches for its reflective dataset; its valset evaluations of
       new candidates also go through ``bootstrap_trace_data`` but keep only outputs and scores, so their
       traces come back empty.
+
+    Any other evaluation of a ``kind`` program (GEPA's trainset minibatches, through
+    ``bootstrap_trace_data``) is given to ``on_traced``: its calls want their traces, and may take them
+    from examples sent ahead with ``"trace": true``.
     """
 
     def __init__(
@@ -283,14 +358,17 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
         *,
         on_mark: Callable[[Any, list[Any]], None] | None = None,
         on_unmark: Callable[[Any], None] | None = None,
+        on_traced: Callable[[Any, list[Any]], None] | None = None,
     ) -> None:
         self.metric = metric
         self.kind = kind
         self.mark = mark
         self.trace_free = trace_free
         self.on_mark = on_mark  # (program, devset) once marked: send the examples ahead
-        self.on_unmark = on_unmark  # (program) when its evaluation ends
+        self.on_unmark = on_unmark  # (program) when its evaluation ends (marked or traced)
+        self.on_traced = on_traced  # (program, devset) for an evaluation not marked: its traces are read
         self._marked: dict[str, Any] = {}  # call id -> the program marked for that evaluation
+        self._traced: dict[str, Any] = {}  # call id -> the program of an evaluation whose traces are read
         self._lock = threading.Lock()
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -311,13 +389,20 @@ class TraceFreeEvaluations(BaseCallback):  # type: ignore[misc]  # dspy's BaseCa
                 self._marked[call_id] = program
             if self.on_mark is not None:
                 self.on_mark(program, list(devset))
+        elif self.on_traced is not None and devset:
+            with self._lock:
+                self._traced[call_id] = program
+            self.on_traced(program, list(devset))
 
     def on_evaluate_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
     ) -> None:
         with self._lock:
             program = self._marked.pop(call_id, None)
+            traced = self._traced.pop(call_id, None)
         if program is not None:  # a copy the optimizer keeps (its best candidate) must not stay marked
             setattr(program, self.mark, False)
             if self.on_unmark is not None:
                 self.on_unmark(program)
+        if traced is not None and self.on_unmark is not None:
+            self.on_unmark(traced)

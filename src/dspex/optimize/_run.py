@@ -21,6 +21,7 @@ __all__ = [
     "RunState",
     "configuration_fingerprint",
     "error_info",
+    "program_state",
     "resolve_metrics",
 ]
 
@@ -40,6 +41,30 @@ def _lm_description(lm: Any) -> Any:
     }
 
 
+def program_state(program: Any, *, describe_lms: bool = True) -> Any:
+    """``program.dump_state()``; when a predictor's LM cannot be saved (an LM on a custom engine without
+    ``dump_state``, such as a copy SIMBA sets per predictor for sampling), that predictor's ``"lm"`` is
+    its description instead (class, model, settings without credentials; None if not ``describe_lms``)."""
+    try:
+        return program.dump_state()
+    except TypeError:
+        pass
+    import copy
+
+    state = {}
+    for name, parameter in program.named_parameters():
+        lm = getattr(parameter, "lm", None)
+        if lm is None:
+            state[name] = parameter.dump_state()
+            continue
+        bare = copy.copy(parameter)  # the same predictor without its LM; the program is untouched
+        bare.lm = None
+        part = bare.dump_state()
+        part["lm"] = _lm_description(lm) if describe_lms else None
+        state[name] = part
+    return state
+
+
 def configuration_fingerprint(program: Any, lm: Any = None) -> str:
     """A configuration id derived from the program's class and saved state and the LM's settings.
 
@@ -51,7 +76,7 @@ def configuration_fingerprint(program: Any, lm: Any = None) -> str:
     effective_lm = lm if lm is not None else dspy.settings.lm
     described = {
         "program": f"{type(program).__module__}.{type(program).__qualname__}",
-        "state": program.dump_state(),
+        "state": program_state(program),
         "lm": _lm_description(effective_lm),
     }
     return canonical_hash(to_jsonable(described))

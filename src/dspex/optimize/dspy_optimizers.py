@@ -115,7 +115,7 @@ class OptimizerSpec:
     uses_valset: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
-    # Its candidate evaluations (those that need predictions, not traces) may run on a worker pool.
+    # Its program calls (candidate evaluations, traced calls too) may run on a worker pool.
     pooled: bool = False
 
     def init_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,6 +136,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             _BOOTSTRAP,
             uses_valset=False,
             summary="few-shot demos from traces of the program that the metric accepts",
+            pooled=True,
         ),
         "bootstrap_rs": OptimizerSpec(
             "bootstrap_rs",
@@ -209,6 +210,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
             },
             uses_valset=False,
             summary="stochastic introspective mini-batch ascent: rules and demos from hard examples",
+            pooled=True,
         ),
         "gepa": OptimizerSpec(
             "gepa",

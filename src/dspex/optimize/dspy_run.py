@@ -39,15 +39,26 @@ What is repeated: the calls in flight when the worker died, and calls whose answ
 The Optuna study inside MIPROv2 is replayed too (same seed, same scores, same suggestions), in
 milliseconds.
 
-**On a pool** (``remote=``, ``App.optimize_with(..., pool=...)``): the candidate evaluations whose
-traces nobody reads run on the pool's workers, each worker loading the candidate's ``dump_state()`` JSON
-(no LMs) into its own copy of the registered version: MIPROv2's trial evaluations
-(:class:`~dspex.optimize._remote_dspy.RemoteMIPROv2`), GEPA's valset evaluations, COPRO's and
-BootstrapFewShotWithRandomSearch's (``bootstrap_rs``, ``ensemble``) candidate scoring; what needs traces
-(bootstrapping, GEPA's reflective minibatches, SIMBA's trajectories) and the proposers stay in this
-process. SIMBA and ``bootstrap`` refuse a pool: SIMBA runs every candidate through ``wrap_program``,
-which collects traces, and samples with per-predictor LM copies (temperatures) that a worker's LM would
-not have; BootstrapFewShot only bootstraps.
+**On a pool** (``remote=``, ``App.optimize_with(..., pool=...)``): every optimizer's program calls run on
+the pool's workers, each worker loading the candidate's ``dump_state()`` JSON (no LMs) into its own copy
+of the registered version; the optimizers' own LM calls (proposals, reflections) stay in this process.
+
+- Calls whose traces nobody reads: MIPROv2's trial evaluations
+  (:class:`~dspex.optimize._remote_dspy.RemoteMIPROv2`), GEPA's valset evaluations, COPRO's and
+  BootstrapFewShotWithRandomSearch's (``bootstrap_rs``, ``ensemble``) candidate scoring, the final
+  evaluation. Cached under keys of their own (they have no trace to replay).
+- Calls whose traces may be read (bootstrapping, GEPA's reflective minibatches, every SIMBA call): the
+  worker runs the example under ``dspy.context(trace=[])`` and sends the trace back as JSON steps by
+  predictor name; :class:`CandidateCache` replays it against this process's predictors into the trace in
+  context, and caches it under the key of a call made here, so local and remote calls serve each other
+  and a resumed run replays them. A parse failure comes back as DSPy's ``AdapterParseError`` with this
+  process's predictor's signature (GEPA's ``bootstrap_trace_data`` makes it the same
+  ``FailedPrediction``). The LMs of such a call cross as sampling settings only: where the context LM or
+  a predictor's LM is a copy of the run's task LM (``lm.copy(temperature=1.0, rollout_id=r)``: SIMBA's
+  trajectories, BootstrapFewShot's later rounds), the worker calls ``its_own_lm.copy(...)`` with the
+  numbers of :data:`~dspex.pools.remote.SAMPLING_KWARGS`; a call with another model, or any other
+  setting that differs, runs here. These settings come from DSPy's objects in this process, never from
+  a request.
 
 The run is recorded in ``optimizations`` (``space``: ``{"optimizer", "options"}``; no trials), and the
 optimized program is saved as a version in ``optimizing`` (for ``ensemble``, each member; the run's
@@ -77,6 +88,7 @@ from dspex.optimize._dspy_candidates import (
     unwrap,
 )
 from dspex.optimize._dspy_lm import CallCap, CapReached, Stop, StoredLM
+from dspex.optimize._dspy_pool import admit
 from dspex.optimize._remote_dspy import RemoteMIPROv2, TraceFreeEvaluations
 from dspex.optimize._run import configuration_fingerprint
 from dspex.optimize.cache import EvalCache, MemoryCache, example_hash
@@ -274,19 +286,18 @@ def optimize_with_dspy(
       the result (``result.stopped`` says so; ``score`` is its mean over ``scored_on`` examples). A
       run stopped before any candidate was scored is an error saying to raise the cap.
     - ``remote``: candidate -> a :class:`~dspex.optimize.evaluate.RemoteProgram` (``App.optimize_with``
-      gives the registered version on a pool with the candidate's state): the candidate evaluations
-      whose traces nobody reads run there, the metric here (``OPTIMIZERS[name].pooled``; others are
-      refused). ``miprov2``: every trial evaluation (minibatches, full valset) and the final one, in
-      shards; bootstrapping and the proposer stay here. The others, in shards sent when the evaluation
-      starts, for the evaluations :class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations` marks: ``gepa``'s valset
-      evaluations (the seed's and each new candidate's; its trainset minibatches, whose traces make its
-      reflective dataset, and its reflections stay here), ``copro``'s and ``bootstrap_rs``'s /
-      ``ensemble``'s candidate scoring (their proposals and bootstrapping stay here), and the final
-      evaluation. Progress, the evaluation cache and ``max_lm_calls`` still hold; the differences: a
-      remote call is cached under its own key (it has no trace to replay), and the cap is checked before
-      each evaluation is sent rather than each LM call, so the run may pass ``max_lm_calls`` by the LM
-      calls of the evaluation in flight (a stop request: at MIPROv2's next evaluation, or the next
-      program call).
+      gives the registered version on a pool with the candidate's state): the program calls run there,
+      the metric and the optimizer here (see the module docstring). ``miprov2``: every trial evaluation
+      (minibatches, full valset) and the final one, in shards; its bootstrapping call by call. The
+      others: the examples of each ``dspy.Evaluate`` (GEPA's valset evaluations and minibatches,
+      COPRO's and ``bootstrap_rs``'s scoring) in shards sent when the evaluation starts
+      (:class:`~dspex.optimize._remote_dspy.TraceFreeEvaluations`), other calls (SIMBA's
+      ``dspy.Parallel``, bootstrapping) one by one. Progress, the evaluation cache and ``max_lm_calls``
+      still hold: each example sent reserves one LM call of the cap until its result is counted, so the
+      cap holds for a program making one LM call per example (one making more, such as a parse failure's
+      retry, may pass it by its extra calls in flight); an evaluation with fewer calls left than
+      examples not cached sends that many and then stops the run. A stop request: at
+      MIPROv2's next evaluation, or the next program call.
     """
     from dspex.optimize.search import OptimizationStopped
 
@@ -338,9 +349,10 @@ def optimize_with_dspy(
     callbacks: list[Any] = []
     if cap is not None:
         callbacks.append(cap)
-    if remote is not None and optimizer != "miprov2":  # calls of trace-free evaluations go to the pool
-        tracker.remote, tracker.cap = remote, cap
+    if remote is not None:  # program calls go to the pool (MIPROv2's trials: through TrackedEvaluate)
+        tracker.remote, tracker.cap, tracker.task_lm = remote, cap, lm
         tracker.concurrency = int(checked.get("num_threads") or num_threads)
+    if remote is not None and optimizer != "miprov2":  # the evaluations' examples are sent ahead
         # GEPA reads no trace of its valset evaluations (only of trainset minibatches): those go too.
         trace_free: frozenset[str] = frozenset()
         if optimizer == "gepa":
@@ -353,6 +365,7 @@ def optimize_with_dspy(
                 trace_free,
                 on_mark=lambda program, devset: program.prefetch(devset),
                 on_unmark=lambda program: program.settle(),
+                on_traced=lambda program, devset: program.prefetch(devset, traced=True),
             )
         )
     if callbacks:
@@ -400,16 +413,23 @@ def optimize_with_dspy(
                 try:
                     scored = final
                     if remote is not None:  # on the pool too: the best candidate's full evaluation is cached
-                        if cap is not None:
-                            cap.before_remote()
-                        if tracker.remote is not None:  # call by call, under the evaluations' cache keys
+                        if optimizer != "miprov2":  # call by call (the cap reserved per call), cached
                             for program in members or [final]:
                                 setattr(program, TRACE_FREE, True)
                         else:
                             scored = remote(unwrap(final))
-                    evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
-                        scored, valset
-                    )
+                    admitted, done = valset, None
+                    if remote is not None and optimizer == "miprov2":
+                        admitted, done = admit(cap, tracker.cache, scored, valset)
+                    finished = False
+                    try:
+                        evaluation = Evaluator(scorer, concurrency=num_threads, cache=tracker.cache).run(
+                            scored, admitted
+                        )
+                        finished = True
+                    finally:
+                        if done is not None:
+                            done(finished)
                 except Stop as stop:
                     if not isinstance(stop.stopped, CapReached):
                         raise stop.stopped from None

@@ -15,7 +15,11 @@ caller exports its spans, from the outcome). A task names its program by referen
 a version id is a content hash, so each is read once per worker). The run executes
 as :meth:`App.run` executes it, with a recorder, under ``dspy.context``; the worker records nothing: the
 caller's process writes the record from the outcome it sends back. A task of ``"kind": "predict_batch"``
-(an evaluation's shard) runs the program on many examples' inputs on threads and returns predictions.
+(an evaluation's shard) runs the program on many examples' inputs on threads and returns predictions;
+with ``"trace": true`` each example also returns its DSPy trace as JSON steps by predictor name, and a
+parse failure its predictor's name, LM response and partial parse; ``"lms"`` gives the candidate's
+sampling settings (numbers only, :func:`~dspex.pools.remote.check_sampling`), applied as
+``own_lm.copy(**settings)`` to the context LM and to named predictors.
 A task of ``"kind": "runs"`` (a shard of a batch: ``{"runs": [task, ...]}``) executes each run as a
 single run task executes, one after the other, and returns ``{"outcomes": [...]}`` in the same order:
 one message each way for the whole shard.
@@ -274,6 +278,37 @@ class _Worker:
             self.configurations[key] = program
         return program
 
+    def sampling(self, built: str, program: Any, lm: Any, settings: dict[str, Any]) -> tuple[Any, Any]:
+        """``program`` (a copy, built once per settings) whose predictors named in ``settings`` sample with
+        ``their_lm.copy(**kwargs)``, and the context LM ``lm.copy(**settings["context"])``: a DSPy
+        optimizer's candidate LM settings (:func:`~dspex.pools.remote.check_sampling`: numbers only)
+        applied to this worker's own LM."""
+        from dspex.jsonable import canonical_hash
+
+        context = lm.copy(**settings["context"]) if settings.get("context") else lm
+        predictors = settings.get("predictors") or {}
+        if not predictors:
+            return program, context
+        key = f"{built}:lms:{canonical_hash(predictors)}"
+        with self.lock_batch:
+            cached = self.configurations.get(key)
+        if cached is None:
+            from dspex.variables._paths import copy_program
+
+            cached = copy_program(program)
+            named = dict(cached.named_predictors())
+            unknown = sorted(set(predictors) - set(named))
+            if unknown:
+                raise ValueError(f"LM settings name predictors {unknown} the program does not have")
+            for name, kwargs in predictors.items():
+                own = named[name].lm if named[name].lm is not None else lm
+                named[name].lm = own.copy(**kwargs)
+            with self.lock_batch:
+                if len(self.configurations) >= 64:
+                    self.configurations.clear()
+                self.configurations[key] = cached
+        return cached, context
+
     def predict_batch(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run the program on each example's inputs with ``threads`` threads (an evaluation's shard):
         predictions as JSON, or the error of each example; nothing is recorded."""
@@ -281,6 +316,7 @@ class _Worker:
         from concurrent.futures import ThreadPoolExecutor
 
         from dspex.jsonable import to_jsonable
+        from dspex.pools.remote import check_sampling
 
         program, _, version_id = self.program(task["program"])
         if task.get("configuration") is not None:
@@ -288,21 +324,38 @@ class _Worker:
         if task.get("state") is not None:
             program = self.with_state(version_id, program, task["state"])
         lm = dspy.settings.lm if dspy.settings.lm is not None else self.app.default_lm(program)
+        sampling = check_sampling(task.get("lms"))
+        if sampling:
+            from dspex.jsonable import canonical_hash
+
+            built = canonical_hash([task.get("configuration"), task.get("state")])  # names ``program``
+            program, lm = self.sampling(f"{version_id}:{built}", program, lm, sampling)
+        traced = bool(task.get("trace"))
+        names = {id(p): n for n, p in program.named_predictors()} if traced else {}
 
         def one(inputs: dict[str, Any]) -> dict[str, Any]:
             started = time.perf_counter()
             calls = _Calls()  # the example's LM calls, replayed into the evaluation's usage by the caller
+            trace: dict[str, Any] = {"trace": []} if traced else {}
             try:
-                with dspy.context(lm=lm, disable_history=True, usage_tracker=calls):
+                with dspy.context(lm=lm, disable_history=True, usage_tracker=calls, **trace):
                     prediction = to_jsonable(program(**inputs))
+                    steps = _trace_steps(dspy.settings.trace, names) if traced else None
             except Exception as exc:  # one example's failure is data for the evaluation, as inline
                 return {
-                    "error": {"type": type(exc).__name__, "message": str(exc)},
+                    "error": _error(exc, program if traced else None),
                     "ms": (time.perf_counter() - started) * 1000,
                     "usage": calls.entries,
                 }
             value = prediction if isinstance(prediction, dict) else {"value": prediction}
-            return {"prediction": value, "ms": (time.perf_counter() - started) * 1000, "usage": calls.entries}
+            done: dict[str, Any] = {
+                "prediction": value,
+                "ms": (time.perf_counter() - started) * 1000,
+                "usage": calls.entries,
+            }
+            if traced:
+                done["trace"] = steps
+            return done
 
         examples = list(task["examples"])
         threads = max(1, int(task.get("threads") or 1))
@@ -355,6 +408,41 @@ class _Worker:
             error = {"type": type(exc).__name__, "message": str(exc)}
             result = {"results": [{"error": error, "ms": 0.0} for _ in message["task"]["examples"]]}
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
+
+
+def _trace_steps(trace: Any, names: dict[int, str]) -> list[dict[str, Any]] | None:
+    """A DSPy trace as JSON steps ``{"predictor", "inputs", "outputs"}`` by predictor name (the shape the
+    optimizer's candidate cache stores); None when a step's predictor is not one of the program's."""
+    from dspex.jsonable import to_jsonable
+
+    steps = []
+    for predictor, inputs, outputs in trace or ():
+        name = names.get(id(predictor))
+        if name is None:
+            return None
+        steps.append({"predictor": name, "inputs": to_jsonable(inputs), "outputs": to_jsonable(outputs)})
+    return steps
+
+
+def _error(exc: Exception, program: Any) -> dict[str, Any]:
+    """An example's error as JSON; for a traced call, a parse failure also names the predictor that
+    failed (the first whose signature is the error's, as DSPy's ``bootstrap_trace_data`` finds it), with
+    the LM's response and what was parsed, so the caller can raise the same error with its own
+    predictor's signature."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    from dspex.jsonable import to_jsonable
+
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if program is not None and isinstance(exc, AdapterParseError):
+        name = next((n for n, p in program.named_predictors() if p.signature == exc.signature), None)
+        error["parse"] = {
+            "predictor": name,
+            "adapter": str(exc.adapter_name),
+            "lm_response": to_jsonable(exc.lm_response),
+            "parsed_result": to_jsonable(exc.parsed_result),
+        }
+    return error
 
 
 def main(conn: Any) -> None:

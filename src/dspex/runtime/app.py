@@ -678,16 +678,16 @@ class App:
         - ``max_lm_calls``: a hard cap on the run's LM calls (every attempt of it, the optimizer's own
           proposals included); the optimizer is stopped there and the best candidate so far is the result
           (``result.stopped`` says so).
-        - ``pool``: a configured pool (``[pools.NAME]``) on whose workers the candidates' evaluations
-          that need predictions, not traces, run: ``miprov2``'s trial evaluations, ``gepa``'s valset
-          evaluations, ``copro``'s, ``bootstrap_rs``'s and ``ensemble``'s candidate scoring, and the
-          final one (bootstrapping, proposals, GEPA's reflective minibatches stay here; ``simba`` and
-          ``bootstrap`` refuse a pool). Each worker loads a candidate's instructions and
+        - ``pool``: a configured pool (``[pools.NAME]``) on whose workers the optimizer's program calls
+          run: candidate evaluations, and the calls whose DSPy traces it reads (bootstrapping, ``gepa``'s
+          reflective minibatches, ``simba``'s trajectories), their traces sent back and replayed here;
+          proposals and reflections stay here. Each worker loads a candidate's instructions and
           demos (``dump_state()`` JSON without LMs) into its own copy of the version and calls its own
-          LM, which should be the task model. The trials, scores and chosen program are those of the run
-          in process; a stop and ``max_lm_calls`` are checked before each evaluation
-          (:func:`~dspex.optimize.dspy_run.optimize_with_dspy`). The routing rules are not consulted
-          here: a job's worker passes its own pool or the routed one.
+          LM, which should be the task model; a candidate's sampling settings (SIMBA's temperature and
+          rollout id per predictor) cross as numbers, and a call on another model runs here. The trials,
+          scores and chosen program are those of the run in process; ``max_lm_calls`` holds
+          (:func:`~dspex.optimize.dspy_run.optimize_with_dspy` says where it may not). The routing rules
+          are not consulted here: a job's worker passes its own pool or the routed one.
         Evaluations are kept in :attr:`evaluation_cache`, and the run in :attr:`optimizations` under
         ``optimization_id`` (default derived from the inputs): a rerun, or the job's next worker after a
         crash, resumes it without paying again for the evaluations already made.
