@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_pools import _kill_when_busy
 
-from dspex.distributed.batch import run_batch
+from dspex.distributed.batch import SHARD_SIZE, SHARD_START, run_batch
 from dspex.errors import ConfigurationError, ValidationError, WorkerError
 from dspex.pools.pool import Pool
 from dspex.runtime.app import App
@@ -178,6 +178,25 @@ def test_a_batch_on_a_process_pool_goes_in_shards(
     assert [p.get("kind") for p in payloads[6:]] == [None] * 3  # single runs, as before
     app.flush()
     assert len({line.execution_id for line in lines}) == 21
+
+
+def test_a_batch_of_fast_runs_grows_its_shards_and_slow_ones_keep_them_small(
+    make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+    payloads = _submitted(app, monkeypatch)
+    lines = run_batch(app, "qa", [{"question": f"q{i}"} for i in range(400)], pool="general")
+    assert [line.status for line in lines] == ["succeeded"] * 400
+    sizes = [len(p["runs"]) for p in payloads]
+    assert sum(sizes) == 400
+    assert sizes[:4] == [SHARD_START] * 4  # every feeder starts small: a short batch still uses each worker
+    assert max(sizes) == SHARD_SIZE  # fast shards doubled up to the largest
+    assert sizes.count(SHARD_SIZE) >= 6
+
+    payloads.clear()
+    monkeypatch.setattr("dspex.distributed.batch.SHARD_FAST_S", 0.0)  # no shard is fast enough to grow
+    run_batch(app, "qa", [{"question": f"slow {i}"} for i in range(40)], pool="general")
+    assert {len(p["runs"]) for p in payloads} == {SHARD_START}
 
 
 def test_cache_hits_are_answered_in_place(
