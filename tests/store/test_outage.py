@@ -117,8 +117,15 @@ def test_a_full_buffer_during_an_outage_spills_in_order_then_the_writer_replays_
     db: _Flaky, tmp_path: Path
 ) -> None:
     spill = tmp_path / "spill.jsonl"
+    # hold_running=0: every start record goes out as it comes, so the order of distinct records shows.
     writer = ExecutionWriter(
-        ExecutionRepository(db), linger=0.0, max_queue=5, batch_size=2, max_backoff=0.05, spill_path=spill
+        ExecutionRepository(db),
+        linger=0.0,
+        max_queue=5,
+        batch_size=2,
+        max_backoff=0.05,
+        spill_path=spill,
+        hold_running=0.0,
     )
     db.down.set()
     for i in range(12):  # callers are never blocked for long: the overflow goes to the spill file

@@ -4,7 +4,13 @@ The caller only appends to a deque (``submit``, well under a microsecond, no loc
 writer thread is woken once per burst, lingers briefly so the burst shares one transaction, coalesces
 records of the same execution (a run that started and ended within one batch is one row), turns payloads
 into JSON (this is where a recorder's trace is converted, off the caller's path) and upserts them in one
-statement. Records are written in the order they were submitted.
+statement. Records are written in the order they were submitted, but for a run's start record
+(``running``): it waits up to ``hold_running`` (0.2 s) for its run's end, so that a run ending within
+that time is written once, as its terminal record. Runs queued behind others (a batch's shard on a pool
+worker) end well after their start was submitted; without the wait more than half of them were written
+twice. A run still going after the wait has its start record written then; ``flush()`` and ``close()``
+write waiting start records at once. A process killed meanwhile loses a start record it had not written
+yet, as it loses any record still in the buffer.
 
 One bad row never fails the rows batched with it: when a batch fails, it is retried row by row. If some
 rows go in, the ones that did not are bad rows: each is stored in a reduced form (its payload replaced
@@ -85,6 +91,7 @@ class ExecutionWriter:
         spill_path: Path | None = None,
         recorders: RecorderRepository | None = None,
         lease_s: float = 60.0,
+        hold_running: float = 0.2,
     ) -> None:
         self.repository = repository
         self.recorders = recorders
@@ -95,6 +102,10 @@ class ExecutionWriter:
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.linger = linger
+        # A run's start record ("running") waits up to this long for its run's end, so that a run ending
+        # within it is written once; flush() and close() write what waits at once.
+        self.hold_running = hold_running
+        self._held: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (first seen, running row)
         self.attempts = attempts
         self.max_backoff = max_backoff
         self.spill_path = spill_path
@@ -177,6 +188,8 @@ class ExecutionWriter:
             due.append(self._next_renew)
         if self._spilling:
             due.append(self._next_probe)
+        if self._held:
+            due.append(min(first for first, _ in self._held.values()) + self.hold_running)
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _run(self) -> None:
@@ -196,7 +209,7 @@ class ExecutionWriter:
                     stopping = True
                 elif isinstance(item, _Flush):
                     self._next_probe = 0.0  # someone waits: see at once whether the database is back
-                    self._write(batch)
+                    self._write(batch, hold=False)
                     batch = []
                     item.done.set()
                 else:
@@ -204,14 +217,17 @@ class ExecutionWriter:
                     if len(batch) >= self.batch_size:
                         self._write(batch)
                         batch = []
-            self._write(batch)
+            self._write(batch, hold=not stopping)
             self._drained.set()
             if stopping:
                 return
             self._periodic()
 
     def _periodic(self) -> None:
-        """What the thread does on a timer: renew the recorder's lease, probe the database after an outage."""
+        """What the thread does on a timer: write start records that waited long enough, renew the
+        recorder's lease, probe the database after an outage."""
+        if self._held:
+            self._write([])
         now = time.monotonic()
         if self._spilling and now >= self._next_probe:
             self._recover()
@@ -231,10 +247,14 @@ class ExecutionWriter:
             logger.warning("renewing execution recorder %s failed: %s", self.recorder_id, describe_error(exc))
             self.errors.append(exc)
 
-    def _write(self, batch: list[PendingRecord]) -> None:
-        if not batch:
+    def _write(self, batch: list[PendingRecord], *, hold: bool = True) -> None:
+        """Write ``batch`` with the start records that waited (see ``hold_running``); with ``hold``, the
+        start records that have waited less than ``hold_running`` wait on."""
+        held = self._held
+        if not batch and not held:
             return
-        rows: dict[str, dict[str, Any]] = {}
+        # Start records that waited come first: a later record of the same run supersedes them.
+        rows: dict[str, dict[str, Any]] = {key: row for key, (_, row) in held.items()}
         for pending in batch:
             try:
                 row = pending() if callable(pending) else pending
@@ -245,6 +265,16 @@ class ExecutionWriter:
             if self.recorder_id is not None and row.get("recorder_id") is None:
                 row = {**row, "recorder_id": self.recorder_id}
             rows[row["id"]] = row  # later records of the same execution supersede earlier ones
+        self._held = {}
+        if hold and self.hold_running > 0:
+            now = time.monotonic()
+            for key, row in rows.items():
+                if row.get("status") == "running":
+                    first = held[key][0] if key in held else now
+                    if now - first < self.hold_running:
+                        self._held[key] = (first, row)
+            for key in self._held:
+                del rows[key]
         pending_rows = list(rows.values())
         if not pending_rows:
             return
