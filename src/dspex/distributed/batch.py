@@ -8,8 +8,8 @@
     lines = run_batch(app, "qa", [{"question": "a"}, {"question": "b"}], concurrency=8)   # in memory
 
 Each input runs as :meth:`App.arun` runs it (on ``pool``, else where the router sends the program,
-else inline), so each leaves its own execution record. On a process pool the inputs travel in shards
-(:meth:`App.arun_many`: several runs per message to a worker, one record each). Each result is one JSON line::
+else inline), so each leaves its own execution record. On a pool (processes or Ray actors) the inputs
+travel in shards (:meth:`App.arun_many`: several runs per message to a worker, one record each). Each result is one JSON line::
 
     {"index": 0, "key": "0:9f2c...", "status": "succeeded", "execution_id": "...", "outputs": {...}}
     {"index": 1, "key": "1:07ab...", "status": "failed", "execution_id": "...", "error": {"code", "message"}}
@@ -175,7 +175,7 @@ async def arun_batch(
 ) -> BatchReport:
     """Run registered ``program`` on each input, ``concurrency`` at a time; see the module docstring.
 
-    On a process pool, inputs go to the workers in shards of ``shard_size`` runs (default
+    On a pool (process or Ray), inputs go to the workers in shards of ``shard_size`` runs (default
     :data:`SHARD_SIZE`; 1 sends each run alone), with at least two shards per worker in flight
     (``concurrency`` runs, when that is more).
 
@@ -213,7 +213,7 @@ async def arun_batch(
 
     shard = _shard_size(app, pool, shard_size)
 
-    async def shards(pool: str) -> None:  # a process pool: ``shard`` runs per message to a worker
+    async def shards(pool: str) -> None:  # a pool: ``shard`` runs per message to a worker
         while chunk := list(itertools.islice(pending, shard)):
             values = [dict(v) for _, _, v in chunk]
             results = await app.arun_many(program, values, version_id=version_id, pool=pool)
@@ -261,15 +261,16 @@ def _line(index: int, key: str, result: RunResult | BaseException) -> BatchLine:
     return BatchLine(index, key, "succeeded", result.execution_id, outputs=to_jsonable(result.outputs))
 
 
-SHARD_SIZE = 8  # runs per message to a process pool's worker in a batch (see arun_batch)
+SHARD_SIZE = 8  # runs per message to a pool's worker (process or Ray actor) in a batch (see arun_batch)
 
 
 def _shard_size(app: App, pool: str | None, shard_size: int | None) -> int:
-    """Runs per shard: ``shard_size`` (or SHARD_SIZE) on a process pool; 1 (one run a task) elsewhere."""
+    """Runs per shard: ``shard_size`` (or SHARD_SIZE) on a named pool; 1 (one run a task) without one."""
     if shard_size is not None and shard_size < 1:
         raise ConfigurationError(f"shard_size must be >= 1, got {shard_size}")
-    if pool is None or app.pools.setting(pool).backend != "process":  # Ray actors take runs one by one
+    if pool is None:  # where the router sends each run: one by one
         return 1
+    app.pools.setting(pool)  # unknown: ConfigurationError listing the pools
     return SHARD_SIZE if shard_size is None else shard_size
 
 
