@@ -295,6 +295,33 @@ async def test_a_stream_whose_actor_dies_ends_failed_with_a_terminal_record(
     assert pool.status().replaced.get("died", 0) == before + 1
 
 
+async def test_closing_a_stream_on_ray_records_it_cancelled_and_the_late_outcome_is_dropped(app: App) -> None:
+    from dspex.runtime.stream import RunStarted, RunStream
+
+    pool = app.pools.get("cluster")
+    assert isinstance(pool, RayPool)
+    stream = await RunStream.open(app, "sleepy", {"question": "?", "seconds": 1.0}, pool="cluster")
+    events = stream.events()
+    started = await anext(events)
+    assert isinstance(started, RunStarted)
+    pending = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.2)
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await events.aclose()
+    # As on a process pool, the actor finishes the run (a sync program cannot be interrupted); its
+    # outcome, arriving after the cancel, changes nothing: the record stays cancelled.
+    deadline = time.monotonic() + 30
+    while any(w.state == "busy" for w in pool.status().workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    app.flush()
+    record = app.executions.get(started.execution_id)
+    assert record is not None
+    assert record.status == "cancelled"
+    assert app.run("sleepy", {"question": "again"}, pool="cluster").outputs["answer"] == "slept 0.0"
+
+
 def _recycling_pool(app: App, name: str, **setting: Any) -> RayPool:
     from dspex.settings import PoolSetting
 

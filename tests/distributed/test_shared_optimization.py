@@ -20,7 +20,7 @@ from optuna.distributions import FloatDistribution, distribution_to_json
 from dspex.distributed.drivers import Driver, gone, this_driver
 from dspex.distributed.optimize import ParallelOptimizer
 from dspex.errors import ConfigurationError
-from dspex.optimize import exact_match
+from dspex.optimize import HolisticOptimizer, exact_match
 from dspex.store import open_database
 from dspex.store._engine import Database
 from dspex.store.optimizations import OptimizationRecord, OptimizationRepository, TrialRecord
@@ -354,5 +354,83 @@ def test_an_owner_waits_one_lease_for_an_owner_on_another_machine(tmp_path: Path
         with pytest.raises(ConfigurationError, match=f"already has an owner, driver {elsewhere}"):
             _scripted(3, join=False, lease_s=0.5).optimize(program, devset, db=url, optimization_id="r")
         assert OptimizationRepository(db).get("r").status == "succeeded"
+    finally:
+        db.dispose()
+
+
+def _serial(n_trials: int, lease_s: float = 30.0) -> HolisticOptimizer:
+    engine = ScriptedEngine({"answer": lambda inputs: inputs["question"].upper()})
+    optimizer = HolisticOptimizer(
+        VariableSpace([Variable.float("temperature", 0.0, 1.5)]),
+        [bind.temperature("temperature")],
+        exact_match,
+        n_trials=n_trials,
+        pruning=False,
+        lm=engine.lm(cache=False),
+        concurrency=2,
+    )
+    optimizer.lease_s, optimizer.poll_s = lease_s, 0.05
+    return optimizer
+
+
+def _owner(db: Database, run: str) -> str | None:
+    with db.read() as connection:
+        owner = connection.execute(sa.select(optimizations.c.owner).where(optimizations.c.id == run)).scalar()
+    return None if owner is None else str(owner)
+
+
+def test_a_serial_optimizer_respects_the_owner_of_a_run(database_url: str) -> None:
+    program = dspy.Predict("question -> answer")
+    devset = [dspy.Example(question=q, answer=q.upper()).with_inputs("question") for q in ("a", "b", "c")]
+    seen: list[str | None] = []
+    refused: list[str] = []
+
+    def while_serial_runs(progress: object) -> None:  # a shared owner asks while the serial one holds it
+        seen.append(_owner(db, "s"))
+        try:
+            _scripted(3, join=False).optimize(program, devset, db=database_url, optimization_id="s")
+        except ConfigurationError as exc:
+            refused.append(str(exc))
+
+    db = open_database(database_url)
+    try:
+        assert _serial(2).optimize(
+            program, devset, db=database_url, optimization_id="s", on_trial=while_serial_runs
+        )
+        assert seen[0] is not None
+        assert Driver.parse(seen[0]) is not None  # the serial optimizer owned its run
+        assert refused
+        assert "already has an owner" in refused[0]
+        repo = OptimizationRepository(db)
+        assert _owner(db, "s") is None  # released when it ended
+        trials = len(repo.trials("s"))
+        elsewhere = "other-host/4242/feedfacecafe/0badc0de"
+
+        def owned_elsewhere(for_s: float) -> None:
+            with db.write() as connection:
+                connection.execute(
+                    sa.update(optimizations)
+                    .where(optimizations.c.id == "s")
+                    .values(
+                        owner=elsewhere,
+                        owner_lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=for_s),
+                    )
+                )
+
+        # A live shared owner elsewhere (its lease holds): the serial resume is refused, the run untouched.
+        owned_elsewhere(600)
+        with pytest.raises(
+            ConfigurationError, match=r"already has an owner, driver other-host.*wait.*--join"
+        ):
+            _serial(4, lease_s=0.3).optimize(program, devset, db=database_url, optimization_id="s")
+        assert repo.get("s").status == "succeeded"
+        assert _owner(db, "s") == elsewhere
+        assert len(repo.trials("s")) == trials
+        # Its lease lapsed: the serial optimizer takes the run over and resumes it.
+        owned_elsewhere(-1)
+        resumed = _serial(4, lease_s=0.3).optimize(program, devset, db=database_url, optimization_id="s")
+        assert resumed.finished == 4
+        assert repo.get("s").status == "succeeded"
+        assert _owner(db, "s") is None
     finally:
         db.dispose()

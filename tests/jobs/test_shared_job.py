@@ -4,6 +4,7 @@ runs the owner first and the joining job finds nothing left; a cancelled owner c
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import subprocess
@@ -236,3 +237,34 @@ def test_a_retried_owner_job_resumes_its_run_with_its_joiners(
     for t in trials:
         first[t.driver] = min(first.get(t.driver, t.started_at), t.started_at)
     assert len({d for d, at in first.items() if at > failed_at[0]}) == 2
+
+
+def test_a_joiner_that_finds_the_run_ended_as_it_joins_leaves_nothing_to_do(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: a joining job sees the run running, and the run ends before its driver joins it. Here the
+    # joiner's look at the run is made stale (as the race leaves it) once the owner has ended the run.
+    url = f"sqlite:///{tmp_path}/race.db"
+    with _app(tmp_path / "home", url, sim) as app:
+        owner = submit_optimization(
+            app, program="qa", dataset="qa-set", space=SPACE_DOCUMENT, n_trials=2, drivers=2
+        )
+        (joiner,) = _joiners(app, owner)
+        run_id = owner.payload["optimization_id"]
+        runs = app.optimizations.runs
+        stale: list[str] = []
+
+        def looked_at_before_it_ended(program: str | None = None) -> list[Any]:
+            found = runs(program)
+            stale.extend(r.status for r in found if r.id == run_id)
+            return [dataclasses.replace(r, status="running") if r.id == run_id else r for r in found]
+
+        monkeypatch.setattr(app.optimizations, "runs", looked_at_before_it_ended)
+        assert Worker(app, lease_s=5, poll_s=0.05).run(stop_when_idle=True) == 2
+        done = app.jobs.get(joiner.id)
+        assert stale == ["succeeded"]  # the owner ran first and ended the run
+        assert app.optimizations.get(run_id).status == "succeeded"
+        assert done is not None
+        assert done.status == "succeeded"  # not failed with the join's "nothing to join"
+        assert done.result is not None
+        assert (done.result["joined"], done.result["reason"]) == (False, "the run is succeeded")

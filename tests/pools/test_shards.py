@@ -1,4 +1,5 @@
 """Shards: many runs sent to one worker of a process pool as one task, each with its own record.
+The same guarantees on Ray actors: ``tests/distributed/test_ray_shards.py``.
 
 Real worker processes (forkserver), as in ``test_pools.py``; workers import ``pool_programs`` by name.
 """
@@ -220,9 +221,3 @@ def test_misuse_is_a_clear_error(make_app: Callable[..., App]) -> None:
         app.run_many("qa", [{"question": "a"}], pool="nope")
     with pytest.raises(ConfigurationError, match="shard_size must be >= 1"):
         run_batch(app, "qa", [{"question": "a"}], pool="general", shard_size=0)
-    ray = App(Settings(database_url=app.settings.database_url, pools={"cluster": {"backend": "ray"}}))
-    try:
-        with pytest.raises(ConfigurationError, match="backend = 'ray'"):
-            ray.run_many("qa", [{"question": "a"}], pool="cluster")
-    finally:
-        ray.close()

@@ -51,7 +51,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -167,27 +166,13 @@ class ParallelOptimizer(HolisticOptimizer):
         self.join = join
         self.lease_s = float(lease_s)
         self.poll_s = float(poll_s)
-        self._owners: dict[str, tuple[Driver, Heartbeat]] = {}  # run id -> this owner and its lease's beat
 
     # -- the run ---------------------------------------------------------------------------------------
     def _start(
         self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
     ) -> None:
-        if not self.join:
-            owner = this_driver()
-            self._own(repo, run_id, owner)  # refused before anything of a live owner's run changes
-            try:
-                super()._start(repo, run_id, program_name, settings)
-            except BaseException:  # another run under this id: it stays as it was, owner-free
-                repo.release_owner(run_id, owner.id)
-                raise
-            self._own(repo, run_id, owner)  # the run exists now: two owners that both created it race here
-            beat = Heartbeat(
-                lambda: repo.renew_owner(run_id, owner.id, self.lease_s),
-                self.lease_s / 3,
-                name=f"dspex-owner-{run_id}",
-            )
-            self._owners[run_id] = (owner, beat.__enter__())
+        if not self.join:  # the owner: as a serial optimizer owns its run (HolisticOptimizer._own_run)
+            super()._start(repo, run_id, program_name, settings)
             return
         try:
             stored = repo.get(run_id)
@@ -222,37 +207,6 @@ class ParallelOptimizer(HolisticOptimizer):
             )
         if stored.status != "running":
             raise ConfigurationError(f"optimization {run_id!r} is {stored.status}; there is nothing to join")
-
-    def _own(self, repo: OptimizationRepository, run_id: str, owner: Driver) -> None:
-        """Take the run's ownership (one owner per run, in the store), or say who holds it and what to do.
-        A holder on this machine is alive (a gone one is taken over at once): refused at once. One on
-        another machine is given one lease to lapse: an owner job retried elsewhere after its worker died
-        takes the run over then, while a live holder, renewing its lease, is still there and this owner is
-        refused."""
-        deadline = time.monotonic() + self.lease_s + self.poll_s
-        while True:
-            holder = repo.claim_owner(
-                run_id, driver=owner.id, lease_s=self.lease_s, gone=lambda other: gone(other, me=owner)
-            )
-            if holder is None or time.monotonic() >= deadline:
-                break
-            held_by = Driver.parse(holder)
-            if held_by is not None and held_by.place == owner.place:  # its pid exists: it is alive
-                break
-            time.sleep(self.poll_s)
-        if holder is not None:
-            raise ConfigurationError(
-                f"optimization {run_id!r} already has an owner, driver {holder}, which saves its version; "
-                "add trials to it with join=True (`dspex optimize --join`, `dspex optimizations join`), or "
-                f"start this owner again once that one has ended (or its lease of {self.lease_s:g} s has passed)"
-            )
-
-    def _left(self, repo: OptimizationRepository, run_id: str) -> None:
-        held = self._owners.pop(run_id, None)
-        if held is not None:
-            owner, beat = held
-            beat.__exit__(None, None, None)
-            repo.release_owner(run_id, owner.id)
 
     def _budget(self) -> dict[str, Any]:
         # Marks the run as shared: a joiner refuses a run whose owner drives it alone (the serial

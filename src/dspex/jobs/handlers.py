@@ -291,7 +291,8 @@ def _run_joined(
     owner first), adds trials until the budget is spent, and is cancelled when the run ends cancelled, or
     failed for good; a run that failed while its owner job has attempts left sends this job back to the
     queue, to join the run its owner resumes. A run that already ended (its owner job done), or an owner
-    job that ended before starting it, leaves nothing to do."""
+    job that ended before starting it, leaves nothing to do; so does a run that ends between this job's
+    look at it and its join (the join's "nothing to join" is that outcome, not the job's failure)."""
 
     from dspex.jobs.submit import optimization_job
     from dspex.optimize.search import OptimizationStopped
@@ -324,6 +325,20 @@ def _run_joined(
             parallel=parallel,
             join=True,
         )
+    except ConfigurationError as exc:
+        # The run was running when looked at above, but ended before this driver joined it (its owner's
+        # attempt failed, or the budget was spent, in between): the join refuses an ended run. The outcome
+        # is the one of a run found ended a moment earlier, not a failed job; other misuse fails the job.
+        status = app.optimizations.get(optimization_id).status
+        if status == "running":
+            raise
+        if status == "failed" and _owner_runs_again(app, optimization_id, context, pause):
+            raise JobInterrupted(
+                "release",
+                f"optimization {optimization_id} failed as this job joined it and its owner job runs it "
+                "again; this joining job goes back to the queue to join it",
+            ) from exc
+        return {**done, "joined": False, "reason": f"the run is {status}"}
     except OptimizationStopped as exc:
         if context.stop_reason is not None:  # this job was cancelled, lost its lease, or its worker stops
             raise JobInterrupted(context.stop_reason, str(exc), result={**done, "joined": True}) from exc

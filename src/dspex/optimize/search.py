@@ -35,8 +35,12 @@ killed process ``failed``, then replays every finished trial into a fresh study 
 params, values, intermediate values and sampler/pruner attributes) and continues. The run ends when
 ``n_trials`` trials are *finished* (``complete`` + ``pruned``); failed trials (constraint violations,
 aborted evaluations, trials of a killed process) do not count, so the requested number is reached
-exactly. One process runs an optimization at a time: a second one is detected when the numbers
-diverge and stops with an error.
+exactly. One process runs an optimization at a time: the one that starts or resumes it owns it in the
+store (``optimizations.owner``, with a lease of ``lease_s`` renewed every third of it, cleared when it
+ends), as a shared run's owner does (:mod:`dspex.distributed.optimize`). A serial optimizer that finds
+the run owned by a live driver is refused with a ConfigurationError that says to wait, or to add trials
+with ``--join`` (``join=True``); one whose owner is gone (its process ended on this machine, or its
+lease passed) takes the run over and resumes it.
 
 Stopping early: ``on_trial`` may raise :class:`OptimizationStopped` after any trial (a job worker does,
 when its job is cancelled or handed to another worker). With ``cancelled=True`` the run is recorded
@@ -248,6 +252,9 @@ class HolisticOptimizer:
       the run stops with an error, so an over-constrained space cannot loop forever.
     """
 
+    lease_s: float = 30.0  # the owner's lease on its run (ParallelOptimizer takes it as an argument)
+    poll_s: float = 0.5  # how often a would-be owner re-reads a run whose holder may have lapsed
+
     def __init__(
         self,
         space: VariableSpace,
@@ -315,6 +322,7 @@ class HolisticOptimizer:
         # which applies the configuration to its own copy of the program version.
         self.remote = remote
         self._cost_per_example: dict[str, float] = {}
+        self._owners: dict[str, tuple[Any, Any]] = {}  # run id -> this owner (a Driver) and its lease's beat
 
     # -- public ------------------------------------------------------------------------------------
     def optimize(
@@ -394,7 +402,63 @@ class HolisticOptimizer:
 
     # -- the run -----------------------------------------------------------------------------------
     def _left(self, repo: OptimizationRepository, run_id: str) -> None:
-        """This call is done with the run, however it ended (a shared run's owner lets go of it here)."""
+        """This call is done with the run, however it ended: its owner lets go of it here."""
+        held = self._owners.pop(run_id, None)
+        if held is not None:
+            owner, beat = held
+            beat.__exit__(None, None, None)
+            repo.release_owner(run_id, owner.id)
+
+    def _own_run(
+        self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
+    ) -> None:
+        """Create or resume the run as its owner (one owner per run, in the store), with a lease renewed
+        on a heartbeat until :meth:`_left`; refused, before anything of the run changes, while a live
+        driver owns it."""
+        # The owner lease and the driver ids live with the shared runs (dspex.distributed.drivers, stdlib
+        # only); imported here, lazily, so a serial run and a shared one claim the same way.
+        from dspex.distributed.drivers import Heartbeat, this_driver
+
+        owner = this_driver()
+        self._own(repo, run_id, owner)
+        try:
+            self._create(repo, run_id, program_name, settings)
+        except BaseException:  # another run under this id: it stays as it was, owner-free
+            repo.release_owner(run_id, owner.id)
+            raise
+        self._own(repo, run_id, owner)  # the run exists now: two owners that both created it race here
+        beat = Heartbeat(
+            lambda: repo.renew_owner(run_id, owner.id, self.lease_s),
+            self.lease_s / 3,
+            name=f"dspex-owner-{run_id}",
+        )
+        self._owners[run_id] = (owner, beat.__enter__())
+
+    def _own(self, repo: OptimizationRepository, run_id: str, owner: Any) -> None:
+        """Take the run's ownership, or say who holds it and what to do. A holder on this machine is
+        alive (a gone one is taken over at once): refused at once. One on another machine is given one
+        lease to lapse: an owner job retried elsewhere after its worker died takes the run over then,
+        while a live holder, renewing its lease, is still there and this owner is refused."""
+        from dspex.distributed.drivers import Driver, gone
+
+        deadline = time.monotonic() + self.lease_s + self.poll_s
+        while True:
+            holder = repo.claim_owner(
+                run_id, driver=owner.id, lease_s=self.lease_s, gone=lambda other: gone(other, me=owner)
+            )
+            if holder is None or time.monotonic() >= deadline:
+                break
+            held_by = Driver.parse(holder)
+            if held_by is not None and held_by.place == owner.place:  # its pid exists: it is alive
+                break
+            time.sleep(self.poll_s)
+        if holder is not None:
+            raise ConfigurationError(
+                f"optimization {run_id!r} already has an owner, driver {holder}, which saves its version; "
+                "wait for it to end (or for its lease of "
+                f"{self.lease_s:g} s to pass) and start this one again, or add trials to it with join=True "
+                "(`dspex optimize --join`, `dspex optimizations join`; a shared run only)"
+            )
 
     def _ended(self, repo: OptimizationRepository, run_id: str, status: str, error: str) -> None:
         """Record a run that ended early (a driver that joined another's run leaves that to it)."""
@@ -403,6 +467,14 @@ class HolisticOptimizer:
     def _start(
         self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
     ) -> None:
+        """Start or resume the run (as its owner; a ParallelOptimizer's joiner overrides this)."""
+        self._own_run(repo, run_id, program_name, settings)
+
+    def _create(
+        self, repo: OptimizationRepository, run_id: str, program_name: str | None, settings: Any
+    ) -> None:
+        """Create the run's row, or check a resumed one was started with the same inputs and mark it
+        running."""
         record = OptimizationRecord(
             id=run_id,
             program=program_name,

@@ -4,7 +4,7 @@ living in a Ray worker process instead of a child process of ours.
 Ray makes it an actor (``ray.remote(RayWorker)``) in :mod:`dspex.pools.ray_pool`, so importing this
 module needs no Ray. Messages are the process pool's, as JSON-ready dicts: the constructor takes the
 ``start`` message (so a restarted actor starts again alike), :meth:`run` a task and returns
-``{"result", "rss", "pid"}``. The actor records nothing: the driver writes the run's record.
+``{"result", "rss", "pid", "runs"}`` (``runs``: the runs it held, many for a shard of runs). The actor records nothing: the driver writes the run's record.
 
 A streamed run (``"stream": true``) goes to :meth:`stream`, a Ray streaming generator
 (``num_returns="streaming"``): it yields each token or step event as the JSON text of the process
@@ -50,7 +50,8 @@ class RayWorker:
         return {"pid": os.getpid(), "rss": rss_bytes(), "busy": self._busy}
 
     def run(self, task: dict[str, Any]) -> dict[str, Any]:
-        """Run one task: a run (an outcome, recorded by the driver) or an evaluation's shard."""
+        """Run one task: a run (an outcome, recorded by the driver), a shard of runs (``"kind": "runs"``,
+        counted as that many tasks: ``"runs"``) or an evaluation's shard."""
         from dspex.pools.worker import rss_bytes
 
         with self._lock:
@@ -62,12 +63,15 @@ class RayWorker:
                 except Exception as exc:  # the program could not be built: every example fails alike
                     error = {"type": type(exc).__name__, "message": str(exc)}
                     result = {"results": [{"error": error, "ms": 0.0} for _ in task["examples"]]}
+            elif task.get("kind") == "runs":  # a shard of runs: each its own outcome, as alone
+                result = self._worker.runs(task)
             else:
                 result = self._worker.execute(task)
         finally:
             with self._lock:
                 self._busy -= 1
-        return {"result": result, "rss": rss_bytes(), "pid": os.getpid()}
+        count = len(task["runs"]) if task.get("kind") == "runs" else 1
+        return {"result": result, "rss": rss_bytes(), "pid": os.getpid(), "runs": count}
 
     def stream(self, task: dict[str, Any]) -> Iterator[str]:
         """Run a streamed task (a Ray streaming generator): each event's message as JSON text, as the

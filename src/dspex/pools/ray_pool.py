@@ -38,6 +38,11 @@ in ``status().replaced`` (``max_rss``, ``max_tasks``, ``ttl``): the pool never s
 takes its actor over ``kill_rss_mb`` (default 1.5 x ``max_rss_mb``, seen by a ping) has the actor killed
 and fails with ``memory_limit``.
 
+Shards of runs (``"kind": "runs"``, :class:`~dspex.runtime.pooled.PooledShard`, used by ``App.run_many`` and
+batches): one task to one actor, each run executed there as alone; the actor's answer says how many runs it
+held, and the pool counts each of them (``completed``, ``max_tasks``). A shard's runs are not sent again by
+the pool when its actor dies: they fail with ``worker_lost`` and the driver sends the idempotent ones again.
+
 Streamed runs: the actor's :meth:`~dspex.pools.ray_actor.RayWorker.stream` is a Ray streaming generator;
 a thread of the pool reads it and hands each event to the task's ``on_event`` before its outcome, as a
 process pool's slot does, so a stream on Ray yields the same events and leaves the same record.
@@ -330,10 +335,11 @@ class RayPool:
         with self._lock:
             if task in actor.inflight:
                 actor.inflight.remove(task)
-            actor.tasks += 1
+            runs = int(answer.get("runs", 1))  # a shard of runs counts each of them, as on a process pool
+            actor.tasks += runs
             actor.rss, actor.pid, actor.last_heartbeat = answer["rss"], answer["pid"], time.monotonic()
             actor.state = "busy" if actor.inflight else "idle"
-            self.completed += 1
+            self.completed += runs
             if actor.draining is None:
                 actor.draining = self._recycle_reason(actor)
             recycle = self._recycle_now(actor)

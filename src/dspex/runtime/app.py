@@ -1010,11 +1010,11 @@ class App:
         idempotent: bool = False,
         timeout: float | None = None,
     ) -> list[RunResult | BaseException]:
-        """Run registered ``program`` on each of ``inputs`` on process pool ``pool``, sent to one worker
-        as one shard (:class:`~dspex.runtime.pooled.PooledShard`): one message each way instead of one
-        per run. Each run is recorded as :meth:`run` records it (its duration is the worker's). Results
+        """Run registered ``program`` on each of ``inputs`` on pool ``pool`` (processes or Ray actors),
+        sent to one worker as one shard (:class:`~dspex.runtime.pooled.PooledShard`): one message each
+        way instead of one per run. Each run is recorded as :meth:`run` records it (its duration is the worker's). Results
         come in the inputs' order: a :class:`RunResult`, or the exception the run would have raised
-        (already recorded); misuse (an unknown program or pool) raises. Batch runs on a process pool use
+        (already recorded); misuse (an unknown program or pool) raises. Batch runs on a pool use
         it (:func:`dspex.distributed.batch.arun_batch`)."""
         entries, shard = self._prepare_shard(
             program, inputs, pool, version_id, variables, durability, idempotent, timeout
@@ -1053,12 +1053,7 @@ class App:
         timeout: float | None,
     ) -> tuple[list[RunResult | tuple[CacheSlot | None, PooledRun]], PooledShard | None]:
         """Each input's cache hit, or its cache slot and PooledRun; the shard of the runs to make."""
-        backend = self.pools.setting(pool).backend  # an unknown pool: ConfigurationError listing them
-        if backend != "process":
-            raise ConfigurationError(
-                f"pool {pool!r} has backend = {backend!r}: shards of runs go to process pools; run each "
-                "input with app.run(..., pool=...) instead"
-            )
+        self.pools.setting(pool)  # an unknown pool: ConfigurationError listing them
         mode = check_durability(durability)
         entries: list[RunResult | tuple[CacheSlot | None, PooledRun]] = []
         for values in inputs:

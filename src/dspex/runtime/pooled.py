@@ -146,7 +146,8 @@ class PooledRun:
 
 
 class PooledShard:
-    """Runs of registered programs sent to one worker of a process pool as one task (``"kind": "runs"``).
+    """Runs of registered programs sent to one worker of a pool (a process or a Ray actor) as one task
+    (``"kind": "runs"``).
 
     Each run is a :class:`PooledRun` and leaves the record it would leave alone, except its duration: the
     worker's measure of the run, since the run waited behind the shard's earlier ones. The worker sends
