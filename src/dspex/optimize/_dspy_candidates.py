@@ -41,6 +41,7 @@ from dspex.optimize._run import configuration_fingerprint, program_state
 from dspex.optimize.cache import CachedResult, EvalCache
 from dspex.optimize.metrics import Metric
 from dspex.optimize.result import EvaluationResult
+from dspex.pools.remote import trace_steps
 from dspex.telemetry.usage import UsageTotals
 
 __all__ = [
@@ -462,16 +463,8 @@ class CandidateCache(dspy.Module):  # type: ignore[misc]  # dspy.Module is untyp
     def _trace_json(self, trace: Sequence[Any]) -> tuple[dict[str, Any], ...] | None:
         """The trace as JSON, by predictor name; None when a step's predictor is not one of ``inner``'s
         (it could not be replayed, so the call is not cached)."""
-        names = {id(p): n for n, p in self.inner.named_predictors()}
-        steps = []
-        for predictor, step_inputs, outputs in trace:
-            name = names.get(id(predictor))
-            if name is None:
-                return None
-            steps.append(
-                {"predictor": name, "inputs": to_jsonable(step_inputs), "outputs": to_jsonable(outputs)}
-            )
-        return tuple(steps)
+        steps = trace_steps(trace, {id(p): n for n, p in self.inner.named_predictors()})
+        return None if steps is None else tuple(steps)
 
     def _replay(self, trace: Sequence[Mapping[str, Any]]) -> list[tuple[Any, dict[str, Any], Any]] | None:
         predictors = dict(self.inner.named_predictors())

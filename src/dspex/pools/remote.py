@@ -26,18 +26,31 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError
-from dspex.jsonable import canonical_hash
+from dspex.jsonable import canonical_hash, to_jsonable
 
 if TYPE_CHECKING:
     from dspex.pools.base import WorkerPool
 
-__all__ = ["SAMPLING_KWARGS", "PooledProgram", "check_sampling"]
+__all__ = ["SAMPLING_KWARGS", "PooledProgram", "check_sampling", "trace_steps"]
 
 # The LM keyword arguments a candidate may set for a worker's LM: numbers that change how it samples,
 # nothing that reaches the network or Python (a model, an endpoint, a key, a callback are strings/objects).
 SAMPLING_KWARGS = frozenset(
     {"temperature", "rollout_id", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n", "seed"}
 )
+
+
+def trace_steps(trace: Any, names: dict[int, str]) -> list[dict[str, Any]] | None:
+    """A DSPy trace as JSON steps ``{"predictor", "inputs", "outputs"}`` by predictor name (``names``:
+    predictor id -> name), the shape a worker sends back and the optimizer's candidate cache stores; None
+    when a step's predictor is not one of ``names`` (it could not be replayed)."""
+    steps = []
+    for predictor, inputs, outputs in trace or ():
+        name = names.get(id(predictor))
+        if name is None:
+            return None
+        steps.append({"predictor": name, "inputs": to_jsonable(inputs), "outputs": to_jsonable(outputs)})
+    return steps
 
 
 def check_sampling(settings: Any) -> dict[str, dict[str, Any]]:

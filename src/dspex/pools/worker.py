@@ -316,7 +316,7 @@ class _Worker:
         from concurrent.futures import ThreadPoolExecutor
 
         from dspex.jsonable import to_jsonable
-        from dspex.pools.remote import check_sampling
+        from dspex.pools.remote import check_sampling, trace_steps
 
         program, _, version_id = self.program(task["program"])
         if task.get("configuration") is not None:
@@ -340,7 +340,7 @@ class _Worker:
             try:
                 with dspy.context(lm=lm, disable_history=True, usage_tracker=calls, **trace):
                     prediction = to_jsonable(program(**inputs))
-                    steps = _trace_steps(dspy.settings.trace, names) if traced else None
+                    steps = trace_steps(dspy.settings.trace, names) if traced else None
             except Exception as exc:  # one example's failure is data for the evaluation, as inline
                 return {
                     "error": _error(exc, program if traced else None),
@@ -408,20 +408,6 @@ class _Worker:
             error = {"type": type(exc).__name__, "message": str(exc)}
             result = {"results": [{"error": error, "ms": 0.0} for _ in message["task"]["examples"]]}
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
-
-
-def _trace_steps(trace: Any, names: dict[int, str]) -> list[dict[str, Any]] | None:
-    """A DSPy trace as JSON steps ``{"predictor", "inputs", "outputs"}`` by predictor name (the shape the
-    optimizer's candidate cache stores); None when a step's predictor is not one of the program's."""
-    from dspex.jsonable import to_jsonable
-
-    steps = []
-    for predictor, inputs, outputs in trace or ():
-        name = names.get(id(predictor))
-        if name is None:
-            return None
-        steps.append({"predictor": name, "inputs": to_jsonable(inputs), "outputs": to_jsonable(outputs)})
-    return steps
 
 
 def _error(exc: Exception, program: Any) -> dict[str, Any]:
