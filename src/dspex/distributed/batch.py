@@ -9,7 +9,8 @@
 
 Each input runs as :meth:`App.arun` runs it (on ``pool``, else where the router sends the program,
 else inline), so each leaves its own execution record. On a pool (processes or Ray actors) the inputs
-travel in shards (:meth:`App.arun_many`: several runs per message to a worker, one record each). Each result is one JSON line::
+travel in shards (:meth:`App.arun_many`: several runs per message to a worker, one record each). Each
+result is one JSON line::
 
     {"index": 0, "key": "0:9f2c...", "status": "succeeded", "execution_id": "...", "outputs": {...}}
     {"index": 1, "key": "1:07ab...", "status": "failed", "execution_id": "...", "error": {"code", "message"}}
@@ -175,8 +176,9 @@ async def arun_batch(
 ) -> BatchReport:
     """Run registered ``program`` on each input, ``concurrency`` at a time; see the module docstring.
 
-    On a pool (process workers or Ray actors), inputs go to the workers in shards of ``shard_size`` runs (1 sends each run
-    alone), with at least two shards per worker in flight (``concurrency`` runs, when that is more). By
+    On a pool (process workers or Ray actors), inputs go to the workers in shards of ``shard_size``
+    runs (1 sends each run alone), with at least two shards per worker in flight (``concurrency`` runs,
+    when that is more). By
     default a shard starts at :data:`SHARD_START` runs and doubles, up to :data:`SHARD_SIZE`, each time
     one comes back within :data:`SHARD_FAST_S`: fast runs travel in few messages (less work for this
     process and fewer wake-ups that preempt the workers), while slow ones (an LM's latency) keep
@@ -268,8 +270,8 @@ def _line(index: int, key: str, result: RunResult | BaseException) -> BatchLine:
     return BatchLine(index, key, "succeeded", result.execution_id, outputs=to_jsonable(result.outputs))
 
 
-# Runs per message to a pool's worker (process or Ray actor) in a batch (see arun_batch): a shard starts at SHARD_START
-# runs and doubles up to SHARD_SIZE while shards come back within SHARD_FAST_S. On benchmarks/pools.py's
+# Runs per message to a pool's worker (process or Ray actor) in a batch (see arun_batch): a shard starts
+# at SHARD_START runs and doubles up to SHARD_SIZE while shards come back within SHARD_FAST_S. On benchmarks/pools.py's
 # CPU-bound program, shards of 32 against 8 cut this process's CPU per run from about 155 to 115-145 us,
 # and the workers' preemptions per run from 0.6 to 0.25 (their CPU per run from about 545 to 505 us).
 SHARD_START = 8

@@ -90,8 +90,8 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         """Before program calls sent to a pool's workers (counted here once their results come back):
         how many of ``examples`` may go (one LM call each is reserved until :meth:`release`, once their
         results' calls are counted); Stop when none may. The workers' calls cannot be stopped one by
-        one, so this is how the cap holds on a pool. A program making more than one LM call per example (a parse failure's retry, a multi-step
-        module) may pass the cap by its extra calls in flight."""
+        one, so this is how the cap holds on a pool. A program making more than one LM call per example
+        (a parse failure's retry, a multi-step module) may pass the cap by its extra calls in flight."""
         with self._lock:
             room = self.limit - self.total() - len(self._open) - self._reserved
             if room <= 0:

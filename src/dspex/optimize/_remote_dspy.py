@@ -12,10 +12,10 @@ but it sends the candidate to ``remote`` (a function giving the candidate as a
 state) and runs the examples there in shards through :class:`~dspex.optimize.Evaluator`; the metric runs
 here. Traces do not come back: it is for evaluations that only need each example's prediction (MIPROv2's
 minibatch and full evaluations); the calls whose traces are read (bootstrapping, GEPA's reflective
-minibatches, SIMBA's trajectories) go one by one, or in shards sent ahead, through the DSPex run's program
-wrapper (:func:`send_one`, :class:`Prefetch` with ``traced``, :func:`traced_prediction`). :class:`RemoteMIPROv2` is ``dspy.MIPROv2`` with the ``dspy.Evaluate`` that ``compile``
-builds for its trials swapped for the one ``evaluate_with`` makes. The pooled versions bound to a
-worker pool are :mod:`dspex.distributed.prompts`; the DSPex run of an optimizer uses these from
+minibatches, SIMBA's trajectories) go one by one, or in shards sent ahead, through the DSPex run's
+program wrapper (:func:`send_one`, :class:`Prefetch` with ``traced``, :func:`traced_prediction`).
+:class:`RemoteMIPROv2` is ``dspy.MIPROv2`` with the ``dspy.Evaluate`` that ``compile`` builds for its
+trials swapped for the one ``evaluate_with`` makes. The pooled versions bound to a worker pool are :mod:`dspex.distributed.prompts`; the DSPex run of an optimizer uses these from
 :func:`~dspex.optimize.dspy_run.optimize_with_dspy` (``remote=``).
 
 Optimizers that build their ``dspy.Evaluate`` where nothing can swap it (GEPA's ``DspyAdapter``, COPRO,
