@@ -16,6 +16,10 @@ Rows (each pool row runs against the same App's inline path in the same run):
   which sends them to the workers in shards (several runs per message, one record each), and the
   machine's own ceiling: the work two processes of a pure-Python loop do side by side against one
   alone, measured in the same rounds (2.0 on two free cores; this VM's vCPUs often give less).
+- ``lm-bound``: ``dspy.ChainOfThought`` whose LM takes 50 ms, from 32 caller threads (each a loop of
+  ``app.run``) for ``--lm-seconds``: runs per second inline against a 2-worker pool at its default
+  ``concurrency`` (each worker runs many runs at once, on threads). Runs that wait on an LM are what a
+  production pool serves; it should keep up with inline.
 - ``rest``: uncached ``POST /v1/programs/{name}/runs`` requests per second against ``dspex serve`` and
   ``dspex serve --pool general`` (2 workers), load from this process (``service_load.py``'s client, 32
   connections) on the same 2 cores. Target: at least 1.5x.
@@ -253,6 +257,50 @@ def evaluation(home: Path, count: int) -> None:
     )
 
 
+LM_CALLERS = 32  # threads of the lm-bound row, each a loop of app.run
+
+
+def lm_bound(home: Path, seconds: float) -> None:
+    """Runs that wait 50 ms on their LM, from LM_CALLERS threads: inline against a 2-worker pool (its
+    default concurrency: each worker runs many at once)."""
+    import _pool_programs
+
+    settings = Settings.load(
+        home=home,
+        database_url=f"sqlite:///{home}/bench.db",
+        pools={"general": {"size": 2, "initializer": "_pool_programs:scripted_50ms"}},
+    )
+    with App(settings, lm=_pool_programs.scripted_lm(latency=0.05)) as app:
+        _register(app)
+        app.run("cot", {"question": "warm"}, pool="general")
+
+        def rate(pool: str | None) -> float:
+            done = [0] * LM_CALLERS
+            end = time.perf_counter() + seconds
+
+            def caller(k: int) -> None:
+                while time.perf_counter() < end:
+                    app.run("cot", {"question": f"{k} {done[k]}"}, pool=pool)
+                    done[k] += 1
+
+            threads = [threading.Thread(target=caller, args=(k,)) for k in range(LM_CALLERS)]
+            t0 = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            app.flush()
+            return sum(done) / (time.perf_counter() - t0)
+
+        inline, pooled = rate(None), rate("general")
+        concurrency = app.pools.setting("general").concurrency
+    print(
+        f"lm-bound        inline {inline:7.0f} runs/s   2-worker pool (concurrency {concurrency}) {pooled:7.0f} runs/s   "
+        f"{pooled / inline:.2f}x ({LM_CALLERS} callers, 50 ms LM: at most {LM_CALLERS / 0.05:.0f} runs/s; "
+        "the pool should keep up with inline)"
+    )
+
+
 def leak(home: Path, tasks: int) -> None:
     with _app(home, size=1, max_rss_mb=400, heartbeat_s=0.05) as app:
         _register(app)
@@ -268,7 +316,7 @@ def leak(home: Path, tasks: int) -> None:
     )
 
 
-ROWS = ("dispatch", "throughput", "rest", "evaluation", "leak")
+ROWS = ("dispatch", "throughput", "lm-bound", "rest", "evaluation", "leak")
 
 
 def main() -> None:
@@ -278,6 +326,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--leak-tasks", type=int, default=500)
     parser.add_argument("--rest-seconds", type=float, default=10.0)
+    parser.add_argument("--lm-seconds", type=float, default=5.0, help="per side of the lm-bound row")
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the cpu throughput row")
     parser.add_argument(
@@ -298,6 +347,8 @@ def main() -> None:
             dispatch(Path(tmp), args.runs)
         if "throughput" in rows:
             throughput(Path(tmp), args.runs, args.rounds, prefetch=args.prefetch)
+        if "lm-bound" in rows:
+            lm_bound(Path(tmp), args.lm_seconds)
         if "rest" in rows:
             rest(args.rest_seconds)
         if "evaluation" in rows:

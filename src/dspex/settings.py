@@ -106,13 +106,21 @@ class PoolSetting(pydantic.BaseModel):
     hung_after_s: float = Field(
         30.0, gt=0, description="A worker silent this long is hung: killed and replaced."
     )
+    concurrency: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Tasks a worker runs at once, each on a thread of its own: a run waiting on its LM "
+        "leaves the process free for others, as inline runs on threads do. 1 runs one task at a time "
+        "(then a task's memory is its own, for max_rss_mb and kill_rss_mb).",
+    )
     prefetch: int = Field(
         2,
         ge=1,
         le=64,
-        description="Tasks a worker holds at once: the one it runs and the next ones, waiting in its pipe. "
-        "More keeps workers busy while the pool's process is slow to answer them (a loaded machine); "
-        "fewer keeps a long task from holding others back on its worker.",
+        description="Tasks a worker holds at once beyond those it runs: the next ones wait in its pipe "
+        "(prefetch - 1 of them). More keeps workers busy while the pool's process is slow to answer them "
+        "(a loaded machine); fewer keeps a long task from holding others back on its worker.",
     )
 
 

@@ -49,6 +49,19 @@ def build_hog() -> Hog:
     return Hog()
 
 
+class Timed(dspy.Module):
+    """Waits ``seconds`` (as a run waits on its LM) and says when it began and ended, in the worker."""
+
+    def forward(self, question: str, seconds: float = 0.0) -> dspy.Prediction:
+        began = time.time()
+        time.sleep(seconds)
+        return dspy.Prediction(began=began, ended=time.time(), pid=os.getpid())
+
+
+def build_timed() -> Timed:
+    return Timed()
+
+
 class Chat(dspy.Module):
     """A chat turn that reports what history it was given (no LM: the answer is the history itself)."""
 

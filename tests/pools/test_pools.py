@@ -39,6 +39,7 @@ def make_app(database_url: str) -> Iterator[Callable[..., App]]:
         app.programs.register("qa", "pool_programs:build_qa")
         app.programs.register("sleepy", "pool_programs:build_sleepy")
         app.programs.register("hog", "pool_programs:build_hog")
+        app.programs.register("timed", "pool_programs:build_timed")
         apps.append(app)
         return app
 
@@ -221,9 +222,11 @@ def test_workers_are_recycled_after_max_tasks(make_app: Callable[..., App]) -> N
     assert app.pools.get("general").status().replaced == {"max_tasks": 2}
 
 
-@pytest.mark.parametrize("prefetch", [1, 3])
-def test_prefetch_is_how_many_tasks_a_busy_worker_holds(make_app: Callable[..., App], prefetch: int) -> None:
-    app = make_app(size=1, prefetch=prefetch)
+@pytest.mark.parametrize(("concurrency", "prefetch"), [(1, 1), (1, 3), (2, 1)])
+def test_a_busy_worker_holds_concurrency_plus_prefetch_minus_one_tasks(
+    make_app: Callable[..., App], concurrency: int, prefetch: int
+) -> None:
+    app = make_app(size=1, prefetch=prefetch, concurrency=concurrency)
     pool = app.pools.get("general")
     futures = [
         pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "q", "seconds": 0.4}})
@@ -233,9 +236,89 @@ def test_prefetch_is_how_many_tasks_a_busy_worker_holds(make_app: Callable[..., 
         if pool.status().workers[0].state == "busy":
             break
         time.sleep(0.01)
-    # Sent to the worker (its pipe) or still in the pool's queue, where any worker could take them.
-    assert pool.status().queued == 3 - prefetch
+    # Sent to the worker (running, or waiting in its pipe) or still in the pool's queue, where any
+    # worker could take them.
+    assert pool.status().queued == 3 - (concurrency + prefetch - 1)
     assert [f.result(timeout=20)["outcome"]["status"] for f in futures] == ["succeeded"] * 3
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most intervals ``(began, ended)`` that overlap at one time."""
+    edges = sorted([(began, 1) for began, _ in spans] + [(ended, -1) for _, ended in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_worker_runs_concurrency_tasks_at_once(make_app: Callable[..., App], concurrency: int) -> None:
+    # Runs that wait (as on an LM) overlap on one worker up to its concurrency, and no further.
+    app = make_app(size=1, concurrency=concurrency)
+    with ThreadPoolExecutor(6) as executor:
+        results = list(
+            executor.map(
+                lambda i: app.run("timed", {"question": f"q{i}", "seconds": 0.4}, pool="general"), range(6)
+            )
+        )
+    assert len({r.outputs["pid"] for r in results}) == 1
+    assert _most_at_once([(r.outputs["began"], r.outputs["ended"]) for r in results]) == concurrency
+
+
+def test_a_task_queued_for_a_busy_worker_with_room_starts_at_once(make_app: Callable[..., App]) -> None:
+    # The worker runs a long task; a short one sent meanwhile runs beside it and ends first.
+    app = make_app(size=1, concurrency=2)
+    app.run("qa", {"question": "warm"}, pool="general")
+    pool = app.pools.get("general")
+    long = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "q", "seconds": 3.0}})
+    for _ in range(200):
+        if pool.status().workers[0].state == "busy":
+            break
+        time.sleep(0.01)
+    assert app.run("sleepy", {"question": "short"}, pool="general").outputs["answer"] == "slept 0.0"
+    assert not long.done()
+    assert long.result(timeout=20)["outcome"]["status"] == "succeeded"
+
+
+def test_a_timeout_fails_the_late_task_and_loses_the_others_it_ran_beside(
+    make_app: Callable[..., App],
+) -> None:
+    # Concurrency 2, prefetch 2: the worker runs the first two and holds the third in its pipe. The first
+    # runs over the timeout: it fails with task_timeout, the second (running beside it) is lost with the
+    # worker, and the third, never started, runs on the replacement.
+    app = make_app(size=1, concurrency=2, task_timeout_s=3.0)
+    app.run("qa", {"question": "warm"}, pool="general")
+    pool = app.pools.get("general")
+    first_pid = pool.status().workers[0].pid
+    late = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "a", "seconds": 60}})
+    time.sleep(0.5)
+    beside = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "b", "seconds": 60}})
+    waiting = pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "c", "seconds": 0.0}})
+    with pytest.raises(WorkerError, match="task_timeout_s of 3") as timed_out:
+        late.result(timeout=30)
+    assert timed_out.value.code == "task_timeout"
+    with pytest.raises(WorkerError, match="killed for another task's timeout") as lost:
+        beside.result(timeout=30)
+    assert lost.value.code == "worker_lost"
+    assert lost.value.retryable
+    answer = waiting.result(timeout=30)
+    assert answer["outcome"]["status"] == "succeeded"
+    assert answer["pid"] != first_pid
+    assert pool.status().replaced == {"task_timeout": 1}
+
+
+def test_tasks_run_side_by_side_over_the_memory_limit_each_fail_with_its_code(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(size=1, concurrency=2, max_rss_mb=300, heartbeat_s=0.05)
+    pool = app.pools.get("general")
+    hogs = [pool.submit({"program": {"name": "hog"}, "inputs": {"mb": 250, "hold_s": 3.0}}) for _ in range(2)]
+    for hog in hogs:
+        with pytest.raises(WorkerError, match=r"it ran 2 tasks at once; with concurrency = 1") as caught:
+            hog.result(timeout=30)
+        assert caught.value.code == "memory_limit"
+    assert app.run("qa", {"question": "next"}, pool="general").outputs["answer"] == "answer to next"
 
 
 def test_a_task_over_its_timeout_has_its_worker_replaced(make_app: Callable[..., App]) -> None:

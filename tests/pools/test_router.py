@@ -88,9 +88,10 @@ def test_code_executing_programs_go_to_the_isolated_pool(make_app: Callable[...,
 def test_a_saturated_or_unhealthy_pool_spills(make_app: Callable[..., App]) -> None:
     app = make_app({"default": "general", "spill_queue": 1})
     pool = app.pools.get("general")
+    holds = pool.setting.concurrency + pool.setting.prefetch - 1  # what its one worker takes at once
     busy = [
         pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "q", "seconds": 1.0}})
-        for _ in range(4)
+        for _ in range(holds + 2)
     ]
     time.sleep(0.2)
     route = app.router.decide("sleepy")

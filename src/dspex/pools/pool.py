@@ -159,6 +159,8 @@ class _Task:
     worker: int | None = None  # pinned to this slot
     on_event: Callable[[dict[str, Any]], None] | None = None  # a streamed run's token and step events
     id: int = field(default_factory=lambda: next(_task_ids))
+    began: float | None = None  # when its worker started it, as far as this process can tell
+    own_thread: bool = False  # an evaluation's shard: its worker starts it on arrival, on a thread of its own
 
 
 @dataclass(eq=False)
@@ -178,6 +180,13 @@ class _Slot:
     started: float = 0.0
     last_heartbeat: float | None = None
     thread: threading.Thread | None = None
+    # While the slot's thread waits for its worker with room for more tasks, a task queued for it wakes it
+    # through this pipe (one byte per wait), so the task goes to the worker at once.
+    wake: tuple[int, int] | None = None
+    reading: bool = False  # its thread waits on the worker and on ``wake`` (under the pool's lock)
+    load: int = 0  # tasks sent to its worker and not yet answered
+    room: bool = False  # its worker can take more tasks (ready, not draining, below its holding)
+    woken: bool = False  # a byte is in ``wake`` (under the pool's lock)
 
 
 class _Replace(Exception):
@@ -232,6 +241,7 @@ class Pool:
         self._started = True
         try:
             for slot in self._slots:
+                slot.wake = os.pipe()
                 self._spawn(slot)
         except BaseException:
             self.close()
@@ -264,6 +274,10 @@ class Pool:
             if slot.thread is not None:
                 slot.thread.join(timeout)
             self._stop(slot, graceful=True)
+            if slot.wake is not None and (slot.thread is None or not slot.thread.is_alive()):
+                for fd in slot.wake:
+                    os.close(fd)
+                slot.wake = None
 
     def __enter__(self) -> Pool:
         return self.start()
@@ -288,16 +302,26 @@ class Pool:
         """
         if worker is not None and not 0 <= worker < self.size:
             raise ConfigurationError(f"pool {self.name!r} has workers 0..{self.size - 1}, not {worker}")
-        task = _Task(payload, Future(), worker, on_event)
+        task = _Task(payload, Future(), worker, on_event, own_thread=payload.get("kind") == "predict_batch")
         with self._cv:
             if self._closed:
                 raise ConfigurationError(f"pool {self.name!r} is closed")
             if worker is not None:  # only that slot's thread may take it, so wake them all
                 self._slots[worker].pending.append(task)
                 self._cv.notify_all()
+                slots = [self._slots[worker]]
             else:
                 self._pending.append(task)
                 self._cv.notify()
+                slots = self._slots
+            # The least loaded slot whose thread waits on its worker, with room for more: wake it to send
+            # this one.
+            waiting = [slot for slot in slots if slot.reading and not slot.woken]
+            wake = min(waiting, key=lambda slot: slot.load) if waiting else None
+            if wake is not None:
+                wake.woken = True
+        if wake is not None and wake.wake is not None:
+            os.write(wake.wake[1], b"\0")
         return task.future
 
     def status(self) -> PoolStatus:
@@ -338,6 +362,7 @@ class Pool:
             "env": {**os.environ, **self.setting.env},
             "initializer": self.setting.initializer,
             "heartbeat_s": self.setting.heartbeat_s,
+            "concurrency": self.setting.concurrency,
         }
         try:
             parent.send_bytes(dumps(start).encode())
@@ -410,9 +435,18 @@ class Pool:
                 self._cv.wait(self.setting.heartbeat_s)
             if slot.pending:
                 return slot.pending.popleft()
-            if self._pending:
+            if self._pending and self._fair(slot):
                 return self._pending.popleft()
             return None
+
+    def _fair(self, slot: _Slot) -> bool:
+        """Whether ``slot`` may take a task of the shared queue: no other worker that can take one holds
+        fewer tasks, so tasks spread over the workers instead of filling the first one that asks."""
+        return not any(
+            other.room and other.load < slot.load and other.state in ("idle", "busy")
+            for other in self._slots
+            if other is not slot
+        )
 
     def _requeue(self, tasks: list[_Task]) -> None:
         """Tasks sent to a worker that never started them go back to the front of their queue."""
@@ -422,21 +456,43 @@ class Pool:
                 queue.appendleft(task)
             self._cv.notify_all()
 
+    def _begun(self, inflight: collections.deque[_Task], now: float) -> list[_Task]:
+        """The tasks the worker may have started, oldest first (their ``began`` set to ``now`` where it was
+        not yet): it starts tasks in the order they were sent, ``concurrency`` at a time (an evaluation's
+        shard at once, on a thread of its own), and every answer it sent before dying has been read."""
+        begun: list[_Task] = []
+        runs = 0
+        for task in inflight:
+            if not task.own_thread:
+                if runs == self.setting.concurrency:
+                    continue
+                runs += 1
+            if task.began is None:
+                task.began = now
+            begun.append(task)
+        return begun
+
     def _serve(self, slot: _Slot) -> None:
-        """Feed the slot's worker up to ``prefetch`` tasks at a time (the next ones wait in its pipe while
-        the current one runs, so the worker never idles on this process), and replace it when it must."""
+        """Feed the slot's worker up to ``concurrency + prefetch - 1`` tasks at a time: those it runs at
+        once and the next ones, waiting in its pipe, so the worker never idles on this process. Replace
+        it when it must; then the tasks it may have started fail, and the others go back to the queue."""
         inflight: collections.deque[_Task] = collections.deque()
-        prefetch = self.setting.prefetch
-        started = 0.0  # when the worker began inflight[0]
+        holds = self.setting.concurrency + self.setting.prefetch - 1
         draining: str | None = None  # a recycle reason: finish what was sent, then replace the worker
+
+        def track() -> None:  # what other slots' threads see of this one (_fair)
+            slot.load = len(inflight)
+            slot.room = draining is None and slot.process is not None and slot.load < holds
+
         while True:
+            track()
             try:
                 if slot.process is None:
                     if self._closed:
                         return
                     self._replace(slot, "start_failed", graceful=False)
                     continue
-                while draining is None and len(inflight) < prefetch and not self._closed:
+                while draining is None and len(inflight) < holds and not self._closed:
                     task = self._take(slot, wait=not inflight)
                     if task is None:
                         break
@@ -448,9 +504,10 @@ class Pool:
                     except _Replace:
                         self._requeue([task])  # the worker was gone before it got the task: run it elsewhere
                         raise
-                    if not inflight:
-                        started = time.monotonic()
                     inflight.append(task)
+                    track()
+                    if task.own_thread or len(inflight) <= self.setting.concurrency:
+                        task.began = time.monotonic()
                 if not inflight:
                     if self._closed:
                         return
@@ -464,7 +521,9 @@ class Pool:
                     draining = self._recycle_reason(slot)
                     continue
                 slot.state = "busy"
-                slot.task_started = started
+                slot.task_started = inflight[0].began
+                if draining is None and len(inflight) < holds and not self._woken_by_task(slot):
+                    continue  # a task came for the worker, which has room for it: send it first
                 message = self._read(slot)  # blocks: the monitor thread kills a worker that must go
                 op = message.get("op")
                 if op == "event":
@@ -472,27 +531,28 @@ class Pool:
                     continue
                 done = message.get("id") if op == "done" else None
                 task = next((t for t in inflight if t.id == done), None) if done is not None else None
-                if task is not None:  # shards may finish out of order; runs finish in order
+                if task is not None:  # tasks run side by side finish in any order
                     inflight.remove(task)
+                    track()
                     runs = message.get("runs", 1)  # a shard of runs counts each of them
                     slot.tasks += runs
                     self.completed += runs
                     task.future.set_result(
                         {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
                     )
-                    started = time.monotonic()
-                    slot.task_started = started if inflight else None
+                    if inflight:  # a task that waited in the worker's pipe starts now
+                        self._begun(inflight, time.monotonic())
+                    slot.task_started = inflight[0].began if inflight else None
                     slot.state = "busy" if inflight else "idle"
                     draining = draining or self._recycle_reason(slot)
             except _Replace as replace:
                 slot.task_started = None
                 if inflight:
-                    running, unstarted = inflight.popleft(), list(inflight)
+                    begun = self._begun(inflight, time.monotonic())
+                    unstarted = [task for task in inflight if task not in begun]
                     inflight.clear()
-                    self.failed += 1
-                    running.future.set_exception(
-                        WorkerError(replace.message, code=replace.task_code or "worker_lost")
-                    )
+                    track()
+                    self._fail_begun(slot, begun, replace)
                     self._requeue(unstarted)
                 draining = None
                 if not self._closed:
@@ -509,10 +569,25 @@ class Pool:
                         task.future.set_exception(WorkerError(f"pool {self.name!r} failed: {exc}"))
                 inflight.clear()
                 draining = None
+                track()
                 if self._closed:
                     self._stop(slot, graceful=False)
                     return
                 self._replace(slot, "error", graceful=False)
+
+    def _fail_begun(self, slot: _Slot, begun: list[_Task], replace: _Replace) -> None:
+        """Fail the tasks a replaced worker may have started. A task timeout is the oldest task's (the
+        others were lost with the worker); memory cannot be told apart between tasks run side by side, so
+        each of them fails with ``memory_limit``."""
+        for i, task in enumerate(begun):
+            self.failed += 1
+            code, message = replace.task_code or "worker_lost", replace.message
+            if replace.reason == "task_timeout" and i > 0:
+                code = "worker_lost"
+                message = f"worker {slot.name} was killed for another task's timeout (task_timeout_s) during the task"
+            elif replace.reason == "memory_limit" and len(begun) > 1:
+                message += f" (it ran {len(begun)} tasks at once; with concurrency = 1 each task's memory is its own)"
+            task.future.set_exception(WorkerError(message, code=code))
 
     def _event(self, inflight: collections.deque[_Task], message: dict[str, Any]) -> None:
         """Hand a streamed run's event to its task's ``on_event``; a consumer's failure is logged, and
@@ -530,6 +605,25 @@ class Pool:
             slot.conn.send_bytes(dumps(message).encode())
         except (OSError, EOFError):
             raise _Replace("died", "worker_lost", self._death(slot)) from None
+
+    def _woken_by_task(self, slot: _Slot) -> bool:
+        """Wait until the worker has a message (True) or a task is queued for it (False)."""
+        from multiprocessing.connection import wait
+
+        assert slot.wake is not None
+        with self._cv:
+            if slot.pending or (self._pending and self._fair(slot)):
+                return False
+            slot.reading = True
+        try:
+            ready = wait([slot.conn, slot.wake[0]])
+        finally:
+            with self._cv:
+                slot.reading = False
+                if slot.woken:
+                    os.read(slot.wake[0], 64)
+                    slot.woken = False
+        return slot.conn in ready
 
     def _read(self, slot: _Slot) -> dict[str, Any]:
         """The worker's next message, waiting for it; its death (or the monitor's kill) is a _Replace."""

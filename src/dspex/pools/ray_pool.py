@@ -72,7 +72,6 @@ __all__ = ["SHARD_ATTEMPTS", "RayPool", "import_ray"]
 
 logger = logging.getLogger("dspex.pools.ray")
 
-PIPELINE = 2  # tasks an actor holds at once: the running one and the next
 SHARD_ATTEMPTS = 4  # an evaluation shard is run again on actor death up to this many times in all
 START_TIMEOUT_S = 120.0
 
@@ -170,7 +169,8 @@ class RayPool:
                 actor.handle = actor_class.options(
                     name=None,
                     num_cpus=self.setting.actor_cpus,
-                    max_concurrency=PIPELINE + 1,  # the tasks it holds, and a ping
+                    # The tasks it runs at once (the pool's concurrency), and a ping.
+                    max_concurrency=self.setting.concurrency + 1,
                     max_restarts=-1,  # Ray restarts a dead actor with the same start message
                     max_task_retries=0,  # its task fails: we decide what runs again
                 ).remote(start)
@@ -270,20 +270,22 @@ class RayPool:
     def _dispatch(self) -> None:
         """Send queued tasks to actors with room (pinned tasks to their actor), least loaded first."""
         sends: list[tuple[_Actor, _Task]] = []
+        # What an actor holds at once: the tasks it runs and the next ones, queued in Ray for it.
+        holds = self.setting.concurrency + self.setting.prefetch - 1
         with self._lock:
             if self._closed:
                 return
-            for actor in sorted(self._actors, key=lambda a: len(a.inflight)):
-                # starting: until its new process answers a ping; draining: to be recycled once idle
-                if actor.state in ("dead", "starting") or actor.draining is not None:
-                    continue
-                while len(actor.inflight) < PIPELINE and (actor.pending or self._pending):
-                    task = (actor.pending or self._pending).popleft()
-                    task.attempts += 1
-                    task.sent = time.monotonic()
-                    actor.inflight.append(task)
-                    actor.state = "busy"
-                    sends.append((actor, task))
+            # starting: until its new process answers a ping; draining: to be recycled once idle
+            ready = [a for a in self._actors if a.state not in ("dead", "starting") and a.draining is None]
+            for actor in ready:  # its own tasks first
+                while len(actor.inflight) < holds and actor.pending:
+                    sends.append((actor, self._send_to(actor, actor.pending.popleft())))
+            while self._pending:  # then the shared queue, one task at a time to the least loaded actor
+                free = [a for a in ready if len(a.inflight) < holds]
+                if not free:
+                    break
+                actor = min(free, key=lambda a: len(a.inflight))
+                sends.append((actor, self._send_to(actor, self._pending.popleft())))
         for actor, task in sends:
             if task.payload.get("stream"):
                 stream = actor.handle.stream.options(num_returns="streaming").remote(task.payload)
@@ -296,6 +298,15 @@ class RayPool:
                 continue
             ref = actor.handle.run.remote(task.payload)
             ref.future().add_done_callback(lambda done, a=actor, t=task: self._finished(a, t, done))
+
+    @staticmethod
+    def _send_to(actor: _Actor, task: _Task) -> _Task:
+        """Count ``task`` in ``actor``'s (under the pool's lock); the caller sends it."""
+        task.attempts += 1
+        task.sent = time.monotonic()
+        actor.inflight.append(task)
+        actor.state = "busy"
+        return task
 
     def _finished(self, actor: _Actor, task: _Task, done: Future[Any]) -> None:
         try:

@@ -5,10 +5,14 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
 - pool -> worker: ``{"op": "start", "settings": {...}, "env": {...}, "initializer": ...}`` once, then
   ``{"op": "run", "id": ..., "task": {...}}`` per task, and ``{"op": "stop"}``;
 - worker -> pool: ``{"op": "ready", "pid", "rss"}`` or ``{"op": "failed", "error"}`` after start-up,
-  ``{"op": "hb", "rss", "busy"}`` every ``heartbeat_s`` from a thread of its own (so a long task still
+  ``{"op": "hb", "rss", "busy"}`` (``busy``: tasks under way) every ``heartbeat_s`` from a thread of its own (so a long task still
   reports its memory), ``{"op": "event", "id", "event"}`` for each token or step of a streamed run
   (a task with ``"stream": true``), and ``{"op": "done", "id", "result", "rss", "runs"}`` per task (``runs``:
   how many runs it held, for the pool's counts and ``max_tasks``).
+
+The start message's ``concurrency`` (the pool's setting) is how many tasks the worker runs at once,
+each on a thread of its own, started in the order they arrive; ``done`` messages come in the order tasks
+end. With 1 the worker runs one task at a time on its main thread.
 
 A task's ``traceparent`` (W3C) names the caller's run span: the worker's run joins that trace (the
 caller exports its spans, from the outcome). A task names its program by reference: ``{"name", "version_id"}`` (the registry, on the same database;
@@ -99,7 +103,8 @@ class _Worker:
         # stream that carries them back (``dspex.pools.ray_actor``).
         self.route = route
         self.lock = threading.Lock()
-        self.busy = False
+        self.busy = 0  # tasks under way
+        self.concurrency = 1  # tasks run at once (the pool's ``concurrency``, from the start message)
         self.stopping = threading.Event()
         self.app: Any = None
         self.versions: dict[str, Any] = {}
@@ -140,6 +145,7 @@ class _Worker:
         # The caller records the run and exports its spans (the task's traceparent names the run's span).
         # The caller records and exports the run, from the span tree this worker sends back.
         self.app = App(settings, record=False, telemetry=False, trace=settings.trace)
+        self.concurrency = max(1, int(message.get("concurrency") or 1))
         return float(message.get("heartbeat_s") or 0.5)
 
     def program(self, ref: dict[str, Any]) -> tuple[Any, str, str]:
@@ -369,37 +375,67 @@ class _Worker:
         return {"results": list(executor.map(one, examples))}
 
     def serve(self) -> None:
-        while True:
-            try:
-                message = orjson.loads(self.conn.recv_bytes())
-            except (EOFError, OSError):
-                return
-            op = message.get("op")
-            if op == "stop":
-                return
-            if op != "run":
-                continue
-            task = message["task"]
-            if task.get("kind") == "predict_batch":
-                # On a thread of its own: the next shard (already in the pipe) starts on the shared
-                # executor while this one's last examples finish, so the threads never drain.
-                threading.Thread(target=self.batch, args=(message,), name="dspex-shard", daemon=True).start()
-                continue
-            self.busy = True
-            count = 1
-            try:
-                if task.get("kind") == "runs":
-                    result = self.runs(task)
-                    count = len(task["runs"])
-                elif task.get("stream"):
-                    result = self.stream(task, message["id"])
+        """Read tasks until told to stop. With ``concurrency`` 1 each runs here, one after the other; with
+        more, each runs on a thread of the worker's own pool of that many, started in the order they
+        arrive, so a run waiting on its LM leaves the process to the others (as inline runs on threads
+        do). On ``stop`` the runs under way end and answer first."""
+        executor = None
+        if self.concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dspex-run")
+        try:
+            while True:
+                try:
+                    message = orjson.loads(self.conn.recv_bytes())
+                except (EOFError, OSError):
+                    return
+                op = message.get("op")
+                if op == "stop":
+                    return
+                if op != "run":
+                    continue
+                if message["task"].get("kind") == "predict_batch":
+                    # On a thread of its own: the next shard (already in the pipe) starts on the shared
+                    # executor while this one's last examples finish, so the threads never drain.
+                    threading.Thread(
+                        target=self.batch, args=(message,), name="dspex-shard", daemon=True
+                    ).start()
+                elif executor is not None:
+                    executor.submit(self.task_or_exit, message)
                 else:
-                    result = self.execute(task)
-            finally:
-                self.busy = False
-            self.send(
-                {"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": count}
-            )
+                    self.task(message)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
+
+    def task(self, message: dict[str, Any]) -> None:
+        """Run one task (a run, a streamed run, a shard of runs) and send its ``done`` message."""
+        task = message["task"]
+        with self.lock:
+            self.busy += 1
+        try:
+            if task.get("kind") == "runs":
+                result = self.runs(task)
+            elif task.get("stream"):
+                result = self.stream(task, message["id"])
+            else:
+                result = self.execute(task)
+        finally:
+            with self.lock:
+                self.busy -= 1
+        runs = len(task["runs"]) if task.get("kind") == "runs" else 1
+        self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": runs})
+
+    def task_or_exit(self, message: dict[str, Any]) -> None:
+        """:meth:`task` on a thread of the worker's pool: a failure to answer (the pool gone, a bug) ends
+        the process, as it does on the main thread, so the pool sees the worker die and fails or retries
+        its tasks instead of waiting for an answer that never comes."""
+        try:
+            self.task(message)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
 
     def batch(self, message: dict[str, Any]) -> None:
         try:
