@@ -91,9 +91,15 @@ CALLERS = (4, 8)  # threads feeding the 2-worker pool in the cpu throughput row,
 
 
 def throughput(
-    home: Path, runs: int, rounds: int, callers: tuple[int, ...] = CALLERS, prefetch: int | None = None
+    home: Path,
+    runs: int,
+    rounds: int,
+    callers: tuple[int, ...] = CALLERS,
+    prefetch: int | None = None,
+    concurrency: int | None = None,
 ) -> None:
-    with _app(home, size=2, **({} if prefetch is None else {"prefetch": prefetch})) as app:
+    tuning = {"prefetch": prefetch, "concurrency": concurrency}
+    with _app(home, size=2, **{k: v for k, v in tuning.items() if v is not None}) as app:
         _register(app)
         for _ in range(4):
             app.run("cot", {"question": "warm"}, pool="general")
@@ -139,9 +145,11 @@ def throughput(
                 pooled[count] = max(pooled[count], pool_rate(count))
             batch = max(batch, batch_rate())
             ceiling = max(ceiling, machine_scaling())
+        held = app.pools.setting("general").concurrency
     for count, rate in pooled.items():
         print(
-            f"cpu throughput  inline {inline:7.0f} runs/s   2-worker pool, {count} callers {rate:7.0f} runs/s   "
+            f"cpu throughput  inline {inline:7.0f} runs/s   2-worker pool (concurrency {held}), {count} callers "
+            f"{rate:7.0f} runs/s   "
             f"{rate / inline:.2f}x (target >= 1.6x; best of {rounds} alternated rounds each)"
         )
     print(
@@ -333,6 +341,12 @@ def main() -> None:
         "--prefetch", type=int, default=None, help="the pools' prefetch (default: the setting's)"
     )
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="the cpu throughput row's pool concurrency (default: the setting's)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=ROWS,
@@ -346,7 +360,9 @@ def main() -> None:
         if "dispatch" in rows:
             dispatch(Path(tmp), args.runs)
         if "throughput" in rows:
-            throughput(Path(tmp), args.runs, args.rounds, prefetch=args.prefetch)
+            throughput(
+                Path(tmp), args.runs, args.rounds, prefetch=args.prefetch, concurrency=args.concurrency
+            )
         if "lm-bound" in rows:
             lm_bound(Path(tmp), args.lm_seconds)
         if "rest" in rows:

@@ -96,6 +96,65 @@ class _Calls:
         self.entries.append([lm, to_jsonable(dict(usage_entry))])
 
 
+class _Gate:
+    """How many tasks a worker runs at once: up to its ``concurrency``, fewer while its CPU is saturated.
+
+    Runs waiting on an LM leave the process's CPU idle, so many run at once. Runs that only compute
+    gain nothing from running side by side (the GIL lets one thread run Python at a time) and lose to
+    the thread switches. Every ``WINDOW_S`` with runs under way, the process's CPU time over the window
+    decides: at ``SATURATED`` of a core or more, one fewer run may start (down to 1); below ``ROOM``,
+    with runs waiting to start, one more (up to ``concurrency``). Runs start in the order they came.
+    """
+
+    WINDOW_S = 0.05
+    SATURATED = 0.9
+    ROOM = 0.75
+
+    def __init__(self, most: int) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._cpu = time.process_time
+        self.most = most
+        self.limit = most
+        self.running = 0
+        self.waiting = 0
+        self._cv = threading.Condition()
+        self._since, self._cpu_since = self._clock(), self._cpu()
+
+    def _adjust(self) -> None:  # under the lock
+        now = self._clock()
+        wall = now - self._since
+        if wall < self.WINDOW_S:
+            return
+        cpu = self._cpu()
+        used = (cpu - self._cpu_since) / wall
+        self._since, self._cpu_since = now, cpu
+        if used >= self.SATURATED and self.limit > 1:
+            self.limit -= 1
+        elif used < self.ROOM and self.waiting and self.limit < self.most:
+            self.limit += 1
+            self._cv.notify()
+
+    def enter(self) -> None:
+        with self._cv:
+            self._adjust()
+            self.waiting += 1
+            try:
+                while self.running >= self.limit:
+                    self._cv.wait(self.WINDOW_S)
+                    self._adjust()
+            finally:
+                self.waiting -= 1
+            self.running += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self.running -= 1
+            self._adjust()
+            self._cv.notify()
+
+
 class _Worker:
     def __init__(self, conn: Any, route: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.conn = conn
@@ -105,6 +164,7 @@ class _Worker:
         self.lock = threading.Lock()
         self.busy = 0  # tasks under way
         self.concurrency = 1  # tasks run at once (the pool's ``concurrency``, from the start message)
+        self.gate = _Gate(1)  # how many of them may run now (:class:`_Gate`)
         self.stopping = threading.Event()
         self.app: Any = None
         self.versions: dict[str, Any] = {}
@@ -380,6 +440,7 @@ class _Worker:
         arrive, so a run waiting on its LM leaves the process to the others (as inline runs on threads
         do). On ``stop`` the runs under way end and answer first."""
         executor = None
+        self.gate = _Gate(self.concurrency)
         if self.concurrency > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -402,7 +463,7 @@ class _Worker:
                         target=self.batch, args=(message,), name="dspex-shard", daemon=True
                     ).start()
                 elif executor is not None:
-                    executor.submit(self.task_or_exit, message)
+                    executor.submit(self.task_or_exit, message, self.gate)
                 else:
                     self.task(message)
         finally:
@@ -427,12 +488,16 @@ class _Worker:
         runs = len(task["runs"]) if task.get("kind") == "runs" else 1
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": runs})
 
-    def task_or_exit(self, message: dict[str, Any]) -> None:
-        """:meth:`task` on a thread of the worker's pool: a failure to answer (the pool gone, a bug) ends
-        the process, as it does on the main thread, so the pool sees the worker die and fails or retries
-        its tasks instead of waiting for an answer that never comes."""
+    def task_or_exit(self, message: dict[str, Any], gate: _Gate) -> None:
+        """:meth:`task` on a thread of the worker's pool, when ``gate`` lets it start: a failure to answer
+        (the pool gone, a bug) ends the process, as it does on the main thread, so the pool sees the
+        worker die and fails or retries its tasks instead of waiting for an answer that never comes."""
         try:
-            self.task(message)
+            gate.enter()
+            try:
+                self.task(message)
+            finally:
+                gate.leave()
         except BaseException:
             traceback.print_exc()
             os._exit(1)
