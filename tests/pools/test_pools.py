@@ -256,6 +256,7 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
 def test_a_worker_runs_concurrency_tasks_at_once(make_app: Callable[..., App], concurrency: int) -> None:
     # Runs that wait (as on an LM) overlap on one worker up to its concurrency, and no further.
     app = make_app(size=1, concurrency=concurrency)
+    app.run("timed", {"question": "warm"}, pool="general")  # the program loaded: what follows only waits
     with ThreadPoolExecutor(6) as executor:
         results = list(
             executor.map(

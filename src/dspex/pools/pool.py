@@ -321,7 +321,9 @@ class Pool:
             if wake is not None:
                 wake.woken = True
         if wake is not None and wake.wake is not None:
-            os.write(wake.wake[1], b"\0")
+            # A pool closed meanwhile has closed the pipe, and failed this task's future already.
+            with contextlib.suppress(OSError):
+                os.write(wake.wake[1], b"\0")
         return task.future
 
     def status(self) -> PoolStatus:

@@ -97,30 +97,39 @@ class _Calls:
 
 
 class _Gate:
-    """How many tasks a worker runs at once: up to its ``concurrency``, fewer while its CPU is saturated.
+    """The runs of a worker with ``concurrency`` above 1: queued as they arrive, started in that order by
+    up to ``most`` runner threads, as many at once as the limit allows.
 
-    Runs waiting on an LM leave the process's CPU idle, so many run at once. Runs that only compute
-    gain nothing from running side by side (the GIL lets one thread run Python at a time) and lose to
-    the thread switches. Every ``WINDOW_S`` with runs under way, the process's CPU time over the window
+    Runs waiting on an LM leave the process's CPU idle, so many run at once. Runs that only compute gain
+    nothing from running side by side (the GIL lets one thread run Python at a time) and lose to the
+    thread switches. So every ``WINDOW_S`` with runs under way, the process's CPU time over the window
     decides: at ``SATURATED`` of a core or more, one fewer run may start (down to 1); below ``ROOM``,
-    with runs waiting to start, one more (up to ``concurrency``). Runs start in the order they came.
+    with runs waiting to start, one more (up to ``most``). A runner that ends a run takes the next one
+    itself when the limit allows: at a limit of 1, runs follow each other on one thread, as on the main
+    thread, without a switch.
     """
 
     WINDOW_S = 0.05
     SATURATED = 0.9
     ROOM = 0.75
 
-    def __init__(self, most: int) -> None:
+    def __init__(self, most: int, run: Callable[[dict[str, Any]], None]) -> None:
+        import collections
         import time
 
         self._clock = time.monotonic
         self._cpu = time.process_time
+        self._run = run
         self.most = most
         self.limit = most
         self.running = 0
-        self.waiting = 0
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.closed = False
         self._cv = threading.Condition()
         self._since, self._cpu_since = self._clock(), self._cpu()
+        self._runners: list[threading.Thread] = []
+        self._free = 0  # runners not running a run (starting, or waiting for one)
+        self._watching = 0  # free runners waiting out a window for the limit to grow
 
     def _adjust(self) -> None:  # under the lock
         now = self._clock()
@@ -132,27 +141,69 @@ class _Gate:
         self._since, self._cpu_since = now, cpu
         if used >= self.SATURATED and self.limit > 1:
             self.limit -= 1
-        elif used < self.ROOM and self.waiting and self.limit < self.most:
+        elif used < self.ROOM and self.queue and self.limit < self.most:
             self.limit += 1
-            self._cv.notify()
+            self._wake()  # one more may start
 
-    def enter(self) -> None:
+    def _wake(self) -> None:  # under the lock
+        """With runs queued, keep a free runner: it starts the next one when the limit allows, and while
+        the limit holds it back it looks again every window (the CPU may have room by then)."""
+        if not self.queue:
+            return
+        if self._free == 0 and len(self._runners) < self.most:
+            runner = threading.Thread(target=self._runner, name="dspex-run", daemon=True)
+            self._runners.append(runner)
+            self._free += 1
+            runner.start()
+        if self.running < self.limit or not self._watching:
+            self._cv.notify()  # a runner to start it, or to watch the limit for it
+
+    def put(self, message: dict[str, Any]) -> None:
+        """Queue a run; a runner starts it when the limit allows."""
         with self._cv:
-            self._adjust()
-            self.waiting += 1
-            try:
-                while self.running >= self.limit:
-                    self._cv.wait(self.WINDOW_S)
+            self.queue.append(message)
+            self._wake()
+
+    def _runner(self) -> None:
+        # The lock is let go only while a run runs: a runner that ends one takes the next before any
+        # other runner can, so at a limit of 1 runs follow each other on one thread.
+        with self._cv:
+            while True:
+                while not (self.queue and self.running < self.limit):
+                    if self.closed and not self.queue:
+                        return
+                    # Idle, a runner sleeps until a run comes; held back by the limit, one of them
+                    # looks again every window (the limit may grow).
+                    if self.queue:
+                        self._watching += 1
+                        try:
+                            self._cv.wait(self.WINDOW_S)
+                        finally:
+                            self._watching -= 1
+                    else:
+                        self._cv.wait()
                     self._adjust()
-            finally:
-                self.waiting -= 1
-            self.running += 1
+                self.running += 1
+                self._free -= 1
+                message = self.queue.popleft()
+                self._wake()  # the next queued run, if the limit lets it start beside this one
+                self._cv.release()
+                try:
+                    self._run(message)
+                finally:
+                    self._cv.acquire()
+                    self.running -= 1
+                    self._free += 1
+                    self._adjust()
 
-    def leave(self) -> None:
+    def close(self) -> None:
+        """Take no more runs: the runners finish every queued one, then end (joined here)."""
         with self._cv:
-            self.running -= 1
-            self._adjust()
-            self._cv.notify()
+            self.closed = True
+            self._cv.notify_all()
+            runners = list(self._runners)
+        for runner in runners:
+            runner.join()
 
 
 class _Worker:
@@ -164,7 +215,6 @@ class _Worker:
         self.lock = threading.Lock()
         self.busy = 0  # tasks under way
         self.concurrency = 1  # tasks run at once (the pool's ``concurrency``, from the start message)
-        self.gate = _Gate(1)  # how many of them may run now (:class:`_Gate`)
         self.stopping = threading.Event()
         self.app: Any = None
         self.versions: dict[str, Any] = {}
@@ -436,15 +486,10 @@ class _Worker:
 
     def serve(self) -> None:
         """Read tasks until told to stop. With ``concurrency`` 1 each runs here, one after the other; with
-        more, each runs on a thread of the worker's own pool of that many, started in the order they
-        arrive, so a run waiting on its LM leaves the process to the others (as inline runs on threads
-        do). On ``stop`` the runs under way end and answer first."""
-        executor = None
-        self.gate = _Gate(self.concurrency)
-        if self.concurrency > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dspex-run")
+        more, they run on threads (:class:`_Gate`), started in the order they arrive, so a run waiting on
+        its LM leaves the process to the others (as inline runs on threads do). On ``stop`` the runs under
+        way and queued end and answer first."""
+        gate = _Gate(self.concurrency, self.task_or_exit) if self.concurrency > 1 else None
         try:
             while True:
                 try:
@@ -462,13 +507,13 @@ class _Worker:
                     threading.Thread(
                         target=self.batch, args=(message,), name="dspex-shard", daemon=True
                     ).start()
-                elif executor is not None:
-                    executor.submit(self.task_or_exit, message, self.gate)
+                elif gate is not None:
+                    gate.put(message)
                 else:
                     self.task(message)
         finally:
-            if executor is not None:
-                executor.shutdown(wait=True)
+            if gate is not None:
+                gate.close()
 
     def task(self, message: dict[str, Any]) -> None:
         """Run one task (a run, a streamed run, a shard of runs) and send its ``done`` message."""
@@ -488,16 +533,12 @@ class _Worker:
         runs = len(task["runs"]) if task.get("kind") == "runs" else 1
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": runs})
 
-    def task_or_exit(self, message: dict[str, Any], gate: _Gate) -> None:
-        """:meth:`task` on a thread of the worker's pool, when ``gate`` lets it start: a failure to answer
-        (the pool gone, a bug) ends the process, as it does on the main thread, so the pool sees the
-        worker die and fails or retries its tasks instead of waiting for an answer that never comes."""
+    def task_or_exit(self, message: dict[str, Any]) -> None:
+        """:meth:`task` on a runner thread: a failure to answer (the pool gone, a bug) ends the process, as
+        it does on the main thread, so the pool sees the worker die and fails or retries its tasks instead
+        of waiting for an answer that never comes."""
         try:
-            gate.enter()
-            try:
-                self.task(message)
-            finally:
-                gate.leave()
+            self.task(message)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
