@@ -123,3 +123,24 @@ def test_a_run_held_back_by_the_limit_starts_beside_a_long_one_once_the_cpu_has_
     release.set()
     gate.close()
     assert gate.limit == 2
+
+
+def test_callers_on_their_own_threads_wait_for_the_limit() -> None:
+    # A Ray actor's runs come on Ray's threads: enter() holds one back while the limit is reached.
+    gate, _ = _gate(2)
+    gate.limit = 1
+    gate.enter()
+    entered = threading.Event()
+
+    def second() -> None:
+        gate.enter()
+        entered.set()
+        gate.leave()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert not entered.wait(0.2)
+    gate.leave()
+    assert entered.wait(5)
+    thread.join(5)
+    assert gate.running == 0

@@ -33,7 +33,7 @@ class RayWorker:
         for entry in start.get("sys_path") or []:
             if entry not in sys.path and os.path.isdir(entry):
                 sys.path.append(entry)
-        from dspex.pools.worker import _Worker
+        from dspex.pools.worker import _Gate, _Worker
 
         self._busy = 0
         self._lock = threading.Lock()
@@ -42,6 +42,9 @@ class RayWorker:
         # No pipe: results go back as the methods' return values, a stream's events through _route.
         self._worker = _Worker(None, route=self._route)
         self._worker.start(start)
+        # Ray runs up to ``concurrency`` calls at once on its threads; the gate holds back CPU-bound
+        # ones while the actor's CPU is saturated (see dspex.pools.worker._Gate).
+        self._gate = _Gate(self._worker.concurrency)
 
     def ping(self) -> dict[str, Any]:
         """The actor's heartbeat: its pid, memory and tasks under way."""
@@ -63,10 +66,15 @@ class RayWorker:
                 except Exception as exc:  # the program could not be built: every example fails alike
                     error = {"type": type(exc).__name__, "message": str(exc)}
                     result = {"results": [{"error": error, "ms": 0.0} for _ in task["examples"]]}
-            elif task.get("kind") == "runs":  # a shard of runs: each its own outcome, as alone
-                result = self._worker.runs(task)
             else:
-                result = self._worker.execute(task)
+                self._gate.enter()
+                try:
+                    if task.get("kind") == "runs":  # a shard of runs: each its own outcome, as alone
+                        result = self._worker.runs(task)
+                    else:
+                        result = self._worker.execute(task)
+                finally:
+                    self._gate.leave()
         finally:
             with self._lock:
                 self._busy -= 1
@@ -86,7 +94,11 @@ class RayWorker:
 
         def work() -> None:  # the worker's stream runs its own event loop: on a thread, so we can yield
             try:
-                outcome.append(self._worker.stream(task, task_id))
+                self._gate.enter()
+                try:
+                    outcome.append(self._worker.stream(task, task_id))
+                finally:
+                    self._gate.leave()
             except BaseException as exc:  # handed to the generator, which raises it to the driver
                 failure.append(exc)
             finally:

@@ -161,6 +161,7 @@ class RayPool:
             "env": dict(self.setting.env),
             "initializer": self.setting.initializer,
             "heartbeat_s": self.setting.heartbeat_s,
+            "concurrency": self.setting.concurrency,
             "sys_path": [entry for entry in sys.path if entry],
         }
         actor_class = ray.remote(_actor_class())

@@ -113,7 +113,7 @@ class _Gate:
     SATURATED = 0.9
     ROOM = 0.75
 
-    def __init__(self, most: int, run: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, most: int, run: Callable[[dict[str, Any]], None] | None = None) -> None:
         import collections
         import time
 
@@ -130,6 +130,7 @@ class _Gate:
         self._runners: list[threading.Thread] = []
         self._free = 0  # runners not running a run (starting, or waiting for one)
         self._watching = 0  # free runners waiting out a window for the limit to grow
+        self._held = 0  # callers of enter() waiting for the limit
 
     def _adjust(self) -> None:  # under the lock
         now = self._clock()
@@ -141,9 +142,11 @@ class _Gate:
         self._since, self._cpu_since = now, cpu
         if used >= self.SATURATED and self.limit > 1:
             self.limit -= 1
-        elif used < self.ROOM and self.queue and self.limit < self.most:
+        elif used < self.ROOM and (self.queue or self._held) and self.limit < self.most:
             self.limit += 1
             self._wake()  # one more may start
+            if self._held:
+                self._cv.notify()
 
     def _wake(self) -> None:  # under the lock
         """With runs queued, keep a free runner: it starts the next one when the limit allows, and while
@@ -189,12 +192,33 @@ class _Gate:
                 self._wake()  # the next queued run, if the limit lets it start beside this one
                 self._cv.release()
                 try:
+                    assert self._run is not None, "a gate without a run function only has enter/leave"
                     self._run(message)
                 finally:
                     self._cv.acquire()
                     self.running -= 1
                     self._free += 1
                     self._adjust()
+
+    def enter(self) -> None:
+        """Wait on the caller's own thread until the limit lets a run start (a Ray actor's runs come on
+        Ray's threads); :meth:`leave` when it ends."""
+        with self._cv:
+            self._held += 1
+            try:
+                while self.running >= self.limit:
+                    self._cv.wait(self.WINDOW_S)
+                    self._adjust()
+            finally:
+                self._held -= 1
+            self.running += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self.running -= 1
+            self._adjust()
+            if self._held:
+                self._cv.notify()
 
     def close(self) -> None:
         """Take no more runs: the runners finish every queued one, then end (joined here)."""
