@@ -16,10 +16,11 @@ Rows (each pool row runs against the same App's inline path in the same run):
   which sends them to the workers in shards (several runs per message, one record each), and the
   machine's own ceiling: the work two processes of a pure-Python loop do side by side against one
   alone, measured in the same rounds (2.0 on two free cores; this VM's vCPUs often give less).
-- ``lm-bound``: ``dspy.ChainOfThought`` whose LM takes 50 ms, from 32 caller threads (each a loop of
+- ``lm-bound``: ``dspy.ChainOfThought`` whose LM takes 50 ms, from 128 caller threads (each a loop of
   ``app.run``) for ``--lm-seconds``: runs per second inline against a 2-worker pool at its default
   ``concurrency`` (each worker runs many runs at once, on threads). Runs that wait on an LM are what a
-  production pool serves; it should keep up with inline.
+  production pool serves; it should keep up with inline, and pass it where one process's CPU (the
+  GIL) caps the inline runs.
 - ``rest``: uncached ``POST /v1/programs/{name}/runs`` requests per second against ``dspex serve`` and
   ``dspex serve --pool general`` (2 workers), load from this process (``service_load.py``'s client, 32
   connections) on the same 2 cores. Target: at least 1.5x.
@@ -265,7 +266,7 @@ def evaluation(home: Path, count: int) -> None:
     )
 
 
-LM_CALLERS = 32  # threads of the lm-bound row, each a loop of app.run
+LM_CALLERS = 128  # threads of the lm-bound row, each a loop of app.run
 
 
 def lm_bound(home: Path, seconds: float) -> None:

@@ -107,7 +107,7 @@ class PoolSetting(pydantic.BaseModel):
         30.0, gt=0, description="A worker silent this long is hung: killed and replaced."
     )
     concurrency: int = Field(
-        16,
+        64,
         ge=1,
         le=256,
         description="Tasks a worker runs at once, each on a thread of its own: a run waiting on its LM "
