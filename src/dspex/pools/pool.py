@@ -176,6 +176,7 @@ class _Slot:
     rss_before: int | None = None  # after the task before the last: the last task's growth is rss - this
     tasks: int = 0
     task_started: float | None = None  # when the worker began its current task (None: idle)
+    oldest: tuple[int, float] | None = None  # (task id, start) of its oldest task under way, as it says
     verdict: _Replace | None = None  # why the monitor killed the worker, for its slot thread
     started: float = 0.0
     last_heartbeat: float | None = None
@@ -192,11 +193,12 @@ class _Slot:
 class _Replace(Exception):
     """The slot's process must go: ``reason`` is counted, ``task_code`` fails the task it ran (if any)."""
 
-    def __init__(self, reason: str, task_code: str | None, message: str) -> None:
+    def __init__(self, reason: str, task_code: str | None, message: str, task_id: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.task_code = task_code
         self.message = message
+        self.task_id = task_id  # the task it is about (a timeout's), if one
 
 
 class Pool:
@@ -355,6 +357,7 @@ class Pool:
         child.close()
         slot.process, slot.conn, slot.pid = process, parent, process.pid
         slot.tasks, slot.rss, slot.rss_before, slot.verdict, slot.task_started = 0, None, None, None, None
+        slot.oldest = None
         slot.started, slot.last_heartbeat = time.monotonic(), None
         start = {
             "op": "start",
@@ -578,13 +581,14 @@ class Pool:
                 self._replace(slot, "error", graceful=False)
 
     def _fail_begun(self, slot: _Slot, begun: list[_Task], replace: _Replace) -> None:
-        """Fail the tasks a replaced worker may have started. A task timeout is the oldest task's (the
-        others were lost with the worker); memory cannot be told apart between tasks run side by side, so
-        each of them fails with ``memory_limit``."""
-        for i, task in enumerate(begun):
+        """Fail the tasks a replaced worker may have started. A task timeout is the task the worker said
+        had run longest (the others were lost with the worker); memory cannot be told apart between tasks
+        run side by side, so each of them fails with ``memory_limit``."""
+        late = next((t for t in begun if t.id == replace.task_id), begun[0] if begun else None)
+        for task in begun:
             self.failed += 1
             code, message = replace.task_code or "worker_lost", replace.message
-            if replace.reason == "task_timeout" and i > 0:
+            if replace.reason == "task_timeout" and task is not late:
                 code = "worker_lost"
                 message = f"worker {slot.name} was killed for another task's timeout (task_timeout_s) during the task"
             elif replace.reason == "memory_limit" and len(begun) > 1:
@@ -636,7 +640,12 @@ class Pool:
             raise slot.verdict or _Replace("died", "worker_lost", self._death(slot)) from None
         if "rss" in message:
             slot.rss = message["rss"]
-        slot.last_heartbeat = time.monotonic()
+        slot.last_heartbeat = now = time.monotonic()
+        if message.get("op") == "hb":
+            oldest = message.get("oldest")
+            slot.oldest = (oldest[0], now - oldest[1]) if oldest else None
+        elif slot.oldest is not None and message.get("id") == slot.oldest[0] and message.get("op") == "done":
+            slot.oldest = None  # until the next heartbeat says which task is the oldest now
         return message
 
     def _monitor(self) -> None:
@@ -650,20 +659,22 @@ class Pool:
                 started, process = slot.task_started, slot.process
                 if started is None or process is None or slot.verdict is not None:
                     continue
-                verdict = self._verdict(slot, started)
+                verdict = self._verdict(slot)
                 if verdict is not None:
                     slot.verdict = verdict
                     with contextlib.suppress(OSError, ValueError):  # exited meanwhile: EOF says so
                         process.kill()
 
-    def _verdict(self, slot: _Slot, started: float) -> _Replace | None:
+    def _verdict(self, slot: _Slot) -> _Replace | None:
         now = time.monotonic()
         timeout = self.setting.task_timeout_s
-        if timeout is not None and now - started >= timeout:
+        oldest = slot.oldest  # as the worker last said: a task may wait in it before it starts
+        if timeout is not None and oldest is not None and now - oldest[1] >= timeout:
             return _Replace(
                 "task_timeout",
                 "task_timeout",
                 f"the task ran over the pool's task_timeout_s of {timeout} s; worker {slot.name} was replaced",
+                task_id=oldest[0],
             )
         silent = now - (slot.last_heartbeat or slot.started)
         if silent > self.setting.hung_after_s:
@@ -693,7 +704,12 @@ class Pool:
             raise _Replace("died", "worker_lost", self._death(slot)) from None
         if "rss" in message:
             slot.rss = message["rss"]
-        slot.last_heartbeat = time.monotonic()
+        slot.last_heartbeat = now = time.monotonic()
+        if message.get("op") == "hb":
+            oldest = message.get("oldest")
+            slot.oldest = (oldest[0], now - oldest[1]) if oldest else None
+        elif slot.oldest is not None and message.get("id") == slot.oldest[0] and message.get("op") == "done":
+            slot.oldest = None  # until the next heartbeat says which task is the oldest now
         return message
 
     def _death(self, slot: _Slot) -> str:

@@ -13,11 +13,13 @@ worker's ``{"op": "event"}`` message, as it happens, then ``{"op": "done", "resu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +38,7 @@ class RayWorker:
         from dspex.pools.worker import _Gate, _Worker
 
         self._busy = 0
+        self._runs: dict[int, float] = {}  # runs under way (past the gate) -> when they started
         self._lock = threading.Lock()
         self._streams: dict[int, queue.SimpleQueue[str | None]] = {}  # a streamed run's id -> its messages
         self._ids = itertools.count(1)
@@ -46,11 +49,28 @@ class RayWorker:
         # ones while the actor's CPU is saturated (see dspex.pools.worker._Gate).
         self._gate = _Gate(self._worker.concurrency)
 
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """A run, once the gate lets it start: counted from then for the pool's task timeout (ping)."""
+        self._gate.enter()
+        run_id = next(self._ids)
+        with self._lock:
+            self._runs[run_id] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.pop(run_id, None)
+            self._gate.leave()
+
     def ping(self) -> dict[str, Any]:
         """The actor's heartbeat: its pid, memory and tasks under way."""
         from dspex.pools.worker import rss_bytes
 
-        return {"pid": os.getpid(), "rss": rss_bytes(), "busy": self._busy}
+        with self._lock:
+            first = min(self._runs.values(), default=None)
+        oldest = None if first is None else time.monotonic() - first
+        return {"pid": os.getpid(), "rss": rss_bytes(), "busy": self._busy, "oldest_s": oldest}
 
     def run(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run one task: a run (an outcome, recorded by the driver), a shard of runs (``"kind": "runs"``,
@@ -67,14 +87,11 @@ class RayWorker:
                     error = {"type": type(exc).__name__, "message": str(exc)}
                     result = {"results": [{"error": error, "ms": 0.0} for _ in task["examples"]]}
             else:
-                self._gate.enter()
-                try:
+                with self._running():
                     if task.get("kind") == "runs":  # a shard of runs: each its own outcome, as alone
                         result = self._worker.runs(task)
                     else:
                         result = self._worker.execute(task)
-                finally:
-                    self._gate.leave()
         finally:
             with self._lock:
                 self._busy -= 1
@@ -94,11 +111,8 @@ class RayWorker:
 
         def work() -> None:  # the worker's stream runs its own event loop: on a thread, so we can yield
             try:
-                self._gate.enter()
-                try:
+                with self._running():
                     outcome.append(self._worker.stream(task, task_id))
-                finally:
-                    self._gate.leave()
             except BaseException as exc:  # handed to the generator, which raises it to the driver
                 failure.append(exc)
             finally:

@@ -110,6 +110,7 @@ class _Actor:
     draining: str | None = None  # a recycle reason: finish the tasks it holds, take no more, then go
     started: float = 0.0
     last_heartbeat: float | None = None
+    oldest_since: float | None = None  # when its oldest run under way started, as its last ping said
     pinging: bool = False
     killed_for: str | None = None  # why the monitor killed the actor (task_timeout), for its failed tasks
     pending: collections.deque[_Task] = field(default_factory=collections.deque)
@@ -448,6 +449,8 @@ class RayPool:
                 actor.last_heartbeat = time.monotonic()
                 return
             actor.pid, actor.rss, actor.last_heartbeat = ping["pid"], ping["rss"], time.monotonic()
+            oldest = ping.get("oldest_s")
+            actor.oldest_since = None if oldest is None else actor.last_heartbeat - oldest
             if not actor.started:
                 actor.started = time.monotonic()
             if actor.state in ("starting", "dead", "stopping"):
@@ -478,7 +481,15 @@ class RayPool:
                     ref.future().add_done_callback(lambda done, a=actor: self._ping_done(a, done))
                 timeout, limit = self.setting.task_timeout_s, self.kill_rss_mb
                 with self._lock:  # decided once per death: the verdict is cleared by its new process's ping
-                    late = timeout is not None and any(now - t.sent >= timeout for t in actor.inflight[:1])
+                    # Over the timeout: the oldest task sent, and the oldest run the actor says it has
+                    # under way (a task may wait in the actor, behind its concurrency or its CPU gate).
+                    since = actor.oldest_since
+                    late = (
+                        timeout is not None
+                        and since is not None
+                        and now - since >= timeout
+                        and any(now - t.sent >= timeout for t in actor.inflight[:1])
+                    )
                     silent = now - (actor.last_heartbeat or actor.started)
                     hung = actor.state in ("idle", "busy") and silent > self.setting.hung_after_s
                     big = bool(actor.inflight) and limit is not None and (actor.rss or 0) > limit * _MB

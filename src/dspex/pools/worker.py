@@ -5,7 +5,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
 - pool -> worker: ``{"op": "start", "settings": {...}, "env": {...}, "initializer": ...}`` once, then
   ``{"op": "run", "id": ..., "task": {...}}`` per task, and ``{"op": "stop"}``;
 - worker -> pool: ``{"op": "ready", "pid", "rss"}`` or ``{"op": "failed", "error"}`` after start-up,
-  ``{"op": "hb", "rss", "busy"}`` (``busy``: tasks under way) every ``heartbeat_s`` from a thread of its own (so a long task still
+  ``{"op": "hb", "rss", "busy", "oldest"}`` (``busy``: tasks under way; ``oldest``: ``[id, seconds]`` of
+  the one that started first, for the task timeout) every ``heartbeat_s`` from a thread of its own (so a long task still
   reports its memory), ``{"op": "event", "id", "event"}`` for each token or step of a streamed run
   (a task with ``"stream": true``), and ``{"op": "done", "id", "result", "rss", "runs"}`` per task (``runs``:
   how many runs it held, for the pool's counts and ``max_tasks``).
@@ -238,6 +239,7 @@ class _Worker:
         self.route = route
         self.lock = threading.Lock()
         self.busy = 0  # tasks under way
+        self.started: dict[int, float] = {}  # a task under way (its message id) -> when it started here
         self.concurrency = 1  # tasks run at once (the pool's ``concurrency``, from the start message)
         self.stopping = threading.Event()
         self.app: Any = None
@@ -262,7 +264,7 @@ class _Worker:
     def heartbeat(self, every_s: float) -> None:
         while not self.stopping.wait(every_s):
             try:
-                self.send({"op": "hb", "rss": rss_bytes(), "busy": self.busy})
+                self.send({"op": "hb", "rss": rss_bytes(), "busy": self.busy, "oldest": self.oldest()})
             except (OSError, EOFError):  # the pool is gone: nothing left to report to
                 self.stopping.set()
                 os._exit(0)
@@ -539,11 +541,26 @@ class _Worker:
             if gate is not None:
                 gate.close()
 
+    def oldest(self) -> list[Any] | None:
+        """``[id, seconds]``: the task under way that started first here, and how long it has run (the
+        pool's task timeout counts from there, not from when the task was sent: it may have waited for
+        the gate), or None."""
+        import time
+
+        with self.lock:
+            if not self.started:
+                return None
+            task_id, started = min(self.started.items(), key=lambda item: item[1])
+        return [task_id, time.monotonic() - started]
+
     def task(self, message: dict[str, Any]) -> None:
         """Run one task (a run, a streamed run, a shard of runs) and send its ``done`` message."""
+        import time
+
         task = message["task"]
         with self.lock:
             self.busy += 1
+            self.started[message["id"]] = time.monotonic()
         try:
             if task.get("kind") == "runs":
                 result = self.runs(task)
@@ -554,6 +571,7 @@ class _Worker:
         finally:
             with self.lock:
                 self.busy -= 1
+                self.started.pop(message["id"], None)
         runs = len(task["runs"]) if task.get("kind") == "runs" else 1
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": runs})
 
@@ -568,11 +586,18 @@ class _Worker:
             os._exit(1)
 
     def batch(self, message: dict[str, Any]) -> None:
+        import time
+
+        with self.lock:
+            self.started[message["id"]] = time.monotonic()
         try:
             result = self.predict_batch(message["task"])
         except Exception as exc:  # the program could not even be built: every example fails alike
             error = {"type": type(exc).__name__, "message": str(exc)}
             result = {"results": [{"error": error, "ms": 0.0} for _ in message["task"]["examples"]]}
+        finally:
+            with self.lock:
+                self.started.pop(message["id"], None)
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes()})
 
 
