@@ -35,6 +35,10 @@ __all__ = ["EncodedJSON", "canonical_hash", "dumps", "encoded", "storable", "to_
 
 _MAX_DEPTH = 32
 _AS_IS = frozenset({str, int, bool, type(None)})  # exact types that are already JSON (not float: NaN)
+# Tuples, not ``X | Y``: a union written in a function is built anew on every call (about 2,500
+# instructions each), and to_jsonable runs several times per recorded run.
+_SCALARS = (str, bool, int)
+_ITERABLES = (tuple, set, frozenset)
 
 
 class EncodedJSON:
@@ -74,7 +78,7 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     >>> to_jsonable({"k": (1, 2.5, float("nan")), "when": datetime.date(2026, 1, 2)})
     {'k': [1, 2.5, None], 'when': '2026-01-02'}
     """
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, _SCALARS):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -90,7 +94,7 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
             k if type(k) is str else str(k): v if type(v) in _AS_IS else to_jsonable(v, depth)
             for k, v in value.items()
         }
-    if kind is list or isinstance(value, tuple | set | frozenset):
+    if kind is list or isinstance(value, _ITERABLES):
         return [to_jsonable(v, depth) for v in value]
     to_dict = getattr(value, "toDict", None)  # dspy.Prediction, dspy.Example
     if callable(to_dict):

@@ -212,6 +212,25 @@ def test_predictors_with_their_own_lm_need_no_default(database_url: str, tmp_pat
             app.run(dspy.Predict("question -> answer"), {"question": "q"})
 
 
+def test_default_lm_comes_with_resilience_unless_asked_bare(app: App) -> None:
+    from dspex.lm.resilient import ResilientLM
+
+    program = dspy.Predict("question -> answer")
+    bare = app.default_lm(program, wrap=False)
+    assert not isinstance(bare, ResilientLM)
+    assert bare is app.lm()
+    wrapped = app.default_lm(program)
+    assert isinstance(wrapped, ResilientLM)
+    assert wrapped.primary is bare
+    # A run on the App's LM still goes through resilience (its LM span says what served it).
+    result = app.run(program, {"question": "q"})
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    lm_span = next(s for s in record.trace["spans"] if s["kind"] == "lm")
+    assert lm_span["attrs"]["resilience"]["served_by"] == "scripted/qa"
+
+
 def test_pipelines_are_validated_by_their_own_inputs(app: App) -> None:
     from dspex.pipeline import Pipeline, step
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from dspex.lm.pricing import Prices
@@ -120,19 +120,29 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 Opened = tuple[int, Token[tuple[int, int] | None]]  # what open() returns and close() takes
 
 
-@dataclass(eq=False)
 class RunRecorder:
-    """Collects the spans, usage and cost of one run. See the module docstring."""
+    """Collects the spans, usage and cost of one run. See the module docstring.
 
-    prices: Prices | None = None
-    parent_tracker: Any = None
-    spans: list[Span] = field(default_factory=list)
-    _usage: UsageTotals = field(init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _t0: float = field(default_factory=time.perf_counter)
+    ``_t0`` is the ``perf_counter()`` span times count from (default: now). A plain class with slots, not
+    a dataclass: one is built per run, and the dataclass's ``__init__`` with default factories and
+    ``__post_init__`` cost twice as much.
+    """
 
-    def __post_init__(self) -> None:
-        self._usage = UsageTotals(prices=self.prices, parent=self.parent_tracker)
+    __slots__ = ("__weakref__", "_lock", "_t0", "_usage", "parent_tracker", "prices", "spans")
+
+    def __init__(
+        self,
+        prices: Prices | None = None,
+        parent_tracker: Any = None,
+        spans: list[Span] | None = None,
+        _t0: float | None = None,
+    ) -> None:
+        self.prices = prices
+        self.parent_tracker = parent_tracker
+        self.spans: list[Span] = [] if spans is None else spans
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter() if _t0 is None else _t0
+        self._usage = UsageTotals(prices=prices, parent=parent_tracker)
 
     # -- spans -----------------------------------------------------------------------------------
     def open(self, kind: SpanKind, instance: Any, inputs: Any) -> Opened:
