@@ -39,6 +39,9 @@ _AS_IS = frozenset({str, int, bool, type(None)})  # exact types that are already
 # instructions each), and to_jsonable runs several times per recorded run.
 _SCALARS = (str, bool, int)
 _ITERABLES = (tuple, set, frozenset)
+# DSPy classes converted through their fields (dspy.Prediction, dspy.Example), learned on first sight:
+# later values of these classes skip the Mapping and sequence checks (an ABC isinstance among them).
+_RECORD_KINDS: set[type] = set()
 
 
 class EncodedJSON:
@@ -86,6 +89,8 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return {"__repr__": "<nested too deep>"}
     depth = _depth + 1
     kind = type(value)
+    if kind in _RECORD_KINDS:  # a run's prediction: straight to its fields, without the checks below
+        return to_jsonable(_fields(value, value.toDict), depth)
     if kind is EncodedJSON:
         return json.loads(value.text)
     if kind is dict or (kind is not list and isinstance(value, Mapping)):  # exact types skip the ABC check
@@ -98,6 +103,8 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return [to_jsonable(v, depth) for v in value]
     to_dict = getattr(value, "toDict", None)  # dspy.Prediction, dspy.Example
     if callable(to_dict):
+        if kind.__module__.startswith("dspy."):  # DSPy's own: the checks above stay false for the class
+            _RECORD_KINDS.add(kind)
         return to_jsonable(_fields(value, to_dict), depth)
     dump = getattr(value, "model_dump", None)  # pydantic models, incl. dspy.Image / dspy.History
     if callable(dump):

@@ -224,18 +224,14 @@ class RunRecorder:
     # -- usage tracker protocol (dspy.settings.usage_tracker) ----------------------------------------
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
         """Called by DSPy once per LM call with that call's token usage."""
-        call = self._usage.add_usage(lm, usage_entry)
+        prompt, completion, total, cost = self._usage.count(lm, usage_entry)
         current = _open_span.get()
         if current is not None and current[0] == id(self):
             with self._lock:
                 span = self.spans[current[1]]
             if span.kind == "lm":
-                span.usage = {
-                    "prompt_tokens": call.prompt_tokens,
-                    "completion_tokens": call.completion_tokens,
-                    "total_tokens": call.total_tokens,
-                }
-                span.cost_usd = call.cost_usd
+                span.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+                span.cost_usd = cost
 
     # -- results ---------------------------------------------------------------------------------
     @property
