@@ -31,7 +31,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["EncodedJSON", "canonical_hash", "dumps", "encoded", "storable", "to_jsonable"]
+__all__ = [
+    "RECORD_KINDS",
+    "EncodedJSON",
+    "canonical_hash",
+    "dumps",
+    "encoded",
+    "fields_of",
+    "storable",
+    "to_jsonable",
+]
 
 _MAX_DEPTH = 32
 _AS_IS = frozenset({str, int, bool, type(None)})  # exact types that are already JSON (not float: NaN)
@@ -39,9 +48,11 @@ _AS_IS = frozenset({str, int, bool, type(None)})  # exact types that are already
 # instructions each), and to_jsonable runs several times per recorded run.
 _SCALARS = (str, bool, int)
 _ITERABLES = (tuple, set, frozenset)
+_SETS = (set, frozenset)
 # DSPy classes converted through their fields (dspy.Prediction, dspy.Example), learned on first sight:
 # later values of these classes skip the Mapping and sequence checks (an ABC isinstance among them).
-_RECORD_KINDS: set[type] = set()
+RECORD_KINDS: set[type] = set()
+_RECORD_KINDS = RECORD_KINDS
 
 
 class EncodedJSON:
@@ -73,6 +84,15 @@ def _fields(value: Any, to_dict: Any) -> Any:
     convert every nested value in Python (a pydantic ``isinstance`` each), which the caller does anyway."""
     store = getattr(value, "_store", None)
     return store if type(store) is dict else to_dict()
+
+
+def fields_of(value: Any) -> Any:
+    """``value``, or for a value of :data:`RECORD_KINDS` (a DSPy Prediction or Example) its fields: what
+    :func:`dumps` encodes for it. Handing orjson the fields skips its search of the object for dataclass
+    attributes, which for a DSPy Example runs its ``__getattr__`` and builds an ``AttributeError``."""
+    if type(value) in _RECORD_KINDS:
+        return _fields(value, value.toDict)
+    return value
 
 
 def to_jsonable(value: Any, _depth: int = 0) -> Any:
@@ -176,12 +196,16 @@ def _default(value: Any) -> Any:
     to_dict = getattr(value, "toDict", None)
     if callable(to_dict):
         return _fields(value, to_dict)
-    if isinstance(value, set | frozenset):
+    if isinstance(value, _SETS):
         return list(value)
     return to_jsonable(value)
 
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+# Tried first: with OPT_NON_STR_KEYS orjson takes a slower path for every dict, even when all keys are
+# text (a run's span tree: 37K instructions with it, 24K without). A key that is not text makes the
+# first try fail, and the value is encoded again with it: the same JSON either way.
+_STR_KEYS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def dumps(value: Any) -> str:
@@ -194,7 +218,11 @@ def dumps(value: Any) -> str:
     this as their JSON serialiser.
     """
     try:
-        text = orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+        try:
+            data = orjson.dumps(value, default=_default, option=_STR_KEYS)
+        except orjson.JSONEncodeError:
+            data = orjson.dumps(value, default=_default, option=_OPTIONS)
+        text = data.decode()
     except (orjson.JSONEncodeError, TypeError):
         pass
     else:

@@ -30,6 +30,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dspex.jsonable import RECORD_KINDS, fields_of
 from dspex.lm.pricing import Prices
 from dspex.telemetry.usage import UsageTotals
 
@@ -61,7 +62,8 @@ class Span:
     attrs: dict[str, Any] | None = None  # what a layer adds (resilience: the model that served, attempts)
 
     def to_json(self) -> dict[str, Any]:
-        """The span as a dict; payloads stay as they are, for :func:`dspex.jsonable.dumps` to encode."""
+        """The span as a dict; payloads stay as they are, for :func:`dspex.jsonable.dumps` to encode (a
+        DSPy prediction as its fields, :func:`~dspex.jsonable.fields_of`)."""
         data: dict[str, Any] = {
             "index": self.index,
             "parent": self.parent,
@@ -72,6 +74,8 @@ class Span:
             "inputs": self.inputs,
             "outputs": self.outputs,
         }
+        if type(self.outputs) in RECORD_KINDS:  # a module's prediction (inputs are keyword arguments)
+            data["outputs"] = fields_of(self.outputs)
         # Only what is set, spelled out: this runs for every span of every recorded run.
         if self.error is not None:
             data["error"] = self.error
