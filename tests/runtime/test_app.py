@@ -330,3 +330,36 @@ def test_runs_of_a_registered_version_share_its_loaded_instance_and_build_gives_
     seen = list(engine.history)[-90:]
     assert len(seen) == 90
     assert all(call.prompt.demos == 0 and "French" not in call.prompt.instructions for call in seen)
+
+
+def test_run_results_are_frozen_values(app: App) -> None:
+    import dataclasses
+
+    from dspex.runtime.run import RunResult
+
+    result = app.run(dspy.Predict("question -> answer"), {"question": "q"})
+    assert result.outputs == {"answer": "Q"}
+    assert result.usage["scripted/qa"]["calls"] == 1
+    assert (result.cache_hit, result.trace_id) == (False, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.outputs = {}  # type: ignore[misc]  # what this checks
+    same = RunResult(
+        result.execution_id,
+        result.outputs,
+        result.prediction,
+        result.duration_ms,
+        result.usage,
+        result.cost_usd,
+    )
+    assert same == result
+    assert dataclasses.replace(result, cache_hit=True).cache_hit is True
+    assert [f.name for f in dataclasses.fields(RunResult)] == [
+        "execution_id",
+        "outputs",
+        "prediction",
+        "duration_ms",
+        "usage",
+        "cost_usd",
+        "cache_hit",
+        "trace_id",
+    ]

@@ -20,3 +20,13 @@ def test_count_and_add_usage_report_the_call_and_sum_per_model() -> None:
     assert usage["m"]["total_tokens"] == 1516
     assert total == 1517
     assert cost is None  # one model's price is unknown
+
+
+def test_prices_are_looked_up_once_and_unknown_stays_unknown() -> None:
+    prices = Prices({"openai/known": Price(1.0, 1.0)}, use_dspy_metadata=False)
+    for _ in range(2):  # the second time from the cache
+        assert prices.price("openai/known") == Price(1.0, 1.0)
+        assert prices.price("other/known") is None  # the bare name "known" is not in the table
+        assert prices.price("nobody/knows") is None
+        assert prices.cost("nobody/knows", 10, 10) is None
+        assert prices.cost("openai/known", 10, 10) == 20 / 1e6

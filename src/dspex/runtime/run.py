@@ -73,6 +73,45 @@ class RunResult:
     cache_hit: bool = False
     trace_id: str | None = None  # the OpenTelemetry trace the run belongs to (telemetry on, or a traceparent)
 
+    def __init__(
+        self,
+        execution_id: str,
+        outputs: dict[str, Any],
+        prediction: Any,
+        duration_ms: float,
+        usage: dict[str, dict[str, Any]],
+        cost_usd: float | None,
+        cache_hit: bool = False,
+        trace_id: str | None = None,
+    ) -> None:
+        # One result per run: the slots are set through their descriptors. The frozen dataclass's own
+        # __init__ calls object.__setattr__ per field, which checks the class hierarchy each time: 16K
+        # instructions per result instead of 11K (callgrind). Assignment afterwards still raises.
+        s = _RESULT_SLOTS
+        s[0](self, execution_id)
+        s[1](self, outputs)
+        s[2](self, prediction)
+        s[3](self, duration_ms)
+        s[4](self, usage)
+        s[5](self, cost_usd)
+        s[6](self, cache_hit)
+        s[7](self, trace_id)
+
+
+_RESULT_SLOTS: tuple[Any, ...] = tuple(
+    RunResult.__dict__[name].__set__
+    for name in (
+        "execution_id",
+        "outputs",
+        "prediction",
+        "duration_ms",
+        "usage",
+        "cost_usd",
+        "cache_hit",
+        "trace_id",
+    )
+)
+
 
 def run_trace(telemetry: Any) -> RunTrace | None:
     """The trace a run starting now belongs to: a new one (or the caller's child) when ``telemetry``
