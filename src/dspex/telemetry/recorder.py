@@ -91,6 +91,7 @@ class Span:
 
 
 _object_attribute = object.__getattribute__
+_perf_counter = time.perf_counter
 _PLAIN: set[type] = set()  # classes with no ``model`` or ``name`` attribute of their own (only instances')
 
 
@@ -158,19 +159,20 @@ class RunRecorder:
     def open(self, kind: SpanKind, instance: Any, inputs: Any) -> Opened:
         """Start a span under the innermost open one; hand what this returns to :meth:`close`."""
         current = _open_span.get()
-        parent = current[1] if current is not None and current[0] == id(self) else None
-        now = (time.perf_counter() - self._t0) * 1000
-        span = Span(0, parent, kind, _name(instance), now, None, inputs)  # positional: cheaper per span
+        me = id(self)
+        parent = current[1] if current is not None and current[0] == me else None
+        span = Span(0, parent, kind, _name(instance), (_perf_counter() - self._t0) * 1000, None, inputs)
         if kind == "lm":
             span.model = getattr(instance, "model", None)
+        spans = self.spans
         with self._lock:
-            if parent is None and self.spans and self.spans[0].end_ms is None:
+            if parent is None and spans and spans[0].end_ms is None:
                 # Started in a thread our context did not reach (dspy.Parallel copies only DSPy's own
                 # settings into its workers): it still belongs to the run, under its root span.
                 span.parent = 0
-            span.index = index = len(self.spans)
-            self.spans.append(span)
-        return index, _open_span.set((id(self), index))
+            span.index = index = len(spans)
+            spans.append(span)
+        return index, _open_span.set((me, index))
 
     def close(self, opened: Opened, outputs: Any, exception: BaseException | None) -> None:
         """End the span :meth:`open` started."""
@@ -180,7 +182,7 @@ class RunRecorder:
         except ValueError:  # ended in another context than it started (a generator finished elsewhere)
             _open_span.set(self._parent_key(index))
         span = self.spans[index]
-        span.end_ms = (time.perf_counter() - self._t0) * 1000
+        span.end_ms = (_perf_counter() - self._t0) * 1000
         span.outputs = outputs
         if exception is not None:
             span.error = error_info(exception)
