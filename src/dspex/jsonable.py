@@ -31,10 +31,28 @@ from typing import Any
 
 import orjson
 
-__all__ = ["EncodedJSON", "canonical_hash", "dumps", "encoded", "storable", "to_jsonable"]
+__all__ = [
+    "RECORD_KINDS",
+    "EncodedJSON",
+    "canonical_hash",
+    "dumps",
+    "encoded",
+    "fields_of",
+    "storable",
+    "to_jsonable",
+]
 
 _MAX_DEPTH = 32
 _AS_IS = frozenset({str, int, bool, type(None)})  # exact types that are already JSON (not float: NaN)
+# Tuples, not ``X | Y``: a union written in a function is built anew on every call (about 2,500
+# instructions each), and to_jsonable runs several times per recorded run.
+_SCALARS = (str, bool, int)
+_ITERABLES = (tuple, set, frozenset)
+_SETS = (set, frozenset)
+# DSPy classes converted through their fields (dspy.Prediction, dspy.Example), learned on first sight:
+# later values of these classes skip the Mapping and sequence checks (an ABC isinstance among them).
+RECORD_KINDS: set[type] = set()
+_RECORD_KINDS = RECORD_KINDS
 
 
 class EncodedJSON:
@@ -68,13 +86,22 @@ def _fields(value: Any, to_dict: Any) -> Any:
     return store if type(store) is dict else to_dict()
 
 
+def fields_of(value: Any) -> Any:
+    """``value``, or for a value of :data:`RECORD_KINDS` (a DSPy Prediction or Example) its fields: what
+    :func:`dumps` encodes for it. Handing orjson the fields skips its search of the object for dataclass
+    attributes, which for a DSPy Example runs its ``__getattr__`` and builds an ``AttributeError``."""
+    if type(value) in _RECORD_KINDS:
+        return _fields(value, value.toDict)
+    return value
+
+
 def to_jsonable(value: Any, _depth: int = 0) -> Any:
     """A JSON-compatible copy of ``value``.
 
     >>> to_jsonable({"k": (1, 2.5, float("nan")), "when": datetime.date(2026, 1, 2)})
     {'k': [1, 2.5, None], 'when': '2026-01-02'}
     """
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, _SCALARS):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -82,6 +109,8 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return {"__repr__": "<nested too deep>"}
     depth = _depth + 1
     kind = type(value)
+    if kind in _RECORD_KINDS:  # a run's prediction: straight to its fields, without the checks below
+        return to_jsonable(_fields(value, value.toDict), depth)
     if kind is EncodedJSON:
         return json.loads(value.text)
     if kind is dict or (kind is not list and isinstance(value, Mapping)):  # exact types skip the ABC check
@@ -90,10 +119,12 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
             k if type(k) is str else str(k): v if type(v) in _AS_IS else to_jsonable(v, depth)
             for k, v in value.items()
         }
-    if kind is list or isinstance(value, tuple | set | frozenset):
+    if kind is list or isinstance(value, _ITERABLES):
         return [to_jsonable(v, depth) for v in value]
     to_dict = getattr(value, "toDict", None)  # dspy.Prediction, dspy.Example
     if callable(to_dict):
+        if kind.__module__.startswith("dspy."):  # DSPy's own: the checks above stay false for the class
+            _RECORD_KINDS.add(kind)
         return to_jsonable(_fields(value, to_dict), depth)
     dump = getattr(value, "model_dump", None)  # pydantic models, incl. dspy.Image / dspy.History
     if callable(dump):
@@ -165,12 +196,16 @@ def _default(value: Any) -> Any:
     to_dict = getattr(value, "toDict", None)
     if callable(to_dict):
         return _fields(value, to_dict)
-    if isinstance(value, set | frozenset):
+    if isinstance(value, _SETS):
         return list(value)
     return to_jsonable(value)
 
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+# Tried first: with OPT_NON_STR_KEYS orjson takes a slower path for every dict, even when all keys are
+# text (a run's span tree: 37K instructions with it, 24K without). A key that is not text makes the
+# first try fail, and the value is encoded again with it: the same JSON either way.
+_STR_KEYS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def dumps(value: Any) -> str:
@@ -183,7 +218,11 @@ def dumps(value: Any) -> str:
     this as their JSON serialiser.
     """
     try:
-        text = orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+        try:
+            data = orjson.dumps(value, default=_default, option=_STR_KEYS)
+        except orjson.JSONEncodeError:
+            data = orjson.dumps(value, default=_default, option=_OPTIONS)
+        text = data.decode()
     except (orjson.JSONEncodeError, TypeError):
         pass
     else:

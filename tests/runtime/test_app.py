@@ -212,6 +212,25 @@ def test_predictors_with_their_own_lm_need_no_default(database_url: str, tmp_pat
             app.run(dspy.Predict("question -> answer"), {"question": "q"})
 
 
+def test_default_lm_comes_with_resilience_unless_asked_bare(app: App) -> None:
+    from dspex.lm.resilient import ResilientLM
+
+    program = dspy.Predict("question -> answer")
+    bare = app.default_lm(program, wrap=False)
+    assert not isinstance(bare, ResilientLM)
+    assert bare is app.lm()
+    wrapped = app.default_lm(program)
+    assert isinstance(wrapped, ResilientLM)
+    assert wrapped.primary is bare
+    # A run on the App's LM still goes through resilience (its LM span says what served it).
+    result = app.run(program, {"question": "q"})
+    app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    lm_span = next(s for s in record.trace["spans"] if s["kind"] == "lm")
+    assert lm_span["attrs"]["resilience"]["served_by"] == "scripted/qa"
+
+
 def test_pipelines_are_validated_by_their_own_inputs(app: App) -> None:
     from dspex.pipeline import Pipeline, step
 
@@ -311,3 +330,36 @@ def test_runs_of_a_registered_version_share_its_loaded_instance_and_build_gives_
     seen = list(engine.history)[-90:]
     assert len(seen) == 90
     assert all(call.prompt.demos == 0 and "French" not in call.prompt.instructions for call in seen)
+
+
+def test_run_results_are_frozen_values(app: App) -> None:
+    import dataclasses
+
+    from dspex.runtime.run import RunResult
+
+    result = app.run(dspy.Predict("question -> answer"), {"question": "q"})
+    assert result.outputs == {"answer": "Q"}
+    assert result.usage["scripted/qa"]["calls"] == 1
+    assert (result.cache_hit, result.trace_id) == (False, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.outputs = {}  # type: ignore[misc]  # what this checks
+    same = RunResult(
+        result.execution_id,
+        result.outputs,
+        result.prediction,
+        result.duration_ms,
+        result.usage,
+        result.cost_usd,
+    )
+    assert same == result
+    assert dataclasses.replace(result, cache_hit=True).cache_hit is True
+    assert [f.name for f in dataclasses.fields(RunResult)] == [
+        "execution_id",
+        "outputs",
+        "prediction",
+        "duration_ms",
+        "usage",
+        "cost_usd",
+        "cache_hit",
+        "trace_id",
+    ]

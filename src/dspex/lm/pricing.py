@@ -27,6 +27,9 @@ class Price:
         return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1e6
 
 
+_UNKNOWN: Any = object()  # not looked up yet (None: looked up, no price known)
+
+
 @dataclass(slots=True)
 class Prices:
     """A price table keyed by model (``provider/model`` or bare model name), with DSPy's as fallback."""
@@ -38,9 +41,11 @@ class Prices:
 
     def price(self, model: str) -> Price | None:
         """The price of ``model``, or None when nobody knows it. Cached per model."""
-        with self._lock:
-            if model in self._found:
-                return self._found[model]
+        # Read without the lock (one dict lookup is atomic; this runs per LM call); filled under it.
+        cached = self._found.get(model, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            known: Price | None = cached
+            return known
         found = self.table.get(model) or self.table.get(model.rsplit("/", 1)[-1])
         if found is None and self.use_dspy_metadata:
             found = _dspy_price(model)

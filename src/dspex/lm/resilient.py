@@ -46,7 +46,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -579,14 +579,18 @@ class ResilientLM(dspy.LM):  # type: ignore[misc]  # dspy.LM is untyped
         chain = " -> ".join((self.model, *self.fallback_names))
         return f"ResilientLM({chain})"
 
-    def _chain(self) -> Iterator[tuple[int, Any, str, _Link]]:
+    def _chain(self) -> Iterable[tuple[int, Any, str, _Link]]:
         """The models to try, in order: this LM, then its fallbacks, each with what applies to it."""
         links = self.__dict__.get("_dspex_links")
         if links is None:  # the same for every call of this LM: worked out once (copies start afresh)
             links = [self._link(lm) for lm in (self, *self.fallbacks)]
             self.__dict__["_dspex_links"] = links
-        for position, (lm, link) in enumerate(zip((self, *self.fallbacks), links, strict=True)):
-            yield position, lm, lm.model, link
+        if not self.fallbacks:  # one model, the common case: no generator, zip and enumerate per call
+            return ((0, self, self.model, links[0]),)
+        return [
+            (position, lm, lm.model, link)
+            for position, (lm, link) in enumerate(zip((self, *self.fallbacks), links, strict=True))
+        ]
 
     def _link(self, lm: Any) -> _Link:
         policy = self._resilience.policy(lm)

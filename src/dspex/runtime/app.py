@@ -455,11 +455,12 @@ class App:
         cutoff = utcnow() - datetime.timedelta(days=days) if days is not None else None
         return self.executions.prune(older_than=cutoff, keep_per_program=keep, traces_only=only_traces)
 
-    def default_lm(self, program: Any) -> Any:
+    def default_lm(self, program: Any, *, wrap: bool = True) -> Any:
         """The LM a run uses when none is passed: the App's, or None when no predictor would use it.
 
         A program version saved with an LM per predictor runs on those LMs without any LM configured;
-        otherwise a missing LM is the ConfigurationError of :meth:`lm`, saying what to set.
+        otherwise a missing LM is the ConfigurationError of :meth:`lm`, saying what to set. With ``wrap``
+        (the default) it comes with the App's resilience; a run wraps it itself, for its program.
         """
         lm = self._lm
         if lm is None:
@@ -469,7 +470,7 @@ class App:
                 if all(predictor.lm is not None for _, predictor in predictors):
                     return None
             lm = self.lm()
-        return self.resilience.wrap(lm)
+        return self.resilience.wrap(lm) if wrap else lm
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record of runs that ended so far is written (and exported, telemetry on)."""

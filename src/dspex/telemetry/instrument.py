@@ -178,7 +178,7 @@ class _RecordingAdapter:
     """Mixed into the run's adapter class: ``format`` and ``parse`` record adapter spans."""
 
     def format(self, signature: Any, demos: Any, inputs: Any) -> Any:
-        recorder = active()
+        recorder = thread_local_overrides.get().get(RECORDER_KEY)  # active(), inlined: runs per LM call
         if recorder is None:
             return super().format(signature, demos, inputs)  # type: ignore[misc]
         opened = recorder.open("adapter_format", self, None)
@@ -191,7 +191,7 @@ class _RecordingAdapter:
         return messages
 
     def parse(self, signature: Any, completion: str) -> Any:
-        recorder = active()
+        recorder = thread_local_overrides.get().get(RECORDER_KEY)
         if recorder is None:
             return super().parse(signature, completion)  # type: ignore[misc]
         opened = recorder.open("adapter_parse", self, {"completion": completion})

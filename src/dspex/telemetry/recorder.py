@@ -27,9 +27,10 @@ from __future__ import annotations
 import threading
 import time
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from dspex.jsonable import RECORD_KINDS, fields_of
 from dspex.lm.pricing import Prices
 from dspex.telemetry.usage import UsageTotals
 
@@ -61,7 +62,8 @@ class Span:
     attrs: dict[str, Any] | None = None  # what a layer adds (resilience: the model that served, attempts)
 
     def to_json(self) -> dict[str, Any]:
-        """The span as a dict; payloads stay as they are, for :func:`dspex.jsonable.dumps` to encode."""
+        """The span as a dict; payloads stay as they are, for :func:`dspex.jsonable.dumps` to encode (a
+        DSPy prediction as its fields, :func:`~dspex.jsonable.fields_of`)."""
         data: dict[str, Any] = {
             "index": self.index,
             "parent": self.parent,
@@ -72,6 +74,8 @@ class Span:
             "inputs": self.inputs,
             "outputs": self.outputs,
         }
+        if type(self.outputs) in RECORD_KINDS:  # a module's prediction (inputs are keyword arguments)
+            data["outputs"] = fields_of(self.outputs)
         # Only what is set, spelled out: this runs for every span of every recorded run.
         if self.error is not None:
             data["error"] = self.error
@@ -86,13 +90,20 @@ class Span:
         return data
 
 
+_object_attribute = object.__getattribute__
+_perf_counter = time.perf_counter
 _PLAIN: set[type] = set()  # classes with no ``model`` or ``name`` attribute of their own (only instances')
 
 
 def _name(instance: Any) -> str:
     """A span's name: the LM's model, else the instance's ``name`` (a tool, a pipeline step), else its class."""
-    own = getattr(instance, "__dict__", None)
-    if own is not None:  # DSPy keeps these on the instance: reading its dict skips Module.__getattribute__
+    try:
+        # DSPy keeps these on the instance. Its dict read the plain way: through getattr, a dspy.Module's
+        # own __getattribute__ (Python) ran for it, about 3,000 instructions per module span.
+        own = _object_attribute(instance, "__dict__")
+    except AttributeError:  # slots only
+        own = None
+    if own is not None:
         value = own.get("model") or own.get("name")
         if value:
             return str(value)
@@ -120,37 +131,48 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 Opened = tuple[int, Token[tuple[int, int] | None]]  # what open() returns and close() takes
 
 
-@dataclass(eq=False)
 class RunRecorder:
-    """Collects the spans, usage and cost of one run. See the module docstring."""
+    """Collects the spans, usage and cost of one run. See the module docstring.
 
-    prices: Prices | None = None
-    parent_tracker: Any = None
-    spans: list[Span] = field(default_factory=list)
-    _usage: UsageTotals = field(init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _t0: float = field(default_factory=time.perf_counter)
+    ``_t0`` is the ``perf_counter()`` span times count from (default: now). A plain class with slots, not
+    a dataclass: one is built per run, and the dataclass's ``__init__`` with default factories and
+    ``__post_init__`` cost twice as much.
+    """
 
-    def __post_init__(self) -> None:
-        self._usage = UsageTotals(prices=self.prices, parent=self.parent_tracker)
+    __slots__ = ("__weakref__", "_lock", "_t0", "_usage", "parent_tracker", "prices", "spans")
+
+    def __init__(
+        self,
+        prices: Prices | None = None,
+        parent_tracker: Any = None,
+        spans: list[Span] | None = None,
+        _t0: float | None = None,
+    ) -> None:
+        self.prices = prices
+        self.parent_tracker = parent_tracker
+        self.spans: list[Span] = [] if spans is None else spans
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter() if _t0 is None else _t0
+        self._usage = UsageTotals(prices=prices, parent=parent_tracker)
 
     # -- spans -----------------------------------------------------------------------------------
     def open(self, kind: SpanKind, instance: Any, inputs: Any) -> Opened:
         """Start a span under the innermost open one; hand what this returns to :meth:`close`."""
         current = _open_span.get()
-        parent = current[1] if current is not None and current[0] == id(self) else None
-        now = (time.perf_counter() - self._t0) * 1000
-        span = Span(0, parent, kind, _name(instance), now, inputs=inputs)
+        me = id(self)
+        parent = current[1] if current is not None and current[0] == me else None
+        span = Span(0, parent, kind, _name(instance), (_perf_counter() - self._t0) * 1000, None, inputs)
         if kind == "lm":
             span.model = getattr(instance, "model", None)
+        spans = self.spans
         with self._lock:
-            if parent is None and self.spans and self.spans[0].end_ms is None:
+            if parent is None and spans and spans[0].end_ms is None:
                 # Started in a thread our context did not reach (dspy.Parallel copies only DSPy's own
                 # settings into its workers): it still belongs to the run, under its root span.
                 span.parent = 0
-            span.index = index = len(self.spans)
-            self.spans.append(span)
-        return index, _open_span.set((id(self), index))
+            span.index = index = len(spans)
+            spans.append(span)
+        return index, _open_span.set((me, index))
 
     def close(self, opened: Opened, outputs: Any, exception: BaseException | None) -> None:
         """End the span :meth:`open` started."""
@@ -160,7 +182,7 @@ class RunRecorder:
         except ValueError:  # ended in another context than it started (a generator finished elsewhere)
             _open_span.set(self._parent_key(index))
         span = self.spans[index]
-        span.end_ms = (time.perf_counter() - self._t0) * 1000
+        span.end_ms = (_perf_counter() - self._t0) * 1000
         span.outputs = outputs
         if exception is not None:
             span.error = error_info(exception)
@@ -214,18 +236,14 @@ class RunRecorder:
     # -- usage tracker protocol (dspy.settings.usage_tracker) ----------------------------------------
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
         """Called by DSPy once per LM call with that call's token usage."""
-        call = self._usage.add_usage(lm, usage_entry)
+        prompt, completion, total, cost = self._usage.count(lm, usage_entry)
         current = _open_span.get()
         if current is not None and current[0] == id(self):
             with self._lock:
                 span = self.spans[current[1]]
             if span.kind == "lm":
-                span.usage = {
-                    "prompt_tokens": call.prompt_tokens,
-                    "completion_tokens": call.completion_tokens,
-                    "total_tokens": call.total_tokens,
-                }
-                span.cost_usd = call.cost_usd
+                span.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+                span.cost_usd = cost
 
     # -- results ---------------------------------------------------------------------------------
     @property
