@@ -186,6 +186,7 @@ class _Slot:
     wake: tuple[int, int] | None = None
     reading: bool = False  # its thread waits on the worker and on ``wake`` (under the pool's lock)
     load: int = 0  # tasks sent to its worker and not yet answered
+    shards: int = 0  # of them, evaluation shards (each runs its examples on threads of its own)
     room: bool = False  # its worker can take more tasks (ready, not draining, below its holding)
     woken: bool = False  # a byte is in ``wake`` (under the pool's lock)
 
@@ -438,11 +439,16 @@ class Pool:
         with self._cv:
             if wait and not slot.pending and not self._pending and not self._closed:
                 self._cv.wait(self.setting.heartbeat_s)
-            if slot.pending:
+            if slot.pending and self._room_for(slot, slot.pending[0]):
                 return slot.pending.popleft()
-            if self._pending and self._fair(slot):
+            if self._pending and self._fair(slot) and self._room_for(slot, self._pending[0]):
                 return self._pending.popleft()
             return None
+
+    def _room_for(self, slot: _Slot, task: _Task) -> bool:
+        """An evaluation's shard runs many examples at once on its own threads: a worker holds at most
+        ``prefetch`` of them (the one it runs and the next), as it held any task before concurrency."""
+        return not task.own_thread or slot.shards < self.setting.prefetch
 
     def _fair(self, slot: _Slot) -> bool:
         """Whether ``slot`` may take a task of the shared queue: no other worker that can take one holds
@@ -487,6 +493,7 @@ class Pool:
 
         def track() -> None:  # what other slots' threads see of this one (_fair)
             slot.load = len(inflight)
+            slot.shards = sum(1 for task in inflight if task.own_thread)
             slot.room = draining is None and slot.process is not None and slot.load < holds
 
         while True:
@@ -618,7 +625,9 @@ class Pool:
 
         assert slot.wake is not None
         with self._cv:
-            if slot.pending or (self._pending and self._fair(slot)):
+            if (slot.pending and self._room_for(slot, slot.pending[0])) or (
+                self._pending and self._fair(slot) and self._room_for(slot, self._pending[0])
+            ):
                 return False
             slot.reading = True
         try:
