@@ -87,8 +87,9 @@ def test_at_a_limit_of_one_runs_follow_each_other_on_one_thread() -> None:
     threads: list[int] = []
     gate, _ = _gate(4, lambda message: threads.append(threading.get_ident()))
     gate.limit = 1
-    for i in range(20):
-        gate.put({"id": i})
+    with gate._cv:  # all queued before a thread may take one
+        for i in range(20):
+            gate.put({"id": i})
     gate.close()
     assert len(threads) == 20
     assert len(set(threads)) == 1

@@ -98,29 +98,38 @@ class _Calls:
 
 
 class _Gate:
-    """The runs of a worker with ``concurrency`` above 1: queued as they arrive, started in that order by
-    up to ``most`` runner threads, as many at once as the limit allows.
+    """The runs of a worker with ``concurrency`` above 1, on threads: read from the pool, queued, and
+    started in the order they came, as many at once as the limit allows.
 
     Runs waiting on an LM leave the process's CPU idle, so many run at once. Runs that only compute gain
     nothing from running side by side (the GIL lets one thread run Python at a time) and lose to the
     thread switches. So every ``WINDOW_S`` with runs under way, the process's CPU time over the window
     decides: at ``SATURATED`` of a core or more, one fewer run may start (down to 1); below ``ROOM``,
-    with runs waiting to start, one more (up to ``most``). A runner that ends a run takes the next one
-    itself when the limit allows: at a limit of 1, runs follow each other on one thread, as on the main
-    thread, without a switch.
+    with runs waiting to start, one more (up to ``most``).
+
+    The threads take turns (leader and followers): one of them reads the pool's next message; when it
+    may start that run at once, it hands the reading to another thread and runs it itself, so no thread
+    switch stands between a run's arrival and its start. A thread that ends a run takes the next queued
+    one itself when the limit allows: at a limit of 1, queued runs follow each other on one thread.
     """
 
     WINDOW_S = 0.05
     SATURATED = 0.9
     ROOM = 0.75
 
-    def __init__(self, most: int, run: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        most: int,
+        run: Callable[[dict[str, Any]], None] | None = None,
+        read: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
         import collections
         import time
 
         self._clock = time.monotonic
         self._cpu = time.process_time
         self._run = run
+        self._read = read  # the pool's next run message, or None when it says stop (or is gone)
         self.most = most
         self.limit = most
         self.running = 0
@@ -128,9 +137,11 @@ class _Gate:
         self.closed = False
         self._cv = threading.Condition()
         self._since, self._cpu_since = self._clock(), self._cpu()
-        self._runners: list[threading.Thread] = []
-        self._free = 0  # runners not running a run (starting, or waiting for one)
-        self._watching = 0  # free runners waiting out a window for the limit to grow
+        self._threads: list[threading.Thread] = []
+        self._reading = False  # a thread waits on the pool for the next message
+        self._idle = 0  # threads waiting on the lock's condition
+        self._starting = 0  # threads started that have not taken the lock yet
+        self._watching = 0  # of them, those waiting out a window for the limit to grow
         self._held = 0  # callers of enter() waiting for the limit
 
     def _adjust(self) -> None:  # under the lock
@@ -149,57 +160,88 @@ class _Gate:
             if self._held:
                 self._cv.notify()
 
+    def _another(self) -> None:  # under the lock
+        """Get another thread going: an idle one, else a new one (at most ``most`` run, one reads)."""
+        if self._idle or self._starting:  # one starting looks at the queue first thing
+            self._cv.notify()
+        elif len(self._threads) < self.most + 1:
+            thread = threading.Thread(target=self._loop, args=(True,), name="dspex-run", daemon=True)
+            self._threads.append(thread)
+            self._starting += 1
+            thread.start()
+
     def _wake(self) -> None:  # under the lock
-        """With runs queued, keep a free runner: it starts the next one when the limit allows, and while
-        the limit holds it back it looks again every window (the CPU may have room by then)."""
-        if not self.queue:
-            return
-        if self._free == 0 and len(self._runners) < self.most:
-            runner = threading.Thread(target=self._runner, name="dspex-run", daemon=True)
-            self._runners.append(runner)
-            self._free += 1
-            runner.start()
-        if self.running < self.limit or not self._watching:
-            self._cv.notify()  # a runner to start it, or to watch the limit for it
+        """With runs queued, a thread to start the next one if the limit allows, else to watch the limit
+        for it (one is enough)."""
+        if self.queue and (self.running < self.limit or not self._watching):
+            self._another()
 
     def put(self, message: dict[str, Any]) -> None:
-        """Queue a run; a runner starts it when the limit allows."""
+        """Queue a run (a gate without ``read``: its runs come from here)."""
         with self._cv:
             self.queue.append(message)
             self._wake()
 
-    def _runner(self) -> None:
-        # The lock is let go only while a run runs: a runner that ends one takes the next before any
-        # other runner can, so at a limit of 1 runs follow each other on one thread.
+    def serve(self) -> None:
+        """Serve on this thread too until the pool says stop; return once every run has ended."""
         with self._cv:
+            self._threads.append(threading.current_thread())
+        self._loop()
+        self.close()
+
+    def _start(self, message: dict[str, Any]) -> None:  # under the lock, let go while the run runs
+        self.running += 1
+        self._wake()  # the next queued run, if the limit lets it start beside this one
+        self._cv.release()
+        try:
+            assert self._run is not None, "a gate without a run function only has enter/leave"
+            self._run(message)
+        finally:
+            self._cv.acquire()
+            self.running -= 1
+            self._adjust()
+
+    def _loop(self, spawned: bool = False) -> None:
+        # The lock is let go only while a thread runs a run or reads: a thread that ends a run takes
+        # the next before any other thread can.
+        with self._cv:
+            if spawned:
+                self._starting -= 1
             while True:
-                while not (self.queue and self.running < self.limit):
-                    if self.closed and not self.queue:
-                        return
-                    # Idle, a runner sleeps until a run comes; held back by the limit, one of them
-                    # looks again every window (the limit may grow).
-                    if self.queue:
-                        self._watching += 1
-                        try:
-                            self._cv.wait(self.WINDOW_S)
-                        finally:
-                            self._watching -= 1
+                if self.queue and self.running < self.limit:
+                    self._start(self.queue.popleft())
+                    continue
+                if self._read is not None and not self._reading and not self.closed:
+                    self._reading = True
+                    self._cv.release()
+                    try:
+                        message = self._read()
+                    finally:
+                        self._cv.acquire()
+                        self._reading = False
+                    if message is None:
+                        self.closed = True
+                        self._cv.notify_all()
+                    elif self.queue or self.running >= self.limit:
+                        self.queue.append(message)  # this thread reads on; it may have to watch
+                        self._wake()
                     else:
-                        self._cv.wait()
-                    self._adjust()
-                self.running += 1
-                self._free -= 1
-                message = self.queue.popleft()
-                self._wake()  # the next queued run, if the limit lets it start beside this one
-                self._cv.release()
+                        self._another()  # to read while this one runs
+                        self._start(message)
+                    continue
+                if self.closed and not self.queue:
+                    self._cv.notify_all()  # the others, waiting for runs that will not come, end too
+                    return
+                # Nothing to start: wait for a run, or, held back by the limit, look again every window.
+                self._idle += 1
+                watching = bool(self.queue) and not self._watching
+                self._watching += watching
                 try:
-                    assert self._run is not None, "a gate without a run function only has enter/leave"
-                    self._run(message)
+                    self._cv.wait(self.WINDOW_S if watching else None)
                 finally:
-                    self._cv.acquire()
-                    self.running -= 1
-                    self._free += 1
-                    self._adjust()
+                    self._idle -= 1
+                    self._watching -= watching
+                self._adjust()
 
     def enter(self) -> None:
         """Wait on the caller's own thread until the limit lets a run start (a Ray actor's runs come on
@@ -222,13 +264,13 @@ class _Gate:
                 self._cv.notify()
 
     def close(self) -> None:
-        """Take no more runs: the runners finish every queued one, then end (joined here)."""
+        """Take no more runs: the threads finish every queued one, then end (joined here)."""
         with self._cv:
             self.closed = True
             self._cv.notify_all()
-            runners = list(self._runners)
-        for runner in runners:
-            runner.join()
+            threads = [t for t in self._threads if t is not threading.current_thread()]
+        for thread in threads:
+            thread.join()
 
 
 class _Worker:
@@ -515,31 +557,29 @@ class _Worker:
         more, they run on threads (:class:`_Gate`), started in the order they arrive, so a run waiting on
         its LM leaves the process to the others (as inline runs on threads do). On ``stop`` the runs under
         way and queued end and answer first."""
-        gate = _Gate(self.concurrency, self.task_or_exit) if self.concurrency > 1 else None
-        try:
-            while True:
-                try:
-                    message = orjson.loads(self.conn.recv_bytes())
-                except (EOFError, OSError):
-                    return
-                op = message.get("op")
-                if op == "stop":
-                    return
-                if op != "run":
-                    continue
-                if message["task"].get("kind") == "predict_batch":
-                    # On a thread of its own: the next shard (already in the pipe) starts on the shared
-                    # executor while this one's last examples finish, so the threads never drain.
-                    threading.Thread(
-                        target=self.batch, args=(message,), name="dspex-shard", daemon=True
-                    ).start()
-                elif gate is not None:
-                    gate.put(message)
-                else:
-                    self.task(message)
-        finally:
-            if gate is not None:
-                gate.close()
+        if self.concurrency > 1:
+            _Gate(self.concurrency, self.task_or_exit, self.next_run).serve()
+            return
+        while (message := self.next_run()) is not None:
+            self.task(message)
+
+    def next_run(self) -> dict[str, Any] | None:
+        """The pool's next run message, or None when it says stop (or is gone); an evaluation's shard
+        starts on a thread of its own meanwhile (the next shard, already in the pipe, starts on the
+        shared executor while this one's last examples finish, so its threads never drain)."""
+        while True:
+            try:
+                message: dict[str, Any] = orjson.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                return None
+            op = message.get("op")
+            if op == "stop":
+                return None
+            if op != "run":
+                continue
+            if message["task"].get("kind") != "predict_batch":
+                return message
+            threading.Thread(target=self.batch, args=(message,), name="dspex-shard", daemon=True).start()
 
     def oldest(self) -> list[Any] | None:
         """``[id, seconds]``: the task under way that started first here, and how long it has run (the
