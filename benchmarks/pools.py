@@ -90,6 +90,17 @@ def dispatch(home: Path, runs: int, concurrency: int) -> None:
     )
 
 
+def _timed_threads(app: App, threads: list[threading.Thread]) -> float:
+    """Seconds from starting ``threads`` until all have ended and their records are written."""
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    app.flush()
+    return time.perf_counter() - t0
+
+
 CALLERS = (4, 8)  # threads feeding the 2-worker pool in the cpu throughput row, one figure each
 
 
@@ -120,14 +131,9 @@ def throughput(
                 app.run("cot", {"question": f"pool {i}"}, pool="general")
 
         def pool_rate(count: int) -> float:
-            threads = [threading.Thread(target=caller, args=(k, count)) for k in range(count)]
-            t0 = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            app.flush()
-            return runs / (time.perf_counter() - t0)
+            return runs / _timed_threads(
+                app, [threading.Thread(target=caller, args=(k, count)) for k in range(count)]
+            )
 
         def batch_rate() -> float:  # a batch on the pool: shards of SHARD_SIZE runs per message
             inputs = [{"question": f"batch {i}"} for i in range(runs)]
@@ -297,14 +303,10 @@ def lm_bound(home: Path, seconds: float) -> None:
                     app.run("cot", {"question": f"{k} {done[k]}"}, pool=pool)
                     done[k] += 1
 
-            threads = [threading.Thread(target=caller, args=(k,)) for k in range(LM_CALLERS)]
-            t0 = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            app.flush()
-            return sum(done) / (time.perf_counter() - t0)
+            elapsed = _timed_threads(
+                app, [threading.Thread(target=caller, args=(k,)) for k in range(LM_CALLERS)]
+            )
+            return sum(done) / elapsed
 
         inline, pooled = rate(None), rate("general")
         concurrency = app.pools.setting("general").concurrency

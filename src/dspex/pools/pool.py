@@ -647,14 +647,7 @@ class Pool:
         except (EOFError, OSError):
             slot.process.join(1.0)
             raise slot.verdict or _Replace("died", "worker_lost", self._death(slot)) from None
-        if "rss" in message:
-            slot.rss = message["rss"]
-        slot.last_heartbeat = now = time.monotonic()
-        if message.get("op") == "hb":
-            oldest = message.get("oldest")
-            slot.oldest = (oldest[0], now - oldest[1]) if oldest else None
-        elif slot.oldest is not None and message.get("id") == slot.oldest[0] and message.get("op") == "done":
-            slot.oldest = None  # until the next heartbeat says which task is the oldest now
+        self._note(slot, message)
         return message
 
     def _monitor(self) -> None:
@@ -711,6 +704,12 @@ class Pool:
         except (EOFError, OSError):
             slot.process.join(1.0)
             raise _Replace("died", "worker_lost", self._death(slot)) from None
+        self._note(slot, message)
+        return message
+
+    @staticmethod
+    def _note(slot: _Slot, message: dict[str, Any]) -> None:
+        """What any message of the worker says of it: alive now, its RSS, its oldest task under way."""
         if "rss" in message:
             slot.rss = message["rss"]
         slot.last_heartbeat = now = time.monotonic()
@@ -719,7 +718,6 @@ class Pool:
             slot.oldest = (oldest[0], now - oldest[1]) if oldest else None
         elif slot.oldest is not None and message.get("id") == slot.oldest[0] and message.get("op") == "done":
             slot.oldest = None  # until the next heartbeat says which task is the oldest now
-        return message
 
     def _death(self, slot: _Slot) -> str:
         code = slot.process.exitcode if slot.process is not None else None
