@@ -36,6 +36,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -124,7 +125,6 @@ class _Gate:
         read: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         import collections
-        import time
 
         self._clock = time.monotonic
         self._cpu = time.process_time
@@ -496,7 +496,6 @@ class _Worker:
     def predict_batch(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run the program on each example's inputs with ``threads`` threads (an evaluation's shard):
         predictions as JSON, or the error of each example; nothing is recorded."""
-        import time
         from concurrent.futures import ThreadPoolExecutor
 
         from dspex.jsonable import to_jsonable
@@ -585,8 +584,6 @@ class _Worker:
         """``[id, seconds]``: the task under way that started first here, and how long it has run (the
         pool's task timeout counts from there, not from when the task was sent: it may have waited for
         the gate), or None."""
-        import time
-
         with self.lock:
             if not self.started:
                 return None
@@ -595,8 +592,6 @@ class _Worker:
 
     def task(self, message: dict[str, Any]) -> None:
         """Run one task (a run, a streamed run, a shard of runs) and send its ``done`` message."""
-        import time
-
         task = message["task"]
         with self.lock:
             self.busy += 1
@@ -626,8 +621,6 @@ class _Worker:
             os._exit(1)
 
     def batch(self, message: dict[str, Any]) -> None:
-        import time
-
         with self.lock:
             self.started[message["id"]] = time.monotonic()
         try:
