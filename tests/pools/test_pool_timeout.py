@@ -22,7 +22,7 @@ def test_the_timeout_counts_from_the_start_the_worker_reports() -> None:
     slot = _Slot(0, "general-0")
     now = time.monotonic()
     slot.started = slot.last_heartbeat = now
-    slot.task_started = now - 60  # sent a minute ago: it waited in the worker
+    slot.load = 1  # one task sent, maybe a minute ago: it may have waited in the worker
     slot.oldest = (7, now - 0.5)  # the worker started it half a second ago
     assert pool._verdict(slot) is None
     slot.oldest = (7, now - 2.5)

@@ -159,7 +159,6 @@ class _Task:
     worker: int | None = None  # pinned to this slot
     on_event: Callable[[dict[str, Any]], None] | None = None  # a streamed run's token and step events
     id: int = field(default_factory=lambda: next(_task_ids))
-    began: float | None = None  # when its worker started it, as far as this process can tell
     own_thread: bool = False  # an evaluation's shard: its worker starts it on arrival, on a thread of its own
 
 
@@ -175,7 +174,6 @@ class _Slot:
     rss: int | None = None
     rss_before: int | None = None  # after the task before the last: the last task's growth is rss - this
     tasks: int = 0
-    task_started: float | None = None  # when the worker began its current task (None: idle)
     oldest: tuple[int, float] | None = None  # (task id, start) of its oldest task under way, as it says
     verdict: _Replace | None = None  # why the monitor killed the worker, for its slot thread
     started: float = 0.0
@@ -185,7 +183,7 @@ class _Slot:
     # through this pipe (one byte per wait), so the task goes to the worker at once.
     wake: tuple[int, int] | None = None
     reading: bool = False  # its thread waits on the worker and on ``wake`` (under the pool's lock)
-    load: int = 0  # tasks sent to its worker and not yet answered
+    load: int = 0  # tasks sent to its worker and not yet answered (the monitor watches it while any)
     shards: int = 0  # of them, evaluation shards (each runs its examples on threads of its own)
     room: bool = False  # its worker can take more tasks (ready, not draining, below its holding)
     woken: bool = False  # a byte is in ``wake`` (under the pool's lock)
@@ -357,7 +355,7 @@ class Pool:
         process.start()
         child.close()
         slot.process, slot.conn, slot.pid = process, parent, process.pid
-        slot.tasks, slot.rss, slot.rss_before, slot.verdict, slot.task_started = 0, None, None, None, None
+        slot.tasks, slot.rss, slot.rss_before, slot.verdict = 0, None, None, None
         slot.oldest = None
         slot.started, slot.last_heartbeat = time.monotonic(), None
         start = {
@@ -439,11 +437,17 @@ class Pool:
         with self._cv:
             if wait and not slot.pending and not self._pending and not self._closed:
                 self._cv.wait(self.setting.heartbeat_s)
-            if slot.pending and self._room_for(slot, slot.pending[0]):
-                return slot.pending.popleft()
-            if self._pending and self._fair(slot) and self._room_for(slot, self._pending[0]):
-                return self._pending.popleft()
-            return None
+            queue = self._queue_for(slot)
+            return queue.popleft() if queue is not None else None
+
+    def _queue_for(self, slot: _Slot) -> collections.deque[_Task] | None:
+        """The queue whose next task ``slot`` may take now (under the lock): its pinned ones first, then the
+        shared queue if no other worker holds fewer tasks; None if neither."""
+        if slot.pending and self._room_for(slot, slot.pending[0]):
+            return slot.pending
+        if self._pending and self._fair(slot) and self._room_for(slot, self._pending[0]):
+            return self._pending
+        return None
 
     def _room_for(self, slot: _Slot, task: _Task) -> bool:
         """An evaluation's shard runs many examples at once on its own threads: a worker holds at most
@@ -467,10 +471,10 @@ class Pool:
                 queue.appendleft(task)
             self._cv.notify_all()
 
-    def _begun(self, inflight: collections.deque[_Task], now: float) -> list[_Task]:
-        """The tasks the worker may have started, oldest first (their ``began`` set to ``now`` where it was
-        not yet): it starts tasks in the order they were sent, ``concurrency`` at a time (an evaluation's
-        shard at once, on a thread of its own), and every answer it sent before dying has been read."""
+    def _begun(self, inflight: collections.deque[_Task]) -> list[_Task]:
+        """The tasks the worker may have started, oldest first: it starts tasks in the order they were
+        sent, ``concurrency`` at a time (an evaluation's shard at once, on a thread of its own), and every
+        answer it sent before dying has been read."""
         begun: list[_Task] = []
         runs = 0
         for task in inflight:
@@ -478,8 +482,6 @@ class Pool:
                 if runs == self.setting.concurrency:
                     continue
                 runs += 1
-            if task.began is None:
-                task.began = now
             begun.append(task)
         return begun
 
@@ -518,8 +520,6 @@ class Pool:
                         raise
                     inflight.append(task)
                     track()
-                    if task.own_thread or len(inflight) <= self.setting.concurrency:
-                        task.began = time.monotonic()
                 if not inflight:
                     if self._closed:
                         return
@@ -533,7 +533,6 @@ class Pool:
                     draining = self._recycle_reason(slot)
                     continue
                 slot.state = "busy"
-                slot.task_started = inflight[0].began
                 if draining is None and len(inflight) < holds and not self._woken_by_task(slot):
                     continue  # a task came for the worker, which has room for it: send it first
                 message = self._read(slot)  # blocks: the monitor thread kills a worker that must go
@@ -552,15 +551,11 @@ class Pool:
                     task.future.set_result(
                         {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
                     )
-                    if inflight:  # a task that waited in the worker's pipe starts now
-                        self._begun(inflight, time.monotonic())
-                    slot.task_started = inflight[0].began if inflight else None
                     slot.state = "busy" if inflight else "idle"
                     draining = draining or self._recycle_reason(slot)
             except _Replace as replace:
-                slot.task_started = None
                 if inflight:
-                    begun = self._begun(inflight, time.monotonic())
+                    begun = self._begun(inflight)
                     unstarted = [task for task in inflight if task not in begun]
                     inflight.clear()
                     track()
@@ -572,7 +567,6 @@ class Pool:
                 else:
                     self._stop(slot, graceful=False)
             except Exception as exc:  # a bug here must not leave the slot without a thread: say it, go on
-                slot.task_started = None
                 logger.exception("pool %r: slot %s failed; its worker is replaced", self.name, slot.name)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 for task in inflight:
@@ -625,9 +619,7 @@ class Pool:
 
         assert slot.wake is not None
         with self._cv:
-            if (slot.pending and self._room_for(slot, slot.pending[0])) or (
-                self._pending and self._fair(slot) and self._room_for(slot, self._pending[0])
-            ):
+            if self._queue_for(slot) is not None:
                 return False
             slot.reading = True
         try:
@@ -658,8 +650,8 @@ class Pool:
         while not self._closed:
             time.sleep(period)
             for slot in self._slots:
-                started, process = slot.task_started, slot.process
-                if started is None or process is None or slot.verdict is not None:
+                process = slot.process
+                if not slot.load or process is None or slot.verdict is not None:
                     continue
                 verdict = self._verdict(slot)
                 if verdict is not None:

@@ -38,7 +38,6 @@ class RayWorker:
         from dspex.pools.worker import _Gate, _Worker
 
         self._busy = 0
-        self._runs: dict[int, float] = {}  # runs under way (past the gate) -> when they started
         self._lock = threading.Lock()
         self._streams: dict[int, queue.SimpleQueue[str | None]] = {}  # a streamed run's id -> its messages
         self._ids = itertools.count(1)
@@ -53,24 +52,27 @@ class RayWorker:
     def _running(self) -> Iterator[None]:
         """A run, once the gate lets it start: counted from then for the pool's task timeout (ping)."""
         self._gate.enter()
-        run_id = next(self._ids)
-        with self._lock:
-            self._runs[run_id] = time.monotonic()
+        run_id, worker = next(self._ids), self._worker
+        with worker.lock:  # the worker's own record of its tasks' starts (_Worker.oldest)
+            worker.started[run_id] = time.monotonic()
         try:
             yield
         finally:
-            with self._lock:
-                self._runs.pop(run_id, None)
+            with worker.lock:
+                worker.started.pop(run_id, None)
             self._gate.leave()
 
     def ping(self) -> dict[str, Any]:
         """The actor's heartbeat: its pid, memory and tasks under way."""
         from dspex.pools.worker import rss_bytes
 
-        with self._lock:
-            first = min(self._runs.values(), default=None)
-        oldest = None if first is None else time.monotonic() - first
-        return {"pid": os.getpid(), "rss": rss_bytes(), "busy": self._busy, "oldest_s": oldest}
+        oldest = self._worker.oldest()
+        return {
+            "pid": os.getpid(),
+            "rss": rss_bytes(),
+            "busy": self._busy,
+            "oldest_s": None if oldest is None else oldest[1],
+        }
 
     def run(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run one task: a run (an outcome, recorded by the driver), a shard of runs (``"kind": "runs"``,

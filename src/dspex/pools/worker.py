@@ -280,7 +280,6 @@ class _Worker:
         # stream that carries them back (``dspex.pools.ray_actor``).
         self.route = route
         self.lock = threading.Lock()
-        self.busy = 0  # tasks under way
         self.started: dict[int, float] = {}  # a task under way (its message id) -> when it started here
         self.concurrency = 1  # tasks run at once (the pool's ``concurrency``, from the start message)
         self.stopping = threading.Event()
@@ -306,7 +305,9 @@ class _Worker:
     def heartbeat(self, every_s: float) -> None:
         while not self.stopping.wait(every_s):
             try:
-                self.send({"op": "hb", "rss": rss_bytes(), "busy": self.busy, "oldest": self.oldest()})
+                self.send(
+                    {"op": "hb", "rss": rss_bytes(), "busy": len(self.started), "oldest": self.oldest()}
+                )
             except (OSError, EOFError):  # the pool is gone: nothing left to report to
                 self.stopping.set()
                 os._exit(0)
@@ -594,7 +595,6 @@ class _Worker:
         """Run one task (a run, a streamed run, a shard of runs) and send its ``done`` message."""
         task = message["task"]
         with self.lock:
-            self.busy += 1
             self.started[message["id"]] = time.monotonic()
         try:
             if task.get("kind") == "runs":
@@ -605,7 +605,6 @@ class _Worker:
                 result = self.execute(task)
         finally:
             with self.lock:
-                self.busy -= 1
                 self.started.pop(message["id"], None)
         runs = len(task["runs"]) if task.get("kind") == "runs" else 1
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": runs})
