@@ -228,15 +228,17 @@ async def test_an_async_run_past_its_deadline_is_cancelled_at_the_lm_call(primar
 
 
 def test_a_retry_after_beyond_the_deadline_gives_up_at_once(primary: SimServer) -> None:
-    primary.configure(fail_first=[429], retry_after=5.0)
+    primary.configure(fail_first=[429], retry_after=30.0)
     with _app(primary) as app:
         t0 = time.perf_counter()
         with pytest.raises(LMError) as caught:
-            app.run(dspy.Predict(QA), {"question": "q"}, timeout=1.0)
+            app.run(dspy.Predict(QA), {"question": "q"}, timeout=4.0)
         took = time.perf_counter() - t0
-    assert took < 0.5  # did not sleep 5 s into a 1 s deadline
+    # it gave up at once rather than sleeping to the deadline (4 s) or the hint (30 s); the margin
+    # is wide because a loaded 2-core CI machine can take half a second to fail a run
+    assert took < 2.0
     assert caught.value.retryable is True
-    assert caught.value.retry_after == pytest.approx(5.0)
+    assert caught.value.retry_after == pytest.approx(30.0)
 
 
 def test_a_timeout_must_be_positive(primary: SimServer) -> None:
