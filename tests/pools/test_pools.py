@@ -104,6 +104,39 @@ async def test_arun_awaits_the_worker(make_app: Callable[..., App]) -> None:
     assert len({r.outputs["pid"] for r in results}) == 2  # both workers took tasks
 
 
+async def test_an_async_pool_run_prepares_on_the_loop_once_its_program_and_pool_are_ready(
+    make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first async run by name on a pool reads the program's settings and version and starts the
+    pool off the event loop; the next ones read nothing, so they are sent from the loop itself."""
+    import asyncio
+
+    import dspex.runtime.app as app_module
+
+    app = make_app()
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(getattr(fn, "func", fn), "__module__", "").startswith("dspex."):
+            hops.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    # What is read stays fresh for a second; a slow machine must not make it stale between two runs.
+    monkeypatch.setattr("dspex.runtime.cache.POLICY_REFRESH_S", 60.0)
+    monkeypatch.setattr(app_module.asyncio, "to_thread", counted)
+    await app.arun("qa", {"question": "first"}, pool="general")
+    assert hops
+    hops.clear()
+    result = await app.arun("qa", {"question": "second"}, pool="general")
+    assert result.outputs["answer"] == "answer to second"
+    assert hops == []
+    assert app.flush()
+    record = app.executions.get(result.execution_id)
+    assert record is not None
+    assert (record.status, (record.placement or {}).get("pool")) == ("succeeded", "general")
+
+
 def test_inputs_are_checked_on_the_worker_and_errors_keep_their_type(make_app: Callable[..., App]) -> None:
     app = make_app()
     with pytest.raises(ValidationError, match="question: missing") as caught:

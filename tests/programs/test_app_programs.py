@@ -80,3 +80,56 @@ def test_modules_still_run_directly(app: App) -> None:
     record = app.executions.get(result.execution_id)
     assert record is not None
     assert (record.program, record.version_id) == ("Predict", None)
+
+
+async def test_arun_by_name_prepares_on_the_loop_once_the_program_is_in_memory(
+    app: App, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run by name whose settings and version were just read, and whose program is built, reads no
+    row: it starts on the event loop with no thread hop. Anything else still reads off the loop, and
+    what this process changes in the registry is seen by the next run."""
+    import asyncio
+
+    import dspex.runtime.app as app_module
+
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counted(fn: object, /, *args: object, **kwargs: object) -> object:
+        if getattr(fn, "__module__", "").startswith("dspex."):  # DSPy's own hops (pricing) are not ours
+            hops.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    # What is read stays fresh for a second; a slow machine must not make it stale between two runs.
+    monkeypatch.setattr("dspex.runtime.cache.POLICY_REFRESH_S", 60.0)
+    monkeypatch.setattr(app_module.asyncio, "to_thread", counted)
+    first = app.programs.register("qa", "programs_sample:build_qa")
+    await app.arun("qa", {"question": "one"})
+    assert hops  # the first run reads the program's settings and version, and builds it, off the loop
+    hops.clear()
+    again = await app.arun("qa", {"question": "two"})
+    assert again.outputs["answer"] == "TWO"
+    assert hops == []
+
+    production = app.programs.save_version("qa", with_demos(2))  # this process changes the registry
+    app.programs.promote("qa", production.id)
+    moved = await app.arun("qa", {"question": "three"})
+    assert hops  # the version is read again, off the loop
+    assert engine.history[-1].prompt.demos == 2
+    hops.clear()
+    await app.arun("qa", {"question": "four"}, version_id=first.id)
+    assert hops  # a version asked for by id is resolved (and built) once, off the loop
+    hops.clear()
+    await app.arun("qa", {"question": "five"}, version_id=first.id)
+    assert hops == []
+    assert engine.history[-1].prompt.demos == 0
+
+    app.set_cache("qa", 60)  # a result cache reads (and writes) the cache table: never on the loop
+    hops.clear()
+    await app.arun("qa", {"question": "six"})
+    assert hops
+    assert app.flush()
+    for result in (again, moved):
+        record = app.executions.get(result.execution_id)
+        assert record is not None
+        assert record.status == "succeeded"

@@ -61,6 +61,9 @@ class Pools:
     def get(self, name: str) -> WorkerPool:
         """Pool ``name``, started (its workers ready) on first use: processes, or Ray actors when its
         ``backend`` is ``"ray"`` (:mod:`dspex.pools.ray_pool`)."""
+        pool = self._pools.get(name)  # a started pool: no lock, no settings to read
+        if pool is not None:
+            return pool
         from dspex.pools.pool import Pool
 
         setting = self.setting(name)
@@ -85,6 +88,10 @@ class Pools:
 
     def _published(self) -> list[dict[str, Any]]:
         return [status.to_json() for status in self.status()]
+
+    def running(self, name: str) -> bool:
+        """Whether pool ``name`` has started: :meth:`get` then returns at once."""
+        return name in self._pools
 
     def started(self) -> list[WorkerPool]:
         with self._lock:

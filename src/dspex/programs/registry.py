@@ -316,6 +316,10 @@ class ProgramRegistry:
         caller's own, to configure or compile."""
         return _copy(self.runnable(version))
 
+    def loaded(self, version_id: str) -> dspy.Module | None:
+        """:meth:`runnable` for a version already loaded in this process, else None (nothing is read)."""
+        return self._cache.get(version_id)
+
     def runnable(self, version: ProgramVersion) -> dspy.Module:
         """The program at ``version`` as loaded once and cached: one instance shared by every run of the
         version, in every thread, as DSPy shares one module across the threads of ``dspy.Parallel`` and

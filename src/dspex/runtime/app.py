@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import threading
 import time
@@ -419,6 +420,23 @@ class App:
             raise ConfigurationError(
                 f"program_name={program_name!r} names another program than {name!r}; leave it out"
             )
+
+    def _in_memory(self, name: str, version_id: str | None) -> bool:
+        """Whether a run of ``name`` can be prepared without reading the database: the store is open and
+        the program's settings and version are fresh in memory (:meth:`ProgramCache.in_memory`)."""
+        return (self._stores is not None or not self.record) and self._cache.in_memory(name, version_id)
+
+    def _loaded(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str] | None:
+        """:meth:`_registered` when it reads nothing (:meth:`_in_memory`, the version's program built),
+        else None: an async run then prepares on the event loop instead of a thread."""
+        if not self._in_memory(name, version_id):
+            return None
+        version = self._cache.version(name, version_id)
+        program = self.programs.loaded(version.id)
+        if program is None:
+            return None
+        self._check_program_name(name, program_name)
+        return program, version.id
 
     def _registered(self, name: str, version_id: str | None, program_name: str | None) -> tuple[Any, str]:
         """The module and version id to run for a registered program name."""
@@ -905,7 +923,8 @@ class App:
                 # A hit is answered from the in-process memo without touching the event loop's thread
                 # pool; anything that reads the database or builds the program runs off the loop.
                 cached = self._cache.memo_hit(name, version_id, inputs, variables)
-                if cached is None:
+                loaded = self._loaded(name, version_id, program_name) if cached is None else None
+                if cached is None and loaded is None:
                     cached = await asyncio.to_thread(
                         self._cache.lookup, name, version_id, program_name, inputs, variables
                     )
@@ -918,9 +937,9 @@ class App:
                     if mode == "sync":
                         await asyncio.to_thread(self._settle, mode)
                     return cached
-                program, version_id = await asyncio.to_thread(
-                    self._registered, name, version_id, program_name
-                )
+                if loaded is None:
+                    loaded = await asyncio.to_thread(self._registered, name, version_id, program_name)
+                program, version_id = loaded
                 program_name = name
             placement = {"target": "inline", "reason": reason} if reason else None
             run = _Run(self, program, inputs, lm, program_name, version_id, variables, mode, placement)
@@ -985,10 +1004,14 @@ class App:
         reason: str | None = None,
         timeout: float | None = None,
     ) -> RunResult:
-        cached, pooled = await asyncio.to_thread(
+        prepare = functools.partial(
             self._prepare_pooled,
             program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason,
         )  # fmt: skip
+        if isinstance(program, str) and self._in_memory(program, version_id) and self.pools.running(pool):
+            cached, pooled = prepare()  # reads no row, starts no pool: no thread hop
+        else:
+            cached, pooled = await asyncio.to_thread(prepare)
         if pooled is None:
             assert isinstance(cached, RunResult)
             return cached

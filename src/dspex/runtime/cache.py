@@ -122,6 +122,18 @@ class ProgramCache:
         # What is being served stale because the database is unavailable (logged once per outage).
         self.stale: set[tuple[str, str | None] | str] = set()
 
+    def in_memory(self, name: str, version_id: str | None) -> bool:
+        """Whether a run of ``name`` starts from memory alone: no result cache, and its settings and
+        version were read less than ``POLICY_REFRESH_S`` ago (since this process last changed the
+        registry), so :meth:`lookup`, :meth:`policy` and :meth:`version` read no row. Async runs then
+        prepare on the event loop, without a thread hop each way."""
+        now = time.monotonic()
+        policy = self.policies.get(name)
+        if policy is None or policy.ttl_s is not None or now > policy.fresh_until:
+            return False
+        hit = self.versions.get((name, version_id))
+        return hit is not None and now <= hit[1] and hit[2] == self.app.programs.generation
+
     def version(self, name: str, version_id: str | None) -> ProgramVersion:
         """``programs.resolve(name, version_id)``, memoised for ``POLICY_REFRESH_S`` (or until this
         process's registry changes anything): a run by name reads no row to find its version. While the
