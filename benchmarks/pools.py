@@ -16,6 +16,9 @@ Rows (each pool row runs against the same App's inline path in the same run):
   which sends them to the workers in shards (several runs per message, one record each), and the
   machine's own ceiling: the work two processes of a pure-Python loop do side by side against one
   alone, measured in the same rounds (2.0 on two free cores; this VM's vCPUs often give less).
+  Then the CPU time per run of each side (``cpu per run``): inline, this process's; on the pool, this
+  process's (sending, waiting, recording) plus the workers'. Their ratio is what two cores allow at
+  most, whatever the scheduling: ``2 x inline / (this process + workers)``.
 - ``lm-bound``: ``dspy.ChainOfThought`` whose LM takes 50 ms, from 128 caller threads (each a loop of
   ``app.run``) for ``--lm-seconds``: runs per second inline against a 2-worker pool at its default
   ``concurrency`` (each worker runs many runs at once, on threads). Runs that wait on an LM are what a
@@ -39,11 +42,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers import _pool_programs by name
@@ -119,6 +126,18 @@ def throughput(
             app.run("cot", {"question": "warm"}, pool="general")
         app.run("cot", {"question": "warm"})
 
+        workers = [psutil.Process(w.pid) for w in app.pools.get("general").status().workers if w.pid]
+        spent: dict[str, list[tuple[float, float]]] = {}  # row -> (this process, workers) CPU s per run
+
+        def cpu_of(row: str, run: Callable[[], float]) -> float:
+            """``run()``'s rate, noting the CPU time per run of this process and of the pool's workers."""
+            mine, theirs = time.process_time(), sum(_cpu_s(w) for w in workers)
+            rate = run()
+            spent.setdefault(row, []).append(
+                ((time.process_time() - mine) / runs, (sum(_cpu_s(w) for w in workers) - theirs) / runs)
+            )
+            return rate
+
         def inline_rate() -> float:
             t0 = time.perf_counter()
             for i in range(runs):
@@ -149,10 +168,10 @@ def throughput(
         pooled = dict.fromkeys(callers, 0.0)
         ceiling = 0.0
         for _ in range(rounds):
-            inline = max(inline, inline_rate())
+            inline = max(inline, cpu_of("inline", inline_rate))
             for count in callers:
-                pooled[count] = max(pooled[count], pool_rate(count))
-            batch = max(batch, batch_rate())
+                pooled[count] = max(pooled[count], cpu_of(f"{count} callers", lambda: pool_rate(count)))  # noqa: B023
+            batch = max(batch, cpu_of("batch", batch_rate))
             ceiling = max(ceiling, machine_scaling())
         held = app.pools.setting("general").concurrency
     for count, rate in pooled.items():
@@ -165,10 +184,27 @@ def throughput(
         f"cpu throughput  inline {inline:7.0f} runs/s   batch on the 2-worker pool, shards of {SHARD_SIZE} "
         f"{batch:7.0f} runs/s   {batch / inline:.2f}x (target >= 1.6x)"
     )
+    # Where the CPU goes decides what two cores allow: a pooled run costs its worker's CPU plus this
+    # process's (sending, waiting, the record), against one inline run in one process.
+    median = {row: tuple(statistics.median(x[i] for x in xs) for i in (0, 1)) for row, xs in spent.items()}
+    alone = median["inline"][0]
+    for row, (mine, theirs) in median.items():
+        if row == "inline":
+            continue
+        print(
+            f"cpu per run     inline {alone * 1e6:5.0f} us   pool, {row}: this process {mine * 1e6:4.0f} us + "
+            f"workers {theirs * 1e6:4.0f} us: two cores allow at most {2 * alone / (mine + theirs):.2f}x "
+            f"(medians of {rounds} rounds)"
+        )
     print(
         f"machine         2 processes of a pure-Python loop do {ceiling:.2f}x the work of one "
         f"(the most any 2-worker pool can reach on this machine now; best of {rounds})"
     )
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _spin(seconds: float) -> int:
