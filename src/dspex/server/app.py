@@ -101,7 +101,8 @@ def create_app(
     api.state.metrics = Metrics()
     api.state.authenticator = KeyAuthenticator(lambda: dspex_app.keys, ttl_s=key_ttl_s) if auth else None
     install_handlers(api)
-    routers = (programs, runs, sessions, executions, feedback, datasets, optimizations, jobs, audit, pools)
+    # Runs first: a request's route is found by trying the routes in order, and runs are the hot path.
+    routers = (runs, programs, sessions, executions, feedback, datasets, optimizations, jobs, audit, pools)
     for module in (*routers, adaptive, signals, ops, batches):
         api.include_router(module.router)
     from dspex.server.ui import install_ui
