@@ -119,7 +119,9 @@ def test_examples_overlap_up_to_the_concurrency(execution: Execution) -> None:
     elapsed = time.perf_counter() - started
     assert result.score == 1.0
     assert program.max_in_flight == 20
-    assert elapsed < 40 * 0.05 / 2  # serial would take 2 s; overlapped it is about 0.1 s
+    # Serial would take 2 s; overlapped it is about 0.1 s, and well under 2 s on a loaded 2-core machine
+    # (where half of it, the bound before, was once missed at 1.12 s).
+    assert elapsed < 40 * 0.05
 
 
 async def test_a_50ms_lm_overlaps_on_the_event_loop() -> None:
