@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -59,7 +60,7 @@ def main() -> None:
             writer.linger = writer.hold_running = 1e6
             # The recorder lease is renewed (and dead recorders' runs swept) every 20 s of wall time: under
             # valgrind that is every few hundred runs, and how many depends on the machine's load.
-            writer._next_renew = float("inf")
+            writer._next_renew = time.monotonic() + 1e6
             for q in questions[:WARM]:
                 app.run(program, {"question": q})
             app.flush(timeout=None)
