@@ -310,10 +310,10 @@ class Settings(BaseSettings):
         "latency_z, error_z, quality_min_drop, cost_h...; dspex.telemetry.signals.Thresholds).",
     )
     trace: Literal["full", "lean", "off"] = Field(
-        "full",
-        description="The span tree each run records: full (modules, LM calls with messages, tools, "
-        "adapter format/parse), lean (no adapter spans) or off (no spans; status, inputs, outputs, "
-        "usage and cost are still recorded).",
+        "lean",
+        description="The span tree each run records: lean (modules, LM calls with messages, model, "
+        "tokens and cost, tools), full (lean plus the adapter's format/parse spans) or off (no spans; "
+        "status, inputs, outputs, usage and cost are still recorded).",
     )
     database_url: str | None = Field(
         None, description="Where runs are recorded; default sqlite:///<home>/dspex.db."

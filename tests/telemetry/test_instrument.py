@@ -10,6 +10,7 @@ import dspy
 import pytest
 from dspy.utils.callback import BaseCallback
 
+from dspex.lm.pricing import Price, Prices
 from dspex.runtime import App
 from dspex.settings import Settings
 from dspex.telemetry import instrument
@@ -69,8 +70,9 @@ def _tree(record: Any) -> list[tuple[str, str, int | None]]:
     return [(s["kind"], s["name"], s["parent"]) for s in _spans(record)]
 
 
-def _app(tmp_path: Path, **options: Any) -> App:
-    settings = Settings.load(home=tmp_path, database_url=f"sqlite:///{tmp_path}/dspex.db")
+def _app(tmp_path: Path, trace: str = "full", **options: Any) -> App:
+    """An App recording at ``trace`` (these tests compare whole trees, adapter spans included: ``full``)."""
+    settings = Settings.load(home=tmp_path, database_url=f"sqlite:///{tmp_path}/dspex.db", trace=trace)
     return App(settings, **options)
 
 
@@ -136,21 +138,49 @@ def test_user_callbacks_still_see_every_event_once(tmp_path: Path) -> None:
     [
         ("full", ["module", "module", "adapter_format", "lm", "adapter_parse"]),
         ("lean", ["module", "module", "lm"]),
+        (None, ["module", "module", "lm"]),  # the default is lean
     ],
 )
-def test_trace_levels_keep_what_they_say(tmp_path: Path, level: str, kinds: list[str]) -> None:
+def test_trace_levels_keep_what_they_say(tmp_path: Path, level: str | None, kinds: list[str]) -> None:
     lm = ScriptedEngine({"answer": "HI"}).lm("levels")
-    settings = Settings.load(home=tmp_path, database_url=f"sqlite:///{tmp_path}/dspex.db", trace=level)
-    with App(settings, lm=lm) as app:
+    options = {} if level is None else {"trace": level}
+    settings = Settings.load(home=tmp_path, database_url=f"sqlite:///{tmp_path}/dspex.db", **options)
+    prices = Prices({"scripted/levels": Price(0.5, 1.5)})
+    with App(settings, lm=lm, prices=prices) as app:
         result = app.run(dspy.ChainOfThought("question -> answer"), {"question": "hi"})
         app.flush()
         record = app.executions.get(result.execution_id)
     assert record is not None
-    assert [s["kind"] for s in _spans(record)] == kinds
-    lm_span = next(s for s in _spans(record) if s["kind"] == "lm")
+    spans = _spans(record)
+    assert [s["kind"] for s in spans] == kinds
+    assert [s["name"] for s in spans if s["kind"] == "module"] == ["ChainOfThought", "Predict"]
+    assert spans[0]["inputs"] == {"question": "hi"}
+    assert spans[0]["outputs"]["answer"] == "HI"
+    # Every level keeps the LM span whole: messages in, completion out, model, tokens and cost.
+    lm_span = next(s for s in spans if s["kind"] == "lm")
+    assert spans[lm_span["parent"]]["name"] == "Predict"
+    assert lm_span["model"] == "scripted/levels"
     assert record.total_tokens is not None
     assert lm_span["usage"]["total_tokens"] == record.total_tokens > 0
+    assert record.cost_usd is not None
+    assert lm_span["cost_usd"] == pytest.approx(record.cost_usd)
+    assert record.cost_usd > 0
     assert lm_span["inputs"]["messages"][-1]["role"] == "user"
+    assert "HI" in lm_span["outputs"][0]
+
+
+def test_lean_keeps_tool_spans(tmp_path: Path) -> None:
+    with _app(tmp_path, trace="lean", lm=_react_engine().lm("tools")) as app:
+        result = app.run(dspy.ReAct("question -> answer", tools=[_add], max_iters=3), {"question": "2 + 3?"})
+        app.flush()
+        record = app.executions.get(result.execution_id)
+    assert record is not None
+    spans = _spans(record)
+    assert not {s["kind"] for s in spans} & {"adapter_format", "adapter_parse"}
+    tools = {s["name"]: s for s in spans if s["kind"] == "tool"}
+    assert tools["_add"]["outputs"] == 5
+    assert spans[tools["_add"]["parent"]]["name"] == "ReAct"
+    assert sum(s["kind"] == "lm" for s in spans) >= 2
 
 
 def test_trace_off_records_the_run_without_a_span_tree(tmp_path: Path) -> None:

@@ -70,13 +70,11 @@ def test_a_chain_of_thought_run_is_a_tree_of_genai_spans(app: App, exporter: InM
         ("run ChainOfThought", None),
         ("ChainOfThought", "run ChainOfThought"),
         ("Predict", "ChainOfThought"),
-        ("format ChatAdapter", "Predict"),
-        ("chat scripted/qa", "Predict"),
-        ("parse ChatAdapter", "Predict"),
+        ("chat scripted/qa", "Predict"),  # the default trace level, lean: no adapter spans
     ]
     assert {_hex(s.context.trace_id, 32) for s in spans} == {result.trace_id}
     assert record.trace_id == result.trace_id
-    run, lm = spans[0], spans[4]
+    run, lm = spans[0], spans[3]
     assert run.parent is None
     assert run.attributes is not None
     assert run.attributes["dspex.execution_id"] == result.execution_id
@@ -104,6 +102,28 @@ def test_a_chain_of_thought_run_is_a_tree_of_genai_spans(app: App, exporter: InM
     # Recorded times: children inside the run, the run as long as the record says.
     assert all(run.start_time <= s.start_time <= s.end_time <= run.end_time for s in spans[1:])  # type: ignore[operator]
     assert (run.end_time - run.start_time) / 1e6 == pytest.approx(record.duration_ms, abs=0.01)  # type: ignore[operator]
+
+
+def test_the_full_trace_level_exports_the_adapter_spans(
+    exporter: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    engine = ScriptedEngine({"answer": "HI"})
+    settings = Settings.load(database_url=f"sqlite:///{tmp_path / 'full.db'}", trace="full")
+    with App(settings, lm=engine.lm("qa"), telemetry=Telemetry(exporter)) as app:
+        app.run(dspy.ChainOfThought("question -> answer"), {"question": "hi"})
+        spans = _spans(app, exporter)
+    assert _tree(spans) == [
+        ("run ChainOfThought", None),
+        ("ChainOfThought", "run ChainOfThought"),
+        ("Predict", "ChainOfThought"),
+        ("format ChatAdapter", "Predict"),
+        ("chat scripted/qa", "Predict"),
+        ("parse ChatAdapter", "Predict"),
+    ]
+    assert {dict(s.attributes or {}).get("dspex.span.kind") for s in spans[3::2]} == {
+        "adapter_format",
+        "adapter_parse",
+    }
 
 
 def test_messages_are_exported_only_when_asked(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def test_a_pipeline_run_reads_back_from_phoenix(
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", f"openinference.project.name={PROJECT}")
     settings = Settings.load(
         database_url=f"sqlite:///{tmp_path / 'rt.db'}",
+        trace="full",  # the whole tree, adapter spans too, through Phoenix
         telemetry={"endpoint": phoenix.url, "service_name": "dspex-test"},
     )
     with App(settings) as app:  # the real path: settings -> OTLP/HTTP exporter -> Phoenix

@@ -36,8 +36,9 @@ the worker sent back: once, with the worker's spans under the run's span.
   with ``capture_messages``, ``gen_ai.input.messages`` and ``gen_ai.output.messages`` (JSON).
 - a tool call: ``execute_tool <name>``; ``gen_ai.operation.name = "execute_tool"``, ``gen_ai.tool.name``
   (arguments and result as ``gen_ai.tool.call.arguments``/``result`` with ``capture_messages``).
-- modules (``ChainOfThought``, ``Predict``, pipeline steps), adapter format/parse, evaluate and wait
-  spans: their recorded name, ``dspex.span.kind``, and a wait's attributes (reason, model).
+- modules (``ChainOfThought``, ``Predict``, pipeline steps), adapter format/parse (the ``full`` trace
+  level), evaluate and wait spans: their recorded name, ``dspex.span.kind``, and a wait's attributes
+  (reason, model).
 
 Every span carries ``dspex.span.kind``; a failed span has status ERROR with the error's message and
 ``error.type``. Exporter failures are logged by the SDK (logger ``opentelemetry``) and never fail a run;
