@@ -23,10 +23,9 @@ not from a global patch: adapters wrap their methods per subclass.
 Levels (``trace`` setting): ``lean``, the default (module, LM and tool spans: an LM span has the
 messages, the completion, the model asked and served, tokens and cost), ``full`` (``lean`` plus the
 adapter's format and parse spans, opt-in: what they say is already on the LM span, messages in and text
-out, and as two of a ChainOfThought call's five spans they cost 78,000 of its tree's 214,000 instructions
-per call), ``off`` (no span tree: the record keeps status, inputs, outputs, usage and cost). A span costs
-40,000-45,000 instructions all told (callgrind; README, "What recording costs"): building it, its JSON,
-and the bigger row the writer stores.
+out; they are two of a ChainOfThought call's five spans), ``off`` (no span tree: the record keeps status,
+inputs, outputs, usage and cost). A span costs 35,000-45,000 instructions all told (callgrind; README,
+"What recording costs"): building it, its JSON, and the bigger row the writer stores.
 A module that overrides ``__call__`` without calling ``super().__call__`` gets no span of its own; the
 modules it calls still do.
 """
