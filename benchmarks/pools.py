@@ -9,7 +9,7 @@ Rows (each pool row runs against the same App's inline path in the same run):
   Target: at most 300 us.
 - ``cpu throughput``: ``dspy.ChainOfThought`` on a scripted LM with no latency (pure DSPy CPU work), runs
   per second inline in this process (one caller: the GIL makes more callers no faster) and on a 2-worker
-  pool fed by 4, then 8 caller threads (each a plain loop of ``app.run``, as the inline caller is; a
+  pool fed by 2, 4, then 8 caller threads (each a plain loop of ``app.run``, as the inline caller is; a
   caller waits for its run, so the callers bound the runs in flight); ``--rounds``
   alternated rounds of each, the best of each kept, so load from other processes weighs on both sides
   alike. Target: at least 1.6x. Then the same runs as one batch (``run_batch(..., pool="general")``),
@@ -108,7 +108,7 @@ def _timed_threads(app: App, threads: list[threading.Thread]) -> float:
     return time.perf_counter() - t0
 
 
-CALLERS = (4, 8)  # threads feeding the 2-worker pool in the cpu throughput row, one figure each
+CALLERS = (2, 4, 8)  # threads feeding the 2-worker pool in the cpu throughput row, one figure each
 
 
 def throughput(

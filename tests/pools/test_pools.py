@@ -48,6 +48,37 @@ def make_app(database_url: str) -> Iterator[Callable[..., App]]:
         app.close()
 
 
+def PATHS(test: Callable[..., None]) -> Callable[..., None]:
+    """The failure modes hold on both ways a synchronous run reaches a worker: queued for the slot's
+    thread (workers that run many tasks at once), or borrowed by the calling thread when one is idle
+    (``concurrency = 1``, :meth:`Pool.call`); ``path_taken`` checks each test took the way its id says."""
+    test = pytest.mark.usefixtures("path_taken")(test)
+    return pytest.mark.parametrize("concurrency", [64, 1], ids=["queued", "borrowed"])(test)
+
+
+@pytest.fixture
+def path_taken(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, make_app: Callable[..., App]
+) -> Iterator[None]:
+    # After make_app: a test skipped for its database (PostgreSQL unset) never gets here.
+    from dspex.pools.pool import Pool
+
+    borrowed = 0
+    call_on = Pool._call_on
+
+    def counted(self: Pool, *args: Any, **kwargs: Any) -> Any:
+        nonlocal borrowed
+        borrowed += 1
+        return call_on(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pool, "_call_on", counted)
+    yield
+    if request.node.callspec.params["concurrency"] == 1:
+        assert borrowed > 0, "no run borrowed a worker"
+    else:
+        assert borrowed == 0
+
+
 def _error(app: App, execution_id: str) -> dict[str, Any]:
     app.flush()
     record = app.executions.get(execution_id)
@@ -183,8 +214,11 @@ def _kill_when_busy(app: App, pid_seen: threading.Event) -> None:
         time.sleep(0.005)
 
 
-def test_a_worker_killed_mid_run_leaves_a_failed_record_and_is_replaced(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1)
+@PATHS
+def test_a_worker_killed_mid_run_leaves_a_failed_record_and_is_replaced(
+    make_app: Callable[..., App], concurrency: int
+) -> None:
+    app = make_app(size=1, concurrency=concurrency)
     app.run("qa", {"question": "warm"}, pool="general")
     killed = threading.Event()
     killer = threading.Thread(target=_kill_when_busy, args=(app, killed))
@@ -204,8 +238,11 @@ def test_a_worker_killed_mid_run_leaves_a_failed_record_and_is_replaced(make_app
     assert status.size == 1
 
 
-def test_an_idempotent_run_is_tried_again_on_another_worker(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1)
+@PATHS
+def test_an_idempotent_run_is_tried_again_on_another_worker(
+    make_app: Callable[..., App], concurrency: int
+) -> None:
+    app = make_app(size=1, concurrency=concurrency)
     app.run("qa", {"question": "warm"}, pool="general")
     first_pid = app.pools.get("general").status().workers[0].pid
     killed = threading.Event()
@@ -223,8 +260,11 @@ def test_an_idempotent_run_is_tried_again_on_another_worker(make_app: Callable[.
     assert record.placement["pid"] != first_pid
 
 
-def test_a_task_over_the_memory_limit_fails_with_its_own_code(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1, max_rss_mb=300, heartbeat_s=0.05)
+@PATHS
+def test_a_task_over_the_memory_limit_fails_with_its_own_code(
+    make_app: Callable[..., App], concurrency: int
+) -> None:
+    app = make_app(size=1, max_rss_mb=300, heartbeat_s=0.05, concurrency=concurrency)
     with pytest.raises(
         WorkerError, match=r"over the pool's memory limit of 450 MB \(kill_rss_mb\)"
     ) as caught:
@@ -236,8 +276,11 @@ def test_a_task_over_the_memory_limit_fails_with_its_own_code(make_app: Callable
     assert app.pools.get("general").status().replaced == {"memory_limit": 1}
 
 
-def test_a_leaking_program_is_recycled_and_memory_stays_bounded(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1, max_rss_mb=250)
+@PATHS
+def test_a_leaking_program_is_recycled_and_memory_stays_bounded(
+    make_app: Callable[..., App], concurrency: int
+) -> None:
+    app = make_app(size=1, max_rss_mb=250, concurrency=concurrency)
     peak = 0.0
     for _ in range(12):  # 40 MB more per task: without recycling the worker would reach ~580 MB
         app.run("hog", {"mb": 40}, pool="general")
@@ -248,8 +291,9 @@ def test_a_leaking_program_is_recycled_and_memory_stays_bounded(make_app: Callab
     assert peak < 250 + 40 + 20  # at most one task's leak over the limit before it is recycled
 
 
-def test_workers_are_recycled_after_max_tasks(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1, max_tasks=3)
+@PATHS
+def test_workers_are_recycled_after_max_tasks(make_app: Callable[..., App], concurrency: int) -> None:
+    app = make_app(size=1, max_tasks=3, concurrency=concurrency)
     pids = [app.run("sleepy", {"question": "q"}, pool="general").outputs["pid"] for _ in range(7)]
     assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
     assert app.pools.get("general").status().replaced == {"max_tasks": 2}
@@ -355,10 +399,13 @@ def test_tasks_run_side_by_side_over_the_memory_limit_each_fail_with_its_code(
     assert app.run("qa", {"question": "next"}, pool="general").outputs["answer"] == "answer to next"
 
 
-def test_a_task_over_its_timeout_has_its_worker_replaced(make_app: Callable[..., App]) -> None:
+@PATHS
+def test_a_task_over_its_timeout_has_its_worker_replaced(
+    make_app: Callable[..., App], concurrency: int
+) -> None:
     # 3 s: the replacement's first task (a fresh process loading the program) must fit in it on a loaded
     # machine; with 0.5 s it did not always, and the test saw two timeouts.
-    app = make_app(size=1, task_timeout_s=3.0)
+    app = make_app(size=1, task_timeout_s=3.0, concurrency=concurrency)
     started = time.monotonic()
     with pytest.raises(WorkerError, match=r"task_timeout_s of 3") as caught:
         app.run("sleepy", {"question": "q", "seconds": 60}, pool="general")
@@ -368,8 +415,9 @@ def test_a_task_over_its_timeout_has_its_worker_replaced(make_app: Callable[...,
     assert app.pools.get("general").status().replaced == {"task_timeout": 1}
 
 
-def test_a_hung_worker_is_killed_and_replaced(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1, hung_after_s=1.0, heartbeat_s=0.1)
+@PATHS
+def test_a_hung_worker_is_killed_and_replaced(make_app: Callable[..., App], concurrency: int) -> None:
+    app = make_app(size=1, hung_after_s=1.0, heartbeat_s=0.1, concurrency=concurrency)
     app.run("qa", {"question": "warm"}, pool="general")
     pid = app.pools.get("general").status().workers[0].pid
     assert pid is not None
@@ -386,10 +434,13 @@ def test_a_hung_worker_is_killed_and_replaced(make_app: Callable[..., App]) -> N
     assert app.pools.get("general").status().replaced == {"hung": 1}
 
 
-def test_chaos_random_kills_lose_no_run(make_app: Callable[..., App], tmp_path: Path) -> None:
+@PATHS
+def test_chaos_random_kills_lose_no_run(
+    make_app: Callable[..., App], tmp_path: Path, concurrency: int
+) -> None:
     """30 kill -9s of random workers during 600 idempotent runs: every run has one terminal record, and
     at least 99% succeed after their retry."""
-    app = make_app(size=2)
+    app = make_app(size=2, concurrency=concurrency)
     app.run("qa", {"question": "warm"}, pool="general")
     runs, kills = 600, 30
     done = threading.Event()

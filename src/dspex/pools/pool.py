@@ -187,6 +187,14 @@ class _Slot:
     shards: int = 0  # of them, evaluation shards (each runs its examples on threads of its own)
     room: bool = False  # its worker can take more tasks (ready, not draining, below its holding)
     woken: bool = False  # a byte is in ``wake`` (under the pool's lock)
+    draining: str | None = None  # a recycle reason: finish what was sent, then replace the worker
+    # The worker's pipe is used by one thread at a time: the slot's own thread (``held``) or a caller that
+    # borrowed the idle worker to run its task itself (``lent``, see :meth:`Pool.call`). ``io`` is held
+    # exactly while one of them is true; both change under the pool's lock, so taking ``io`` there never waits.
+    io: threading.Lock = field(default_factory=threading.Lock)
+    held: bool = False
+    lent: bool = False
+    broken: _Replace | None = None  # a borrower saw the worker die: its thread replaces it
 
 
 class _Replace(Exception):
@@ -223,7 +231,9 @@ class Pool:
             # Workers fork from a server that imported DSPy and dspex once: a replacement starts in
             # milliseconds instead of paying the imports again.
             self._ctx.set_forkserver_preload(["dspex.pools.worker"])
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)  # slot threads wait here for tasks
+        self._turn = itertools.count()  # which idle worker call() tries first (spreads tasks over them)
         self._pending: collections.deque[_Task] = collections.deque()
         self._slots = [_Slot(i, f"{name}-{i}") for i in range(self.size)]
         self._closed = False
@@ -274,7 +284,13 @@ class Pool:
         for slot in self._slots:
             if slot.thread is not None:
                 slot.thread.join(timeout)
-            self._stop(slot, graceful=True)
+            # A caller running its task on the worker (call()) finishes it first, as a task sent does.
+            borrowed = slot.io.acquire(timeout=timeout)
+            try:
+                self._stop(slot, graceful=True)
+            finally:
+                if borrowed:
+                    slot.io.release()
             if slot.wake is not None and (slot.thread is None or not slot.thread.is_alive()):
                 for fd in slot.wake:
                     os.close(fd)
@@ -313,7 +329,10 @@ class Pool:
                 slots = [self._slots[worker]]
             else:
                 self._pending.append(task)
-                self._cv.notify()
+                if any(slot.lent for slot in self._slots):
+                    self._cv.notify_all()  # the thread of a lent worker cannot take it: wake them all
+                else:
+                    self._cv.notify()
                 slots = self._slots
             # The least loaded slot whose thread waits on its worker, with room for more: wake it to send
             # this one.
@@ -326,6 +345,106 @@ class Pool:
             with contextlib.suppress(OSError):
                 os.write(wake.wake[1], b"\0")
         return task.future
+
+    def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Run a task from the calling thread and wait for its answer: what ``submit(payload).result()``
+        returns, with one thread hand-off less each way.
+
+        With ``concurrency = 1`` and a worker idle, the caller borrows it: it sends the task down the
+        worker's pipe and reads the answer itself while the slot's thread stands aside, which saves a
+        wake-up of that thread per task, both ways. A worker that dies meanwhile fails the task as a
+        submitted one would (``worker_lost``, ``task_timeout``, ``memory_limit``) and its slot's thread
+        replaces it; recycling happens between tasks as usual. Otherwise (every worker busy, tasks
+        queued already, or workers that run many tasks at once) it is ``submit(payload).result()``: a
+        saturated pool queues its tasks, and its slot threads keep each worker's next task in its pipe.
+        A borrowed worker is never waited for, so queued tasks and callers are served in order."""
+        lend = self.setting.concurrency == 1 and payload.get("kind") != "predict_batch"
+        while True:
+            slot = self._lend() if lend else None
+            if slot is None:
+                return self.submit(payload).result()
+            answer = self._call_on(slot, payload)
+            if answer is not None:
+                return answer
+            # The worker was gone before it got the task: it never started, so it goes to another one.
+
+    def _lendable(self, slot: _Slot) -> bool:  # under the lock
+        return (
+            not slot.lent
+            and not slot.held
+            and slot.state == "idle"
+            and slot.process is not None
+            and slot.draining is None
+            and slot.broken is None
+            and not slot.pending
+        )
+
+    def _lend(self) -> _Slot | None:
+        """An idle worker for :meth:`call`, or None: every worker is busy, or tasks are queued (then the
+        task joins the queue, whose slot threads keep each worker's next task in its pipe)."""
+        with self._cv:
+            if self._closed:
+                raise ConfigurationError(f"pool {self.name!r} is closed")
+            if self._pending or (slot := self._idle()) is None:
+                return None
+            return self._lend_to(slot)
+
+    def _idle(self) -> _Slot | None:  # under the lock
+        first = next(self._turn)
+        for k in range(self.size):
+            slot = self._slots[(first + k) % self.size]
+            if self._lendable(slot):
+                return slot
+        return None
+
+    def _lend_to(self, slot: _Slot) -> _Slot:  # under the lock, ``slot`` lendable
+        slot.io.acquire()  # free: neither its thread nor a borrower holds it
+        slot.lent, slot.state = True, "busy"
+        return slot
+
+    def _call_on(self, slot: _Slot, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Run ``payload`` on the borrowed ``slot``'s worker; None if the worker was gone before it got it."""
+        conn, process = slot.conn, slot.process
+        task_id = next(_task_ids)
+        try:
+            conn.send_bytes(dumps({"op": "run", "id": task_id, "task": payload}).encode())
+        except (OSError, EOFError):
+            self._give_back(slot, _Replace("died", "worker_lost", self._death(slot)))
+            return None
+        try:
+            while True:  # heartbeats may come first: each says the worker lives, and its RSS
+                message: dict[str, Any] = orjson.loads(conn.recv_bytes())
+                self._note(slot, message)
+                if message.get("op") == "done" and message.get("id") == task_id:
+                    break
+        except (EOFError, OSError):
+            process.join(1.0)
+            replace = slot.verdict or _Replace("died", "worker_lost", self._death(slot))
+            self._give_back(slot, replace, failed=1)
+            raise WorkerError(replace.message, code=replace.task_code or "worker_lost") from None
+        except BaseException as exc:  # the pipe's state is unknown now: the worker is replaced
+            self._give_back(slot, _Replace("error", None, f"{type(exc).__name__}: {exc}"))
+            raise
+        answer = {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
+        self._give_back(slot, None, completed=message.get("runs", 1))
+        return answer
+
+    def _give_back(
+        self, slot: _Slot, broken: _Replace | None, *, completed: int = 0, failed: int = 0
+    ) -> None:
+        """End a borrowing: the worker is free again, or its thread must recycle or replace it first."""
+        with self._cv:
+            slot.tasks += completed
+            self.completed += completed
+            self.failed += failed
+            slot.lent, slot.state = False, "idle"
+            if broken is not None:
+                slot.broken = broken
+            elif slot.draining is None:
+                slot.draining = self._recycle_reason(slot)
+            slot.io.release()
+            if slot.broken is not None or slot.draining is not None or self._pending or slot.pending:
+                self._cv.notify_all()  # its thread has work: replace or recycle it, or take queued tasks
 
     def status(self) -> PoolStatus:
         now = time.monotonic()
@@ -433,16 +552,34 @@ class Pool:
                 delay = min(delay * 2, 5.0)
 
     def _take(self, slot: _Slot, wait: bool) -> _Task | None:
-        """The slot's next task (its pinned ones first); waits up to one heartbeat period if ``wait``."""
+        """The slot's next task (its pinned ones first); waits up to one heartbeat period if ``wait``,
+        letting go of the worker meanwhile (a caller may borrow it, :meth:`call`). Returns with the
+        worker held (``slot.held``) unless a caller has it."""
         with self._cv:
-            if wait and not slot.pending and not self._pending and not self._closed:
+            if slot.lent:  # the caller that has it wakes this thread when it gives it back with work here
                 self._cv.wait(self.setting.heartbeat_s)
+            elif wait and not (slot.pending or self._pending or self._closed or slot.broken or slot.draining):
+                self._let_go(slot)
+                self._cv.wait(self.setting.heartbeat_s)
+            if slot.lent:
+                return None
+            if not slot.held:
+                slot.io.acquire()  # free: taken and given back under this lock
+                slot.held = True
             queue = self._queue_for(slot)
             return queue.popleft() if queue is not None else None
+
+    def _let_go(self, slot: _Slot) -> None:
+        """The slot's thread lets go of its worker (under the lock): a caller waiting for one may take it."""
+        if slot.held:
+            slot.held = False
+            slot.io.release()
 
     def _queue_for(self, slot: _Slot) -> collections.deque[_Task] | None:
         """The queue whose next task ``slot`` may take now (under the lock): its pinned ones first, then the
         shared queue if no other worker holds fewer tasks; None if neither."""
+        if slot.lent or slot.broken is not None or slot.draining is not None:
+            return None  # a caller has the worker, or it must be replaced or recycled first
         if slot.pending and self._room_for(slot, slot.pending[0]):
             return slot.pending
         if self._pending and self._fair(slot) and self._room_for(slot, self._pending[0]):
@@ -489,14 +626,22 @@ class Pool:
         """Feed the slot's worker up to ``concurrency + prefetch - 1`` tasks at a time: those it runs at
         once and the next ones, waiting in its pipe, so the worker never idles on this process. Replace
         it when it must; then the tasks it may have started fail, and the others go back to the queue."""
+        try:
+            self._serve_slot(slot)
+        finally:
+            with self._cv:
+                self._let_go(slot)
+
+    def _serve_slot(self, slot: _Slot) -> None:
         inflight: collections.deque[_Task] = collections.deque()
         holds = self.setting.concurrency + self.setting.prefetch - 1
-        draining: str | None = None  # a recycle reason: finish what was sent, then replace the worker
 
         def track() -> None:  # what other slots' threads see of this one (_fair)
             slot.load = len(inflight)
             slot.shards = sum(1 for task in inflight if task.own_thread)
-            slot.room = draining is None and slot.process is not None and slot.load < holds
+            slot.room = (
+                slot.draining is None and slot.process is not None and slot.load < holds and not slot.lent
+            )
 
         while True:
             track()
@@ -504,9 +649,10 @@ class Pool:
                 if slot.process is None:
                     if self._closed:
                         return
+                    self._hold(slot)
                     self._replace(slot, "start_failed", graceful=False)
                     continue
-                while draining is None and len(inflight) < holds and not self._closed:
+                while slot.draining is None and len(inflight) < holds and not self._closed:
                     task = self._take(slot, wait=not inflight)
                     if task is None:
                         break
@@ -523,17 +669,22 @@ class Pool:
                 if not inflight:
                     if self._closed:
                         return
-                    if draining is not None:
-                        self._replace(slot, draining, graceful=True)
-                        draining = None
+                    if not slot.held:
+                        continue  # a caller has the worker (call()): it gives it back, then this thread may
+                    if slot.broken is not None:  # the worker died under a caller's task
+                        broken, slot.broken = slot.broken, None
+                        raise broken
+                    if slot.draining is not None:
+                        self._replace(slot, slot.draining, graceful=True)
+                        slot.draining = None
                         continue
                     while self._receive(slot, 0) is not None:
                         pass
                     self._watch(slot)
-                    draining = self._recycle_reason(slot)
+                    slot.draining = self._recycle_reason(slot)
                     continue
                 slot.state = "busy"
-                if draining is None and len(inflight) < holds and not self._woken_by_task(slot):
+                if slot.draining is None and len(inflight) < holds and not self._woken_by_task(slot):
                     continue  # a task came for the worker, which has room for it: send it first
                 message = self._read(slot)  # blocks: the monitor thread kills a worker that must go
                 op = message.get("op")
@@ -552,8 +703,9 @@ class Pool:
                         {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
                     )
                     slot.state = "busy" if inflight else "idle"
-                    draining = draining or self._recycle_reason(slot)
+                    slot.draining = slot.draining or self._recycle_reason(slot)
             except _Replace as replace:
+                self._hold(slot)
                 if inflight:
                     begun = self._begun(inflight)
                     unstarted = [task for task in inflight if task not in begun]
@@ -561,7 +713,7 @@ class Pool:
                     track()
                     self._fail_begun(slot, begun, replace)
                     self._requeue(unstarted)
-                draining = None
+                slot.draining = None
                 if not self._closed:
                     self._replace(slot, replace.reason, graceful=False)
                 else:
@@ -574,12 +726,22 @@ class Pool:
                         self.failed += 1
                         task.future.set_exception(WorkerError(f"pool {self.name!r} failed: {exc}"))
                 inflight.clear()
-                draining = None
+                slot.draining = None
+                self._hold(slot)
                 track()
                 if self._closed:
                     self._stop(slot, graceful=False)
                     return
                 self._replace(slot, "error", graceful=False)
+
+    def _hold(self, slot: _Slot) -> None:
+        """The slot's thread takes its worker back (to replace it), waiting for a caller that has it."""
+        with self._cv:
+            while slot.lent:
+                self._cv.wait(self.setting.heartbeat_s)
+            if not slot.held:
+                slot.io.acquire()
+                slot.held = True
 
     def _fail_begun(self, slot: _Slot, begun: list[_Task], replace: _Replace) -> None:
         """Fail the tasks a replaced worker may have started. A task timeout is the task the worker said
@@ -651,7 +813,7 @@ class Pool:
             time.sleep(period)
             for slot in self._slots:
                 process = slot.process
-                if not slot.load or process is None or slot.verdict is not None:
+                if not (slot.load or slot.lent) or process is None or slot.verdict is not None:
                     continue
                 verdict = self._verdict(slot)
                 if verdict is not None:

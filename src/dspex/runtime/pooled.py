@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError, WorkerError
+from dspex.pools.pool import Pool
 from dspex.runtime.run import Durability, RunResult, _Run
 
 if TYPE_CHECKING:
@@ -86,12 +87,24 @@ class PooledRun:
         """The run's deadline; the worker gets what is left of it when the task is sent."""
         self.run.set_timeout(timeout)
 
-    def _submit(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> Future[dict[str, Any]]:
+    def _ready(self) -> None:
+        """Before each attempt: the input size limit, what is left of the deadline, the count."""
         self.run._check_size()
         if self.run.deadline is not None:
             self.task["timeout"] = max(0.001, self.run.deadline - time.monotonic())
         self.placement["attempts"] += 1
+
+    def _submit(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> Future[dict[str, Any]]:
+        self._ready()
         return self.pool.submit(self.task, worker=self.worker, on_event=on_event)
+
+    def _call(self) -> dict[str, Any]:
+        """The attempt's answer, waited for in this thread: a process pool lets this thread run the task on
+        an idle worker itself (:meth:`~dspex.pools.pool.Pool.call`); a session's turn goes to its worker."""
+        if self.worker is None and isinstance(self.pool, Pool):
+            self._ready()
+            return self.pool.call(self.task)
+        return self._submit().result()
 
     def submit_stream(self, on_event: Callable[[dict[str, Any]], None]) -> Future[dict[str, Any]]:
         """Send the run as a streamed task: the worker streams it (:class:`~dspex.runtime.stream.RunStream`)
@@ -117,7 +130,7 @@ class PooledRun:
         try:
             while True:
                 try:
-                    answer = self._submit().result()
+                    answer = self._call()
                 except BaseException as exc:
                     if self._again(exc):
                         continue
