@@ -29,7 +29,8 @@ Rows (each pool row runs against the same App's inline path in the same run):
   connections) on the same 2 cores. Target: at least 1.5x.
 - ``evaluation``: ``--examples`` examples of ``dspy.ChainOfThought`` at 50 ms of LM latency and
   concurrency 128: ``dspy.Evaluate(num_threads=128)`` in this process against the evaluation engine on a
-  2-worker pool (``app.pooled(...)``, 64 threads per worker). Target: at least 1.6x.
+  2-worker pool (``app.pooled(...)``, 64 threads per worker), ``--rounds`` alternated rounds, the best
+  of each kept. Target: at least 1.6x.
 - ``leak``: ``--leak-tasks`` runs of a program that leaks 50 MB per call on a 1-worker pool with
   ``max_rss_mb = 400``: the highest worker RSS seen and how many times the worker was recycled.
 
@@ -274,7 +275,7 @@ def rest(seconds: float, concurrency: int) -> None:
     )
 
 
-def evaluation(home: Path, count: int) -> None:
+def evaluation(home: Path, count: int, rounds: int) -> None:
     import dspy
 
     import _pool_programs
@@ -290,26 +291,30 @@ def evaluation(home: Path, count: int) -> None:
         database_url=f"sqlite:///{home}/bench.db",
         pools={"general": {"size": 2, "initializer": "_pool_programs:scripted_50ms"}},
     )
-    with App(settings) as app:
-        _register(app)
-        remote = app.pooled("cot", pool="general")
-        Evaluator(exact_match, concurrency=128, cache=False).run(remote, devset[:200])  # warm
-        t0 = time.perf_counter()
-        pooled = Evaluator(exact_match, concurrency=128, cache=False).run(remote, devset)
-        pool_rate = count / (time.perf_counter() - t0)
     program = dspy.ChainOfThought("question -> answer")
 
     def metric(example: object, prediction: object, trace: object = None) -> bool:
         return bool(example.answer == prediction.answer)  # type: ignore[attr-defined]
 
     evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=128, display_progress=False)
-    with dspy.context(lm=_pool_programs.scripted_lm(latency=0.05)):
-        t0 = time.perf_counter()
-        bare = evaluate(program)
-        bare_rate = count / (time.perf_counter() - t0)
+    pool_rate = bare_rate = 0.0
+    with App(settings) as app:
+        _register(app)
+        remote = app.pooled("cot", pool="general")
+        Evaluator(exact_match, concurrency=128, cache=False).run(remote, devset[:200])  # warm
+        # Alternated, best of each, as the cpu throughput row: load from other processes weighs on both.
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            pooled = Evaluator(exact_match, concurrency=128, cache=False).run(remote, devset)
+            pool_rate = max(pool_rate, count / (time.perf_counter() - t0))
+            with dspy.context(lm=_pool_programs.scripted_lm(latency=0.05)):
+                t0 = time.perf_counter()
+                bare = evaluate(program)
+                bare_rate = max(bare_rate, count / (time.perf_counter() - t0))
     print(
         f"evaluation      dspy.Evaluate {bare_rate:7.0f} ex/s ({bare.score:.0f}%)   pool {pool_rate:7.0f} ex/s "
-        f"({pooled.score * 100:.0f}%)   {pool_rate / bare_rate:.2f}x (target >= 1.6x)"
+        f"({pooled.score * 100:.0f}%)   {pool_rate / bare_rate:.2f}x (target >= 1.6x; best of {rounds} "
+        "alternated rounds each)"
     )
 
 
@@ -385,7 +390,9 @@ def main() -> None:
     parser.add_argument("--rest-seconds", type=float, default=10.0)
     parser.add_argument("--lm-seconds", type=float, default=5.0, help="per side of the lm-bound row")
     parser.add_argument("--examples", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the cpu throughput row")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternated rounds of the cpu throughput and evaluation rows"
+    )
     parser.add_argument(
         "--prefetch", type=int, default=None, help="the pools' prefetch (default: the setting's)"
     )
@@ -417,7 +424,7 @@ def main() -> None:
         if "rest" in rows:
             rest(args.rest_seconds, args.concurrency)
         if "evaluation" in rows:
-            evaluation(Path(tmp), args.examples)
+            evaluation(Path(tmp), args.examples, args.rounds)
         if "leak" in rows:
             leak(Path(tmp), args.leak_tasks)
 
