@@ -400,6 +400,7 @@ class Pool:
     def _lend_to(self, slot: _Slot) -> _Slot:  # under the lock, ``slot`` lendable
         slot.io.acquire()  # free: neither its thread nor a borrower holds it
         slot.lent, slot.state = True, "busy"
+        slot.room = False  # the other slots' threads take queued tasks instead of leaving them to it (_fair)
         return slot
 
     def _call_on(self, slot: _Slot, payload: dict[str, Any]) -> dict[str, Any] | None:
