@@ -150,21 +150,24 @@ def test_borrowed_queued_and_pinned_runs_share_the_workers(
     assert status.healthy
 
 
-def test_tasks_already_queued_go_before_a_run_that_would_borrow(make_app: Callable[..., App]) -> None:
-    app = make_app(size=1)
+def _one_worker(app: App) -> tuple[Pool, Callable[[str, float], dict[str, Any]]]:
+    """The app's warmed pool, and what builds a task of ``timed`` for ``Pool.submit`` / ``Pool.call``."""
     app.run("timed", {"question": "warm"}, pool="general")
     pool = app.pools.get("general")
     assert isinstance(pool, Pool)
     version = app.programs.resolve("timed").id
-    futures = [
-        pool.submit(
-            {
-                "program": {"name": "timed", "version_id": version},
-                "inputs": {"question": f"q{i}", "seconds": 0.2},
-            }
-        )
-        for i in range(3)
-    ]
+
+    def timed(question: str, seconds: float) -> dict[str, Any]:
+        program = {"name": "timed", "version_id": version}
+        return {"program": program, "inputs": {"question": question, "seconds": seconds}}
+
+    return pool, timed
+
+
+def test_tasks_already_queued_go_before_a_run_that_would_borrow(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1)
+    pool, timed = _one_worker(app)
+    futures = [pool.submit(timed(f"q{i}", 0.2)) for i in range(3)]
     result = app.run("timed", {"question": "last"}, pool="general")
     queued = [future.result(30)["outcome"]["outputs"] for future in futures]
     assert all(outputs["ended"] <= result.outputs["began"] for outputs in queued)
@@ -174,15 +177,8 @@ def test_a_run_finding_every_worker_busy_is_queued_and_fails_if_the_pool_closes_
     make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     submitted = _count_submits(monkeypatch)
-    app = make_app(size=1)
-    app.run("timed", {"question": "warm"}, pool="general")
-    pool = app.pools.get("general")
-    assert isinstance(pool, Pool)
-    version = app.programs.resolve("timed").id
-    payload = {
-        "program": {"name": "timed", "version_id": version},
-        "inputs": {"question": "q", "seconds": 1.0},
-    }
+    pool, timed = _one_worker(make_app(size=1))
+    payload = timed("q", 1.0)
     with ThreadPoolExecutor(2) as executor:
         running = executor.submit(pool.call, payload)
         while pool.status().workers[0].state != "busy":  # the first has borrowed the worker
