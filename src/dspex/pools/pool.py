@@ -571,7 +571,7 @@ class Pool:
             return queue.popleft() if queue is not None else None
 
     def _let_go(self, slot: _Slot) -> None:
-        """The slot's thread lets go of its worker (under the lock): a caller waiting for one may take it."""
+        """The slot's thread lets go of its worker (under the lock): a caller may borrow it meanwhile."""
         if slot.held:
             slot.held = False
             slot.io.release()
