@@ -22,9 +22,12 @@ blocks only add flushes (the writer's leftover of each block written at once, wi
 hide work. Per round, each row's time is the sum of its blocks; medians over rounds are reported as wall
 time and as process CPU time (all threads), with the range of the wall ratio over rounds (each round's
 row against that round's bare DSPy). Small blocks put the rows' calls side by side in time, so a change
-of the machine's load or of the sleep's overshoot (``--latency``) hits every row alike; the last column,
-``+-``, is then the half-width of a 95% interval of the wall ratio from the blocks, paired (each row's
+of the machine's load or of the sleep's overshoot (``--latency``) hits every row alike; the column
+``+-`` is then the half-width of a 95% interval of the wall ratio from the blocks, paired (each row's
 block against the bare block next to it: mean difference +- 1.96 standard errors, over bare's mean).
+``cpu`` is the process's CPU time (all threads: the writer's too), ``caller`` the calling thread's alone:
+with a slow LM the writer works while the caller waits on the LM, so the caller's CPU is what shows in
+wall time.
 With ``--latency 0`` the LM costs nothing and the ratios are pure overhead; CPU time is then the steady
 measure, since other processes on the machine do not disturb it. ``--latency`` adds a simulated LM
 delay (seconds) to compare at something closer to a real provider; there the 5 ms figures are taken with
@@ -58,14 +61,14 @@ class NoOp(BaseCallback):  # type: ignore[misc]  # DSPy's BaseCallback is untype
     """Receives every event and does nothing."""
 
 
-def timed(fn: Callable[[list[str]], None], questions: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of ``fn(questions)``, in total."""
+def timed(fn: Callable[[list[str]], None], questions: list[str]) -> tuple[float, float, float]:
+    """Wall, process CPU (all threads) and this thread's CPU seconds of ``fn(questions)``, in total."""
     # Each block starts with no garbage of the block before (a full record leaves more than bare DSPy):
     # the collector's passes during a block are then paid for that block's own objects.
     gc.collect()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, caller = time.perf_counter(), time.process_time(), time.thread_time()
     fn(questions)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - caller
 
 
 def paired_interval(row: list[float], bare: list[float]) -> float:
@@ -139,19 +142,20 @@ def main() -> None:
             for fn in rows.values():  # warm every path (imports, caches, the database)
                 fn(questions)
             blocks = [questions[i : i + block] for i in range(0, args.calls, block)]
-            samples: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
+            samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}
             walls: dict[str, list[float]] = {name: [] for name in rows}  # every block's wall time
             turn = 0
             for _ in range(args.rounds):
-                totals = dict.fromkeys(rows, (0.0, 0.0))
+                totals = dict.fromkeys(rows, (0.0, 0.0, 0.0))
                 for chunk in blocks:
                     for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                        wall, cpu = timed(rows[name], chunk)
+                        wall, cpu, caller = timed(rows[name], chunk)
                         walls[name].append(wall)
-                        totals[name] = (totals[name][0] + wall, totals[name][1] + cpu)
+                        before = totals[name]
+                        totals[name] = (before[0] + wall, before[1] + cpu, before[2] + caller)
                     turn += 1
-                for name, (wall, cpu) in totals.items():
-                    samples[name].append((wall / args.calls, cpu / args.calls))
+                for name, (wall, cpu, caller) in totals.items():
+                    samples[name].append((wall / args.calls, cpu / args.calls, caller / args.calls))
             written = app.executions.count() + full_app.executions.count()
     wall0 = statistics.median(s[0] for s in samples["bare DSPy"])
     cpu0 = statistics.median(s[1] for s in samples["bare DSPy"])
@@ -159,16 +163,21 @@ def main() -> None:
         f"ChainOfThought on the scripted LM (latency {args.latency * 1000:.0f} ms); {args.calls} calls x "
         f"{args.rounds} rounds, blocks of {block}"
     )
-    print(f"{'':24} {'wall us':>9} {'ratio':>7} {'(rounds)':>13} {'cpu us':>9} {'ratio':>7} {'+-':>6}")
+    caller0 = statistics.median(s[2] for s in samples["bare DSPy"])
+    print(
+        f"{'':24} {'wall us':>9} {'ratio':>7} {'(rounds)':>13} {'+-':>6} {'cpu us':>9} {'ratio':>7}"
+        f" {'caller us':>9} {'ratio':>7}"
+    )
     for name, values in samples.items():
         wall = statistics.median(s[0] for s in values)
         cpu = statistics.median(s[1] for s in values)
+        caller = statistics.median(s[2] for s in values)
         each = [v[0] / b[0] for v, b in zip(values, samples["bare DSPy"], strict=True)]
         spread = f"{min(each):.3f}-{max(each):.3f}"
         interval = paired_interval(walls[name], walls["bare DSPy"])
         print(
-            f"{name:24} {wall * 1e6:9.1f} {wall / wall0:7.3f} {spread:>13} {cpu * 1e6:9.1f} {cpu / cpu0:7.3f}"
-            f" {interval:6.3f}"
+            f"{name:24} {wall * 1e6:9.1f} {wall / wall0:7.3f} {spread:>13} {interval:6.3f}"
+            f" {cpu * 1e6:9.1f} {cpu / cpu0:7.3f} {caller * 1e6:9.1f} {caller / caller0:7.3f}"
         )
     print(
         f"records written: {written}; targets: DSPex, record <= 1.25 (0 ms) and <= 1.02 (5 ms, wall); "
