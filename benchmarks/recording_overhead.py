@@ -22,9 +22,10 @@ blocks only add flushes (the writer's leftover of each block written at once, wi
 hide work. Per round, each row's time is the sum of its blocks; medians over rounds are reported as wall
 time and as process CPU time (all threads), with the range of the wall ratio over rounds (each round's
 row against that round's bare DSPy). Small blocks put the rows' calls side by side in time, so a change
-of the machine's load or of the sleep's overshoot (``--latency``) hits every row alike; the column
-``+-`` is then the half-width of a 95% interval of the wall ratio from the blocks, paired (each row's
-block against the bare block next to it: mean difference +- 1.96 standard errors, over bare's mean).
+of the machine's load or of the sleep's overshoot (``--latency``) hits every row alike; the column ``all
+blocks`` is the wall ratio over every block (the row's total time over bare DSPy's) +- the half-width of
+its 95% interval, from the blocks paired (each row's block against the bare block next to it: mean
+difference +- 1.96 standard errors, over bare's mean).
 ``cpu`` is the process's CPU time (all threads: the writer's too), ``caller`` the calling thread's alone:
 with a slow LM the writer works while the caller waits on the LM, so the caller's CPU is what shows in
 wall time.
@@ -165,7 +166,7 @@ def main() -> None:
     )
     caller0 = statistics.median(s[2] for s in samples["bare DSPy"])
     print(
-        f"{'':24} {'wall us':>9} {'ratio':>7} {'(rounds)':>13} {'+-':>6} {'cpu us':>9} {'ratio':>7}"
+        f"{'':24} {'wall us':>9} {'ratio':>7} {'(rounds)':>13} {'all blocks':>13} {'cpu us':>9} {'ratio':>7}"
         f" {'caller us':>9} {'ratio':>7}"
     )
     for name, values in samples.items():
@@ -174,9 +175,10 @@ def main() -> None:
         caller = statistics.median(s[2] for s in values)
         each = [v[0] / b[0] for v, b in zip(values, samples["bare DSPy"], strict=True)]
         spread = f"{min(each):.3f}-{max(each):.3f}"
-        interval = paired_interval(walls[name], walls["bare DSPy"])
+        pooled = sum(walls[name]) / sum(walls["bare DSPy"])
+        interval = f"{pooled:.3f}+-{paired_interval(walls[name], walls['bare DSPy']):.3f}"
         print(
-            f"{name:24} {wall * 1e6:9.1f} {wall / wall0:7.3f} {spread:>13} {interval:6.3f}"
+            f"{name:24} {wall * 1e6:9.1f} {wall / wall0:7.3f} {spread:>13} {interval:>13}"
             f" {cpu * 1e6:9.1f} {cpu / cpu0:7.3f} {caller * 1e6:9.1f} {caller / caller0:7.3f}"
         )
     print(
