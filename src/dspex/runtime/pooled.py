@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigurationError, WorkerError
-from dspex.pools.pool import Pool
 from dspex.runtime.run import Durability, RunResult, _Run
 
 if TYPE_CHECKING:
@@ -101,9 +100,11 @@ class PooledRun:
     def _call(self) -> dict[str, Any]:
         """The attempt's answer, waited for in this thread: a process pool lets this thread run the task on
         an idle worker itself (:meth:`~dspex.pools.pool.Pool.call`); a session's turn goes to its worker."""
-        if self.worker is None and isinstance(self.pool, Pool):
+        # Only a process pool has call(); looked up, not imported: dspex.pools.pool stays out of App's import.
+        call: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(self.pool, "call", None)
+        if self.worker is None and call is not None:
             self._ready()
-            return self.pool.call(self.task)
+            return call(self.task)
         return self._submit().result()
 
     def submit_stream(self, on_event: Callable[[dict[str, Any]], None]) -> Future[dict[str, Any]]:
