@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -9,6 +13,7 @@ from alembic.script import ScriptDirectory
 
 from dspex import ConfigurationError
 from dspex.store._engine import Database
+from dspex.store.executions import ExecutionRepository
 from dspex.store.migrate import _MIGRATIONS, HEAD, current_revision, upgrade
 from dspex.store.schema import metadata
 
@@ -51,9 +56,25 @@ def test_sqlite_is_tuned(tmp_path: object) -> None:
     with db.read() as connection:
         pragmas = {
             name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
-            for name in ("journal_mode", "foreign_keys", "busy_timeout")
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "page_size")
         }
-    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 30000}
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 30000, "page_size": 16384}
+    db.dispose()
+
+
+def test_an_existing_sqlite_database_keeps_its_page_size(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as old:  # as SQLite creates one by default
+        old.execute("PRAGMA page_size = 4096")
+        old.execute("PRAGMA journal_mode = WAL")
+        old.execute("CREATE TABLE t (x)")
+        old.commit()
+    db = Database(f"sqlite:///{path}")
+    upgrade(db)  # the schema goes in beside what was there, in 4 KiB pages
+    with db.read() as connection:
+        assert connection.exec_driver_sql("PRAGMA page_size").scalar() == 4096
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert ExecutionRepository(db).count() == 0
     db.dispose()
 
 
