@@ -8,11 +8,13 @@ other writers for the busy timeout. Within one process a lock serialises writers
 mutex instead of polling the file.
 
 A new SQLite database gets 16 KiB pages instead of SQLite's 4 KiB. An execution record with its span tree
-is 2-3 KB (a ChainOfThought call's prompt alone is 1 KB), so a 4 KiB page held one row, and each commit
-wrote a page per row to the WAL; at 16 KiB the background writer's upsert costs a quarter less CPU per
-row (34 against 44 us, 20,000 recorded ChainOfThought rows in batches of 100; 8 KiB: 35, 32 KiB: 37,
-64 KiB: 41). A database created with other pages keeps them (``PRAGMA page_size`` cannot change in WAL
-mode; ``VACUUM`` after switching the journal to ``DELETE`` converts one).
+is about 2 KB of JSON (a ChainOfThought call's prompt alone is 1 KB), so a 4 KiB page held one row: half
+of the file was empty space, and each commit wrote a page per row to the WAL. With 16 KiB pages the
+writer's upsert takes 0.73-0.76x the CPU per row (system time included: the WAL's writes) and the file
+0.60x the bytes (``benchmarks/sqlite_pages.py``: 20,000 recorded ChainOfThought rows, 38 against 29 us
+and 85 against 51 MB; 8 KiB pages are in between). A database created with other pages keeps them
+(``PRAGMA page_size`` cannot change in WAL mode; ``VACUUM`` after switching the journal to ``DELETE``
+converts one).
 
 The SQLite file holds inputs, outputs and traces, so it is readable by its owner only: created 0600 in
 a directory created 0700, and an existing file of ours with wider modes is tightened. SQLite creates
@@ -38,7 +40,14 @@ from dspex.jsonable import dumps
 
 SQLITE_PAGE_SIZE = 16384  # bytes per page of a new SQLite database (see the module docstring)
 
-__all__ = ["SQLITE_PAGE_SIZE", "Database", "database_unavailable", "describe_error", "private_dir", "private_file"]
+__all__ = [
+    "SQLITE_PAGE_SIZE",
+    "Database",
+    "database_unavailable",
+    "describe_error",
+    "private_dir",
+    "private_file",
+]
 
 _BUSY_TIMEOUT_MS = 30_000
 _WRITE = "dspex_write"
