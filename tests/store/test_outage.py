@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,10 @@ class _Flaky(Database):
         self._check()
         with super().write() as connection:
             yield connection
+
+    def write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        self._check()
+        super().write_many(statements)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:

@@ -24,10 +24,12 @@ its ``-wal`` and ``-shm`` files with the database file's mode, so they follow.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 _BUSY_TIMEOUT_MS = 30_000
+logger = logging.getLogger("dspex.store")
 _WRITE = "dspex_write"
 
 
@@ -180,6 +183,14 @@ class Database:
                 f"unsupported database {self.dialect!r}; dspex stores on sqlite or postgresql"
             )
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        # SQLite files: the connection write_many() keeps for itself (made on first use, per process).
+        database = parsed.database or ""
+        self._direct = (
+            self.dialect == "sqlite" and database not in ("", ":memory:") and "memory" not in database
+        )
+        self._raw: Any = None  # the pool's connection record, held out of the pool
+        self._raw_pid = 0
+        self._forked: list[Any] = []  # a parent's connections, never used nor closed in a child
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -189,6 +200,68 @@ class Database:
             connection = connection.execution_options(**{_WRITE: True})
             with connection.begin():
                 yield connection
+
+    def write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run each driver-level ``(sql, parameter tuples)`` for every tuple (``executemany``), all in one
+        write transaction; errors are SQLAlchemy's, as :meth:`write` raises them.
+
+        On a SQLite file it goes to the driver directly, on a connection this database keeps for it
+        (``BEGIN IMMEDIATE``, the statements, ``COMMIT``, under the same lock as :meth:`write`): through
+        SQLAlchemy (a pool checkout, the begin event, a result object per statement, the check-in) one
+        transaction cost 680,000 instructions, 400,000 of them in SQLAlchemy, around a one-row upsert
+        of 280,000 (callgrind). The execution writer takes this path for every batch: with ``sync``
+        durability that is one transaction per run. Elsewhere it is :meth:`write` and ``exec_driver_sql``.
+        """
+        if not self._direct:
+            with self.write() as connection:
+                for text, rows in statements:
+                    connection.exec_driver_sql(text, list(rows))
+            return
+        assert self._write_lock is not None  # every SQLite database has one
+        with self._write_lock:
+            driver = self._connection()
+            sql: str = "BEGIN IMMEDIATE"
+            parameters: Sequence[Sequence[Any]] = ()
+            try:
+                driver.execute(sql)
+                for sql, parameters in statements:
+                    driver.executemany(sql, parameters)
+                sql, parameters = "COMMIT", ()
+                driver.execute(sql)
+            except sqlite3.Error as exc:
+                self._after_failure(driver)
+                raise sa.exc.DBAPIError.instance(
+                    sql, list(parameters), exc, sqlite3.Error, hide_parameters=True, ismulti=True
+                ) from exc
+            except BaseException:
+                self._after_failure(driver)
+                raise
+
+    def _connection(self) -> sqlite3.Connection:
+        """The SQLite connection of :meth:`write_many` (under the write lock): the engine's, so it has its
+        pragmas; a new one in a forked child, which must not use its parent's."""
+        if self._raw is not None and self._raw_pid != os.getpid():
+            self._forked.append(self._raw)
+            self._raw = None
+        if self._raw is None:
+            self._raw = self.engine.raw_connection()
+            self._raw_pid = os.getpid()
+        connection: sqlite3.Connection = self._raw.dbapi_connection
+        return connection
+
+    def _after_failure(self, connection: sqlite3.Connection) -> None:
+        """Roll back what a failed :meth:`write_many` began; a connection that cannot is dropped (the next
+        call opens another), as SQLAlchemy invalidates one."""
+        try:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raw, self._raw = self._raw, None
+            logger.warning("dropping the SQLite write connection: its rollback failed: %s", exc)
+            try:
+                raw.invalidate()
+            except Exception as closing:  # the error being handled is the one the caller sees
+                logger.warning("closing the dropped SQLite write connection failed: %s", closing)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -202,5 +275,9 @@ class Database:
             connection.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the one :meth:`write_many` keeps)."""
+        with self._write_lock or contextlib.nullcontext():
+            raw, self._raw = self._raw, None
+            if raw is not None and self._raw_pid == os.getpid():
+                raw.close()
         self.engine.dispose()

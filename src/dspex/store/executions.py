@@ -357,11 +357,12 @@ class ExecutionRepository:
             whole = len(rows) - len(rows) % _SQLITE_ROWS
             chunks = [plan.many(rows[i : i + _SQLITE_ROWS]) for i in range(0, whole, _SQLITE_ROWS)]
             rest = [tuple(plan.values(row)) for row in rows[whole:]]
-            with self.db.write() as connection:
-                if chunks:  # one driver call for every full chunk (one statement text)
-                    connection.exec_driver_sql(chunks[0][0], [tuple(params) for _, params in chunks])
-                if rest:  # the rows of no full chunk, one by one: the one-row statement
-                    connection.exec_driver_sql(plan.sql, rest)
+            statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+            if chunks:  # one driver call for every full chunk (one statement text)
+                statements.append((chunks[0][0], [tuple(params) for _, params in chunks]))
+            if rest:  # the rows of no full chunk, one by one: the one-row statement
+                statements.append((plan.sql, rest))
+            self.db.write_many(statements)  # straight to the driver: see Database.write_many
             return
         params = [{f"p_{name}": _bound(name, row.get(name)) for name in _COLUMNS} for row in rows]
         with self.db.write() as connection:
