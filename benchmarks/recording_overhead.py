@@ -13,7 +13,9 @@ Every row runs the same ``dspy.ChainOfThought("question -> answer")`` on the scr
   :mod:`dspex.telemetry.instrument`, not DSPy's callbacks. The timed span ends after the final flush, so
   the background writer's work (JSON, SQL) is charged to DSPex. This is the row the targets speak of;
 - ``DSPex, record, full``: the same at the opt-in ``full`` level (adapter format/parse spans too), in
-  its own database.
+  its own database;
+- ``DSPex, record, sync`` (with ``--sync``): the ``lean`` row with ``durability="sync"``: each run
+  returns once its record is committed, one transaction per run.
 Each round runs every row's ``--calls`` calls, in blocks of ``--block`` calls (default: all of them, one
 block): block after block, every row runs one block, in an order rotated block by block (no row always
 follows the same one), each block timed after a full garbage collection. A recorded row's block ends with
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--block", type=int, default=0, help="calls per block (default: --calls)")
+    parser.add_argument("--sync", action="store_true", help="add the row of runs with sync durability")
     args = parser.parse_args()
     block = args.block if 0 < args.block < args.calls else args.calls
     engine = ScriptedEngine(
@@ -132,6 +135,10 @@ def main() -> None:
 
                 return run
 
+            def synced(questions: list[str]) -> None:
+                for q in questions:
+                    app.run(program, {"question": q}, durability="sync")
+
             rows = {
                 "bare DSPy": bare,
                 "DSPy + no-op callback": bare_noop,
@@ -139,6 +146,8 @@ def main() -> None:
                 f"DSPex, record ({app.trace_level})": recorded(app),
                 "DSPex, record, full": recorded(full_app),
             }
+            if args.sync:
+                rows["DSPex, record, sync"] = synced
             names = list(rows)
             for fn in rows.values():  # warm every path (imports, caches, the database)
                 fn(questions)
@@ -157,6 +166,7 @@ def main() -> None:
                     turn += 1
                 for name, (wall, cpu, caller) in totals.items():
                     samples[name].append((wall / args.calls, cpu / args.calls, caller / args.calls))
+            app.flush(timeout=None)
             written = app.executions.count() + full_app.executions.count()
     wall0 = statistics.median(s[0] for s in samples["bare DSPy"])
     cpu0 = statistics.median(s[1] for s in samples["bare DSPy"])
