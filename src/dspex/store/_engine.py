@@ -26,12 +26,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import stat
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -39,6 +38,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from dspex.errors import ConfigurationError
 from dspex.jsonable import dumps
+
+if TYPE_CHECKING:
+    import sqlite3
 
 SQLITE_PAGE_SIZE = 16384  # bytes per page of a new SQLite database (see the module docstring)
 
@@ -183,10 +185,11 @@ class Database:
                 f"unsupported database {self.dialect!r}; dspex stores on sqlite or postgresql"
             )
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        # SQLite files: the connection write_many() keeps for itself (made on first use, per process).
+        # SQLite files (not in memory, not a URI): write_many() keeps a connection (made on first use, per
+        # process); an in-memory database is one per connection, so it goes through the engine's pool.
         database = parsed.database or ""
         self._direct = (
-            self.dialect == "sqlite" and database not in ("", ":memory:") and "memory" not in database
+            self.dialect == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:")
         )
         self._raw: Any = None  # the pool's connection record, held out of the pool
         self._raw_pid = 0
@@ -217,6 +220,8 @@ class Database:
                 for text, rows in statements:
                     connection.exec_driver_sql(text, list(rows))
             return
+        import sqlite3  # here, not at import: SQLAlchemy's dialect imports it once an engine connects
+
         assert self._write_lock is not None  # every SQLite database has one
         with self._write_lock:
             driver = self._connection()
@@ -252,6 +257,8 @@ class Database:
     def _after_failure(self, connection: sqlite3.Connection) -> None:
         """Roll back what a failed :meth:`write_many` began; a connection that cannot is dropped (the next
         call opens another), as SQLAlchemy invalidates one."""
+        import sqlite3
+
         try:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
