@@ -91,12 +91,15 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
         connection.exec_driver_sql("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
     db.write_many([("INSERT INTO items VALUES (?, ?)", [(1, "parent")])])
     parents = db._connection()
+    held = db._raw  # the pool's record of the parent's connection
     pid = os.fork()
     if pid == 0:  # the child: writes on a connection of its own, never the parent's
         code = 1
         try:
+            db.dispose()  # before any write here: the parent's connection is set aside, not closed
+            code = 2 if db._forked != [held] or held.dbapi_connection is None else 0
             db.write_many([("INSERT INTO items VALUES (?, ?)", [(2, "child")])])
-            code = 0 if db._connection() is not parents and db._forked == [db._forked[0]] else 2
+            code = code or (0 if db._connection() is not parents else 3)
         finally:
             sys.stdout.flush()
             os._exit(code)

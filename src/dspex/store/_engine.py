@@ -287,4 +287,6 @@ class Database:
             raw, self._raw = self._raw, None
             if raw is not None and self._raw_pid == os.getpid():
                 raw.close()
+            elif raw is not None:  # a parent's, in a forked child: kept, never closed here
+                self._forked.append(raw)
         self.engine.dispose()
