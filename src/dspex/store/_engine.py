@@ -117,9 +117,15 @@ def _bind_none_as_is() -> None:
         sqlite3.register_adapter(type(None), none)
 
 
+def _sqlite_file(url: sa.URL) -> bool:
+    """Whether ``url`` names a SQLite database file by path (not in memory, not a ``file:`` URI)."""
+    return bool(url.database) and url.database != ":memory:" and not str(url.database).startswith("file:")
+
+
 def _sqlite_engine(url: sa.URL) -> Engine:
     _bind_none_as_is()
-    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+    if _sqlite_file(url):
+        assert url.database is not None
         database = Path(url.database)
         if not database.parent.exists():
             private_dir(database.parent)
@@ -185,12 +191,9 @@ class Database:
                 f"unsupported database {self.dialect!r}; dspex stores on sqlite or postgresql"
             )
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        # SQLite files (not in memory, not a URI): write_many() keeps a connection (made on first use, per
-        # process); an in-memory database is one per connection, so it goes through the engine's pool.
-        database = parsed.database or ""
-        self._direct = (
-            self.dialect == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:")
-        )
+        # A SQLite file: write_many() keeps a connection (made on first use, per process). An in-memory
+        # database is one per connection, so it goes through the engine's pool.
+        self._direct = self.dialect == "sqlite" and _sqlite_file(parsed)
         self._raw: Any = None  # the pool's connection record, held out of the pool
         self._raw_pid = 0
         self._forked: list[Any] = []  # a parent's connections, never used nor closed in a child
@@ -245,14 +248,20 @@ class Database:
     def _connection(self) -> sqlite3.Connection:
         """The SQLite connection of :meth:`write_many` (under the write lock): the engine's, so it has its
         pragmas; a new one in a forked child, which must not use its parent's."""
+        raw = self._kept()
+        if raw is None:
+            raw = self._raw = self.engine.raw_connection()
+            self._raw_pid = os.getpid()
+        connection: sqlite3.Connection = raw.dbapi_connection
+        return connection
+
+    def _kept(self) -> Any:
+        """The connection record this process keeps for :meth:`write_many`, or None (under the write
+        lock). One a forked child inherited is its parent's: set aside, never used nor closed here."""
         if self._raw is not None and self._raw_pid != os.getpid():
             self._forked.append(self._raw)
             self._raw = None
-        if self._raw is None:
-            self._raw = self.engine.raw_connection()
-            self._raw_pid = os.getpid()
-        connection: sqlite3.Connection = self._raw.dbapi_connection
-        return connection
+        return self._raw
 
     def _after_failure(self, connection: sqlite3.Connection) -> None:
         """Roll back what a failed :meth:`write_many` began; a connection that cannot is dropped (the next
@@ -284,9 +293,7 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection (and the one :meth:`write_many` keeps)."""
         with self._write_lock or contextlib.nullcontext():
-            raw, self._raw = self._raw, None
-            if raw is not None and self._raw_pid == os.getpid():
+            raw, self._raw = self._kept(), None
+            if raw is not None:
                 raw.close()
-            elif raw is not None:  # a parent's, in a forked child: kept, never closed here
-                self._forked.append(raw)
         self.engine.dispose()
