@@ -157,6 +157,7 @@ class _LocalCore:
         self.reason = ""
         self.buckets: dict[int, list[int]] = {}  # bucket index -> [calls, failures]
         self.probes: dict[str, float] = {}  # probe permit id -> when its place lapses
+        self._closed = Permit(probe=False, epoch=0)  # see closed_permit
 
     def step(self, op: str, spec: BreakerSpec, permit: Permit | None) -> _Outcome:
         with self._lock:
@@ -194,9 +195,16 @@ class _LocalCore:
             if permit.epoch == self.epoch:
                 self._record(spec, now, permit, failed=False)
 
+    def closed_permit(self) -> Permit:
+        """The permit of a closed breaker in this epoch: one object, shared (a permit is immutable)."""
+        permit = self._closed
+        if permit.epoch != self.epoch:
+            permit = self._closed = Permit(probe=False, epoch=self.epoch)
+        return permit
+
     def _before(self, spec: BreakerSpec, now: float) -> tuple[Permit | None, float | None]:
         if self.state == "closed":
-            return Permit(probe=False, epoch=self.epoch), None
+            return self.closed_permit(), None
         if self.state == "half_open":
             self.probes = {pid: until for pid, until in self.probes.items() if until > now}
             if len(self.probes) < spec.probes:
@@ -225,12 +233,16 @@ class _LocalCore:
                 self.epoch += 1
                 self.buckets.clear()
             return
-        counts = self.buckets.setdefault(math.floor(now / spec.bucket_s), [0, 0])
+        bucket_s = spec.bucket_s
+        index = math.floor(now / bucket_s)
+        counts = self.buckets.get(index)
+        if counts is None:  # a new bucket (at most one a bucket_s): bound those of a long run of successes
+            counts = self.buckets[index] = [0, 0]
+            if not failed and len(self.buckets) > 4 * math.ceil(spec.window_s / bucket_s):
+                self._window(spec, now)
         counts[0] += 1
         counts[1] += failed
         if not failed:  # a success cannot open it; the window is trimmed on the next failure or look
-            if len(self.buckets) > 4 * math.ceil(spec.window_s / spec.bucket_s):
-                self._window(spec, now)  # bound the buckets of a long run of successes
             return
         calls, failures = self._window(spec, now)
         if calls >= spec.min_calls and failures / calls >= spec.failure_rate:
@@ -433,7 +445,7 @@ class Breaker:
         core = self._core
         if isinstance(core, _LocalCore) and core.state == "closed":
             # The common case, without the lock: a permit of a stale epoch is ignored when reported.
-            return Permit(probe=False, epoch=core.epoch)
+            return core.closed_permit()
         outcome = core.step("before", self.spec, None)
         if outcome.permit is not None:
             return outcome.permit

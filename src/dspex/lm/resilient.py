@@ -121,46 +121,58 @@ class RetryBudget:
     """Retries a model may spend: ``ratio`` of its calls over the last minute plus ``minimum``.
 
     A storm of failures then costs at most ``1 + ratio`` times the calls instead of ``1 + retries``
-    times (the Finagle/gRPC retry budget); per process.
+    times (the Finagle/gRPC retry budget); per process. Calls and retries are counted per second of
+    ``time.monotonic()`` (the last 60 seconds, this one included): bounded memory at any call rate, where a
+    timestamp per call held 150,000 floats per model at 2,500 calls a second.
     """
 
-    WINDOW_S = 60.0
+    WINDOW_S = 60  # seconds counted, this one included
 
     def __init__(self, ratio: float, minimum: int) -> None:
         self.ratio = ratio
         self.minimum = minimum
-        self._calls: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        # [second, count] per second that saw any, oldest first
+        self._calls: deque[list[int]] = deque()
+        self._retries: deque[list[int]] = deque()
         self._lock = threading.Lock()
 
-    def _trim(self, now: float) -> None:
-        for q in (self._calls, self._retries):
-            while q and q[0] < now - self.WINDOW_S:
-                q.popleft()
+    @classmethod
+    def _add(cls, counts: deque[list[int]], second: int) -> None:
+        last = counts[-1] if counts else None
+        if last is not None and last[0] == second:
+            last[1] += 1
+            return
+        counts.append([second, 1])
+        cls._trim(counts, second)
+
+    @classmethod
+    def _trim(cls, counts: deque[list[int]], second: int) -> int:
+        """Drop the seconds out of the window; return the count of those left."""
+        oldest = second - cls.WINDOW_S + 1
+        while counts and counts[0][0] < oldest:
+            counts.popleft()
+        return sum(n for _, n in counts)
 
     def call(self) -> None:
         """Count a first attempt."""
-        now = time.monotonic()
-        calls = self._calls
+        second = int(time.monotonic())
         with self._lock:
-            while calls and calls[0] < now - self.WINDOW_S:  # retries are trimmed when one is spent
-                calls.popleft()
-            calls.append(now)
+            self._add(self._calls, second)
 
     def spend(self) -> bool:
         """Take one retry if the budget allows it."""
-        now = time.monotonic()
+        second = int(time.monotonic())
         with self._lock:
-            self._trim(now)
-            if len(self._retries) >= self.minimum + self.ratio * len(self._calls):
+            calls = self._trim(self._calls, second)
+            if self._trim(self._retries, second) >= self.minimum + self.ratio * calls:
                 return False
-            self._retries.append(now)
+            self._add(self._retries, second)
             return True
 
     def status(self) -> dict[str, Any]:
+        second = int(time.monotonic())
         with self._lock:
-            self._trim(time.monotonic())
-            calls, retries = len(self._calls), len(self._retries)
+            calls, retries = self._trim(self._calls, second), self._trim(self._retries, second)
         return {
             "calls_last_min": calls,
             "retries_last_min": retries,
