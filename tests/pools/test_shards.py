@@ -7,6 +7,7 @@ Real worker processes (forkserver), as in ``test_pools.py``; workers import ``po
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -221,3 +222,28 @@ def test_misuse_is_a_clear_error(make_app: Callable[..., App]) -> None:
         app.run_many("qa", [{"question": "a"}], pool="nope")
     with pytest.raises(ConfigurationError, match="shard_size must be >= 1"):
         run_batch(app, "qa", [{"question": "a"}], pool="general", shard_size=0)
+
+
+def test_evaluation_shards_fill_every_worker_as_soon_as_they_are_queued(
+    make_app: Callable[..., App],
+) -> None:
+    """Shards queued at once go two to a worker (``prefetch``) straight away: a worker's thread that was
+    woken for a task another worker took, and went back to waiting on its worker, is woken again when
+    what is left in the queue becomes its turn, not at its worker's next message."""
+    app = make_app(heartbeat_s=5.0)  # no heartbeat wakes a slot's thread during the test
+    pool = app.pools.get("general")
+    assert isinstance(pool, Pool)
+    remote = app.pooled("sleepy", pool="general")
+    remote.predict_batch([{"question": "warm"}], 1).result()
+    for attempt in range(5):  # the lost wake-up was a race: give it several chances to show
+        futures = [remote.predict_batch([{"question": f"s{i}", "seconds": 1.5}], 2) for i in range(4)]
+        held: list[int] = []
+        deadline = time.monotonic() + 1.0  # well before the first shard ends
+        while time.monotonic() < deadline:
+            held = sorted(slot.shards for slot in pool._slots)
+            if held == [2, 2]:
+                break
+            time.sleep(0.005)
+        assert held == [2, 2], f"attempt {attempt}: shards held per worker {held}, queue {len(pool._pending)}"
+        for future in futures:
+            assert future.result()["outcome"]["results"][0]["prediction"]["answer"] == "slept 1.5"

@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -334,17 +334,26 @@ class Pool:
                 else:
                     self._cv.notify()
                 slots = self._slots
-            # The least loaded slot whose thread waits on its worker, with room for more: wake it to send
-            # this one.
-            waiting = [slot for slot in slots if slot.reading and not slot.woken]
-            wake = min(waiting, key=lambda slot: slot.load) if waiting else None
-            if wake is not None:
-                wake.woken = True
-        if wake is not None and wake.wake is not None:
-            # A pool closed meanwhile has closed the pipe, and failed this task's future already.
-            with contextlib.suppress(OSError):
-                os.write(wake.wake[1], b"\0")
+            wake = self._reader(slots)
+        self._wake(wake)
         return task.future
+
+    def _reader(self, slots: Iterable[_Slot]) -> _Slot | None:
+        """The least loaded of ``slots`` whose thread waits on its worker and is not woken yet, marked
+        woken (under the lock): the one to wake (:meth:`_wake`) so that it takes a queued task."""
+        waiting = [slot for slot in slots if slot.reading and not slot.woken]
+        wake = min(waiting, key=lambda slot: slot.load) if waiting else None
+        if wake is not None:
+            wake.woken = True
+        return wake
+
+    @staticmethod
+    def _wake(slot: _Slot | None) -> None:
+        """Wake the thread of a slot :meth:`_reader` chose (outside the lock)."""
+        if slot is not None and slot.wake is not None:
+            # A pool closed meanwhile has closed the pipe, and failed the queued tasks' futures already.
+            with contextlib.suppress(OSError):
+                os.write(slot.wake[1], b"\0")
 
     def call(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Run a task from the calling thread and wait for its answer: what ``submit(payload).result()``
@@ -568,7 +577,22 @@ class Pool:
                 slot.io.acquire()  # free: taken and given back under this lock
                 slot.held = True
             queue = self._queue_for(slot)
-            return queue.popleft() if queue is not None else None
+            if queue is None:
+                return None
+            task = queue.popleft()
+            slot.load += 1  # what other slots' threads see (_fair) at once; track() counts it again once sent
+            slot.shards += task.own_thread
+            # Taking it may have made another slot the fair one for what is left: a slot whose thread
+            # waits on its worker was woken for one task only, and may have found the queue unfair to it
+            # (this slot held fewer then). Without this, a worker could idle with tasks queued until its
+            # next message (an evaluation's second shard went out ~140 ms late).
+            other = (
+                self._reader(s for s in self._slots if s is not slot)
+                if queue is self._pending and queue
+                else None
+            )
+        self._wake(other)
+        return task
 
     def _let_go(self, slot: _Slot) -> None:
         """The slot's thread lets go of its worker (under the lock): a caller may borrow it meanwhile."""
