@@ -166,3 +166,16 @@ def prompt_aware_sampling() -> None:
 def prompt_aware_garbled() -> None:
     """A pool initializer: :class:`PromptAware`'s engine with ``garbled``."""
     dspy.configure(lm=PromptAware.engine(garbled=True).lm(cache=False))  # process start-up
+
+
+class HeapInfo(dspy.Module):
+    """The worker's garbage collector state: how many objects its start-up froze (see dspex._heap)."""
+
+    def forward(self, question: str) -> dspy.Prediction:
+        import gc
+
+        return dspy.Prediction(answer=str(gc.get_freeze_count()), tracked=len(gc.get_objects()))
+
+
+def build_heap_info() -> HeapInfo:
+    return HeapInfo()

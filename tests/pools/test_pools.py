@@ -489,3 +489,12 @@ def test_chaos_random_kills_lose_no_run(
         assert records[str(execution_id)].status == status  # the record says what the caller saw
     succeeded = sum(1 for _, status in outcomes if status == "succeeded")
     assert succeeded >= runs * 0.99, succeeded
+
+
+def test_a_worker_starts_with_its_start_up_heap_frozen(make_app: Callable[..., App]) -> None:
+    app = make_app(size=1)
+    app.programs.register("heap", "pool_programs:build_heap_info")
+    result = app.run("heap", {"question": "gc"}, pool="general")
+    frozen = int(result.outputs["answer"])
+    assert frozen > 50_000  # DSPy and dspex, frozen by the forkserver and the worker's start-up
+    assert result.outputs["tracked"] < frozen // 2  # the collector's full passes walk what runs allocate

@@ -75,5 +75,8 @@ def serve(
             if pool is not None:  # start it now: a pool that cannot start says why before serving
                 started = dspex_app.pools.get(pool)
                 typer.echo(f"runs execute on pool {pool!r}: {started.size} workers", err=True)
+            from dspex._heap import freeze_startup_heap
+
+            freeze_startup_heap()  # this process's start-up ends here: see dspex._heap
             # The access log prints method, path and status: never headers, so never a key.
             uvicorn.run(api, host=host, port=port, log_level=log_level, proxy_headers=False)

@@ -229,8 +229,9 @@ class Pool:
         self._ctx: Any = multiprocessing.get_context(setting.start_method)
         if setting.start_method == "forkserver":
             # Workers fork from a server that imported DSPy and dspex once: a replacement starts in
-            # milliseconds instead of paying the imports again.
-            self._ctx.set_forkserver_preload(["dspex.pools.worker"])
+            # milliseconds instead of paying the imports again. The server then freezes that heap
+            # (dspex.pools._forkserver): workers inherit it frozen, and freeze their own start-up cheaply.
+            self._ctx.set_forkserver_preload(["dspex.pools.worker", "dspex.pools._forkserver"])
         lock = threading.RLock()
         self._cv = threading.Condition(lock)  # slot threads wait here for tasks
         self._turn = itertools.count()  # which idle worker call() tries first (spreads tasks over them)

@@ -44,6 +44,7 @@ from typing import Any
 import dspy  # imported at start-up (and by the forkserver), so tasks never pay for it
 import orjson
 
+from dspex._heap import freeze_startup_heap
 from dspex.runtime.run import _Run
 
 __all__ = ["main", "rss_bytes"]
@@ -661,6 +662,7 @@ def main(conn: Any) -> None:
     try:
         message = orjson.loads(conn.recv_bytes())
         heartbeat_s = worker.start(message)
+        freeze_startup_heap()  # DSPy, the settings, the initializer's objects: see dspex._heap
     except BaseException:  # start-up failed: say why, then exit
         worker.send({"op": "failed", "error": traceback.format_exc()})
         return
