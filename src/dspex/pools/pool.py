@@ -335,14 +335,14 @@ class Pool:
                 else:
                     self._cv.notify()
                 slots = self._slots
-            wake = self._reader(slots)
+            wake = self._reader(slots, task)
         self._wake(wake)
         return task.future
 
-    def _reader(self, slots: Iterable[_Slot]) -> _Slot | None:
-        """The least loaded of ``slots`` whose thread waits on its worker and is not woken yet, marked
-        woken (under the lock): the one to wake (:meth:`_wake`) so that it takes a queued task."""
-        waiting = [slot for slot in slots if slot.reading and not slot.woken]
+    def _reader(self, slots: Iterable[_Slot], task: _Task) -> _Slot | None:
+        """The least loaded of ``slots`` whose thread waits on its worker, is not woken yet and has room
+        for ``task``, marked woken (under the lock): the one to wake (:meth:`_wake`) to take it."""
+        waiting = [slot for slot in slots if slot.reading and not slot.woken and self._room_for(slot, task)]
         wake = min(waiting, key=lambda slot: slot.load) if waiting else None
         if wake is not None:
             wake.woken = True
@@ -588,7 +588,7 @@ class Pool:
             # (this slot held fewer then). Without this, a worker could idle with tasks queued until its
             # next message (an evaluation's second shard went out ~140 ms late).
             other = (
-                self._reader(s for s in self._slots if s is not slot)
+                self._reader((s for s in self._slots if s is not slot), queue[0])
                 if queue is self._pending and queue
                 else None
             )
