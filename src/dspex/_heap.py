@@ -1,7 +1,7 @@
 """Keep a long-running process's start-up heap out of the garbage collector's full passes.
 
 A process that imported DSPy (with LiteLLM, pydantic's models, the settings) holds about 130,000
-tracked objects before it runs anything. CPython's full collection walks every one of them: 75-90 ms on
+tracked objects before it runs anything. CPython's full collection walks every one of them: 75-92 ms on
 this project's 2-core benchmark machine, a stall of every thread of the process, each time the young
 objects that survived earlier passes add up to a quarter of that heap (a pool worker running 64
 ChainOfThought calls at once got there about once per 3,000 runs). Objects alive at the end of start-up
