@@ -313,6 +313,10 @@ def test_misuse_is_explained() -> None:
         Evaluator(exact_match).run(Slow(), [dspy.Example(question="q", answer="a")])
     with pytest.raises(ConfigurationError, match=r"not a dspy\.Example"):
         Evaluator(exact_match).run(Slow(), [{"question": "q"}])
+    for cache in (True, False):  # without a cache, examples are checked up front and hashed later
+        late = [*devset(3), dspy.Example(question="q", answer="a")]
+        with pytest.raises(ConfigurationError, match=r"example 3 has no input fields"):
+            Evaluator(exact_match, cache=cache).run(Slow(), late)
     with pytest.raises(ConfigurationError, match="'exact_match' repeats"):
         Evaluator([exact_match, exact_match])
     with pytest.raises(ConfigurationError, match="primary metric 'f2' is not one of"):
@@ -321,3 +325,36 @@ def test_misuse_is_explained() -> None:
         Evaluator(exact_match, concurrency=0)
     with pytest.raises(ConfigurationError, match="execution must be"):
         Evaluator(exact_match, execution="processes")  # type: ignore[arg-type]  # the misuse under test
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_records_carry_the_same_example_hashes_with_and_without_a_cache(execution: Any) -> None:
+    examples = devset(6)
+    cached = Evaluator(exact_match, execution=execution).run(SlowAsync(), examples)
+    uncached = Evaluator(exact_match, cache=False, execution=execution).run(SlowAsync(), examples)
+    assert [r.example_hash for r in uncached.records] == [r.example_hash for r in cached.records]
+    assert [r.example_hash for r in uncached.records] == [example_hash(e) for e in examples]
+
+
+def test_without_a_cache_the_program_starts_before_the_examples_are_hashed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dspex.optimize import evaluate
+
+    hashed: list[int] = []
+    seen_at_first_call: list[int] = []
+    real = evaluate.example_hash
+    monkeypatch.setattr(evaluate, "example_hash", lambda example: hashed.append(1) or real(example))
+
+    class Counting(dspy.Module):  # type: ignore[misc]
+        def forward(self, question: str) -> dspy.Prediction:
+            if not seen_at_first_call:
+                seen_at_first_call.append(len(hashed))
+            return dspy.Prediction(answer=question.upper())
+
+    result = Evaluator(exact_match, cache=False, concurrency=1, execution="threads").run(
+        Counting(), devset(8)
+    )
+    assert result.score == 1.0
+    assert seen_at_first_call[0] <= 1  # each example hashed when it runs, not all eight up front
+    assert len(hashed) == 8

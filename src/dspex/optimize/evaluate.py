@@ -76,6 +76,31 @@ ASYNC_ABOVE = 64  # "auto" awaits native-async programs on the loop above this c
 _Outcome = tuple[ExampleRecord, BaseException | None, CachedResult | None]
 
 
+class _Memo(Sequence[Any]):
+    """``value(i)`` for ``i`` in ``range(size)``, each made when first read and kept (two threads reading
+    one at once may both make it: the same value)."""
+
+    __slots__ = ("_made", "_value")
+
+    def __init__(self, size: int, value: Callable[[int], Any]) -> None:
+        self._made: list[Any] = [_UNMADE] * size
+        self._value = value
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        made = self._made[index]
+        if made is _UNMADE:
+            made = self._made[index] = self._value(index)
+        return made
+
+
+_UNMADE: Any = object()
+
+
 class Evaluator:
     """Evaluates programs over datasets. Reusable: one evaluator, many programs and configurations.
 
@@ -149,13 +174,25 @@ class Evaluator:
         examples = list(examples)
         if not examples:
             raise ConfigurationError("no examples to evaluate; pass at least one dspy.Example")
-        hashes = [self._hash(i, example) for i, example in enumerate(examples)]
         started = time.perf_counter()
         pooled = isinstance(program, RemoteProgram)
-        if self.cache is not None and configuration_id is None:
-            configuration_id = program.fingerprint if pooled else configuration_fingerprint(program, lm)
-        keys: list[CacheKey] = [(configuration_id or "", h) for h in hashes]
-        hits = await self._cache_get(keys)
+        hashes: Sequence[str]
+        keys: Sequence[CacheKey]
+        hits: Mapping[CacheKey, CachedResult]
+        if self.cache is None:
+            # Nothing to look up: an example's hash is needed when its outcome is recorded, so it is made
+            # then, and a pool's shards go out before 1,000 examples are hashed (~12 ms) instead of after.
+            for i, example in enumerate(examples):
+                self._check(i, example)
+            hashes = _Memo(len(examples), lambda i: example_hash(examples[i]))
+            keys = _Memo(len(examples), lambda i: ("", hashes[i]))
+            hits = {}
+        else:
+            hashes = [self._hash(i, example) for i, example in enumerate(examples)]
+            if configuration_id is None:
+                configuration_id = program.fingerprint if pooled else configuration_fingerprint(program, lm)
+            keys = [(configuration_id, h) for h in hashes]
+            hits = await self._cache_get(keys)
         run = RunState(len(examples), self.primary, self.early_stop, self.max_errors, self.progress)
         usage = UsageTotals(parent=dspy.settings.usage_tracker)
         overrides: dict[str, Any] = {"usage_tracker": usage}
@@ -182,13 +219,20 @@ class Evaluator:
 
     # -- internals ---------------------------------------------------------------------------------
     def _hash(self, index: int, example: Any) -> str:
+        """The example's content hash; ConfigurationError for what is not an example with inputs."""
+        hashed: str = self._check(index, example, example_hash)
+        return hashed
+
+    def _check(self, index: int, example: Any, read: Callable[[Any], Any] = lambda e: e.inputs()) -> Any:
+        """``read(example)`` (by default its inputs); ConfigurationError for what is not a dspy.Example
+        with its inputs set."""
         if not hasattr(example, "inputs"):
             raise ConfigurationError(
                 f"example {index} is a {type(example).__name__}, not a dspy.Example; "
                 "build it with dspy.Example(...).with_inputs(...)"
             )
         try:
-            return example_hash(example)
+            return read(example)
         except ValueError as exc:  # DSPy: "Inputs have not been set for this example"
             raise ConfigurationError(
                 f"example {index} has no input fields; call .with_inputs('question', ...) on it ({exc})"
@@ -231,8 +275,8 @@ class Evaluator:
         self,
         program: Any,
         examples: list[Any],
-        hashes: list[str],
-        keys: list[CacheKey],
+        hashes: Sequence[str],
+        keys: Sequence[CacheKey],
         hits: Mapping[CacheKey, CachedResult],
         run: RunState,
         pool: concurrent.futures.ThreadPoolExecutor | None,
@@ -245,11 +289,11 @@ class Evaluator:
             run.add(record, exc)
 
         # Cached examples first, on the loop: they touch no program and finish at once.
-        for index in range(len(examples)):
+        for index in range(len(examples)) if hits else ():
             hit = hits.get(keys[index])
             if hit is not None and not run.finished:
                 deliver(index, await self._hit(index, examples[index], hashes[index], hit))
-        misses = [i for i in range(len(examples)) if keys[i] not in hits]
+        misses = [i for i in range(len(examples)) if not hits or keys[i] not in hits]
         if run.finished or not misses:
             return
         if isinstance(program, RemoteProgram):
@@ -263,7 +307,7 @@ class Evaluator:
         self,
         program: Any,
         examples: list[Any],
-        hashes: list[str],
+        hashes: Sequence[str],
         misses: list[int],
         run: RunState,
         deliver: Callable[[int, _Outcome], None],
@@ -296,7 +340,7 @@ class Evaluator:
         self,
         program: Any,
         examples: list[Any],
-        hashes: list[str],
+        hashes: Sequence[str],
         misses: list[int],
         run: RunState,
         pool: concurrent.futures.ThreadPoolExecutor,
@@ -357,7 +401,7 @@ class Evaluator:
         self,
         program: RemoteProgram,
         examples: list[Any],
-        hashes: list[str],
+        hashes: Sequence[str],
         misses: list[int],
         run: RunState,
         deliver: Callable[[int, _Outcome], None],
