@@ -106,12 +106,18 @@ def test_a_killed_driver_s_trial_is_redone_while_the_other_continues(database_ur
     db = open_database(database_url)
     repo = OptimizationRepository(db)
     try:
-        # Kill it mid-trial, once both drivers have finished trials of their own.
+        # Kill it mid-trial, once both drivers have finished trials of their own. The running trial must
+        # have started under 150 ms ago (a trial takes about 0.4 s), so it cannot end between this read
+        # and the kill.
         def mid_run() -> bool:
             trials = _trials(repo, "kill")
             done = {_pid(t) for t in trials if t.state == "complete"}
+            now = dt.datetime.now(dt.timezone.utc)
             return {owner.pid, joiner.pid} <= done and any(
-                t.state == "running" and _pid(t) == killed.pid for t in trials
+                t.state == "running"
+                and _pid(t) == killed.pid
+                and now - t.started_at < dt.timedelta(milliseconds=150)
+                for t in trials
             )
 
         _wait_for(mid_run, [owner, joiner], "both drivers ran trials")
