@@ -60,6 +60,24 @@ def test_drain_waits_for_the_examples_in_flight_on_the_workers() -> None:
     assert cap.reserve(4) == 3
 
 
+def test_a_closed_cap_starts_no_call_and_the_calls_in_flight_still_count() -> None:
+    # DSPy's executors leave their threads running when a run stops: a call one of them starts after
+    # the attempt ended must not be spent (a job's next attempt has read the count by then).
+    cap, usage = _cap(10)
+    cap.on_lm_start("in-flight", None, {})
+    cap.close()
+    with pytest.raises(Stop) as stopped:
+        cap.on_lm_start("straggler", None, {})
+    assert isinstance(stopped.value.stopped, CapReached)
+    assert "attempt has ended" in str(stopped.value.stopped)
+    with pytest.raises(Stop):
+        cap.reserve(1)
+    usage.add_usage("scripted/qa", {})
+    cap.on_lm_end("in-flight", None)
+    cap.drain(timeout=5)
+    assert cap.total() == 1
+
+
 def test_only_sampling_numbers_of_a_copy_of_the_task_lm_cross() -> None:
     engine = ScriptedEngine({"answer": "a"})
     task = engine.lm(cache=False, temperature=0.0)

@@ -55,7 +55,9 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
 
     The total is also written to the run's record (``budget.lm_calls``) as each call ends, so a worker
     that takes the job over counts what the earlier ones spent; a worker killed mid-call loses the count
-    of the calls it had in flight, no more."""
+    of the calls it had in flight, no more. Once the attempt has ended (:meth:`close`), no call starts:
+    DSPy's executors do not wait for their threads, and a call one of them started later would be spent
+    after the attempt's count was final (and a later attempt had read it)."""
 
     def __init__(
         self, limit: int, usage: UsageTotals, spent: int, save: Callable[[int], None] | None
@@ -67,6 +69,7 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         self._saved = spent
         self._save_lock = threading.Lock()  # totals are written in order, never a smaller one last
         self._open: set[str] = set()
+        self._closed = False
         self._reserved = 0  # calls of examples sent to a pool's workers whose results are not counted yet
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -82,9 +85,18 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         with self._lock:
             if ACTIVE_CALL_ID.get() in self._open:
                 return  # inside a call already counted
+            if self._closed:
+                raise Stop(
+                    CapReached(f"the run's attempt has ended; its max_lm_calls={self.limit} count is final")
+                )
             if self.total() + len(self._open) + self._reserved >= self.limit:
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             self._open.add(call_id)
+
+    def close(self) -> None:
+        """The attempt has ended: no LM call may start any more (the calls in flight end as they do)."""
+        with self._lock:
+            self._closed = True
 
     def reserve(self, examples: int) -> int:
         """Before program calls sent to a pool's workers (counted here once their results come back):
@@ -94,7 +106,7 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         (a parse failure's retry, a multi-step module) may pass the cap by its extra calls in flight."""
         with self._lock:
             room = self.limit - self.total() - len(self._open) - self._reserved
-            if room <= 0:
+            if room <= 0 or self._closed:
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             granted = min(examples, room)
             self._reserved += granted

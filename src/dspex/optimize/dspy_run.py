@@ -450,6 +450,7 @@ def optimize_with_dspy(
         raise
     finally:
         if cap is not None:  # however the run ended, what its calls in flight cost is counted
+            cap.close()  # and a thread DSPy's executors left running starts no call this attempt won't count
             cap.drain()
             cap.save()
     tracker.phase = "save"
