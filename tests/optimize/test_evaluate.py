@@ -336,6 +336,27 @@ def test_records_carry_the_same_example_hashes_with_and_without_a_cache(executio
     assert [r.example_hash for r in uncached.records] == [example_hash(e) for e in examples]
 
 
+def test_an_example_hash_is_the_same_from_its_inputs_made_json_first() -> None:
+    # The evaluation hashes from the inputs it made JSON once (they go in its shards and records too).
+    import datetime as dt
+
+    from dspex.jsonable import to_jsonable
+
+    examples = [
+        dspy.Example(question="2+2?", answer="4").with_inputs("question"),
+        dspy.Example(when=dt.date(2026, 1, 2), pair=(1, 2.5), meta={3: "x"}, answer="y").with_inputs(
+            "when", "pair", "meta"
+        ),
+        dspy.Example(history=dspy.History(messages=[{"q": "a"}]), answer="z").with_inputs("history"),
+    ]
+    for example in examples:
+        made = to_jsonable(example.inputs().toDict())
+        assert example_hash(example, made) == example_hash(example)
+    # Other inputs, another hash: which fields are inputs is part of it.
+    other = examples[0].copy().with_inputs("question", "answer")
+    assert example_hash(other, to_jsonable(other.inputs().toDict())) != example_hash(examples[0])
+
+
 def test_without_a_cache_the_program_starts_before_the_examples_are_hashed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -344,7 +365,9 @@ def test_without_a_cache_the_program_starts_before_the_examples_are_hashed(
     hashed: list[int] = []
     seen_at_first_call: list[int] = []
     real = evaluate.example_hash
-    monkeypatch.setattr(evaluate, "example_hash", lambda example: hashed.append(1) or real(example))
+    monkeypatch.setattr(
+        evaluate, "example_hash", lambda example, inputs=None: hashed.append(1) or real(example, inputs)
+    )
 
     class Counting(dspy.Module):  # type: ignore[misc]
         def forward(self, question: str) -> dspy.Prediction:

@@ -174,6 +174,8 @@ class Evaluator:
         examples = list(examples)
         if not examples:
             raise ConfigurationError("no examples to evaluate; pass at least one dspy.Example")
+        # Each example's inputs as JSON, made once: its hash, a pool's shard and its record all use them.
+        inputs = _Memo(len(examples), lambda i: to_jsonable(examples[i].inputs().toDict()))
         started = time.perf_counter()
         pooled = isinstance(program, RemoteProgram)
         hashes: Sequence[str]
@@ -182,13 +184,14 @@ class Evaluator:
         if self.cache is None:
             # Nothing to look up: an example's hash is needed when its outcome is recorded, so it is made
             # then, and a pool's shards go out before 1,000 examples are hashed (~12 ms) instead of after.
+            # Checking an example makes its inputs' JSON, which its shard and its record use.
             for i, example in enumerate(examples):
-                self._check(i, example)
-            hashes = _Memo(len(examples), lambda i: example_hash(examples[i]))
+                self._check(i, example, lambda _: inputs[i])  # noqa: B023  (called at once, in this turn)
+            hashes = _Memo(len(examples), lambda i: example_hash(examples[i], inputs[i]))
             keys = _Memo(len(examples), lambda i: ("", hashes[i]))
             hits = {}
         else:
-            hashes = [self._hash(i, example) for i, example in enumerate(examples)]
+            hashes = [self._hash(i, example, inputs) for i, example in enumerate(examples)]
             if configuration_id is None:
                 configuration_id = program.fingerprint if pooled else configuration_fingerprint(program, lm)
             keys = [(configuration_id, h) for h in hashes]
@@ -206,7 +209,7 @@ class Evaluator:
         fresh: dict[CacheKey, CachedResult] = {}
         try:
             with dspy.context(**overrides):
-                await self._schedule(program, examples, hashes, keys, hits, run, pool, fresh)
+                await self._schedule(program, examples, inputs, hashes, keys, hits, run, pool, fresh)
         finally:
             if pool is not None:
                 # Threads stuck in a cancelled call finish on their own; nobody waits for them.
@@ -218,9 +221,9 @@ class Evaluator:
         return self._result(run, configuration_id, usage, time.perf_counter() - started)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _hash(self, index: int, example: Any) -> str:
+    def _hash(self, index: int, example: Any, inputs: Sequence[dict[str, Any]]) -> str:
         """The example's content hash; ConfigurationError for what is not an example with inputs."""
-        hashed: str = self._check(index, example, example_hash)
+        hashed: str = self._check(index, example, lambda e: example_hash(e, inputs[index]))
         return hashed
 
     def _check(self, index: int, example: Any, read: Callable[[Any], Any] = lambda e: e.inputs()) -> Any:
@@ -275,6 +278,7 @@ class Evaluator:
         self,
         program: Any,
         examples: list[Any],
+        inputs: Sequence[dict[str, Any]],
         hashes: Sequence[str],
         keys: Sequence[CacheKey],
         hits: Mapping[CacheKey, CachedResult],
@@ -297,7 +301,7 @@ class Evaluator:
         if run.finished or not misses:
             return
         if isinstance(program, RemoteProgram):
-            await self._schedule_pool(program, examples, hashes, misses, run, deliver)
+            await self._schedule_pool(program, examples, inputs, hashes, misses, run, deliver)
         elif pool is None:
             await self._schedule_tasks(program, examples, hashes, misses, run, deliver)
         else:
@@ -401,6 +405,7 @@ class Evaluator:
         self,
         program: RemoteProgram,
         examples: list[Any],
+        inputs: Sequence[dict[str, Any]],
         hashes: Sequence[str],
         misses: list[int],
         run: RunState,
@@ -416,8 +421,7 @@ class Evaluator:
         shards = [misses[i : i + size] for i in range(0, len(misses), size)]
 
         def submit(shard: list[int]) -> Any:
-            inputs = [to_jsonable(examples[i].inputs().toDict()) for i in shard]
-            return program.predict_batch(inputs, threads)
+            return program.predict_batch([inputs[i] for i in shard], threads)
 
         futures = {id(shard): submit(shard) for shard in shards}
         waiting = {asyncio.wrap_future(futures[id(shard)]): (shard, 1) for shard in shards}
@@ -434,24 +438,30 @@ class Evaluator:
                             waiting[asyncio.wrap_future(submit(shard))] = (shard, 2)
                             continue
                         for index in shard:
-                            inputs = to_jsonable(examples[index].inputs().toDict())
                             deliver(
                                 index,
-                                self._failed(index, hashes[index], inputs, exc, "program", None, started),
+                                self._failed(
+                                    index, hashes[index], inputs[index], exc, "program", None, started
+                                ),
                             )
                         continue
                     for index, result in zip(shard, results, strict=True):
                         if run.finished:
                             break
-                        deliver(index, await self._remote(index, examples[index], hashes[index], result))
+                        outcome = await self._remote(
+                            index, examples[index], inputs[index], hashes[index], result
+                        )
+                        deliver(index, outcome)
         finally:
             for pending in waiting:  # stopped early (or cancelled): queued shards never run
                 pending.cancel()
 
-    async def _remote(self, index: int, example: Any, digest: str, result: Mapping[str, Any]) -> _Outcome:
-        """One example a pool worker predicted: scored here, with the worker's time as its duration."""
+    async def _remote(
+        self, index: int, example: Any, inputs: dict[str, Any], digest: str, result: Mapping[str, Any]
+    ) -> _Outcome:
+        """One example a pool worker predicted (``inputs``: its inputs as JSON): scored here, with the
+        worker's time as its duration."""
         started = time.perf_counter() - float(result.get("ms", 0.0)) / 1000
-        inputs = to_jsonable(example.inputs().toDict())
         tracker = dspy.settings.usage_tracker  # this evaluation's: the worker's LM calls count here too
         for lm, usage in result.get("usage", ()):
             tracker.add_usage(lm, usage)
