@@ -112,7 +112,7 @@ def test_a_killed_driver_s_trial_is_redone_while_the_other_continues(database_ur
         def mid_run() -> bool:
             trials = _trials(repo, "kill")
             done = {_pid(t) for t in trials if t.state == "complete"}
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             return {owner.pid, joiner.pid} <= done and any(
                 t.state == "running"
                 and _pid(t) == killed.pid
