@@ -70,7 +70,7 @@ def test_a_closed_cap_starts_no_call_and_the_calls_in_flight_still_count() -> No
         cap.on_lm_start("straggler", None, {})
     assert isinstance(stopped.value.stopped, CapReached)
     assert "attempt has ended" in str(stopped.value.stopped)
-    with pytest.raises(Stop):
+    with pytest.raises(Stop, match="attempt has ended"):
         cap.reserve(1)
     usage.add_usage("scripted/qa", {})
     cap.on_lm_end("in-flight", None)

@@ -86,9 +86,7 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
             if ACTIVE_CALL_ID.get() in self._open:
                 return  # inside a call already counted
             if self._closed:
-                raise Stop(
-                    CapReached(f"the run's attempt has ended; its max_lm_calls={self.limit} count is final")
-                )
+                raise self._ended()
             if self.total() + len(self._open) + self._reserved >= self.limit:
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             self._open.add(call_id)
@@ -98,6 +96,9 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         with self._lock:
             self._closed = True
 
+    def _ended(self) -> Stop:
+        return Stop(CapReached(f"the run's attempt has ended; its max_lm_calls={self.limit} count is final"))
+
     def reserve(self, examples: int) -> int:
         """Before program calls sent to a pool's workers (counted here once their results come back):
         how many of ``examples`` may go (one LM call each is reserved until :meth:`release`, once their
@@ -105,8 +106,10 @@ class CallCap(BaseCallback):  # type: ignore[misc]  # dspy's BaseCallback is unt
         one, so this is how the cap holds on a pool. A program making more than one LM call per example
         (a parse failure's retry, a multi-step module) may pass the cap by its extra calls in flight."""
         with self._lock:
+            if self._closed:
+                raise self._ended()
             room = self.limit - self.total() - len(self._open) - self._reserved
-            if room <= 0 or self._closed:
+            if room <= 0:
                 raise Stop(CapReached(f"max_lm_calls={self.limit} reached"))
             granted = min(examples, room)
             self._reserved += granted
