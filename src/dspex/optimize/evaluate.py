@@ -174,8 +174,8 @@ class Evaluator:
         examples = list(examples)
         if not examples:
             raise ConfigurationError("no examples to evaluate; pass at least one dspy.Example")
-        # Each example's inputs as JSON, made once: its hash, a pool's shard and its record all use them.
-        inputs = _Memo(len(examples), lambda i: to_jsonable(examples[i].inputs().toDict()))
+        # Each example checked and its inputs made JSON once: its hash, a pool's shard and its record use them.
+        inputs = [self._inputs(i, example) for i, example in enumerate(examples)]
         started = time.perf_counter()
         pooled = isinstance(program, RemoteProgram)
         hashes: Sequence[str]
@@ -184,14 +184,11 @@ class Evaluator:
         if self.cache is None:
             # Nothing to look up: an example's hash is needed when its outcome is recorded, so it is made
             # then, and a pool's shards go out before 1,000 examples are hashed (~12 ms) instead of after.
-            # Checking an example makes its inputs' JSON, which its shard and its record use.
-            for i, example in enumerate(examples):
-                self._check(i, example, lambda _: inputs[i])  # noqa: B023  (called at once, in this turn)
             hashes = _Memo(len(examples), lambda i: example_hash(examples[i], inputs[i]))
             keys = _Memo(len(examples), lambda i: ("", hashes[i]))
             hits = {}
         else:
-            hashes = [self._hash(i, example, inputs) for i, example in enumerate(examples)]
+            hashes = [example_hash(example, inputs[i]) for i, example in enumerate(examples)]
             if configuration_id is None:
                 configuration_id = program.fingerprint if pooled else configuration_fingerprint(program, lm)
             keys = [(configuration_id, h) for h in hashes]
@@ -221,21 +218,17 @@ class Evaluator:
         return self._result(run, configuration_id, usage, time.perf_counter() - started)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _hash(self, index: int, example: Any, inputs: Sequence[dict[str, Any]]) -> str:
-        """The example's content hash; ConfigurationError for what is not an example with inputs."""
-        hashed: str = self._check(index, example, lambda e: example_hash(e, inputs[index]))
-        return hashed
-
-    def _check(self, index: int, example: Any, read: Callable[[Any], Any] = lambda e: e.inputs()) -> Any:
-        """``read(example)`` (by default its inputs); ConfigurationError for what is not a dspy.Example
-        with its inputs set."""
+    def _inputs(self, index: int, example: Any) -> dict[str, Any]:
+        """The example's inputs as JSON; ConfigurationError for what is not a dspy.Example with its inputs
+        set."""
         if not hasattr(example, "inputs"):
             raise ConfigurationError(
                 f"example {index} is a {type(example).__name__}, not a dspy.Example; "
                 "build it with dspy.Example(...).with_inputs(...)"
             )
         try:
-            return read(example)
+            made: dict[str, Any] = to_jsonable(example.inputs().toDict())
+            return made
         except ValueError as exc:  # DSPy: "Inputs have not been set for this example"
             raise ConfigurationError(
                 f"example {index} has no input fields; call .with_inputs('question', ...) on it ({exc})"
