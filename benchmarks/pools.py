@@ -26,7 +26,9 @@ Rows (each pool row runs against the same App's inline path in the same run):
   GIL) caps the inline runs.
 - ``rest``: uncached ``POST /v1/programs/{name}/runs`` requests per second against ``dspex serve`` and
   ``dspex serve --pool general`` (2 workers), load from this process (``service_load.py``'s client, 32
-  connections) on the same 2 cores. Target: at least 1.5x.
+  connections) on the same 2 cores. Both servers run at once; ``--rounds`` alternated rounds of
+  ``--rest-seconds`` on each, the best of each kept. Then the CPU time per request of the client, the
+  server process and the pool's workers (medians over rounds). Target: at least 1.5x.
 - ``evaluation``: ``--examples`` examples of ``dspy.ChainOfThought`` at 50 ms of LM latency and
   concurrency 128: ``dspy.Evaluate(num_threads=128)`` in this process against the evaluation engine on a
   2-worker pool (``app.pooled(...)``, 64 threads per worker), ``--rounds`` alternated rounds, the best
@@ -231,47 +233,85 @@ def machine_scaling(seconds: float = 1.0) -> float:
     return both / alone
 
 
-def rest(seconds: float, concurrency: int) -> None:
+def rest(seconds: float, concurrency: int, rounds: int) -> None:
+    """Both servers up at once (one home, one database); ``rounds`` alternated rounds of ``seconds`` of
+    load on each, the best of each kept, as the cpu throughput row: a phase of load from other processes
+    weighs on both sides alike, where one sample of each let it decide the ratio."""
     import asyncio
     import subprocess
 
     import service_load as load
 
-    rates = {}
+    rates: dict[str, float] = {}
+    cpu: dict[str, list[tuple[float, float, float]]] = {}  # row -> (client, server, workers) us/request
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         key = load.prepare(home)
-        for row, extra in (("inline", []), ("pool", ["--pool", "general"])):
-            port = load.free_port()
-            env = {
-                **os.environ,
-                "DSPEX_HOME": str(home),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(load.HERE), os.environ.get("PYTHONPATH")])),
-            }
-            command = [
-                sys.executable,
-                "-m",
-                "dspex.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
-            # The server's dspex.toml (its working directory): the pool as set for CPU-bound programs.
-            (Path(tmp) / "dspex.toml").write_text(f"[pools.general]\nconcurrency = {concurrency}\n")
-            server = subprocess.Popen([*command, *extra], env=env, cwd=tmp)
-            try:
+        env = {
+            **os.environ,
+            "DSPEX_HOME": str(home),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(load.HERE), os.environ.get("PYTHONPATH")])),
+        }
+        # The servers' dspex.toml (their working directory): the pool as set for CPU-bound programs.
+        (Path(tmp) / "dspex.toml").write_text(f"[pools.general]\nconcurrency = {concurrency}\n")
+        servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        try:
+            for row, extra in (("inline", []), ("pool", ["--pool", "general"])):
+                port = load.free_port()
+                command = [
+                    sys.executable,
+                    "-m",
+                    "dspex.cli",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ]
+                servers[row] = (port, subprocess.Popen([*command, *extra], env=env, cwd=tmp))
+            for port, server in servers.values():
                 load.wait_until_up(port, server)
-                asyncio.run(load.drive(port, "bench-uncached", key, False, 2.0, 32))
-                rates[row] = asyncio.run(load.drive(port, "bench-uncached", key, False, seconds, 32))["rps"]
-            finally:
+                asyncio.run(load.drive(port, "bench-uncached", key, False, 2.0, 32))  # warm
+            for _ in range(rounds):
+                for row, (port, server) in servers.items():
+                    process = psutil.Process(server.pid)
+                    mine, its = time.process_time(), _cpu_s(process)
+                    workers = sum(_cpu_s(child) for child in process.children(recursive=True))
+                    figures = asyncio.run(load.drive(port, "bench-uncached", key, False, seconds, 32))
+                    requests = figures["requests"]
+                    cpu.setdefault(row, []).append(
+                        (
+                            (time.process_time() - mine) / requests * 1e6,
+                            (_cpu_s(process) - its) / requests * 1e6,
+                            (sum(_cpu_s(child) for child in process.children(recursive=True)) - workers)
+                            / requests
+                            * 1e6,
+                        )
+                    )
+                    rates[row] = max(rates.get(row, 0.0), figures["rps"])
+        finally:
+            for _, server in servers.values():
                 server.terminate()
+            for _, server in servers.values():
                 server.wait(timeout=30)
+
+    def per_request(row: str) -> str:
+        client, server, workers = (statistics.median(x[k] for x in cpu[row]) for k in range(3))
+        return f"client {client:.0f} + server {server:.0f} + workers {workers:.0f}"
+
     print(
         f"rest            serve {rates['inline']:7.0f} req/s   serve --pool general (concurrency {concurrency}) "
         f"{rates['pool']:7.0f} req/s   "
-        f"{rates['pool'] / rates['inline']:.2f}x (target >= 1.5x)"
+        f"{rates['pool'] / rates['inline']:.2f}x (target >= 1.5x; best of {rounds} alternated rounds each)"
+    )
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"  # what uvicorn picks ("auto")
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    print(
+        f"                uvicorn on {http} and {loop}; cpu per request, us (median of rounds): "
+        f"serve {per_request('inline')}; "
+        f"--pool {per_request('pool')}"
     )
 
 
@@ -387,11 +427,14 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--leak-tasks", type=int, default=500)
-    parser.add_argument("--rest-seconds", type=float, default=10.0)
+    parser.add_argument("--rest-seconds", type=float, default=5.0, help="per side and round of the rest row")
     parser.add_argument("--lm-seconds", type=float, default=5.0, help="per side of the lm-bound row")
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternated rounds of the cpu throughput and evaluation rows"
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternated rounds of the cpu throughput, rest and evaluation rows",
     )
     parser.add_argument(
         "--prefetch", type=int, default=None, help="the pools' prefetch (default: the setting's)"
@@ -422,7 +465,7 @@ def main() -> None:
         if "lm-bound" in rows:
             lm_bound(Path(tmp), args.lm_seconds)
         if "rest" in rows:
-            rest(args.rest_seconds, args.concurrency)
+            rest(args.rest_seconds, args.concurrency, args.rounds)
         if "evaluation" in rows:
             evaluation(Path(tmp), args.examples, args.rounds)
         if "leak" in rows:

@@ -20,6 +20,7 @@ from dspex.pools.pool import Pool
 from dspex.runtime.app import App
 from dspex.runtime.run import RunResult
 from dspex.settings import Settings
+from dspex.store.executions import ExecutionFilter
 
 
 @pytest.fixture
@@ -214,6 +215,37 @@ def test_cache_hits_are_answered_in_place(
     answers = [r.outputs["answer"] for r in again if isinstance(r, RunResult)]
     assert answers == ["answer to a", "answer to c", "answer to b"]
     assert [r.cache_hit for r in again if isinstance(r, RunResult)] == [True, False, True]
+
+
+def test_an_async_shard_prepares_on_the_event_loop_unless_it_must_read_the_database(
+    make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the pool running and the program fresh in memory, ``arun_many`` hops to no thread (it reads
+    no row); with a cache TTL it prepares and stores on threads, and the next shard is answered from
+    the cache."""
+    import asyncio
+
+    app = make_app()
+    app.run_many("qa", [{"question": "warm"}], pool="general")  # the pool starts, the version is memoised
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "?"))
+        return await to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr("dspex.runtime.app.asyncio.to_thread", counted)
+    results = asyncio.run(app.arun_many("qa", [{"question": "a"}, {"question": "b"}], pool="general"))
+    assert [r.outputs["answer"] for r in results if isinstance(r, RunResult)] == ["answer to a", "answer to b"]
+    assert hops == []
+
+    app.set_cache("qa", 60)
+    first = asyncio.run(app.arun_many("qa", [{"question": "a"}, {"question": "b"}], pool="general"))
+    assert hops == ["_prepare_shard", "_shard_results"]  # the cache is read, then filled, off the loop
+    again = asyncio.run(app.arun_many("qa", [{"question": "b"}, {"question": "a"}], pool="general"))
+    assert [r.cache_hit for r in (*first, *again) if isinstance(r, RunResult)] == [False, False, True, True]
+    app.flush()
+    assert app.executions.count(ExecutionFilter(program="qa")) == 7  # warm-up, then 2 + 2 + 2 runs
 
 
 def test_misuse_is_a_clear_error(make_app: Callable[..., App]) -> None:

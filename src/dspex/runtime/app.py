@@ -1059,11 +1059,17 @@ class App:
         timeout: float | None = None,
     ) -> list[RunResult | BaseException]:
         """Async :meth:`run_many`: the worker is awaited without blocking the event loop."""
-        entries, shard = await asyncio.to_thread(
+        prepare = functools.partial(
             self._prepare_shard, program, inputs, pool, version_id, variables, durability, idempotent, timeout
         )
+        if self._in_memory(program, version_id) and self.pools.running(pool):
+            entries, shard = prepare()  # reads no row, starts no pool: no thread hop (as _arun_pooled)
+        else:
+            entries, shard = await asyncio.to_thread(prepare)
         results = await shard.aexecute() if shard is not None else []
-        return await asyncio.to_thread(self._shard_results, entries, results)
+        if any(isinstance(entry, tuple) and entry[0] is not None for entry in entries):
+            return await asyncio.to_thread(self._shard_results, entries, results)  # stores cache rows
+        return self._shard_results(entries, results)
 
     def _prepare_shard(
         self,
