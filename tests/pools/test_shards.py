@@ -236,7 +236,10 @@ def test_an_async_shard_prepares_on_the_event_loop_unless_it_must_read_the_datab
 
     monkeypatch.setattr("dspex.runtime.app.asyncio.to_thread", counted)
     results = asyncio.run(app.arun_many("qa", [{"question": "a"}, {"question": "b"}], pool="general"))
-    assert [r.outputs["answer"] for r in results if isinstance(r, RunResult)] == ["answer to a", "answer to b"]
+    assert [r.outputs["answer"] for r in results if isinstance(r, RunResult)] == [
+        "answer to a",
+        "answer to b",
+    ]
     assert hops == []
 
     app.set_cache("qa", 60)
