@@ -44,6 +44,7 @@ LM; ``--concurrency 64`` runs them at the default, which is for runs that wait (
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -210,6 +211,11 @@ def _cpu_s(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _children_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of ``process``'s children (a server's pool workers)."""
+    return sum(_cpu_s(child) for child in process.children(recursive=True))
+
+
 def _spin(seconds: float) -> int:
     """A pure-Python loop for ``seconds``: how many rounds it did (the machine's CPU, nothing shared)."""
     done, table = 0, {}
@@ -276,16 +282,14 @@ def rest(seconds: float, concurrency: int, rounds: int) -> None:
                 for row, (port, server) in servers.items():
                     process = psutil.Process(server.pid)
                     mine, its = time.process_time(), _cpu_s(process)
-                    workers = sum(_cpu_s(child) for child in process.children(recursive=True))
+                    workers = _children_cpu_s(process)
                     figures = asyncio.run(load.drive(port, "bench-uncached", key, False, seconds, 32))
                     requests = figures["requests"]
                     cpu.setdefault(row, []).append(
                         (
                             (time.process_time() - mine) / requests * 1e6,
                             (_cpu_s(process) - its) / requests * 1e6,
-                            (sum(_cpu_s(child) for child in process.children(recursive=True)) - workers)
-                            / requests
-                            * 1e6,
+                            (_children_cpu_s(process) - workers) / requests * 1e6,
                         )
                     )
                     rates[row] = max(rates.get(row, 0.0), figures["rps"])
@@ -304,8 +308,6 @@ def rest(seconds: float, concurrency: int, rounds: int) -> None:
         f"{rates['pool']:7.0f} req/s   "
         f"{rates['pool'] / rates['inline']:.2f}x (target >= 1.5x; best of {rounds} alternated rounds each)"
     )
-    import importlib.util
-
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"  # what uvicorn picks ("auto")
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     print(
