@@ -257,9 +257,19 @@ class WorkerError(ExecutionError):
 
     code = "worker_lost"
 
-    def __init__(self, message: str, *, code: str = "worker_lost", execution_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "worker_lost",
+        execution_id: str | None = None,
+        worker: str | None = None,
+        pid: int | None = None,
+    ) -> None:
         super().__init__(message, execution_id=execution_id)
         self.code = code  # type: ignore[misc]  # per instance: one class, three causes
+        self.worker = worker  # the worker that had the task, when one had it (its placement says so)
+        self.pid = pid
 
     @property
     def retryable(self) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from cli_support import Invoke, as_json
 
@@ -140,3 +144,57 @@ def test_pools_run_when_their_status_cannot_be_published(
         assert pool.status().healthy
         app.pools._publisher.publish()  # type: ignore[union-attr]  # a later period, failing alike
     assert caplog.text.count("could not publish pool status") == 1  # said once, not every second
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_a_signal_closes_its_pools_and_removes_its_status_file(sig: int) -> None:
+    """uvicorn raises SIGTERM again after its graceful shutdown: the server must still close its App."""
+    _pool_file()
+    directory = Settings.load().home / "pools"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = Path("serve.log")
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dspex.cli",
+                "serve",
+                "--no-auth",
+                "--pool",
+                "general",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while not list(directory.glob("*.json")):
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server published no pool status in 90 s"
+            time.sleep(0.1)
+        while True:  # and serves: uvicorn has its signal handlers in place
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not listen in 90 s"
+            time.sleep(0.1)
+        [published] = directory.glob("*.json")
+        workers = [w["pid"] for w in json.loads(published.read_text())["pools"][0]["workers"]]
+        server.send_signal(sig)
+        code = server.wait(60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else code), (
+        log.read_text()
+    )  # SIGINT: uvicorn's
+    assert not published.exists()
+    time.sleep(0.5)
+    for pid in workers:  # the workers were stopped with their pool
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -131,3 +131,14 @@ def test_watch_options_are_checked(dspex: Invoke) -> None:
     assert "--window takes a positive duration" in dspex("watch", "--once", "--window", "soon", code=2).stderr
     assert "use it with --once" in dspex("watch", "--json", code=2).output
     assert "no runs in the window" in dspex("watch", "--once").stdout
+
+
+def test_watch_starts_from_the_signals_settings_and_options_override_them(dspex: Invoke) -> None:
+    Path("dspex.toml").write_text("[signals]\nwindow_s = 900\nwindow_runs = 50\n", encoding="utf-8")
+    report = as_json(dspex("watch", "--once", "--json"))["report"]
+    assert (report["window_s"], report["window_runs"]) == (900, 50)
+    assert "last 15 min, at most 50 runs" in dspex("watch", "--once").stdout
+    report = as_json(dspex("watch", "--once", "--json", "--window", "2h"))["report"]
+    assert (report["window_s"], report["window_runs"]) == (7200, 50)  # the option wins, the rest stays
+    report = as_json(dspex("watch", "--once", "--json", "--window-runs", "20"))["report"]
+    assert (report["window_s"], report["window_runs"]) == (900, 20)

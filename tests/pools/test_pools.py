@@ -272,6 +272,11 @@ def test_a_task_over_the_memory_limit_fails_with_its_own_code(
     assert caught.value.code == "memory_limit"
     assert not caught.value.retryable
     assert _error(app, caught.value.execution_id or "")["code"] == "memory_limit"
+    record = app.executions.get(caught.value.execution_id or "")
+    assert record is not None
+    assert record.placement is not None  # the worker that had it, though it failed
+    assert (record.placement["worker"], record.placement["pid"]) == ("general-0", caught.value.pid)
+    assert isinstance(caught.value.pid, int)
     assert app.run("qa", {"question": "next"}, pool="general").outputs["answer"] == "answer to next"
     assert app.pools.get("general").status().replaced == {"memory_limit": 1}
 

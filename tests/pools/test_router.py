@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 
 from dspex.errors import ConfigurationError
-from dspex.runtime.app import App
+from dspex.runtime.app import LM_GIVEN_REASON, App
+from dspex.runtime.pooled import CALLER_REASON
 from dspex.settings import Settings
 
 POOL = {"size": 1, "initializer": "pool_programs:scripted"}
@@ -26,7 +28,7 @@ def make_app(tmp_path: Any) -> Iterator[Callable[..., App]]:
             routing=routing or {},
         )
         app = App(settings)
-        for name in ("qa", "sleepy", "pot"):
+        for name in ("qa", "sleepy", "pot", "chat"):
             app.programs.register(name, f"pool_programs:build_{name}")
         apps.append(app)
         return app
@@ -140,3 +142,43 @@ def test_evaluations_are_placed_by_the_same_rules(make_app: Callable[..., App]) 
     assert isinstance(explicit.program, PooledProgram)
     with pytest.raises(ConfigurationError, match="unknown pool 'gpu'"):
         app.router.evaluation("qa", pool="gpu")
+
+
+def test_session_turns_are_routed_as_runs_are(make_app: Callable[..., App]) -> None:
+    import asyncio
+
+    app = make_app({"programs": {"chat": "general"}})
+    session = app.sessions.create("chat")
+    first = app.sessions.run(session.id, {"question": "one"})
+    second = asyncio.run(app.sessions.arun(session.id, {"question": "two"}))
+    assert second.outputs["answer"] == "turn 2 after ['one']"
+    assert first.outputs["pid"] == second.outputs["pid"] != os.getpid()  # the session's worker
+    for result in (first, second):
+        placement = _placement(app, result.execution_id)
+        assert placement is not None
+        assert (placement["target"], placement["pool"]) == ("pool", "general")
+        assert placement["reason"] == "[routing] programs.chat"
+    record = app.executions.get(second.execution_id)
+    assert record is not None
+    assert record.session_id == session.id
+    named = app.sessions.run(session.id, {"question": "three"}, pool="general")  # the caller's pool wins
+    assert (_placement(app, named.execution_id) or {})["reason"] == CALLER_REASON
+
+    inline = make_app({"default": "inline", "modules": {"chain_of_thought": "general"}})
+    chat = inline.sessions.create("chat")
+    turn = inline.sessions.run(chat.id, {"question": "one"})
+    assert turn.outputs["pid"] == os.getpid()
+    assert _placement(inline, turn.execution_id) == {"target": "inline", "reason": "[routing] default"}
+
+
+def test_a_named_pool_and_an_lm_object_say_why_in_the_placement(make_app: Callable[..., App]) -> None:
+    from dspex.testing import ScriptedEngine
+
+    app = make_app({"programs": {"qa": "general"}})
+    named = app.run("sleepy", {"question": "q"}, pool="general")
+    assert (_placement(app, named.execution_id) or {})["reason"] == CALLER_REASON
+    lm = ScriptedEngine().lm()
+    with_lm = app.run("qa", {"question": "q"}, lm=lm)  # routed to the pool, but an LM object cannot cross
+    assert _placement(app, with_lm.execution_id) == {"target": "inline", "reason": LM_GIVEN_REASON}
+    bare = make_app()  # no rules: nothing to skip, nothing said
+    assert _placement(bare, bare.run("qa", {"question": "q"}, lm=lm).execution_id) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
@@ -170,3 +171,59 @@ def test_a_turn_longer_than_its_lease_keeps_its_session(database_url: str, call:
         slow.join()
         assert answers == {"slow": "turn 1 after []", "next": "turn 2 after ['slow']"}
         assert first.sessions.get(session.id).turns == 2
+
+
+@pytest.mark.parametrize("call", ["run", "arun"])
+def test_a_turn_waits_at_most_session_wait_s_in_its_own_process_too(database_url: str, call: str) -> None:
+    """The second turn in the same process gives up after ``session_wait_s`` (a 409 over the API), as
+    a turn in another process does; the session is whole after it, and its next turn runs."""
+    with App(Settings(database_url=database_url, session_wait_s=0.3)) as app:
+        app.programs.register("gated", "pool_programs:build_gated_chat")
+        session = app.sessions.create("gated")
+        pool_programs.TURN_STARTED.clear()
+        slow = threading.Thread(
+            target=app.sessions.run, args=(session.id, {"question": "slow", "seconds": 1.5})
+        )
+        slow.start()
+        assert pool_programs.TURN_STARTED.wait(10.0)
+        started = time.monotonic()
+        turn = (
+            functools.partial(app.sessions.run, session.id, {"question": "next"})
+            if call == "run"
+            else functools.partial(asyncio.run, app.sessions.arun(session.id, {"question": "next"}))
+        )
+        with pytest.raises(SessionBusy, match=r"busy with a turn in this process for more than 0.3 s"):
+            turn()
+        waited = time.monotonic() - started
+        assert 0.25 < waited < 1.2, waited
+        slow.join()
+        assert app.sessions.run(session.id, {"question": "then"}).outputs["answer"] == "turn 2 after ['slow']"
+        assert app.sessions.get(session.id).turns == 2
+
+
+def test_a_cancelled_turn_waiting_for_its_session_leaves_it_free(database_url: str) -> None:
+    with App(Settings(database_url=database_url, session_wait_s=10.0)) as app:
+        app.programs.register("gated", "pool_programs:build_gated_chat")
+        session = app.sessions.create("gated")
+        pool_programs.TURN_STARTED.clear()
+        slow = threading.Thread(
+            target=app.sessions.run, args=(session.id, {"question": "slow", "seconds": 0.8})
+        )
+        slow.start()
+        assert pool_programs.TURN_STARTED.wait(10.0)
+
+        async def impatient() -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(app.sessions.arun(session.id, {"question": "never"}), 0.2)
+
+        asyncio.run(impatient())
+        slow.join()
+        time.sleep(0.2)  # the cancelled turn's thread got the session after the slow one: it gives it back
+        assert (
+            app.sessions.run(
+                session.id,
+                {"question": "then"},
+            ).outputs["answer"]
+            == "turn 2 after ['slow']"
+        )
+        assert app.sessions.get(session.id).turns == 2

@@ -36,7 +36,7 @@ OPTIONS = typer.Option(
     None, "--options", help="Options of --optimizer as a JSON object (inline, @file or -); -o adds to it."
 )
 PROMPT_MODEL = typer.Option(
-    None, "--prompt-model", help="A configured model ([models]) proposing instructions or reflecting."
+    None, "--prompt-model", help="A configured model (\\[models]) proposing instructions or reflecting."
 )
 
 

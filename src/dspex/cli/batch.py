@@ -35,7 +35,7 @@ def run(
         None, "--version", help="Version id or unique prefix (default: production, else the newest draft)."
     ),
     pool: str | None = typer.Option(
-        None, "--pool", help="Run on this pool ([pools.NAME]; backend = 'ray' for a Ray cluster)."
+        None, "--pool", help="Run on this pool (\\[pools.NAME]; backend = 'ray' for a Ray cluster)."
     ),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Inputs in flight at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON, without a progress bar."),

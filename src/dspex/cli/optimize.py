@@ -164,7 +164,7 @@ def optimize(
     pool: str | None = typer.Option(
         None,
         "--pool",
-        help="A configured pool ([pools.NAME]) whose workers evaluate the examples: the variable search's "
+        help="A configured pool (\\[pools.NAME]) whose workers evaluate the examples: the variable search's "
         "trials, or an --optimizer's program calls (candidate evaluations, and traced calls: bootstrapping, "
         "gepa's reflective minibatches, simba's trajectories; proposals and reflections stay here). "
         "Default: the routing rules for the variable search, this process for --optimizer.",

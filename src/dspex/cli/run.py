@@ -48,7 +48,7 @@ def run(
         "(default: the program's setting, else DSPEX_DURABILITY).",
     ),
     pool: str | None = typer.Option(
-        None, "--pool", help="Run on this worker pool ([pools.NAME] in dspex.toml, or 'general')."
+        None, "--pool", help="Run on this worker pool (\\[pools.NAME] in dspex.toml, or 'general')."
     ),
     timeout: float | None = typer.Option(
         None,

@@ -9,6 +9,8 @@ dspex serve --pool general             # runs execute on the general worker pool
 from __future__ import annotations
 
 import ipaddress
+import signal
+from typing import Any
 
 import typer
 
@@ -41,7 +43,7 @@ def serve(
         help="Largest request body (default DSPEX_MAX_BODY_BYTES, 8 MiB); 413 beyond.",
     ),
     pool: str | None = typer.Option(
-        None, "--pool", help="Execute runs on this worker pool ([pools.NAME] in dspex.toml; 'general')."
+        None, "--pool", help="Execute runs on this worker pool (\\[pools.NAME] in dspex.toml; 'general')."
     ),
 ) -> None:
     """Serve the REST API (OpenAPI document at /openapi.json, docs at /docs)."""
@@ -61,22 +63,42 @@ def serve(
             raise ConfigurationError(
                 f"dspex serve needs the server extra: pip install 'dspex[server]' ({exc})"
             ) from None
-        from dspex.runtime.app import App
-        from dspex.settings import Settings
+        # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler it found: with
+        # Python's default one the process would end there, before the App closes (its pools' workers and
+        # published status file, its recorder). This handler makes SIGTERM an exit, from start-up on.
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            _serve(uvicorn.run, create_app, host, port, log_level, no_auth, pool, max_body_bytes)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
-        with App(Settings.load(max_body_bytes=max_body_bytes)) as dspex_app:
-            if no_auth:
-                typer.echo(
-                    "warning: serving WITHOUT authentication (--no-auth), on this machine only", err=True
-                )
-            from dspex.server import ServiceOptions
 
-            api = create_app(dspex_app, auth=not no_auth, options=ServiceOptions(pool=pool))
-            if pool is not None:  # start it now: a pool that cannot start says why before serving
-                started = dspex_app.pools.get(pool)
-                typer.echo(f"runs execute on pool {pool!r}: {started.size} workers", err=True)
-            from dspex._heap import freeze_startup_heap
+def _serve(
+    run: Any,
+    create_app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    no_auth: bool,
+    pool: str | None,
+    max_body_bytes: int | None,
+) -> None:
+    from dspex._heap import freeze_startup_heap
+    from dspex.runtime.app import App
+    from dspex.server import ServiceOptions
+    from dspex.settings import Settings
 
-            freeze_startup_heap()  # this process's start-up ends here: see dspex._heap
-            # The access log prints method, path and status: never headers, so never a key.
-            uvicorn.run(api, host=host, port=port, log_level=log_level, proxy_headers=False)
+    with App(Settings.load(max_body_bytes=max_body_bytes)) as dspex_app:
+        if no_auth:
+            typer.echo("warning: serving WITHOUT authentication (--no-auth), on this machine only", err=True)
+        api = create_app(dspex_app, auth=not no_auth, options=ServiceOptions(pool=pool))
+        if pool is not None:  # start it now: a pool that cannot start says why before serving
+            started = dspex_app.pools.get(pool)
+            typer.echo(f"runs execute on pool {pool!r}: {started.size} workers", err=True)
+        freeze_startup_heap()  # this process's start-up ends here: see dspex._heap
+        # The access log prints method, path and status: never headers, so never a key.
+        run(api, host=host, port=port, log_level=log_level, proxy_headers=False)
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # the shell's status for a process ended by the signal

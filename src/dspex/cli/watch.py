@@ -3,7 +3,7 @@ success rate, latency, tokens, cost and quality over a rolling window, their tre
 they happen (:mod:`dspex.telemetry.signals` explains the statistics and thresholds).
 
     dspex watch                         # refreshes every 2 s until Ctrl-C
-    dspex watch --program qa --window 15m --interval 5
+    dspex watch --program qa --window 15m --interval 5   # over the [signals] thresholds of dspex.toml
     dspex watch --once                  # one snapshot, printed, then exit (scripts, CI)
     dspex watch --once --json           # the snapshot and its events as JSON
 
@@ -40,9 +40,17 @@ def watch(
     program: str | None = typer.Option(None, "--program", help="Only this program's groups and events."),
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
     interval: float = typer.Option(2.0, "--interval", min=0.2, max=3600, help="Seconds between refreshes."),
-    window: str = typer.Option("1h", "--window", help="The rolling window: 15m, 1h, 1d..."),
-    window_runs: int = typer.Option(
-        500, "--window-runs", min=10, max=100_000, help="At most this many runs per group in the window."
+    window: str | None = typer.Option(
+        None,
+        "--window",
+        help="The rolling window: 15m, 1h, 1d... (default: window_s of \\[signals], else 1h).",
+    ),
+    window_runs: int | None = typer.Option(
+        None,
+        "--window-runs",
+        min=10,
+        max=100_000,
+        help="At most this many runs per group in the window (default: \\[signals], else 500).",
     ),
     by: str = typer.Option(
         "program,version,model,config",
@@ -58,10 +66,14 @@ def watch(
         raise typer.BadParameter("--json prints one snapshot: use it with --once")
     with errors():
         dimensions = _dimensions(by)
-        thresholds = Thresholds(
-            window_s=parse_age_days(window, "--window") * 86400.0, window_runs=window_runs
-        )
+        given: dict[str, float] = {}  # what the options say, over the settings' [signals]
+        if window is not None:
+            given["window_s"] = parse_age_days(window, "--window") * 86400.0
+        if window_runs is not None:
+            given["window_runs"] = window_runs
     with open_app() as dspex_app:
+        with errors():
+            thresholds = Thresholds(**{**dspex_app.settings.signals, **given})  # type: ignore[arg-type]
         signals = dspex_app.open_signals(thresholds)
         events: collections.deque[SignalEvent] = collections.deque(maxlen=_KEEP_EVENTS)
         events.extend(e for e in signals.poll() if program is None or e.where.program == program)

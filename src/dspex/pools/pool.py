@@ -431,8 +431,11 @@ class Pool:
         except (EOFError, OSError):
             process.join(1.0)
             replace = slot.verdict or _Replace("died", "worker_lost", self._death(slot))
+            name, pid = slot.name, slot.pid  # before the slot gets its replacement
             self._give_back(slot, replace, failed=1)
-            raise WorkerError(replace.message, code=replace.task_code or "worker_lost") from None
+            raise WorkerError(
+                replace.message, code=replace.task_code or "worker_lost", worker=name, pid=pid
+            ) from None
         except BaseException as exc:  # the pipe's state is unknown now: the worker is replaced
             self._give_back(slot, _Replace("error", None, f"{type(exc).__name__}: {exc}"))
             raise
@@ -782,7 +785,7 @@ class Pool:
                 message = f"worker {slot.name} was killed for another task's timeout (task_timeout_s) during the task"
             elif replace.reason == "memory_limit" and len(begun) > 1:
                 message += f" (it ran {len(begun)} tasks at once; with concurrency = 1 each task's memory is its own)"
-            task.future.set_exception(WorkerError(message, code=code))
+            task.future.set_exception(WorkerError(message, code=code, worker=slot.name, pid=slot.pid))
 
     def _event(self, inflight: collections.deque[_Task], message: dict[str, Any]) -> None:
         """Hand a streamed run's event to its task's ``on_event``; a consumer's failure is logged, and

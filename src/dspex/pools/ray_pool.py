@@ -414,7 +414,10 @@ class RayPool:
         if not died:  # Ray could not run the task at all (a bug, or a cluster problem): say what it said
             task.future.set_exception(
                 WorkerError(
-                    f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}", code="error"
+                    f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}",
+                    code="error",
+                    worker=actor.name,
+                    pid=actor.pid,
                 )
             )
         elif reason == "memory_limit":
@@ -423,6 +426,8 @@ class RayPool:
                     f"the task took actor {actor.name} over the pool's memory limit of {self.kill_rss_mb} MB "
                     "(kill_rss_mb); the actor was killed and restarted",
                     code="memory_limit",
+                    worker=actor.name,
+                    pid=actor.pid,
                 )
             )
         elif reason == "task_timeout":
@@ -431,11 +436,17 @@ class RayPool:
                     f"the task ran over the pool's task_timeout_s of {self.setting.task_timeout_s} s; "
                     f"actor {actor.name} was killed and restarted",
                     code="task_timeout",
+                    worker=actor.name,
+                    pid=actor.pid,
                 )
             )
         else:
             task.future.set_exception(
-                WorkerError(f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}")
+                WorkerError(
+                    f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}",
+                    worker=actor.name,
+                    pid=actor.pid,
+                )
             )
 
     # -- health ----------------------------------------------------------------------------------------

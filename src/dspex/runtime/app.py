@@ -83,6 +83,8 @@ __all__ = ["App", "Durability", "RunResult"]
 
 
 logger = logging.getLogger("dspex.runtime")
+# A routed program run with an lm= object stays here (an LM object cannot cross to a pool): its placement says so.
+LM_GIVEN_REASON = "lm= given: an LM object runs inline ([routing] skipped)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -832,16 +834,21 @@ class App:
         the version (default: production, else the newest draft) and both are recorded.
         ``durability`` ('sync' or 'async') overrides the program's and the settings' (module docstring).
         ``pool`` runs a registered program on that worker pool (:mod:`dspex.pools`); ``idempotent``
-        lets a run whose worker died be tried once more (:mod:`dspex.runtime.pooled`). ``timeout`` is the
+        lets a run whose worker died be tried once more (:mod:`dspex.runtime.pooled`); without ``pool``, a
+        registered program goes where ``[routing]`` puts it (:mod:`dspex.runtime.router`), except with
+        ``lm=``: an LM object cannot cross, so it runs inline and its placement says so. ``timeout`` is the
         run's deadline in seconds: every LM call, retry, limiter wait and pipeline step respects it, and a
         run past it fails with :class:`~dspex.errors.DeadlineExceeded` (code ``deadline_exceeded``).
         """
         try:
             durability = check_durability(durability)
             reason = None
-            if pool is None and lm is None and isinstance(program, str) and self.router.active:
-                route = self.router.decide(program, version_id)
-                pool, reason = route.pool, route.reason
+            if pool is None and isinstance(program, str) and self.router.active:
+                if lm is not None:
+                    reason = LM_GIVEN_REASON
+                else:
+                    route = self.router.decide(program, version_id)
+                    pool, reason = route.pool, route.reason
             if pool is not None:
                 cached, pooled = self._prepare_pooled(
                     program,
@@ -910,9 +917,12 @@ class App:
             cached: CacheSlot | RunResult | None = None
             mode = check_durability(durability) or self.settings.durability
             reason = None
-            if pool is None and lm is None and isinstance(program, str) and self.router.active:
-                route = await asyncio.to_thread(self.router.decide, program, version_id)
-                pool, reason = route.pool, route.reason
+            if pool is None and isinstance(program, str) and self.router.active:
+                if lm is not None:
+                    reason = LM_GIVEN_REASON
+                else:
+                    route = await asyncio.to_thread(self.router.decide, program, version_id)
+                    pool, reason = route.pool, route.reason
             if pool is not None:
                 return await self._arun_pooled(
                     program, inputs, lm, program_name, version_id, variables, durability, pool, idempotent, reason,

@@ -1,7 +1,9 @@
 """Runs placed on a worker pool: the worker executes, this process records.
 
 The record is the one an inline run leaves (the worker's span tree, usage, cost and terminal status),
-plus ``placement``: ``{"target": "pool", "pool", "worker", "pid", "attempts"}``. A worker lost mid-run
+plus ``placement``: ``{"target": "pool", "pool", "worker", "pid", "attempts", "reason"}`` (``reason``:
+the router's, or ``CALLER_REASON`` when the caller named the pool; ``worker`` and ``pid`` once a worker
+had the run: a run refused before any worker took it has neither). A worker lost mid-run
 leaves the run ``failed`` with code ``worker_lost``; an ``idempotent`` run is then tried once more, on
 whichever worker is free next (a new process, since the lost one is gone), under the same record.
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from dspex.runtime.app import App
 
 MAX_ATTEMPTS_IDEMPOTENT = 2
+CALLER_REASON = "pool named by the caller (pool=, --pool, serve --pool)"  # the placement's reason then
 
 
 def check_crossing(pool: str, program: Any, lm: Any) -> None:
@@ -66,9 +69,12 @@ class PooledRun:
         version = app._cache.version(name, version_id)
         self.name: str = name
         self.version_id: str = version.id
-        self.placement: dict[str, Any] = {"target": "pool", "pool": pool, "attempts": 0}
-        if reason is not None:
-            self.placement["reason"] = reason
+        self.placement: dict[str, Any] = {
+            "target": "pool",
+            "pool": pool,
+            "attempts": 0,
+            "reason": reason if reason is not None else CALLER_REASON,
+        }
         self.run = _Run(app, name, inputs, None, name, version.id, variables, durability, self.placement)
         self.run.base["session_id"] = session_id
         self.idempotent = idempotent
@@ -122,6 +128,12 @@ class PooledRun:
             and self.placement["attempts"] < MAX_ATTEMPTS_IDEMPOTENT
         )
 
+    def failed(self, exc: BaseException) -> BaseException:
+        """Record the run's failure, naming the worker that had it when one had it."""
+        if isinstance(exc, WorkerError) and exc.worker is not None:
+            self.placement.update(worker=exc.worker, pid=exc.pid)
+        return self.run.failed(exc)
+
     def _adopt(self, answer: dict[str, Any], *, worker_duration: bool = False) -> RunResult:
         self.placement.update(worker=answer["worker"], pid=answer["pid"])
         return self.run.adopt(answer["outcome"], worker_duration=worker_duration)
@@ -135,7 +147,7 @@ class PooledRun:
                 except BaseException as exc:
                     if self._again(exc):
                         continue
-                    raise self.run.failed(exc) from exc
+                    raise self.failed(exc) from exc
                 return self._adopt(answer)
         finally:
             self.run.settle()
@@ -153,7 +165,7 @@ class PooledRun:
                         future.cancel()  # queued: it never runs; running: its answer is dropped
                     if self._again(exc):
                         continue
-                    raise self.run.failed(exc) from exc
+                    raise self.failed(exc) from exc
                 return self._adopt(answer)
         finally:
             await self.run.asettle()
@@ -205,7 +217,7 @@ class PooledShard:
             if isinstance(exc, Exception) and run._again(exc):
                 again.append(i)
             else:
-                self.results[i] = run.run.failed(exc)
+                self.results[i] = run.failed(exc)
         return again
 
     def _adopt(self, todo: list[int], answer: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ class SessionNotFound(ConfigurationError):
 
 
 class SessionBusy(ConfigurationError):
-    """The session's previous turn (in another process) did not end within ``session_wait_s``."""
+    """The session's previous turn (in this process or another) did not end within ``session_wait_s``."""
 
     code = "session_busy"
 
@@ -225,27 +225,71 @@ class Sessions:
         with self._locks_guard:
             return self._locks.setdefault(session_id, threading.Lock())
 
-    def _hold(self, session_id: str) -> None:
-        """Hold the session in the store for this turn, waiting for another process's turn to end."""
+    def _busy(self, session_id: str, where: str) -> SessionBusy:
+        return SessionBusy(
+            f"session {session_id!r} is busy with a turn {where} for more than "
+            f"{self.app.settings.session_wait_s:g} s (session_wait_s); try again"
+        )
+
+    def _enter(self, session_id: str) -> threading.Lock:
+        """Wait for the session's previous turn, in this process (its lock) then in any (the store's
+        hold), ``session_wait_s`` in all; returns the lock, held with the session (:meth:`_leave`)."""
         settings = self.app.settings
         deadline = time.monotonic() + settings.session_wait_s
-        while not self.repository.hold(session_id, self._holder, settings.session_lease_s):
-            if time.monotonic() >= deadline:
-                raise SessionBusy(
-                    f"session {session_id!r} is busy with a turn in another process for more than "
-                    f"{settings.session_wait_s:g} s (session_wait_s); try again"
-                )
-            time.sleep(HOLD_POLL_S)
+        lock = self._lock(session_id)
+        if not lock.acquire(timeout=settings.session_wait_s):  # this process's turns queue here
+            raise self._busy(session_id, "in this process")
+        try:
+            while not self.repository.hold(session_id, self._holder, settings.session_lease_s):
+                if time.monotonic() >= deadline:
+                    raise self._busy(session_id, "in another process")
+                time.sleep(HOLD_POLL_S)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    async def _aenter(self, session_id: str) -> threading.Lock:
+        """:meth:`_enter` on a thread. A caller cancelled while it waits leaves the thread waiting: the
+        thread then gives the session back as soon as it gets it, so no turn is left holding it."""
+        guard = threading.Lock()
+        abandoned = False
+        entered: threading.Lock | None = None
+
+        def enter() -> threading.Lock:
+            nonlocal entered
+            lock = self._enter(session_id)
+            with guard:
+                if not abandoned:
+                    entered = lock
+                    return lock
+            self._leave(session_id, lock)
+            return lock
+
+        try:
+            return await asyncio.to_thread(enter)
+        except asyncio.CancelledError:
+            with guard:
+                abandoned = True
+                lock = entered
+            if lock is not None:  # the thread had it already: give it back here
+                self._leave(session_id, lock)
+            raise
+
+    def _leave(self, session_id: str, lock: threading.Lock) -> None:
+        try:
+            self.repository.release(session_id, self._holder)
+        finally:
+            lock.release()
 
     @contextlib.contextmanager
     def _turn_held(self, session_id: str) -> Iterator[None]:
-        with self._lock(session_id):  # this process's turns queue here, without touching the store
-            self._hold(session_id)
-            try:
-                with self._leases.held(session_id):
-                    yield
-            finally:
-                self.repository.release(session_id, self._holder)
+        lock = self._enter(session_id)
+        try:
+            with self._leases.held(session_id):
+                yield
+        finally:
+            self._leave(session_id, lock)
 
     def _slot(self, pool: str, session_id: str) -> int:
         key = (pool, session_id)
@@ -282,6 +326,10 @@ class Sessions:
         version = app._cache.version(record.program, None)
         version_id = version.id
         given = self._inputs(record, version, inputs)
+        reason = None
+        if pool is None and app.router.active:  # a turn is routed as app.run routes a run
+            route = app.router.decide(record.program, version_id)
+            pool, reason = route.pool, route.reason
         if pool is not None:  # the worker builds the program: none is copied here
             pooled = PooledRun(
                 app,
@@ -295,10 +343,12 @@ class Sessions:
                 idempotent=idempotent,
                 session_id=session_id,
                 worker=self._slot(pool, session_id),
+                reason=reason,
             )
             return record, pooled
         program = app.programs.build(version)
-        run = _Run(app, program, given, None, record.program, version_id, record.variables, mode)
+        placement = {"target": "inline", "reason": reason} if reason else None
+        run = _Run(app, program, given, None, record.program, version_id, record.variables, mode, placement)
         run.base["session_id"] = session_id
         return record, run
 
@@ -339,7 +389,8 @@ class Sessions:
         durability: Durability | None = None,
         timeout: float | None = None,
     ) -> RunResult:
-        """Run the session's next turn (inline, or on ``pool``); saved in the store before it returns.
+        """Run the session's next turn (on ``pool``, else where ``[routing]`` puts the session's program,
+        else inline); saved in the store before it returns.
         ``timeout`` is the turn's deadline, as for :meth:`App.run`."""
         with self._turn_held(session_id):
             record, prepared = self._turn(session_id, inputs, owner, pool, idempotent, durability)
@@ -368,13 +419,7 @@ class Sessions:
         timeout: float | None = None,
     ) -> RunResult:
         """Async :meth:`run`: the turn waits for the session's previous one without blocking the loop."""
-        lock = self._lock(session_id)
-        await asyncio.to_thread(lock.acquire)
-        try:
-            await asyncio.to_thread(self._hold, session_id)
-        except BaseException:
-            lock.release()
-            raise
+        lock = await self._aenter(session_id)
         try:
             with self._leases.held(session_id):
                 record, prepared = await asyncio.to_thread(
@@ -394,7 +439,4 @@ class Sessions:
                 await asyncio.to_thread(self._save, record, inputs, result, ms)
                 return result
         finally:
-            try:
-                await asyncio.to_thread(self.repository.release, session_id, self._holder)
-            finally:
-                lock.release()
+            await asyncio.to_thread(self._leave, session_id, lock)

@@ -321,7 +321,7 @@ class RunStream:
 
     def _failed(self, exc: BaseException) -> RunFailed:
         self._ended = True
-        return RunFailed(self._run.failed(exc))
+        return RunFailed(self._pooled.failed(exc) if self._pooled is not None else self._run.failed(exc))
 
     async def _execute(self, emit: Callable[[StreamEvent], None]) -> Any:
         """Run the program under the run's DSPy context, emitting step and token events."""
