@@ -39,6 +39,8 @@ Rows (each pool row runs against the same App's inline path in the same run):
 Every run is recorded (SQLite, async durability) in every row. The CPU-bound rows (dispatch, cpu
 throughput, rest) run their pools at ``concurrency = 1``, the setting for programs that never wait on an
 LM; ``--concurrency 64`` runs them at the default, which is for runs that wait (row ``lm-bound``).
+At ``concurrency = 1`` queued runs go to a worker in groups of up to ``--coalesce`` (8, the default;
+``--coalesce 1`` sends each run alone): a loaded server's queue is where that counts.
 """
 
 from __future__ import annotations
@@ -122,8 +124,9 @@ def throughput(
     callers: tuple[int, ...] = CALLERS,
     prefetch: int | None = None,
     concurrency: int | None = None,
+    coalesce: int | None = None,
 ) -> None:
-    tuning = {"prefetch": prefetch, "concurrency": concurrency}
+    tuning = {"prefetch": prefetch, "concurrency": concurrency, "coalesce": coalesce}
     with _app(home, size=2, **{k: v for k, v in tuning.items() if v is not None}) as app:
         _register(app)
         for _ in range(4):
@@ -178,9 +181,10 @@ def throughput(
             batch = max(batch, cpu_of("batch", batch_rate))
             ceiling = max(ceiling, machine_scaling())
         held = app.pools.setting("general").concurrency
+        grouped = app.pools.setting("general").coalesce
     for count, rate in pooled.items():
         print(
-            f"cpu throughput  inline {inline:7.0f} runs/s   2-worker pool (concurrency {held}), {count} callers "
+            f"cpu throughput  inline {inline:7.0f} runs/s   2-worker pool (concurrency {held}, coalesce {grouped}), {count} callers "
             f"{rate:7.0f} runs/s   "
             f"{rate / inline:.2f}x (target >= 1.6x; best of {rounds} alternated rounds each)"
         )
@@ -239,7 +243,7 @@ def machine_scaling(seconds: float = 1.0) -> float:
     return both / alone
 
 
-def rest(seconds: float, concurrency: int, rounds: int) -> None:
+def rest(seconds: float, concurrency: int, rounds: int, coalesce: int) -> None:
     """Both servers up at once (one home, one database); ``rounds`` alternated rounds of ``seconds`` of
     load on each, the best of each kept, as the cpu throughput row: a phase of load from other processes
     weighs on both sides alike, where one sample of each let it decide the ratio."""
@@ -259,7 +263,9 @@ def rest(seconds: float, concurrency: int, rounds: int) -> None:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(load.HERE), os.environ.get("PYTHONPATH")])),
         }
         # The servers' dspex.toml (their working directory): the pool as set for CPU-bound programs.
-        (Path(tmp) / "dspex.toml").write_text(f"[pools.general]\nconcurrency = {concurrency}\n")
+        (Path(tmp) / "dspex.toml").write_text(
+            f"[pools.general]\nconcurrency = {concurrency}\ncoalesce = {coalesce}\n"
+        )
         servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         try:
             for row, extra in (("inline", []), ("pool", ["--pool", "general"])):
@@ -304,7 +310,8 @@ def rest(seconds: float, concurrency: int, rounds: int) -> None:
         return f"client {client:.0f} + server {server:.0f} + workers {workers:.0f}"
 
     print(
-        f"rest            serve {rates['inline']:7.0f} req/s   serve --pool general (concurrency {concurrency}) "
+        f"rest            serve {rates['inline']:7.0f} req/s   serve --pool general (concurrency {concurrency}, "
+        f"coalesce {coalesce}) "
         f"{rates['pool']:7.0f} req/s   "
         f"{rates['pool'] / rates['inline']:.2f}x (target >= 1.5x; best of {rounds} alternated rounds each)"
     )
@@ -419,6 +426,7 @@ def leak(home: Path, tasks: int) -> None:
 # at concurrency 1, the setting the README gives for programs that never wait on an LM; the default
 # (64, for runs that wait on an LM, see lm-bound) costs them thread switches: --concurrency 64 shows it.
 CPU_CONCURRENCY = 1
+CPU_COALESCE = 8  # a CPU-bound pool under load: queued runs go to a worker 8 at a time at most
 
 ROWS = ("dispatch", "throughput", "lm-bound", "rest", "evaluation", "leak")
 
@@ -448,6 +456,12 @@ def main() -> None:
         help="the pools' concurrency in the CPU-bound rows (dispatch, cpu throughput, rest)",
     )
     parser.add_argument(
+        "--coalesce",
+        type=int,
+        default=CPU_COALESCE,
+        help="the pools' coalesce in the CPU-bound rows (cpu throughput, rest): queued runs sent as one message",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=ROWS,
@@ -462,12 +476,17 @@ def main() -> None:
             dispatch(Path(tmp), args.runs, args.concurrency)
         if "throughput" in rows:
             throughput(
-                Path(tmp), args.runs, args.rounds, prefetch=args.prefetch, concurrency=args.concurrency
+                Path(tmp),
+                args.runs,
+                args.rounds,
+                prefetch=args.prefetch,
+                concurrency=args.concurrency,
+                coalesce=args.coalesce,
             )
         if "lm-bound" in rows:
             lm_bound(Path(tmp), args.lm_seconds)
         if "rest" in rows:
-            rest(args.rest_seconds, args.concurrency, args.rounds)
+            rest(args.rest_seconds, args.concurrency, args.rounds, args.coalesce)
         if "evaluation" in rows:
             evaluation(Path(tmp), args.examples, args.rounds)
         if "leak" in rows:

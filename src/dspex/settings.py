@@ -122,6 +122,15 @@ class PoolSetting(pydantic.BaseModel):
         "(prefetch - 1 of them). More keeps workers busy while the pool's process is slow to answer them "
         "(a loaded machine); fewer keeps a long task from holding others back on its worker.",
     )
+    coalesce: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="With concurrency = 1 (a process pool): while runs wait in the queue, up to this many "
+        "go to a worker as one message, run one after the other, and answer together: one message and "
+        "one wake-up each way for the group, for runs that only compute. Each worker takes at most its "
+        "share of the queue. 1: never. A Ray pool ignores it.",
+    )
 
 
 class RoutingSetting(pydantic.BaseModel):

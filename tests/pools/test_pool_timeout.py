@@ -23,9 +23,9 @@ def test_the_timeout_counts_from_the_start_the_worker_reports() -> None:
     now = time.monotonic()
     slot.started = slot.last_heartbeat = now
     slot.load = 1  # one task sent, maybe a minute ago: it may have waited in the worker
-    slot.oldest = (7, now - 0.5)  # the worker started it half a second ago
+    slot.oldest = (7, now - 0.5, None)  # the worker started it half a second ago
     assert pool._verdict(slot) is None
-    slot.oldest = (7, now - 2.5)
+    slot.oldest = (7, now - 2.5, None)
     verdict = pool._verdict(slot)
     assert verdict is not None
     assert verdict.reason == "task_timeout"

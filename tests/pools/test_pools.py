@@ -308,7 +308,8 @@ def test_workers_are_recycled_after_max_tasks(make_app: Callable[..., App], conc
 def test_a_busy_worker_holds_concurrency_plus_prefetch_minus_one_tasks(
     make_app: Callable[..., App], concurrency: int, prefetch: int
 ) -> None:
-    app = make_app(size=1, prefetch=prefetch, concurrency=concurrency)
+    # coalesce = 1: a group of queued runs would be one task (tests/pools/test_coalesce.py)
+    app = make_app(size=1, prefetch=prefetch, concurrency=concurrency, coalesce=1)
     pool = app.pools.get("general")
     futures = [
         pool.submit({"program": {"name": "sleepy"}, "inputs": {"question": "q", "seconds": 0.4}})

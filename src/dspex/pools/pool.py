@@ -160,6 +160,17 @@ class _Task:
     on_event: Callable[[dict[str, Any]], None] | None = None  # a streamed run's token and step events
     id: int = field(default_factory=lambda: next(_task_ids))
     own_thread: bool = False  # an evaluation's shard: its worker starts it on arrival, on a thread of its own
+    group: list[_Task] = field(default_factory=list)  # queued runs sent with this one, as one message
+
+    def coalescible(self) -> bool:
+        """A plain run from the shared queue: it may go to a worker in a group (``coalesce``)."""
+        return (
+            self.worker is None
+            and self.on_event is None
+            and not self.own_thread
+            and "kind" not in self.payload
+            and not self.payload.get("stream")
+        )
 
 
 @dataclass(eq=False)
@@ -174,7 +185,8 @@ class _Slot:
     rss: int | None = None
     rss_before: int | None = None  # after the task before the last: the last task's growth is rss - this
     tasks: int = 0
-    oldest: tuple[int, float] | None = None  # (task id, start) of its oldest task under way, as it says
+    # (task id, start, part) of its oldest task under way, as it says (part: a shard's run under way)
+    oldest: tuple[int, float, int | None] | None = None
     verdict: _Replace | None = None  # why the monitor killed the worker, for its slot thread
     started: float = 0.0
     last_heartbeat: float | None = None
@@ -200,12 +212,20 @@ class _Slot:
 class _Replace(Exception):
     """The slot's process must go: ``reason`` is counted, ``task_code`` fails the task it ran (if any)."""
 
-    def __init__(self, reason: str, task_code: str | None, message: str, task_id: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        task_code: str | None,
+        message: str,
+        task_id: int | None = None,
+        part: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.task_code = task_code
         self.message = message
         self.task_id = task_id  # the task it is about (a timeout's), if one
+        self.part = part  # in a group of runs, the one under way then (its index), if known
 
 
 class Pool:
@@ -629,8 +649,46 @@ class Pool:
             if other is not slot
         )
 
+    def _coalesce(self, lead: _Task, most: int) -> list[_Task]:
+        """Runs queued behind ``lead`` to send with it as one message (``coalesce``): the plain runs at the
+        head of the shared queue, at most ``most`` and at most this worker's share of the queue, so the
+        other workers still find runs to take."""
+        group: list[_Task] = []
+        with self._cv:
+            share = min(most, len(self._pending) // self.size)
+            while len(group) < share and self._pending and self._pending[0].coalescible():
+                task = self._pending.popleft()
+                if task.future.running() or task.future.set_running_or_notify_cancel():
+                    group.append(task)  # else it was cancelled while queued: it never runs
+        return group
+
+    def _answer(self, slot: _Slot, task: _Task, result: Any) -> None:
+        """Hand a task's answer to its future, and a group's to each of its runs' futures."""
+        if not task.group:
+            task.future.set_result({"outcome": result, "worker": slot.name, "pid": slot.pid})
+            return
+        members = [task, *task.group]
+        outcomes = result.get("outcomes") if isinstance(result, dict) else None
+        if not isinstance(outcomes, list) or len(outcomes) != len(members):
+            broken = WorkerError(
+                f"pool {self.name!r}: worker {slot.name} answered a group of {len(members)} runs with "
+                f"{len(outcomes) if isinstance(outcomes, list) else 'no'} outcomes",
+                code="error",
+                worker=slot.name,
+                pid=slot.pid,
+            )
+            for member in members:
+                member.future.set_exception(broken)
+            return
+        for member, outcome in zip(members, outcomes, strict=True):
+            member.future.set_result({"outcome": outcome, "worker": slot.name, "pid": slot.pid})
+
     def _requeue(self, tasks: list[_Task]) -> None:
-        """Tasks sent to a worker that never started them go back to the front of their queue."""
+        """Tasks sent to a worker that never started them go back to the front of their queue (a group's
+        runs each in its place)."""
+        tasks = [member for task in tasks for member in (task, *task.group)]
+        for task in tasks:
+            task.group = []
         with self._cv:
             for task in reversed(tasks):
                 queue = self._slots[task.worker].pending if task.worker is not None else self._pending
@@ -664,6 +722,7 @@ class Pool:
     def _serve_slot(self, slot: _Slot) -> None:
         inflight: collections.deque[_Task] = collections.deque()
         holds = self.setting.concurrency + self.setting.prefetch - 1
+        coalesce = self.setting.coalesce if self.setting.concurrency == 1 else 1
 
         def track() -> None:  # what other slots' threads see of this one (_fair)
             slot.load = len(inflight)
@@ -688,8 +747,16 @@ class Pool:
                     # A requeued task (sent to a worker that died before starting it) is running already.
                     if not task.future.running() and not task.future.set_running_or_notify_cancel():
                         continue  # cancelled while queued
+                    payload = task.payload
+                    if coalesce > 1 and task.coalescible():
+                        task.group = self._coalesce(task, coalesce - 1)
+                        if task.group:
+                            payload = {
+                                "kind": "runs",
+                                "runs": [task.payload, *(t.payload for t in task.group)],
+                            }
                     try:
-                        self._send(slot, {"op": "run", "id": task.id, "task": task.payload})
+                        self._send(slot, {"op": "run", "id": task.id, "task": payload})
                     except _Replace:
                         self._requeue([task])  # the worker was gone before it got the task: run it elsewhere
                         raise
@@ -728,9 +795,7 @@ class Pool:
                     runs = message.get("runs", 1)  # a shard of runs counts each of them
                     slot.tasks += runs
                     self.completed += runs
-                    task.future.set_result(
-                        {"outcome": message["result"], "worker": slot.name, "pid": slot.pid}
-                    )
+                    self._answer(slot, task, message["result"])
                     slot.state = "busy" if inflight else "idle"
                     slot.draining = slot.draining or self._recycle_reason(slot)
             except _Replace as replace:
@@ -751,9 +816,10 @@ class Pool:
                 logger.exception("pool %r: slot %s failed; its worker is replaced", self.name, slot.name)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 for task in inflight:
-                    if not task.future.done():
-                        self.failed += 1
-                        task.future.set_exception(WorkerError(f"pool {self.name!r} failed: {exc}"))
+                    for member in (task, *task.group):
+                        if not member.future.done():
+                            self.failed += 1
+                            member.future.set_exception(WorkerError(f"pool {self.name!r} failed: {exc}"))
                 inflight.clear()
                 slot.draining = None
                 self._hold(slot)
@@ -775,17 +841,35 @@ class Pool:
     def _fail_begun(self, slot: _Slot, begun: list[_Task], replace: _Replace) -> None:
         """Fail the tasks a replaced worker may have started. A task timeout is the task the worker said
         had run longest (the others were lost with the worker); memory cannot be told apart between tasks
-        run side by side, so each of them fails with ``memory_limit``."""
+        run side by side, so each of them fails with ``memory_limit``. In a group of runs, the run under
+        way (as the worker last said, else the first) takes the cause; the group's others were lost with
+        the worker (``worker_lost``: those done had not answered yet, and the rest may have started)."""
         late = next((t for t in begun if t.id == replace.task_id), begun[0] if begun else None)
         for task in begun:
-            self.failed += 1
             code, message = replace.task_code or "worker_lost", replace.message
             if replace.reason == "task_timeout" and task is not late:
                 code = "worker_lost"
                 message = f"worker {slot.name} was killed for another task's timeout (task_timeout_s) during the task"
             elif replace.reason == "memory_limit" and len(begun) > 1:
                 message += f" (it ran {len(begun)} tasks at once; with concurrency = 1 each task's memory is its own)"
-            task.future.set_exception(WorkerError(message, code=code, worker=slot.name, pid=slot.pid))
+            members = [task, *task.group]
+            cause = (
+                replace.part
+                if task is late and replace.part is not None and replace.part < len(members)
+                else 0
+            )
+            for index, member in enumerate(members):
+                self.failed += 1
+                if index == cause:
+                    error = WorkerError(message, code=code, worker=slot.name, pid=slot.pid)
+                else:
+                    error = WorkerError(
+                        f"worker {slot.name} of pool {self.name!r} was replaced ({replace.reason}) during the "
+                        f"group of {len(members)} queued runs this run was sent in (coalesce); its answer was lost",
+                        worker=slot.name,
+                        pid=slot.pid,
+                    )
+                member.future.set_exception(error)
 
     def _event(self, inflight: collections.deque[_Task], message: dict[str, Any]) -> None:
         """Hand a streamed run's event to its task's ``on_event``; a consumer's failure is logged, and
@@ -860,6 +944,7 @@ class Pool:
                 "task_timeout",
                 f"the task ran over the pool's task_timeout_s of {timeout} s; worker {slot.name} was replaced",
                 task_id=oldest[0],
+                part=oldest[2],
             )
         silent = now - (slot.last_heartbeat or slot.started)
         if silent > self.setting.hung_after_s:
@@ -875,6 +960,7 @@ class Pool:
                 "memory_limit",
                 f"the task took worker {slot.name} to {slot.rss / _MB:.0f} MB, over the pool's memory limit of "
                 f"{limit} MB (kill_rss_mb); the worker was replaced",
+                part=oldest[2] if oldest is not None else None,
             )
         return None
 
@@ -898,7 +984,9 @@ class Pool:
         slot.last_heartbeat = now = time.monotonic()
         if message.get("op") == "hb":
             oldest = message.get("oldest")
-            slot.oldest = (oldest[0], now - oldest[1]) if oldest else None
+            slot.oldest = (
+                (oldest[0], now - oldest[1], oldest[2] if len(oldest) > 2 else None) if oldest else None
+            )
         elif slot.oldest is not None and message.get("id") == slot.oldest[0] and message.get("op") == "done":
             slot.oldest = None  # until the next heartbeat says which task is the oldest now
 

@@ -5,8 +5,8 @@ Protocol (one ``multiprocessing`` pipe, each message one JSON object as bytes; n
 - pool -> worker: ``{"op": "start", "settings": {...}, "env": {...}, "initializer": ...}`` once, then
   ``{"op": "run", "id": ..., "task": {...}}`` per task, and ``{"op": "stop"}``;
 - worker -> pool: ``{"op": "ready", "pid", "rss"}`` or ``{"op": "failed", "error"}`` after start-up,
-  ``{"op": "hb", "rss", "busy", "oldest"}`` (``busy``: tasks under way; ``oldest``: ``[id, seconds]`` of
-  the one that started first, for the task timeout) every ``heartbeat_s`` from a thread of its own (so a long task still
+  ``{"op": "hb", "rss", "busy", "oldest"}`` (``busy``: tasks under way; ``oldest``: ``[id, seconds, part]``
+  of the one that started first, for the task timeout; ``part``: a shard's run under way) every ``heartbeat_s`` from a thread of its own (so a long task still
   reports its memory), ``{"op": "event", "id", "event"}`` for each token or step of a streamed run
   (a task with ``"stream": true``), and ``{"op": "done", "id", "result", "rss", "runs"}`` per task (``runs``:
   how many runs it held, for the pool's counts and ``max_tasks``).
@@ -27,7 +27,7 @@ sampling settings (numbers only, :func:`~dspex.pools.remote.check_sampling`), ap
 ``own_lm.copy(**settings)`` to the context LM and to named predictors.
 A task of ``"kind": "runs"`` (a shard of a batch: ``{"runs": [task, ...]}``) executes each run as a
 single run task executes, one after the other, and returns ``{"outcomes": [...]}`` in the same order:
-one message each way for the whole shard.
+one message each way for the whole shard (a batch's, or a group of queued runs the pool coalesced).
 """
 
 from __future__ import annotations
@@ -282,6 +282,7 @@ class _Worker:
         self.route = route
         self.lock = threading.Lock()
         self.started: dict[int, float] = {}  # a task under way (its message id) -> when it started here
+        self.parts: dict[int, int] = {}  # a shard of runs under way -> the index of the run it is on
         self.concurrency = 1  # tasks run at once (the pool's ``concurrency``, from the start message)
         self.stopping = threading.Event()
         self.app: Any = None
@@ -373,10 +374,19 @@ class _Worker:
             return run.outcome(None, shown)
         return run.outcome(result, None)
 
-    def runs(self, task: dict[str, Any]) -> dict[str, Any]:
+    def runs(self, task: dict[str, Any], task_id: int | None = None) -> dict[str, Any]:
         """A shard of runs (``"kind": "runs"``): each executed as :meth:`execute` executes one (its own
-        execution id, trace and timeout, counted from when it starts here), outcomes in order."""
-        return {"outcomes": [self.execute(run) for run in task["runs"]]}
+        execution id, trace and timeout, counted from when it starts here), outcomes in order. The task's
+        start (``task_id``, what the heartbeat's ``oldest`` reports) moves to each run as it starts, with
+        its index: the pool's ``task_timeout_s`` applies to each run, and names the one under way."""
+        outcomes = []
+        for part, run in enumerate(task["runs"]):
+            if task_id is not None:
+                with self.lock:
+                    self.started[task_id] = time.monotonic()
+                    self.parts[task_id] = part
+            outcomes.append(self.execute(run))
+        return {"outcomes": outcomes}
 
     def stream(self, task: dict[str, Any], task_id: int) -> dict[str, Any]:
         """A streamed run (``"stream": true``): each token or step event goes to the pool as an
@@ -583,14 +593,16 @@ class _Worker:
             threading.Thread(target=self.batch, args=(message,), name="dspex-shard", daemon=True).start()
 
     def oldest(self) -> list[Any] | None:
-        """``[id, seconds]``: the task under way that started first here, and how long it has run (the
-        pool's task timeout counts from there, not from when the task was sent: it may have waited for
-        the gate), or None."""
+        """``[id, seconds, part]``: the task under way that started first here, and how long it has run
+        (the pool's task timeout counts from there, not from when the task was sent: it may have waited
+        for the gate); ``part``: in a shard of runs, the index of the run under way (it started then),
+        else None. None when no task is under way."""
         with self.lock:
             if not self.started:
                 return None
             task_id, started = min(self.started.items(), key=lambda item: item[1])
-        return [task_id, time.monotonic() - started]
+            part = self.parts.get(task_id)
+        return [task_id, time.monotonic() - started, part]
 
     def task(self, message: dict[str, Any]) -> None:
         """Run one task (a run, a streamed run, a shard of runs) and send its ``done`` message."""
@@ -599,7 +611,7 @@ class _Worker:
             self.started[message["id"]] = time.monotonic()
         try:
             if task.get("kind") == "runs":
-                result = self.runs(task)
+                result = self.runs(task, message["id"])
             elif task.get("stream"):
                 result = self.stream(task, message["id"])
             else:
@@ -607,6 +619,7 @@ class _Worker:
         finally:
             with self.lock:
                 self.started.pop(message["id"], None)
+                self.parts.pop(message["id"], None)
         runs = len(task["runs"]) if task.get("kind") == "runs" else 1
         self.send({"op": "done", "id": message["id"], "result": result, "rss": rss_bytes(), "runs": runs})
 
