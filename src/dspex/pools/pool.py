@@ -11,6 +11,11 @@ in the worker), and replaces the process when it must:
 - a worker that dies, or is silent for ``hung_after_s``, is replaced; its task fails with
   ``worker_lost`` (retryable: the caller may run it again elsewhere).
 
+With ``concurrency = 1``, runs waiting in the shared queue go to a worker in groups of up to
+``coalesce`` (each worker takes at most its share of the queue): one ``"kind": "runs"`` message each way
+for the group, whose answer is handed to each run's future. A worker replaced during a group fails each
+of its runs, the one under way (the heartbeat's ``part``) with the cause's code, the others ``worker_lost``.
+
 The pool never shrinks silently: every slot always gets a new process, and :meth:`Pool.status` counts
 each replacement with its reason. Why not ``concurrent.futures.ProcessPoolExecutor`` or loky: both hide
 which process runs a task (sessions need a task to go to one chosen worker), pickle tasks and results
