@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,27 +17,12 @@ import pytest
 from dspex.errors import ConfigurationError, WorkerError
 from dspex.pools.pool import Pool
 from dspex.runtime.app import App
-from dspex.settings import Settings
 from dspex.store.executions import ExecutionFilter
 
 
 @pytest.fixture
-def make_app(database_url: str) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def make(**pool: Any) -> App:
-        pool.setdefault("initializer", "pool_programs:scripted")
-        pool.setdefault("concurrency", 1)
-        app = App(Settings(database_url=database_url, pools={"general": pool}))
-        app.programs.register("qa", "pool_programs:build_qa")
-        app.programs.register("timed", "pool_programs:build_timed")
-        app.programs.register("chat", "pool_programs:build_chat")
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
+def make_app(pool_app: Callable[..., App]) -> Callable[..., App]:
+    return lambda **pool: pool_app(("qa", "timed", "chat"), {"concurrency": 1, **pool})
 
 
 def _count_submits(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

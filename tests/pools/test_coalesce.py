@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,24 +15,11 @@ import pytest
 from dspex.errors import WorkerError
 from dspex.pools.pool import Pool
 from dspex.runtime.app import App
-from dspex.settings import Settings
 
 
 @pytest.fixture
-def make_app(tmp_path: Any) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def make(**pool: Any) -> App:
-        pool = {"size": 2, "concurrency": 1, "initializer": "pool_programs:scripted", **pool}
-        app = App(Settings(database_url=f"sqlite:///{tmp_path / 'c.db'}", pools={"general": pool}))
-        app.programs.register("qa", "pool_programs:build_qa")
-        app.programs.register("sleepy", "pool_programs:build_sleepy")
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
+def make_app(pool_app: Callable[..., App]) -> Callable[..., App]:
+    return lambda **pool: pool_app(("qa", "sleepy"), {"size": 2, "concurrency": 1, **pool})
 
 
 @pytest.fixture

@@ -28,24 +28,9 @@ SCRIPTED = "pool_programs:scripted"
 
 
 @pytest.fixture
-def make_app(database_url: str) -> Iterator[Callable[..., App]]:
+def make_app(pool_app: Callable[..., App]) -> Callable[..., App]:
     """``make_app(**pool_settings)``: an App whose ``general`` pool has those settings; closed after."""
-    apps: list[App] = []
-
-    def make(**pool: Any) -> App:
-        pool.setdefault("size", 2)
-        pool.setdefault("initializer", SCRIPTED)
-        app = App(Settings(database_url=database_url, pools={"general": pool}))
-        app.programs.register("qa", "pool_programs:build_qa")
-        app.programs.register("sleepy", "pool_programs:build_sleepy")
-        app.programs.register("hog", "pool_programs:build_hog")
-        app.programs.register("timed", "pool_programs:build_timed")
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
+    return lambda **pool: pool_app(("qa", "sleepy", "hog", "timed"), {"size": 2, **pool})
 
 
 def PATHS(test: Callable[..., None]) -> Callable[..., None]:

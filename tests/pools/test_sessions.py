@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pool_programs
 import pytest
@@ -173,19 +174,25 @@ def test_a_turn_longer_than_its_lease_keeps_its_session(database_url: str, call:
         assert first.sessions.get(session.id).turns == 2
 
 
+def _a_slow_turn_under_way(app: App, seconds: float) -> tuple[Any, threading.Thread]:
+    """A new session of a gated chat program, and a thread whose turn on it has started (``seconds`` long)."""
+    app.programs.register("gated", "pool_programs:build_gated_chat")
+    session = app.sessions.create("gated")
+    pool_programs.TURN_STARTED.clear()
+    slow = threading.Thread(
+        target=app.sessions.run, args=(session.id, {"question": "slow", "seconds": seconds})
+    )
+    slow.start()
+    assert pool_programs.TURN_STARTED.wait(10.0)
+    return session, slow
+
+
 @pytest.mark.parametrize("call", ["run", "arun"])
 def test_a_turn_waits_at_most_session_wait_s_in_its_own_process_too(database_url: str, call: str) -> None:
     """The second turn in the same process gives up after ``session_wait_s`` (a 409 over the API), as
     a turn in another process does; the session is whole after it, and its next turn runs."""
     with App(Settings(database_url=database_url, session_wait_s=0.3)) as app:
-        app.programs.register("gated", "pool_programs:build_gated_chat")
-        session = app.sessions.create("gated")
-        pool_programs.TURN_STARTED.clear()
-        slow = threading.Thread(
-            target=app.sessions.run, args=(session.id, {"question": "slow", "seconds": 1.5})
-        )
-        slow.start()
-        assert pool_programs.TURN_STARTED.wait(10.0)
+        session, slow = _a_slow_turn_under_way(app, 1.5)
         started = time.monotonic()
         turn = (
             functools.partial(app.sessions.run, session.id, {"question": "next"})
@@ -203,14 +210,7 @@ def test_a_turn_waits_at_most_session_wait_s_in_its_own_process_too(database_url
 
 def test_a_cancelled_turn_waiting_for_its_session_leaves_it_free(database_url: str) -> None:
     with App(Settings(database_url=database_url, session_wait_s=10.0)) as app:
-        app.programs.register("gated", "pool_programs:build_gated_chat")
-        session = app.sessions.create("gated")
-        pool_programs.TURN_STARTED.clear()
-        slow = threading.Thread(
-            target=app.sessions.run, args=(session.id, {"question": "slow", "seconds": 0.8})
-        )
-        slow.start()
-        assert pool_programs.TURN_STARTED.wait(10.0)
+        session, slow = _a_slow_turn_under_way(app, 0.8)
 
         async def impatient() -> None:
             with pytest.raises(TimeoutError):

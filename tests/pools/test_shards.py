@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,26 +19,12 @@ from dspex.errors import ConfigurationError, ValidationError, WorkerError
 from dspex.pools.pool import Pool
 from dspex.runtime.app import App
 from dspex.runtime.run import RunResult
-from dspex.settings import Settings
 from dspex.store.executions import ExecutionFilter
 
 
 @pytest.fixture
-def make_app(database_url: str) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def make(**pool: Any) -> App:
-        pool.setdefault("size", 2)
-        pool.setdefault("initializer", "pool_programs:scripted")
-        app = App(Settings(database_url=database_url, pools={"general": pool}, max_input_bytes=2000))
-        app.programs.register("qa", "pool_programs:build_qa")
-        app.programs.register("sleepy", "pool_programs:build_sleepy")
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
+def make_app(pool_app: Callable[..., App]) -> Callable[..., App]:
+    return lambda **pool: pool_app(("qa", "sleepy"), {"size": 2, **pool}, max_input_bytes=2000)
 
 
 def _submitted(app: App, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
