@@ -45,7 +45,9 @@ def run(
         None, "--input", help="Inputs as a JSON object ('@file' reads one)."
     ),
     fields: list[str] = typer.Option([], "-i", "--field", help="One input as key=value (repeatable)."),  # noqa: B008
-    pool: str | None = typer.Option(None, "--pool", help="Run the turn on this worker pool."),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Run the turn on this worker pool (default: where \\[routing] puts the program)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Run the session's next turn; the history input is filled from the session."""
