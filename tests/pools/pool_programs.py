@@ -75,6 +75,18 @@ def build_chat() -> Chat:
     return Chat()
 
 
+class OptionalChat(dspy.Module):
+    """A chat turn whose history is optional (``dspy.History | None``), as many programs declare it."""
+
+    def forward(self, question: str, history: dspy.History | None = None) -> dspy.Prediction:
+        asked = [m["question"] for m in history.messages] if history is not None else []
+        return dspy.Prediction(answer=f"turn {len(asked) + 1} after {asked}")
+
+
+def build_optional_chat() -> OptionalChat:
+    return OptionalChat()
+
+
 TURN_STARTED = threading.Event()  # set by GatedChat in the process that runs it (inline: the test's)
 
 

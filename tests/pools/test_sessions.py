@@ -227,3 +227,10 @@ def test_a_cancelled_turn_waiting_for_its_session_leaves_it_free(database_url: s
             == "turn 2 after ['slow']"
         )
         assert app.sessions.get(session.id).turns == 2
+
+
+def test_an_optional_history_input_gets_the_history_too(app: App) -> None:
+    app.programs.register("optional", "pool_programs:build_optional_chat")
+    session = app.sessions.create("optional")
+    app.sessions.run(session.id, {"question": "one"})
+    assert app.sessions.run(session.id, {"question": "two"}).outputs["answer"] == "turn 2 after ['one']"

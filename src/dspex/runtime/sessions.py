@@ -8,7 +8,8 @@
     app.sessions.get(session.id).history                # [{"inputs", "outputs", "execution_id"}, ...]
 
 - **History.** A program that takes a ``dspy.History`` input (a ``forward`` parameter annotated
-  ``dspy.History``, or a signature input field of that type) gets the session's turns as that input,
+  ``dspy.History`` or ``dspy.History | None``, or a signature input field of such a type) gets the
+  session's turns as that input,
   each turn one message ``{**inputs, **outputs}``, as DSPy's conversation tutorial builds it.
 - **Persistence.** After each turn the session (history, metrics, expiry) is saved in the store before
   the call returns, on top of the state the turn read (a turn saved by someone else meanwhile is a
@@ -36,6 +37,7 @@ import itertools
 import logging
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -70,22 +72,27 @@ class SessionBusy(ConfigurationError):
 
 
 def history_field(program: Any) -> str | None:
-    """The input of ``program`` that takes a ``dspy.History``, or None."""
-    import dspy
-
+    """The input of ``program`` that takes a ``dspy.History`` (``dspy.History``, or a union holding it
+    such as ``dspy.History | None``), or None."""
     from dspex.modules._interface import ForwardParameters, input_interface
 
     interface = input_interface(program)
     if isinstance(interface, ForwardParameters):
         for parameter in interface.parameters:
-            if parameter.annotation is dspy.History:
+            if _takes_history(parameter.annotation):
                 return parameter.name
         return None
     if interface is not None:
         for name, field in interface.input_fields.items():
-            if field.annotation is dspy.History:
+            if _takes_history(field.annotation):
                 return str(name)
     return None
+
+
+def _takes_history(annotation: Any) -> bool:
+    import dspy
+
+    return annotation is dspy.History or any(arg is dspy.History for arg in typing.get_args(annotation))
 
 
 class _Leases:
