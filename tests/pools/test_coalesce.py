@@ -63,6 +63,8 @@ def test_queued_runs_go_in_groups_and_each_keeps_its_answer_and_record(
     assert len({r.execution_id for r in results}) == 60
     status = app.pools.get("general").status()
     assert status.completed == 60
+    assert status.coalesced == sum(groups)  # what /v1/pools and /metrics show
+    assert status.to_json()["coalesced"] == sum(groups)
 
 
 def test_without_coalesce_every_run_is_its_own_message(

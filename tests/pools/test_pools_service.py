@@ -73,6 +73,8 @@ async def test_pools_health_and_metrics_show_the_workers(
     assert 'dspex_pool_workers{pool="general",state="idle"}' in metrics
     assert 'dspex_pool_tasks_total{outcome="completed",pool="general"}' in metrics
     assert "dspex_pool_worker_rss_bytes" in metrics
+    assert 'dspex_pool_coalesced_runs_total{pool="general"} 0.0' in metrics  # one run at a time: none
+    assert pools[0]["coalesced"] == 0
 
 
 def test_an_unknown_pool_is_refused_when_the_service_is_built(database_url: str) -> None:

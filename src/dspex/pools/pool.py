@@ -97,6 +97,7 @@ class PoolStatus:
     replaced: dict[str, int]  # reason -> count (died, memory_limit, task_timeout, hung, max_tasks, ttl...)
     healthy: bool
     last_error: str | None
+    coalesced: int = 0  # runs sent to a worker in a group of queued runs (``coalesce``)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -108,6 +109,7 @@ class PoolStatus:
             "replaced": dict(self.replaced),
             "healthy": self.healthy,
             "last_error": self.last_error,
+            "coalesced": self.coalesced,
             "workers": [
                 {
                     "name": w.name,
@@ -266,6 +268,7 @@ class Pool:
         self._started = False
         self.completed = 0
         self.failed = 0
+        self.coalesced = 0  # runs sent in groups (coalesce)
         self.replaced: collections.Counter[str] = collections.Counter()
         self.last_error: str | None = None
 
@@ -501,6 +504,7 @@ class Pool:
             replaced=dict(self.replaced),
             healthy=healthy,
             last_error=self.last_error,
+            coalesced=self.coalesced,
         )
 
     # -- one slot ----------------------------------------------------------------------------------------
@@ -756,6 +760,7 @@ class Pool:
                     if coalesce > 1 and task.coalescible():
                         task.group = self._coalesce(task, coalesce - 1)
                         if task.group:
+                            self.coalesced += 1 + len(task.group)
                             payload = {
                                 "kind": "runs",
                                 "runs": [task.payload, *(t.payload for t in task.group)],

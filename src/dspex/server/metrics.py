@@ -7,7 +7,8 @@
   ``cancelled``); ``dspex_run_cache_hits_total{program}``: those answered from the program cache.
 - ``dspex_jobs{status}`` and ``dspex_workers``: the job queue, read when scraped.
 - ``dspex_pool_workers{pool, state}``, ``dspex_pool_queued{pool}``, ``dspex_pool_worker_rss_bytes{pool,
-  worker}``, ``dspex_pool_tasks_total{pool, outcome}``, ``dspex_pool_replaced_total{pool, reason}``: the
+  worker}``, ``dspex_pool_tasks_total{pool, outcome}``, ``dspex_pool_replaced_total{pool, reason}``,
+  ``dspex_pool_coalesced_runs_total{pool}`` (runs sent in groups, ``coalesce``): the
   worker pools this process started, read when scraped.
 - ``dspex_lm_breaker_state{endpoint, state}`` (1 for the breaker's current state, 0 for the others),
   ``dspex_lm_breaker_opens_total{endpoint}``, ``dspex_lm_breaker_failure_rate{endpoint}``,
@@ -116,6 +117,11 @@ class Metrics:
         replaced = CounterMetricFamily(
             "dspex_pool_replaced", "Pool workers replaced, by reason", labels=["pool", "reason"]
         )
+        coalesced = CounterMetricFamily(
+            "dspex_pool_coalesced_runs",
+            "Runs sent to a pool worker in a group of queued runs",
+            labels=["pool"],
+        )
         for pool in self._pools:
             by_state = Counter_(w.state for w in pool.workers)
             for state in ("starting", "idle", "busy", "stopping", "dead"):
@@ -128,7 +134,8 @@ class Metrics:
             tasks.add_metric([pool.name, "failed"], pool.failed)
             for reason, count in pool.replaced.items():
                 replaced.add_metric([pool.name, reason], count)
-        yield from (states, queued, rss, tasks, replaced)
+            coalesced.add_metric([pool.name], pool.coalesced)
+        yield from (states, queued, rss, tasks, replaced, coalesced)
         yield from self._collect_lms()
         yield from self._collect_signals()
         yield from self._collect_adaptive()
