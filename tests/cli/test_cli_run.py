@@ -38,7 +38,9 @@ def test_run_with_input_prints_outputs_and_execution(
         "usage",
         "total_tokens",
         "cost_usd",
+        "trace_id",
     }
+    assert data["trace_id"] is None  # no export, no traceparent: no trace (README, "Trace ids")
     assert data["outputs"]["answer"]
     assert data["usage"]["openai/sim-medium"]["calls"] == 1
     assert data["total_tokens"] > 0

@@ -273,6 +273,26 @@ def test_executions_filter_show_and_stats(admin: httpx.Client, qa: dict[str, Any
 # -- datasets -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/executions?program=qa&program=other", "program"),
+        ("/v1/signals/stats?program=qa&program=", "program"),
+        ("/v1/jobs?status=queued&status=failed&limit=5", "status"),
+        ("/v1/audit?limit=1&limit=2", "limit"),
+        ("/v1/datasets?limit=1&limit=2", "limit"),
+    ],
+)
+def test_a_query_parameter_given_twice_is_422(admin: httpx.Client, path: str, name: str) -> None:
+    """The framework would keep the last value silently (schemathesis found it on /v1/signals/stats)."""
+    response = admin.get(path)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", f"query.{name}")
+    assert "each query parameter takes one value" in error["message"]
+    assert admin.get(path.split("&")[0]).status_code == 200
+
+
 def test_datasets_upload_list_show_examples(admin: httpx.Client) -> None:
     records = [
         {"question": f"q{i}", "answer": f"a{i}", "part": "train" if i < 3 else "dev"} for i in range(5)

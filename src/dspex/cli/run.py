@@ -87,6 +87,7 @@ def run(
                 "usage": result.usage,
                 "total_tokens": usage_tokens,
                 "cost_usd": result.cost_usd,
+                "trace_id": result.trace_id,
             }
         )
         return

@@ -173,7 +173,9 @@ class Metrics:
             return GaugeMetricFamily(name, documentation, labels=["program"])
 
         runs = gauge("dspex_signal_runs", "Ended runs in the signals window")
-        success = gauge("dspex_signal_success_rate", "Succeeded / (succeeded + failed) in the window")
+        success = gauge(
+            "dspex_signal_success_rate", "Succeeded / (succeeded + failed + abandoned) in the window"
+        )
         p50 = gauge("dspex_signal_latency_p50_seconds", "Median latency of successful runs in the window")
         p95 = gauge("dspex_signal_latency_p95_seconds", "95th percentile latency of successful runs")
         cost = gauge("dspex_signal_cost_per_run_usd", "Mean cost per run in the window")

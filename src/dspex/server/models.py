@@ -549,7 +549,9 @@ class SignalGroupOut(BaseModel):
     succeeded: int
     failed: int = Field(description="Failed and abandoned runs.")
     cancelled: int
-    success_rate: float | None = Field(description="succeeded / (succeeded + failed); cancelled left out.")
+    success_rate: float | None = Field(
+        description="succeeded / (succeeded + failed), abandoned runs counted as failed; cancelled left out."
+    )
     p50_ms: float | None = Field(description="Of successful runs.")
     p95_ms: float | None
     tokens_per_run: float | None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fastapi import Request
+
 from dspex.server.errors import ApiError, not_found
 from dspex.server.models import ErrorBody
 
@@ -12,7 +14,14 @@ if TYPE_CHECKING:
     from dspex.server.auth import Principal
     from dspex.store.programs import ProgramRecord, ProgramVersion
 
-__all__ = ["ERRORS", "errors", "program_or_404", "restricted_program", "version_or_404"]
+__all__ = [
+    "ERRORS",
+    "errors",
+    "program_or_404",
+    "restricted_program",
+    "single_query_values",
+    "version_or_404",
+]
 
 _DESCRIPTIONS = {
     401: "Missing, malformed, unknown or revoked API key",
@@ -24,6 +33,24 @@ _DESCRIPTIONS = {
     503: "The LM is unavailable for now (retryable); or the database is down",
     504: "The run's deadline (timeout) passed before it finished (the execution record says where)",
 }
+
+
+async def single_query_values(request: Request) -> None:
+    """A dependency of the routers with query parameters: one given more than once is a 422. Each of
+    this API's takes one value, and the framework would otherwise keep the last one silently."""
+    query = request.query_params
+    if len(query.multi_items()) == len(query):
+        return
+    name = next(key for key in query if len(query.getlist(key)) > 1)
+    field = f"query.{name}"
+    message = f"given {len(query.getlist(name))} times; each query parameter takes one value"
+    raise ApiError(
+        422,
+        "invalid_request",
+        f"{field}: {message}",
+        field=field,
+        issues=[{"field": field, "message": message}],
+    )
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

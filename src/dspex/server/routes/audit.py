@@ -10,9 +10,9 @@ from dspex.server.app import dspex_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import JSONResponse
 from dspex.server.models import AuditEventOut
-from dspex.server.routes._common import errors
+from dspex.server.routes._common import errors, single_query_values
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(single_query_values)])
 
 
 @router.get("", response_model=list[AuditEventOut], responses=errors(401, 403, 422))

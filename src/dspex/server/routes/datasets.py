@@ -11,13 +11,13 @@ from dspex.server.app import dspex_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import JSONResponse, not_found
 from dspex.server.models import DatasetOut, DatasetUpload, DatasetVersionOut, ExampleOut
-from dspex.server.routes._common import errors
+from dspex.server.routes._common import errors, single_query_values
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
     from dspex.store.datasets import Dataset
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(single_query_values)])
 
 DatasetName = Annotated[str, Path(max_length=200, description="The dataset's name.")]
 _read = require("programs:read")

@@ -16,10 +16,10 @@ from dspex.server.app import dspex_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import JSONResponse, not_found
 from dspex.server.models import ExecutionOut, ExecutionPage, ExecutionStatsOut
-from dspex.server.routes._common import errors, restricted_program
+from dspex.server.routes._common import errors, restricted_program, single_query_values
 from dspex.store.executions import ExecutionFilter
 
-router = APIRouter(prefix="/v1/executions", tags=["executions"])
+router = APIRouter(prefix="/v1/executions", tags=["executions"], dependencies=[Depends(single_query_values)])
 
 _read = require("programs:read")
 _FLUSH_S = 2.0

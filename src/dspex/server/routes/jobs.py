@@ -10,13 +10,13 @@ from dspex.server.app import dspex_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import ApiError, JSONResponse, not_found
 from dspex.server.models import JobOut
-from dspex.server.routes._common import errors
+from dspex.server.routes._common import errors, single_query_values
 
 if TYPE_CHECKING:
     from dspex.runtime.app import App
     from dspex.store.jobs import JobRecord
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(single_query_values)])
 
 JobId = Annotated[str, Path(max_length=64, description="The job id.")]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]

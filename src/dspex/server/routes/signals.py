@@ -20,14 +20,14 @@ from dspex.server.app import ServiceOptions, dspex_of, options_of
 from dspex.server.auth import Principal, require
 from dspex.server.errors import JSONResponse
 from dspex.server.models import SignalReportOut
-from dspex.server.routes._common import errors, restricted_program
+from dspex.server.routes._common import errors, restricted_program, single_query_values
 from dspex.server.sse import SSE_EVENT_SCHEMA, Event, EventStream, EventStreamDoc
 
 if TYPE_CHECKING:
     from dspex.telemetry.monitor import Signals
     from dspex.telemetry.signals import SignalEvent
 
-router = APIRouter(prefix="/v1/signals", tags=["signals"])
+router = APIRouter(prefix="/v1/signals", tags=["signals"], dependencies=[Depends(single_query_values)])
 log = logging.getLogger("dspex.server")
 
 _read = require("programs:read")
