@@ -191,9 +191,8 @@ def test_a_server_stopped_by_a_signal_closes_its_pools_and_removes_its_status_fi
         if server.poll() is None:
             server.kill()
             server.wait()
-    assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else code), (
-        log.read_text()
-    )  # SIGINT: uvicorn's
+    if sig == signal.SIGTERM:  # ended by the signal once the App closed, as a process manager expects
+        assert code == -signal.SIGTERM, log.read_text()
     assert not published.exists()
     time.sleep(0.5)
     for pid in workers:  # the workers were stopped with their pool

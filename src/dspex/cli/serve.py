@@ -9,6 +9,7 @@ dspex serve --pool general             # runs execute on the general worker pool
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 from typing import Any
 
@@ -65,10 +66,15 @@ def serve(
             ) from None
         # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler it found: with
         # Python's default one the process would end there, before the App closes (its pools' workers and
-        # published status file, its recorder). This handler makes SIGTERM an exit, from start-up on.
-        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # published status file, its recorder). This handler makes SIGTERM an exception, from start-up on;
+        # once the App is closed, the process ends by the signal, as a process manager expects of it.
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             _serve(uvicorn.run, create_app, host, port, log_level, no_auth, pool, max_body_bytes)
+        except _Terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise  # not reached: the signal ended the process
         finally:
             signal.signal(signal.SIGTERM, previous)
 
@@ -100,5 +106,9 @@ def _serve(
         run(api, host=host, port=port, log_level=log_level, proxy_headers=False)
 
 
-def _exit_on_sigterm(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)  # the shell's status for a process ended by the signal
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (closing the App), then end by the signal."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise _Terminated
