@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -411,42 +412,32 @@ class RayPool:
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
         if again or task.future.done():
             return
+        failure = functools.partial(WorkerError, worker=actor.name, pid=actor.pid)  # the actor that had it
         if not died:  # Ray could not run the task at all (a bug, or a cluster problem): say what it said
             task.future.set_exception(
-                WorkerError(
-                    f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}",
-                    code="error",
-                    worker=actor.name,
-                    pid=actor.pid,
+                failure(
+                    f"actor {actor.name} of pool {self.name!r} could not run the task: {exc}", code="error"
                 )
             )
         elif reason == "memory_limit":
             task.future.set_exception(
-                WorkerError(
+                failure(
                     f"the task took actor {actor.name} over the pool's memory limit of {self.kill_rss_mb} MB "
                     "(kill_rss_mb); the actor was killed and restarted",
                     code="memory_limit",
-                    worker=actor.name,
-                    pid=actor.pid,
                 )
             )
         elif reason == "task_timeout":
             task.future.set_exception(
-                WorkerError(
+                failure(
                     f"the task ran over the pool's task_timeout_s of {self.setting.task_timeout_s} s; "
                     f"actor {actor.name} was killed and restarted",
                     code="task_timeout",
-                    worker=actor.name,
-                    pid=actor.pid,
                 )
             )
         else:
             task.future.set_exception(
-                WorkerError(
-                    f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}",
-                    worker=actor.name,
-                    pid=actor.pid,
-                )
+                failure(f"actor {actor.name} of pool {self.name!r} was lost during the task: {exc}")
             )
 
     # -- health ----------------------------------------------------------------------------------------
